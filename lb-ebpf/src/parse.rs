@@ -1,0 +1,259 @@
+//! Frame parsing: Ethernet (up to two VLAN tags) -> IPv4 / IPv6 (extension headers) -> TCP / UDP.
+//!
+//! Every header read goes through [`header`], which checks `data + off + size <= data_end`
+//! first: that comparison is what the verifier needs to see before any packet access. Offsets
+//! that depend on packet contents (VLAN tags, IHL, extension headers) are bounded by
+//! construction (fixed tag count, 4-bit IHL, fixed number of extension headers walked).
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    Malformed, PacketClass,
+    stats::{IPPROTO_TCP, IPPROTO_UDP},
+};
+
+use crate::headers::{
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS, IPPROTO_ROUTING, Ipv4Hdr, Ipv6FragHdr, Ipv6Hdr, Ipv6OptHdr, TcpHdr, UdpHdr,
+    VlanHdr,
+};
+
+/// VLAN tags we walk: 802.1ad outer + 802.1Q inner (QinQ).
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers we walk before giving up on finding the L4 header.
+const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+pub enum Frame {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NonIp,
+    Ip(Packet),
+}
+
+#[derive(Clone, Copy)]
+pub enum Addrs {
+    V4 { src: [u8; 4], dst: [u8; 4] },
+    V6 { src: [u8; 16], dst: [u8; 16] },
+}
+
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+}
+
+pub struct Packet {
+    pub addrs: Addrs,
+    /// L4 protocol number (after IPv6 extension headers).
+    pub proto: u8,
+    /// TCP/UDP ports; `None` for other protocols and non-first fragments.
+    pub ports: Option<Ports>,
+    /// TCP flags byte; zero for anything else.
+    pub tcp_flags: u8,
+    /// Part of a fragmented datagram.
+    pub fragment: bool,
+}
+
+impl Packet {
+    pub fn class(&self) -> PacketClass {
+        let has_ports = self.ports.is_some();
+        match (self.addrs, self.proto) {
+            (Addrs::V4 { .. }, IPPROTO_TCP) if has_ports => PacketClass::Ipv4Tcp,
+            (Addrs::V4 { .. }, IPPROTO_UDP) if has_ports => PacketClass::Ipv4Udp,
+            (Addrs::V4 { .. }, _) => PacketClass::Ipv4Other,
+            (Addrs::V6 { .. }, IPPROTO_TCP) if has_ports => PacketClass::Ipv6Tcp,
+            (Addrs::V6 { .. }, IPPROTO_UDP) if has_ports => PacketClass::Ipv6Udp,
+            (Addrs::V6 { .. }, _) => PacketClass::Ipv6Other,
+        }
+    }
+
+    pub fn is_tcp_syn(&self) -> bool {
+        self.proto == IPPROTO_TCP
+            && self.ports.is_some()
+            && self.tcp_flags & (TcpHdr::SYN | TcpHdr::ACK) == TcpHdr::SYN
+    }
+}
+
+/// A bounds-checked view of the header of type `T` at byte offset `off` of the frame.
+#[inline(always)]
+fn header<T>(ctx: &XdpContext, off: usize) -> Option<&T> {
+    let start = ctx.data() + off;
+    if start + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: in bounds (checked above); `T` is a byte-array struct with alignment 1.
+    Some(unsafe { &*(start as *const T) })
+}
+
+/// True when `len` bytes from `off` are inside the frame.
+#[inline(always)]
+fn fits(ctx: &XdpContext, off: usize, len: usize) -> bool {
+    ctx.data() + off + len <= ctx.data_end()
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
+    let eth: &EthHdr = header(ctx, 0).ok_or(Malformed::EthTruncated)?;
+    let mut ether_type = u16::from_be_bytes(eth.ether_type);
+    let mut off = size_of::<EthHdr>();
+
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        let tag: &VlanHdr = header(ctx, off).ok_or(Malformed::VlanTruncated)?;
+        ether_type = u16::from_be_bytes(tag.ether_type);
+        off += size_of::<VlanHdr>();
+    }
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        return Err(Malformed::VlanTruncated);
+    }
+
+    match ether_type {
+        ETH_P_IPV4 => parse_ipv4(ctx, off).map(Frame::Ip),
+        ETH_P_IPV6 => parse_ipv6(ctx, off).map(Frame::Ip),
+        _ => Ok(Frame::NonIp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
+    let ip: &Ipv4Hdr = header(ctx, off).ok_or(Malformed::Ipv4Truncated)?;
+    if ip.version_ihl >> 4 != 4 {
+        return Err(Malformed::Ipv4BadVersion);
+    }
+    let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
+    if header_len < size_of::<Ipv4Hdr>() {
+        return Err(Malformed::Ipv4BadIhl);
+    }
+    if !fits(ctx, off, header_len) {
+        return Err(Malformed::Ipv4OptionsTruncated);
+    }
+    let total_len = u16::from_be_bytes(ip.total_len) as usize;
+    if total_len < header_len || !fits(ctx, off, total_len) {
+        return Err(Malformed::Ipv4BadTotalLength);
+    }
+
+    let frag = u16::from_be_bytes(ip.frag_off);
+    let fragment_offset = frag & Ipv4Hdr::OFFSET_MASK;
+    let fragment = fragment_offset != 0 || frag & Ipv4Hdr::MORE_FRAGMENTS != 0;
+
+    let mut pkt = Packet {
+        addrs: Addrs::V4 {
+            src: ip.src,
+            dst: ip.dst,
+        },
+        proto: ip.protocol,
+        ports: None,
+        tcp_flags: 0,
+        fragment,
+    };
+    if fragment_offset == 0 {
+        let payload_len = total_len - header_len;
+        parse_l4(ctx, off + header_len, payload_len, &mut pkt)?;
+    }
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
+    let ip: &Ipv6Hdr = header(ctx, off).ok_or(Malformed::Ipv6Truncated)?;
+    if ip.version_tc_flow[0] >> 4 != 6 {
+        return Err(Malformed::Ipv6BadVersion);
+    }
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let payload_off = off + size_of::<Ipv6Hdr>();
+    if !fits(ctx, payload_off, payload_len) {
+        return Err(Malformed::Ipv6BadPayloadLength);
+    }
+
+    let mut next = ip.next_header;
+    let mut l4_off = payload_off;
+    let mut fragment = false;
+    let mut first_fragment = true;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let ext: &Ipv6OptHdr = header(ctx, l4_off).ok_or(Malformed::Ipv6ExtTruncated)?;
+                next = ext.next_header;
+                l4_off += (ext.len as usize + 1) * 8;
+            }
+            IPPROTO_FRAGMENT => {
+                let frag: &Ipv6FragHdr =
+                    header(ctx, l4_off).ok_or(Malformed::Ipv6ExtTruncated)?;
+                next = frag.next_header;
+                fragment = true;
+                if u16::from_be_bytes(frag.offset_flags) & Ipv6FragHdr::OFFSET_MASK != 0 {
+                    first_fragment = false;
+                }
+                l4_off += size_of::<Ipv6FragHdr>();
+            }
+            _ => break,
+        }
+    }
+    if matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
+    ) {
+        return Err(Malformed::Ipv6ExtTruncated);
+    }
+    let ext_len = l4_off - payload_off;
+    if ext_len > payload_len {
+        return Err(Malformed::Ipv6ExtTruncated);
+    }
+
+    let mut pkt = Packet {
+        addrs: Addrs::V6 {
+            src: ip.src,
+            dst: ip.dst,
+        },
+        proto: next,
+        ports: None,
+        tcp_flags: 0,
+        fragment,
+    };
+    if first_fragment {
+        parse_l4(ctx, l4_off, payload_len - ext_len, &mut pkt)?;
+    }
+    Ok(pkt)
+}
+
+/// Reads ports (and TCP flags) of a TCP or UDP header at `off`. `ip_payload_len` is what the IP
+/// header says follows it; for a fragment it is only this fragment's share of the datagram.
+#[inline(always)]
+fn parse_l4(
+    ctx: &XdpContext,
+    off: usize,
+    ip_payload_len: usize,
+    pkt: &mut Packet,
+) -> Result<(), Malformed> {
+    match pkt.proto {
+        IPPROTO_TCP => {
+            let tcp: &TcpHdr = header(ctx, off).ok_or(Malformed::TcpTruncated)?;
+            let tcp_header_len = ((tcp.data_offset >> 4) as usize) * 4;
+            if tcp_header_len < size_of::<TcpHdr>() || !fits(ctx, off, tcp_header_len) {
+                return Err(Malformed::TcpBadDataOffset);
+            }
+            pkt.ports = Some(Ports {
+                src: u16::from_be_bytes(tcp.src_port),
+                dst: u16::from_be_bytes(tcp.dst_port),
+            });
+            pkt.tcp_flags = tcp.flags;
+        }
+        IPPROTO_UDP => {
+            let udp: &UdpHdr = header(ctx, off).ok_or(Malformed::UdpTruncated)?;
+            let udp_len = u16::from_be_bytes(udp.len) as usize;
+            // A first fragment carries the length of the whole datagram, so only unfragmented
+            // datagrams can be held to their IP payload length.
+            let too_long = !pkt.fragment && udp_len > ip_payload_len;
+            if udp_len < size_of::<UdpHdr>() || too_long {
+                return Err(Malformed::UdpBadLength);
+            }
+            pkt.ports = Some(Ports {
+                src: u16::from_be_bytes(udp.src_port),
+                dst: u16::from_be_bytes(udp.dst_port),
+            });
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! lb: a layered L4/L7 load balancer. This library is what the `lb` binary is made of; the
+//! integration tests and benchmarks use it directly.
+pub mod xdp;

@@ -1,0 +1,13 @@
+//! The XDP tier seen from userspace: the embedded object, loading and attaching it, reading its
+//! counters and forwarding its log records.
+mod attach;
+mod error;
+mod logs;
+mod object;
+mod stats;
+
+pub use attach::{AttachMode, AttachedXdp, attach};
+pub use error::XdpError;
+pub use logs::forward_logs;
+pub use object::{load, object_bytes};
+pub use stats::{XdpStats, read_stats};
