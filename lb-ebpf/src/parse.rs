@@ -74,10 +74,21 @@ impl Packet {
 }
 
 /// A bounds-checked view of the header of type `T` at byte offset `off` of the frame.
+///
+/// `data` and `data_end` are re-read with volatile loads so LLVM cannot prove this check
+/// redundant from earlier length checks (e.g. "the IPv4 total length fits, so the TCP header
+/// does") and drop it: the verifier only accepts an access after a pointer comparison it sees.
 #[inline(always)]
 fn header<T>(ctx: &XdpContext, off: usize) -> Option<&T> {
-    let start = ctx.data() + off;
-    if start + size_of::<T>() > ctx.data_end() {
+    // SAFETY: `ctx.ctx` is the xdp_md the kernel passed in; reading its fields is always valid.
+    let (data, data_end) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
+    };
+    let start = data + off;
+    if start + size_of::<T>() > data_end {
         return None;
     }
     // SAFETY: in bounds (checked above); `T` is a byte-array struct with alignment 1.
@@ -218,7 +229,8 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
 }
 
 /// Reads ports (and TCP flags) of a TCP or UDP header at `off`. `ip_payload_len` is what the IP
-/// header says follows it; for a fragment it is only this fragment's share of the datagram.
+/// header says follows it (for a fragment, only this fragment's share); the L4 header must fit
+/// in it, so Ethernet padding after a short IP packet is never read as a header.
 #[inline(always)]
 fn parse_l4(
     ctx: &XdpContext,
@@ -228,9 +240,15 @@ fn parse_l4(
 ) -> Result<(), Malformed> {
     match pkt.proto {
         IPPROTO_TCP => {
+            if ip_payload_len < size_of::<TcpHdr>() {
+                return Err(Malformed::TcpTruncated);
+            }
             let tcp: &TcpHdr = header(ctx, off).ok_or(Malformed::TcpTruncated)?;
             let tcp_header_len = ((tcp.data_offset >> 4) as usize) * 4;
-            if tcp_header_len < size_of::<TcpHdr>() || !fits(ctx, off, tcp_header_len) {
+            if tcp_header_len < size_of::<TcpHdr>()
+                || tcp_header_len > ip_payload_len
+                || !fits(ctx, off, tcp_header_len)
+            {
                 return Err(Malformed::TcpBadDataOffset);
             }
             pkt.ports = Some(Ports {
@@ -240,6 +258,9 @@ fn parse_l4(
             pkt.tcp_flags = tcp.flags;
         }
         IPPROTO_UDP => {
+            if ip_payload_len < size_of::<UdpHdr>() {
+                return Err(Malformed::UdpTruncated);
+            }
             let udp: &UdpHdr = header(ctx, off).ok_or(Malformed::UdpTruncated)?;
             let udp_len = u16::from_be_bytes(udp.len) as usize;
             // A first fragment carries the length of the whole datagram, so only unfragmented

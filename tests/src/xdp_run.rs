@@ -1,0 +1,112 @@
+//! Runs the real XDP object in the kernel on hand-made frames (BPF_PROG_TEST_RUN): the verifier,
+//! maps and aya-log records are all real, only the NIC is missing.
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use aya_log::EbpfLogger;
+use lb::xdp::{self, XdpStats};
+
+/// XDP verdicts (`enum xdp_action`).
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+/// One loaded program with its own fresh maps.
+pub struct XdpRunner {
+    ebpf: Ebpf,
+    program: &'static str,
+}
+
+/// Output of one run.
+#[derive(Debug)]
+pub struct RunResult {
+    pub action: u32,
+    /// The frame after the program (rewrites/encapsulation show here).
+    pub frame: Vec<u8>,
+    /// Kernel-measured duration per repetition.
+    pub duration: std::time::Duration,
+}
+
+impl XdpRunner {
+    /// Loads `program` from the embedded object (the verifier runs here).
+    pub fn load(program: &'static str) -> Result<Self> {
+        let ebpf = xdp::load(program).with_context(|| format!("loading {program}"))?;
+        Ok(Self { ebpf, program })
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> Result<RunResult> {
+        self.run_repeat(frame, 1)
+    }
+
+    pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
+        // Room for encapsulation to grow the frame.
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(self.program)
+            .context("program vanished")?
+            .try_into()?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let res = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        out.truncate(res.data_size_out as usize);
+        Ok(RunResult {
+            action: res.return_value,
+            frame: out,
+            duration: res.duration,
+        })
+    }
+
+    pub fn stats(&self) -> Result<XdpStats> {
+        Ok(xdp::read_stats(&self.ebpf)?)
+    }
+
+    /// Starts collecting the program's aya-log records; read them with [`LogCapture::lines`].
+    pub fn capture_logs(&mut self) -> Result<LogCapture> {
+        let sink = LineSink::default();
+        let reader = EbpfLogger::init_with_logger(&mut self.ebpf, sink.clone())
+            .context("initialising the aya-log reader")?;
+        Ok(LogCapture { reader, sink })
+    }
+}
+
+/// Reads the aya-log ring buffer synchronously into a list of lines.
+pub struct LogCapture {
+    reader: EbpfLogger<LineSink>,
+    sink: LineSink,
+}
+
+impl LogCapture {
+    /// Every record logged so far (drains the ring buffer first).
+    pub fn lines(&mut self) -> Vec<String> {
+        self.reader.flush();
+        self.sink.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// A `log::Log` that keeps formatted records.
+#[derive(Clone, Default)]
+pub struct LineSink {
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl log::Log for LineSink {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if let Ok(mut lines) = self.lines.lock() {
+            lines.push(record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
