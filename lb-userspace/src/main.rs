@@ -1,5 +1,5 @@
 //! `lb`: command-line entry point.
-use std::time::Duration;
+use std::{io::IsTerminal as _, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -38,7 +38,10 @@ enum XdpCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Logs go to stderr (colour only on a terminal); stdout carries the command's output.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

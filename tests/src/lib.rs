@@ -6,3 +6,24 @@ pub mod xdp_run;
 
 /// Prefix of every network namespace the tests create (`netns::sweep_stale` removes leftovers).
 pub const NETNS_PREFIX: &str = "lbt";
+
+/// The `lb` binary of this build: `$LB_BIN`, or `target/<profile>/lb` next to the test binary
+/// (`cargo xtask test` builds it first).
+pub fn lb_bin() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("LB_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/lb
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("lb"))
+        .expect("test binary lives in target/<profile>/deps");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first (cargo build -p lb-userspace) or set LB_BIN",
+        bin.display()
+    );
+    bin
+}

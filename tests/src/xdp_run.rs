@@ -87,7 +87,7 @@ impl LogCapture {
     /// Every record logged so far (drains the ring buffer first).
     pub fn lines(&mut self) -> Vec<String> {
         self.reader.flush();
-        self.sink.lines.lock().map(|l| l.clone()).unwrap_or_default()
+        self.sink.lines()
     }
 }
 
@@ -95,6 +95,13 @@ impl LogCapture {
 #[derive(Clone, Default)]
 pub struct LineSink {
     lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl LineSink {
+    /// Every record received so far, formatted.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
 }
 
 impl log::Log for LineSink {
