@@ -37,12 +37,10 @@ pub struct TrafficCounters {
 impl TrafficCounters {
     /// Sum of per-CPU values (userspace reads one value per possible CPU).
     pub fn sum<'a>(values: impl IntoIterator<Item = &'a TrafficCounters>) -> Self {
-        values
-            .into_iter()
-            .fold(Self::default(), |acc, v| Self {
-                packets: acc.packets + v.packets,
-                bytes: acc.bytes + v.bytes,
-            })
+        values.into_iter().fold(Self::default(), |acc, v| Self {
+            packets: acc.packets + v.packets,
+            bytes: acc.bytes + v.bytes,
+        })
     }
 }
 

@@ -32,7 +32,7 @@ pub fn count_port(proto: u8, dst_port: u16, frame_len: u64) {
         packets: 1,
         bytes: frame_len,
     };
-    if PORT_STATS.insert(&key, &first, BPF_NOEXIST as u64).is_ok() {
+    if PORT_STATS.insert(key, first, BPF_NOEXIST as u64).is_ok() {
         return;
     }
     // Either another CPU created the key between our lookup and insert (then add to it), or

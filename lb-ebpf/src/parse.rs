@@ -189,8 +189,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
                 l4_off += (ext.len as usize + 1) * 8;
             }
             IPPROTO_FRAGMENT => {
-                let frag: &Ipv6FragHdr =
-                    header(ctx, l4_off).ok_or(Malformed::Ipv6ExtTruncated)?;
+                let frag: &Ipv6FragHdr = header(ctx, l4_off).ok_or(Malformed::Ipv6ExtTruncated)?;
                 next = frag.next_header;
                 fragment = true;
                 if u16::from_be_bytes(frag.offset_flags) & Ipv6FragHdr::OFFSET_MASK != 0 {

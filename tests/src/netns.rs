@@ -103,7 +103,7 @@ impl Netns {
         let path = self.path();
         let name = self.name.clone();
         let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(thread::Builder::new()
+        thread::Builder::new()
             .name(format!("in-{name}"))
             .spawn(move || {
                 // SAFETY: plain syscall on a valid fd owned by this closure.
@@ -117,13 +117,17 @@ impl Netns {
                 drop(file);
                 f()
             })
-            .context("spawning a thread")?)
+            .context("spawning a thread")
     }
 
     /// Pids of processes whose network namespace is this one.
     pub fn pids(&self) -> Vec<i32> {
         ip(&["netns", "pids", &self.name])
-            .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|out| {
+                out.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -134,7 +138,8 @@ impl Drop for Netns {
     }
 }
 
-fn delete_netns(name: &str) {
+/// Kills every process in namespace `name`, then deletes it (best effort, warns on failure).
+pub fn delete_netns(name: &str) {
     if let Ok(out) = ip(&["netns", "pids", name]) {
         for pid in out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
             // SAFETY: plain syscall; the pid came from the kernel a moment ago.
@@ -175,8 +180,18 @@ pub struct VethEnd<'a> {
 /// are usable at once) and brings both ends up. The pair goes away with either namespace.
 pub fn veth_pair(a: VethEnd<'_>, b: VethEnd<'_>) -> Result<()> {
     ip(&[
-        "link", "add", a.name, "netns", a.ns.name(), "type", "veth", "peer", "name", b.name,
-        "netns", b.ns.name(),
+        "link",
+        "add",
+        a.name,
+        "netns",
+        a.ns.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b.name,
+        "netns",
+        b.ns.name(),
     ])?;
     for end in [&a, &b] {
         for addr in end.addrs {

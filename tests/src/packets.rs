@@ -39,12 +39,16 @@ pub struct L4 {
     pub bytes: Vec<u8>,
 }
 
+/// Options padded with zeros to a whole number of 32-bit words (IPv4 and TCP both need it).
+fn pad_to_words(options: &[u8]) -> Vec<u8> {
+    let mut padded = options.to_vec();
+    padded.resize(options.len().div_ceil(4) * 4, 0);
+    padded
+}
+
 /// TCP header with `options` (padded to 4 bytes) then `payload`.
 pub fn tcp(sport: u16, dport: u16, flags: u8, options: &[u8], payload: &[u8]) -> L4 {
-    let mut opts = options.to_vec();
-    while opts.len() % 4 != 0 {
-        opts.push(0);
-    }
+    let opts = pad_to_words(options);
     let header_len = 20 + opts.len();
     let mut b = Vec::with_capacity(header_len + payload.len());
     b.extend_from_slice(&sport.to_be_bytes());
@@ -155,10 +159,7 @@ impl Ipv4Opts {
 
 /// IPv4 packet (header + options + L4), with header and L4 checksums.
 pub fn ipv4(o: &Ipv4Opts, mut l4: L4) -> (Vec<u8>, usize) {
-    let mut opts = o.options.clone();
-    while opts.len() % 4 != 0 {
-        opts.push(0);
-    }
+    let opts = pad_to_words(&o.options);
     let header_len = 20 + opts.len();
     let total = header_len + l4.bytes.len();
     let mut pseudo = Vec::with_capacity(12);

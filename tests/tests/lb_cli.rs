@@ -72,9 +72,15 @@ fn attach_count_detach(mode: &str, signal: nix::sys::signal::Signal, subnet: u8)
     let (first, rest) = wait_attached(&mut child);
     let expected_mode = if mode == "skb" { "skb" } else { "native" };
     assert_eq!(first, format!("attached iface=l0 mode={expected_mode}"));
-    let link = rig.lb_ns.ip(&["link", "show", "dev", "l0"]).expect("ip link");
+    let link = rig
+        .lb_ns
+        .ip(&["link", "show", "dev", "l0"])
+        .expect("ip link");
     let flag = if mode == "skb" { "xdpgeneric" } else { "xdp" };
-    assert!(link.contains(&format!("{flag}/id:")) || link.contains(&format!("{flag} ")), "{link}");
+    assert!(
+        link.contains(&format!("{flag}/id:")) || link.contains(&format!("{flag} ")),
+        "{link}"
+    );
 
     let target = format!("10.{subnet}.0.2:7777");
     rig.client
@@ -109,8 +115,14 @@ fn attach_count_detach(mode: &str, signal: nix::sys::signal::Signal, subnet: u8)
     );
     assert_eq!(out.last().map(String::as_str), Some("detached iface=l0"));
     assert!(stderr.contains(&format!("signal=\"{signal}\"")), "{stderr}");
-    let link = rig.lb_ns.ip(&["link", "show", "dev", "l0"]).expect("ip link");
-    assert!(!link.contains("prog/xdp"), "still attached after exit: {link}");
+    let link = rig
+        .lb_ns
+        .ip(&["link", "show", "dev", "l0"])
+        .expect("ip link");
+    assert!(
+        !link.contains("prog/xdp"),
+        "still attached after exit: {link}"
+    );
 }
 
 #[test]

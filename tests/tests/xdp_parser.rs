@@ -58,7 +58,9 @@ fn run_one(frame: &[u8]) -> Seen {
             assert_eq!(stats.malformed(*r), 1);
             Outcome::Malformed(*r)
         }
-        _ => panic!("expected exactly one outcome, got classes {classes:?} malformed {malformed:?}"),
+        _ => {
+            panic!("expected exactly one outcome, got classes {classes:?} malformed {malformed:?}")
+        }
     };
     Seen { outcome, stats }
 }
@@ -97,7 +99,12 @@ fn mid_flow_tcp_is_counted_but_not_logged_as_new() {
     let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
     let mut logs = runner.capture_logs().expect("logs");
     let syn_ack = eth_ipv4(&[], &v4(), tcp(80, 40000, TCP_SYN | TCP_ACK, &[], b"")).0;
-    let data = eth_ipv4(&[], &v4(), tcp(40000, 80, TCP_ACK | TCP_PSH, &[], b"GET / HTTP/1.1\r\n\r\n")).0;
+    let data = eth_ipv4(
+        &[],
+        &v4(),
+        tcp(40000, 80, TCP_ACK | TCP_PSH, &[], b"GET / HTTP/1.1\r\n\r\n"),
+    )
+    .0;
     runner.run(&syn_ack).expect("run");
     runner.run(&data).expect("run");
     runner.run(&data).expect("run");
@@ -128,7 +135,14 @@ fn ipv6_tcp_and_udp() {
     }
     let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
     let mut logs = runner.capture_logs().expect("logs");
-    let syn = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &[], tcp(40001, 443, TCP_SYN, &[], b"")).0;
+    let syn = eth_ipv6(
+        &[],
+        V6_CLIENT,
+        V6_SERVER,
+        &[],
+        tcp(40001, 443, TCP_SYN, &[], b""),
+    )
+    .0;
     let dgram = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &[], udp(40002, 443, b"quic")).0;
     runner.run(&syn).expect("run");
     runner.run(&dgram).expect("run");
@@ -155,17 +169,27 @@ fn vlan_tagged_frames_are_parsed_through_one_or_two_tags() {
     ] {
         let (frame, _) = eth_ipv4(tags, &v4(), tcp(1234, 8080, TCP_SYN, &[], b""));
         let seen = run_one(&frame);
-        assert_eq!(seen.outcome, Outcome::Class(PacketClass::Ipv4Tcp), "tags {tags:x?}");
+        assert_eq!(
+            seen.outcome,
+            Outcome::Class(PacketClass::Ipv4Tcp),
+            "tags {tags:x?}"
+        );
         assert_eq!(seen.stats.port(IPPROTO_TCP, 8080).packets, 1);
         let (frame, _) = eth_ipv6(tags, V6_CLIENT, V6_SERVER, &[], udp(1, 53, b"x"));
-        assert_eq!(run_one(&frame).outcome, Outcome::Class(PacketClass::Ipv6Udp));
+        assert_eq!(
+            run_one(&frame).outcome,
+            Outcome::Class(PacketClass::Ipv6Udp)
+        );
     }
     let (frame, _) = eth_ipv4(
         &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
         &v4(),
         tcp(1, 2, TCP_SYN, &[], b""),
     );
-    assert_eq!(run_one(&frame).outcome, Outcome::Malformed(Malformed::VlanTruncated));
+    assert_eq!(
+        run_one(&frame).outcome,
+        Outcome::Malformed(Malformed::VlanTruncated)
+    );
 }
 
 #[test]
@@ -179,8 +203,17 @@ fn non_ip_and_other_l4_protocols() {
     let seen = run_one(&icmp);
     assert_eq!(seen.outcome, Outcome::Class(PacketClass::Ipv4Other));
     assert!(seen.stats.ports.is_empty());
-    let (icmp6, _) = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &[], raw(58, &[128, 0, 0, 0, 0, 1, 0, 1]));
-    assert_eq!(run_one(&icmp6).outcome, Outcome::Class(PacketClass::Ipv6Other));
+    let (icmp6, _) = eth_ipv6(
+        &[],
+        V6_CLIENT,
+        V6_SERVER,
+        &[],
+        raw(58, &[128, 0, 0, 0, 0, 1, 0, 1]),
+    );
+    assert_eq!(
+        run_one(&icmp6).outcome,
+        Outcome::Class(PacketClass::Ipv6Other)
+    );
 }
 
 #[test]
@@ -196,7 +229,11 @@ fn ipv4_options_of_every_length_are_skipped() {
         let (frame, layout) = eth_ipv4(&[], &ip, tcp(999, 2000 + words as u16, TCP_SYN, &[], b""));
         assert_eq!(layout.l4, 14 + 20 + words * 4);
         let seen = run_one(&frame);
-        assert_eq!(seen.outcome, Outcome::Class(PacketClass::Ipv4Tcp), "{words} option words");
+        assert_eq!(
+            seen.outcome,
+            Outcome::Class(PacketClass::Ipv4Tcp),
+            "{words} option words"
+        );
         assert_eq!(seen.stats.port(IPPROTO_TCP, 2000 + words as u16).packets, 1);
     }
 }
@@ -210,11 +247,18 @@ fn bad_ipv4_version_and_ihl() {
     for ihl in 0..5u8 {
         let mut frame = good.clone();
         frame[layout.l3] = 0x40 | ihl;
-        assert_eq!(run_one(&frame).outcome, Outcome::Malformed(Malformed::Ipv4BadIhl), "ihl {ihl}");
+        assert_eq!(
+            run_one(&frame).outcome,
+            Outcome::Malformed(Malformed::Ipv4BadIhl),
+            "ihl {ihl}"
+        );
     }
     let mut frame = good.clone();
     frame[layout.l3] = 0x65;
-    assert_eq!(run_one(&frame).outcome, Outcome::Malformed(Malformed::Ipv4BadVersion));
+    assert_eq!(
+        run_one(&frame).outcome,
+        Outcome::Malformed(Malformed::Ipv4BadVersion)
+    );
     // IHL 15 on a frame that has no options: the options would run past the end.
     let mut frame = good.clone();
     frame[layout.l3] = 0x4f;
@@ -233,7 +277,10 @@ fn bad_ipv4_version_and_ihl() {
     // IPv6 EtherType with a version-4 header.
     let mut frame = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &[], udp(1, 2, b"")).0;
     frame[14] = 0x40;
-    assert_eq!(run_one(&frame).outcome, Outcome::Malformed(Malformed::Ipv6BadVersion));
+    assert_eq!(
+        run_one(&frame).outcome,
+        Outcome::Malformed(Malformed::Ipv6BadVersion)
+    );
 }
 
 #[test]
@@ -257,9 +304,16 @@ fn ipv4_fragments_first_has_ports_later_ones_do_not() {
         later.frag_field = field;
         let (frame, _) = eth_ipv4(&[], &later, raw(IPPROTO_UDP, &[0xee; 64]));
         let seen = run_one(&frame);
-        assert_eq!(seen.outcome, Outcome::Class(PacketClass::Ipv4Other), "{what}");
+        assert_eq!(
+            seen.outcome,
+            Outcome::Class(PacketClass::Ipv4Other),
+            "{what}"
+        );
         assert_eq!(seen.stats.class(PacketClass::Ipv4Fragment), 1, "{what}");
-        assert!(seen.stats.ports.is_empty(), "{what}: payload bytes are not ports");
+        assert!(
+            seen.stats.ports.is_empty(),
+            "{what}: payload bytes are not ports"
+        );
     }
 }
 
@@ -273,7 +327,13 @@ fn ipv6_extension_headers_and_fragments() {
         Ext::opts(IPPROTO_DSTOPTS, 2),
         Ext::opts(IPPROTO_ROUTING, 1),
     ];
-    let (frame, _) = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &chain, tcp(5, 6006, TCP_SYN, &[], b""));
+    let (frame, _) = eth_ipv6(
+        &[],
+        V6_CLIENT,
+        V6_SERVER,
+        &chain,
+        tcp(5, 6006, TCP_SYN, &[], b""),
+    );
     let seen = run_one(&frame);
     assert_eq!(seen.outcome, Outcome::Class(PacketClass::Ipv6Tcp));
     assert_eq!(seen.stats.port(IPPROTO_TCP, 6006).packets, 1);
@@ -287,7 +347,13 @@ fn ipv6_extension_headers_and_fragments() {
     assert_eq!(seen.stats.port(IPPROTO_UDP, 6007).packets, 1);
 
     let later = [Ext::fragment(5, false)];
-    let (frame, _) = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &later, raw(IPPROTO_UDP, &[0xee; 32]));
+    let (frame, _) = eth_ipv6(
+        &[],
+        V6_CLIENT,
+        V6_SERVER,
+        &later,
+        raw(IPPROTO_UDP, &[0xee; 32]),
+    );
     let seen = run_one(&frame);
     assert_eq!(seen.outcome, Outcome::Class(PacketClass::Ipv6Other));
     assert_eq!(seen.stats.class(PacketClass::Ipv6Fragment), 1);
@@ -296,10 +362,16 @@ fn ipv6_extension_headers_and_fragments() {
     // Six extension headers are walked; a seventh is more than we follow.
     let six: Vec<_> = (0..6).map(|_| Ext::opts(IPPROTO_DSTOPTS, 0)).collect();
     let (frame, _) = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &six, udp(5, 6008, b""));
-    assert_eq!(run_one(&frame).outcome, Outcome::Class(PacketClass::Ipv6Udp));
+    assert_eq!(
+        run_one(&frame).outcome,
+        Outcome::Class(PacketClass::Ipv6Udp)
+    );
     let seven: Vec<_> = (0..7).map(|_| Ext::opts(IPPROTO_DSTOPTS, 0)).collect();
     let (frame, _) = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &seven, udp(5, 6008, b""));
-    assert_eq!(run_one(&frame).outcome, Outcome::Malformed(Malformed::Ipv6ExtTruncated));
+    assert_eq!(
+        run_one(&frame).outcome,
+        Outcome::Malformed(Malformed::Ipv6ExtTruncated)
+    );
 }
 
 #[test]
@@ -320,7 +392,10 @@ fn bad_l4_headers() {
     // Data offset 15 (60 bytes) with only 28 bytes of TCP segment.
     let mut frame = good.clone();
     frame[layout.l4 + 12] = 0xf0;
-    assert_eq!(run_one(&frame).outcome, Outcome::Malformed(Malformed::TcpBadDataOffset));
+    assert_eq!(
+        run_one(&frame).outcome,
+        Outcome::Malformed(Malformed::TcpBadDataOffset)
+    );
 
     let (good, layout) = eth_ipv4(&[], &v4(), udp(1, 53, b"abcd"));
     for (len, what) in [(7u16, "below header size"), (13, "beyond IP payload")] {
@@ -369,7 +444,13 @@ fn truncation_at_every_byte_is_counted_by_reason() {
             ("qinq v4+opts udp", f, l, true, false)
         },
         {
-            let (f, l) = eth_ipv6(&[ETH_P_8021Q], V6_CLIENT, V6_SERVER, &[], tcp(1, 80, TCP_SYN, &tcp_opts, b""));
+            let (f, l) = eth_ipv6(
+                &[ETH_P_8021Q],
+                V6_CLIENT,
+                V6_SERVER,
+                &[],
+                tcp(1, 80, TCP_SYN, &tcp_opts, b""),
+            );
             ("vlan v6 tcp", f, l, false, true)
         },
         {
@@ -387,7 +468,11 @@ fn truncation_at_every_byte_is_counted_by_reason() {
             let expected_raw = if in_vlan {
                 Malformed::VlanTruncated
             } else if cut < layout.l3 + fixed_ip {
-                if is_v4 { Malformed::Ipv4Truncated } else { Malformed::Ipv6Truncated }
+                if is_v4 {
+                    Malformed::Ipv4Truncated
+                } else {
+                    Malformed::Ipv6Truncated
+                }
             } else if is_v4 && cut < layout.l4 {
                 Malformed::Ipv4OptionsTruncated
             } else if is_v4 {

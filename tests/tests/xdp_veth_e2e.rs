@@ -95,18 +95,22 @@ fn real_traffic_is_counted(mode: AttachMode, expected_mode: &str, subnet: u8) {
             }
             let sock = UdpSocket::bind((c4.as_str(), 0)).expect("udp4 client");
             for _ in 0..UDP4_DATAGRAMS {
-                sock.send_to(&[7u8; UDP_PAYLOAD], (l4.as_str(), 9000)).expect("send4");
+                sock.send_to(&[7u8; UDP_PAYLOAD], (l4.as_str(), 9000))
+                    .expect("send4");
             }
             let sock6 = UdpSocket::bind("[::]:0").expect("udp6 client");
             for _ in 0..UDP6_DATAGRAMS {
-                sock6.send_to(&[9u8; UDP_PAYLOAD], (l6.as_str(), 9001)).expect("send6");
+                sock6
+                    .send_to(&[9u8; UDP_PAYLOAD], (l6.as_str(), 9001))
+                    .expect("send6");
             }
         })
         .expect("client traffic");
     echo.join().expect("echo server");
     // Every datagram arrived, so every one went through the program.
     for (sock, expected) in [(&udp4, UDP4_DATAGRAMS), (&udp6, UDP6_DATAGRAMS)] {
-        sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         let mut buf = [0u8; 2048];
         for _ in 0..expected {
             assert_eq!(sock.recv(&mut buf).expect("datagram"), UDP_PAYLOAD);
@@ -116,10 +120,16 @@ fn real_traffic_is_counted(mode: AttachMode, expected_mode: &str, subnet: u8) {
     let stats = xdp::read_stats(attached.ebpf()).expect("stats");
     let udp4_counters = stats.port(IPPROTO_UDP, 9000);
     assert_eq!(udp4_counters.packets, UDP4_DATAGRAMS);
-    assert_eq!(udp4_counters.bytes, UDP4_DATAGRAMS * (14 + 20 + 8 + UDP_PAYLOAD as u64));
+    assert_eq!(
+        udp4_counters.bytes,
+        UDP4_DATAGRAMS * (14 + 20 + 8 + UDP_PAYLOAD as u64)
+    );
     let udp6_counters = stats.port(IPPROTO_UDP, 9001);
     assert_eq!(udp6_counters.packets, UDP6_DATAGRAMS);
-    assert_eq!(udp6_counters.bytes, UDP6_DATAGRAMS * (14 + 40 + 8 + UDP_PAYLOAD as u64));
+    assert_eq!(
+        udp6_counters.bytes,
+        UDP6_DATAGRAMS * (14 + 40 + 8 + UDP_PAYLOAD as u64)
+    );
     assert_eq!(stats.class(PacketClass::TcpSyn), TCP_CONNECTIONS as u64);
     let tcp_counters = stats.port(IPPROTO_TCP, 8080);
     // Per connection at least SYN, ACK, data, FIN reach the server side.
@@ -133,7 +143,11 @@ fn real_traffic_is_counted(mode: AttachMode, expected_mode: &str, subnet: u8) {
     let ports: Vec<_> = stats.ports.keys().map(|k| (k.proto, k.port)).collect();
     assert_eq!(
         ports,
-        vec![(IPPROTO_TCP, 8080), (IPPROTO_UDP, 9000), (IPPROTO_UDP, 9001)]
+        vec![
+            (IPPROTO_TCP, 8080),
+            (IPPROTO_UDP, 9000),
+            (IPPROTO_UDP, 9001)
+        ]
     );
 
     log_reader.flush();

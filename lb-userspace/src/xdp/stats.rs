@@ -56,7 +56,11 @@ pub fn read_stats(ebpf: &Ebpf) -> Result<XdpStats, XdpError> {
         ports.insert(key, TrafficCounters::sum(per_cpu.iter()));
     }
 
-    let classes = read_array(ebpf, map_names::PACKET_CLASSES, PacketClass::ALL.map(|c| c.name()))?;
+    let classes = read_array(
+        ebpf,
+        map_names::PACKET_CLASSES,
+        PacketClass::ALL.map(|c| c.name()),
+    )?;
     let malformed = read_array(ebpf, map_names::MALFORMED, Malformed::ALL.map(|r| r.name()))?;
     Ok(XdpStats {
         ports,
@@ -97,7 +101,11 @@ fn proto_name(proto: u8) -> &'static str {
 /// The human-readable table `lb` prints.
 impl fmt::Display for XdpStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<8} {:>6} {:>12} {:>14}", "proto", "port", "packets", "bytes")?;
+        writeln!(
+            f,
+            "{:<8} {:>6} {:>12} {:>14}",
+            "proto", "port", "packets", "bytes"
+        )?;
         for (key, counters) in &self.ports {
             writeln!(
                 f,
