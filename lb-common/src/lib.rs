@@ -5,6 +5,8 @@
 //! uninitialised bytes in a key (hash maps compare keys bytewise).
 #![no_std]
 
+pub mod hash;
+pub mod l4;
 pub mod stats;
 
 pub use stats::{Malformed, PacketClass, PortKey, TrafficCounters};
@@ -17,6 +19,23 @@ pub mod map_names {
     pub const PACKET_CLASSES: &str = "PACKET_CLASSES";
     /// Per-CPU array indexed by [`crate::Malformed`]: packet counts.
     pub const MALFORMED: &str = "MALFORMED";
+    /// Hash: [`crate::l4::VipKey`] -> [`crate::l4::VipMeta`].
+    pub const VIPS: &str = "VIPS";
+    /// Array indexed by real id: [`crate::l4::Real`].
+    pub const REALS: &str = "REALS";
+    /// Array of real ids, `MAX_VIPS * 2` rings of `MAX_RING_SIZE` slots.
+    pub const MAGLEV_RINGS: &str = "MAGLEV_RINGS";
+    /// Per-CPU LRU hash: [`crate::l4::FlowKey`] -> [`crate::l4::FlowEntry`].
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// LRU hash: [`crate::l4::FlowKey`] -> [`crate::l4::FlowTag`] (local VIPs).
+    pub const FLOW_TAGS: &str = "FLOW_TAGS";
+    /// Array with one [`crate::l4::EncapConfig`].
+    pub const ENCAP_CONFIG: &str = "ENCAP_CONFIG";
+    /// Per-CPU arrays of [`crate::l4::FlowCounters`], by VIP index and by real id.
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const REAL_STATS: &str = "REAL_STATS";
+    /// Per-CPU array indexed by [`crate::l4::L4Event`].
+    pub const L4_EVENTS: &str = "L4_EVENTS";
 }
 
 /// Names of the XDP programs in the object file.
@@ -25,6 +44,8 @@ pub mod program_names {
     pub const LB_XDP: &str = "lb_xdp";
     /// Returns `XDP_PASS` and nothing else: the baseline that benchmarks subtract.
     pub const BASELINE_PASS: &str = "lb_xdp_baseline_pass";
+    /// Runs on real servers: strips IPIP / IP6IP6 so the inner packet reaches the VIP socket.
+    pub const DECAP: &str = "lb_decap";
 }
 
 /// Capacity of [`map_names::PORT_STATS`]. When full, new keys are not counted per port (they are

@@ -60,7 +60,8 @@ pub enum PacketClass {
     Ipv4Other = 3,
     Ipv6Tcp = 4,
     Ipv6Udp = 5,
-    /// IPv6 with another L4 protocol (ICMPv6, ...), or a non-first fragment.
+    /// IPv6 with another L4 protocol (ICMPv6, ...), a non-first fragment, or an extension
+    /// header chain longer than the parser walks.
     Ipv6Other = 6,
     /// TCP segment with SYN set and ACK clear: a connection attempt.
     TcpSyn = 7,
@@ -129,7 +130,8 @@ pub enum Malformed {
     Ipv6BadVersion = 8,
     /// IPv6 payload length larger than the frame.
     Ipv6BadPayloadLength = 9,
-    /// An IPv6 extension header cut off, or a longer chain than we walk.
+    /// An IPv6 extension header cut off or longer than the payload. (A chain longer than the
+    /// parser walks is not malformed: it is classed `Ipv6Other`, without ports.)
     Ipv6ExtTruncated = 10,
     /// TCP header (20 bytes) cut off.
     TcpTruncated = 11,

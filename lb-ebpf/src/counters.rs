@@ -1,8 +1,11 @@
 //! Per-CPU counter updates. Per-CPU maps need no atomics: each CPU owns its slot, userspace sums.
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuArray};
-use lb_common::{Malformed, PacketClass, PortKey, TrafficCounters};
+use lb_common::{
+    Malformed, PacketClass, PortKey, TrafficCounters,
+    l4::{FlowCounters, L4Event},
+};
 
-use crate::maps::{MALFORMED, PACKET_CLASSES, PORT_STATS};
+use crate::maps::{L4_EVENTS, MALFORMED, PACKET_CLASSES, PORT_STATS, REAL_STATS, VIP_STATS};
 
 #[inline(always)]
 fn bump(array: &PerCpuArray<u64>, index: u32) {
@@ -54,5 +57,32 @@ fn add_to_existing(key: &PortKey, frame_len: u64) -> bool {
             true
         }
         None => false,
+    }
+}
+
+#[inline(always)]
+pub fn count_event(event: L4Event) {
+    bump(&L4_EVENTS, event as u32);
+}
+
+/// Adds one packet (and maybe one new flow) to a VIP's and a real's counters.
+#[inline(always)]
+pub fn count_flow(vip_index: u32, real_id: u32, frame_len: u64, new_flow: bool) {
+    for (array, index) in [(&VIP_STATS, vip_index), (&REAL_STATS, real_id)] {
+        if let Some(c) = array.get_ptr_mut(index) {
+            // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+            unsafe { add_flow(c, frame_len, new_flow) };
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn add_flow(c: *mut FlowCounters, frame_len: u64, new_flow: bool) {
+    unsafe {
+        (*c).packets += 1;
+        (*c).bytes += frame_len;
+        if new_flow {
+            (*c).new_flows += 1;
+        }
     }
 }

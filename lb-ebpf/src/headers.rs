@@ -105,3 +105,8 @@ pub struct UdpHdr {
     pub len: [u8; 2],
     pub check: [u8; 2],
 }
+
+/// IPv4-in-IP (outer protocol number for an inner IPv4 packet).
+pub const IPPROTO_IPIP: u8 = 4;
+/// IPv6-in-IP (outer protocol number for an inner IPv6 packet).
+pub const IPPROTO_IPV6: u8 = 41;

@@ -1,9 +1,10 @@
 //! lb's XDP datapath.
 //!
-//! Reads top-down like the packet's journey: `lb_xdp` (below) parses the frame (`parse`), counts
-//! it (`counters`), logs connection attempts, and returns the verdict. For now every verdict is
-//! `XDP_PASS`; the L4 tier adds VIP lookup, target selection and encapsulation between parse and
-//! verdict.
+//! Reads top-down like the packet's journey, in `lb_xdp` below:
+//! parse (`parse`) -> count (`counters`) -> VIP? (`vip`) -> pick a real (`select`: connection
+//! table, then Maglev ring) -> `local`: pass to the stack with a flow tag (`local`), or
+//! `encap`: IPIP/IP6IP6 to the real (`encap`) and out via the kernel FIB (`forward`).
+//! `lb_decap` (`decap`) is the program real servers run to undo the encapsulation.
 //!
 //! On the host (clippy, `cargo build --workspace`) this crate is an empty binary: the real
 //! object is built for `bpfel-unknown-none` by `lb-userspace/build.rs`.
@@ -12,35 +13,96 @@
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod decap;
+#[cfg(target_arch = "bpf")]
+mod encap;
+#[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
 mod headers;
+#[cfg(target_arch = "bpf")]
+mod local;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod select;
+#[cfg(target_arch = "bpf")]
+mod vip;
 
 #[cfg(target_arch = "bpf")]
 mod datapath {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use aya_log_ebpf::info;
-    use lb_common::PacketClass;
+    use lb_common::{
+        PacketClass,
+        l4::{L4Event, VIP_FORWARD_LOCAL},
+    };
 
     use crate::{
-        counters::{count_class, count_malformed, count_port},
+        counters::{count_class, count_event, count_flow, count_malformed, count_port},
+        decap::decapsulate,
+        encap::encapsulate,
+        forward::send,
+        local::record_flow_tag,
         parse::{Addrs, Frame, Packet, parse},
+        select::select,
+        vip,
     };
 
     /// The datapath entry point, attached to the ingress interface.
     #[xdp]
     pub fn lb_xdp(ctx: XdpContext) -> u32 {
         let frame_len = (ctx.data_end() - ctx.data()) as u64;
-        match parse(&ctx) {
-            Ok(Frame::NonIp) => count_class(PacketClass::NonIp),
-            Ok(Frame::Ip(pkt)) => account(&ctx, &pkt, frame_len),
-            // Drop policy for malformed frames belongs to the L4 tier; until it decides, we
-            // count them and let the kernel's own checks have them.
-            Err(reason) => count_malformed(reason),
+        let pkt = match parse(&ctx) {
+            Ok(Frame::NonIp) => {
+                count_class(PacketClass::NonIp);
+                return xdp_action::XDP_PASS;
+            }
+            Ok(Frame::Ip(pkt)) => pkt,
+            Err(reason) => {
+                // Nothing downstream could use a frame whose headers lie about themselves.
+                count_malformed(reason);
+                count_event(L4Event::MalformedDropped);
+                return xdp_action::XDP_DROP;
+            }
+        };
+        account(&ctx, &pkt, frame_len);
+
+        let Some(hit) = vip::lookup(&pkt) else {
+            return xdp_action::XDP_PASS;
+        };
+        if pkt.fragment {
+            count_event(L4Event::VipFragment);
         }
-        xdp_action::XDP_PASS
+        let Some(selected) = select(&hit.flow, &hit.meta) else {
+            count_event(L4Event::NoRealDropped);
+            return xdp_action::XDP_DROP;
+        };
+        count_flow(
+            hit.meta.index,
+            selected.real_id,
+            frame_len,
+            selected.new_flow,
+        );
+
+        if hit.meta.forward == VIP_FORWARD_LOCAL {
+            if selected.new_flow {
+                record_flow_tag(&hit.flow, &selected);
+            }
+            count_event(L4Event::LocalPassed);
+            return xdp_action::XDP_PASS;
+        }
+        match encapsulate(&ctx, &pkt, &selected.real, selected.hash) {
+            Some(outer) => send(&ctx, &outer),
+            None => {
+                count_event(L4Event::EncapFailedDropped);
+                xdp_action::XDP_DROP
+            }
+        }
     }
 
     #[inline(always)]
@@ -69,6 +131,12 @@ mod datapath {
                 ),
             }
         }
+    }
+
+    /// Real servers: strips IPIP / IP6IP6 so the inner packet reaches the VIP's socket.
+    #[xdp]
+    pub fn lb_decap(ctx: XdpContext) -> u32 {
+        decapsulate(&ctx)
     }
 
     /// Returns `XDP_PASS` and does nothing else: benchmarks measure it next to `lb_xdp` so the

@@ -1,9 +1,15 @@
 //! Every map the datapath uses. Names match `lb_common::map_names`; userspace finds them by name.
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
 };
-use lb_common::{Malformed, PORT_STATS_CAPACITY, PacketClass, PortKey, TrafficCounters};
+use lb_common::{
+    Malformed, PORT_STATS_CAPACITY, PacketClass, PortKey, TrafficCounters,
+    l4::{
+        CONNTRACK_CAPACITY, EncapConfig, FLOW_TAGS_CAPACITY, FlowCounters, FlowEntry, FlowKey,
+        FlowTag, L4Event, MAGLEV_RINGS_LEN, MAX_REALS, MAX_VIPS, Real, VipKey, VipMeta,
+    },
+};
 
 #[map(name = "PORT_STATS")]
 pub static PORT_STATS: PerCpuHashMap<PortKey, TrafficCounters> =
@@ -14,3 +20,34 @@ pub static PACKET_CLASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Pack
 
 #[map(name = "MALFORMED")]
 pub static MALFORMED: PerCpuArray<u64> = PerCpuArray::with_max_entries(Malformed::COUNT, 0);
+
+// ---- L4 tier (written by userspace's l4 module, read per packet) ----
+
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
+
+#[map(name = "REALS")]
+pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
+
+#[map(name = "MAGLEV_RINGS")]
+pub static MAGLEV_RINGS: Array<u32> = Array::with_max_entries(MAGLEV_RINGS_LEN, 0);
+
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruPerCpuHashMap<FlowKey, FlowEntry> =
+    LruPerCpuHashMap::with_max_entries(CONNTRACK_CAPACITY, 0);
+
+#[map(name = "FLOW_TAGS")]
+pub static FLOW_TAGS: LruHashMap<FlowKey, FlowTag> =
+    LruHashMap::with_max_entries(FLOW_TAGS_CAPACITY, 0);
+
+#[map(name = "ENCAP_CONFIG")]
+pub static ENCAP_CONFIG: Array<EncapConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "REAL_STATS")]
+pub static REAL_STATS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+
+#[map(name = "L4_EVENTS")]
+pub static L4_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(L4Event::COUNT, 0);

@@ -9,6 +9,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Malformed, PacketClass,
+    l4::{FAMILY_V4, FAMILY_V6},
     stats::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -43,6 +44,11 @@ pub struct Ports {
 
 pub struct Packet {
     pub addrs: Addrs,
+    /// Offset of the IP header in the frame (after Ethernet and VLAN tags).
+    pub l3_off: usize,
+    /// Length of the IP packet as its header declares it (header included); the frame may
+    /// hold Ethernet padding after it.
+    pub ip_len: usize,
     /// L4 protocol number (after IPv6 extension headers).
     pub proto: u8,
     /// TCP/UDP ports; `None` for other protocols and non-first fragments.
@@ -66,6 +72,15 @@ impl Packet {
         }
     }
 
+    /// Source, destination (16 bytes, IPv4 in the first 4) and family (4 or 6).
+    #[inline(always)]
+    pub fn addrs16(&self) -> ([u8; 16], [u8; 16], u8) {
+        match self.addrs {
+            Addrs::V4 { src, dst } => (widen(src), widen(dst), FAMILY_V4),
+            Addrs::V6 { src, dst } => (src, dst, FAMILY_V6),
+        }
+    }
+
     pub fn is_tcp_syn(&self) -> bool {
         self.proto == IPPROTO_TCP
             && self.ports.is_some()
@@ -73,13 +88,24 @@ impl Packet {
     }
 }
 
-/// A bounds-checked view of the header of type `T` at byte offset `off` of the frame.
+/// IPv4 address in the 16-byte layout the L4 maps use.
+#[inline(always)]
+pub fn widen(v4: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0] = v4[0];
+    out[1] = v4[1];
+    out[2] = v4[2];
+    out[3] = v4[3];
+    out
+}
+
+/// A bounds-checked pointer to a `T` at byte offset `off` of the frame.
 ///
 /// `data` and `data_end` are re-read with volatile loads so LLVM cannot prove this check
 /// redundant from earlier length checks (e.g. "the IPv4 total length fits, so the TCP header
 /// does") and drop it: the verifier only accepts an access after a pointer comparison it sees.
 #[inline(always)]
-fn header<T>(ctx: &XdpContext, off: usize) -> Option<&T> {
+fn header_ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     // SAFETY: `ctx.ctx` is the xdp_md the kernel passed in; reading its fields is always valid.
     let (data, data_end) = unsafe {
         (
@@ -91,8 +117,22 @@ fn header<T>(ctx: &XdpContext, off: usize) -> Option<&T> {
     if start + size_of::<T>() > data_end {
         return None;
     }
-    // SAFETY: in bounds (checked above); `T` is a byte-array struct with alignment 1.
-    Some(unsafe { &*(start as *const T) })
+    Some(start as *mut T)
+}
+
+/// A bounds-checked view of the header of type `T` at byte offset `off` of the frame.
+#[inline(always)]
+pub fn header<T>(ctx: &XdpContext, off: usize) -> Option<&T> {
+    // SAFETY: in bounds (checked by header_ptr); `T` is a byte-array struct with alignment 1.
+    header_ptr(ctx, off).map(|p| unsafe { &*p })
+}
+
+/// Like [`header`], for writing (XDP frames are writable).
+#[inline(always)]
+#[allow(clippy::mut_from_ref)] // the frame is not Rust memory; the context only locates it
+pub fn header_mut<T>(ctx: &XdpContext, off: usize) -> Option<&mut T> {
+    // SAFETY: as for `header`.
+    header_ptr(ctx, off).map(|p| unsafe { &mut *p })
 }
 
 /// True when `len` bytes from `off` are inside the frame.
@@ -153,6 +193,8 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
             src: ip.src,
             dst: ip.dst,
         },
+        l3_off: off,
+        ip_len: total_len,
         proto: ip.protocol,
         ports: None,
         tcp_flags: 0,
@@ -200,12 +242,12 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
             _ => break,
         }
     }
-    if matches!(
+    // A chain longer than we walk is legal IPv6: report the extension header as the protocol
+    // (no ports), so it is passed as `Ipv6Other` rather than dropped as malformed.
+    let chain_too_long = matches!(
         next,
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
-    ) {
-        return Err(Malformed::Ipv6ExtTruncated);
-    }
+    );
     let ext_len = l4_off - payload_off;
     if ext_len > payload_len {
         return Err(Malformed::Ipv6ExtTruncated);
@@ -216,12 +258,14 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
             src: ip.src,
             dst: ip.dst,
         },
+        l3_off: off,
+        ip_len: size_of::<Ipv6Hdr>() + payload_len,
         proto: next,
         ports: None,
         tcp_flags: 0,
         fragment,
     };
-    if first_fragment {
+    if first_fragment && !chain_too_long {
         parse_l4(ctx, l4_off, payload_len - ext_len, &mut pkt)?;
     }
     Ok(pkt)

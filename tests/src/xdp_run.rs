@@ -5,10 +5,12 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use aya_log::EbpfLogger;
 use lb::xdp::{self, XdpStats};
+use lb_common::{Malformed, PacketClass, PortKey, TrafficCounters, map_names};
 
 /// XDP verdicts (`enum xdp_action`).
 pub const XDP_ABORTED: u32 = 0;
@@ -66,6 +68,32 @@ impl XdpRunner {
 
     pub fn stats(&self) -> Result<XdpStats> {
         Ok(xdp::read_stats(&self.ebpf)?)
+    }
+
+    /// Zeroes the parser counters (classes, malformed reasons, per-port stats), so one loaded
+    /// program can serve many single-frame checks; loading is the slow part.
+    pub fn reset_counters(&mut self) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        for (name, len) in [
+            (map_names::PACKET_CLASSES, PacketClass::COUNT),
+            (map_names::MALFORMED, Malformed::COUNT),
+        ] {
+            let mut array: PerCpuArray<&mut MapData, u64> =
+                self.ebpf.map_mut(name).context(name)?.try_into()?;
+            for index in 0..len {
+                array.set(index, PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
+            }
+        }
+        let mut ports: PerCpuHashMap<&mut MapData, PortKey, TrafficCounters> = self
+            .ebpf
+            .map_mut(map_names::PORT_STATS)
+            .context("PORT_STATS")?
+            .try_into()?;
+        let keys: Vec<PortKey> = ports.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            ports.remove(&key)?;
+        }
+        Ok(())
     }
 
     /// Starts collecting the program's aya-log records; read them with [`LogCapture::lines`].

@@ -1,12 +1,12 @@
 //! The XDP parser and counters, run in the kernel through BPF_PROG_TEST_RUN on hand-made frames.
 //!
-//! Every frame must land in exactly one primary class or one malformed reason; the program
-//! passes every frame unchanged (drop policy is the L4 tier's).
+//! Every frame must land in exactly one primary class or one malformed reason. No VIPs are
+//! configured here, so well-formed frames are passed unchanged and malformed ones dropped.
 use lb_common::{Malformed, PacketClass, program_names};
 use lb_tests::{
     netns::require_root,
     packets::*,
-    xdp_run::{XDP_PASS, XdpRunner},
+    xdp_run::{XDP_DROP, XDP_PASS, XdpRunner},
 };
 
 const PRIMARY: [PacketClass; 7] = [
@@ -32,12 +32,25 @@ struct Seen {
 }
 
 /// Runs `frame` through a freshly loaded program and checks the invariants every frame obeys:
-/// passed unchanged, exactly one primary class or malformed reason counted.
+/// exactly one primary class (then passed unchanged) or one malformed reason (then dropped).
 fn run_one(frame: &[u8]) -> Seen {
-    let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load lb_xdp");
+    thread_local! {
+        static RUNNER: std::cell::RefCell<Option<XdpRunner>> = const { std::cell::RefCell::new(None) };
+    }
+    RUNNER.with_borrow_mut(|slot| {
+        let runner = match slot {
+            Some(runner) => {
+                runner.reset_counters().expect("reset counters");
+                runner
+            }
+            None => slot.insert(XdpRunner::load(program_names::LB_XDP).expect("load lb_xdp")),
+        };
+        check_one(runner, frame)
+    })
+}
+
+fn check_one(runner: &mut XdpRunner, frame: &[u8]) -> Seen {
     let res = runner.run(frame).expect("test run");
-    assert_eq!(res.action, XDP_PASS, "every frame is passed for now");
-    assert_eq!(res.frame, frame, "the frame is not modified");
     let stats = runner.stats().expect("stats");
     let classes: Vec<_> = PRIMARY
         .iter()
@@ -52,10 +65,16 @@ fn run_one(frame: &[u8]) -> Seen {
     let outcome = match (classes.as_slice(), malformed.as_slice()) {
         ([c], []) => {
             assert_eq!(stats.class(*c), 1);
+            assert_eq!(
+                res.action, XDP_PASS,
+                "well-formed non-VIP frames are passed"
+            );
+            assert_eq!(res.frame, frame, "and not modified");
             Outcome::Class(*c)
         }
         ([], [r]) => {
             assert_eq!(stats.malformed(*r), 1);
+            assert_eq!(res.action, XDP_DROP, "malformed frames are dropped");
             Outcome::Malformed(*r)
         }
         _ => {
@@ -359,7 +378,8 @@ fn ipv6_extension_headers_and_fragments() {
     assert_eq!(seen.stats.class(PacketClass::Ipv6Fragment), 1);
     assert!(seen.stats.ports.is_empty());
 
-    // Six extension headers are walked; a seventh is more than we follow.
+    // Six extension headers are walked; a seventh is more than we follow: legal IPv6, so it
+    // is passed without ports rather than dropped.
     let six: Vec<_> = (0..6).map(|_| Ext::opts(IPPROTO_DSTOPTS, 0)).collect();
     let (frame, _) = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &six, udp(5, 6008, b""));
     assert_eq!(
@@ -368,8 +388,16 @@ fn ipv6_extension_headers_and_fragments() {
     );
     let seven: Vec<_> = (0..7).map(|_| Ext::opts(IPPROTO_DSTOPTS, 0)).collect();
     let (frame, _) = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &seven, udp(5, 6008, b""));
+    let seen = run_one(&frame);
+    assert_eq!(seen.outcome, Outcome::Class(PacketClass::Ipv6Other));
+    assert!(seen.stats.ports.is_empty());
+
+    // An extension header whose length runs past the payload is malformed.
+    let hbh = [Ext::opts(IPPROTO_HOPOPTS, 0)];
+    let mut long = eth_ipv6(&[], V6_CLIENT, V6_SERVER, &hbh, udp(5, 6009, b"")).0;
+    long[14 + 40 + 1] = 4; // hop-by-hop length: 40 bytes, more than the 16-byte payload
     assert_eq!(
-        run_one(&frame).outcome,
+        run_one(&long).outcome,
         Outcome::Malformed(Malformed::Ipv6ExtTruncated)
     );
 }

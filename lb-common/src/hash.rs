@@ -1,0 +1,62 @@
+//! The flow hash, shared by the datapath and userspace (tests predict which real a flow gets).
+//!
+//! MurmurHash3's 32-bit body and finaliser over whole words: no loops over variable lengths,
+//! so the BPF compiler unrolls it and the verifier sees straight-line code.
+use crate::l4::FlowKey;
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+
+#[inline(always)]
+fn mix(h: u32, word: u32) -> u32 {
+    let k = word.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finish(mut h: u32, len_bytes: u32) -> u32 {
+    h ^= len_bytes;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn word(bytes: &[u8; 16], i: usize) -> u32 {
+    u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
+}
+
+/// Hash of a flow's 5-tuple (with ports zero for fragments).
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
+    let mut h = seed;
+    h = mix(h, word(&key.src, 0));
+    h = mix(h, word(&key.src, 4));
+    h = mix(h, word(&key.src, 8));
+    h = mix(h, word(&key.src, 12));
+    h = mix(h, word(&key.dst, 0));
+    h = mix(h, word(&key.dst, 4));
+    h = mix(h, word(&key.dst, 8));
+    h = mix(h, word(&key.dst, 12));
+    h = mix(h, u32::from(key.src_port) << 16 | u32::from(key.dst_port));
+    h = mix(h, u32::from(key.proto) << 8 | u32::from(key.family));
+    finish(h, 40)
+}
+
+/// Hash of 16 address bytes (Maglev permutations of reals, in userspace).
+pub fn addr_hash(addr: &[u8; 16], seed: u32) -> u32 {
+    let mut h = seed;
+    h = mix(h, word(addr, 0));
+    h = mix(h, word(addr, 4));
+    h = mix(h, word(addr, 8));
+    h = mix(h, word(addr, 12));
+    finish(h, 16)
+}
+
+/// Seed of the datapath's flow hash (Maglev slot choice).
+pub const FLOW_HASH_SEED: u32 = 0x6c62_4c34; // "lbL4"

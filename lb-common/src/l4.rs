@@ -1,0 +1,232 @@
+//! L4 tier map layouts: VIPs, reals, Maglev rings, connection table, flow tags, L4 stats.
+//!
+//! Addresses are always 16 bytes: an IPv4 address sits in the first 4 bytes with the rest
+//! zero, and `family` says which it is. One layout for both families keeps one code path.
+
+/// `family` values.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// How many VIPs the datapath holds.
+pub const MAX_VIPS: u32 = 32;
+/// Largest Maglev ring (a prime); each VIP may use a smaller prime.
+pub const MAX_RING_SIZE: u32 = 65537;
+/// Default Maglev ring size per VIP.
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// How many reals (across all VIPs) the datapath holds. Real id 0 is never used.
+pub const MAX_REALS: u32 = 4096;
+/// Ring slot value meaning "no real" (a VIP with no healthy real drops new flows).
+pub const NO_REAL: u32 = 0;
+/// Per-CPU LRU connection-table size.
+pub const CONNTRACK_CAPACITY: u32 = 65536;
+/// LRU flow-tag table size (local VIPs).
+pub const FLOW_TAGS_CAPACITY: u32 = 65536;
+
+/// Index of a ring slot in the flat `MAGLEV_RINGS` array. Each VIP owns two halves of
+/// `MAX_RING_SIZE` slots; userspace fills the inactive half, then flips `VipMeta::active_half`.
+pub const fn ring_index(vip_index: u32, half: u32, slot: u32) -> u32 {
+    (vip_index * 2 + half) * MAX_RING_SIZE + slot
+}
+/// Size of the `MAGLEV_RINGS` array.
+pub const MAGLEV_RINGS_LEN: u32 = MAX_VIPS * 2 * MAX_RING_SIZE;
+
+/// `VIPS` key: destination address, port (host order) and protocol. A key with port 0 is the
+/// fragment alias of an (address, protocol): fragments carry no ports after the first, so all
+/// fragments of a VIP address are matched and hashed without ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Forwarding of a VIP: IPIP/IP6IP6 to the chosen real (direct server return).
+pub const VIP_FORWARD_ENCAP: u32 = 0;
+/// Forwarding of a VIP: pass to this host's stack (the local L7 tier), recording a flow tag.
+pub const VIP_FORWARD_LOCAL: u32 = 1;
+
+/// `VIPS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into `VIP_STATS` and into `MAGLEV_RINGS` (see [`ring_index`]).
+    pub index: u32,
+    /// [`VIP_FORWARD_ENCAP`] or [`VIP_FORWARD_LOCAL`].
+    pub forward: u32,
+    /// Prime number of ring slots in use (<= [`MAX_RING_SIZE`]).
+    pub ring_size: u32,
+    /// Which half of the VIP's ring space is live (0 or 1).
+    pub active_half: u32,
+}
+
+/// `Real::flags`: the real takes no flows; established flows to it are re-hashed.
+pub const REAL_DOWN: u8 = 1;
+
+/// `REALS` array value, indexed by real id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Real {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A flow as the client sent it: connection-table and flow-tag key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Connection-table value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub real: u32,
+    pub vip: u32,
+}
+
+/// What the datapath records for each new flow to a `local` VIP, for the L7 tier's PROXY
+/// header: the true client, the VIP it reached, the target Maglev chose, and a flow id that
+/// ties L4 and L7 logs together. Keyed by the flow's [`FlowKey`] (client -> VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTag {
+    pub client: [u8; 16],
+    pub vip: [u8; 16],
+    pub target: [u8; 16],
+    pub flow_id: u64,
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub family: u8,
+    pub target_family: u8,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Per-VIP and per-real counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Source addresses of encapsulated packets: the prefix, with the low bits taken from the
+/// flow hash so receivers spread flows over RX queues (RSS hashes the outer header).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncapConfig {
+    /// IPv4 outer source: first two bytes from here, last two from the flow hash (a /16).
+    pub src_v4: [u8; 4],
+    /// IPv6 outer source: first twelve bytes from here, last four from the flow hash (a /96).
+    pub src_v6: [u8; 16],
+}
+
+impl Default for EncapConfig {
+    fn default() -> Self {
+        Self {
+            src_v4: [172, 16, 0, 0],
+            src_v6: [
+                0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0, 0, 0, 0,
+            ],
+        }
+    }
+}
+
+/// L4 decisions and events. Index into the `L4_EVENTS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Event {
+    /// VIP packet whose flow was in the connection table.
+    ConntrackHit = 0,
+    /// VIP packet that started a new flow (table miss).
+    NewFlow = 1,
+    /// Flow found in the table with a real that is down or removed: chosen again.
+    RealDownRehash = 2,
+    /// VIP with no real in its ring: dropped.
+    NoRealDropped = 3,
+    /// Encapsulated and sent back out of the ingress interface (XDP_TX).
+    EncapTx = 4,
+    /// Encapsulated and redirected to another interface.
+    EncapRedirect = 5,
+    /// Encapsulated, but the kernel had no neighbour entry yet: passed to the stack, which
+    /// resolves it and forwards.
+    EncapFibPassed = 6,
+    /// Could not make room for the outer header: dropped.
+    EncapFailedDropped = 7,
+    /// Passed to the local stack for a `local` VIP.
+    LocalPassed = 8,
+    /// Fragment of a VIP datagram, matched and hashed without ports.
+    VipFragment = 9,
+    /// ICMP "fragmentation needed" / "packet too big" about a VIP flow, sent to its real.
+    IcmpPtbForwarded = 10,
+    /// Malformed frame dropped (the reason is in `MALFORMED`).
+    MalformedDropped = 11,
+    /// Conntrack insert failed (should not happen with LRU): forwarded by hash only.
+    ConntrackInsertFailed = 12,
+    /// `lb_decap`: outer IPIP / IP6IP6 header stripped.
+    Decapsulated = 13,
+}
+
+impl L4Event {
+    pub const COUNT: u32 = 14;
+    pub const ALL: [L4Event; Self::COUNT as usize] = [
+        Self::ConntrackHit,
+        Self::NewFlow,
+        Self::RealDownRehash,
+        Self::NoRealDropped,
+        Self::EncapTx,
+        Self::EncapRedirect,
+        Self::EncapFibPassed,
+        Self::EncapFailedDropped,
+        Self::LocalPassed,
+        Self::VipFragment,
+        Self::IcmpPtbForwarded,
+        Self::MalformedDropped,
+        Self::ConntrackInsertFailed,
+        Self::Decapsulated,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ConntrackHit => "conntrack_hit",
+            Self::NewFlow => "new_flow",
+            Self::RealDownRehash => "real_down_rehash",
+            Self::NoRealDropped => "no_real_dropped",
+            Self::EncapTx => "encap_tx",
+            Self::EncapRedirect => "encap_redirect",
+            Self::EncapFibPassed => "encap_fib_passed",
+            Self::EncapFailedDropped => "encap_failed_dropped",
+            Self::LocalPassed => "local_passed",
+            Self::VipFragment => "vip_fragment",
+            Self::IcmpPtbForwarded => "icmp_ptb_forwarded",
+            Self::MalformedDropped => "malformed_dropped",
+            Self::ConntrackInsertFailed => "conntrack_insert_failed",
+            Self::Decapsulated => "decapsulated",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, #[repr(C)], padding explicit.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::Real {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::FlowTag {}
+    unsafe impl aya::Pod for super::FlowCounters {}
+    unsafe impl aya::Pod for super::EncapConfig {}
+}

@@ -1,0 +1,66 @@
+//! Target selection: the connection table first (flows stay on their real when the ring
+//! changes), then the VIP's Maglev ring for new flows and for flows whose real went down.
+use lb_common::{
+    hash::{FLOW_HASH_SEED, flow_hash},
+    l4::{FlowEntry, FlowKey, L4Event, NO_REAL, REAL_DOWN, Real, VipMeta, ring_index},
+};
+
+use crate::{
+    counters::count_event,
+    maps::{CONNTRACK, MAGLEV_RINGS, REALS},
+};
+
+pub struct Selected {
+    pub real_id: u32,
+    pub real: Real,
+    pub new_flow: bool,
+    pub hash: u32,
+}
+
+#[inline(always)]
+pub fn select(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
+    let hash = flow_hash(flow, FLOW_HASH_SEED);
+    // SAFETY: values are copied out immediately.
+    if let Some(entry) = unsafe { CONNTRACK.get(flow) }.copied() {
+        if entry.vip == vip.index {
+            if let Some(real) = REALS.get(entry.real).copied() {
+                if real.flags & REAL_DOWN == 0 {
+                    count_event(L4Event::ConntrackHit);
+                    return Some(Selected {
+                        real_id: entry.real,
+                        real,
+                        new_flow: false,
+                        hash,
+                    });
+                }
+            }
+        }
+        count_event(L4Event::RealDownRehash);
+    }
+
+    if vip.ring_size == 0 {
+        return None;
+    }
+    let slot = hash % vip.ring_size;
+    let real_id = *MAGLEV_RINGS.get(ring_index(vip.index, vip.active_half & 1, slot))?;
+    if real_id == NO_REAL {
+        return None;
+    }
+    let real = *REALS.get(real_id)?;
+    let entry = FlowEntry {
+        real: real_id,
+        vip: vip.index,
+    };
+    // LRU: inserting evicts the least recently used flow when full, so a full table degrades
+    // to pure hashing for the evicted flows, never to drops.
+    if CONNTRACK.insert(flow, &entry, 0).is_err() {
+        count_event(L4Event::ConntrackInsertFailed);
+    }
+    count_event(L4Event::NewFlow);
+    Some(Selected {
+        real_id,
+        real,
+        new_flow: true,
+        hash,
+    })
+}
