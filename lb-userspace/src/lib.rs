@@ -1,3 +1,4 @@
 //! lb: a layered L4/L7 load balancer. This library is what the `lb` binary is made of; the
 //! integration tests and benchmarks use it directly.
+pub mod maglev;
 pub mod xdp;
