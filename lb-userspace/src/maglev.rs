@@ -143,7 +143,10 @@ mod tests {
 
     #[test]
     fn rejects_non_prime_and_too_small_tables() {
-        assert_eq!(build(&[backend(1, 1)], 65536), Err(MaglevError::NotPrime(65536)));
+        assert_eq!(
+            build(&[backend(1, 1)], 65536),
+            Err(MaglevError::NotPrime(65536))
+        );
         let many: Vec<_> = (0..10).map(|i| backend(i, 1)).collect();
         assert_eq!(
             build(&many, 7),
@@ -186,7 +189,10 @@ mod tests {
             vec![100, 100, 50, 10],
             vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 7],
         ] {
-            let backends: Vec<_> = (0u32..).zip(&weights).map(|(i, &w)| backend(i, w)).collect();
+            let backends: Vec<_> = (0u32..)
+                .zip(&weights)
+                .map(|(i, &w)| backend(i, w))
+                .collect();
             let total: u32 = weights.iter().sum();
             for size in [prime_at_least(100 * weights.len() as u32), 65537] {
                 let table = build(&backends, size).expect("build");
@@ -210,7 +216,13 @@ mod tests {
     /// times N, not 100 x N; the grid below stays in that range (README, "Maglev").
     #[test]
     fn removing_a_backend_moves_about_one_nth() {
-        for (n, size) in [(3u32, 65537u32), (5, 65537), (10, 65537), (20, 65537), (50, 655373)] {
+        for (n, size) in [
+            (3u32, 65537u32),
+            (5, 65537),
+            (10, 65537),
+            (20, 65537),
+            (50, 655373),
+        ] {
             let backends: Vec<_> = (0..n).map(|i| backend(i, 1)).collect();
             let before = build(&backends, size).expect("build");
             for removed in [0usize, (n / 2) as usize, (n - 1) as usize] {

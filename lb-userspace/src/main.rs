@@ -1,10 +1,11 @@
 //! `lb`: command-line entry point.
-use std::{io::IsTerminal as _, time::Duration};
+mod cli;
+
+use std::{io::IsTerminal as _, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use lb::xdp::{self, AttachMode};
-use tokio::signal::unix::{SignalKind, signal};
+use lb::xdp::AttachMode;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -19,6 +20,29 @@ enum Command {
     /// The XDP tier on its own.
     #[command(subcommand)]
     Xdp(XdpCommand),
+    /// The L4 tier: VIPs from the backend file, Maglev + connection table, IPIP DSR or local
+    /// hand-off. Follows the file (on change and SIGHUP) until SIGINT/SIGTERM.
+    L4 {
+        /// Ingress interface for VIP traffic.
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: AttachMode,
+        /// Backend file (TOML) with the [[vip]] sections.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the L4 counters every this many seconds (0: only on exit).
+        #[arg(long, default_value_t = 0)]
+        stats_interval: u64,
+    },
+    /// Run on a real server: strip the IPIP/IP6IP6 header lb adds, so packets reach the VIP
+    /// (configured on the server's `lo`).
+    Decap {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: AttachMode,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,42 +81,14 @@ fn main() -> anyhow::Result<()> {
                 iface,
                 xdp_mode,
                 stats_interval,
-            }) => xdp_attach(&iface, xdp_mode, stats_interval).await,
+            }) => cli::xdp::attach(&iface, xdp_mode, stats_interval).await,
+            Command::L4 {
+                iface,
+                xdp_mode,
+                config,
+                stats_interval,
+            } => cli::l4::run(&iface, xdp_mode, &config, stats_interval).await,
+            Command::Decap { iface, xdp_mode } => cli::decap::run(&iface, xdp_mode).await,
         }
     })
-}
-
-async fn xdp_attach(iface: &str, mode: AttachMode, stats_interval: u64) -> anyhow::Result<()> {
-    let mut attached = xdp::attach(iface, mode)
-        .with_context(|| format!("attaching the XDP datapath to {iface}"))?;
-    let log_task = xdp::forward_logs(attached.ebpf_mut())?;
-    tracing::info!(iface, mode = attached.mode(), "XDP datapath attached");
-    // Tests and scripts wait for this line on stdout before sending traffic.
-    println!("attached iface={iface} mode={}", attached.mode());
-
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let period = (stats_interval > 0).then(|| Duration::from_secs(stats_interval));
-    let mut ticker = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
-    ticker.tick().await;
-    let signal_name = loop {
-        tokio::select! {
-            _ = sigint.recv() => break "SIGINT",
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = ticker.tick(), if period.is_some() => {
-                println!("{}\n", xdp::read_stats(attached.ebpf())?);
-            }
-        }
-    };
-    tracing::info!(signal = signal_name, "detaching");
-    // Let the log task drain what the program wrote before we detach.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    log_task.abort();
-    let stats = xdp::read_stats(attached.ebpf())?;
-    attached
-        .detach()
-        .with_context(|| format!("detaching from {iface}"))?;
-    println!("{stats}");
-    println!("detached iface={iface}");
-    Ok(())
 }

@@ -22,6 +22,7 @@ pub enum AttachMode {
 /// the bpf_link and closes it), so a process that exits, even by panic, leaves nothing behind.
 pub struct AttachedXdp {
     ebpf: Ebpf,
+    program: &'static str,
     iface: String,
     mode: &'static str,
     link: Option<XdpLinkId>,
@@ -30,8 +31,17 @@ pub struct AttachedXdp {
 /// Loads `lb_xdp` (the verifier runs here) and attaches it to `iface` in the calling thread's
 /// network namespace.
 pub fn attach(iface: &str, mode: AttachMode) -> Result<AttachedXdp, XdpError> {
-    let mut ebpf = load(program_names::LB_XDP)?;
-    let prog = datapath(&mut ebpf)?;
+    attach_program(program_names::LB_XDP, iface, mode)
+}
+
+/// Like [`attach`], for any XDP program of the object (e.g. `lb_decap` on real servers).
+pub fn attach_program(
+    program: &'static str,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<AttachedXdp, XdpError> {
+    let mut ebpf = load(program)?;
+    let prog = xdp_program(&mut ebpf, program)?;
     let try_attach = |prog: &mut Xdp, kernel_mode: XdpMode, name: &'static str| {
         prog.attach(iface, kernel_mode)
             .map(|link| (link, name))
@@ -54,14 +64,14 @@ pub fn attach(iface: &str, mode: AttachMode) -> Result<AttachedXdp, XdpError> {
     };
     Ok(AttachedXdp {
         ebpf,
+        program,
         iface: iface.to_owned(),
         mode,
         link: Some(link),
     })
 }
 
-fn datapath(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
-    let name = program_names::LB_XDP;
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, XdpError> {
     ebpf.program_mut(name)
         .ok_or(XdpError::MissingProgram(name))?
         .try_into()
@@ -100,10 +110,10 @@ impl AttachedXdp {
     /// Detaches now and reports failure (dropping detaches too, but silently).
     pub fn detach(mut self) -> Result<(), XdpError> {
         if let Some(link) = self.link.take() {
-            datapath(&mut self.ebpf)?
+            xdp_program(&mut self.ebpf, self.program)?
                 .detach(link)
                 .map_err(|source| XdpError::Program {
-                    name: program_names::LB_XDP,
+                    name: self.program,
                     source,
                 })?;
         }

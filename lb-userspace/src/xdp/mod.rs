@@ -6,7 +6,7 @@ mod logs;
 mod object;
 mod stats;
 
-pub use attach::{AttachMode, AttachedXdp, attach};
+pub use attach::{AttachMode, AttachedXdp, attach, attach_program};
 pub use error::XdpError;
 pub use logs::forward_logs;
 pub use object::{load, object_bytes};

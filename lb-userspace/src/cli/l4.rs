@@ -1,0 +1,128 @@
+//! `lb l4`: the L4 tier on its own: attach the datapath, install the backend file's VIPs, and
+//! follow the file (on change and on SIGHUP) until SIGINT/SIGTERM.
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use lb::{
+    l4::{L4Config, L4Dataplane, read_l4_stats},
+    xdp::{self, AttachMode, AttachedXdp},
+};
+
+use super::signals::{Event, Signals};
+
+/// How often the backend file's modification time is checked.
+const WATCH_PERIOD: Duration = Duration::from_millis(200);
+
+pub async fn run(
+    iface: &str,
+    mode: AttachMode,
+    config_path: &Path,
+    stats_interval: u64,
+) -> anyhow::Result<()> {
+    // A bad file stops us before anything is attached.
+    let config = L4Config::from_file(config_path)?;
+    let mut attached = xdp::attach(iface, mode)
+        .with_context(|| format!("attaching the XDP datapath to {iface}"))?;
+    let log_task = xdp::forward_logs(attached.ebpf_mut())?;
+    let mut dataplane = L4Dataplane::new();
+    let report = dataplane
+        .apply(attached.ebpf_mut(), &config)
+        .context("installing the VIPs")?;
+    tracing::info!(
+        iface,
+        mode = attached.mode(),
+        vips = config.vips.len(),
+        ?report,
+        "L4 tier running"
+    );
+    println!(
+        "attached iface={iface} mode={} vips={}",
+        attached.mode(),
+        config.vips.len()
+    );
+
+    let mut watcher = FileWatcher::new(config_path.to_owned());
+    let mut signals = Signals::install()?;
+    let mut watch_tick = tokio::time::interval(WATCH_PERIOD);
+    let period = (stats_interval > 0).then(|| Duration::from_secs(stats_interval));
+    let mut stats_tick = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+    stats_tick.tick().await;
+    let signal_name = loop {
+        tokio::select! {
+            event = signals.next() => match event {
+                Event::Stop(name) => break name,
+                Event::Reload => reload(&mut attached, &mut dataplane, config_path, "SIGHUP"),
+            },
+            _ = watch_tick.tick() => {
+                if watcher.changed() {
+                    reload(&mut attached, &mut dataplane, config_path, "file changed");
+                }
+            }
+            _ = stats_tick.tick(), if period.is_some() => {
+                println!("{}\n", read_l4_stats(attached.ebpf(), &dataplane)?);
+            }
+        }
+    };
+    tracing::info!(signal = signal_name, "detaching");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    log_task.abort();
+    let stats = read_l4_stats(attached.ebpf(), &dataplane)?;
+    attached
+        .detach()
+        .with_context(|| format!("detaching from {iface}"))?;
+    println!("{stats}");
+    println!("detached iface={iface}");
+    Ok(())
+}
+
+/// Applies the file again; a bad file keeps the running configuration and says why.
+fn reload(attached: &mut AttachedXdp, dataplane: &mut L4Dataplane, path: &Path, why: &str) {
+    let config = match L4Config::from_file(path) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!(%err, "reload ({why}) rejected; keeping the running configuration");
+            return;
+        }
+    };
+    match dataplane.apply(attached.ebpf_mut(), &config) {
+        Ok(report) => {
+            tracing::info!(why, ?report, "configuration reloaded");
+            println!(
+                "reloaded vips={} rings_rebuilt={}",
+                config.vips.len(),
+                report.rings_rebuilt
+            );
+        }
+        Err(err) => tracing::error!(error = %anyhow::Error::from(err), "reload ({why}) failed"),
+    }
+}
+
+/// Notices when a file's modification time or size changes.
+struct FileWatcher {
+    path: PathBuf,
+    last: Option<(SystemTime, u64)>,
+}
+
+impl FileWatcher {
+    fn new(path: PathBuf) -> Self {
+        let last = Self::stamp(&path);
+        Self { path, last }
+    }
+
+    fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    }
+
+    fn changed(&mut self) -> bool {
+        let now = Self::stamp(&self.path);
+        if now != self.last {
+            self.last = now;
+            return now.is_some();
+        }
+        false
+    }
+}

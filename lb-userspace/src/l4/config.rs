@@ -1,0 +1,361 @@
+//! The L4 part of the backend file (TOML): VIPs, their reals, encapsulation sources.
+//!
+//! ```toml
+//! [encap]                        # optional: outer source prefixes (low bits = flow hash)
+//! source_v4 = "172.16.0.0"       # a /16
+//! source_v6 = "fd00::1:0:0"      # a /96
+//!
+//! [[vip]]
+//! address = "10.100.0.100:80"    # VIP address and port (port 0 is reserved)
+//! protocol = "tcp"               # tcp (default) | udp
+//! forward = "encap"              # encap (default): IPIP/IP6IP6 DSR | local: this host's stack
+//! ring_size = 65537              # Maglev ring, a prime <= 65537 (default 65537)
+//!
+//!   [[vip.real]]
+//!   address = "10.201.1.2"
+//!   weight = 100                 # default 1; 0 = no new flows
+//!   down = false                 # true: no flows; established ones are re-hashed
+//! ```
+//! Every error names the file, line and reason.
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use lb_common::l4::{DEFAULT_RING_SIZE, EncapConfig, MAX_REALS, MAX_RING_SIZE, MAX_VIPS};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::maglev::is_prime;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forward {
+    #[default]
+    Encap,
+    Local,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RealConfig {
+    pub addr: IpAddr,
+    pub weight: u32,
+    pub down: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipConfig {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    pub forward: Forward,
+    pub ring_size: u32,
+    pub reals: Vec<RealConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L4Config {
+    pub encap: EncapConfig,
+    pub vips: Vec<VipConfig>,
+}
+
+/// A configuration error at a place in a file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    encap: Option<RawEncap>,
+    #[serde(default, rename = "vip")]
+    vips: Vec<Spanned<RawVip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncap {
+    source_v4: Option<Spanned<String>>,
+    source_v6: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    address: Spanned<String>,
+    #[serde(default)]
+    protocol: Protocol,
+    #[serde(default)]
+    forward: Forward,
+    ring_size: Option<Spanned<u32>>,
+    #[serde(default, rename = "real")]
+    reals: Vec<Spanned<RawReal>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReal {
+    address: Spanned<String>,
+    weight: Option<u32>,
+    #[serde(default)]
+    down: bool,
+}
+
+impl L4Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            path: path.to_owned(),
+            line: 0,
+            message: format!("cannot read: {err}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text`; errors name `path` (only used for messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let err = |span: Range<usize>, message: String| ConfigError {
+            path: path.to_owned(),
+            line: line_of(text, span.start),
+            message,
+        };
+        let raw: RawFile = toml::from_str(text)
+            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim().to_owned()))?;
+
+        let mut encap = EncapConfig::default();
+        if let Some(e) = raw.encap {
+            if let Some(v4) = e.source_v4 {
+                let addr: Ipv4Addr = v4.get_ref().parse().map_err(|_| {
+                    err(
+                        v4.span(),
+                        format!("source_v4: {:?} is not an IPv4 address", v4.get_ref()),
+                    )
+                })?;
+                encap.src_v4 = addr.octets();
+            }
+            if let Some(v6) = e.source_v6 {
+                let addr: Ipv6Addr = v6.get_ref().parse().map_err(|_| {
+                    err(
+                        v6.span(),
+                        format!("source_v6: {:?} is not an IPv6 address", v6.get_ref()),
+                    )
+                })?;
+                encap.src_v6 = addr.octets();
+            }
+        }
+
+        if raw.vips.len() > MAX_VIPS as usize {
+            let span = raw.vips[MAX_VIPS as usize].span();
+            return Err(err(span, format!("more than {MAX_VIPS} VIPs")));
+        }
+        let mut seen = HashSet::new();
+        let mut total_reals = 0usize;
+        let mut vips = Vec::with_capacity(raw.vips.len());
+        for spanned in raw.vips {
+            let span = spanned.span();
+            let vip = spanned.into_inner();
+            let addr_text = vip.address.get_ref();
+            let addr: SocketAddr = addr_text.parse().map_err(|_| {
+                err(
+                    vip.address.span(),
+                    format!("vip address {addr_text:?} is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT)"),
+                )
+            })?;
+            if addr.port() == 0 {
+                return Err(err(vip.address.span(), "vip port 0 is reserved".to_owned()));
+            }
+            if !seen.insert((addr, vip.protocol)) {
+                return Err(err(
+                    span,
+                    format!("duplicate vip {addr} {:?}", vip.protocol).to_lowercase(),
+                ));
+            }
+            let ring_size = match &vip.ring_size {
+                None => DEFAULT_RING_SIZE,
+                Some(size) => {
+                    let n = *size.get_ref();
+                    if n > MAX_RING_SIZE || !is_prime(n) {
+                        return Err(err(
+                            size.span(),
+                            format!("ring_size {n} must be a prime no larger than {MAX_RING_SIZE}"),
+                        ));
+                    }
+                    n
+                }
+            };
+            let mut real_addrs = HashSet::new();
+            let mut reals = Vec::with_capacity(vip.reals.len());
+            for real in vip.reals {
+                let real_span = real.span();
+                let real = real.into_inner();
+                let text = real.address.get_ref();
+                let raddr: IpAddr = text.parse().map_err(|_| {
+                    err(
+                        real.address.span(),
+                        format!("real address {text:?} is not an IP address"),
+                    )
+                })?;
+                if !real_addrs.insert(raddr) {
+                    return Err(err(
+                        real_span,
+                        format!("duplicate real {raddr} in vip {addr}"),
+                    ));
+                }
+                reals.push(RealConfig {
+                    addr: raddr,
+                    weight: real.weight.unwrap_or(1),
+                    down: real.down,
+                });
+            }
+            if reals.len() > ring_size as usize {
+                return Err(err(span, format!("vip {addr}: more reals than ring slots")));
+            }
+            total_reals += reals.len();
+            if total_reals >= MAX_REALS as usize {
+                return Err(err(
+                    span,
+                    format!("more than {} reals in all", MAX_REALS - 1),
+                ));
+            }
+            vips.push(VipConfig {
+                addr,
+                protocol: vip.protocol,
+                forward: vip.forward,
+                ring_size,
+                reals,
+            });
+        }
+        Ok(Self { encap, vips })
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map_or(1, |before| before.matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<L4Config, String> {
+        L4Config::parse(text, Path::new("lb.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let cfg = parse(
+            r#"
+[encap]
+source_v4 = "172.30.0.0"
+source_v6 = "fd00::9:0:0"
+
+[[vip]]
+address = "10.100.0.100:80"
+ring_size = 1009
+  [[vip.real]]
+  address = "10.201.1.2"
+  weight = 2
+  [[vip.real]]
+  address = "fd00::2"
+  down = true
+
+[[vip]]
+address = "[fd00::100]:53"
+protocol = "udp"
+forward = "local"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(cfg.encap.src_v4, [172, 30, 0, 0]);
+        assert_eq!(cfg.vips.len(), 2);
+        let v = &cfg.vips[0];
+        assert_eq!(
+            (v.protocol, v.forward, v.ring_size),
+            (Protocol::Tcp, Forward::Encap, 1009)
+        );
+        assert_eq!(v.reals[0].weight, 2);
+        assert!(v.reals[1].down && v.reals[1].weight == 1);
+        let v = &cfg.vips[1];
+        assert_eq!(
+            (v.protocol, v.forward, v.ring_size),
+            (Protocol::Udp, Forward::Local, 65537)
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_reason() {
+        let cases = [
+            (
+                "[[vip]]\naddress = \"10.0.0.1\"\n",
+                "lb.toml:2: vip address \"10.0.0.1\" is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT)",
+            ),
+            (
+                "[[vip]]\naddress = \"10.0.0.1:0\"\n",
+                "lb.toml:2: vip port 0 is reserved",
+            ),
+            (
+                "[[vip]]\naddress = \"10.0.0.1:80\"\nring_size = 65536\n",
+                "lb.toml:3: ring_size 65536 must be a prime no larger than 65537",
+            ),
+            (
+                "[[vip]]\naddress = \"10.0.0.1:80\"\nbogus = 1\n",
+                "lb.toml:3: unknown field `bogus`, expected one of `address`, `protocol`, `forward`, `ring_size`, `real`",
+            ),
+            (
+                "[[vip]]\naddress = \"10.0.0.1:80\"\nprotocol = \"sctp\"\n",
+                "lb.toml:3: unknown variant `sctp`, expected `tcp` or `udp`",
+            ),
+            (
+                "[[vip]]\naddress = \"10.0.0.1:80\"\n[[vip.real]]\naddress = \"10.0.0.300\"\n",
+                "lb.toml:4: real address \"10.0.0.300\" is not an IP address",
+            ),
+            (
+                "[[vip]]\naddress = \"10.0.0.1:80\"\n[[vip]]\naddress = \"10.0.0.1:80\"\n",
+                "lb.toml:3: duplicate vip 10.0.0.1:80 tcp",
+            ),
+            (
+                "[[vip]]\naddress = \"10.0.0.1:80\"\n[[vip.real]]\naddress = \"10.0.0.2\"\n[[vip.real]]\naddress = \"10.0.0.2\"\n",
+                "lb.toml:5: duplicate real 10.0.0.2 in vip 10.0.0.1:80",
+            ),
+            (
+                "[encap]\nsource_v4 = \"fd00::1\"\n",
+                "lb.toml:2: source_v4: \"fd00::1\" is not an IPv4 address",
+            ),
+            (
+                "[[vip]\n",
+                "lb.toml:1: invalid table header\nexpected `.`, `]]`",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(text).expect_err(text), expected, "for {text:?}");
+        }
+    }
+}

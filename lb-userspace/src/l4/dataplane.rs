@@ -1,0 +1,377 @@
+//! Keeps the datapath's L4 maps in step with an [`L4Config`].
+//!
+//! Swaps are whole and atomic per VIP: each VIP owns two ring halves in `MAGLEV_RINGS`; a new
+//! table is written into the half no packet reads, then one `VIPS` update flips
+//! `active_half`. A packet sees the old ring or the new one, never a mix. The half that just
+//! went idle is not rewritten until a grace period has passed, so a program run that read the
+//! old `active_half` just before the flip has finished with it (XDP runs take microseconds).
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError},
+};
+use lb_common::{
+    l4::{
+        EncapConfig, FAMILY_V4, FAMILY_V6, MAX_REALS, MAX_VIPS, NO_REAL, REAL_DOWN, Real,
+        VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, ring_index,
+    },
+    map_names,
+};
+use thiserror::Error;
+
+use super::{Forward, L4Config, Protocol, VipConfig};
+use crate::maglev::{self, Backend, MaglevError};
+
+/// How long a ring half stays untouched after it stopped being the active one.
+const RING_GRACE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Error)]
+pub enum L4Error {
+    #[error("map {0} is missing from the XDP object")]
+    MissingMap(&'static str),
+    #[error("updating map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("vip {vip}: {source}")]
+    Maglev {
+        vip: SocketAddr,
+        #[source]
+        source: MaglevError,
+    },
+    #[error("no free VIP slot (at most {MAX_VIPS})")]
+    TooManyVips,
+    #[error("no free real id (at most {} reals, ids are not reused yet)", MAX_REALS - 1)]
+    TooManyReals,
+}
+
+/// What one [`L4Dataplane::apply`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub vips_added: usize,
+    pub vips_removed: usize,
+    pub rings_rebuilt: usize,
+}
+
+type VipIdent = (SocketAddr, Protocol);
+
+struct InstalledVip {
+    key: VipKey,
+    meta: VipMeta,
+    /// (real address, effective weight) the active ring was built from.
+    ring_input: Vec<(IpAddr, u32)>,
+    reals: HashSet<IpAddr>,
+    flipped_at: Option<Instant>,
+}
+
+/// Userspace owner of the L4 maps. Ids are stable across applies: a VIP keeps its index and a
+/// (VIP, real) pair its real id, so counters and connection-table entries stay meaningful.
+#[derive(Default)]
+pub struct L4Dataplane {
+    vips: HashMap<VipIdent, InstalledVip>,
+    real_ids: HashMap<(VipIdent, IpAddr), u32>,
+    real_addrs: HashMap<u32, (VipIdent, IpAddr)>,
+    next_real_id: u32,
+    aliases: HashSet<VipKey>,
+}
+
+pub fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&v4.octets());
+            (out, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+fn vip_key(addr: SocketAddr, protocol: Protocol, port: u16) -> VipKey {
+    let (bytes, family) = addr16(addr.ip());
+    VipKey {
+        addr: bytes,
+        port,
+        proto: protocol.number(),
+        family,
+    }
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> L4Error {
+    move |source| L4Error::Map { map, source }
+}
+
+impl L4Dataplane {
+    pub fn new() -> Self {
+        Self {
+            next_real_id: NO_REAL + 1,
+            ..Self::default()
+        }
+    }
+
+    /// The (VIP, real address) a real id stands for.
+    pub fn real(&self, id: u32) -> Option<(SocketAddr, Protocol, IpAddr)> {
+        self.real_addrs
+            .get(&id)
+            .map(|((vip, proto), addr)| (*vip, *proto, *addr))
+    }
+
+    /// The index of a VIP in `VIP_STATS`, if installed.
+    pub fn vip_index(&self, addr: SocketAddr, protocol: Protocol) -> Option<u32> {
+        self.vips.get(&(addr, protocol)).map(|v| v.meta.index)
+    }
+
+    /// The real id of `real` under a VIP, if it was ever configured there.
+    pub fn real_id(&self, vip: SocketAddr, protocol: Protocol, real: IpAddr) -> Option<u32> {
+        self.real_ids.get(&((vip, protocol), real)).copied()
+    }
+
+    /// Installed VIPs with their stats index, for reporting.
+    pub fn installed_vips(&self) -> Vec<(SocketAddr, Protocol, u32)> {
+        let mut out: Vec<_> = self
+            .vips
+            .iter()
+            .map(|((addr, proto), v)| (*addr, *proto, v.meta.index))
+            .collect();
+        out.sort_by_key(|v| v.2);
+        out
+    }
+
+    /// Makes the maps say what `config` says. On error the maps may hold part of the change,
+    /// but every VIP is always either on its old ring or its new one (never a half-written one).
+    pub fn apply(&mut self, ebpf: &mut Ebpf, config: &L4Config) -> Result<ApplyReport, L4Error> {
+        let mut report = ApplyReport::default();
+        self.write_encap(ebpf, &config.encap)?;
+
+        let wanted: HashSet<VipIdent> = config.vips.iter().map(|v| (v.addr, v.protocol)).collect();
+        let removed: Vec<VipIdent> = self
+            .vips
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        for ident in removed {
+            self.remove_vip(ebpf, ident)?;
+            report.vips_removed += 1;
+        }
+        for vip in &config.vips {
+            let (added, rebuilt) = self.apply_vip(ebpf, vip)?;
+            report.vips_added += usize::from(added);
+            report.rings_rebuilt += usize::from(rebuilt);
+        }
+        self.write_aliases(ebpf, config)?;
+        Ok(report)
+    }
+
+    fn write_encap(&self, ebpf: &mut Ebpf, encap: &EncapConfig) -> Result<(), L4Error> {
+        let name = map_names::ENCAP_CONFIG;
+        let mut map: Array<&mut MapData, EncapConfig> = ebpf
+            .map_mut(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        map.set(0, *encap, 0).map_err(map_err(name))
+    }
+
+    fn vips_map(ebpf: &mut Ebpf) -> Result<BpfHashMap<&mut MapData, VipKey, VipMeta>, L4Error> {
+        let name = map_names::VIPS;
+        ebpf.map_mut(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))
+    }
+
+    fn write_real(ebpf: &mut Ebpf, id: u32, addr: IpAddr, down: bool) -> Result<(), L4Error> {
+        let name = map_names::REALS;
+        let mut map: Array<&mut MapData, Real> = ebpf
+            .map_mut(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        let (bytes, family) = addr16(addr);
+        let real = Real {
+            addr: bytes,
+            family,
+            flags: if down { REAL_DOWN } else { 0 },
+            _pad: [0; 2],
+        };
+        map.set(id, real, 0).map_err(map_err(name))
+    }
+
+    fn real_id_for(&mut self, ident: VipIdent, addr: IpAddr) -> Result<u32, L4Error> {
+        if let Some(id) = self.real_ids.get(&(ident, addr)) {
+            return Ok(*id);
+        }
+        if self.next_real_id >= MAX_REALS {
+            return Err(L4Error::TooManyReals);
+        }
+        let id = self.next_real_id;
+        self.next_real_id += 1;
+        self.real_ids.insert((ident, addr), id);
+        self.real_addrs.insert(id, (ident, addr));
+        Ok(id)
+    }
+
+    fn free_index(&self) -> Result<u32, L4Error> {
+        let used: HashSet<u32> = self.vips.values().map(|v| v.meta.index).collect();
+        (0..MAX_VIPS)
+            .find(|i| !used.contains(i))
+            .ok_or(L4Error::TooManyVips)
+    }
+
+    fn remove_vip(&mut self, ebpf: &mut Ebpf, ident: VipIdent) -> Result<(), L4Error> {
+        let Some(vip) = self.vips.remove(&ident) else {
+            return Ok(());
+        };
+        match Self::vips_map(ebpf)?.remove(&vip.key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => {
+                return Err(L4Error::Map {
+                    map: map_names::VIPS,
+                    source,
+                });
+            }
+        }
+        // Established flows of a removed VIP stop matching it; mark its reals down anyway so
+        // nothing that still holds their ids keeps using them.
+        for addr in vip.reals {
+            if let Some(&id) = self.real_ids.get(&(ident, addr)) {
+                Self::write_real(ebpf, id, addr, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns (added, ring rebuilt).
+    fn apply_vip(&mut self, ebpf: &mut Ebpf, vip: &VipConfig) -> Result<(bool, bool), L4Error> {
+        let ident = (vip.addr, vip.protocol);
+        let added = !self.vips.contains_key(&ident);
+        let index = match self.vips.get(&ident) {
+            Some(installed) => installed.meta.index,
+            None => self.free_index()?,
+        };
+
+        let mut ring_input = Vec::with_capacity(vip.reals.len());
+        let mut ids = Vec::with_capacity(vip.reals.len());
+        for real in &vip.reals {
+            let id = self.real_id_for(ident, real.addr)?;
+            Self::write_real(ebpf, id, real.addr, real.down)?;
+            ring_input.push((real.addr, if real.down { 0 } else { real.weight }));
+            ids.push(id);
+        }
+        let now_reals: HashSet<IpAddr> = vip.reals.iter().map(|r| r.addr).collect();
+        if let Some(installed) = self.vips.get(&ident) {
+            for gone in installed.reals.difference(&now_reals) {
+                if let Some(&id) = self.real_ids.get(&(ident, *gone)) {
+                    // Removed from the config: its established flows are re-hashed.
+                    Self::write_real(ebpf, id, *gone, true)?;
+                }
+            }
+        }
+
+        let forward = match vip.forward {
+            Forward::Encap => VIP_FORWARD_ENCAP,
+            Forward::Local => VIP_FORWARD_LOCAL,
+        };
+        let previous = self.vips.get(&ident);
+        let unchanged_ring = previous
+            .is_some_and(|p| p.ring_input == ring_input && p.meta.ring_size == vip.ring_size);
+        let (active_half, flipped_at, rebuilt) = if unchanged_ring {
+            let p = previous.expect("checked above");
+            (p.meta.active_half, p.flipped_at, false)
+        } else {
+            let half = previous.map_or(0, |p| 1 - p.meta.active_half);
+            if let Some(at) = previous.and_then(|p| p.flipped_at) {
+                let since = at.elapsed();
+                if since < RING_GRACE {
+                    std::thread::sleep(RING_GRACE - since);
+                }
+            }
+            let backends: Vec<Backend> = ring_input
+                .iter()
+                .map(|(addr, weight)| Backend {
+                    key: addr16(*addr).0,
+                    weight: *weight,
+                })
+                .collect();
+            let table =
+                maglev::build(&backends, vip.ring_size).map_err(|source| L4Error::Maglev {
+                    vip: vip.addr,
+                    source,
+                })?;
+            let name = map_names::MAGLEV_RINGS;
+            let mut rings: Array<&mut MapData, u32> = ebpf
+                .map_mut(name)
+                .ok_or(L4Error::MissingMap(name))?
+                .try_into()
+                .map_err(map_err(name))?;
+            for (slot, owner) in (0u32..).zip(&table) {
+                let real_id = owner.map_or(NO_REAL, |i| ids[i]);
+                rings
+                    .set(ring_index(index, half, slot), real_id, 0)
+                    .map_err(map_err(name))?;
+            }
+            (half, Some(Instant::now()), true)
+        };
+
+        let key = vip_key(vip.addr, vip.protocol, vip.addr.port());
+        let meta = VipMeta {
+            index,
+            forward,
+            ring_size: vip.ring_size,
+            active_half,
+        };
+        // The flip: one map update makes the new ring live.
+        Self::vips_map(ebpf)?
+            .insert(key, meta, 0)
+            .map_err(map_err(map_names::VIPS))?;
+        self.vips.insert(
+            ident,
+            InstalledVip {
+                key,
+                meta,
+                ring_input,
+                reals: now_reals,
+                flipped_at,
+            },
+        );
+        Ok((added, rebuilt))
+    }
+
+    /// Fragments carry no ports after the first, so each (address, protocol) with VIPs gets an
+    /// alias key with port 0 pointing at its first VIP in file order; every fragment of that
+    /// address is hashed without ports onto that VIP's ring.
+    fn write_aliases(&mut self, ebpf: &mut Ebpf, config: &L4Config) -> Result<(), L4Error> {
+        let mut wanted: HashMap<VipKey, VipMeta> = HashMap::new();
+        for vip in &config.vips {
+            let alias = vip_key(vip.addr, vip.protocol, 0);
+            if let Some(installed) = self.vips.get(&(vip.addr, vip.protocol)) {
+                wanted.entry(alias).or_insert(installed.meta);
+            }
+        }
+        let mut map = Self::vips_map(ebpf)?;
+        for (key, meta) in &wanted {
+            map.insert(*key, *meta, 0)
+                .map_err(map_err(map_names::VIPS))?;
+        }
+        for stale in self.aliases.iter().filter(|k| !wanted.contains_key(*k)) {
+            match map.remove(stale) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(L4Error::Map {
+                        map: map_names::VIPS,
+                        source,
+                    });
+                }
+            }
+        }
+        self.aliases = wanted.into_keys().collect();
+        Ok(())
+    }
+}

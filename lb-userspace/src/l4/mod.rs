@@ -1,0 +1,9 @@
+//! The L4 tier seen from userspace: the backend file's VIPs, and keeping the datapath's maps
+//! (VIPs, reals, Maglev rings) in step with it.
+mod config;
+mod dataplane;
+mod stats;
+
+pub use config::{ConfigError, Forward, L4Config, Protocol, RealConfig, VipConfig};
+pub use dataplane::{ApplyReport, L4Dataplane, L4Error};
+pub use stats::{L4Stats, RealStat, VipStat, read_l4_events, read_l4_stats};
