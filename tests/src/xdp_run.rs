@@ -17,6 +17,7 @@ pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
 
 /// One loaded program with its own fresh maps.
 pub struct XdpRunner {
@@ -64,6 +65,14 @@ impl XdpRunner {
             frame: out,
             duration: res.duration,
         })
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     pub fn stats(&self) -> Result<XdpStats> {

@@ -3,7 +3,9 @@
 mod config;
 mod dataplane;
 mod stats;
+mod tags;
 
 pub use config::{ConfigError, Forward, L4Config, Protocol, RealConfig, VipConfig};
-pub use dataplane::{ApplyReport, L4Dataplane, L4Error};
+pub use dataplane::{ApplyReport, L4Dataplane, L4Error, addr16};
 pub use stats::{L4Stats, RealStat, VipStat, read_l4_events, read_l4_stats};
+pub use tags::{FlowTagInfo, flow_key, lookup_flow_tag};

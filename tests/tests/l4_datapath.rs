@@ -1,0 +1,499 @@
+//! The L4 datapath on golden packets (BPF_PROG_TEST_RUN), with the real kernel FIB: each test
+//! runs inside its own network namespace that has a route and permanent neighbour entries
+//! toward the reals, so `bpf_fib_lookup` resolves next-hop MACs exactly as in production.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use lb::{
+    l4::{L4Config, L4Dataplane, Protocol, addr16, flow_key, lookup_flow_tag, read_l4_stats},
+    maglev::{self, Backend},
+};
+use lb_common::{
+    hash::{FLOW_HASH_SEED, flow_hash},
+    l4::{FlowKey, L4Event},
+    program_names,
+};
+use lb_tests::{
+    NETNS_PREFIX,
+    netns::{Netns, require_root, sweep_stale},
+    packets::*,
+    xdp_run::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XdpRunner},
+};
+
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const VIP4: &str = "10.100.0.100:80";
+const VIP6: &str = "[fd64::100]:443";
+/// Reals reachable through g0, each with a permanent neighbour entry (MAC 02:..:aN).
+const REALS4: [&str; 3] = ["10.201.0.2", "10.201.0.3", "10.201.0.4"];
+const REALS6: [&str; 2] = ["fd01::2", "fd01::3"];
+
+fn real_mac(real: IpAddr) -> [u8; 6] {
+    let last = match real {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(v6) => v6.octets()[15],
+    };
+    [0x02, 0, 0, 0, 0, 0xa0 + last]
+}
+
+/// A namespace where the FIB can reach every real in REALS4/REALS6 via g0.
+fn fib_netns() -> Netns {
+    sweep_stale(NETNS_PREFIX);
+    let ns = Netns::new(NETNS_PREFIX, "gold").expect("netns");
+    ns.ip(&["link", "add", "g0", "type", "veth", "peer", "name", "g1"])
+        .expect("veth");
+    ns.ip(&["link", "set", "g0", "address", "02:00:00:00:00:01"])
+        .expect("mac");
+    for dev in ["g0", "g1"] {
+        ns.ip(&["link", "set", dev, "up"]).expect("up");
+    }
+    ns.ip(&["addr", "add", "10.201.0.1/24", "dev", "g0"])
+        .expect("addr");
+    ns.ip(&["addr", "add", "fd01::1/64", "dev", "g0", "nodad"])
+        .expect("addr6");
+    for real in REALS4.iter().chain(REALS6.iter()) {
+        let addr: IpAddr = real.parse().expect("ip");
+        let mac = real_mac(addr)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        ns.ip(&[
+            "neigh",
+            "add",
+            real,
+            "lladdr",
+            &mac,
+            "nud",
+            "permanent",
+            "dev",
+            "g0",
+        ])
+        .expect("neigh");
+    }
+    // bpf_fib_lookup answers only where forwarding is on (the XDP program forwards).
+    for knob in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+        let status = ns
+            .command("sysctl")
+            .args(["-qw", knob])
+            .status()
+            .expect("sysctl");
+        assert!(status.success(), "{knob}");
+    }
+    ns
+}
+
+fn config(text: &str) -> L4Config {
+    L4Config::parse(text, Path::new("test.toml")).expect("test config")
+}
+
+fn vip_config(ring: u32, reals: &[(&str, u32, bool)]) -> String {
+    let mut text = format!("[[vip]]\naddress = \"{VIP4}\"\nring_size = {ring}\n");
+    for (addr, weight, down) in reals {
+        text.push_str(&format!(
+            "[[vip.real]]\naddress = \"{addr}\"\nweight = {weight}\ndown = {down}\n"
+        ));
+    }
+    text
+}
+
+/// Which real the datapath must pick for a new flow: the same Maglev table and flow hash.
+fn predicted_real(flow: &FlowKey, reals: &[(&str, u32)], ring: u32) -> IpAddr {
+    let backends: Vec<Backend> = reals
+        .iter()
+        .map(|(addr, weight)| Backend {
+            key: addr16(addr.parse().expect("ip")).0,
+            weight: *weight,
+        })
+        .collect();
+    let table = maglev::build(&backends, ring).expect("maglev");
+    let slot = flow_hash(flow, FLOW_HASH_SEED) % ring;
+    let owner = table[slot as usize].expect("slot owned");
+    reals[owner].0.parse().expect("ip")
+}
+
+fn v4_flow(client: [u8; 4], sport: u16, vip: SocketAddr) -> FlowKey {
+    flow_key(SocketAddr::from((client, sport)), vip, Protocol::Tcp)
+}
+
+/// The outer IPv4 destination of an encapsulated frame.
+fn outer_dst_v4(frame: &[u8]) -> IpAddr {
+    IpAddr::from([frame[30], frame[31], frame[32], frame[33]])
+}
+
+fn run_in_fib_netns(test: &'static str, body: impl FnOnce() + Send + 'static) {
+    if !require_root(test) {
+        return;
+    }
+    let ns = fib_netns();
+    ns.run(body).expect("test body");
+}
+
+#[test]
+fn non_vip_traffic_is_passed_untouched() {
+    run_in_fib_netns("non_vip_traffic_is_passed_untouched", || {
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(
+            runner.ebpf_mut(),
+            &config(&vip_config(1009, &[(REALS4[0], 1, false)])),
+        )
+        .expect("apply");
+        let vip_ip = [10, 100, 0, 100];
+        for (dst, dport, l4) in [
+            ([10, 100, 0, 100], 81, tcp(1000, 81, TCP_SYN, &[], b"")),
+            ([10, 100, 0, 101], 80, tcp(1000, 80, TCP_SYN, &[], b"")),
+            (vip_ip, 80, udp(1000, 80, b"not tcp")),
+        ] {
+            let _ = dport;
+            let (frame, _) = eth_ipv4(&[], &Ipv4Opts::new(V4_CLIENT, dst), l4);
+            let res = runner.run(&frame).expect("run");
+            assert_eq!(res.action, XDP_PASS);
+            assert_eq!(res.frame, frame);
+        }
+        let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
+        assert_eq!(stats.event(L4Event::NewFlow), 0);
+    });
+}
+
+#[test]
+fn ipv4_encap_is_byte_exact_with_valid_checksums() {
+    run_in_fib_netns("ipv4_encap_is_byte_exact_with_valid_checksums", || {
+        let reals = [(REALS4[0], 1), (REALS4[1], 2), (REALS4[2], 3)];
+        let text = vip_config(65537, &reals.map(|(a, w)| (a, w, false)));
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(runner.ebpf_mut(), &config(&text)).expect("apply");
+        let vip: SocketAddr = VIP4.parse().expect("vip");
+
+        for sport in [40000u16, 40001, 40002, 51234, 60000] {
+            let (inner, _) = eth_ipv4(
+                &[],
+                &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+                tcp(sport, 80, TCP_SYN, &[2, 4, 5, 180], b""),
+            );
+            let flow = v4_flow(V4_CLIENT, sport, vip);
+            let real = predicted_real(&flow, &reals, 65537);
+            let hash = flow_hash(&flow, FLOW_HASH_SEED).to_be_bytes();
+
+            let res = runner.run(&inner).expect("run");
+            assert_eq!(res.action, XDP_REDIRECT, "redirected to g0");
+
+            let ip_packet = &inner[14..];
+            let IpAddr::V4(real_v4) = real else {
+                panic!("v4 real")
+            };
+            let mut outer = vec![0x45, 0];
+            outer.extend_from_slice(&((ip_packet.len() + 20) as u16).to_be_bytes());
+            outer.extend_from_slice(&[0, 0, 0, 0, 64, 4, 0, 0]);
+            outer.extend_from_slice(&[172, 16, hash[2], hash[3]]);
+            outer.extend_from_slice(&real_v4.octets());
+            let sum = checksum(&[&outer]);
+            outer[10..12].copy_from_slice(&sum.to_be_bytes());
+            let mut expected = real_mac(real).to_vec();
+            expected.extend_from_slice(&LB_MAC);
+            expected.extend_from_slice(&[0x08, 0x00]);
+            expected.extend_from_slice(&outer);
+            expected.extend_from_slice(ip_packet);
+            assert_eq!(res.frame, expected, "sport {sport} -> {real}");
+            assert_eq!(checksum(&[&res.frame[14..34]]), 0, "outer header checksum");
+        }
+        let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
+        assert_eq!(stats.event(L4Event::NewFlow), 5);
+        assert_eq!(stats.event(L4Event::EncapRedirect), 5);
+        assert_eq!(stats.vip(vip).new_flows, 5);
+    });
+}
+
+#[test]
+fn ipv6_encap_is_byte_exact() {
+    run_in_fib_netns("ipv6_encap_is_byte_exact", || {
+        let reals = [(REALS6[0], 1), (REALS6[1], 1)];
+        let mut text = format!("[[vip]]\naddress = \"{VIP6}\"\nring_size = 1009\n");
+        for (addr, _) in reals {
+            text.push_str(&format!("[[vip.real]]\naddress = \"{addr}\"\n"));
+        }
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(runner.ebpf_mut(), &config(&text)).expect("apply");
+        let vip: SocketAddr = VIP6.parse().expect("vip");
+        let IpAddr::V6(vip_ip) = vip.ip() else {
+            panic!("v6")
+        };
+        let client: SocketAddr = "[fd00::1]:43210".parse().expect("client");
+        let (frame, _) = eth_ipv6(
+            &[],
+            V6_CLIENT,
+            vip_ip.octets(),
+            &[],
+            tcp(43210, 443, TCP_SYN, &[], b""),
+        );
+        let flow = flow_key(client, vip, Protocol::Tcp);
+        let real = predicted_real(&flow, &reals, 1009);
+        let hash = flow_hash(&flow, FLOW_HASH_SEED).to_be_bytes();
+        let res = runner.run(&frame).expect("run");
+        assert_eq!(res.action, XDP_REDIRECT);
+        let ip_packet = &frame[14..];
+        let IpAddr::V6(real_v6) = real else {
+            panic!("v6 real")
+        };
+        let mut expected = real_mac(real).to_vec();
+        expected.extend_from_slice(&LB_MAC);
+        expected.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        expected.extend_from_slice(&(ip_packet.len() as u16).to_be_bytes());
+        expected.extend_from_slice(&[41, 64]);
+        let mut src = [0u8; 16];
+        src[0] = 0xfd;
+        src[11] = 1;
+        src[12..].copy_from_slice(&hash);
+        expected.extend_from_slice(&src);
+        expected.extend_from_slice(&real_v6.octets());
+        expected.extend_from_slice(ip_packet);
+        assert_eq!(res.frame, expected);
+    });
+}
+
+#[test]
+fn established_flows_keep_their_real_across_a_table_swap_and_rehash_when_it_goes_down() {
+    run_in_fib_netns("established_flows_keep_their_real", || {
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        let all = [(REALS4[0], 1), (REALS4[1], 1), (REALS4[2], 1)];
+        dp.apply(
+            runner.ebpf_mut(),
+            &config(&vip_config(1009, &all.map(|(a, w)| (a, w, false)))),
+        )
+        .expect("apply");
+        let vip: SocketAddr = VIP4.parse().expect("vip");
+        let syn = |sport| {
+            eth_ipv4(
+                &[],
+                &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+                tcp(sport, 80, TCP_SYN, &[], b""),
+            )
+            .0
+        };
+        let data = |sport| {
+            eth_ipv4(
+                &[],
+                &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+                tcp(sport, 80, TCP_ACK, &[], b"payload"),
+            )
+            .0
+        };
+        // Open 30 flows and remember where each went.
+        let mut placed = Vec::new();
+        for sport in 20000..20030u16 {
+            let res = runner.run(&syn(sport)).expect("run");
+            assert_eq!(res.action, XDP_REDIRECT);
+            placed.push((sport, outer_dst_v4(&res.frame)));
+        }
+        let (_, victim) = placed[0];
+        let victim_str = victim.to_string();
+
+        // Weight 0 for one real: the swapped ring gives it no new flows, but its
+        // established flows stay (drain).
+        let drained: Vec<_> = all
+            .iter()
+            .map(|(a, w)| (*a, if *a == victim_str { 0 } else { *w }, false))
+            .collect();
+        let report = dp
+            .apply(runner.ebpf_mut(), &config(&vip_config(1009, &drained)))
+            .expect("apply");
+        assert_eq!(report.rings_rebuilt, 1);
+        for (sport, real) in &placed {
+            let res = runner.run(&data(*sport)).expect("run");
+            assert_eq!(
+                outer_dst_v4(&res.frame),
+                *real,
+                "flow {sport} kept its real"
+            );
+        }
+        for sport in 30000..30100u16 {
+            let res = runner.run(&syn(sport)).expect("run");
+            assert_ne!(
+                outer_dst_v4(&res.frame),
+                victim,
+                "new flow {sport} avoided the drained real"
+            );
+        }
+
+        // Down: its established flows are re-hashed onto the others; the rest stay put.
+        let down: Vec<_> = all
+            .iter()
+            .map(|(a, w)| (*a, *w, *a == victim_str))
+            .collect();
+        dp.apply(runner.ebpf_mut(), &config(&vip_config(1009, &down)))
+            .expect("apply");
+        let mut rehashed = 0;
+        for (sport, real) in &placed {
+            let res = runner.run(&data(*sport)).expect("run");
+            let now = outer_dst_v4(&res.frame);
+            if *real == victim {
+                assert_ne!(now, victim, "flow {sport} left the down real");
+                rehashed += 1;
+            } else {
+                assert_eq!(now, *real, "flow {sport} on a healthy real stayed");
+            }
+        }
+        let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
+        assert!(rehashed > 0);
+        assert_eq!(stats.event(L4Event::RealDownRehash), rehashed);
+        assert_eq!(
+            stats.real(vip, victim).new_flows as usize,
+            placed.iter().filter(|p| p.1 == victim).count()
+        );
+    });
+}
+
+#[test]
+fn local_vip_passes_and_tags_new_flows() {
+    run_in_fib_netns("local_vip_passes_and_tags_new_flows", || {
+        let text = format!(
+            "[[vip]]\naddress = \"{VIP4}\"\nforward = \"local\"\nring_size = 1009\n[[vip.real]]\naddress = \"127.0.0.1\"\n"
+        );
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(runner.ebpf_mut(), &config(&text)).expect("apply");
+        let vip: SocketAddr = VIP4.parse().expect("vip");
+        let client: SocketAddr = "10.0.0.1:41000".parse().expect("client");
+        assert_eq!(
+            lookup_flow_tag(runner.ebpf(), client, vip, Protocol::Tcp).expect("lookup"),
+            None
+        );
+        let (frame, _) = eth_ipv4(
+            &[],
+            &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+            tcp(41000, 80, TCP_SYN, &[], b""),
+        );
+        let res = runner.run(&frame).expect("run");
+        assert_eq!(res.action, XDP_PASS);
+        assert_eq!(res.frame, frame, "local hand-off leaves the packet alone");
+        let tag = lookup_flow_tag(runner.ebpf(), client, vip, Protocol::Tcp)
+            .expect("lookup")
+            .expect("tag recorded");
+        assert_eq!(tag.client, client);
+        assert_eq!(tag.vip, vip);
+        assert_eq!(tag.target, "127.0.0.1".parse::<IpAddr>().expect("ip"));
+        assert_ne!(tag.flow_id, 0);
+        // Later packets of the flow keep the same tag (same flow id).
+        let (ack, _) = eth_ipv4(
+            &[],
+            &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+            tcp(41000, 80, TCP_ACK, &[], b"x"),
+        );
+        runner.run(&ack).expect("run");
+        let again = lookup_flow_tag(runner.ebpf(), client, vip, Protocol::Tcp)
+            .expect("lookup")
+            .expect("tag");
+        assert_eq!(again.flow_id, tag.flow_id);
+        let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
+        assert_eq!(stats.event(L4Event::LocalPassed), 2);
+        assert_eq!(stats.vip(vip).new_flows, 1);
+    });
+}
+
+#[test]
+fn fragments_of_one_datagram_go_to_one_real() {
+    run_in_fib_netns("fragments_of_one_datagram_go_to_one_real", || {
+        let reals = [(REALS4[0], 1), (REALS4[1], 1), (REALS4[2], 1)];
+        let mut text =
+            "[[vip]]\naddress = \"10.100.0.100:53\"\nprotocol = \"udp\"\nring_size = 1009\n"
+                .to_owned();
+        for (addr, _) in reals {
+            text.push_str(&format!("[[vip.real]]\naddress = \"{addr}\"\n"));
+        }
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(runner.ebpf_mut(), &config(&text)).expect("apply");
+        for client_last in 1..=20u8 {
+            let client = [10, 0, 0, client_last];
+            let mut first = Ipv4Opts::new(client, [10, 100, 0, 100]);
+            first.frag_field = 0x2000;
+            let mut seg = udp(5000, 53, &[0u8; 64]);
+            seg.bytes[4..6].copy_from_slice(&2000u16.to_be_bytes());
+            let (first_frame, _) = eth_ipv4(&[], &first, seg);
+            let mut later = Ipv4Opts::new(client, [10, 100, 0, 100]);
+            later.frag_field = 9;
+            let (later_frame, _) = eth_ipv4(&[], &later, raw(IPPROTO_UDP, &[0u8; 64]));
+            let a = runner.run(&first_frame).expect("run");
+            let b = runner.run(&later_frame).expect("run");
+            assert_eq!(a.action, XDP_REDIRECT);
+            assert_eq!(b.action, XDP_REDIRECT);
+            let flow = FlowKey {
+                src: addr16(IpAddr::from(client)).0,
+                dst: addr16(IpAddr::from([10, 100, 0, 100])).0,
+                src_port: 0,
+                dst_port: 0,
+                proto: IPPROTO_UDP,
+                family: 4,
+                _pad: [0; 2],
+            };
+            let expected = predicted_real(&flow, &reals, 1009);
+            assert_eq!(outer_dst_v4(&a.frame), expected);
+            assert_eq!(outer_dst_v4(&b.frame), expected);
+        }
+        let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
+        assert_eq!(stats.event(L4Event::VipFragment), 40);
+    });
+}
+
+#[test]
+fn vip_without_reals_drops_and_unroutable_real_is_passed_encapsulated() {
+    run_in_fib_netns("vip_without_reals_drops", || {
+        let text = "[[vip]]\naddress = \"10.100.0.100:80\"\nring_size = 1009\n\
+                    [[vip]]\naddress = \"10.100.0.101:80\"\nring_size = 1009\n\
+                    [[vip.real]]\naddress = \"10.99.0.2\"\n";
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(runner.ebpf_mut(), &config(text)).expect("apply");
+        let (frame, _) = eth_ipv4(
+            &[],
+            &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+            tcp(1, 80, TCP_SYN, &[], b""),
+        );
+        assert_eq!(runner.run(&frame).expect("run").action, XDP_DROP);
+
+        // No route to 10.99.0.2: the stack gets the encapsulated packet (it answers with ICMP
+        // or routes it once a route exists), still addressed to this host's MAC.
+        let (frame, _) = eth_ipv4(
+            &[],
+            &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 101]),
+            tcp(1, 80, TCP_SYN, &[], b""),
+        );
+        let res = runner.run(&frame).expect("run");
+        assert_eq!(res.action, XDP_PASS);
+        assert_eq!(&res.frame[..12], &frame[..12], "original MACs kept");
+        assert_eq!(res.frame[23], 4, "IPIP");
+        assert_eq!(outer_dst_v4(&res.frame), IpAddr::from([10, 99, 0, 2]));
+        assert_eq!(&res.frame[34..], &frame[14..]);
+        let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
+        assert_eq!(stats.event(L4Event::NoRealDropped), 1);
+        assert_eq!(stats.event(L4Event::EncapFibPassed), 1);
+    });
+}
+
+#[test]
+fn removed_vip_stops_matching() {
+    run_in_fib_netns("removed_vip_stops_matching", || {
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(
+            runner.ebpf_mut(),
+            &config(&vip_config(1009, &[(REALS4[0], 1, false)])),
+        )
+        .expect("apply");
+        let (frame, _) = eth_ipv4(
+            &[],
+            &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+            tcp(1, 80, TCP_SYN, &[], b""),
+        );
+        assert_eq!(runner.run(&frame).expect("run").action, XDP_REDIRECT);
+        let report = dp.apply(runner.ebpf_mut(), &config("")).expect("apply");
+        assert_eq!(report.vips_removed, 1);
+        let res = runner.run(&frame).expect("run");
+        assert_eq!(res.action, XDP_PASS);
+        assert_eq!(res.frame, frame);
+    });
+}
