@@ -17,8 +17,8 @@ pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const MAX_REALS: u32 = 4096;
 /// Ring slot value meaning "no real" (a VIP with no healthy real drops new flows).
 pub const NO_REAL: u32 = 0;
-/// Per-CPU LRU connection-table size.
-pub const CONNTRACK_CAPACITY: u32 = 65536;
+/// Connection-table size (LRU; split across per-CPU LRU lists).
+pub const CONNTRACK_CAPACITY: u32 = 131072;
 /// LRU flow-tag table size (local VIPs).
 pub const FLOW_TAGS_CAPACITY: u32 = 65536;
 

@@ -25,7 +25,7 @@ pub mod map_names {
     pub const REALS: &str = "REALS";
     /// Array of real ids, `MAX_VIPS * 2` rings of `MAX_RING_SIZE` slots.
     pub const MAGLEV_RINGS: &str = "MAGLEV_RINGS";
-    /// Per-CPU LRU hash: [`crate::l4::FlowKey`] -> [`crate::l4::FlowEntry`].
+    /// LRU hash with per-CPU LRU lists: [`crate::l4::FlowKey`] -> [`crate::l4::FlowEntry`].
     pub const CONNTRACK: &str = "CONNTRACK";
     /// LRU hash: [`crate::l4::FlowKey`] -> [`crate::l4::FlowTag`] (local VIPs).
     pub const FLOW_TAGS: &str = "FLOW_TAGS";

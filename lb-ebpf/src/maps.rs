@@ -1,7 +1,8 @@
 //! Every map the datapath uses. Names match `lb_common::map_names`; userspace finds them by name.
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
     Malformed, PORT_STATS_CAPACITY, PacketClass, PortKey, TrafficCounters,
@@ -32,9 +33,12 @@ pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
 #[map(name = "MAGLEV_RINGS")]
 pub static MAGLEV_RINGS: Array<u32> = Array::with_max_entries(MAGLEV_RINGS_LEN, 0);
 
+/// One table seen by every CPU, with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): eviction and
+/// insertion stay CPU-local like a per-CPU map, but a flow is found whichever CPU its next
+/// packet lands on (RSS reconfiguration, RPS, veth), so it never silently changes real.
 #[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruPerCpuHashMap<FlowKey, FlowEntry> =
-    LruPerCpuHashMap::with_max_entries(CONNTRACK_CAPACITY, 0);
+pub static CONNTRACK: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(CONNTRACK_CAPACITY, BPF_F_NO_COMMON_LRU);
 
 #[map(name = "FLOW_TAGS")]
 pub static FLOW_TAGS: LruHashMap<FlowKey, FlowTag> =

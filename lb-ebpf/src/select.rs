@@ -21,7 +21,9 @@ pub struct Selected {
 pub fn select(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
     let hash = flow_hash(flow, FLOW_HASH_SEED);
     // SAFETY: values are copied out immediately.
-    if let Some(entry) = unsafe { CONNTRACK.get(flow) }.copied() {
+    let entry = unsafe { CONNTRACK.get(flow) }.copied();
+    // Real 0 is never assigned; an entry naming it is treated as a miss.
+    if let Some(entry) = entry.filter(|e| e.real != NO_REAL) {
         if entry.vip == vip.index {
             if let Some(real) = REALS.get(entry.real).copied() {
                 if real.flags & REAL_DOWN == 0 {
