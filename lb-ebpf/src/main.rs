@@ -4,6 +4,7 @@
 //! parse (`parse`) -> count (`counters`) -> VIP? (`vip`) -> pick a real (`select`: connection
 //! table, then Maglev ring) -> `local`: pass to the stack with a flow tag (`local`), or
 //! `encap`: IPIP/IP6IP6 to the real (`encap`) and out via the kernel FIB (`forward`).
+//! ICMP "fragmentation needed" / "packet too big" about a VIP flow follows the flow (`icmp`).
 //! `lb_decap` (`decap`) is the program real servers run to undo the encapsulation.
 //!
 //! On the host (clippy, `cargo build --workspace`) this crate is an empty binary: the real
@@ -23,6 +24,8 @@ mod forward;
 #[cfg(target_arch = "bpf")]
 mod headers;
 #[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod local;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -39,7 +42,7 @@ mod datapath {
     use aya_log_ebpf::info;
     use lb_common::{
         PacketClass,
-        l4::{L4Event, VIP_FORWARD_LOCAL},
+        l4::{FlowKey, L4Event, VIP_FORWARD_LOCAL, VipMeta},
     };
 
     use crate::{
@@ -47,6 +50,7 @@ mod datapath {
         decap::decapsulate,
         encap::encapsulate,
         forward::send,
+        icmp,
         local::record_flow_tag,
         parse::{Addrs, Frame, Packet, parse},
         select::select,
@@ -72,8 +76,13 @@ mod datapath {
         };
         account(&ctx, &pkt, frame_len);
 
-        let Some(hit) = vip::lookup(&pkt) else {
-            return xdp_action::XDP_PASS;
+        let hit = match vip::lookup(&pkt) {
+            Some(hit) => hit,
+            None => match icmp::ptb_flow(&ctx, &pkt) {
+                // A PMTU error about a VIP flow goes to that flow's real (see icmp.rs).
+                Some((meta, flow)) => return forward_ptb(&ctx, &pkt, &meta, &flow),
+                None => return xdp_action::XDP_PASS,
+            },
         };
         if pkt.fragment {
             count_event(L4Event::VipFragment);
@@ -98,6 +107,25 @@ mod datapath {
         }
         match encapsulate(&ctx, &pkt, &selected.real, selected.hash) {
             Some(outer) => send(&ctx, &outer),
+            None => {
+                count_event(L4Event::EncapFailedDropped);
+                xdp_action::XDP_DROP
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn forward_ptb(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta, flow: &FlowKey) -> u32 {
+        let Some(selected) = select(flow, meta) else {
+            return xdp_action::XDP_PASS;
+        };
+        if meta.forward == VIP_FORWARD_LOCAL {
+            // The local stack owns the flow's socket and handles the error itself.
+            return xdp_action::XDP_PASS;
+        }
+        count_event(L4Event::IcmpPtbForwarded);
+        match encapsulate(ctx, pkt, &selected.real, selected.hash) {
+            Some(outer) => send(ctx, &outer),
             None => {
                 count_event(L4Event::EncapFailedDropped);
                 xdp_action::XDP_DROP

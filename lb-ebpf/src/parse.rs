@@ -46,6 +46,8 @@ pub struct Packet {
     pub addrs: Addrs,
     /// Offset of the IP header in the frame (after Ethernet and VLAN tags).
     pub l3_off: usize,
+    /// Offset of the L4 header (after IPv4 options / IPv6 extension headers).
+    pub l4_off: usize,
     /// Length of the IP packet as its header declares it (header included); the frame may
     /// hold Ethernet padding after it.
     pub ip_len: usize,
@@ -194,6 +196,7 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
             dst: ip.dst,
         },
         l3_off: off,
+        l4_off: off + header_len,
         ip_len: total_len,
         proto: ip.protocol,
         ports: None,
@@ -259,6 +262,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
             dst: ip.dst,
         },
         l3_off: off,
+        l4_off,
         ip_len: size_of::<Ipv6Hdr>() + payload_len,
         proto: next,
         ports: None,

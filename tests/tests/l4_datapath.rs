@@ -497,3 +497,134 @@ fn removed_vip_stops_matching() {
         assert_eq!(res.frame, frame);
     });
 }
+
+/// An ICMP error quoting the real's reply (VIP:80 -> client:port), as a router on the
+/// return path would send it, to the VIP.
+fn icmp_quoting(kind: u8, code: u8, client: [u8; 4], client_port: u16) -> Vec<u8> {
+    let (quoted, _) = ipv4(
+        &Ipv4Opts::new([10, 100, 0, 100], client),
+        tcp(80, client_port, TCP_ACK, &[], &[0u8; 1400]),
+    );
+    let mut msg = vec![kind, code, 0, 0, 0, 0];
+    msg.extend_from_slice(&1400u16.to_be_bytes());
+    msg.extend_from_slice(&quoted[..28]);
+    let sum = checksum(&[&msg]);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    eth_ipv4(
+        &[],
+        &Ipv4Opts::new([10, 9, 9, 9], [10, 100, 0, 100]),
+        raw(IPPROTO_ICMP, &msg),
+    )
+    .0
+}
+
+#[test]
+fn icmp_frag_needed_about_a_vip_flow_goes_to_its_real() {
+    run_in_fib_netns("icmp_frag_needed_about_a_vip_flow_goes_to_its_real", || {
+        let reals = [(REALS4[0], 1), (REALS4[1], 1), (REALS4[2], 1)];
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(
+            runner.ebpf_mut(),
+            &config(&vip_config(1009, &reals.map(|(a, w)| (a, w, false)))),
+        )
+        .expect("apply");
+        for sport in [33000u16, 33001, 33002, 33003] {
+            let (syn, _) = eth_ipv4(
+                &[],
+                &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+                tcp(sport, 80, TCP_SYN, &[], b""),
+            );
+            let flow_real = outer_dst_v4(&runner.run(&syn).expect("run").frame);
+            let icmp = icmp_quoting(3, 4, V4_CLIENT, sport);
+            let res = runner.run(&icmp).expect("run");
+            assert_eq!(res.action, XDP_REDIRECT);
+            assert_eq!(
+                outer_dst_v4(&res.frame),
+                flow_real,
+                "PTB follows flow {sport}"
+            );
+            assert_eq!(&res.frame[34..], &icmp[14..], "ICMP carried unchanged");
+        }
+        // Other ICMP to the VIP (echo, port unreachable) is the host's business.
+        for (kind, code) in [(8u8, 0u8), (3, 3)] {
+            let frame = icmp_quoting(kind, code, V4_CLIENT, 33000);
+            let res = runner.run(&frame).expect("run");
+            assert_eq!((res.action, res.frame), (XDP_PASS, frame));
+        }
+        let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
+        assert_eq!(stats.event(L4Event::IcmpPtbForwarded), 4);
+    });
+}
+
+#[test]
+fn decap_strips_exactly_what_encap_added() {
+    run_in_fib_netns("decap_strips_exactly_what_encap_added", || {
+        let mut lb = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(
+            lb.ebpf_mut(),
+            &config(&vip_config(1009, &[(REALS4[0], 1, false)])),
+        )
+        .expect("apply");
+        let mut decap = XdpRunner::load(program_names::DECAP).expect("load decap");
+        let (original, _) = eth_ipv4(
+            &[],
+            &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+            tcp(1234, 80, TCP_SYN, &[], b"hello"),
+        );
+        let encapsulated = lb.run(&original).expect("encap").frame;
+        let res = decap.run(&encapsulated).expect("decap");
+        assert_eq!(res.action, XDP_PASS);
+        assert_eq!(&res.frame[12..], &original[12..], "inner packet restored");
+        assert_eq!(
+            &res.frame[..12],
+            &encapsulated[..12],
+            "MACs of the received frame kept"
+        );
+        // Anything else is not touched.
+        let res = decap.run(&original).expect("decap");
+        assert_eq!((res.action, res.frame), (XDP_PASS, original));
+    });
+}
+
+#[test]
+fn a_full_connection_table_degrades_to_hashing_not_drops() {
+    run_in_fib_netns(
+        "a_full_connection_table_degrades_to_hashing_not_drops",
+        || {
+            let reals = [(REALS4[0], 1), (REALS4[1], 1), (REALS4[2], 1)];
+            let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+            let mut dp = L4Dataplane::new();
+            dp.apply(
+                runner.ebpf_mut(),
+                &config(&vip_config(1009, &reals.map(|(a, w)| (a, w, false)))),
+            )
+            .expect("apply");
+            let vip: SocketAddr = VIP4.parse().expect("vip");
+            let capacity = lb_common::l4::CONNTRACK_CAPACITY;
+            let (mut frame, layout) = eth_ipv4(
+                &[],
+                &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+                tcp(1, 80, TCP_SYN, &[], b""),
+            );
+            // 1.5x the table's capacity of distinct flows (client address and port varied in
+            // place; checksums are not checked on this path).
+            let flows = capacity + capacity / 2;
+            for n in 0..flows {
+                let addr = [10, 0, 0, (n >> 16) as u8];
+                frame[layout.l3 + 12..layout.l3 + 16].copy_from_slice(&addr);
+                frame[layout.l4..layout.l4 + 2].copy_from_slice(&(n as u16).to_be_bytes());
+                let res = runner.run(&frame).expect("run");
+                assert_eq!(res.action, XDP_REDIRECT, "flow {n}");
+                let client = SocketAddr::from((addr, n as u16));
+                let expected = predicted_real(&flow_key(client, vip, Protocol::Tcp), &reals, 1009);
+                assert_eq!(outer_dst_v4(&res.frame), expected, "flow {n}");
+            }
+            let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
+            assert_eq!(stats.event(L4Event::NewFlow), u64::from(flows));
+            assert_eq!(stats.event(L4Event::NoRealDropped), 0);
+            assert_eq!(stats.event(L4Event::ConntrackInsertFailed), 0);
+        },
+    );
+}
