@@ -1,15 +1,29 @@
 //! Sending an encapsulated packet: the kernel's FIB picks egress interface and next-hop MAC
 //! (bpf_fib_lookup), so routes and neighbours are managed the usual way, not by lb.
+//!
+//! A FIB lookup costs more than the rest of the forwarding path, so each CPU caches the answer
+//! per real for `NEXTHOP_TTL_NS`: route or neighbour changes take effect within that time.
+//! Packets longer than any the FIB has accepted for the real always ask the FIB again, so
+//! MTU checks are never skipped.
 use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::l4::{FAMILY_V4, L4Event};
 
-use crate::{counters::count_event, encap::Outer, headers::EthHdr, parse::header_mut};
+use crate::{
+    counters::count_event,
+    encap::Outer,
+    headers::EthHdr,
+    maps::{NEXTHOPS, NextHop},
+    parse::header_mut,
+};
+
+/// How long a cached FIB answer is used (100 ms).
+const NEXTHOP_TTL_NS: u64 = 100_000_000;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -24,12 +38,71 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
-/// Returns the XDP verdict for an encapsulated frame.
+/// Returns the XDP verdict for an encapsulated frame to real `real_id`.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, outer: &Outer) -> u32 {
+pub fn send(ctx: &XdpContext, outer: &Outer, real_id: u32) -> u32 {
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(cache) = NEXTHOPS.get_ptr_mut(real_id) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: this CPU's slot; only this program run touches it.
+    let cached = unsafe { *cache };
+    let hop = if cached.expires_ns > now
+        && cached.ingress == ingress
+        && outer.total_len <= cached.max_len
+    {
+        cached
+    } else {
+        match lookup(ctx, outer, ingress) {
+            Some(fresh) => {
+                let hop = NextHop {
+                    expires_ns: now + NEXTHOP_TTL_NS,
+                    ingress,
+                    egress: fresh.egress,
+                    max_len: if cached.ingress == ingress && cached.expires_ns > now {
+                        fresh.max_len.max(cached.max_len)
+                    } else {
+                        fresh.max_len
+                    },
+                    smac: fresh.smac,
+                    dmac: fresh.dmac,
+                    _pad: [0; 2],
+                };
+                // SAFETY: as above.
+                unsafe { *cache = hop };
+                hop
+            }
+            None => {
+                // No neighbour entry yet, MTU exceeded, no route...: the stack routes the
+                // encapsulated packet itself (resolving ARP/ND, or answering with ICMP), and
+                // the flow's next packets take the fast path once the neighbour is known.
+                count_event(L4Event::EncapFibPassed);
+                return xdp_action::XDP_PASS;
+            }
+        }
+    };
+    let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    eth.dst = hop.dmac;
+    eth.src = hop.smac;
+    if hop.egress == ingress {
+        count_event(L4Event::EncapTx);
+        xdp_action::XDP_TX
+    } else {
+        count_event(L4Event::EncapRedirect);
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(hop.egress, 0) as u32 }
+    }
+}
+
+/// Asks the kernel FIB for egress and MACs toward the outer destination.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, outer: &Outer, ingress: u32) -> Option<NextHop> {
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them).
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    let ingress = ctx.ingress_ifindex() as u32;
     params.ifindex = ingress;
     params.__bindgen_anon_1.tot_len = outer.total_len;
     let (src, dst) = (words(&outer.src), words(&outer.dst));
@@ -52,23 +125,15 @@ pub fn send(ctx: &XdpContext, outer: &Outer) -> u32 {
         )
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        // No neighbour entry yet, MTU exceeded, no route...: the stack routes the encapsulated
-        // packet itself (resolving ARP/ND, or answering with ICMP), and the next packets of the
-        // flow take the fast path once the neighbour is known.
-        count_event(L4Event::EncapFibPassed);
-        return xdp_action::XDP_PASS;
+        return None;
     }
-    let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
-        return xdp_action::XDP_DROP;
-    };
-    eth.dst = params.dmac;
-    eth.src = params.smac;
-    if params.ifindex == ingress {
-        count_event(L4Event::EncapTx);
-        xdp_action::XDP_TX
-    } else {
-        count_event(L4Event::EncapRedirect);
-        // SAFETY: plain helper call.
-        unsafe { bpf_redirect(params.ifindex, 0) as u32 }
-    }
+    Some(NextHop {
+        expires_ns: 0,
+        ingress,
+        egress: params.ifindex,
+        max_len: outer.total_len,
+        smac: params.smac,
+        dmac: params.dmac,
+        _pad: [0; 2],
+    })
 }

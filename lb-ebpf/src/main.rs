@@ -74,15 +74,27 @@ mod datapath {
                 return xdp_action::XDP_DROP;
             }
         };
-        account(&ctx, &pkt, frame_len);
+        count_class(pkt.class());
+        if pkt.fragment {
+            count_class(match pkt.addrs {
+                Addrs::V4 { .. } => PacketClass::Ipv4Fragment,
+                Addrs::V6 { .. } => PacketClass::Ipv6Fragment,
+            });
+        }
+        if pkt.is_tcp_syn() {
+            count_class(PacketClass::TcpSyn);
+        }
 
         let hit = match vip::lookup(&pkt) {
             Some(hit) => hit,
-            None => match icmp::ptb_flow(&ctx, &pkt) {
+            None => {
                 // A PMTU error about a VIP flow goes to that flow's real (see icmp.rs).
-                Some((meta, flow)) => return forward_ptb(&ctx, &pkt, &meta, &flow),
-                None => return xdp_action::XDP_PASS,
-            },
+                if let Some((meta, flow)) = icmp::ptb_flow(&ctx, &pkt) {
+                    return forward_ptb(&ctx, &pkt, &meta, &flow);
+                }
+                account_host_traffic(&ctx, &pkt, frame_len);
+                return xdp_action::XDP_PASS;
+            }
         };
         if pkt.fragment {
             count_event(L4Event::VipFragment);
@@ -106,7 +118,7 @@ mod datapath {
             return xdp_action::XDP_PASS;
         }
         match encapsulate(&ctx, &pkt, &selected.real, selected.hash) {
-            Some(outer) => send(&ctx, &outer),
+            Some(outer) => send(&ctx, &outer, selected.real_id),
             None => {
                 count_event(L4Event::EncapFailedDropped);
                 xdp_action::XDP_DROP
@@ -125,7 +137,7 @@ mod datapath {
         }
         count_event(L4Event::IcmpPtbForwarded);
         match encapsulate(ctx, pkt, &selected.real, selected.hash) {
-            Some(outer) => send(ctx, &outer),
+            Some(outer) => send(ctx, &outer, selected.real_id),
             None => {
                 count_event(L4Event::EncapFailedDropped);
                 xdp_action::XDP_DROP
@@ -133,21 +145,16 @@ mod datapath {
         }
     }
 
+    /// Per-port counters and connection logs for traffic this host's stack receives. VIP
+    /// traffic is counted per VIP and real instead: a hash update and a log record per packet
+    /// would cost more than the forwarding itself.
     #[inline(always)]
-    fn account(ctx: &XdpContext, pkt: &Packet, frame_len: u64) {
-        count_class(pkt.class());
-        if pkt.fragment {
-            count_class(match pkt.addrs {
-                Addrs::V4 { .. } => PacketClass::Ipv4Fragment,
-                Addrs::V6 { .. } => PacketClass::Ipv6Fragment,
-            });
-        }
+    fn account_host_traffic(ctx: &XdpContext, pkt: &Packet, frame_len: u64) {
         let Some(ports) = pkt.ports else {
             return;
         };
         count_port(pkt.proto, ports.dst, frame_len);
         if pkt.is_tcp_syn() {
-            count_class(PacketClass::TcpSyn);
             match pkt.addrs {
                 Addrs::V4 { src, dst } => info!(
                     ctx,

@@ -55,3 +55,21 @@ pub static REAL_STATS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries
 
 #[map(name = "L4_EVENTS")]
 pub static L4_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(L4Event::COUNT, 0);
+
+/// Per-CPU cache of `bpf_fib_lookup` answers per real (see `forward.rs`).
+#[map(name = "NEXTHOPS")]
+pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+
+/// A FIB answer for one real, valid until `expires_ns` (coarse monotonic clock) for packets
+/// arriving on `ingress` no longer than `max_len` (the longest the FIB accepted).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    pub expires_ns: u64,
+    pub ingress: u32,
+    pub egress: u32,
+    pub max_len: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 2],
+}

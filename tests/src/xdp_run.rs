@@ -75,6 +75,25 @@ impl XdpRunner {
         &mut self.ebpf
     }
 
+    /// Runs `frame` `repeat` times in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES): every
+    /// run starts from a fresh copy of `frame` and verdicts take effect (redirects are sent).
+    /// Returns the kernel-reported mean duration per packet. Warm caches, as under load.
+    pub fn run_live(&mut self, frame: &[u8], repeat: u32) -> Result<std::time::Duration> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(self.program)
+            .context("program vanished")?
+            .try_into()?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        opts.attrs = aya::programs::TestRunAttrs::new().xdp_live_frames(64);
+        let res = prog
+            .test_run(opts)
+            .context("BPF_PROG_TEST_RUN (live frames)")?;
+        Ok(res.duration)
+    }
+
     pub fn stats(&self) -> Result<XdpStats> {
         Ok(xdp::read_stats(&self.ebpf)?)
     }

@@ -16,73 +16,17 @@ use lb_common::{
     program_names,
 };
 use lb_tests::{
-    NETNS_PREFIX,
-    netns::{Netns, require_root, sweep_stale},
+    fib,
+    netns::require_root,
     packets::*,
     xdp_run::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XdpRunner},
 };
 
-const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const LB_MAC: [u8; 6] = fib::LB_MAC;
+const REALS4: [&str; 3] = fib::REALS4;
+const REALS6: [&str; 2] = fib::REALS6;
 const VIP4: &str = "10.100.0.100:80";
 const VIP6: &str = "[fd64::100]:443";
-/// Reals reachable through g0, each with a permanent neighbour entry (MAC 02:..:aN).
-const REALS4: [&str; 3] = ["10.201.0.2", "10.201.0.3", "10.201.0.4"];
-const REALS6: [&str; 2] = ["fd01::2", "fd01::3"];
-
-fn real_mac(real: IpAddr) -> [u8; 6] {
-    let last = match real {
-        IpAddr::V4(v4) => v4.octets()[3],
-        IpAddr::V6(v6) => v6.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0, 0xa0 + last]
-}
-
-/// A namespace where the FIB can reach every real in REALS4/REALS6 via g0.
-fn fib_netns() -> Netns {
-    sweep_stale(NETNS_PREFIX);
-    let ns = Netns::new(NETNS_PREFIX, "gold").expect("netns");
-    ns.ip(&["link", "add", "g0", "type", "veth", "peer", "name", "g1"])
-        .expect("veth");
-    ns.ip(&["link", "set", "g0", "address", "02:00:00:00:00:01"])
-        .expect("mac");
-    for dev in ["g0", "g1"] {
-        ns.ip(&["link", "set", dev, "up"]).expect("up");
-    }
-    ns.ip(&["addr", "add", "10.201.0.1/24", "dev", "g0"])
-        .expect("addr");
-    ns.ip(&["addr", "add", "fd01::1/64", "dev", "g0", "nodad"])
-        .expect("addr6");
-    for real in REALS4.iter().chain(REALS6.iter()) {
-        let addr: IpAddr = real.parse().expect("ip");
-        let mac = real_mac(addr)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        ns.ip(&[
-            "neigh",
-            "add",
-            real,
-            "lladdr",
-            &mac,
-            "nud",
-            "permanent",
-            "dev",
-            "g0",
-        ])
-        .expect("neigh");
-    }
-    // bpf_fib_lookup answers only where forwarding is on (the XDP program forwards).
-    for knob in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
-        let status = ns
-            .command("sysctl")
-            .args(["-qw", knob])
-            .status()
-            .expect("sysctl");
-        assert!(status.success(), "{knob}");
-    }
-    ns
-}
 
 fn config(text: &str) -> L4Config {
     L4Config::parse(text, Path::new("test.toml")).expect("test config")
@@ -126,7 +70,7 @@ fn run_in_fib_netns(test: &'static str, body: impl FnOnce() + Send + 'static) {
     if !require_root(test) {
         return;
     }
-    let ns = fib_netns();
+    let ns = fib::fib_netns();
     ns.run(body).expect("test body");
 }
 
@@ -191,7 +135,7 @@ fn ipv4_encap_is_byte_exact_with_valid_checksums() {
             outer.extend_from_slice(&real_v4.octets());
             let sum = checksum(&[&outer]);
             outer[10..12].copy_from_slice(&sum.to_be_bytes());
-            let mut expected = real_mac(real).to_vec();
+            let mut expected = fib::real_mac(real).to_vec();
             expected.extend_from_slice(&LB_MAC);
             expected.extend_from_slice(&[0x08, 0x00]);
             expected.extend_from_slice(&outer);
@@ -238,7 +182,7 @@ fn ipv6_encap_is_byte_exact() {
         let IpAddr::V6(real_v6) = real else {
             panic!("v6 real")
         };
-        let mut expected = real_mac(real).to_vec();
+        let mut expected = fib::real_mac(real).to_vec();
         expected.extend_from_slice(&LB_MAC);
         expected.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
         expected.extend_from_slice(&(ip_packet.len() as u16).to_be_bytes());

@@ -1,0 +1,126 @@
+//! Per-packet cost of the L4 paths, by BPF_PROG_TEST_RUN in a namespace whose FIB reaches the
+//! reals (so encapsulation ends in a real `bpf_fib_lookup` + redirect), against the trivial
+//! `lb_xdp_baseline_pass` program measured the same way in the same run.
+//!
+//! Two measurements per path:
+//! - cold: a loop of repeat = 1 runs on a fresh copy of the input (rewrite paths change the
+//!   frame, so the kernel's own repeat would feed the program its output). Each run pays cold
+//!   caches and timer overhead; the baseline pays them too, and the delta removes the timer.
+//! - warm: live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES), where the kernel gives every
+//!   repetition a fresh copy of the frame and carries out the verdict (the redirect is really
+//!   sent through g0). This is the cost under steady load; the new-flow case cannot be run
+//!   warm (the same frame would be a new flow only once).
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use lb::l4::{L4Config, L4Dataplane};
+use lb_common::program_names;
+use lb_tests::{fib, packets::*, xdp_run::XdpRunner};
+
+const RUNS: u32 = 20_000;
+const ROUNDS: usize = 5;
+const WARM_REPEAT: u32 = 1_000_000;
+
+fn main() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("l4_packet_cost loads BPF programs and creates a namespace: run it as root");
+    }
+    let ns = fib::fib_netns();
+    ns.run(measure)?
+}
+
+fn measure() -> Result<()> {
+    let mut baseline = XdpRunner::load(program_names::BASELINE_PASS)?;
+    let mut lb = XdpRunner::load(program_names::LB_XDP)?;
+    let mut text = String::from("[[vip]]\naddress = \"10.100.0.100:80\"\n");
+    for real in fib::REALS4 {
+        text.push_str(&format!("[[vip.real]]\naddress = \"{real}\"\n"));
+    }
+    text.push_str("[[vip]]\naddress = \"10.100.0.200:80\"\nforward = \"local\"\n[[vip.real]]\naddress = \"127.0.0.1\"\n");
+    let config = L4Config::parse(&text, Path::new("bench.toml"))?;
+    L4Dataplane::new().apply(lb.ebpf_mut(), &config)?;
+
+    let to = |dst: [u8; 4], flags| {
+        eth_ipv4(
+            &[],
+            &Ipv4Opts::new(V4_CLIENT, dst),
+            tcp(40000, 80, flags, &[], &[0u8; 64]),
+        )
+    };
+    let (non_vip, _) = to([10, 100, 0, 50], TCP_ACK);
+    let (established, _) = to([10, 100, 0, 100], TCP_ACK);
+    let (new_flow, layout) = to([10, 100, 0, 100], TCP_SYN);
+    let (local, _) = to([10, 100, 0, 200], TCP_ACK);
+    // Warm the connection table for the established cases.
+    lb.run(&established)?;
+    lb.run(&local)?;
+
+    println!(
+        "per-packet cost (ns): cold = mean of {RUNS} runs at repeat=1, warm = live frames x {WARM_REPEAT}; best of {ROUNDS} rounds"
+    );
+    println!(
+        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "path", "cold base", "cold lb", "cold delta", "warm base", "warm lb", "warm delta"
+    );
+    let cases: [(&str, &[u8], bool); 4] = [
+        ("non-VIP pass", &non_vip, false),
+        ("established flow encap", &established, false),
+        ("new flow encap", &new_flow, true),
+        ("local hand-off", &local, false),
+    ];
+    let mut port = 1u16;
+    for (name, frame, vary_port) in cases {
+        let mut base_best = f64::MAX;
+        let mut lb_best = f64::MAX;
+        let mut warm_base = f64::MAX;
+        let mut warm_lb = f64::MAX;
+        for _ in 0..ROUNDS {
+            base_best = base_best.min(mean_ns(&mut baseline, frame, None)?);
+            let vary = vary_port.then_some((layout.l4, &mut port));
+            lb_best = lb_best.min(mean_ns(&mut lb, frame, vary)?);
+            if !vary_port {
+                warm_base = warm_base.min(baseline.run_live(frame, WARM_REPEAT)?.as_nanos() as f64);
+                warm_lb = warm_lb.min(lb.run_live(frame, WARM_REPEAT)?.as_nanos() as f64);
+            }
+        }
+        let warm = |v: f64| {
+            if v == f64::MAX {
+                "-".to_owned()
+            } else {
+                format!("{v:.1}")
+            }
+        };
+        println!(
+            "{name:<26} {base_best:>10.1} {lb_best:>10.1} {:>10.1} {:>10} {:>10} {:>10}",
+            lb_best - base_best,
+            warm(warm_base),
+            warm(warm_lb),
+            if warm_lb == f64::MAX {
+                "-".to_owned()
+            } else {
+                format!("{:.1}", warm_lb - warm_base)
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Mean kernel-reported duration of `RUNS` single runs. With `vary`, each run gets a new
+/// source port (a new flow each time).
+fn mean_ns(
+    runner: &mut XdpRunner,
+    frame: &[u8],
+    mut vary: Option<(usize, &mut u16)>,
+) -> Result<f64> {
+    let mut input = frame.to_vec();
+    let mut total = 0u128;
+    for _ in 0..RUNS {
+        if let Some((l4, port)) = vary.as_mut() {
+            **port = port.wrapping_add(1).max(1);
+            input[*l4..*l4 + 2].copy_from_slice(&port.to_be_bytes());
+        }
+        total += runner.run(&input)?.duration.as_nanos();
+    }
+    Ok(total as f64 / f64::from(RUNS))
+}
