@@ -46,6 +46,8 @@ pub mod program_names {
     pub const BASELINE_PASS: &str = "lb_xdp_baseline_pass";
     /// Runs on real servers: strips IPIP / IP6IP6 so the inner packet reaches the VIP socket.
     pub const DECAP: &str = "lb_decap";
+    /// Returns `XDP_TX`: the benchmarks' traffic generator (live-frames test runs).
+    pub const TX: &str = "lb_xdp_tx";
 }
 
 /// Capacity of [`map_names::PORT_STATS`]. When full, new keys are not counted per port (they are

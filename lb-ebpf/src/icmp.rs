@@ -92,7 +92,7 @@ pub fn ptb_flow(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Option<(V
         family,
     };
     // SAFETY: copied out at once.
-    let meta = *unsafe { VIPS.get(&key) }?;
+    let meta = *unsafe { VIPS.get(key) }?;
     Some((
         meta,
         FlowKey {

@@ -24,5 +24,5 @@ pub fn record_flow_tag(flow: &FlowKey, selected: &Selected) {
     };
     // Best effort: an LRU insert only fails on allocation failure; the L7 tier then falls back
     // to the socket's own addresses.
-    let _ = FLOW_TAGS.insert(flow, &tag, 0);
+    let _ = FLOW_TAGS.insert(flow, tag, 0);
 }

@@ -24,18 +24,18 @@ pub fn select(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
     let entry = unsafe { CONNTRACK.get(flow) }.copied();
     // Real 0 is never assigned; an entry naming it is treated as a miss.
     if let Some(entry) = entry.filter(|e| e.real != NO_REAL) {
-        if entry.vip == vip.index {
-            if let Some(real) = REALS.get(entry.real).copied() {
-                if real.flags & REAL_DOWN == 0 {
-                    count_event(L4Event::ConntrackHit);
-                    return Some(Selected {
-                        real_id: entry.real,
-                        real,
-                        new_flow: false,
-                        hash,
-                    });
-                }
-            }
+        let live_real = REALS
+            .get(entry.real)
+            .copied()
+            .filter(|real| entry.vip == vip.index && real.flags & REAL_DOWN == 0);
+        if let Some(real) = live_real {
+            count_event(L4Event::ConntrackHit);
+            return Some(Selected {
+                real_id: entry.real,
+                real,
+                new_flow: false,
+                hash,
+            });
         }
         count_event(L4Event::RealDownRehash);
     }
@@ -55,7 +55,7 @@ pub fn select(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
     };
     // LRU: inserting evicts the least recently used flow when full, so a full table degrades
     // to pure hashing for the evicted flows, never to drops.
-    if CONNTRACK.insert(flow, &entry, 0).is_err() {
+    if CONNTRACK.insert(flow, entry, 0).is_err() {
         count_event(L4Event::ConntrackInsertFailed);
     }
     count_event(L4Event::NewFlow);

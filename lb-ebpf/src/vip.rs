@@ -27,7 +27,7 @@ pub fn lookup(pkt: &Packet) -> Option<VipHit> {
         family,
     };
     // SAFETY: the value is copied out before any map update can free it.
-    let meta = *unsafe { VIPS.get(&key) }?;
+    let meta = *unsafe { VIPS.get(key) }?;
     Some(VipHit {
         meta,
         flow: FlowKey {

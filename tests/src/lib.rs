@@ -1,5 +1,6 @@
 //! Shared test support for lb: the network-namespace rig, frame builders, and a
 //! BPF_PROG_TEST_RUN harness for the XDP datapath.
+pub mod dsr;
 pub mod fib;
 pub mod netns;
 pub mod packets;

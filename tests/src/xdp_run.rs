@@ -79,6 +79,23 @@ impl XdpRunner {
     /// run starts from a fresh copy of `frame` and verdicts take effect (redirects are sent).
     /// Returns the kernel-reported mean duration per packet. Warm caches, as under load.
     pub fn run_live(&mut self, frame: &[u8], repeat: u32) -> Result<std::time::Duration> {
+        self.run_live_on(frame, repeat, None)
+    }
+
+    /// Like [`Self::run_live`], as if the frames arrived on interface `ingress_ifindex` (so
+    /// `XDP_TX` sends them out of it).
+    pub fn run_live_on(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+        ingress_ifindex: Option<u32>,
+    ) -> Result<std::time::Duration> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        if let Some(ifindex) = ingress_ifindex {
+            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        }
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(self.program)
@@ -87,6 +104,9 @@ impl XdpRunner {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat;
+        if ingress_ifindex.is_some() {
+            opts.ctx_in = Some(&ctx);
+        }
         opts.attrs = aya::programs::TestRunAttrs::new().xdp_live_frames(64);
         let res = prog
             .test_run(opts)

@@ -26,19 +26,13 @@ use lb_common::{
     l4::L4Event,
     program_names,
 };
-use lb_tests::{
-    NETNS_PREFIX,
-    netns::{Netns, VethEnd, require_root, sweep_stale, veth_pair},
-};
+use lb_tests::{dsr::DsrTopology, netns::require_root};
 
 const WEIGHTS: [u32; 3] = [1, 2, 3];
 const SPREAD_CONNECTIONS: u16 = 900;
 
 struct Rig {
-    subnet: u8,
-    client: Netns,
-    lb_ns: Netns,
-    _reals: Vec<Netns>,
+    topo: DsrTopology,
     _decaps: Vec<AttachedXdp>,
     lb: AttachedXdp,
     dataplane: L4Dataplane,
@@ -46,15 +40,7 @@ struct Rig {
 
 impl Rig {
     fn vip(&self) -> SocketAddr {
-        SocketAddr::from(([10, self.subnet, 100, 100], 80))
-    }
-
-    fn client_ip(&self) -> IpAddr {
-        IpAddr::from([10, self.subnet, 0, 1])
-    }
-
-    fn real_ip(&self, i: usize) -> IpAddr {
-        IpAddr::from([10, self.subnet, i as u8 + 1, 2])
+        SocketAddr::new(self.topo.vip_ip(), 80)
     }
 
     fn config(&self, reals: &[usize]) -> L4Config {
@@ -62,22 +48,12 @@ impl Rig {
         for &i in reals {
             text.push_str(&format!(
                 "[[vip.real]]\naddress = \"{}\"\nweight = {}\n",
-                self.real_ip(i),
+                self.topo.real_ip(i),
                 WEIGHTS[i]
             ));
         }
         L4Config::parse(&text, Path::new("e2e.toml")).expect("config")
     }
-}
-
-fn run(ns: &Netns, args: &[&str]) {
-    let status = ns
-        .command(args[0])
-        .args(&args[1..])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect(args[0]);
-    assert!(status.success(), "{args:?} in {}", ns.name());
 }
 
 /// One HTTP/1.1 keep-alive server per real, answering every request with the real's name.
@@ -116,85 +92,26 @@ fn serve(listener: TcpListener, name: String) {
 }
 
 fn build_rig(mode: AttachMode, subnet: u8) -> Rig {
-    sweep_stale(NETNS_PREFIX);
-    let client = Netns::new(NETNS_PREFIX, "cli").expect("netns");
-    let lb_ns = Netns::new(NETNS_PREFIX, "lb").expect("netns");
-    let s = subnet;
-    veth_pair(
-        VethEnd {
-            ns: &client,
-            name: "c0",
-            addrs: &[&format!("10.{s}.0.1/24")],
-        },
-        VethEnd {
-            ns: &lb_ns,
-            name: "l0",
-            addrs: &[&format!("10.{s}.0.2/24")],
-        },
-    )
-    .expect("veth");
-    client
-        .ip(&["route", "add", "default", "via", &format!("10.{s}.0.2")])
-        .expect("route");
-    // veth hands CHECKSUM_PARTIAL skbs to native XDP, which cannot finish them; real NICs
-    // have checksummed before XDP runs (see ../shared/ebpf-toolchain.md).
-    run(&client, &["ethtool", "-K", "c0", "tx", "off"]);
-    run(&lb_ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-
-    let vip_ip = format!("10.{s}.100.100");
-    let mut reals = Vec::new();
+    let topo = DsrTopology::build(subnet);
+    let vip_ip = topo.vip_ip();
     let mut decaps = Vec::new();
-    for i in 0..3u8 {
-        let real = Netns::new(NETNS_PREFIX, &format!("r{}", i + 1)).expect("netns");
-        veth_pair(
-            VethEnd {
-                ns: &lb_ns,
-                name: &format!("t{}", i + 1),
-                addrs: &[&format!("10.{s}.{}.1/24", i + 1)],
-            },
-            VethEnd {
-                ns: &real,
-                name: "e0",
-                addrs: &[&format!("10.{s}.{}.2/24", i + 1)],
-            },
-        )
-        .expect("veth");
-        real.ip(&["addr", "add", &format!("{vip_ip}/32"), "dev", "lo"])
-            .expect("vip on lo");
-        real.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.{s}.{}.1", i + 1),
-        ])
-        .expect("route");
-        for knob in [
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.e0.rp_filter=0",
-        ] {
-            run(&real, &["sysctl", "-qw", knob]);
-        }
-        let decap = real
-            .run(move || xdp::attach_program(program_names::DECAP, "e0", mode).expect("decap"))
-            .expect("decap in real netns");
-        decaps.push(decap);
-        let vip_ip = vip_ip.clone();
+    for (i, real) in topo.reals.iter().enumerate() {
+        decaps.push(
+            real.run(move || xdp::attach_program(program_names::DECAP, "e0", mode).expect("decap"))
+                .expect("decap in real netns"),
+        );
         let listener = real
-            .run(move || TcpListener::bind((vip_ip.as_str(), 80)).expect("bind VIP"))
+            .run(move || TcpListener::bind((vip_ip, 80)).expect("bind VIP"))
             .expect("listener");
         let name = format!("real{}", i + 1);
         thread::spawn(move || serve(listener, name));
-        reals.push(real);
     }
-    let lb = lb_ns
+    let lb = topo
+        .lb
         .run(move || xdp::attach("l0", mode).expect("attach lb_xdp"))
         .expect("attach in lb netns");
     let mut rig = Rig {
-        subnet,
-        client,
-        lb_ns,
-        _reals: reals,
+        topo,
         _decaps: decaps,
         lb,
         dataplane: L4Dataplane::new(),
@@ -241,14 +158,14 @@ fn connect_from(client_ip: IpAddr, port: u16, vip: SocketAddr) -> std::io::Resul
 fn dsr_end_to_end(mode: AttachMode, subnet: u8) {
     let mut rig = build_rig(mode, subnet);
     let vip = rig.vip();
-    let client_ip = rig.client_ip();
+    let client_ip = rig.topo.client_ip();
 
     // 1. Spread: connections from known source ports, one request each. The datapath must
     //    put each exactly where the shared Maglev table + flow hash say, and the shares must
     //    follow the weights.
     let backends: Vec<Backend> = (0..3)
         .map(|i| Backend {
-            key: addr16(rig.real_ip(i)).0,
+            key: addr16(rig.topo.real_ip(i)).0,
             weight: WEIGHTS[i],
         })
         .collect();
@@ -261,6 +178,7 @@ fn dsr_end_to_end(mode: AttachMode, subnet: u8) {
         })
         .collect();
     let observed: Vec<String> = rig
+        .topo
         .client
         .run(move || {
             (0..SPREAD_CONNECTIONS)
@@ -276,7 +194,8 @@ fn dsr_end_to_end(mode: AttachMode, subnet: u8) {
         let stats = read_l4_stats(rig.lb.ebpf(), &rig.dataplane).expect("stats");
         for dev in ["t1", "t2", "t3", "l0"] {
             let out = rig
-                .lb_ns
+                .topo
+                .lb
                 .command("ethtool")
                 .args(["-S", dev])
                 .output()
@@ -306,6 +225,7 @@ fn dsr_end_to_end(mode: AttachMode, subnet: u8) {
 
     // 2. Long-lived connections, then real3 leaves the config.
     let conns: Vec<(TcpStream, String)> = rig
+        .topo
         .client
         .run(move || {
             (0..60u16)
@@ -347,6 +267,7 @@ fn dsr_end_to_end(mode: AttachMode, subnet: u8) {
     assert_eq!(moved_and_reset, on_removed);
 
     let fresh: Vec<String> = rig
+        .topo
         .client
         .run(move || {
             (0..100u16)
@@ -382,7 +303,6 @@ fn dsr_end_to_end(mode: AttachMode, subnet: u8) {
         total_new >= u64::from(SPREAD_CONNECTIONS) + 60 + 100,
         "{stats}"
     );
-    drop(rig.lb_ns);
 }
 
 #[test]
