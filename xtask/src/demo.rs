@@ -1,20 +1,25 @@
-//! `cargo xtask demo`: lb's XDP tier on real traffic in a throw-away topology.
+//! `cargo xtask demo`: lb's L4 tier on real traffic in a throw-away topology.
 //!
 //! ```text
-//!  client ns            lb ns (XDP on l0, forwarding)          backend ns x3
-//!  c0 10.200.0.1 ---- l0 10.200.0.2
-//!                       b1 10.201.1.1 ----------------- e0 10.201.1.2  HTTP :8080
-//!                       b2 10.201.2.1 ----------------- e0 10.201.2.2  HTTP :8080
-//!                       b3 10.201.3.1 ----------------- e0 10.201.3.2  HTTP :8080
+//!  client ns            lb ns: `lb l4` (XDP on l0)                backend ns x3: `lb decap` on e0
+//!  c0 10.200.0.1 ---- l0 10.200.0.2                                VIP 10.200.100.100 on lo,
+//!                       b1 10.201.1.1 ----------------- e0 10.201.1.2  HTTP on VIP:80
+//!                       b2 10.201.2.1 ----------------- e0 10.201.2.2
+//!                       b3 10.201.3.1 ----------------- e0 10.201.3.2
 //! ```
-//! The client sends HTTP requests and UDP datagrams to the backends through the lb namespace;
-//! `lb xdp attach` on l0 logs each new TCP connection (aya-log) and prints per-port counters
-//! when it is stopped. Namespaces are removed at the end, on failure, and on Ctrl-C.
+//! 1. The client opens connections to the VIP; XDP picks a backend by weighted Maglev and
+//!    sends the packets IPIP-encapsulated; the backend answers the client directly (DSR).
+//! 2. A few requests go straight to backend addresses (ordinary routed traffic): the datapath
+//!    passes them to the stack, counts them per port and logs each new TCP connection.
+//! 3. The backend file loses backend 3; `lb` notices the change and swaps the Maglev table.
+//! 4. `lb` is stopped and prints its counters. Namespaces are removed at the end, on
+//!    failure, and on Ctrl-C.
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream, UdpSocket},
-    path::Path,
-    process::{Command, Stdio},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::{Mutex, mpsc},
     thread,
     time::Duration,
@@ -32,8 +37,9 @@ use crate::{is_root, run, setup};
 
 const PREFIX: &str = "lbdemo";
 const BACKENDS: u8 = 3;
-const ROUNDS: usize = 4;
-const UDP_DATAGRAMS: usize = 20;
+const WEIGHTS: [u32; 3] = [1, 2, 1];
+const VIP: &str = "10.200.100.100";
+const REQUESTS: usize = 120;
 
 /// Namespaces to delete if the user presses Ctrl-C (Drop does it on every other path).
 static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -63,51 +69,158 @@ pub fn demo(ws: &Path) -> Result<()> {
     sweep_stale(PREFIX);
 
     let topo = Topology::build()?;
-    println!("demo: topology up: client -> lb (XDP on l0) -> {BACKENDS} backends");
+    println!("demo: topology up: client -> lb (XDP on l0) -> {BACKENDS} backends, VIP {VIP}:80");
+    let mut children = Vec::new();
     for (i, backend) in topo.backends.iter().enumerate() {
         let id = i as u8 + 1;
         let listener = backend
-            .run(move || TcpListener::bind((format!("10.201.{id}.2"), 8080)))?
-            .context("binding a backend")?;
+            .run(|| TcpListener::bind((VIP, 80)))?
+            .context("binding the VIP on a backend")?;
         thread::spawn(move || serve_http(listener, id));
+        let own = backend
+            .run(move || TcpListener::bind((format!("10.201.{id}.2"), 8080)))?
+            .context("binding a backend's own address")?;
+        thread::spawn(move || serve_http(own, id));
+        let (child, _) = spawn_lb(
+            backend,
+            &lb,
+            &["decap", "--iface", "e0"],
+            &format!("backend{id} decap"),
+        )?;
+        children.push(child);
     }
 
-    let mut child = topo
-        .lb
-        .command(&lb)
-        .args(["xdp", "attach", "--iface", "l0", "--xdp-mode", "auto"])
+    let config_dir = ws.join("target/demo");
+    std::fs::create_dir_all(&config_dir).context("creating target/demo")?;
+    let config = config_dir.join("lb.toml");
+    write_config(&config, &[1, 2, 3])?;
+    println!(
+        "demo: backend file {}:\n{}",
+        config.display(),
+        std::fs::read_to_string(&config)?
+    );
+    let config_arg = config.to_string_lossy().into_owned();
+    let (mut lb_child, lb_lines) = spawn_lb(
+        &topo.lb,
+        &lb,
+        &[
+            "l4",
+            "--iface",
+            "l0",
+            "--xdp-mode",
+            "auto",
+            "--config",
+            &config_arg,
+        ],
+        "lb",
+    )?;
+
+    println!("demo: {REQUESTS} HTTP requests to http://{VIP}/ (a new connection each)");
+    let tally = topo.client.run(|| requests_to_vip(REQUESTS))??;
+    print_tally(&tally);
+
+    println!("demo: 3 requests straight to backend addresses (ordinary routed traffic)");
+    let direct = topo.client.run(|| {
+        (1..=3u8)
+            .map(|id| http_get(&format!("10.201.{id}.2:8080")))
+            .collect::<Result<Vec<_>>>()
+    })??;
+    println!("client | answered by {}", direct.join(", "));
+
+    println!("demo: removing backend 3 from the backend file");
+    write_config(&config, &[1, 2])?;
+    lb_lines
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow!("lb did not reload within 10 s"))?;
+    let tally = topo.client.run(|| requests_to_vip(REQUESTS))??;
+    print_tally(&tally);
+
+    // Stop lb first: it prints its counters and detaches.
+    thread::sleep(Duration::from_millis(300));
+    stop(&mut lb_child, "lb")?;
+    for mut child in children {
+        stop(&mut child, "decap")?;
+    }
+    println!("demo: done; removing namespaces");
+    Ok(())
+}
+
+fn write_config(path: &Path, backends: &[u8]) -> Result<()> {
+    let mut text = String::from(
+        "# Written by `cargo xtask demo`. One VIP, encapsulated (IPIP) to its backends.\n\
+         [[vip]]\n",
+    );
+    text.push_str(&format!(
+        "address = \"{VIP}:80\"\nprotocol = \"tcp\"\nforward = \"encap\"\n"
+    ));
+    for &id in backends {
+        text.push_str(&format!(
+            "\n  [[vip.real]]\n  address = \"10.201.{id}.2\"\n  weight = {}\n",
+            WEIGHTS[id as usize - 1]
+        ));
+    }
+    // Write-then-rename so lb never reads a half-written file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Starts `lb args...` in `ns`, echoing its stdout prefixed with `label`; waits for its
+/// "attached" line. The receiver gets every later "reloaded" line.
+fn spawn_lb(
+    ns: &Netns,
+    lb: &PathBuf,
+    args: &[&str],
+    label: &str,
+) -> Result<(Child, mpsc::Receiver<String>)> {
+    let mut child = ns
+        .command(lb)
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", lb.display()))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let (tx, attached) = mpsc::channel();
-    let printer = thread::spawn(move || {
+    let (attached_tx, attached) = mpsc::channel();
+    let (reload_tx, reloads) = mpsc::channel();
+    let prefix = label.to_owned();
+    thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if line.starts_with("attached ") {
-                let _ = tx.send(());
+                let _ = attached_tx.send(());
             }
-            println!("lb | {line}");
+            if line.starts_with("reloaded ") {
+                let _ = reload_tx.send(line.clone());
+            }
+            println!("{prefix} | {line}");
         }
     });
     attached
         .recv_timeout(Duration::from_secs(30))
-        .map_err(|_| anyhow!("lb did not attach within 30 s"))?;
+        .map_err(|_| anyhow!("{label} did not attach within 30 s"))?;
+    Ok((child, reloads))
+}
 
-    let report = topo.client.run(client_traffic)??;
-    println!("{report}");
-    // Give aya-log a moment to print the last connection lines, then stop lb: it prints its
-    // counters and detaches.
-    thread::sleep(Duration::from_millis(300));
+fn stop(child: &mut Child, label: &str) -> Result<()> {
     // SAFETY: plain syscall on our child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().context("waiting for lb")?;
-    let _ = printer.join();
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {label}"))?;
     if !status.success() {
-        bail!("lb exited with {status}");
+        bail!("{label} exited with {status}");
     }
-    println!("demo: done; removing namespaces");
     Ok(())
+}
+
+fn print_tally(tally: &BTreeMap<String, usize>) {
+    let total: usize = tally.values().sum();
+    for (backend, n) in tally {
+        println!(
+            "client | {backend}: {n:>4} requests ({:.0}%)",
+            100.0 * *n as f64 / total as f64
+        );
+    }
 }
 
 struct Topology {
@@ -140,28 +253,30 @@ impl Topology {
             .command("ethtool")
             .args(["-K", "c0", "tx", "off"])
             .stdout(Stdio::null()))?;
-        lb.command("sysctl")
-            .args(["-qw", "net.ipv4.ip_forward=1"])
-            .status()
-            .context("enabling forwarding")?;
+        run(lb.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
         let mut backends = Vec::new();
         for id in 1..=BACKENDS {
             let be = track(Netns::new(PREFIX, &format!("be{id}"))?);
-            let lb_side = format!("10.201.{id}.1/24");
-            let be_side = format!("10.201.{id}.2/24");
             veth_pair(
                 VethEnd {
                     ns: &lb,
                     name: &format!("b{id}"),
-                    addrs: &[&lb_side],
+                    addrs: &[&format!("10.201.{id}.1/24")],
                 },
                 VethEnd {
                     ns: &be,
                     name: "e0",
-                    addrs: &[&be_side],
+                    addrs: &[&format!("10.201.{id}.2/24")],
                 },
             )?;
             be.ip(&["route", "add", "default", "via", &format!("10.201.{id}.1")])?;
+            be.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            for knob in [
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.e0.rp_filter=0",
+            ] {
+                run(be.command("sysctl").args(["-qw", knob]))?;
+            }
             backends.push(be);
         }
         Ok(Self {
@@ -179,60 +294,49 @@ fn track(ns: Netns) -> Netns {
     ns
 }
 
-/// A tiny HTTP/1.1 server: one response per connection.
+/// A tiny HTTP/1.1 server: one response per connection, naming the backend.
 fn serve_http(listener: TcpListener, id: u8) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
-        // Read the whole request head before answering: closing with unread data would reset.
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
+        thread::spawn(move || {
+            // Read the whole request head before answering: closing with unread data resets.
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
             }
-        }
-        let body = format!("hello from backend {id}\n");
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = conn.write_all(response.as_bytes());
+            let body = format!("backend{id}");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(response.as_bytes());
+        });
     }
 }
 
-/// Runs in the client namespace: HTTP GETs to every backend, then UDP datagrams.
-fn client_traffic() -> Result<String> {
-    let mut report = String::new();
-    for round in 0..ROUNDS {
-        for id in 1..=BACKENDS {
-            let addr = format!("10.201.{id}.2:8080");
-            let mut conn =
-                TcpStream::connect(&addr).with_context(|| format!("connecting {addr}"))?;
-            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-            conn.write_all(request.as_bytes())?;
-            let mut response = String::new();
-            conn.read_to_string(&mut response)?;
-            if round == 0 {
-                let status = response.lines().next().unwrap_or_default();
-                let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
-                report.push_str(&format!(
-                    "client | GET http://{addr}/ -> {status} \"{body}\"\n"
-                ));
-            }
-        }
+fn http_get(addr: &str) -> Result<String> {
+    let mut conn = TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no body from {addr}"))
+}
+
+/// Runs in the client namespace: `n` requests to the VIP, tallied by answering backend.
+fn requests_to_vip(n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut tally = BTreeMap::new();
+    for _ in 0..n {
+        *tally.entry(http_get(&format!("{VIP}:80"))?).or_insert(0) += 1;
     }
-    report.push_str(&format!(
-        "client | {} HTTP requests sent ({ROUNDS} per backend)\n",
-        ROUNDS * BACKENDS as usize
-    ));
-    let sock = UdpSocket::bind("10.200.0.1:0")?;
-    for _ in 0..UDP_DATAGRAMS {
-        sock.send_to(b"demo datagram", "10.201.1.2:5353")?;
-    }
-    report.push_str(&format!(
-        "client | {UDP_DATAGRAMS} UDP datagrams sent to 10.201.1.2:5353"
-    ));
-    Ok(report)
+    Ok(tally)
 }

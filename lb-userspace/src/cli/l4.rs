@@ -70,10 +70,12 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(50)).await;
     log_task.abort();
     let stats = read_l4_stats(attached.ebpf(), &dataplane)?;
+    let host = xdp::read_stats(attached.ebpf())?;
     attached
         .detach()
         .with_context(|| format!("detaching from {iface}"))?;
     println!("{stats}");
+    println!("traffic passed to this host:\n{host}");
     println!("detached iface={iface}");
     Ok(())
 }
