@@ -31,18 +31,19 @@ fn word(bytes: &[u8; 16], i: usize) -> u32 {
     u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
 }
 
-/// Hash of a flow's 5-tuple (with ports zero for fragments).
+/// Hash of a flow's 5-tuple (with ports zero for fragments). Words are taken as the maps
+/// hold them (little-endian hosts and `bpfel`: the datapath and userspace agree).
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     let mut h = seed;
-    h = mix(h, word(&key.src, 0));
-    h = mix(h, word(&key.src, 4));
-    h = mix(h, word(&key.src, 8));
-    h = mix(h, word(&key.src, 12));
-    h = mix(h, word(&key.dst, 0));
-    h = mix(h, word(&key.dst, 4));
-    h = mix(h, word(&key.dst, 8));
-    h = mix(h, word(&key.dst, 12));
+    h = mix(h, key.src[0]);
+    h = mix(h, key.src[1]);
+    h = mix(h, key.src[2]);
+    h = mix(h, key.src[3]);
+    h = mix(h, key.dst[0]);
+    h = mix(h, key.dst[1]);
+    h = mix(h, key.dst[2]);
+    h = mix(h, key.dst[3]);
     h = mix(h, u32::from(key.src_port) << 16 | u32::from(key.dst_port));
     h = mix(h, u32::from(key.proto) << 8 | u32::from(key.family));
     finish(h, 40)

@@ -1,7 +1,10 @@
 //! L4 tier map layouts: VIPs, reals, Maglev rings, connection table, flow tags, L4 stats.
 //!
-//! Addresses are always 16 bytes: an IPv4 address sits in the first 4 bytes with the rest
-//! zero, and `family` says which it is. One layout for both families keeps one code path.
+//! Addresses are always 16 bytes, held as four `u32` words in memory order (the word values
+//! are the address bytes read natively, so the bytes in the map are the address bytes): an
+//! IPv4 address is the first word with the rest zero, and `family` says which it is. One
+//! layout for both families keeps one code path; words keep keys aligned, so the datapath
+//! copies and hashes them a word at a time instead of a byte at a time.
 
 /// `family` values.
 pub const FAMILY_V4: u8 = 4;
@@ -36,7 +39,7 @@ pub const MAGLEV_RINGS_LEN: u32 = MAX_VIPS * 2 * MAX_RING_SIZE;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
     pub port: u16,
     pub proto: u8,
     pub family: u8,
@@ -68,7 +71,7 @@ pub const REAL_DOWN: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Real {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
     pub family: u8,
     pub flags: u8,
     pub _pad: [u8; 2],
@@ -78,8 +81,8 @@ pub struct Real {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
@@ -93,6 +96,9 @@ pub struct FlowKey {
 pub struct FlowEntry {
     pub real: u32,
     pub vip: u32,
+    /// The flow's hash, kept so established packets need not hash again (it also picks the
+    /// outer source address).
+    pub hash: u32,
 }
 
 /// What the datapath records for each new flow to a `local` VIP, for the L7 tier's PROXY
@@ -101,9 +107,9 @@ pub struct FlowEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowTag {
-    pub client: [u8; 16],
-    pub vip: [u8; 16],
-    pub target: [u8; 16],
+    pub client: [u32; 4],
+    pub vip: [u32; 4],
+    pub target: [u32; 4],
     pub flow_id: u64,
     pub client_port: u16,
     pub vip_port: u16,
@@ -142,6 +148,30 @@ impl Default for EncapConfig {
             ],
         }
     }
+}
+
+/// Address bytes as the words the maps hold.
+pub const fn addr_words(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// Map words back to address bytes.
+pub const fn addr_bytes(w: [u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
 }
 
 /// L4 decisions and events. Index into the `L4_EVENTS` per-CPU array.

@@ -18,7 +18,7 @@ pub fn decapsulate(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let (dst_mac, src_mac) = (eth.dst, eth.src);
-    let (outer_len, inner_proto) = match u16::from_be_bytes(eth.ether_type) {
+    let (outer_len, inner_proto) = match u16::from_be(eth.ether_type) {
         ETH_P_IPV4 => {
             let Some(ip) = header::<Ipv4Hdr>(ctx, size_of::<EthHdr>()) else {
                 return xdp_action::XDP_PASS;
@@ -51,7 +51,7 @@ pub fn decapsulate(ctx: &XdpContext) -> u32 {
     };
     eth.dst = dst_mac;
     eth.src = src_mac;
-    eth.ether_type = inner_type.to_be_bytes();
+    eth.ether_type = inner_type.to_be();
     count_event(L4Event::Decapsulated);
     xdp_action::XDP_PASS
 }

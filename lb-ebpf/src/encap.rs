@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::l4::{EncapConfig, FAMILY_V4, Real};
+use lb_common::l4::{EncapConfig, FAMILY_V4, Real, addr_words};
 
 use crate::{
     csum::ipv4_header_checksum,
@@ -16,8 +16,8 @@ use crate::{
 /// Where the encapsulated packet goes next (for the FIB lookup).
 pub struct Outer {
     pub family: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     pub total_len: u16,
 }
 
@@ -57,35 +57,39 @@ pub fn encapsulate(ctx: &XdpContext, pkt: &Packet, real: &Real, hash: u32) -> Op
     let eth: &mut EthHdr = header_mut(ctx, 0)?;
     eth.dst = orig_dst_mac;
     eth.src = orig_src_mac;
-    let mut src = [0u8; 16];
+    let src;
     if real.family == FAMILY_V4 {
-        eth.ether_type = ETH_P_IPV4.to_be_bytes();
+        eth.ether_type = ETH_P_IPV4.to_be();
         let ip: &mut Ipv4Hdr = header_mut(ctx, size_of::<EthHdr>())?;
-        src[0] = config.src_v4[0];
-        src[1] = config.src_v4[1];
-        src[2] = hash_bytes[2];
-        src[3] = hash_bytes[3];
+        let v4 = config.src_v4;
+        src = [
+            u32::from_ne_bytes([v4[0], v4[1], hash_bytes[2], hash_bytes[3]]),
+            0,
+            0,
+            0,
+        ];
         ip.version_ihl = 0x45;
         ip.tos = 0;
-        ip.total_len = (total_len as u16).to_be_bytes();
-        ip.id = [0, 0];
-        ip.frag_off = [0, 0];
+        ip.total_len = (total_len as u16).to_be();
+        ip.id = 0;
+        ip.frag_off = 0;
         ip.ttl = 64;
         ip.protocol = inner_proto;
-        ip.check = [0, 0];
-        ip.src = [src[0], src[1], src[2], src[3]];
-        ip.dst = [real.addr[0], real.addr[1], real.addr[2], real.addr[3]];
+        ip.src = src[0];
+        ip.dst = real.addr[0];
         ip.check = ipv4_header_checksum(ip);
     } else {
-        eth.ether_type = ETH_P_IPV6.to_be_bytes();
+        eth.ether_type = ETH_P_IPV6.to_be();
         let ip: &mut Ipv6Hdr = header_mut(ctx, size_of::<EthHdr>())?;
-        src = config.src_v6;
-        src[12] = hash_bytes[0];
-        src[13] = hash_bytes[1];
-        src[14] = hash_bytes[2];
-        src[15] = hash_bytes[3];
-        ip.version_tc_flow = [0x60, 0, 0, 0];
-        ip.payload_len = (pkt.ip_len as u16).to_be_bytes();
+        let prefix = addr_words(config.src_v6);
+        src = [
+            prefix[0],
+            prefix[1],
+            prefix[2],
+            u32::from_ne_bytes(hash_bytes),
+        ];
+        ip.version_tc_flow = 0x6000_0000u32.to_be();
+        ip.payload_len = (pkt.ip_len as u16).to_be();
         ip.next_header = inner_proto;
         ip.hop_limit = 64;
         ip.src = src;

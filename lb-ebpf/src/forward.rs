@@ -28,16 +28,6 @@ const NEXTHOP_TTL_NS: u64 = 100_000_000;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-#[inline(always)]
-fn words(addr: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
-        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
-        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
-        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
-    ]
-}
-
 /// Returns the XDP verdict for an encapsulated frame to real `real_id`.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, outer: &Outer, real_id: u32) -> u32 {
@@ -105,7 +95,7 @@ fn lookup(ctx: &XdpContext, outer: &Outer, ingress: u32) -> Option<NextHop> {
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.ifindex = ingress;
     params.__bindgen_anon_1.tot_len = outer.total_len;
-    let (src, dst) = (words(&outer.src), words(&outer.dst));
+    let (src, dst) = (outer.src, outer.dst);
     if outer.family == FAMILY_V4 {
         params.family = AF_INET;
         params.__bindgen_anon_3.ipv4_src = src[0];

@@ -33,8 +33,8 @@ struct IcmpHdr {
 /// Source and destination ports: the first 4 bytes of a quoted TCP or UDP header.
 #[repr(C)]
 struct QuotedPorts {
-    src: [u8; 2],
-    dst: [u8; 2],
+    src: u16,
+    dst: u16,
 }
 
 /// If `pkt` is a PMTU error about a VIP flow: that VIP and the client's flow key.
@@ -83,8 +83,8 @@ pub fn ptb_flow(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Option<(V
         }
     };
     let ports: &QuotedPorts = header(ctx, ports_off)?;
-    let vip_port = u16::from_be_bytes(ports.src);
-    let client_port = u16::from_be_bytes(ports.dst);
+    let vip_port = u16::from_be(ports.src);
+    let client_port = u16::from_be(ports.dst);
     let key = VipKey {
         addr: vip_addr,
         port: vip_port,

@@ -42,7 +42,7 @@ mod datapath {
     use aya_log_ebpf::info;
     use lb_common::{
         PacketClass,
-        l4::{FlowKey, L4Event, VIP_FORWARD_LOCAL, VipMeta},
+        l4::{FlowKey, L4Event, VIP_FORWARD_LOCAL, VipMeta, addr_bytes},
     };
 
     use crate::{
@@ -158,11 +158,19 @@ mod datapath {
             match pkt.addrs {
                 Addrs::V4 { src, dst } => info!(
                     ctx,
-                    "new TCP connection {:i}:{} -> {:i}:{}", src, ports.src, dst, ports.dst
+                    "new TCP connection {:i}:{} -> {:i}:{}",
+                    u32::from_be(src),
+                    ports.src,
+                    u32::from_be(dst),
+                    ports.dst
                 ),
                 Addrs::V6 { src, dst } => info!(
                     ctx,
-                    "new TCP connection [{:i}]:{} -> [{:i}]:{}", src, ports.src, dst, ports.dst
+                    "new TCP connection [{:i}]:{} -> [{:i}]:{}",
+                    addr_bytes(src),
+                    ports.src,
+                    addr_bytes(dst),
+                    ports.dst
                 ),
             }
         }

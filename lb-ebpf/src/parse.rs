@@ -30,10 +30,11 @@ pub enum Frame {
     Ip(Packet),
 }
 
+/// Addresses as the L4 maps hold them: bytes in memory order, a word at a time.
 #[derive(Clone, Copy)]
 pub enum Addrs {
-    V4 { src: [u8; 4], dst: [u8; 4] },
-    V6 { src: [u8; 16], dst: [u8; 16] },
+    V4 { src: u32, dst: u32 },
+    V6 { src: [u32; 4], dst: [u32; 4] },
 }
 
 #[derive(Clone, Copy)]
@@ -74,9 +75,9 @@ impl Packet {
         }
     }
 
-    /// Source, destination (16 bytes, IPv4 in the first 4) and family (4 or 6).
+    /// Source, destination (IPv4 in the first word) and family (4 or 6).
     #[inline(always)]
-    pub fn addrs16(&self) -> ([u8; 16], [u8; 16], u8) {
+    pub fn addrs16(&self) -> ([u32; 4], [u32; 4], u8) {
         match self.addrs {
             Addrs::V4 { src, dst } => (widen(src), widen(dst), FAMILY_V4),
             Addrs::V6 { src, dst } => (src, dst, FAMILY_V6),
@@ -92,13 +93,8 @@ impl Packet {
 
 /// IPv4 address in the 16-byte layout the L4 maps use.
 #[inline(always)]
-pub fn widen(v4: [u8; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[0] = v4[0];
-    out[1] = v4[1];
-    out[2] = v4[2];
-    out[3] = v4[3];
-    out
+pub fn widen(v4: u32) -> [u32; 4] {
+    [v4, 0, 0, 0]
 }
 
 /// A bounds-checked pointer to a `T` at byte offset `off` of the frame.
@@ -125,7 +121,8 @@ fn header_ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 /// A bounds-checked view of the header of type `T` at byte offset `off` of the frame.
 #[inline(always)]
 pub fn header<T>(ctx: &XdpContext, off: usize) -> Option<&T> {
-    // SAFETY: in bounds (checked by header_ptr); `T` is a byte-array struct with alignment 1.
+    // SAFETY: in bounds (checked by header_ptr). The address may be less aligned than `T`;
+    // packet memory tolerates that on the targets lb supports (see headers.rs).
     header_ptr(ctx, off).map(|p| unsafe { &*p })
 }
 
@@ -146,7 +143,7 @@ fn fits(ctx: &XdpContext, off: usize, len: usize) -> bool {
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
     let eth: &EthHdr = header(ctx, 0).ok_or(Malformed::EthTruncated)?;
-    let mut ether_type = u16::from_be_bytes(eth.ether_type);
+    let mut ether_type = u16::from_be(eth.ether_type);
     let mut off = size_of::<EthHdr>();
 
     for _ in 0..MAX_VLAN_TAGS {
@@ -154,7 +151,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
             break;
         }
         let tag: &VlanHdr = header(ctx, off).ok_or(Malformed::VlanTruncated)?;
-        ether_type = u16::from_be_bytes(tag.ether_type);
+        ether_type = u16::from_be(tag.ether_type);
         off += size_of::<VlanHdr>();
     }
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
@@ -181,12 +178,12 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
     if !fits(ctx, off, header_len) {
         return Err(Malformed::Ipv4OptionsTruncated);
     }
-    let total_len = u16::from_be_bytes(ip.total_len) as usize;
+    let total_len = u16::from_be(ip.total_len) as usize;
     if total_len < header_len || !fits(ctx, off, total_len) {
         return Err(Malformed::Ipv4BadTotalLength);
     }
 
-    let frag = u16::from_be_bytes(ip.frag_off);
+    let frag = u16::from_be(ip.frag_off);
     let fragment_offset = frag & Ipv4Hdr::OFFSET_MASK;
     let fragment = fragment_offset != 0 || frag & Ipv4Hdr::MORE_FRAGMENTS != 0;
 
@@ -213,10 +210,10 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
     let ip: &Ipv6Hdr = header(ctx, off).ok_or(Malformed::Ipv6Truncated)?;
-    if ip.version_tc_flow[0] >> 4 != 6 {
+    if u32::from_be(ip.version_tc_flow) >> 28 != 6 {
         return Err(Malformed::Ipv6BadVersion);
     }
-    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let payload_len = u16::from_be(ip.payload_len) as usize;
     let payload_off = off + size_of::<Ipv6Hdr>();
     if !fits(ctx, payload_off, payload_len) {
         return Err(Malformed::Ipv6BadPayloadLength);
@@ -237,7 +234,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Malformed> {
                 let frag: &Ipv6FragHdr = header(ctx, l4_off).ok_or(Malformed::Ipv6ExtTruncated)?;
                 next = frag.next_header;
                 fragment = true;
-                if u16::from_be_bytes(frag.offset_flags) & Ipv6FragHdr::OFFSET_MASK != 0 {
+                if u16::from_be(frag.offset_flags) & Ipv6FragHdr::OFFSET_MASK != 0 {
                     first_fragment = false;
                 }
                 l4_off += size_of::<Ipv6FragHdr>();
@@ -299,8 +296,8 @@ fn parse_l4(
                 return Err(Malformed::TcpBadDataOffset);
             }
             pkt.ports = Some(Ports {
-                src: u16::from_be_bytes(tcp.src_port),
-                dst: u16::from_be_bytes(tcp.dst_port),
+                src: u16::from_be(tcp.src_port),
+                dst: u16::from_be(tcp.dst_port),
             });
             pkt.tcp_flags = tcp.flags;
         }
@@ -309,7 +306,7 @@ fn parse_l4(
                 return Err(Malformed::UdpTruncated);
             }
             let udp: &UdpHdr = header(ctx, off).ok_or(Malformed::UdpTruncated)?;
-            let udp_len = u16::from_be_bytes(udp.len) as usize;
+            let udp_len = u16::from_be(udp.len) as usize;
             // A first fragment carries the length of the whole datagram, so only unfragmented
             // datagrams can be held to their IP payload length.
             let too_long = !pkt.fragment && udp_len > ip_payload_len;
@@ -317,8 +314,8 @@ fn parse_l4(
                 return Err(Malformed::UdpBadLength);
             }
             pkt.ports = Some(Ports {
-                src: u16::from_be_bytes(udp.src_port),
-                dst: u16::from_be_bytes(udp.dst_port),
+                src: u16::from_be(udp.src_port),
+                dst: u16::from_be(udp.dst_port),
             });
         }
         _ => {}

@@ -19,7 +19,6 @@ pub struct Selected {
 
 #[inline(always)]
 pub fn select(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
-    let hash = flow_hash(flow, FLOW_HASH_SEED);
     // SAFETY: values are copied out immediately.
     let entry = unsafe { CONNTRACK.get(flow) }.copied();
     // Real 0 is never assigned; an entry naming it is treated as a miss.
@@ -34,7 +33,7 @@ pub fn select(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
                 real_id: entry.real,
                 real,
                 new_flow: false,
-                hash,
+                hash: entry.hash,
             });
         }
         count_event(L4Event::RealDownRehash);
@@ -43,6 +42,7 @@ pub fn select(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
     if vip.ring_size == 0 {
         return None;
     }
+    let hash = flow_hash(flow, FLOW_HASH_SEED);
     let slot = hash % vip.ring_size;
     let real_id = *MAGLEV_RINGS.get(ring_index(vip.index, vip.active_half & 1, slot))?;
     if real_id == NO_REAL {
@@ -52,6 +52,7 @@ pub fn select(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
     let entry = FlowEntry {
         real: real_id,
         vip: vip.index,
+        hash,
     };
     // LRU: inserting evicts the least recently used flow when full, so a full table degrades
     // to pure hashing for the evicted flows, never to drops.

@@ -75,15 +75,11 @@ impl XdpRunner {
         &mut self.ebpf
     }
 
-    /// Runs `frame` `repeat` times in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES): every
-    /// run starts from a fresh copy of `frame` and verdicts take effect (redirects are sent).
-    /// Returns the kernel-reported mean duration per packet. Warm caches, as under load.
-    pub fn run_live(&mut self, frame: &[u8], repeat: u32) -> Result<std::time::Duration> {
-        self.run_live_on(frame, repeat, None)
-    }
-
-    /// Like [`Self::run_live`], as if the frames arrived on interface `ingress_ifindex` (so
-    /// `XDP_TX` sends them out of it).
+    /// Runs `frame` `repeat` times in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES), as if
+    /// the frames arrived on interface `ingress_ifindex`: verdicts take effect (`XDP_TX` sends
+    /// them out of it). The kernel resets the data pointers between runs but not the bytes, so
+    /// this suits programs that do not rewrite frames (e.g. `lb_xdp_tx` as a traffic generator).
+    /// Returns the kernel-reported mean duration per frame.
     pub fn run_live_on(
         &mut self,
         frame: &[u8],

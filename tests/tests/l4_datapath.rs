@@ -12,7 +12,7 @@ use lb::{
 };
 use lb_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
-    l4::{FlowKey, L4Event},
+    l4::{FlowKey, L4Event, addr_words},
     program_names,
 };
 use lb_tests::{
@@ -366,8 +366,8 @@ fn fragments_of_one_datagram_go_to_one_real() {
             assert_eq!(a.action, XDP_REDIRECT);
             assert_eq!(b.action, XDP_REDIRECT);
             let flow = FlowKey {
-                src: addr16(IpAddr::from(client)).0,
-                dst: addr16(IpAddr::from([10, 100, 0, 100])).0,
+                src: addr_words(addr16(IpAddr::from(client)).0),
+                dst: addr_words(addr16(IpAddr::from([10, 100, 0, 100])).0),
                 src_port: 0,
                 dst_port: 0,
                 proto: IPPROTO_UDP,

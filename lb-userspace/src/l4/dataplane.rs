@@ -18,7 +18,7 @@ use aya::{
 use lb_common::{
     l4::{
         EncapConfig, FAMILY_V4, FAMILY_V6, MAX_REALS, MAX_VIPS, NO_REAL, REAL_DOWN, Real,
-        VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, ring_index,
+        VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, addr_words, ring_index,
     },
     map_names,
 };
@@ -96,7 +96,7 @@ pub fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
 fn vip_key(addr: SocketAddr, protocol: Protocol, port: u16) -> VipKey {
     let (bytes, family) = addr16(addr.ip());
     VipKey {
-        addr: bytes,
+        addr: addr_words(bytes),
         port,
         proto: protocol.number(),
         family,
@@ -196,7 +196,7 @@ impl L4Dataplane {
             .map_err(map_err(name))?;
         let (bytes, family) = addr16(addr);
         let real = Real {
-            addr: bytes,
+            addr: addr_words(bytes),
             family,
             flags: if down { REAL_DOWN } else { 0 },
             _pad: [0; 2],

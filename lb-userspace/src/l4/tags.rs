@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError},
 };
 use lb_common::{
-    l4::{FAMILY_V4, FlowKey, FlowTag},
+    l4::{FAMILY_V4, FlowKey, FlowTag, addr_bytes, addr_words},
     map_names,
 };
 
@@ -25,7 +25,8 @@ pub struct FlowTagInfo {
     pub flow_id: u64,
 }
 
-fn ip(bytes: [u8; 16], family: u8) -> IpAddr {
+fn ip(words: [u32; 4], family: u8) -> IpAddr {
+    let bytes = addr_bytes(words);
     if family == FAMILY_V4 {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     } else {
@@ -38,8 +39,8 @@ pub fn flow_key(client: SocketAddr, vip: SocketAddr, protocol: Protocol) -> Flow
     let (src, family) = addr16(client.ip());
     let (dst, _) = addr16(vip.ip());
     FlowKey {
-        src,
-        dst,
+        src: addr_words(src),
+        dst: addr_words(dst),
         src_port: client.port(),
         dst_port: vip.port(),
         proto: protocol.number(),
