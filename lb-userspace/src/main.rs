@@ -35,6 +35,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stats_interval: u64,
     },
+    /// Load generator: throughput and latency of an HTTP(S) target, closed or open loop.
+    Bench(Box<cli::bench::BenchArgs>),
     /// Run on a real server: strip the IPIP/IP6IP6 header lb adds, so packets reach the VIP
     /// (configured on the server's `lo`).
     Decap {
@@ -71,6 +73,10 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if let Command::Bench(args) = cli.command {
+        // Its own multi-threaded runtime: the load generator needs every core.
+        return cli::bench::run(*args);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -89,6 +95,7 @@ fn main() -> anyhow::Result<()> {
                 stats_interval,
             } => cli::l4::run(&iface, xdp_mode, &config, stats_interval).await,
             Command::Decap { iface, xdp_mode } => cli::decap::run(&iface, xdp_mode).await,
+            Command::Bench(_) => Err(anyhow::anyhow!("lb bench runs on its own runtime")),
         }
     })
 }

@@ -2,6 +2,7 @@
 //! BPF_PROG_TEST_RUN harness for the XDP datapath.
 pub mod dsr;
 pub mod fib;
+pub mod http_server;
 pub mod netns;
 pub mod packets;
 pub mod xdp_run;

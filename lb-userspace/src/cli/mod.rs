@@ -1,4 +1,5 @@
 //! The `lb` commands (binary only; the library holds the machinery they drive).
+pub mod bench;
 pub mod decap;
 pub mod l4;
 pub mod signals;

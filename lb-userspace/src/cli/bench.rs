@@ -1,0 +1,118 @@
+//! `lb bench`: load an HTTP target and report throughput and latency.
+use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use lb::loadgen::{self, BenchConfig, HttpVersion, LoadMode, ProxyHeaderVersion, Target};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// URL(s) to request, in rotation (same scheme, host and port).
+    #[arg(required = true)]
+    urls: Vec<String>,
+    /// Concurrent connections.
+    #[arg(short = 'c', long, default_value_t = 16)]
+    connections: usize,
+    /// Measured duration (after warm-up), e.g. 10s, 500ms, 1m.
+    #[arg(short = 'd', long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many requests instead of a duration (warm-up requests included).
+    #[arg(short = 'n', long)]
+    requests: Option<u64>,
+    /// Open loop: send at this many requests per second in total, measuring latency from each
+    /// request's intended send time. Without it: closed loop, as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Run this long before measuring.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    warmup: Duration,
+    /// HTTP version.
+    #[arg(long = "http", value_enum, default_value = "1.1")]
+    http: HttpVersion,
+    /// A new connection for every request (no keep-alive).
+    #[arg(long)]
+    no_keepalive: bool,
+    /// Request method.
+    #[arg(short = 'm', long, default_value = "GET")]
+    method: String,
+    /// Extra header, "Name: value" (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Request body.
+    #[arg(long, conflicts_with = "body_file")]
+    body: Option<String>,
+    /// Request body from a file.
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+    /// Send a PROXY protocol header (v1 or v2) at the start of each connection.
+    #[arg(long, value_enum)]
+    proxy_protocol: Option<ProxyHeaderVersion>,
+    /// https: trust the CA certificates in this PEM file.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// https: accept any server certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// https: full handshake on every connection (no session resumption).
+    #[arg(long)]
+    no_resumption: bool,
+    /// Timeout for connect, TLS handshake and each request.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    timeout: Duration,
+    /// Print the result as JSON (stable schema) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let body = match (&args.body, &args.body_file) {
+        (Some(b), _) => Bytes::from(b.clone()),
+        (None, Some(path)) => {
+            Bytes::from(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        (None, None) => Bytes::new(),
+    };
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate > 0.0 && rate.is_finite(),
+            "--rate must be a positive number"
+        );
+    }
+    let target = Target::parse(&args.urls, &args.method, &args.headers, body)?;
+    let config = BenchConfig {
+        target,
+        connections: args.connections,
+        duration: args.duration,
+        requests: args.requests,
+        warmup: args.warmup,
+        mode: args
+            .rate
+            .map_or(LoadMode::Closed, |rate| LoadMode::Open { rate }),
+        version: args.http,
+        keep_alive: !args.no_keepalive,
+        proxy: args.proxy_protocol,
+        insecure: args.insecure,
+        ca_file: args.cacert,
+        resumption: !args.no_resumption,
+        timeout: args.timeout,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let report = runtime
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(loadgen::run(config))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}

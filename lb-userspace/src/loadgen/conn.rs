@@ -1,0 +1,348 @@
+//! One client connection: TCP (+ PROXY header) (+ TLS) + HTTP/1.1 or HTTP/2 via hyper.
+use std::{
+    io::BufReader,
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Uri, client::conn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use proxy_protocol::{ProxyHeader, version1, version2};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::{
+        Resumption,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::TlsConnector;
+
+use super::{HttpVersion, ProxyHeaderVersion, Target, TargetError};
+
+/// Why a request did not produce a response. Counted apart from HTTP statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportError {
+    Connect,
+    Tls,
+    Timeout,
+    /// The connection was reset or closed mid-exchange.
+    Reset,
+    /// The peer broke the HTTP protocol.
+    Protocol,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+enum Sender {
+    H1(conn::http1::SendRequest<Full<Bytes>>),
+    H2(conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// An established connection.
+pub struct Conn {
+    sender: Sender,
+}
+
+/// Time spent setting up a connection.
+pub struct SetupTimes {
+    pub connect: Duration,
+    pub tls: Option<Duration>,
+}
+
+/// Makes connections to one target, sharing the TLS configuration (and so its session cache:
+/// new connections resume sessions unless resumption is off).
+pub struct Connector {
+    target: Arc<Target>,
+    version: HttpVersion,
+    proxy: Option<ProxyHeaderVersion>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS options.
+pub struct TlsOptions<'a> {
+    pub insecure: bool,
+    pub ca_file: Option<&'a Path>,
+    pub resumption: bool,
+}
+
+impl Connector {
+    pub fn new(
+        target: Arc<Target>,
+        version: HttpVersion,
+        proxy: Option<ProxyHeaderVersion>,
+        tls: &TlsOptions<'_>,
+        timeout: Duration,
+    ) -> Result<Self, TargetError> {
+        let tls = if target.tls {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let builder = ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TargetError::Tls(e.to_string()))?;
+            let mut config = if tls.insecure {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+                    .with_no_client_auth()
+            } else {
+                let path = tls.ca_file.ok_or_else(|| {
+                    TargetError::Tls("https needs --cacert FILE or --insecure".into())
+                })?;
+                let file =
+                    std::fs::File::open(path).map_err(|e| TargetError::Read(path.to_owned(), e))?;
+                let mut roots = RootCertStore::empty();
+                for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
+                    let cert = cert.map_err(|e| TargetError::Read(path.to_owned(), e))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| TargetError::Tls(e.to_string()))?;
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            };
+            config.alpn_protocols = match version {
+                HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
+                HttpVersion::Http2 => vec![b"h2".to_vec()],
+            };
+            if !tls.resumption {
+                config.resumption = Resumption::disabled();
+            }
+            let name = ServerName::try_from(target.host.clone())
+                .map_err(|e| TargetError::Tls(e.to_string()))?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        Ok(Self {
+            target,
+            version,
+            proxy,
+            tls,
+            timeout,
+        })
+    }
+
+    pub async fn connect(&self) -> Result<(Conn, SetupTimes), TransportError> {
+        let start = Instant::now();
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(self.target.addr))
+            .await
+            .map_err(|_| TransportError::Timeout)?
+            .map_err(|_| TransportError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let mut tcp = tcp;
+        if let Some(version) = self.proxy {
+            let local = tcp.local_addr().map_err(|_| TransportError::Connect)?;
+            let header =
+                proxy_header(version, local, self.target.addr).ok_or(TransportError::Connect)?;
+            tcp.write_all(&header)
+                .await
+                .map_err(|_| TransportError::Reset)?;
+        }
+        let connect = start.elapsed();
+        let (io, tls): (Box<dyn Io>, _) = match &self.tls {
+            None => (Box::new(tcp), None),
+            Some((connector, name)) => {
+                let tls_start = Instant::now();
+                let stream =
+                    tokio::time::timeout(self.timeout, connector.connect(name.clone(), tcp))
+                        .await
+                        .map_err(|_| TransportError::Timeout)?
+                        .map_err(|_| TransportError::Tls)?;
+                (Box::new(stream), Some(tls_start.elapsed()))
+            }
+        };
+        let io = TokioIo::new(io);
+        let sender = match self.version {
+            HttpVersion::Http1 => {
+                let (sender, connection) = conn::http1::handshake(io)
+                    .await
+                    .map_err(|_| TransportError::Protocol)?;
+                tokio::spawn(connection);
+                Sender::H1(sender)
+            }
+            HttpVersion::Http2 => {
+                let (sender, connection) = conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|_| TransportError::Protocol)?;
+                tokio::spawn(connection);
+                Sender::H2(sender)
+            }
+        };
+        Ok((Conn { sender }, SetupTimes { connect, tls }))
+    }
+
+    /// Request number `n` (paths rotate).
+    pub fn request(&self, n: u64) -> Request<Full<Bytes>> {
+        let t = &self.target;
+        let path = &t.paths[(n % t.paths.len() as u64) as usize];
+        let uri: Uri = match self.version {
+            HttpVersion::Http1 => path.parse(),
+            HttpVersion::Http2 => {
+                let scheme = if t.tls { "https" } else { "http" };
+                format!("{scheme}://{}{path}", t.authority).parse()
+            }
+        }
+        .unwrap_or_else(|_| Uri::from_static("/"));
+        let mut builder = Request::builder().method(t.method.clone()).uri(uri);
+        if self.version == HttpVersion::Http1 {
+            builder = builder.header(hyper::header::HOST, t.authority.as_str());
+        }
+        for (name, value) in &t.headers {
+            builder = builder.header(name, value);
+        }
+        builder
+            .body(Full::new(t.body.clone()))
+            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+    }
+}
+
+fn proxy_header(version: ProxyHeaderVersion, src: SocketAddr, dst: SocketAddr) -> Option<Vec<u8>> {
+    let header = match (version, src, dst) {
+        (ProxyHeaderVersion::V1, SocketAddr::V4(s), SocketAddr::V4(d)) => ProxyHeader::Version1 {
+            addresses: version1::ProxyAddresses::Ipv4 {
+                source: s,
+                destination: d,
+            },
+        },
+        (ProxyHeaderVersion::V1, SocketAddr::V6(s), SocketAddr::V6(d)) => ProxyHeader::Version1 {
+            addresses: version1::ProxyAddresses::Ipv6 {
+                source: s,
+                destination: d,
+            },
+        },
+        (ProxyHeaderVersion::V2, SocketAddr::V4(s), SocketAddr::V4(d)) => ProxyHeader::Version2 {
+            command: version2::ProxyCommand::Proxy,
+            transport_protocol: version2::ProxyTransportProtocol::Stream,
+            addresses: version2::ProxyAddresses::Ipv4 {
+                source: s,
+                destination: d,
+            },
+        },
+        (ProxyHeaderVersion::V2, SocketAddr::V6(s), SocketAddr::V6(d)) => ProxyHeader::Version2 {
+            command: version2::ProxyCommand::Proxy,
+            transport_protocol: version2::ProxyTransportProtocol::Stream,
+            addresses: version2::ProxyAddresses::Ipv6 {
+                source: s,
+                destination: d,
+            },
+        },
+        _ => return None,
+    };
+    proxy_protocol::encode(header).ok().map(|b| b.to_vec())
+}
+
+/// A response: status and body bytes read.
+pub struct Response {
+    pub status: u16,
+    pub body_bytes: u64,
+}
+
+impl Conn {
+    /// True while requests can be sent on this connection.
+    pub fn is_open(&self) -> bool {
+        match &self.sender {
+            Sender::H1(s) => !s.is_closed(),
+            Sender::H2(s) => !s.is_closed(),
+        }
+    }
+
+    pub async fn send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        let exchange = async {
+            let response = match &mut self.sender {
+                Sender::H1(s) => {
+                    s.ready().await.map_err(classify)?;
+                    s.send_request(request).await.map_err(classify)?
+                }
+                Sender::H2(s) => {
+                    s.ready().await.map_err(classify)?;
+                    s.send_request(request).await.map_err(classify)?
+                }
+            };
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut body_bytes = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(classify)?;
+                if let Some(data) = frame.data_ref() {
+                    body_bytes += data.len() as u64;
+                }
+            }
+            Ok(Response { status, body_bytes })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| TransportError::Timeout)?
+    }
+}
+
+fn classify(err: hyper::Error) -> TransportError {
+    if err.is_parse() || err.is_user() {
+        TransportError::Protocol
+    } else if err.is_timeout() {
+        TransportError::Timeout
+    } else {
+        TransportError::Reset
+    }
+}

@@ -1,0 +1,16 @@
+//! `lb bench`: the bundled load generator.
+//!
+//! - `target.rs`: what to load (URLs, method, headers, body) and how to reach it.
+//! - `conn.rs`: one client connection: TCP, optional PROXY header, optional TLS, HTTP/1.1 or
+//!   HTTP/2 (hyper), with connect and handshake times.
+//! - `engine.rs`: the connection tasks, closed loop or open loop (intended-time latency, so a
+//!   stalled server shows in the percentiles: no coordinated omission), progress lines.
+//! - `report.rs`: merged results, text and JSON.
+mod conn;
+mod engine;
+mod report;
+mod target;
+
+pub use engine::{BenchConfig, LoadMode, run};
+pub use report::{BenchReport, LatencySummary};
+pub use target::{HttpVersion, ProxyHeaderVersion, Target, TargetError};

@@ -1,0 +1,231 @@
+//! Results: per-connection recordings merged into one report (text and JSON).
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::conn::TransportError;
+
+/// What one connection task recorded (merged at the end, read live for progress lines).
+pub struct Recording {
+    pub latency: Histogram<u64>,
+    pub connect: Histogram<u64>,
+    pub tls: Histogram<u64>,
+    pub statuses: BTreeMap<u16, u64>,
+    pub errors: BTreeMap<TransportError, u64>,
+    pub body_bytes: u64,
+}
+
+/// Microsecond histograms up to an hour, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}
+
+impl Default for Recording {
+    fn default() -> Self {
+        Self {
+            latency: histogram(),
+            connect: histogram(),
+            tls: histogram(),
+            statuses: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            body_bytes: 0,
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, 3_600_000_000)
+}
+
+impl Recording {
+    pub fn response(&mut self, latency: Duration, status: u16, body_bytes: u64) {
+        let _ = self.latency.record(micros(latency));
+        *self.statuses.entry(status).or_insert(0) += 1;
+        self.body_bytes += body_bytes;
+    }
+
+    pub fn error(&mut self, kind: TransportError) {
+        *self.errors.entry(kind).or_insert(0) += 1;
+    }
+
+    pub fn setup(&mut self, connect: Duration, tls: Option<Duration>) {
+        let _ = self.connect.record(micros(connect));
+        if let Some(tls) = tls {
+            let _ = self.tls.record(micros(tls));
+        }
+    }
+
+    pub fn merge(&mut self, other: &Recording) {
+        let _ = self.latency.add(&other.latency);
+        let _ = self.connect.add(&other.connect);
+        let _ = self.tls.add(&other.tls);
+        for (k, v) in &other.statuses {
+            *self.statuses.entry(*k).or_insert(0) += v;
+        }
+        for (k, v) in &other.errors {
+            *self.errors.entry(*k).or_insert(0) += v;
+        }
+        self.body_bytes += other.body_bytes;
+    }
+}
+
+/// Percentiles in microseconds.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LatencySummary {
+    pub min: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl LatencySummary {
+    fn of(h: &Histogram<u64>) -> Option<Self> {
+        (h.len() > 0).then(|| Self {
+            min: h.min(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        })
+    }
+}
+
+/// The result of a run. Field names are the `--json` schema (stable; tests pin it).
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// "closed" (as fast as each connection can) or "open" (fixed rate, intended-time latency).
+    pub mode: &'static str,
+    pub target_rate: Option<f64>,
+    pub connections: usize,
+    pub duration_s: f64,
+    /// Responses plus transport errors, after warm-up.
+    pub requests: u64,
+    /// 2xx responses.
+    pub ok: u64,
+    /// Responses with any other status.
+    pub non_2xx: u64,
+    /// Requests that got no response (connect, TLS, timeout, reset, protocol).
+    pub errors: u64,
+    pub error_kinds: BTreeMap<TransportError, u64>,
+    pub status: BTreeMap<String, u64>,
+    pub rps: f64,
+    pub throughput_bytes_per_s: f64,
+    pub latency_us: Option<LatencySummary>,
+    pub connect_us: Option<LatencySummary>,
+    pub tls_handshake_us: Option<LatencySummary>,
+}
+
+impl BenchReport {
+    pub fn new(
+        rec: &Recording,
+        mode: &'static str,
+        target_rate: Option<f64>,
+        connections: usize,
+        elapsed: Duration,
+    ) -> Self {
+        let responses: u64 = rec.statuses.values().sum();
+        let ok: u64 = rec
+            .statuses
+            .iter()
+            .filter(|(s, _)| (200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum();
+        let errors: u64 = rec.errors.values().sum();
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        Self {
+            mode,
+            target_rate,
+            connections,
+            duration_s: secs,
+            requests: responses + errors,
+            ok,
+            non_2xx: responses - ok,
+            errors,
+            error_kinds: rec.errors.clone(),
+            status: rec
+                .statuses
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
+            rps: responses as f64 / secs,
+            throughput_bytes_per_s: rec.body_bytes as f64 / secs,
+            latency_us: LatencySummary::of(&rec.latency),
+            connect_us: LatencySummary::of(&rec.connect),
+            tls_handshake_us: LatencySummary::of(&rec.tls),
+        }
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}ms", us as f64 / 1000.0)
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.target_rate {
+            Some(rate) => writeln!(
+                f,
+                "open loop at {rate} req/s (latency from each request's intended send time)"
+            )?,
+            None => writeln!(
+                f,
+                "closed loop (each connection sends when the previous response arrives; \
+                 latency hides server stalls, use --rate for that)"
+            )?,
+        }
+        writeln!(
+            f,
+            "{} requests in {:.2}s over {} connections: {:.1} req/s, {:.2} MB/s",
+            self.requests,
+            self.duration_s,
+            self.connections,
+            self.rps,
+            self.throughput_bytes_per_s / 1e6
+        )?;
+        writeln!(
+            f,
+            "ok (2xx) {}  non-2xx {}  transport errors {}",
+            self.ok, self.non_2xx, self.errors
+        )?;
+        if !self.status.is_empty() {
+            let s: Vec<_> = self
+                .status
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            writeln!(f, "status: {}", s.join(" "))?;
+        }
+        if !self.error_kinds.is_empty() {
+            let s: Vec<_> = self
+                .error_kinds
+                .iter()
+                .map(|(k, v)| format!("{k:?}={v}").to_lowercase())
+                .collect();
+            writeln!(f, "errors: {}", s.join(" "))?;
+        }
+        for (name, summary) in [
+            ("latency", &self.latency_us),
+            ("connect", &self.connect_us),
+            ("tls", &self.tls_handshake_us),
+        ] {
+            if let Some(s) = summary {
+                writeln!(
+                    f,
+                    "{name:<8} p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+                    ms(s.p50),
+                    ms(s.p90),
+                    ms(s.p99),
+                    ms(s.p999),
+                    ms(s.max)
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! `lb bench` against a server with known behaviour (tests/src/http_server.rs) on loopback.
+use std::{collections::BTreeSet, sync::atomic::Ordering, time::Duration};
+
+use bytes::Bytes;
+use lb::loadgen::{self, BenchConfig, HttpVersion, LoadMode, ProxyHeaderVersion, Target};
+use lb_tests::http_server::{self, Behaviour};
+
+fn config(url: &str) -> BenchConfig {
+    BenchConfig {
+        target: Target::parse(&[url.to_owned()], "GET", &[], Bytes::new()).expect("target"),
+        connections: 8,
+        duration: None,
+        requests: None,
+        warmup: Duration::ZERO,
+        mode: LoadMode::Closed,
+        version: HttpVersion::Http1,
+        keep_alive: true,
+        proxy: None,
+        insecure: false,
+        ca_file: None,
+        resumption: true,
+        timeout: Duration::from_secs(10),
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_counts_match_the_server_exactly() {
+    let server = http_server::start(Behaviour::default()).await;
+    let mut cfg = config(&format!("http://{}/a", server.addr));
+    cfg.requests = Some(1000);
+    let report = loadgen::run(cfg).await.expect("run");
+    assert_eq!(server.seen.requests.load(Ordering::Relaxed), 1000);
+    assert_eq!((report.requests, report.ok, report.errors), (1000, 1000, 0));
+    assert_eq!(report.status.get("200"), Some(&1000));
+    assert_eq!(report.mode, "closed");
+    assert!(report.latency_us.is_some());
+    // Keep-alive: one connection per client connection, not per request.
+    assert_eq!(server.seen.connections.load(Ordering::Relaxed), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_resets_are_counted_never_as_successes() {
+    let server = http_server::start(Behaviour {
+        fail_every: 10,
+        ..Behaviour::default()
+    })
+    .await;
+    let mut cfg = config(&format!("http://{}/", server.addr));
+    cfg.requests = Some(1000);
+    let report = loadgen::run(cfg).await.expect("run");
+    assert_eq!((report.ok, report.non_2xx, report.errors), (900, 100, 0));
+    assert_eq!(report.status.get("500"), Some(&100));
+
+    let server = http_server::start(Behaviour {
+        reset_every_connection: 4,
+        ..Behaviour::default()
+    })
+    .await;
+    let mut cfg = config(&format!("http://{}/", server.addr));
+    cfg.requests = Some(400);
+    cfg.keep_alive = false;
+    let report = loadgen::run(cfg).await.expect("run");
+    assert_eq!(server.seen.connections.load(Ordering::Relaxed), 400);
+    assert_eq!((report.ok, report.errors), (300, 100), "{report:?}");
+    assert_eq!(report.requests, 400);
+    assert_eq!(report.error_kinds.values().sum::<u64>(), 100);
+    assert_eq!(
+        report.connect_us.as_ref().map(|_| ()),
+        Some(()),
+        "connects timed"
+    );
+}
+
+/// A server that stalls for 1 s every 100 requests: the open loop's percentiles show it
+/// (requests due during the stall wait, and that wait is counted); the closed loop's median
+/// does not (its connections simply stop sending), and its report says it is closed loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_shows_a_stalling_server_that_closed_loop_hides() {
+    let behaviour = Behaviour {
+        stall_every: 100,
+        stall: Duration::from_secs(1),
+        ..Behaviour::default()
+    };
+    let server = http_server::start(behaviour.clone()).await;
+    let mut open = config(&format!("http://{}/", server.addr));
+    open.mode = LoadMode::Open { rate: 200.0 };
+    open.duration = Some(Duration::from_secs(3));
+    let open = loadgen::run(open).await.expect("open run");
+
+    let server = http_server::start(behaviour).await;
+    let mut closed = config(&format!("http://{}/", server.addr));
+    closed.duration = Some(Duration::from_secs(3));
+    let closed = loadgen::run(closed).await.expect("closed run");
+
+    let (o, c) = (
+        open.latency_us.expect("open latencies"),
+        closed.latency_us.expect("closed latencies"),
+    );
+    assert_eq!((open.mode, closed.mode), ("open", "closed"));
+    assert!(
+        o.p50 >= 100_000,
+        "open-loop median {}us should show the stalls",
+        o.p50
+    );
+    assert!(o.max >= 900_000, "open-loop max {}us", o.max);
+    assert!(c.p50 < 50_000, "closed-loop median {}us hides them", c.p50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_rate_is_held_within_two_percent() {
+    let server = http_server::start(Behaviour::default()).await;
+    let mut cfg = config(&format!("http://{}/", server.addr));
+    cfg.mode = LoadMode::Open { rate: 1000.0 };
+    cfg.duration = Some(Duration::from_secs(3));
+    cfg.warmup = Duration::from_millis(200);
+    let report = loadgen::run(cfg).await.expect("run");
+    let off = (report.rps - 1000.0).abs() / 1000.0;
+    assert!(off <= 0.02, "achieved {:.1} req/s", report.rps);
+    assert_eq!(report.errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_post_with_body_and_headers() {
+    let server = http_server::start(Behaviour::default()).await;
+    let mut cfg = config(&format!("http://{}/submit", server.addr));
+    cfg.target = Target::parse(
+        &[
+            format!("http://{}/one", server.addr),
+            format!("http://{}/two", server.addr),
+        ],
+        "POST",
+        &["X-Test: yes".to_owned()],
+        Bytes::from_static(b"payload"),
+    )
+    .expect("target");
+    cfg.version = HttpVersion::Http2;
+    cfg.requests = Some(200);
+    cfg.connections = 4;
+    let report = loadgen::run(cfg).await.expect("run");
+    assert_eq!(report.ok, 200);
+    assert_eq!(server.seen.http2_requests.load(Ordering::Relaxed), 200);
+    assert_eq!(server.seen.bodies.load(Ordering::Relaxed), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_and_without_session_resumption() {
+    let server = http_server::start(Behaviour {
+        tls: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let ca = std::env::temp_dir().join(format!("lbt-{}-ca.pem", std::process::id()));
+    std::fs::write(&ca, &server.cert_pem).expect("write ca");
+    let url = format!("https://localhost:{}/", server.addr.port());
+    let mut cfg = config(&url);
+    cfg.ca_file = Some(ca.clone());
+    cfg.keep_alive = false;
+    cfg.connections = 2;
+    cfg.requests = Some(40);
+    let report = loadgen::run(cfg).await.expect("run");
+    assert_eq!(report.ok, 40);
+    assert!(report.tls_handshake_us.is_some());
+    let resumed = server.seen.resumed_tls.load(Ordering::Relaxed);
+    assert!(resumed >= 30, "sessions resumed: {resumed} of 40");
+
+    let server = http_server::start(Behaviour {
+        tls: true,
+        ..Behaviour::default()
+    })
+    .await;
+    std::fs::write(&ca, &server.cert_pem).expect("write ca");
+    let mut cfg = config(&format!("https://localhost:{}/", server.addr.port()));
+    cfg.ca_file = Some(ca.clone());
+    cfg.keep_alive = false;
+    cfg.resumption = false;
+    cfg.requests = Some(20);
+    let report = loadgen::run(cfg).await.expect("run");
+    let _ = std::fs::remove_file(&ca);
+    assert_eq!(report.ok, 20);
+    assert_eq!(server.seen.resumed_tls.load(Ordering::Relaxed), 0);
+    assert_eq!(server.seen.full_tls.load(Ordering::Relaxed), 20);
+
+    // A certificate the client does not trust is a TLS error, not a success.
+    let server = http_server::start(Behaviour {
+        tls: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let other = http_server::start(Behaviour {
+        tls: true,
+        ..Behaviour::default()
+    })
+    .await;
+    std::fs::write(&ca, &other.cert_pem).expect("write ca");
+    let mut cfg = config(&format!("https://localhost:{}/", server.addr.port()));
+    cfg.ca_file = Some(ca.clone());
+    cfg.requests = Some(5);
+    cfg.connections = 1;
+    let report = loadgen::run(cfg).await.expect("run");
+    let _ = std::fs::remove_file(&ca);
+    assert_eq!((report.ok, report.errors), (0, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_headers_name_the_client() {
+    for version in [ProxyHeaderVersion::V1, ProxyHeaderVersion::V2] {
+        let server = http_server::start(Behaviour {
+            expect_proxy_header: true,
+            ..Behaviour::default()
+        })
+        .await;
+        let mut cfg = config(&format!("http://{}/", server.addr));
+        cfg.proxy = Some(version);
+        cfg.requests = Some(50);
+        cfg.connections = 2;
+        let report = loadgen::run(cfg).await.expect("run");
+        assert_eq!(report.ok, 50, "{version:?}");
+        let sources = server.seen.proxy_sources.lock().expect("lock").clone();
+        assert_eq!(sources.len(), 2, "{version:?}: one header per connection");
+        assert!(
+            sources
+                .iter()
+                .all(|s| s.ip().is_loopback() && s.port() != 0)
+        );
+    }
+}
+
+#[test]
+fn json_output_schema_is_stable() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(http_server::start(Behaviour::default()));
+    let out = std::process::Command::new(lb_tests::lb_bin())
+        .args(["bench", "--json", "-n", "100", "-c", "2"])
+        .arg(format!("http://{}/", server.addr))
+        .output()
+        .expect("run lb bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let keys = |v: &serde_json::Value| -> BTreeSet<String> {
+        v.as_object().expect("object").keys().cloned().collect()
+    };
+    let expected: BTreeSet<String> = [
+        "mode",
+        "target_rate",
+        "connections",
+        "duration_s",
+        "requests",
+        "ok",
+        "non_2xx",
+        "errors",
+        "error_kinds",
+        "status",
+        "rps",
+        "throughput_bytes_per_s",
+        "latency_us",
+        "connect_us",
+        "tls_handshake_us",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(keys(&json), expected);
+    let latency: BTreeSet<String> = ["min", "mean", "p50", "p90", "p99", "p999", "max"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(keys(&json["latency_us"]), latency);
+    assert_eq!(json["requests"], 100);
+    assert_eq!(json["ok"], 100);
+    assert_eq!(json["mode"], "closed");
+    assert!(json["tls_handshake_us"].is_null());
+}
