@@ -232,7 +232,7 @@ async fn progress_lines(shared: Arc<Shared>, recordings: Vec<Arc<Mutex<Recording
                 merged.merge(&rec);
             }
         }
-        let p99 = if merged.latency.len() > 0 {
+        let p99 = if !merged.latency.is_empty() {
             format!(
                 "{:.2}ms",
                 merged.latency.value_at_quantile(0.99) as f64 / 1000.0

@@ -84,7 +84,7 @@ pub struct LatencySummary {
 
 impl LatencySummary {
     fn of(h: &Histogram<u64>) -> Option<Self> {
-        (h.len() > 0).then(|| Self {
+        (!h.is_empty()).then(|| Self {
             min: h.min(),
             mean: h.mean(),
             p50: h.value_at_quantile(0.5),
