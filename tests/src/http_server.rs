@@ -95,9 +95,7 @@ pub async fn start(behaviour: Behaviour) -> TestServer {
                     acceptor.clone(),
                 );
                 tokio::spawn(async move {
-                    if behaviour.reset_every_connection > 0
-                        && n % behaviour.reset_every_connection == 0
-                    {
+                    if is_nth(n, behaviour.reset_every_connection) {
                         // Take the request, then reset instead of answering.
                         let mut buf = [0u8; 1024];
                         let _ = tcp.read(&mut buf).await;
@@ -151,6 +149,11 @@ pub async fn start(behaviour: Behaviour) -> TestServer {
     }
 }
 
+/// True when `n` (1-based) is a multiple of `every`; `every == 0` means never.
+fn is_nth(n: u64, every: u64) -> bool {
+    every > 0 && n.is_multiple_of(every)
+}
+
 async fn handle(
     req: Request<hyper::body::Incoming>,
     seen: &Seen,
@@ -167,11 +170,11 @@ async fn handle(
     }
     {
         let _held = gate.lock().await;
-        if behaviour.stall_every > 0 && n % behaviour.stall_every == 0 {
+        if is_nth(n, behaviour.stall_every) {
             tokio::time::sleep(behaviour.stall).await;
         }
     }
-    let status = if behaviour.fail_every > 0 && n % behaviour.fail_every == 0 {
+    let status = if is_nth(n, behaviour.fail_every) {
         500
     } else {
         200
