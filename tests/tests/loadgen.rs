@@ -275,3 +275,103 @@ fn json_output_schema_is_stable() {
     assert_eq!(json["mode"], "closed");
     assert!(json["tls_handshake_us"].is_null());
 }
+
+/// A raw HTTP/1.1 server answering every request on a connection with `response`, then
+/// closing if `close_after` is set. Counts requests.
+async fn raw_server(
+    response: &'static [u8],
+    close_after: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        if tcp.write_all(response).await.is_err() {
+                            return;
+                        }
+                        if close_after {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_framing_chunked_close_and_until_eof() {
+    let cases: [(&'static [u8], bool, u64); 3] = [
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            false,
+            11,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+            true,
+            3,
+        ),
+        (b"HTTP/1.0 404 Not Found\r\n\r\nno length, ends at close", true, 24),
+    ];
+    for (response, close_after, body_len) in cases {
+        let (addr, count) = raw_server(response, close_after).await;
+        let mut cfg = config(&format!("http://{addr}/"));
+        cfg.requests = Some(60);
+        cfg.connections = 3;
+        let report = loadgen::run(cfg).await.expect("run");
+        assert_eq!(count.load(Ordering::Relaxed), 60, "{response:?}");
+        assert_eq!(report.errors, 0, "{report:?}");
+        assert_eq!(report.requests, 60);
+        let expected_bytes = 60 * body_len;
+        let got = (report.throughput_bytes_per_s * report.duration_s).round() as u64;
+        assert_eq!(got, expected_bytes, "{response:?}");
+        if close_after {
+            assert!(report.connect_us.is_some());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_post_sends_its_body() {
+    let server = http_server::start(Behaviour::default()).await;
+    let mut cfg = config(&format!("http://{}/", server.addr));
+    cfg.target = Target::parse(
+        &[format!("http://{}/form", server.addr)],
+        "POST",
+        &["Content-Type: text/plain".to_owned()],
+        Bytes::from_static(b"field=value"),
+    )
+    .expect("target");
+    cfg.requests = Some(100);
+    let report = loadgen::run(cfg).await.expect("run");
+    assert_eq!(report.ok, 100);
+    assert_eq!(server.seen.bodies.load(Ordering::Relaxed), 100);
+}

@@ -100,10 +100,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         timeout: args.timeout,
         progress: std::io::stderr().is_terminal(),
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads.max(1));
-    }
+    let mut runtime = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(threads);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let report = runtime
         .enable_all()
         .build()

@@ -9,7 +9,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Request, Uri, client::conn};
+use hyper::{Method, Request, Uri, client::conn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy_protocol::{ProxyHeader, version1, version2};
 use rustls::{
@@ -26,7 +26,10 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use super::{HttpVersion, ProxyHeaderVersion, Target, TargetError};
+use super::{
+    HttpVersion, ProxyHeaderVersion, Target, TargetError,
+    h1::{self, H1Conn},
+};
 
 /// Why a request did not produce a response. Counted apart from HTTP statuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -41,11 +44,11 @@ pub enum TransportError {
     Protocol,
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 enum Sender {
-    H1(conn::http1::SendRequest<Full<Bytes>>),
+    H1(H1Conn<Box<dyn Io>>),
     H2(conn::http2::SendRequest<Full<Bytes>>),
 }
 
@@ -64,6 +67,10 @@ pub struct SetupTimes {
 /// new connections resume sessions unless resumption is off).
 pub struct Connector {
     target: Arc<Target>,
+    /// Request URIs in rotation: path only for HTTP/1.1, absolute for HTTP/2.
+    uris: Vec<Uri>,
+    headers: hyper::HeaderMap,
+    h1_requests: Vec<Bytes>,
     version: HttpVersion,
     proxy: Option<ProxyHeaderVersion>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
@@ -171,8 +178,35 @@ impl Connector {
         } else {
             None
         };
+        let scheme = if target.tls { "https" } else { "http" };
+        let uris = target
+            .paths
+            .iter()
+            .map(|path| match version {
+                HttpVersion::Http1 => path.parse::<Uri>(),
+                HttpVersion::Http2 => format!("{scheme}://{}{path}", target.authority).parse(),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TargetError::BadUrl(target.authority.clone(), e))?;
+        let mut headers = hyper::HeaderMap::new();
+        if version == HttpVersion::Http1 {
+            let host = hyper::http::HeaderValue::from_str(&target.authority)
+                .map_err(|_| TargetError::BadHeader(format!("Host: {}", target.authority)))?;
+            headers.insert(hyper::header::HOST, host);
+        }
+        for (name, value) in &target.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        let h1_requests = target
+            .paths
+            .iter()
+            .map(|path| h1::serialize(target.method.as_str(), path, &headers, &target.body))
+            .collect();
         Ok(Self {
             target,
+            uris,
+            headers,
+            h1_requests,
             version,
             proxy,
             tls,
@@ -209,19 +243,13 @@ impl Connector {
                 (Box::new(stream), Some(tls_start.elapsed()))
             }
         };
-        let io = TokioIo::new(io);
         let sender = match self.version {
-            HttpVersion::Http1 => {
-                let (sender, connection) = conn::http1::handshake(io)
-                    .await
-                    .map_err(|_| TransportError::Protocol)?;
-                tokio::spawn(connection);
-                Sender::H1(sender)
-            }
+            HttpVersion::Http1 => Sender::H1(H1Conn::new(io, self.target.method == Method::HEAD)),
             HttpVersion::Http2 => {
-                let (sender, connection) = conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(|_| TransportError::Protocol)?;
+                let (sender, connection) =
+                    conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                        .await
+                        .map_err(|_| TransportError::Protocol)?;
                 tokio::spawn(connection);
                 Sender::H2(sender)
             }
@@ -229,28 +257,19 @@ impl Connector {
         Ok((Conn { sender }, SetupTimes { connect, tls }))
     }
 
-    /// Request number `n` (paths rotate).
-    pub fn request(&self, n: u64) -> Request<Full<Bytes>> {
-        let t = &self.target;
-        let path = &t.paths[(n % t.paths.len() as u64) as usize];
-        let uri: Uri = match self.version {
-            HttpVersion::Http1 => path.parse(),
-            HttpVersion::Http2 => {
-                let scheme = if t.tls { "https" } else { "http" };
-                format!("{scheme}://{}{path}", t.authority).parse()
-            }
-        }
-        .unwrap_or_else(|_| Uri::from_static("/"));
-        let mut builder = Request::builder().method(t.method.clone()).uri(uri);
-        if self.version == HttpVersion::Http1 {
-            builder = builder.header(hyper::header::HOST, t.authority.as_str());
-        }
-        for (name, value) in &t.headers {
-            builder = builder.header(name, value);
-        }
-        builder
-            .body(Full::new(t.body.clone()))
-            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+    /// HTTP/1.1 request number `n` (paths rotate), serialized once.
+    fn serialized(&self, n: u64) -> &[u8] {
+        &self.h1_requests[(n % self.h1_requests.len() as u64) as usize]
+    }
+
+    /// HTTP/2 request number `n` (paths rotate), from parts prepared once.
+    fn request(&self, n: u64) -> Request<Full<Bytes>> {
+        let uri = &self.uris[(n % self.uris.len() as u64) as usize];
+        let mut request = Request::new(Full::new(self.target.body.clone()));
+        *request.method_mut() = self.target.method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
     }
 }
 
@@ -299,42 +318,50 @@ impl Conn {
     /// True while requests can be sent on this connection.
     pub fn is_open(&self) -> bool {
         match &self.sender {
-            Sender::H1(s) => !s.is_closed(),
+            Sender::H1(c) => c.is_open(),
             Sender::H2(s) => !s.is_closed(),
         }
     }
 
+    /// Sends request number `n` of `connector` and reads the whole response.
     pub async fn send(
         &mut self,
-        request: Request<Full<Bytes>>,
+        connector: &Connector,
+        n: u64,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
         let exchange = async {
-            let response = match &mut self.sender {
-                Sender::H1(s) => {
-                    s.ready().await.map_err(classify)?;
-                    s.send_request(request).await.map_err(classify)?
-                }
+            match &mut self.sender {
+                Sender::H1(c) => c.exchange(connector.serialized(n)).await,
                 Sender::H2(s) => {
                     s.ready().await.map_err(classify)?;
-                    s.send_request(request).await.map_err(classify)?
-                }
-            };
-            let status = response.status().as_u16();
-            let mut body = response.into_body();
-            let mut body_bytes = 0u64;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(classify)?;
-                if let Some(data) = frame.data_ref() {
-                    body_bytes += data.len() as u64;
+                    let response = s
+                        .send_request(connector.request(n))
+                        .await
+                        .map_err(classify)?;
+                    read_response(response).await
                 }
             }
-            Ok(Response { status, body_bytes })
         };
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| TransportError::Timeout)?
     }
+}
+
+async fn read_response(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> Result<Response, TransportError> {
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut body_bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(classify)?;
+        if let Some(data) = frame.data_ref() {
+            body_bytes += data.len() as u64;
+        }
+    }
+    Ok(Response { status, body_bytes })
 }
 
 fn classify(err: hyper::Error) -> TransportError {

@@ -184,7 +184,7 @@ async fn connection_task(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let result = c.send(connector.request(ticket), timeout).await;
+        let result = c.send(&connector, ticket, timeout).await;
         let finished = Instant::now();
         // Open loop: from the due time. Closed loop: from the send (a new connection per
         // request includes its connect, as the client experiences it).

@@ -1,13 +1,15 @@
 //! `lb bench`: the bundled load generator.
 //!
 //! - `target.rs`: what to load (URLs, method, headers, body) and how to reach it.
-//! - `conn.rs`: one client connection: TCP, optional PROXY header, optional TLS, HTTP/1.1 or
-//!   HTTP/2 (hyper), with connect and handshake times.
+//! - `conn.rs`: one client connection: TCP, optional PROXY header, optional TLS, then HTTP/1.1
+//!   (`h1.rs`: pre-serialized requests, httparse framing) or HTTP/2 (hyper), with connect and
+//!   handshake times.
 //! - `engine.rs`: the connection tasks, closed loop or open loop (intended-time latency, so a
 //!   stalled server shows in the percentiles: no coordinated omission), progress lines.
 //! - `report.rs`: merged results, text and JSON.
 mod conn;
 mod engine;
+mod h1;
 mod report;
 mod target;
 
