@@ -375,3 +375,39 @@ async fn http1_post_sends_its_body() {
     assert_eq!(report.ok, 100);
     assert_eq!(server.seen.bodies.load(Ordering::Relaxed), 100);
 }
+
+#[test]
+fn html_report_is_self_contained_with_both_plots() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(http_server::start(Behaviour::default()));
+    let html = std::env::temp_dir().join(format!("lbt-{}-report.html", std::process::id()));
+    let out = std::process::Command::new(lb_tests::lb_bin())
+        .args(["bench", "-d", "2s", "--rate", "300", "-c", "2", "--html"])
+        .arg(&html)
+        .arg(format!("http://{}/", server.addr))
+        .output()
+        .expect("run lb bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).expect("report written");
+    let _ = std::fs::remove_file(&html);
+    assert_eq!(page.matches("<svg").count(), 2);
+    assert!(page.contains("Latency by percentile") && page.contains("Requests per second"));
+    assert!(page.contains("open loop at 300 req/s"));
+    for external in ["src=", "href=", "<script", "<link"] {
+        assert!(!page.contains(external), "self-contained: found {external}");
+    }
+    // Two seconds of load: the req/s polyline has a point per second.
+    let last_polyline = page.rsplit("<polyline").next().expect("polyline");
+    let points = last_polyline.split("points=\"").nth(1).expect("points");
+    let n = points
+        .split('"')
+        .next()
+        .expect("end")
+        .split_whitespace()
+        .count();
+    assert!((2..=3).contains(&n), "{n} per-second points");
+}

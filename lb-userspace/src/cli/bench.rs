@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// Print the result as JSON (stable schema) instead of text.
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML report (percentile and req/s plots) to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -114,6 +117,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?
         .block_on(loadgen::run(config))?;
+    if let Some(path) = &args.html {
+        std::fs::write(path, loadgen::render_html(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

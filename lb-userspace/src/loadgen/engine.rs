@@ -162,7 +162,7 @@ async fn connection_task(
     let mut conn: Option<Conn> = None;
     while let Some((ticket, due)) = shared.next() {
         if shared.rate.is_some() {
-            tokio::time::sleep_until(due.into()).await;
+            wait_until(due).await;
         }
         let measured = due >= shared.warmup_end;
         let sent_at = Instant::now();
@@ -192,8 +192,9 @@ async fn connection_task(
         match result {
             Ok(response) => {
                 shared.done.fetch_add(1, Ordering::Relaxed);
+                let at = finished.saturating_duration_since(shared.warmup_end);
                 record(&recording, measured, |rec| {
-                    rec.response(finished - started, response.status, response.body_bytes)
+                    rec.response(finished - started, response.status, response.body_bytes, at)
                 });
             }
             Err(kind) => {
@@ -205,6 +206,20 @@ async fn connection_task(
         if !keep_alive {
             conn = None;
         }
+    }
+}
+
+/// Sleeps until `due`. Tokio's timer has millisecond granularity, which would add up to 1 ms
+/// to every open-loop latency; the last millisecond is spent yielding instead.
+async fn wait_until(due: Instant) {
+    let slack = Duration::from_millis(1);
+    if let Some(early) = due.checked_sub(slack) {
+        if Instant::now() < early {
+            tokio::time::sleep_until(early.into()).await;
+        }
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
     }
 }
 

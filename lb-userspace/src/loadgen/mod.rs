@@ -6,13 +6,15 @@
 //!   handshake times.
 //! - `engine.rs`: the connection tasks, closed loop or open loop (intended-time latency, so a
 //!   stalled server shows in the percentiles: no coordinated omission), progress lines.
-//! - `report.rs`: merged results, text and JSON.
+//! - `report.rs`: merged results, text and JSON; `html.rs`: the self-contained HTML report.
 mod conn;
 mod engine;
 mod h1;
+mod html;
 mod report;
 mod target;
 
 pub use engine::{BenchConfig, LoadMode, run};
+pub use html::render as render_html;
 pub use report::{BenchReport, LatencySummary};
 pub use target::{HttpVersion, ProxyHeaderVersion, Target, TargetError};

@@ -14,6 +14,8 @@ pub struct Recording {
     pub statuses: BTreeMap<u16, u64>,
     pub errors: BTreeMap<TransportError, u64>,
     pub body_bytes: u64,
+    /// Responses completed in each second of the measured time.
+    pub per_second: Vec<u64>,
 }
 
 /// Microsecond histograms up to an hour, 3 significant digits.
@@ -30,6 +32,7 @@ impl Default for Recording {
             statuses: BTreeMap::new(),
             errors: BTreeMap::new(),
             body_bytes: 0,
+            per_second: Vec::new(),
         }
     }
 }
@@ -39,10 +42,18 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl Recording {
-    pub fn response(&mut self, latency: Duration, status: u16, body_bytes: u64) {
+    /// A response that completed `at` into the measured time.
+    pub fn response(&mut self, latency: Duration, status: u16, body_bytes: u64, at: Duration) {
         let _ = self.latency.record(micros(latency));
         *self.statuses.entry(status).or_insert(0) += 1;
         self.body_bytes += body_bytes;
+        let second = at.as_secs() as usize;
+        if second < 24 * 3600 {
+            if self.per_second.len() <= second {
+                self.per_second.resize(second + 1, 0);
+            }
+            self.per_second[second] += 1;
+        }
     }
 
     pub fn error(&mut self, kind: TransportError) {
@@ -67,6 +78,12 @@ impl Recording {
             *self.errors.entry(*k).or_insert(0) += v;
         }
         self.body_bytes += other.body_bytes;
+        if self.per_second.len() < other.per_second.len() {
+            self.per_second.resize(other.per_second.len(), 0);
+        }
+        for (mine, theirs) in self.per_second.iter_mut().zip(&other.per_second) {
+            *mine += theirs;
+        }
     }
 }
 
@@ -119,6 +136,12 @@ pub struct BenchReport {
     pub latency_us: Option<LatencySummary>,
     pub connect_us: Option<LatencySummary>,
     pub tls_handshake_us: Option<LatencySummary>,
+    /// (percentile, latency in µs) points for the HTML report's percentile plot.
+    #[serde(skip)]
+    pub percentile_curve: Vec<(f64, u64)>,
+    /// Responses per second over the measured time, for the HTML report.
+    #[serde(skip)]
+    pub per_second: Vec<u64>,
 }
 
 impl BenchReport {
@@ -158,8 +181,26 @@ impl BenchReport {
             latency_us: LatencySummary::of(&rec.latency),
             connect_us: LatencySummary::of(&rec.connect),
             tls_handshake_us: LatencySummary::of(&rec.tls),
+            percentile_curve: percentile_curve(&rec.latency),
+            per_second: rec.per_second.clone(),
         }
     }
+}
+
+/// Points evenly spaced in "nines" (90%, 99%, 99.9%, ...) up to the number of samples allows.
+fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let max_nines = (h.len() as f64).log10().clamp(1.0, 6.0);
+    let steps = 120;
+    (0..=steps)
+        .map(|i| {
+            let nines = max_nines * f64::from(i) / f64::from(steps);
+            let q = 1.0 - 10f64.powf(-nines);
+            (q * 100.0, h.value_at_quantile(q))
+        })
+        .collect()
 }
 
 fn ms(us: u64) -> String {
