@@ -213,10 +213,8 @@ async fn connection_task(
 /// to every open-loop latency; the last millisecond is spent yielding instead.
 async fn wait_until(due: Instant) {
     let slack = Duration::from_millis(1);
-    if let Some(early) = due.checked_sub(slack) {
-        if Instant::now() < early {
-            tokio::time::sleep_until(early.into()).await;
-        }
+    if let Some(early) = due.checked_sub(slack).filter(|e| Instant::now() < *e) {
+        tokio::time::sleep_until(early.into()).await;
     }
     while Instant::now() < due {
         tokio::task::yield_now().await;
