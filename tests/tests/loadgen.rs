@@ -411,3 +411,74 @@ fn html_report_is_self_contained_with_both_plots() {
         .count();
     assert!((2..=3).contains(&n), "{n} per-second points");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_tcp_connection_rate_counts_every_connection() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = tcp.write_all(b"x").await;
+            });
+        }
+    });
+    let report = loadgen::run_l4(loadgen::L4Config {
+        protocol: loadgen::L4Protocol::Tcp,
+        addr,
+        concurrency: 4,
+        duration: Duration::from_secs(1),
+        payload: Bytes::new(),
+        expect_reply: true,
+        rate: None,
+        timeout: Duration::from_secs(2),
+    })
+    .await
+    .expect("run");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(report.mode, "tcp_connect");
+    assert_eq!(report.errors, 0);
+    assert!(report.ok > 100, "{report:?}");
+    assert_eq!(report.ok, accepted.load(Ordering::Relaxed));
+    assert!(report.latency_us.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_udp_rate_and_replies() {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    let report = loadgen::run_l4(loadgen::L4Config {
+        protocol: loadgen::L4Protocol::Udp,
+        addr,
+        concurrency: 2,
+        duration: Duration::from_secs(2),
+        payload: Bytes::from_static(b"ping"),
+        expect_reply: true,
+        rate: Some(1000.0),
+        timeout: Duration::from_secs(1),
+    })
+    .await
+    .expect("run");
+    assert_eq!(report.mode, "udp");
+    let off = (report.ok as f64 - 2000.0).abs() / 2000.0;
+    assert!(off <= 0.02, "{report:?}");
+    assert_eq!(received.load(Ordering::Relaxed), report.ok);
+    assert_eq!(report.replies, report.ok);
+}

@@ -3,13 +3,19 @@ use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use lb::loadgen::{self, BenchConfig, HttpVersion, LoadMode, ProxyHeaderVersion, Target};
+use lb::loadgen::{
+    self, BenchConfig, HttpVersion, L4Config, L4Protocol, LoadMode, ProxyHeaderVersion, Target,
+};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// URL(s) to request, in rotation (same scheme, host and port).
+    /// URL(s) to request, in rotation (same scheme, host and port). `tcp://HOST:PORT` or
+    /// `udp://HOST:PORT` switch to L4 mode: connection rate or datagram rate.
     #[arg(required = true)]
     urls: Vec<String>,
+    /// L4 mode: wait for a reply (TCP: one byte before closing; UDP: count echoed datagrams).
+    #[arg(long)]
+    expect_reply: bool,
     /// Concurrent connections.
     #[arg(short = 'c', long, default_value_t = 16)]
     connections: usize,
@@ -84,6 +90,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "--rate must be a positive number"
         );
     }
+    if let Some(l4) = l4_target(&args.urls)? {
+        return run_l4(&args, l4, body);
+    }
     let target = Target::parse(&args.urls, &args.method, &args.headers, body)?;
     let config = BenchConfig {
         target,
@@ -121,6 +130,54 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(path, loadgen::render_html(&report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+/// `tcp://` or `udp://` target, if that is what was asked for.
+fn l4_target(urls: &[String]) -> anyhow::Result<Option<(L4Protocol, std::net::SocketAddr)>> {
+    let Some(first) = urls.first() else {
+        return Ok(None);
+    };
+    let (protocol, rest) = if let Some(rest) = first.strip_prefix("tcp://") {
+        (L4Protocol::Tcp, rest)
+    } else if let Some(rest) = first.strip_prefix("udp://") {
+        (L4Protocol::Udp, rest)
+    } else {
+        return Ok(None);
+    };
+    anyhow::ensure!(urls.len() == 1, "L4 mode takes one target");
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(rest.trim_end_matches('/'))
+        .with_context(|| format!("resolving {rest}"))?
+        .next()
+        .with_context(|| format!("{rest} resolves to nothing"))?;
+    Ok(Some((protocol, addr)))
+}
+
+fn run_l4(
+    args: &BenchArgs,
+    (protocol, addr): (L4Protocol, std::net::SocketAddr),
+    payload: Bytes,
+) -> anyhow::Result<()> {
+    let config = L4Config {
+        protocol,
+        addr,
+        concurrency: args.connections,
+        duration: args.duration.unwrap_or(Duration::from_secs(10)),
+        payload,
+        expect_reply: args.expect_reply,
+        rate: args.rate,
+        timeout: args.timeout,
+    };
+    let report = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(loadgen::run_l4(config))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -6,15 +6,18 @@
 //!   handshake times.
 //! - `engine.rs`: the connection tasks, closed loop or open loop (intended-time latency, so a
 //!   stalled server shows in the percentiles: no coordinated omission), progress lines.
+//! - `l4.rs`: L4 mode (TCP connection rate, UDP datagram rate) for the XDP tier.
 //! - `report.rs`: merged results, text and JSON; `html.rs`: the self-contained HTML report.
 mod conn;
 mod engine;
 mod h1;
 mod html;
+mod l4;
 mod report;
 mod target;
 
 pub use engine::{BenchConfig, LoadMode, run};
 pub use html::render as render_html;
+pub use l4::{L4Config, L4Protocol, L4Report, run_l4};
 pub use report::{BenchReport, LatencySummary};
 pub use target::{HttpVersion, ProxyHeaderVersion, Target, TargetError};
