@@ -1,0 +1,373 @@
+//! `benches/compare`: the same backends behind NGINX, HAProxy and lb, loaded by `lb bench`, in
+//! one run. (nginx runs with `master_process off` so that stopping it stops everything.) Proxies (and backends) are pinned to CPU 0, the load generator to CPU 1. Each
+//! scenario runs `ROUNDS` times per proxy; the table shows median req/s (min-max), p99, and the
+//! ratio to the best of NGINX and HAProxy.
+//!
+//! lb's L7 tier does not exist yet, so lb has no entry in the HTTP scenarios; the harness will
+//! pick it up when `lb` gains an HTTP listener (see `Proxy::Lb`).
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const ROUNDS: usize = 3;
+const SECONDS: u64 = 4;
+const BACKEND_PORTS: [u16; 3] = [19101, 19102, 19103];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proxy {
+    Nginx,
+    Haproxy,
+    Lb,
+}
+
+impl Proxy {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Nginx => "nginx",
+            Self::Haproxy => "haproxy",
+            Self::Lb => "lb",
+        }
+    }
+
+    fn http_port(self) -> u16 {
+        match self {
+            Self::Nginx => 19201,
+            Self::Haproxy => 19202,
+            Self::Lb => 19203,
+        }
+    }
+
+    fn tls_port(self) -> u16 {
+        self.http_port() + 100
+    }
+
+    fn tcp_port(self) -> u16 {
+        self.http_port() + 200
+    }
+}
+
+struct Scenario {
+    name: &'static str,
+    path: &'static str,
+    tls: bool,
+    tcp: bool,
+    args: &'static [&'static str],
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "keep-alive, small body",
+        path: "/small",
+        tls: false,
+        tcp: false,
+        args: &["-c", "50"],
+    },
+    Scenario {
+        name: "new connection per request",
+        path: "/small",
+        tls: false,
+        tcp: false,
+        args: &["-c", "50", "--no-keepalive"],
+    },
+    Scenario {
+        name: "1 MiB body",
+        path: "/big",
+        tls: false,
+        tcp: false,
+        args: &["-c", "10"],
+    },
+    Scenario {
+        name: "TLS keep-alive",
+        path: "/small",
+        tls: true,
+        tcp: false,
+        args: &["-c", "50"],
+    },
+    Scenario {
+        name: "TLS handshake per request",
+        path: "/small",
+        tls: true,
+        tcp: false,
+        args: &["-c", "50", "--no-keepalive", "--no-resumption"],
+    },
+    Scenario {
+        name: "L4 TCP connections",
+        path: "",
+        tls: false,
+        tcp: true,
+        args: &["-c", "50"],
+    },
+];
+
+/// Kills its process on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program` on `cpu`, its output in `log`; fails if it exits within half a second.
+fn spawn_pinned(cpu: &str, program: &str, args: &[&str], log: &Path) -> Result<Running> {
+    let file = std::fs::File::create(log)?;
+    let mut child = Command::new("taskset")
+        .args(["-c", cpu, program])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(status) = child.try_wait()? {
+        bail!(
+            "{program} exited ({status}): {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    Ok(Running(child))
+}
+
+fn nginx_stream_module() -> Option<&'static str> {
+    let path = "/usr/lib/nginx/modules/ngx_stream_module.so";
+    Path::new(path).exists().then_some(path)
+}
+
+fn write_configs(dir: &Path, cert: &Path, key: &Path) -> Result<()> {
+    std::fs::write(dir.join("big.bin"), vec![b'x'; 1 << 20])?;
+    let backends = BACKEND_PORTS
+        .iter()
+        .map(|p| {
+            format!(
+                "  server {{ listen 127.0.0.1:{p}; location = /small {{ return 200 \"hello\\n\"; }} \
+                 location = /big {{ alias {dir}/big.bin; }} }}\n",
+                dir = dir.display()
+            )
+        })
+        .collect::<String>();
+    std::fs::write(
+        dir.join("backends.conf"),
+        format!(
+            "worker_processes 1; daemon off; master_process off; pid {d}/backends.pid; error_log {d}/backends.err;\n\
+             events {{ worker_connections 8192; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n{backends}}}\n",
+            d = dir.display()
+        ),
+    )?;
+    let upstream: String = BACKEND_PORTS
+        .iter()
+        .map(|p| format!("server 127.0.0.1:{p};"))
+        .collect();
+    let stream = nginx_stream_module()
+        .map(|_| {
+            format!(
+                "stream {{ upstream tcpb {{ {upstream} }} server {{ listen 127.0.0.1:{}; proxy_pass tcpb; }} }}\n",
+                Proxy::Nginx.tcp_port()
+            )
+        })
+        .unwrap_or_default();
+    let load = nginx_stream_module()
+        .map(|m| format!("load_module {m};\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "{load}worker_processes 1; daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/nginx.err;\n\
+             events {{ worker_connections 8192; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+               upstream b {{ {upstream} keepalive 64; }}\n\
+               server {{ listen 127.0.0.1:{http}; listen 127.0.0.1:{tls} ssl;\n\
+                 ssl_certificate {cert}; ssl_certificate_key {key};\n\
+                 location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n\
+             {stream}",
+            d = dir.display(),
+            http = Proxy::Nginx.http_port(),
+            tls = Proxy::Nginx.tls_port(),
+            cert = cert.display(),
+            key = key.display()
+        ),
+    )?;
+    let servers: String = BACKEND_PORTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("  server b{i} 127.0.0.1:{p}\n"))
+        .collect();
+    let pem = dir.join("haproxy.pem");
+    std::fs::write(
+        &pem,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(cert)?,
+            std::fs::read_to_string(key)?
+        ),
+    )?;
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n  nbthread 1\n  maxconn 8000\n\
+             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
+             frontend web\n  bind 127.0.0.1:{http}\n  bind 127.0.0.1:{tls} ssl crt {pem}\n  default_backend b\n\
+             backend b\n  balance roundrobin\n{servers}\
+             listen tcp\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  balance roundrobin\n{servers}",
+            http = Proxy::Haproxy.http_port(),
+            tls = Proxy::Haproxy.tls_port(),
+            tcp = Proxy::Haproxy.tcp_port(),
+            pem = pem.display()
+        ),
+    )?;
+    Ok(())
+}
+
+/// One `lb bench` run on CPU 1; returns (req/s, p99 µs).
+fn bench_once(lb: &Path, url: &str, args: &[&str], ca: &Path) -> Result<(f64, f64)> {
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(lb)
+        .args(["bench", "--json", "--threads", "1", "-d"])
+        .arg(format!("{SECONDS}s"))
+        .args(["--warmup", "1s", "--cacert"])
+        .arg(ca)
+        .args(args)
+        .arg(url)
+        .output()
+        .context("running lb bench")?;
+    if !out.status.success() {
+        bail!("lb bench {url}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    if json["non_2xx"].as_u64().unwrap_or(0) > 0 || json["errors"].as_u64().unwrap_or(0) > 0 {
+        bail!("lb bench {url}: failures: {json}");
+    }
+    // Successful requests (HTTP) or connections (L4) per second.
+    let rate = match json["ok_per_s"].as_f64() {
+        Some(rate) => rate,
+        None => json["ok"].as_f64().unwrap_or(0.0) / json["duration_s"].as_f64().unwrap_or(1.0),
+    };
+    let p99 = json["latency_us"]["p99"].as_f64().unwrap_or(f64::NAN);
+    Ok((rate, p99))
+}
+
+fn main() -> Result<()> {
+    for tool in ["nginx", "haproxy", "taskset"] {
+        if Command::new("which").arg(tool).output()?.stdout.is_empty() {
+            bail!("{tool} not found: apt-get install nginx haproxy util-linux");
+        }
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace")?
+        .to_path_buf();
+    let status = Command::new("cargo")
+        .current_dir(&workspace)
+        .args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"])
+        .status()?;
+    if !status.success() {
+        bail!("building lb failed");
+    }
+    let lb = workspace.join("target/release/lb");
+    let dir = std::env::temp_dir().join(format!("lb-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem())?;
+    std::fs::write(&key_path, cert.key_pair.serialize_pem())?;
+    write_configs(&dir, &cert_path, &key_path)?;
+
+    let conf = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let log = |name: &str| dir.join(format!("{name}.log"));
+    let _backends = spawn_pinned(
+        "0",
+        "nginx",
+        &["-c", &conf("backends.conf")],
+        &log("backends"),
+    )?;
+    let _nginx = spawn_pinned("0", "nginx", &["-c", &conf("nginx.conf")], &log("nginx"))?;
+    let _haproxy = spawn_pinned(
+        "0",
+        "haproxy",
+        &["-f", &conf("haproxy.cfg"), "-db"],
+        &log("haproxy"),
+    )?;
+
+    let mut table = String::from(
+        "| scenario | nginx req/s | haproxy req/s | lb req/s | lb / best peer | p99 nginx / haproxy / lb |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for scenario in SCENARIOS {
+        let mut cells = Vec::new();
+        let mut p99s = Vec::new();
+        for proxy in [Proxy::Nginx, Proxy::Haproxy, Proxy::Lb] {
+            if proxy == Proxy::Lb {
+                // No L7 listener in lb yet; its L4 tier runs in namespaces (benches/l4_pps).
+                cells.push(None);
+                p99s.push("-".to_owned());
+                continue;
+            }
+            if scenario.tcp && proxy == Proxy::Nginx && nginx_stream_module().is_none() {
+                cells.push(None);
+                p99s.push("-".to_owned());
+                continue;
+            }
+            let url = if scenario.tcp {
+                format!("tcp://127.0.0.1:{}", proxy.tcp_port())
+            } else if scenario.tls {
+                format!("https://localhost:{}{}", proxy.tls_port(), scenario.path)
+            } else {
+                format!("http://127.0.0.1:{}{}", proxy.http_port(), scenario.path)
+            };
+            let mut runs = Vec::new();
+            let mut p99 = Vec::new();
+            for _ in 0..ROUNDS {
+                let (rate, lat) = bench_once(&lb, &url, scenario.args, &cert_path)?;
+                runs.push(rate);
+                p99.push(lat);
+            }
+            if runs.iter().any(|r| *r <= 0.0) {
+                bail!(
+                    "{} through {}: no successful requests",
+                    scenario.name,
+                    proxy.name()
+                );
+            }
+            runs.sort_by(f64::total_cmp);
+            p99.sort_by(f64::total_cmp);
+            eprintln!("{:<28} {:<8} {runs:?}", scenario.name, proxy.name());
+            p99s.push(if p99[ROUNDS / 2].is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{:.2}ms", p99[ROUNDS / 2] / 1000.0)
+            });
+            cells.push(Some(runs));
+        }
+        let median = |r: &Option<Vec<f64>>| r.as_ref().map(|r| r[ROUNDS / 2]);
+        let best_peer = median(&cells[0])
+            .unwrap_or(0.0)
+            .max(median(&cells[1]).unwrap_or(0.0));
+        let fmt = |r: &Option<Vec<f64>>| match r {
+            Some(r) => format!("{:.0} ({:.0}-{:.0})", r[ROUNDS / 2], r[0], r[ROUNDS - 1]),
+            None => "n/a".to_owned(),
+        };
+        let ratio = median(&cells[2])
+            .filter(|_| best_peer > 0.0)
+            .map_or("n/a".to_owned(), |lb| format!("{:.2}x", lb / best_peer));
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {} | {} | {} |",
+            scenario.name,
+            fmt(&cells[0]),
+            fmt(&cells[1]),
+            fmt(&cells[2]),
+            ratio,
+            p99s.join(" / ")
+        );
+    }
+    println!("{table}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
