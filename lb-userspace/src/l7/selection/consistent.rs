@@ -62,10 +62,8 @@ impl BackendSelection for ConsistentHash {
             // Walk at most the whole ring; in practice the first few slots.
             for step in 0..len {
                 let slot = ((start + step) % len) as usize;
-                if let Some(i) = ring[slot] {
-                    if eligible(&self.backends, i, excluded) {
-                        return Some(i);
-                    }
+                if let Some(i) = ring[slot].filter(|&i| eligible(&self.backends, i, excluded)) {
+                    return Some(i);
                 }
             }
         }
