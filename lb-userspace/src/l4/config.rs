@@ -19,17 +19,19 @@
 //! Every error names the file, line and reason.
 use std::{
     collections::HashSet,
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use lb_common::l4::{DEFAULT_RING_SIZE, EncapConfig, MAX_REALS, MAX_RING_SIZE, MAX_VIPS};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::maglev::is_prime;
+use crate::{
+    config::{ConfigError, RawFile},
+    maglev::is_prime,
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,38 +80,16 @@ pub struct L4Config {
     pub vips: Vec<VipConfig>,
 }
 
-/// A configuration error at a place in a file.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub path: PathBuf,
-    pub line: usize,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFile {
-    encap: Option<RawEncap>,
-    #[serde(default, rename = "vip")]
-    vips: Vec<Spanned<RawVip>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEncap {
+pub(crate) struct RawEncap {
     source_v4: Option<Spanned<String>>,
     source_v6: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawVip {
+pub(crate) struct RawVip {
     address: Spanned<String>,
     #[serde(default)]
     protocol: Protocol,
@@ -139,18 +119,23 @@ impl L4Config {
         Self::parse(&text, path)
     }
 
-    /// Parses `text`; errors name `path` (only used for messages).
+    /// Parses `text` (the whole backend file; this takes its L4 sections); errors name `path`
+    /// (only used for messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let err = |span: Range<usize>, message: String| ConfigError {
-            path: path.to_owned(),
-            line: line_of(text, span.start),
-            message,
-        };
-        let raw: RawFile = toml::from_str(text)
-            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim().to_owned()))?;
+        let raw = RawFile::parse(text, path)?;
+        Self::from_raw(raw.encap, raw.vips, text, path)
+    }
+
+    pub(crate) fn from_raw(
+        encap_section: Option<RawEncap>,
+        raw_vips: Vec<Spanned<RawVip>>,
+        text: &str,
+        path: &Path,
+    ) -> Result<Self, ConfigError> {
+        let err = |span: Range<usize>, message: String| ConfigError::at(path, text, span, message);
 
         let mut encap = EncapConfig::default();
-        if let Some(e) = raw.encap {
+        if let Some(e) = encap_section {
             if let Some(v4) = e.source_v4 {
                 let addr: Ipv4Addr = v4.get_ref().parse().map_err(|_| {
                     err(
@@ -171,14 +156,14 @@ impl L4Config {
             }
         }
 
-        if raw.vips.len() > MAX_VIPS as usize {
-            let span = raw.vips[MAX_VIPS as usize].span();
+        if raw_vips.len() > MAX_VIPS as usize {
+            let span = raw_vips[MAX_VIPS as usize].span();
             return Err(err(span, format!("more than {MAX_VIPS} VIPs")));
         }
         let mut seen = HashSet::new();
         let mut total_reals = 0usize;
-        let mut vips = Vec::with_capacity(raw.vips.len());
-        for spanned in raw.vips {
+        let mut vips = Vec::with_capacity(raw_vips.len());
+        for spanned in raw_vips {
             let span = spanned.span();
             let vip = spanned.into_inner();
             let addr_text = vip.address.get_ref();
@@ -254,11 +239,6 @@ impl L4Config {
         }
         Ok(Self { encap, vips })
     }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset.min(text.len()))
-        .map_or(1, |before| before.matches('\n').count() + 1)
 }
 
 #[cfg(test)]

@@ -1,3 +1,17 @@
-//! The L7 tier (in progress): upstream pools and how a backend is chosen for a request.
-//! Listeners, routing and the proxy itself come next (see the L7 issue).
+//! The L7 tier (in progress): an HTTP reverse proxy with routing and upstream pools.
+//!
+//! - `config.rs`: the `[[pool]]`, `[[listener]]`, `[[route]]` sections of the backend file.
+//! - `selection/`: backend choice (one module per algorithm).
+//! - `pool.rs`: a pool's backends, algorithm, in-flight counts and keep-alive client.
+//! - `headers.rs`: hop-by-hop removal, X-Forwarded-*, X-Request-Id.
+//! - `proxy.rs`: listeners, routing, forwarding, retries.
+pub mod config;
+mod headers;
+mod pool;
+mod proxy;
 pub mod selection;
+
+pub use config::{
+    Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,
+};
+pub use proxy::{L7Error, RunningL7, serve};
