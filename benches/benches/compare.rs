@@ -3,8 +3,8 @@
 //! scenario runs `ROUNDS` times per proxy; the table shows median req/s (min-max), p99, and the
 //! ratio to the best of NGINX and HAProxy.
 //!
-//! lb's L7 tier does not exist yet, so lb has no entry in the HTTP scenarios; the harness will
-//! pick it up when `lb` gains an HTTP listener (see `Proxy::Lb`).
+//! lb runs `lb l7` (plain HTTP so far: TLS listeners and the TCP proxy are still to come, so
+//! those rows have no lb entry yet).
 use std::{
     fmt::Write as _,
     path::Path,
@@ -207,6 +207,19 @@ fn write_configs(dir: &Path, cert: &Path, key: &Path) -> Result<()> {
             std::fs::read_to_string(key)?
         ),
     )?;
+    let lb_backends: String = BACKEND_PORTS
+        .iter()
+        .map(|p| format!("[[pool.backend]]\naddress = \"127.0.0.1:{p}\"\n"))
+        .collect();
+    std::fs::write(
+        dir.join("lb.toml"),
+        format!(
+            "[[pool]]\nname = \"b\"\nalgorithm = \"round_robin\"\n{lb_backends}\
+             [[listener]]\nname = \"web\"\naddress = \"127.0.0.1:{}\"\n\
+             [[route]]\nlistener = \"web\"\npool = \"b\"\n",
+            Proxy::Lb.http_port()
+        ),
+    )?;
     std::fs::write(
         dir.join("haproxy.cfg"),
         format!(
@@ -294,6 +307,13 @@ fn main() -> Result<()> {
         &["-f", &conf("haproxy.cfg"), "-db"],
         &log("haproxy"),
     )?;
+    let lb_path = lb.to_string_lossy().into_owned();
+    let _lb = spawn_pinned(
+        "0",
+        &lb_path,
+        &["l7", "--threads", "1", "--config", &conf("lb.toml")],
+        &log("lb"),
+    )?;
 
     let mut table = String::from(
         "| scenario | nginx req/s | haproxy req/s | lb req/s | lb / best peer | p99 nginx / haproxy / lb |\n\
@@ -303,8 +323,8 @@ fn main() -> Result<()> {
         let mut cells = Vec::new();
         let mut p99s = Vec::new();
         for proxy in [Proxy::Nginx, Proxy::Haproxy, Proxy::Lb] {
-            if proxy == Proxy::Lb {
-                // No L7 listener in lb yet; its L4 tier runs in namespaces (benches/l4_pps).
+            if proxy == Proxy::Lb && (scenario.tls || scenario.tcp) {
+                // lb has no TLS listener or TCP proxy yet.
                 cells.push(None);
                 p99s.push("-".to_owned());
                 continue;

@@ -35,6 +35,15 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stats_interval: u64,
     },
+    /// The L7 tier: HTTP listeners, routes and upstream pools from the backend file.
+    L7 {
+        /// Backend file (TOML) with [[listener]], [[route]] and [[pool]] sections.
+        #[arg(long)]
+        config: PathBuf,
+        /// Worker threads (default: the CPUs this process may use).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Load generator: throughput and latency of an HTTP(S) target, closed or open loop.
     Bench(Box<cli::bench::BenchArgs>),
     /// Run on a real server: strip the IPIP/IP6IP6 header lb adds, so packets reach the VIP
@@ -73,9 +82,11 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    if let Command::Bench(args) = cli.command {
-        // Its own multi-threaded runtime: the load generator needs every core.
-        return cli::bench::run(*args);
+    // These two size their own multi-threaded runtimes.
+    match cli.command {
+        Command::Bench(args) => return cli::bench::run(*args),
+        Command::L7 { config, threads } => return cli::l7::run(&config, threads),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -95,7 +106,9 @@ fn main() -> anyhow::Result<()> {
                 stats_interval,
             } => cli::l4::run(&iface, xdp_mode, &config, stats_interval).await,
             Command::Decap { iface, xdp_mode } => cli::decap::run(&iface, xdp_mode).await,
-            Command::Bench(_) => Err(anyhow::anyhow!("lb bench runs on its own runtime")),
+            Command::Bench(_) | Command::L7 { .. } => {
+                Err(anyhow::anyhow!("this command runs on its own runtime"))
+            }
         }
     })
 }

@@ -2,5 +2,6 @@
 pub mod bench;
 pub mod decap;
 pub mod l4;
+pub mod l7;
 pub mod signals;
 pub mod xdp;

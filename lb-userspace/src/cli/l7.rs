@@ -1,0 +1,46 @@
+//! `lb l7`: the L7 tier on its own (HTTP listeners, routes, pools from the backend file) until
+//! SIGINT/SIGTERM.
+use std::path::Path;
+
+use anyhow::Context as _;
+use lb::l7::{self, L7Config};
+
+use super::signals::{Event, Signals};
+
+pub fn run(config_path: &Path, threads: Option<usize>) -> anyhow::Result<()> {
+    let config = L7Config::from_file(config_path)?;
+    anyhow::ensure!(
+        !config.listeners.is_empty(),
+        "{}: no [[listener]] sections",
+        config_path.display()
+    );
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    runtime
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(async {
+            let running = l7::serve(config).await?;
+            for (name, addr) in &running.listeners {
+                tracing::info!(listener = %name, %addr, "listening");
+                println!("listening name={name} address={addr}");
+            }
+            let mut signals = Signals::install()?;
+            loop {
+                match signals.next().await {
+                    Event::Stop(name) => {
+                        tracing::info!(signal = name, "stopping");
+                        break;
+                    }
+                    Event::Reload => {
+                        tracing::info!("SIGHUP: reload is not implemented for lb l7 yet")
+                    }
+                }
+            }
+            drop(running);
+            Ok(())
+        })
+}
