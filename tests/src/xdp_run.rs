@@ -42,6 +42,14 @@ impl XdpRunner {
         Ok(Self { ebpf, program })
     }
 
+    fn program(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(self.program)
+            .context("program vanished")?
+            .try_into()?)
+    }
+
     pub fn run(&mut self, frame: &[u8]) -> Result<RunResult> {
         self.run_repeat(frame, 1)
     }
@@ -49,11 +57,7 @@ impl XdpRunner {
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
         // Room for encapsulation to grow the frame.
         let mut out = vec![0u8; frame.len() + 256];
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(self.program)
-            .context("program vanished")?
-            .try_into()?;
+        let prog = self.program()?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
@@ -92,11 +96,7 @@ impl XdpRunner {
         if let Some(ifindex) = ingress_ifindex {
             ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
         }
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(self.program)
-            .context("program vanished")?
-            .try_into()?;
+        let prog = self.program()?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat;

@@ -135,15 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
         // Body.
         let body_bytes = match length {
             BodyLength::Exact(n) => {
-                let mut left = n;
-                while left > 0 {
-                    if self.buf.is_empty() && self.fill().await? == 0 {
-                        return Err(TransportError::Reset);
-                    }
-                    let take = left.min(self.buf.len() as u64);
-                    self.buf.advance(take as usize);
-                    left -= take;
-                }
+                self.skip(n).await?;
                 n
             }
             BodyLength::Chunked => self.chunked_body().await?,
@@ -162,6 +154,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
             self.open = false;
         }
         Ok(Response { status, body_bytes })
+    }
+
+    /// Consumes `n` bytes of the stream (body bytes are counted, not kept).
+    async fn skip(&mut self, n: u64) -> Result<(), TransportError> {
+        let mut left = n;
+        while left > 0 {
+            if self.buf.is_empty() && self.fill().await? == 0 {
+                return Err(TransportError::Reset);
+            }
+            let take = left.min(self.buf.len() as u64);
+            self.buf.advance(take as usize);
+            left -= take;
+        }
+        Ok(())
     }
 
     async fn chunked_body(&mut self) -> Result<u64, TransportError> {
@@ -199,15 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
                 }
             }
             // Chunk data plus its CRLF.
-            let mut left = size + 2;
-            while left > 0 {
-                if self.buf.is_empty() && self.fill().await? == 0 {
-                    return Err(TransportError::Reset);
-                }
-                let take = left.min(self.buf.len() as u64);
-                self.buf.advance(take as usize);
-                left -= take;
-            }
+            self.skip(size + 2).await?;
             total += size;
         }
     }

@@ -145,17 +145,7 @@ pub async fn run_l4(config: L4Config) -> std::io::Result<L4Report> {
         errors: counters.errors.load(Ordering::Relaxed),
         replies: counters.replies.load(Ordering::Relaxed),
         ok_per_s: ok as f64 / elapsed.as_secs_f64(),
-        latency_us: latency.as_ref().and_then(|h| {
-            (!h.is_empty()).then(|| LatencySummary {
-                min: h.min(),
-                mean: h.mean(),
-                p50: h.value_at_quantile(0.5),
-                p90: h.value_at_quantile(0.9),
-                p99: h.value_at_quantile(0.99),
-                p999: h.value_at_quantile(0.999),
-                max: h.max(),
-            })
-        }),
+        latency_us: latency.as_ref().and_then(LatencySummary::of),
     })
 }
 

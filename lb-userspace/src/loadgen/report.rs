@@ -100,7 +100,7 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
-    fn of(h: &Histogram<u64>) -> Option<Self> {
+    pub(crate) fn of(h: &Histogram<u64>) -> Option<Self> {
         (!h.is_empty()).then(|| Self {
             min: h.min(),
             mean: h.mean(),
