@@ -291,3 +291,123 @@ fn config_errors_name_file_line_and_reason() {
         assert_eq!(err.to_string(), expected);
     }
 }
+
+/// Writes a self-signed certificate for `names` to temp files; returns (cert, key) paths.
+fn cert_files(names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(
+        names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+    )
+    .expect("cert");
+    let dir = std::env::temp_dir();
+    let tag = format!("lbt-{}-{}", std::process::id(), names[0]);
+    let (c, k) = (
+        dir.join(format!("{tag}.pem")),
+        dir.join(format!("{tag}.key")),
+    );
+    std::fs::write(&c, cert.cert.pem()).expect("write cert");
+    std::fs::write(&k, cert.key_pair.serialize_pem()).expect("write key");
+    (c, k)
+}
+
+/// Connects with SNI `name`, trusting only `ca`: succeeds only if the proxy served that cert.
+async fn tls_handshake(addr: SocketAddr, name: &str, ca: &std::path::Path) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).expect("ca");
+    for cert in rustls_pemfile_certs(&pem) {
+        roots.add(cert).expect("add root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
+    connector.connect(server_name, tcp).await.is_ok()
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .expect("pem")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listener_picks_certificates_by_sni_and_speaks_h2() {
+    let log = Log::default();
+    let a = backend("tls-a", log.clone()).await;
+    let (cert_a, key_a) = cert_files(&["localhost", "127.0.0.1"]);
+    let (cert_b, key_b) = cert_files(&["b.test", "*.b.test"]);
+    let (_proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{a}\"\n\
+         [[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\n\
+         [[listener.tls]]\ncert = \"{}\"\nkey = \"{}\"\nserver_names = [\"localhost\"]\n\
+         [[listener.tls]]\ncert = \"{}\"\nkey = \"{}\"\nserver_names = [\"b.test\", \"*.b.test\"]\n\
+         [[route]]\nlistener = \"tls\"\npool = \"web\"\n",
+        cert_a.display(),
+        key_a.display(),
+        cert_b.display(),
+        key_b.display()
+    ))
+    .await;
+    assert!(
+        tls_handshake(addr, "b.test", &cert_b).await,
+        "exact SNI name"
+    );
+    assert!(
+        tls_handshake(addr, "x.b.test", &cert_b).await,
+        "wildcard SNI name"
+    );
+    // An IP address as server name sends no SNI: the listener's first certificate answers.
+    assert!(
+        tls_handshake(addr, "127.0.0.1", &cert_a).await,
+        "default certificate"
+    );
+    assert!(
+        !tls_handshake(addr, "b.test", &cert_a).await,
+        "b.test is not served cert A"
+    );
+
+    for version in [
+        lb::loadgen::HttpVersion::Http1,
+        lb::loadgen::HttpVersion::Http2,
+    ] {
+        let report = lb::loadgen::run(lb::loadgen::BenchConfig {
+            target: lb::loadgen::Target::parse(
+                &[format!("https://localhost:{}/s", addr.port())],
+                "GET",
+                &[],
+                Bytes::new(),
+            )
+            .expect("target"),
+            connections: 2,
+            duration: None,
+            requests: Some(50),
+            warmup: std::time::Duration::ZERO,
+            mode: lb::loadgen::LoadMode::Closed,
+            version,
+            keep_alive: true,
+            proxy: None,
+            insecure: false,
+            ca_file: Some(cert_a.clone()),
+            resumption: true,
+            timeout: std::time::Duration::from_secs(5),
+            progress: false,
+        })
+        .await
+        .expect("bench");
+        assert_eq!(report.ok, 50, "{version:?}");
+    }
+    let seen = log.lock().expect("log").clone();
+    assert_eq!(seen.len(), 100);
+    assert!(
+        seen.iter()
+            .all(|(_, _, h)| h["x-forwarded-proto"] == "https")
+    );
+    for p in [cert_a, key_a, cert_b, key_b] {
+        let _ = std::fs::remove_file(p);
+    }
+}

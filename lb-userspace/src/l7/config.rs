@@ -15,7 +15,11 @@
 //!
 //! [[listener]]
 //! name = "public"
-//! address = "0.0.0.0:8080"
+//! address = "0.0.0.0:8443"
+//!   [[listener.tls]]             # optional: HTTPS; certificates chosen by SNI
+//!   cert = "/etc/lb/site.pem"    # chain, PEM
+//!   key = "/etc/lb/site.key"
+//!   server_names = ["example.com", "*.example.com"]   # the first cert is also the default
 //!
 //! [[route]]                      # first match wins, in file order
 //! listener = "public"
@@ -24,7 +28,13 @@
 //! strip_prefix = true            # remove the prefix before forwarding
 //! pool = "web"
 //! ```
-use std::{collections::HashSet, net::SocketAddr, ops::Range, path::Path, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -60,10 +70,22 @@ pub struct PoolConfig {
     pub retries: u32,
 }
 
+/// One certificate of an HTTPS listener.
+#[derive(Clone, Debug)]
+pub struct TlsCertConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SNI names it answers for (exact or `*.suffix`); the listener's first certificate also
+    /// answers everything else.
+    pub server_names: Vec<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
     pub name: String,
     pub addr: SocketAddr,
+    /// Empty: plain HTTP. Otherwise HTTPS with these certificates.
+    pub tls: Vec<TlsCertConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +154,17 @@ struct RawBackend {
 pub(crate) struct RawListener {
     name: Spanned<String>,
     address: Spanned<String>,
+    #[serde(default)]
+    tls: Vec<RawTlsCert>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTlsCert {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    server_names: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -261,7 +294,16 @@ impl L7Config {
                     ),
                 )
             })?;
-            listeners.push(ListenerConfig { name, addr });
+            let tls = l
+                .tls
+                .into_iter()
+                .map(|t| TlsCertConfig {
+                    cert: t.cert,
+                    key: t.key,
+                    server_names: t.server_names,
+                })
+                .collect();
+            listeners.push(ListenerConfig { name, addr, tls });
         }
 
         let mut routes = Vec::new();

@@ -5,11 +5,13 @@
 //! - `pool.rs`: a pool's backends, algorithm, in-flight counts and keep-alive client.
 //! - `headers.rs`: hop-by-hop removal, X-Forwarded-*, X-Request-Id.
 //! - `proxy.rs`: listeners, routing, forwarding, retries.
+//! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
 pub mod config;
 mod headers;
 mod pool;
 mod proxy;
 pub mod selection;
+mod tls;
 
 pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,

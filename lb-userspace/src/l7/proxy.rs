@@ -40,6 +40,12 @@ pub enum L7Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("listener {name}: {source}")]
+    Tls {
+        name: String,
+        #[source]
+        source: super::tls::TlsError,
+    },
     #[error("pool {pool}: {source}")]
     Pool {
         pool: String,
@@ -101,15 +107,29 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
                 addr: l.addr,
                 source,
             })?;
+        let tls = if l.tls.is_empty() {
+            None
+        } else {
+            let config = super::tls::server_config(&l.tls).map_err(|source| L7Error::Tls {
+                name: l.name.clone(),
+                source,
+            })?;
+            Some(tokio_rustls::TlsAcceptor::from(config))
+        };
         let bound = listener.local_addr().unwrap_or(l.addr);
         listeners.push((l.name.clone(), bound));
         let (name, shared) = (Arc::<str>::from(l.name.as_str()), shared.clone());
-        tasks.push(tokio::spawn(accept_loop(listener, name, shared)));
+        tasks.push(tokio::spawn(accept_loop(listener, name, tls, shared)));
     }
     Ok(RunningL7 { listeners, tasks })
 }
 
-async fn accept_loop(listener: TcpListener, name: Arc<str>, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -120,15 +140,31 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, shared: Arc<Shared>)
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (name, shared) = (name.clone(), shared.clone());
+        let (name, shared, tls) = (name.clone(), shared.clone(), tls.clone());
         tokio::spawn(async move {
+            let proto = if tls.is_some() { "https" } else { "http" };
             let service = service_fn(move |req| {
                 let (name, shared) = (name.clone(), shared.clone());
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &name, peer, &shared).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        handle(req, &name, peer, proto, &shared).await,
+                    )
+                }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                }
+                Some(acceptor) => {
+                    // A failed handshake just ends this connection.
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            }
         });
     }
 }
@@ -217,6 +253,7 @@ async fn handle(
     req: Request<Incoming>,
     listener: &str,
     peer: SocketAddr,
+    proto: &'static str,
     shared: &Shared,
 ) -> Response<ProxyBody> {
     let host = host_of(&req);
@@ -251,7 +288,7 @@ async fn handle(
     set_forwarded(
         &mut parts.headers,
         peer.ip(),
-        "http",
+        proto,
         host.as_deref(),
         || {
             let n = shared.request_ids.fetch_add(1, Ordering::Relaxed);
