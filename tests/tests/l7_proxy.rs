@@ -411,3 +411,82 @@ async fn https_listener_picks_certificates_by_sni_and_speaks_h2() {
         let _ = std::fs::remove_file(p);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_from_trusted_peers_sets_the_client() {
+    let log = Log::default();
+    let a = backend("pp-a", log.clone()).await;
+    let pool = format!("[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{a}\"\n");
+    let (proxy, addr) = start(&format!(
+        "{pool}[[listener]]\nname = \"pp\"\naddress = \"127.0.0.1:0\"\n\
+         proxy_protocol_from = [\"127.0.0.1/32\"]\nproxy_protocol_timeout = \"300ms\"\n\
+         [[route]]\nlistener = \"pp\"\npool = \"web\"\n"
+    ))
+    .await;
+
+    // v1 header naming another client: that client is what the backend hears about.
+    let header = "PROXY TCP4 203.0.113.5 10.0.0.1 40000 80\r\n";
+    let (status, _) = get(addr, &format!("{header}{}", request("GET", "s", "/v1", ""))).await;
+    assert_eq!(status, 200);
+    let seen = log.lock().expect("log").clone();
+    assert_eq!(seen[0].2["x-real-ip"], "203.0.113.5");
+    assert_eq!(seen[0].2["x-forwarded-for"], "203.0.113.5");
+
+    // v2 headers from the load generator.
+    let cfg = lb::loadgen::BenchConfig {
+        target: lb::loadgen::Target::parse(
+            &[format!("http://{addr}/v2")],
+            "GET",
+            &[],
+            Bytes::new(),
+        )
+        .expect("target"),
+        connections: 2,
+        duration: None,
+        requests: Some(20),
+        warmup: std::time::Duration::ZERO,
+        mode: lb::loadgen::LoadMode::Closed,
+        version: lb::loadgen::HttpVersion::Http1,
+        keep_alive: true,
+        proxy: Some(lb::loadgen::ProxyHeaderVersion::V2),
+        insecure: false,
+        ca_file: None,
+        resumption: true,
+        timeout: std::time::Duration::from_secs(5),
+        progress: false,
+    };
+    assert_eq!(lb::loadgen::run(cfg).await.expect("bench").ok, 20);
+
+    // A trusted peer without a header, or silent until the deadline: closed and counted.
+    let mut bare = TcpStream::connect(addr).await.expect("connect");
+    bare.write_all(request("GET", "s", "/none", "").as_bytes())
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    // Closed without a response (a reset, since the request was left unread).
+    let _ = bare.read_to_end(&mut reply).await;
+    assert!(reply.is_empty(), "no response: {reply:?}");
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let started = std::time::Instant::now();
+    assert_eq!(silent.read(&mut buf).await.expect("read"), 0, "closed");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    assert_eq!(proxy.proxy_header_errors(), 2);
+    assert!(
+        !log.lock()
+            .expect("log")
+            .iter()
+            .any(|(_, p, _)| p == "/none")
+    );
+
+    // A listener that trusts only other networks serves this peer as it is.
+    let (_plain, plain_addr) = start(&format!(
+        "{pool}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+         proxy_protocol_from = [\"10.0.0.0/8\"]\n[[route]]\nlistener = \"l\"\npool = \"web\"\n"
+    ))
+    .await;
+    let (status, _) = get(plain_addr, &request("GET", "s", "/plain", "")).await;
+    assert_eq!(status, 200);
+    let last = log.lock().expect("log").last().cloned().expect("request");
+    assert_eq!(last.2["x-real-ip"], "127.0.0.1");
+}

@@ -20,6 +20,8 @@
 //!   cert = "/etc/lb/site.pem"    # chain, PEM
 //!   key = "/etc/lb/site.key"
 //!   server_names = ["example.com", "*.example.com"]   # the first cert is also the default
+//! proxy_protocol_from = ["10.0.0.0/8"]   # these peers must send a PROXY v1/v2 header first
+//! proxy_protocol_timeout = "5s"
 //!
 //! [[route]]                      # first match wins, in file order
 //! listener = "public"
@@ -86,6 +88,9 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
     /// Empty: plain HTTP. Otherwise HTTPS with these certificates.
     pub tls: Vec<TlsCertConfig>,
+    /// Connections from these networks must start with a PROXY v1/v2 header (empty: none).
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    pub proxy_protocol_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +161,9 @@ pub(crate) struct RawListener {
     address: Spanned<String>,
     #[serde(default)]
     tls: Vec<RawTlsCert>,
+    #[serde(default)]
+    proxy_protocol_from: Vec<Spanned<String>>,
+    proxy_protocol_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -303,7 +311,30 @@ impl L7Config {
                     server_names: t.server_names,
                 })
                 .collect();
-            listeners.push(ListenerConfig { name, addr, tls });
+            let proxy_protocol_from = l
+                .proxy_protocol_from
+                .iter()
+                .map(|net| {
+                    net.get_ref().parse::<ipnet::IpNet>().map_err(|_| {
+                        err(
+                            net.span(),
+                            format!("{:?} is not a network (ADDRESS/PREFIX)", net.get_ref()),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let proxy_protocol_timeout = duration(
+                &l.proxy_protocol_timeout,
+                Duration::from_secs(5),
+                "proxy_protocol_timeout",
+            )?;
+            listeners.push(ListenerConfig {
+                name,
+                addr,
+                tls,
+                proxy_protocol_from,
+                proxy_protocol_timeout,
+            });
         }
 
         let mut routes = Vec::new();

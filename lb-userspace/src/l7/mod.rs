@@ -5,11 +5,13 @@
 //! - `pool.rs`: a pool's backends, algorithm, in-flight counts and keep-alive client.
 //! - `headers.rs`: hop-by-hop removal, X-Forwarded-*, X-Request-Id.
 //! - `proxy.rs`: listeners, routing, forwarding, retries.
+//! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
 pub mod config;
 mod headers;
 mod pool;
 mod proxy;
+mod proxy_header;
 pub mod selection;
 mod tls;
 

@@ -56,6 +56,8 @@ pub enum L7Error {
 
 struct Shared {
     pools: HashMap<String, Pool>,
+    /// Connections closed for a missing or bad PROXY header from a trusted source.
+    proxy_header_errors: AtomicU64,
     routes: Vec<RouteConfig>,
     request_ids: AtomicU64,
     /// Per-process random prefix so request ids from different lb processes differ.
@@ -67,6 +69,14 @@ pub struct RunningL7 {
     /// (listener name, bound address), in config order.
     pub listeners: Vec<(String, SocketAddr)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl RunningL7 {
+    /// Connections closed because a trusted source sent no valid PROXY header in time.
+    pub fn proxy_header_errors(&self) -> u64 {
+        self.shared.proxy_header_errors.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for RunningL7 {
@@ -93,6 +103,7 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
         ^ u64::from(std::process::id());
     let shared = Arc::new(Shared {
         pools,
+        proxy_header_errors: AtomicU64::new(0),
         routes: config.routes.clone(),
         request_ids: AtomicU64::new(0),
         id_prefix: seed,
@@ -119,19 +130,31 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
         let bound = listener.local_addr().unwrap_or(l.addr);
         listeners.push((l.name.clone(), bound));
         let (name, shared) = (Arc::<str>::from(l.name.as_str()), shared.clone());
-        tasks.push(tokio::spawn(accept_loop(listener, name, tls, shared)));
+        let proxy = (!l.proxy_protocol_from.is_empty())
+            .then(|| Arc::new((l.proxy_protocol_from.clone(), l.proxy_protocol_timeout)));
+        tasks.push(tokio::spawn(accept_loop(
+            listener, name, tls, proxy, shared,
+        )));
     }
-    Ok(RunningL7 { listeners, tasks })
+    Ok(RunningL7 {
+        listeners,
+        tasks,
+        shared,
+    })
 }
+
+/// Trusted PROXY-header senders and the deadline for their header.
+type ProxyTrust = Arc<(Vec<ipnet::IpNet>, std::time::Duration)>;
 
 async fn accept_loop(
     listener: TcpListener,
     name: Arc<str>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    proxy: Option<ProxyTrust>,
     shared: Arc<Shared>,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (mut tcp, socket_peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(err) => {
                 tracing::warn!(listener = %name, %err, "accept failed");
@@ -140,8 +163,21 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (name, shared, tls) = (name.clone(), shared.clone(), tls.clone());
+        let (name, shared, tls, proxy) = (name.clone(), shared.clone(), tls.clone(), proxy.clone());
         tokio::spawn(async move {
+            let mut peer = socket_peer;
+            if let Some(trust) = proxy.filter(|t| t.0.iter().any(|n| n.contains(&socket_peer.ip())))
+            {
+                match super::proxy_header::read(&mut tcp, trust.1).await {
+                    Ok(Some(client)) => peer = client,
+                    Ok(None) => {}
+                    Err(err) => {
+                        shared.proxy_header_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%socket_peer, %err, "PROXY header rejected");
+                        return;
+                    }
+                }
+            }
             let proto = if tls.is_some() { "https" } else { "http" };
             let service = service_fn(move |req| {
                 let (name, shared) = (name.clone(), shared.clone());
