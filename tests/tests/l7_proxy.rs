@@ -490,3 +490,58 @@ async fn proxy_protocol_from_trusted_peers_sets_the_client() {
     let last = log.lock().expect("log").last().cloned().expect("request");
     assert_eq!(last.2["x-real-ip"], "127.0.0.1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_431_413_and_slow_request_heads() {
+    let log = Log::default();
+    let a = backend("lim-a", log.clone()).await;
+    let (_proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{a}\"\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+         max_header_bytes = 8192\nmax_body_bytes = 10\nheader_timeout = \"300ms\"\n\
+         [[route]]\nlistener = \"l\"\npool = \"web\"\n"
+    ))
+    .await;
+    let big = format!("X-Big: {}\r\n", "a".repeat(10_000));
+    let (status, _) = get(addr, &request("GET", "s", "/big-head", &big)).await;
+    assert_eq!(status, 431);
+    let post = |len: usize| {
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: s\r\nConnection: close\r\nContent-Length: {len}\r\n\r\n{}",
+            "x".repeat(len)
+        )
+    };
+    assert_eq!(get(addr, &post(11)).await.0, 413);
+    assert_eq!(get(addr, &post(10)).await.0, 200);
+    let seen: Vec<String> = log
+        .lock()
+        .expect("log")
+        .iter()
+        .map(|(_, p, _)| p.clone())
+        .collect();
+    assert_eq!(
+        seen,
+        vec!["/upload".to_owned()],
+        "only the request within limits reached the backend"
+    );
+
+    // A client that never finishes its request head is cut off.
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: s\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await
+    .expect("closed within 5 s");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(250),
+        "{waited:?}"
+    );
+    assert!(waited < std::time::Duration::from_secs(3), "{waited:?}");
+}

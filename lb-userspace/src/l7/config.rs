@@ -22,6 +22,9 @@
 //!   server_names = ["example.com", "*.example.com"]   # the first cert is also the default
 //! proxy_protocol_from = ["10.0.0.0/8"]   # these peers must send a PROXY v1/v2 header first
 //! proxy_protocol_timeout = "5s"
+//! max_header_bytes = 65536      # request head limit (431 beyond), >= 8192
+//! max_body_bytes = 104857600    # declared body limit (413 before reading)
+//! header_timeout = "10s"        # complete request head within this (then closed)
 //!
 //! [[route]]                      # first match wins, in file order
 //! listener = "public"
@@ -91,6 +94,13 @@ pub struct ListenerConfig {
     /// Connections from these networks must start with a PROXY v1/v2 header (empty: none).
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
     pub proxy_protocol_timeout: Duration,
+    /// Largest request head (HTTP/1.1; answered 431 beyond), at least 8192.
+    pub max_header_bytes: usize,
+    /// Largest declared request body (Content-Length; answered 413 before reading it).
+    pub max_body_bytes: u64,
+    /// Time a client gets to send a complete request head (HTTP/1.1; then the connection is
+    /// closed, as NGINX does).
+    pub header_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +174,9 @@ pub(crate) struct RawListener {
     #[serde(default)]
     proxy_protocol_from: Vec<Spanned<String>>,
     proxy_protocol_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<usize>>,
+    max_body_bytes: Option<u64>,
+    header_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -328,12 +341,29 @@ impl L7Config {
                 Duration::from_secs(5),
                 "proxy_protocol_timeout",
             )?;
+            let max_header_bytes = match &l.max_header_bytes {
+                Some(n) if *n.get_ref() < 8192 => {
+                    return Err(err(
+                        n.span(),
+                        format!("max_header_bytes {} is below 8192", n.get_ref()),
+                    ));
+                }
+                Some(n) => *n.get_ref(),
+                None => 64 * 1024,
+            };
             listeners.push(ListenerConfig {
                 name,
                 addr,
                 tls,
                 proxy_protocol_from,
                 proxy_protocol_timeout,
+                max_header_bytes,
+                max_body_bytes: l.max_body_bytes.unwrap_or(100 << 20),
+                header_timeout: duration(
+                    &l.header_timeout,
+                    Duration::from_secs(10),
+                    "header_timeout",
+                )?,
             });
         }
 

@@ -56,6 +56,8 @@ pub enum L7Error {
 
 struct Shared {
     pools: HashMap<String, Pool>,
+    /// Per listener: largest declared request body.
+    max_body: HashMap<String, u64>,
     /// Connections closed for a missing or bad PROXY header from a trusted source.
     proxy_header_errors: AtomicU64,
     routes: Vec<RouteConfig>,
@@ -103,6 +105,11 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
         ^ u64::from(std::process::id());
     let shared = Arc::new(Shared {
         pools,
+        max_body: config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.max_body_bytes))
+            .collect(),
         proxy_header_errors: AtomicU64::new(0),
         routes: config.routes.clone(),
         request_ids: AtomicU64::new(0),
@@ -132,8 +139,9 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
         let (name, shared) = (Arc::<str>::from(l.name.as_str()), shared.clone());
         let proxy = (!l.proxy_protocol_from.is_empty())
             .then(|| Arc::new((l.proxy_protocol_from.clone(), l.proxy_protocol_timeout)));
+        let limits = (l.max_header_bytes, l.header_timeout);
         tasks.push(tokio::spawn(accept_loop(
-            listener, name, tls, proxy, shared,
+            listener, name, tls, proxy, limits, shared,
         )));
     }
     Ok(RunningL7 {
@@ -151,6 +159,7 @@ async fn accept_loop(
     name: Arc<str>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Option<ProxyTrust>,
+    (max_header_bytes, header_timeout): (usize, std::time::Duration),
     shared: Arc<Shared>,
 ) {
     loop {
@@ -187,7 +196,12 @@ async fn accept_loop(
                     )
                 }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .max_buf_size(max_header_bytes)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
             match tls {
                 None => {
                     let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
@@ -292,6 +306,14 @@ async fn handle(
     proto: &'static str,
     shared: &Shared,
 ) -> Response<ProxyBody> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| shared.max_body.get(listener).is_some_and(|max| n > *max)) {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
     let host = host_of(&req);
     let path = req.uri().path().to_owned();
     let Some(route) = route(shared, listener, host.as_deref(), &path) else {
