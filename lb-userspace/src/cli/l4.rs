@@ -22,6 +22,9 @@ pub async fn run(
     config_path: &Path,
     stats_interval: u64,
 ) -> anyhow::Result<()> {
+    // Stamp the file before reading it: a change made while we start up is then seen as a
+    // change, not taken as the starting point.
+    let mut watcher = FileWatcher::new(config_path.to_owned());
     // A bad file stops us before anything is attached.
     let config = L4Config::from_file(config_path)?;
     let mut attached = xdp::attach(iface, mode)
@@ -44,7 +47,6 @@ pub async fn run(
         config.vips.len()
     );
 
-    let mut watcher = FileWatcher::new(config_path.to_owned());
     let mut signals = Signals::install()?;
     let mut watch_tick = tokio::time::interval(WATCH_PERIOD);
     let period = (stats_interval > 0).then(|| Duration::from_secs(stats_interval));
