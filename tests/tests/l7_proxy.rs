@@ -98,6 +98,27 @@ fn config(text: &str) -> L7Config {
     L7Config::parse(text, Path::new("l7.toml")).expect("config")
 }
 
+/// A closed-loop HTTP/1.1 keep-alive run of `requests` over `connections` against `url`.
+fn bench(url: &str, connections: usize, requests: u64) -> lb::loadgen::BenchConfig {
+    lb::loadgen::BenchConfig {
+        target: lb::loadgen::Target::parse(&[url.to_owned()], "GET", &[], Bytes::new())
+            .expect("target"),
+        connections,
+        duration: None,
+        requests: Some(requests),
+        warmup: std::time::Duration::ZERO,
+        mode: lb::loadgen::LoadMode::Closed,
+        version: lb::loadgen::HttpVersion::Http1,
+        keep_alive: true,
+        proxy: None,
+        insecure: false,
+        ca_file: None,
+        resumption: true,
+        timeout: std::time::Duration::from_secs(5),
+        progress: false,
+    }
+}
+
 async fn start(text: &str) -> (l7::RunningL7, SocketAddr) {
     let running = l7::serve(config(text)).await.expect("serve");
     let addr = running.listeners[0].1;
@@ -118,25 +139,9 @@ async fn weighted_round_robin_spreads_exactly_and_reuses_upstream_connections() 
          [[route]]\nlistener = \"l\"\npool = \"web\"\n"
     ))
     .await;
-    let report = lb::loadgen::run(lb::loadgen::BenchConfig {
-        target: lb::loadgen::Target::parse(&[format!("http://{addr}/x")], "GET", &[], Bytes::new())
-            .expect("target"),
-        connections: 4,
-        duration: None,
-        requests: Some(400),
-        warmup: std::time::Duration::ZERO,
-        mode: lb::loadgen::LoadMode::Closed,
-        version: lb::loadgen::HttpVersion::Http1,
-        keep_alive: true,
-        proxy: None,
-        insecure: false,
-        ca_file: None,
-        resumption: true,
-        timeout: std::time::Duration::from_secs(5),
-        progress: false,
-    })
-    .await
-    .expect("bench");
+    let report = lb::loadgen::run(bench(&format!("http://{addr}/x"), 4, 400))
+        .await
+        .expect("bench");
     assert_eq!(report.ok, 400);
     let seen = log.lock().expect("log").clone();
     let to_a = seen.iter().filter(|(n, _, _)| n == "rr-a").count();
@@ -376,26 +381,9 @@ async fn https_listener_picks_certificates_by_sni_and_speaks_h2() {
         lb::loadgen::HttpVersion::Http2,
     ] {
         let report = lb::loadgen::run(lb::loadgen::BenchConfig {
-            target: lb::loadgen::Target::parse(
-                &[format!("https://localhost:{}/s", addr.port())],
-                "GET",
-                &[],
-                Bytes::new(),
-            )
-            .expect("target"),
-            connections: 2,
-            duration: None,
-            requests: Some(50),
-            warmup: std::time::Duration::ZERO,
-            mode: lb::loadgen::LoadMode::Closed,
             version,
-            keep_alive: true,
-            proxy: None,
-            insecure: false,
             ca_file: Some(cert_a.clone()),
-            resumption: true,
-            timeout: std::time::Duration::from_secs(5),
-            progress: false,
+            ..bench(&format!("https://localhost:{}/s", addr.port()), 2, 50)
         })
         .await
         .expect("bench");
@@ -434,26 +422,8 @@ async fn proxy_protocol_from_trusted_peers_sets_the_client() {
 
     // v2 headers from the load generator.
     let cfg = lb::loadgen::BenchConfig {
-        target: lb::loadgen::Target::parse(
-            &[format!("http://{addr}/v2")],
-            "GET",
-            &[],
-            Bytes::new(),
-        )
-        .expect("target"),
-        connections: 2,
-        duration: None,
-        requests: Some(20),
-        warmup: std::time::Duration::ZERO,
-        mode: lb::loadgen::LoadMode::Closed,
-        version: lb::loadgen::HttpVersion::Http1,
-        keep_alive: true,
         proxy: Some(lb::loadgen::ProxyHeaderVersion::V2),
-        insecure: false,
-        ca_file: None,
-        resumption: true,
-        timeout: std::time::Duration::from_secs(5),
-        progress: false,
+        ..bench(&format!("http://{addr}/v2"), 2, 20)
     };
     assert_eq!(lb::loadgen::run(cfg).await.expect("bench").ok, 20);
 

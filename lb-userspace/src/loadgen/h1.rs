@@ -120,14 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
                     }
                     break (status, length, head_len, close);
                 }
-                Ok(httparse::Status::Partial) => {
-                    if self.buf.len() > MAX_HEAD {
-                        return Err(TransportError::Protocol);
-                    }
-                    if self.fill().await? == 0 {
-                        return Err(TransportError::Reset);
-                    }
-                }
+                Ok(httparse::Status::Partial) => self.more_head().await?,
                 Err(_) => return Err(TransportError::Protocol),
             }
         };
@@ -156,6 +149,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
         Ok(Response { status, body_bytes })
     }
 
+    /// A head or chunk-size line is incomplete: read more, unless it is already too long or
+    /// the peer closed.
+    async fn more_head(&mut self) -> Result<(), TransportError> {
+        if self.buf.len() > MAX_HEAD {
+            return Err(TransportError::Protocol);
+        }
+        if self.fill().await? == 0 {
+            return Err(TransportError::Reset);
+        }
+        Ok(())
+    }
+
     /// Consumes `n` bytes of the stream (body bytes are counted, not kept).
     async fn skip(&mut self, n: u64) -> Result<(), TransportError> {
         let mut left = n;
@@ -176,14 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
             let (used, size) = loop {
                 match httparse::parse_chunk_size(&self.buf) {
                     Ok(httparse::Status::Complete((used, size))) => break (used, size),
-                    Ok(httparse::Status::Partial) => {
-                        if self.buf.len() > MAX_HEAD {
-                            return Err(TransportError::Protocol);
-                        }
-                        if self.fill().await? == 0 {
-                            return Err(TransportError::Reset);
-                        }
-                    }
+                    Ok(httparse::Status::Partial) => self.more_head().await?,
                     Err(_) => return Err(TransportError::Protocol),
                 }
             };
