@@ -4,7 +4,9 @@
 //! - `selection/`: backend choice (one module per algorithm).
 //! - `pool.rs`: a pool's backends, algorithm, in-flight counts and keep-alive client.
 //! - `headers.rs`: hop-by-hop removal, X-Forwarded-*, X-Request-Id.
-//! - `proxy.rs`: listeners, routing, forwarding, retries.
+//! - `server.rs`: listeners, accept, PROXY header, TLS, HTTP/1.1 + HTTP/2 connections.
+//! - `routing.rs`: which route a request takes.
+//! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
 pub mod config;
@@ -12,10 +14,12 @@ mod headers;
 mod pool;
 mod proxy;
 mod proxy_header;
+mod routing;
 pub mod selection;
+mod server;
 mod tls;
 
 pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,
 };
-pub use proxy::{L7Error, RunningL7, serve};
+pub use server::{L7Error, RunningL7, serve};
