@@ -13,7 +13,7 @@ pub mod config;
 mod headers;
 mod pool;
 mod proxy;
-mod proxy_header;
+pub mod proxy_header;
 mod routing;
 pub mod selection;
 mod server;

@@ -1,7 +1,14 @@
-//! PROXY protocol (v1 and v2) on the way in: a listener that expects it reads one header from
-//! each connection whose source is a trusted proxy, within a deadline, and then uses the
-//! client address it names. A trusted source that sends no valid header in time has its
-//! connection closed (and counted); untrusted sources are served as they are.
+//! PROXY protocol (v1 and v2) both ways.
+//!
+//! In: a listener that expects it reads one header from each connection whose source is a
+//! trusted proxy, within a deadline, and then uses the client address it names. A trusted
+//! source that sends no valid header in time has its connection closed (and counted);
+//! untrusted sources are served as they are.
+//!
+//! Out: `encode` builds the header a pool sends first on each new upstream connection, naming
+//! the true client and the address it connected to; v2 can carry the L4 flow id (from the XDP
+//! flow tag) as a PP2_TYPE_UNIQUE_ID TLV. The proxy-protocol crate has no TLV support, so the
+//! TLV is appended to its encoding and the v2 length field raised to match.
 use std::{
     net::{SocketAddr, SocketAddrV4, SocketAddrV6},
     time::Duration,
@@ -14,6 +21,92 @@ const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// Longest v1 header (spec: 107 bytes); v2 headers we accept are at most this long too
 /// (addresses and a few TLVs).
 const MAX_HEADER: usize = 536;
+
+/// PP2_TYPE_UNIQUE_ID (PROXY protocol spec 2.2.5): an opaque id of up to 128 bytes.
+pub const PP2_TYPE_UNIQUE_ID: u8 = 0x05;
+
+/// Which PROXY protocol version a pool sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+pub enum ProxyVersion {
+    #[serde(rename = "v1")]
+    V1,
+    #[serde(rename = "v2")]
+    V2,
+}
+
+/// The PROXY header naming `client` -> `destination` for a stream connection; v2 adds the
+/// flow id as a UNIQUE_ID TLV (8 bytes, big endian) when there is one. Mixed families (an
+/// IPv4 client reaching an IPv6 address) are sent as IPv6 with the IPv4 address mapped.
+pub fn encode(
+    version: ProxyVersion,
+    client: SocketAddr,
+    destination: SocketAddr,
+    flow_id: Option<u64>,
+) -> Vec<u8> {
+    let (client, destination) = match (client, destination) {
+        (SocketAddr::V4(c), SocketAddr::V4(d)) => (SocketAddr::V4(c), SocketAddr::V4(d)),
+        (c, d) => (SocketAddr::V6(v6(c)), SocketAddr::V6(v6(d))),
+    };
+    let header = match (version, client, destination) {
+        (ProxyVersion::V1, SocketAddr::V4(source), SocketAddr::V4(destination)) => {
+            ProxyHeader::Version1 {
+                addresses: version1::ProxyAddresses::Ipv4 {
+                    source,
+                    destination,
+                },
+            }
+        }
+        (ProxyVersion::V1, SocketAddr::V6(source), SocketAddr::V6(destination)) => {
+            ProxyHeader::Version1 {
+                addresses: version1::ProxyAddresses::Ipv6 {
+                    source,
+                    destination,
+                },
+            }
+        }
+        (ProxyVersion::V2, SocketAddr::V4(source), SocketAddr::V4(destination)) => {
+            ProxyHeader::Version2 {
+                command: version2::ProxyCommand::Proxy,
+                transport_protocol: version2::ProxyTransportProtocol::Stream,
+                addresses: version2::ProxyAddresses::Ipv4 {
+                    source,
+                    destination,
+                },
+            }
+        }
+        (ProxyVersion::V2, SocketAddr::V6(source), SocketAddr::V6(destination)) => {
+            ProxyHeader::Version2 {
+                command: version2::ProxyCommand::Proxy,
+                transport_protocol: version2::ProxyTransportProtocol::Stream,
+                addresses: version2::ProxyAddresses::Ipv6 {
+                    source,
+                    destination,
+                },
+            }
+        }
+        // Both sides were made the same family above.
+        _ => unreachable!("mixed address families"),
+    };
+    // Encoding only fails for address kinds built above never (unix sockets in v1).
+    let mut out = proxy_protocol::encode(header)
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    if let (ProxyVersion::V2, Some(id), true) = (version, flow_id, out.len() >= 16) {
+        out.push(PP2_TYPE_UNIQUE_ID);
+        out.extend_from_slice(&8u16.to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
+        let len = u16::from_be_bytes([out[14], out[15]]) + 11;
+        out[14..16].copy_from_slice(&len.to_be_bytes());
+    }
+    out
+}
+
+fn v6(addr: SocketAddr) -> SocketAddrV6 {
+    match addr {
+        SocketAddr::V6(a) => a,
+        SocketAddr::V4(a) => SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0),
+    }
+}
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyHeaderError {
@@ -135,5 +228,35 @@ mod tests {
         assert_eq!(header_len(&v2), Ok(Some(28)));
         assert_eq!(header_len(&V2_SIGNATURE[..5]), Ok(None));
         assert_eq!(header_len(&[b'P'; 120]), Err(ProxyHeaderError::Invalid));
+    }
+
+    #[test]
+    fn encoded_headers_parse_back_with_the_flow_id_tlv() {
+        let client: SocketAddr = "203.0.113.9:40000".parse().expect("addr");
+        let dest: SocketAddr = "10.0.0.1:443".parse().expect("addr");
+        let v1 = encode(ProxyVersion::V1, client, dest, Some(7));
+        assert_eq!(v1, b"PROXY TCP4 203.0.113.9 10.0.0.1 40000 443\r\n");
+        let v2 = encode(ProxyVersion::V2, client, dest, Some(0x0102_0304_0506_0708));
+        assert_eq!(header_len(&v2), Ok(Some(16 + 12 + 11)));
+        assert_eq!(
+            &v2[28..],
+            &[PP2_TYPE_UNIQUE_ID, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        let parsed = proxy_protocol::parse(&mut v2.as_slice()).expect("parses");
+        assert!(matches!(
+            parsed,
+            ProxyHeader::Version2 { addresses: version2::ProxyAddresses::Ipv4 { source, .. }, .. }
+                if SocketAddr::V4(source) == client
+        ));
+        let mixed = encode(
+            ProxyVersion::V1,
+            client,
+            "[2001:db8::1]:80".parse().expect("addr"),
+            None,
+        );
+        assert_eq!(
+            mixed,
+            b"PROXY TCP6 ::ffff:203.0.113.9 2001:db8::1 40000 80\r\n"
+        );
     }
 }
