@@ -8,6 +8,7 @@
 //! connect_timeout = "2s"
 //! request_timeout = "30s"        # until the response headers arrive
 //! retries = 1                    # idempotent requests only, each to a different backend
+//! proxy_protocol = "v2"          # optional: send a PROXY v1/v2 header on each upstream connection
 //!   [[pool.backend]]
 //!   address = "10.0.0.1:8080"
 //!   weight = 1                   # default 1; 0 = no new requests
@@ -44,7 +45,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::selection::Backend;
+use super::{proxy_header::ProxyVersion, selection::Backend};
 use crate::config::{ConfigError, RawFile};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -73,6 +74,9 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub retries: u32,
+    /// Send this PROXY protocol header first on every upstream connection (true client and
+    /// the address it connected to).
+    pub proxy_protocol: Option<ProxyVersion>,
 }
 
 /// One certificate of an HTTPS listener.
@@ -147,6 +151,7 @@ pub(crate) struct RawPool {
     request_timeout: Option<Spanned<String>>,
     #[serde(default = "one")]
     retries: u32,
+    proxy_protocol: Option<ProxyVersion>,
     #[serde(default, rename = "backend")]
     backends: Vec<Spanned<RawBackend>>,
 }
@@ -295,6 +300,7 @@ impl L7Config {
                     "request_timeout",
                 )?,
                 retries: pool.retries,
+                proxy_protocol: pool.proxy_protocol,
             });
         }
 
