@@ -1,17 +1,16 @@
 //! One client connection: TCP (+ PROXY header) (+ TLS) + HTTP/1.1 or HTTP/2 via hyper.
 use std::{
     io::BufReader,
-    net::SocketAddr,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use crate::l7::proxy_header::{self, ProxyVersion};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Uri, client::conn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy_protocol::{ProxyHeader, version1, version2};
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::{
@@ -224,8 +223,11 @@ impl Connector {
         let mut tcp = tcp;
         if let Some(version) = self.proxy {
             let local = tcp.local_addr().map_err(|_| TransportError::Connect)?;
-            let header =
-                proxy_header(version, local, self.target.addr).ok_or(TransportError::Connect)?;
+            let version = match version {
+                ProxyHeaderVersion::V1 => ProxyVersion::V1,
+                ProxyHeaderVersion::V2 => ProxyVersion::V2,
+            };
+            let header = proxy_header::encode(version, local, self.target.addr, None);
             tcp.write_all(&header)
                 .await
                 .map_err(|_| TransportError::Reset)?;
@@ -271,41 +273,6 @@ impl Connector {
         *request.headers_mut() = self.headers.clone();
         request
     }
-}
-
-fn proxy_header(version: ProxyHeaderVersion, src: SocketAddr, dst: SocketAddr) -> Option<Vec<u8>> {
-    let header = match (version, src, dst) {
-        (ProxyHeaderVersion::V1, SocketAddr::V4(s), SocketAddr::V4(d)) => ProxyHeader::Version1 {
-            addresses: version1::ProxyAddresses::Ipv4 {
-                source: s,
-                destination: d,
-            },
-        },
-        (ProxyHeaderVersion::V1, SocketAddr::V6(s), SocketAddr::V6(d)) => ProxyHeader::Version1 {
-            addresses: version1::ProxyAddresses::Ipv6 {
-                source: s,
-                destination: d,
-            },
-        },
-        (ProxyHeaderVersion::V2, SocketAddr::V4(s), SocketAddr::V4(d)) => ProxyHeader::Version2 {
-            command: version2::ProxyCommand::Proxy,
-            transport_protocol: version2::ProxyTransportProtocol::Stream,
-            addresses: version2::ProxyAddresses::Ipv4 {
-                source: s,
-                destination: d,
-            },
-        },
-        (ProxyHeaderVersion::V2, SocketAddr::V6(s), SocketAddr::V6(d)) => ProxyHeader::Version2 {
-            command: version2::ProxyCommand::Proxy,
-            transport_protocol: version2::ProxyTransportProtocol::Stream,
-            addresses: version2::ProxyAddresses::Ipv6 {
-                source: s,
-                destination: d,
-            },
-        },
-        _ => return None,
-    };
-    proxy_protocol::encode(header).ok().map(|b| b.to_vec())
 }
 
 /// A response: status and body bytes read.
