@@ -9,6 +9,9 @@
 //! request_timeout = "30s"        # until the response headers arrive
 //! retries = 1                    # idempotent requests only, each to a different backend
 //! proxy_protocol = "v2"          # optional: send a PROXY v1/v2 header on each upstream connection
+//!   [pool.health_check]          # optional: active checks (keys: see health/config.rs)
+//!   type = "http"
+//!   path = "/healthz"
 //!   [[pool.backend]]
 //!   address = "10.0.0.1:8080"
 //!   weight = 1                   # default 1; 0 = no new requests
@@ -46,7 +49,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{proxy_header::ProxyVersion, selection::Backend};
-use crate::config::{ConfigError, RawFile};
+use crate::{
+    config::{ConfigError, RawFile},
+    health::config::{HealthCheckConfig, RawHealthCheck},
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +83,8 @@ pub struct PoolConfig {
     /// Send this PROXY protocol header first on every upstream connection (true client and
     /// the address it connected to).
     pub proxy_protocol: Option<ProxyVersion>,
+    /// Active health checks of the backends (none: backends count as up).
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 /// One certificate of an HTTPS listener.
@@ -152,6 +160,7 @@ pub(crate) struct RawPool {
     #[serde(default = "one")]
     retries: u32,
     proxy_protocol: Option<ProxyVersion>,
+    health_check: Option<RawHealthCheck>,
     #[serde(default, rename = "backend")]
     backends: Vec<Spanned<RawBackend>>,
 }
@@ -301,6 +310,10 @@ impl L7Config {
                 )?,
                 retries: pool.retries,
                 proxy_protocol: pool.proxy_protocol,
+                health_check: pool
+                    .health_check
+                    .map(|raw| HealthCheckConfig::from_raw(raw, text, path))
+                    .transpose()?,
             });
         }
 

@@ -6,19 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::l7::proxy_header::{self, ProxyVersion};
+use crate::{
+    l7::proxy_header::{self, ProxyVersion},
+    tls_client::AcceptAnyCert,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Uri, client::conn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::{
-        Resumption,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    },
-    pki_types::{CertificateDer, ServerName, UnixTime},
-};
+use rustls::{ClientConfig, RootCertStore, client::Resumption, pki_types::ServerName};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -76,54 +72,6 @@ pub struct Connector {
     timeout: Duration,
 }
 
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// TLS options.
 pub struct TlsOptions<'a> {
     pub insecure: bool,
@@ -147,7 +95,7 @@ impl Connector {
             let mut config = if tls.insecure {
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCert::new(provider)))
                     .with_no_client_auth()
             } else {
                 let path = tls.ca_file.ok_or_else(|| {

@@ -1,0 +1,136 @@
+//! The rise/fall state machine of one backend (HAProxy's semantics): a backend that is up goes
+//! down after `fall` failed checks in a row; one that is down comes back after `rise`
+//! successful checks in a row. A backend starts up (so a fresh start serves at once, as nginx
+//! does) unless the caller says otherwise.
+use std::time::{Duration, Instant};
+
+/// What one observation did to the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    WentDown,
+    CameUp,
+}
+
+#[derive(Clone, Debug)]
+pub struct HealthState {
+    up: bool,
+    /// Consecutive results against the current state (failures while up, successes while down).
+    streak: u32,
+    rise: u32,
+    fall: u32,
+    /// When the backend last came up (for slow start); `None` if it has been up since start.
+    up_since: Option<Instant>,
+    pub last_error: Option<String>,
+    pub checks: u64,
+    pub failures: u64,
+}
+
+impl HealthState {
+    pub fn new(rise: u32, fall: u32, up: bool) -> Self {
+        Self {
+            up,
+            streak: 0,
+            rise: rise.max(1),
+            fall: fall.max(1),
+            up_since: None,
+            last_error: None,
+            checks: 0,
+            failures: 0,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Records one check result at `now`.
+    pub fn observe(&mut self, result: Result<(), String>, now: Instant) -> Transition {
+        self.checks += 1;
+        let ok = result.is_ok();
+        if let Err(e) = result {
+            self.failures += 1;
+            self.last_error = Some(e);
+        }
+        if ok == self.up {
+            self.streak = 0;
+            return Transition::None;
+        }
+        self.streak += 1;
+        if self.up && self.streak >= self.fall {
+            self.up = false;
+            self.streak = 0;
+            Transition::WentDown
+        } else if !self.up && self.streak >= self.rise {
+            self.up = true;
+            self.streak = 0;
+            self.up_since = Some(now);
+            self.last_error = None;
+            Transition::CameUp
+        } else {
+            Transition::None
+        }
+    }
+
+    /// The share of its configured weight a backend gets at `now` (slow start: ramps linearly
+    /// from 10% to 100% over `slow_start` after it came back up; 0 while down).
+    pub fn weight_factor(&self, now: Instant, slow_start: Duration) -> f64 {
+        if !self.up {
+            return 0.0;
+        }
+        match self.up_since {
+            Some(since) if !slow_start.is_zero() => {
+                let elapsed = now.saturating_duration_since(since).as_secs_f64();
+                (0.1 + 0.9 * elapsed / slow_start.as_secs_f64()).min(1.0)
+            }
+            _ => 1.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn falls_after_fall_failures_and_rises_after_rise_successes() {
+        let now = Instant::now();
+        let mut s = HealthState::new(2, 3, true);
+        let fail = || Err("refused".to_owned());
+        assert_eq!(s.observe(fail(), now), Transition::None);
+        assert_eq!(s.observe(fail(), now), Transition::None);
+        // A success in between resets the streak.
+        assert_eq!(s.observe(Ok(()), now), Transition::None);
+        assert_eq!(s.observe(fail(), now), Transition::None);
+        assert_eq!(s.observe(fail(), now), Transition::None);
+        assert_eq!(s.observe(fail(), now), Transition::WentDown);
+        assert!(!s.is_up());
+        assert_eq!(s.last_error.as_deref(), Some("refused"));
+        assert_eq!(s.observe(Ok(()), now), Transition::None);
+        assert_eq!(s.observe(fail(), now), Transition::None);
+        assert_eq!(s.observe(Ok(()), now), Transition::None);
+        assert_eq!(s.observe(Ok(()), now), Transition::CameUp);
+        assert!(s.is_up());
+        assert_eq!((s.checks, s.failures), (10, 6));
+    }
+
+    #[test]
+    fn slow_start_ramps_the_weight_after_recovery() {
+        let t0 = Instant::now();
+        let ramp = Duration::from_secs(10);
+        let mut s = HealthState::new(1, 1, true);
+        assert_eq!(
+            s.weight_factor(t0, ramp),
+            1.0,
+            "up since start: full weight"
+        );
+        s.observe(Err("x".into()), t0);
+        assert_eq!(s.weight_factor(t0, ramp), 0.0);
+        s.observe(Ok(()), t0);
+        assert!((s.weight_factor(t0, ramp) - 0.1).abs() < 1e-9);
+        let half = s.weight_factor(t0 + Duration::from_secs(5), ramp);
+        assert!((half - 0.55).abs() < 1e-9, "{half}");
+        assert_eq!(s.weight_factor(t0 + Duration::from_secs(11), ramp), 1.0);
+        assert_eq!(s.weight_factor(t0, Duration::ZERO), 1.0);
+    }
+}
