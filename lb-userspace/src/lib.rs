@@ -1,5 +1,6 @@
 //! lb: a layered L4/L7 load balancer. This library is what the `lb` binary is made of; the
 //! integration tests and benchmarks use it directly.
+pub mod admin;
 pub mod config;
 pub mod health;
 pub mod l4;

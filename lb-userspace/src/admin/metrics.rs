@@ -1,0 +1,388 @@
+//! Prometheus metrics (prometheus-client): live L7 counters and histograms updated by the
+//! request path, plus scrape-time values (backend health, XDP counters, reloads) taken from the
+//! latest status snapshot.
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use super::status::Status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: String,
+    pub route: String,
+    pub pool: String,
+    pub backend: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub pool: String,
+    pub backend: String,
+}
+
+/// Counters the L7 request path updates.
+#[derive(Clone)]
+pub struct L7Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<PoolLabels, Histogram>,
+    pub upstream_connect_errors: Family<BackendLabels, Counter>,
+    pub retries: Family<PoolLabels, Counter>,
+    pub retries_denied: Family<PoolLabels, Counter>,
+}
+
+impl L7Metrics {
+    fn new() -> Self {
+        Self {
+            requests: Family::default(),
+            // 0.5 ms .. ~16 s
+            request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            upstream_connect_errors: Family::default(),
+            retries: Family::default(),
+            retries_denied: Family::default(),
+        }
+    }
+}
+
+/// The registry and the handles into it.
+pub struct Metrics {
+    registry: Registry,
+    pub l7: L7Metrics,
+}
+
+impl Metrics {
+    /// Metrics whose scrape-time part reads `status`.
+    pub fn new(status: Arc<ArcSwap<Status>>) -> Self {
+        let mut registry = Registry::with_prefix("lb");
+        let l7 = L7Metrics::new();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by listener, route, pool, backend and status",
+            l7.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head to response head, by pool",
+            l7.request_seconds.clone(),
+        );
+        registry.register(
+            "upstream_connect_errors",
+            "Failed upstream connection attempts, by pool and backend",
+            l7.upstream_connect_errors.clone(),
+        );
+        registry.register("retries", "Requests retried, by pool", l7.retries.clone());
+        registry.register(
+            "retries_denied",
+            "Retries not made because the pool's retry budget was spent",
+            l7.retries_denied.clone(),
+        );
+        registry.register_collector(Box::new(StatusCollector(status)));
+        Self { registry, l7 }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Debug)]
+struct StatusCollector(Arc<ArcSwap<Status>>);
+
+fn counter<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(L, u64)],
+) -> Result<(), std::fmt::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let probe = ConstCounter::new(0u64);
+    let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
+    for (labels, value) in rows {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(L, i64)],
+) -> Result<(), std::fmt::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let probe = ConstGauge::new(0i64);
+    let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
+    for (labels, value) in rows {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipLabels {
+    vip: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RealLabels {
+    vip: String,
+    protocol: String,
+    real: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.0.load();
+        let backend =
+            |p: &super::status::PoolStatus, b: &super::status::BackendStatus| BackendLabels {
+                pool: p.name.clone(),
+                backend: b.address.clone(),
+            };
+        let backends: Vec<_> = status
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (p, b)))
+            .collect();
+        gauge(
+            &mut encoder,
+            "backend_up",
+            "1 when the backend takes new requests (healthy and not draining)",
+            &backends
+                .iter()
+                .map(|(p, b)| {
+                    (
+                        backend(p, b),
+                        i64::from(b.health == "up" || b.health == "unchecked"),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut encoder,
+            "backend_in_flight",
+            "Requests in flight to the backend",
+            &backends
+                .iter()
+                .map(|(p, b)| (backend(p, b), b.in_flight as i64))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "config_reloads",
+            "Backend-file reloads, by result",
+            &[
+                (ResultLabel { result: "ok" }, status.config.reloads_ok),
+                (
+                    ResultLabel { result: "rejected" },
+                    status.config.reloads_failed,
+                ),
+            ],
+        )?;
+        let vip = |v: &super::status::VipStatus| VipLabels {
+            vip: v.address.clone(),
+            protocol: v.protocol.clone(),
+        };
+        let vips = &status.vips;
+        counter(
+            &mut encoder,
+            "xdp_vip_packets",
+            "Packets the XDP tier forwarded for the VIP",
+            &vips.iter().map(|v| (vip(v), v.packets)).collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "xdp_vip_bytes",
+            "Bytes the XDP tier forwarded for the VIP",
+            &vips.iter().map(|v| (vip(v), v.bytes)).collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "xdp_vip_new_flows",
+            "New flows the XDP tier scheduled for the VIP",
+            &vips
+                .iter()
+                .map(|v| (vip(v), v.new_flows))
+                .collect::<Vec<_>>(),
+        )?;
+        let reals: Vec<_> = vips
+            .iter()
+            .flat_map(|v| {
+                v.reals.iter().map(move |r| {
+                    (
+                        RealLabels {
+                            vip: v.address.clone(),
+                            protocol: v.protocol.clone(),
+                            real: r.address.clone(),
+                        },
+                        r,
+                    )
+                })
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "xdp_real_packets",
+            "Packets the XDP tier sent to the real",
+            &reals
+                .iter()
+                .map(|(l, r)| (l.clone(), r.packets))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "xdp_real_bytes",
+            "Bytes the XDP tier sent to the real",
+            &reals
+                .iter()
+                .map(|(l, r)| (l.clone(), r.bytes))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "xdp_real_new_flows",
+            "New flows the XDP tier scheduled to the real",
+            &reals
+                .iter()
+                .map(|(l, r)| (l.clone(), r.new_flows))
+                .collect::<Vec<_>>(),
+        )?;
+        if let Some(xdp) = &status.xdp {
+            let named = |rows: &[(String, u64)]| {
+                rows.iter()
+                    .map(|(n, v)| (NameLabel { name: n.clone() }, *v))
+                    .collect::<Vec<_>>()
+            };
+            counter(
+                &mut encoder,
+                "xdp_packets",
+                "Packets seen by the XDP tier, by class",
+                &named(&xdp.classes),
+            )?;
+            counter(
+                &mut encoder,
+                "xdp_drops",
+                "Malformed packets dropped by the XDP tier, by reason",
+                &named(&xdp.drops),
+            )?;
+            counter(
+                &mut encoder,
+                "xdp_events",
+                "XDP datapath events",
+                &named(&xdp.events),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::status::{BackendStatus, PoolStatus, RealStatus, VipStatus, XdpStatus};
+
+    #[test]
+    fn exposition_has_live_and_snapshot_metrics() {
+        let status = Arc::new(ArcSwap::from_pointee(Status {
+            pools: vec![PoolStatus {
+                name: "web".into(),
+                algorithm: "round_robin".into(),
+                backends: vec![BackendStatus {
+                    address: "10.0.0.1:80".into(),
+                    weight: 1,
+                    backup: false,
+                    health: "down".into(),
+                    last_error: None,
+                    in_flight: 3,
+                    requests: 0,
+                    errors: 0,
+                    requests_per_second: 0.0,
+                    error_rate: 0.0,
+                }],
+            }],
+            vips: vec![VipStatus {
+                address: "10.100.0.1:80".into(),
+                protocol: "tcp".into(),
+                forward: "encap".into(),
+                packets: 7,
+                bytes: 700,
+                new_flows: 2,
+                reals: vec![RealStatus {
+                    address: "10.0.0.1".into(),
+                    weight: 1,
+                    up: true,
+                    packets: 7,
+                    bytes: 700,
+                    new_flows: 2,
+                }],
+            }],
+            xdp: Some(XdpStatus {
+                drops: vec![("bad_ipv4_header".into(), 4)],
+                ..XdpStatus::default()
+            }),
+            ..Status::default()
+        }));
+        let metrics = Metrics::new(status);
+        metrics
+            .l7
+            .requests
+            .get_or_create(&RequestLabels {
+                listener: "l".into(),
+                route: "0".into(),
+                pool: "web".into(),
+                backend: "10.0.0.1:80".into(),
+                status: 200,
+            })
+            .inc();
+        let text = metrics.render();
+        for line in [
+            "lb_http_requests_total{listener=\"l\",route=\"0\",pool=\"web\",backend=\"10.0.0.1:80\",status=\"200\"} 1",
+            "lb_backend_up{pool=\"web\",backend=\"10.0.0.1:80\"} 0",
+            "lb_backend_in_flight{pool=\"web\",backend=\"10.0.0.1:80\"} 3",
+            "lb_xdp_vip_packets_total{vip=\"10.100.0.1:80\",protocol=\"tcp\"} 7",
+            "lb_xdp_real_new_flows_total{vip=\"10.100.0.1:80\",protocol=\"tcp\",real=\"10.0.0.1\"} 2",
+            "lb_xdp_drops_total{name=\"bad_ipv4_header\"} 4",
+            "lb_config_reloads_total{result=\"ok\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

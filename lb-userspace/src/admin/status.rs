@@ -1,0 +1,89 @@
+//! The status snapshot: what the manager knows about services, pools, backends and the XDP
+//! tier at one moment. Built by the manager about once a second (and after every change),
+//! served as JSON at `/api/status`, rendered by the status page, and the source of the
+//! scrape-time metrics (health, XDP counters).
+use serde::Serialize;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub uptime_seconds: f64,
+    pub config: ConfigStatus,
+    pub listeners: Vec<ListenerStatus>,
+    pub pools: Vec<PoolStatus>,
+    pub vips: Vec<VipStatus>,
+    pub xdp: Option<XdpStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConfigStatus {
+    pub path: String,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// Why the last reload was rejected (cleared by a good one).
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub address: String,
+    /// http, https, tcp, udp
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub algorithm: String,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendStatus {
+    pub address: String,
+    pub weight: u32,
+    pub backup: bool,
+    /// up, down, draining, ejected (passive), unchecked (no active checks)
+    pub health: String,
+    pub last_error: Option<String>,
+    pub in_flight: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests per second and share of 5xx/failed answers over the last snapshot period.
+    pub requests_per_second: f64,
+    pub error_rate: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VipStatus {
+    pub address: String,
+    pub protocol: String,
+    pub forward: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reals: Vec<RealStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RealStatus {
+    pub address: String,
+    pub weight: u32,
+    pub up: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct XdpStatus {
+    pub iface: String,
+    pub mode: String,
+    /// Packets by datapath verdict/class (passed, encapsulated, local, dropped, ...).
+    pub classes: Vec<(String, u64)>,
+    /// Dropped malformed packets by reason.
+    pub drops: Vec<(String, u64)>,
+    /// Datapath events (new flows, ring misses, ...).
+    pub events: Vec<(String, u64)>,
+}
