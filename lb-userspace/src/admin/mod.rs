@@ -5,4 +5,7 @@
 //! - `metrics.rs`: the Prometheus registry (live L7 counters + snapshot values).
 //! - `server.rs`: the HTTP endpoints. `page.html`: the status page (no external assets).
 pub mod metrics;
+pub mod server;
 pub mod status;
+
+pub use server::{AdminCommand, AdminState, serve_admin};

@@ -1,0 +1,143 @@
+//! The admin HTTP endpoints:
+//!
+//! - `GET /`: the status page (refreshes itself from `/api/status`).
+//! - `GET /api/status`: the latest status snapshot as JSON.
+//! - `GET /metrics`: Prometheus text exposition.
+//! - `POST /api/drain?pool=P&backend=ADDR` and `POST /api/undrain?...`: stop / resume new
+//!   requests and flows to a backend (existing ones finish). Answered by the manager.
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
+
+use super::{metrics::Metrics, status::Status};
+
+const PAGE: &str = include_str!("page.html");
+
+/// A request the manager must answer.
+#[derive(Debug)]
+pub enum AdminCommand {
+    Drain {
+        pool: String,
+        backend: String,
+        drain: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+pub struct AdminState {
+    pub status: Arc<ArcSwap<Status>>,
+    pub metrics: Arc<Metrics>,
+    pub commands: mpsc::Sender<AdminCommand>,
+}
+
+/// Binds `addr` and serves until the returned task is aborted.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    state: Arc<AdminState>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(answer(req, &state).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE.into()),
+        (&Method::GET, "/api/status") => match serde_json::to_string(&**state.status.load()) {
+            Ok(json) => reply(StatusCode::OK, "application/json", json),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+        },
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.render(),
+        ),
+        (&Method::POST, path @ ("/api/drain" | "/api/undrain")) => {
+            let query = req.uri().query().unwrap_or_default();
+            let (Some(pool), Some(backend)) =
+                (query_param(query, "pool"), query_param(query, "backend"))
+            else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    "needs ?pool=NAME&backend=ADDR:PORT\n".into(),
+                );
+            };
+            let (tx, rx) = oneshot::channel();
+            let command = AdminCommand::Drain {
+                pool: pool.to_owned(),
+                backend: backend.to_owned(),
+                drain: path == "/api/drain",
+                reply: tx,
+            };
+            if state.commands.send(command).await.is_err() {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "shutting down\n".into(),
+                );
+            }
+            match rx.await {
+                Ok(Ok(())) => reply(StatusCode::OK, TEXT, "ok\n".into()),
+                Ok(Err(e)) => reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
+                Err(_) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "shutting down\n".into(),
+                ),
+            }
+        }
+        _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
+    }
+}
