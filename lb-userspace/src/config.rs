@@ -7,8 +7,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    l4::config::{RawEncap, RawVip},
-    l7::config::{RawListener, RawPool, RawRoute},
+    l4::config::{L4Config, RawEncap, RawVip, RealConfig},
+    l7::config::{L7Config, PoolConfig, RawListener, RawPool, RawRoute},
 };
 
 /// A configuration error at a place in a file.
@@ -54,6 +54,11 @@ pub(crate) struct RawFile {
 }
 
 impl RawFile {
+    /// The names of the `[[pool]]` sections (unvalidated).
+    pub fn pool_names(&self) -> std::collections::HashSet<String> {
+        self.pools.iter().map(|p| p.get_ref().name()).collect()
+    }
+
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| {
             ConfigError::at(
@@ -64,4 +69,52 @@ impl RawFile {
             )
         })
     }
+}
+
+/// The whole backend file: both tiers, validated together (a VIP may name a pool).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub l4: L4Config,
+    pub l7: L7Config,
+}
+
+impl Config {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw = RawFile::parse(text, path)?;
+        let pools = raw.pool_names();
+        let l7 = L7Config::from_raw(raw.pools, raw.listeners, raw.routes, text, path)?;
+        let mut l4 = L4Config::from_raw(raw.encap, raw.vips, &pools, text, path)?;
+        for vip in &mut l4.vips {
+            if let Some(pool) = vip.pool.as_ref().and_then(|name| l7.pool(name)) {
+                vip.reals = reals_of_pool(pool);
+            }
+        }
+        Ok(Self { l4, l7 })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+}
+
+/// A pool's backends as L4 reals: one per distinct IP (backends on several ports of one host
+/// are one real, with their weights added).
+pub fn reals_of_pool(pool: &PoolConfig) -> Vec<RealConfig> {
+    let mut reals: Vec<RealConfig> = Vec::new();
+    for b in pool.backends.iter().filter(|b| !b.backup) {
+        match reals.iter_mut().find(|r| r.addr == b.addr.ip()) {
+            Some(r) => r.weight = r.weight.saturating_add(b.weight),
+            None => reals.push(RealConfig {
+                addr: b.addr.ip(),
+                weight: b.weight,
+                down: false,
+            }),
+        }
+    }
+    reals
 }

@@ -44,6 +44,12 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Validate a backend file without starting anything: prints a summary, or FILE:LINE:
+    /// reason and exits non-zero.
+    CheckConfig {
+        /// Backend file (TOML).
+        file: PathBuf,
+    },
     /// Load generator: throughput and latency of an HTTP(S) target, closed or open loop.
     Bench(Box<cli::bench::BenchArgs>),
     /// Run on a real server: strip the IPIP/IP6IP6 header lb adds, so packets reach the VIP
@@ -72,7 +78,19 @@ enum XdpCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors are printed as one line with their causes (`lb: FILE:LINE: reason`), without a
+/// backtrace even when RUST_BACKTRACE is set: they describe the operator's input, not a bug.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lb: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // Logs go to stderr (colour only on a terminal); stdout carries the command's output.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -86,6 +104,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => return cli::bench::run(*args),
         Command::L7 { config, threads } => return cli::l7::run(&config, threads),
+        Command::CheckConfig { file } => return cli::check_config::run(&file),
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -106,7 +125,7 @@ fn main() -> anyhow::Result<()> {
                 stats_interval,
             } => cli::l4::run(&iface, xdp_mode, &config, stats_interval).await,
             Command::Decap { iface, xdp_mode } => cli::decap::run(&iface, xdp_mode).await,
-            Command::Bench(_) | Command::L7 { .. } => {
+            Command::Bench(_) | Command::L7 { .. } | Command::CheckConfig { .. } => {
                 Err(anyhow::anyhow!("this command runs on its own runtime"))
             }
         }

@@ -7,7 +7,8 @@ use std::{
 
 use anyhow::Context as _;
 use lb::{
-    l4::{L4Config, L4Dataplane, read_l4_stats},
+    config::Config,
+    l4::{L4Dataplane, read_l4_stats},
     xdp::{self, AttachMode, AttachedXdp},
 };
 
@@ -26,7 +27,7 @@ pub async fn run(
     // change, not taken as the starting point.
     let mut watcher = FileWatcher::new(config_path.to_owned());
     // A bad file stops us before anything is attached.
-    let config = L4Config::from_file(config_path)?;
+    let config = Config::from_file(config_path)?.l4;
     let mut attached = xdp::attach(iface, mode)
         .with_context(|| format!("attaching the XDP datapath to {iface}"))?;
     let log_task = xdp::forward_logs(attached.ebpf_mut())?;
@@ -84,8 +85,8 @@ pub async fn run(
 
 /// Applies the file again; a bad file keeps the running configuration and says why.
 fn reload(attached: &mut AttachedXdp, dataplane: &mut L4Dataplane, path: &Path, why: &str) {
-    let config = match L4Config::from_file(path) {
-        Ok(config) => config,
+    let config = match Config::from_file(path) {
+        Ok(config) => config.l4,
         Err(err) => {
             tracing::error!(%err, "reload ({why}) rejected; keeping the running configuration");
             return;

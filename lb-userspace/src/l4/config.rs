@@ -10,6 +10,8 @@
 //! protocol = "tcp"               # tcp (default) | udp
 //! forward = "encap"              # encap (default): IPIP/IP6IP6 DSR | local: this host's stack
 //! ring_size = 65537              # Maglev ring, a prime <= 65537 (default 65537)
+//! pool = "web"                   # optional: the reals are this pool's backend addresses (ports
+//!                                # ignored), and the pool's health checks take them out and in
 //!
 //!   [[vip.real]]
 //!   address = "10.201.1.2"
@@ -72,6 +74,8 @@ pub struct VipConfig {
     pub forward: Forward,
     pub ring_size: u32,
     pub reals: Vec<RealConfig>,
+    /// The L7 pool whose backends are this VIP's reals (and whose health decides `down`).
+    pub pool: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +102,7 @@ pub(crate) struct RawVip {
     ring_size: Option<Spanned<u32>>,
     #[serde(default, rename = "real")]
     reals: Vec<Spanned<RawReal>>,
+    pool: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -123,12 +128,15 @@ impl L4Config {
     /// (only used for messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw = RawFile::parse(text, path)?;
-        Self::from_raw(raw.encap, raw.vips, text, path)
+        let pools = raw.pool_names();
+        Self::from_raw(raw.encap, raw.vips, &pools, text, path)
     }
 
+    /// `pool_names`: the `[[pool]]` names of the same file (a VIP may take its reals from one).
     pub(crate) fn from_raw(
         encap_section: Option<RawEncap>,
         raw_vips: Vec<Spanned<RawVip>>,
+        pool_names: &HashSet<String>,
         text: &str,
         path: &Path,
     ) -> Result<Self, ConfigError> {
@@ -219,6 +227,20 @@ impl L4Config {
                     down: real.down,
                 });
             }
+            if let Some(pool) = &vip.pool {
+                if !pool_names.contains(pool.get_ref()) {
+                    return Err(err(
+                        pool.span(),
+                        format!("vip {addr} names unknown pool {:?}", pool.get_ref()),
+                    ));
+                }
+                if !reals.is_empty() {
+                    return Err(err(
+                        pool.span(),
+                        format!("vip {addr} has both pool and [[vip.real]] sections"),
+                    ));
+                }
+            }
             if reals.len() > ring_size as usize {
                 return Err(err(span, format!("vip {addr}: more reals than ring slots")));
             }
@@ -235,6 +257,7 @@ impl L4Config {
                 forward: vip.forward,
                 ring_size,
                 reals,
+                pool: vip.pool.map(Spanned::into_inner),
             });
         }
         Ok(Self { encap, vips })

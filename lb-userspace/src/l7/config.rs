@@ -165,6 +165,12 @@ pub(crate) struct RawPool {
     backends: Vec<Spanned<RawBackend>>,
 }
 
+impl RawPool {
+    pub(crate) fn name(&self) -> String {
+        self.name.get_ref().clone()
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -214,6 +220,10 @@ pub(crate) struct RawRoute {
 }
 
 impl L7Config {
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
     /// Parses `text` (the whole backend file; this takes its L7 sections).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw = RawFile::parse(text, path)?;
