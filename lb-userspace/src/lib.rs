@@ -7,5 +7,6 @@ pub mod l4;
 pub mod l7;
 pub mod loadgen;
 pub mod maglev;
+pub mod manager;
 pub mod tls_client;
 pub mod xdp;

@@ -1,0 +1,5 @@
+//! The manager: `lb run`. One process runs the L7 tier, the XDP tier (with `--iface`), the
+//! health checks feeding both, the backend-file watcher, and the admin surface.
+//!
+//! - `flags.rs`: single-service command-line flags turned into backend-file sections.
+pub mod flags;
