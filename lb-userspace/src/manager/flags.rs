@@ -216,7 +216,7 @@ mod tests {
         };
         let err = load(&f.0, &port0).expect_err("port 0").to_string();
         assert!(
-            err.ends_with(":0: command-line flags: vip port 0 is reserved"),
+            err.ends_with(".toml: command-line flags: vip port 0 is reserved"),
             "{err}"
         );
 
