@@ -1,5 +1,6 @@
 //! The L7 proxy next to other people's software: HAProxy in front of lb (PROXY v2, and
-//! X-Forwarded-For with `trusted_proxies`), and curl as the client over HTTP/1.1 and HTTP/2.
+//! X-Forwarded-For with `trusted_proxies`), curl as the client over HTTP/1.1 and HTTP/2, and
+//! h2load's multiplexed HTTP/2 streams through a weighted split.
 //! A missing binary skips the test (saying why), except with CI=true, where it fails.
 use std::{
     collections::HashMap,
@@ -298,4 +299,47 @@ async fn curl_over_http1_and_h2_prior_knowledge() {
         .expect("curl task");
     assert_eq!(body, "no route\n");
     assert_eq!(log.lock().expect("log").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2load_multiplexed_streams_keep_the_split_exact() {
+    let Some(h2load) = require_binary("h2load", "h2load_multiplexed_streams_keep_the_split_exact")
+    else {
+        return;
+    };
+    let (stable_log, canary_log) = (Log::default(), Log::default());
+    let (stable, canary) = (
+        backend(stable_log.clone()).await,
+        backend(canary_log.clone()).await,
+    );
+    let lb = start(&format!(
+        "[[pool]]\nname = \"stable\"\n[[pool.backend]]\naddress = \"{stable}\"\n\
+         [[pool]]\nname = \"canary\"\n[[pool.backend]]\naddress = \"{canary}\"\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\nlistener = \"l\"\n\
+         split = [{{ pool = \"stable\", weight = 95 }}, {{ pool = \"canary\", weight = 5 }}]\n"
+    ))
+    .await;
+    let url = format!("http://{}/h2load", lb.listeners[0].1);
+    // 4 connections x 8 concurrent streams: picks race, but each is one step of the split.
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(h2load)
+            .args(["-n", "200", "-c", "4", "-m", "8", &url])
+            .output()
+            .expect("run h2load")
+    })
+    .await
+    .expect("h2load task");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("200 succeeded, 0 failed, 0 errored, 0 timeout"),
+        "{text}"
+    );
+    assert!(text.contains("Application protocol: h2c"), "{text}");
+    let counts = (
+        stable_log.lock().expect("log").len(),
+        canary_log.lock().expect("log").len(),
+    );
+    assert_eq!(counts, (190, 10));
 }
