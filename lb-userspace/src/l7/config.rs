@@ -44,7 +44,7 @@
 //!   [[route.header]]             # optional, repeatable: all must match; each has one of
 //!   name = "x-canary"            #   value = "1" (exact), present = true|false,
 //!   value = "1"                  #   regex = "^(1|yes)$" (a match in some value)
-//! rewrite_prefix = "/v2"         # replaces the matched path_prefix or path
+//! rewrite_prefix = "/healthz"    # replaces the matched path_prefix or path
 //! # rewrite_regex = "/new/$1"    # with path_regex: its match replaced ($1, ${name}, $$)
 //! split = [{ pool = "stable", weight = 95 }, { pool = "canary", weight = 5 }]
 //!                                # instead of pool: smooth weighted round robin (weight
