@@ -29,13 +29,29 @@
 //! max_header_bytes = 65536      # request head limit (431 beyond), >= 8192
 //! max_body_bytes = 104857600    # declared body limit (413 before reading)
 //! header_timeout = "10s"        # complete request head within this (then closed)
+//! trusted_proxies = ["10.0.0.0/8", "192.0.2.7"]   # believe these peers' X-Forwarded-For:
+//!                                # the client is its rightmost address not in these networks
 //!
 //! [[route]]                      # first match wins, in file order
 //! listener = "public"
 //! host = "*.example.com"         # optional: exact name or *.suffix
-//! path_prefix = "/api"           # optional (default "/")
+//! path_prefix = "/api"           # optional (default "/"), on segment boundaries
 //! strip_prefix = true            # remove the prefix before forwarding
 //! pool = "web"
+//!
+//! [[route]]                      # every condition given must hold
+//! listener = "public"
+//! path = "/health"               # exact path; at most one of path, path_prefix, path_regex
+//! # path_regex = "^/v[0-9]+/"    # a match anywhere in the path (raw, percent-encoded)
+//! methods = ["GET", "HEAD"]      # optional (default any), upper case
+//!   [[route.header]]             # optional, repeatable: all must match; each has one of
+//!   name = "x-canary"            #   value = "1" (exact), present = true|false,
+//!   value = "1"                  #   regex = "^(1|yes)$" (a match in some value)
+//! rewrite_prefix = "/healthz"    # replaces the matched path_prefix or path
+//! # rewrite_regex = "/new/$1"    # with path_regex: its match replaced ($1, ${name}, $$)
+//! split = [{ pool = "stable", weight = 95 }, { pool = "canary", weight = 5 }]
+//!                                # instead of pool: smooth weighted round robin (weight
+//!                                # default 1, 0 = none; the total must be above 0)
 //! ```
 use std::{
     collections::HashSet,
@@ -48,7 +64,11 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{proxy_header::ProxyVersion, selection::Backend};
+use super::{
+    proxy_header::ProxyVersion,
+    route_rules::{HeaderMatch, RawHeaderMatch, RawSplitTarget, Rewrite, SplitTarget},
+    selection::Backend,
+};
 use crate::{
     config::{ConfigError, RawFile},
     health::config::{HealthCheckConfig, RawHealthCheck},
@@ -113,6 +133,9 @@ pub struct ListenerConfig {
     /// Time a client gets to send a complete request head (HTTP/1.1; then the connection is
     /// closed, as NGINX does).
     pub header_timeout: Duration,
+    /// Peers whose X-Forwarded-For is believed (walked right to left past these networks to
+    /// find the client for X-Real-IP and client-IP hashing). Empty: the peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,11 +146,14 @@ pub enum HostMatch {
 }
 
 impl HostMatch {
+    /// Case-insensitive, without allocating (this runs per request and route).
     pub fn matches(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
         match self {
-            Self::Exact(h) => host == *h,
-            Self::Suffix(s) => host.ends_with(s.as_str()) && host.len() > s.len(),
+            Self::Exact(h) => host.eq_ignore_ascii_case(h),
+            Self::Suffix(s) => {
+                host.len() > s.len()
+                    && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
         }
     }
 }
@@ -138,7 +164,20 @@ pub struct RouteConfig {
     pub host: Option<HostMatch>,
     pub path_prefix: String,
     pub strip_prefix: bool,
+    /// The pool; with `split`, the first split pool (`routing::Router` picks the real one).
     pub pool: String,
+    /// `path`: the whole path must be exactly this (instead of `path_prefix`, then "/").
+    pub path_exact: Option<String>,
+    /// `path_regex`: the path must contain a match (instead of `path_prefix`, then "/").
+    pub path_regex: Option<regex::Regex>,
+    /// Empty: any method.
+    pub methods: Vec<hyper::Method>,
+    /// All must match.
+    pub headers: Vec<HeaderMatch>,
+    /// `rewrite_prefix`, `rewrite_regex`, or `strip_prefix` as `Rewrite::Prefix("/")`.
+    pub rewrite: Option<Rewrite>,
+    /// Weighted pools instead of `pool` (empty: just `pool`).
+    pub split: Vec<SplitTarget>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -197,6 +236,8 @@ pub(crate) struct RawListener {
     max_header_bytes: Option<Spanned<usize>>,
     max_body_bytes: Option<u64>,
     header_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -213,10 +254,19 @@ struct RawTlsCert {
 pub(crate) struct RawRoute {
     listener: Spanned<String>,
     host: Option<Spanned<String>>,
-    path_prefix: Option<Spanned<String>>,
+    pub(super) path_prefix: Option<Spanned<String>>,
     #[serde(default)]
-    strip_prefix: bool,
-    pool: Spanned<String>,
+    pub(super) strip_prefix: bool,
+    /// Required unless `split` is given (checked in `route_rules.rs`).
+    pub(super) pool: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) path_regex: Option<Spanned<String>>,
+    pub(super) methods: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default, rename = "header")]
+    pub(super) headers: Vec<Spanned<RawHeaderMatch>>,
+    pub(super) rewrite_prefix: Option<Spanned<String>>,
+    pub(super) rewrite_regex: Option<Spanned<String>>,
+    pub(super) split: Option<Spanned<Vec<Spanned<RawSplitTarget>>>>,
 }
 
 impl L7Config {
@@ -393,11 +443,13 @@ impl L7Config {
                     Duration::from_secs(10),
                     "header_timeout",
                 )?,
+                trusted_proxies: trusted_proxies(&l.trusted_proxies, text, path)?,
             });
         }
 
         let mut routes = Vec::new();
         for r in raw_routes {
+            let route_span = r.span();
             let r = r.into_inner();
             if !listener_names.contains(r.listener.get_ref()) {
                 return Err(err(
@@ -405,12 +457,7 @@ impl L7Config {
                     format!("route names unknown listener {:?}", r.listener.get_ref()),
                 ));
             }
-            if !names.contains(r.pool.get_ref()) {
-                return Err(err(
-                    r.pool.span(),
-                    format!("route names unknown pool {:?}", r.pool.get_ref()),
-                ));
-            }
+            let rules = super::route_rules::parse(&r, route_span, &names, text, path)?;
             let host = r.host.as_ref().map(|h| {
                 let h = h.get_ref().to_ascii_lowercase();
                 match h.strip_prefix('*') {
@@ -433,7 +480,13 @@ impl L7Config {
                 host,
                 path_prefix,
                 strip_prefix: r.strip_prefix,
-                pool: r.pool.into_inner(),
+                pool: rules.pool,
+                path_exact: rules.path_exact,
+                path_regex: rules.path_regex,
+                methods: rules.methods,
+                headers: rules.headers,
+                rewrite: rules.rewrite,
+                split: rules.split,
             });
         }
         Ok(Self {
@@ -442,4 +495,28 @@ impl L7Config {
             routes,
         })
     }
+}
+
+/// `trusted_proxies`: networks, or single addresses.
+fn trusted_proxies(
+    list: &[Spanned<String>],
+    text: &str,
+    path: &Path,
+) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.iter()
+        .map(|net| {
+            let value = net.get_ref();
+            value
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::at(
+                        path,
+                        text,
+                        net.span(),
+                        format!("trusted_proxies: {value:?} is not an address or network"),
+                    )
+                })
+        })
+        .collect()
 }

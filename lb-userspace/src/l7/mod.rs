@@ -5,7 +5,8 @@
 //! - `pool.rs`: a pool's backends, algorithm, in-flight counts and keep-alive client.
 //! - `headers.rs`: hop-by-hop removal, X-Forwarded-*, X-Request-Id.
 //! - `server.rs`: listeners, accept, PROXY header, TLS, HTTP/1.1 + HTTP/2 connections.
-//! - `routing.rs`: which route a request takes.
+//! - `routing.rs`: which route a request takes (and which pool of a weighted split).
+//! - `route_rules.rs`: the route match/rewrite/split keys, checked and compiled at load.
 //! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
@@ -14,6 +15,7 @@ mod headers;
 mod pool;
 mod proxy;
 pub mod proxy_header;
+mod route_rules;
 mod routing;
 pub mod selection;
 mod server;
@@ -22,4 +24,5 @@ mod tls;
 pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,
 };
+pub use route_rules::{HeaderMatch, HeaderRule, Rewrite, SplitTarget};
 pub use server::{L7Error, RunningL7, serve};

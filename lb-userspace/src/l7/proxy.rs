@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     hash::{Hash, Hasher},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -17,9 +17,9 @@ use hyper::{Method, Request, Response, StatusCode, Uri, body::Incoming, header};
 
 use super::{
     config::{HashKey, L7Config},
-    headers::{remove_hop_by_hop, set_forwarded},
+    headers::{client_ip, remove_hop_by_hop, set_forwarded},
     pool::{Pool, ProxyBody},
-    routing::{Router, host_of, upstream_path},
+    routing::{Routed, Router, host_of, upstream_path},
     server::L7Error,
 };
 
@@ -34,6 +34,8 @@ pub struct Proxy {
     request_ids: AtomicU64,
     /// Per-process random prefix so request ids from different lb processes differ.
     id_prefix: u64,
+    /// Per listener: peers whose X-Forwarded-For is believed.
+    trusted_proxies: HashMap<String, Vec<ipnet::IpNet>>,
 }
 
 impl Proxy {
@@ -61,6 +63,11 @@ impl Proxy {
             proxy_header_errors: AtomicU64::new(0),
             request_ids: AtomicU64::new(0),
             id_prefix: seed,
+            trusted_proxies: config
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.trusted_proxies.clone()))
+                .collect(),
         })
     }
 
@@ -88,10 +95,11 @@ impl Proxy {
         }
         let host = host_of(&req);
         let path = req.uri().path().to_owned();
-        let Some(route) = self.router.find(listener, host.as_deref(), &path) else {
+        let Some(Routed { route, pool }) = self.router.route(listener, &req, host.as_deref())
+        else {
             return plain(StatusCode::NOT_FOUND, "no route\n");
         };
-        let Some(pool) = self.pools.get(&route.pool) else {
+        let Some(pool) = self.pools.get(pool) else {
             return plain(StatusCode::BAD_GATEWAY, "no pool\n");
         };
         let upstream_path = upstream_path(route, &path);
@@ -99,7 +107,12 @@ impl Proxy {
             Some(q) => format!("{upstream_path}?{q}"),
             None => upstream_path,
         };
-        let key = hash_key(&pool.config.hash_key, &req, peer);
+        let trusted = self
+            .trusted_proxies
+            .get(listener)
+            .map_or(&[][..], Vec::as_slice);
+        let client = client_ip(peer.ip(), req.headers(), trusted);
+        let key = hash_key(&pool.config.hash_key, &req, client);
         let retryable = idempotent(req.method()) && !has_body(&req);
 
         let (mut parts, body) = req.into_parts();
@@ -107,6 +120,7 @@ impl Proxy {
         set_forwarded(
             &mut parts.headers,
             peer.ip(),
+            client,
             scheme,
             host.as_deref(),
             || self.new_request_id(),
@@ -182,10 +196,10 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     response
 }
 
-fn hash_key(key: &HashKey, req: &Request<Incoming>, peer: SocketAddr) -> u64 {
+fn hash_key(key: &HashKey, req: &Request<Incoming>, client: IpAddr) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match key {
-        HashKey::ClientIp => peer.ip().hash(&mut hasher),
+        HashKey::ClientIp => client.hash(&mut hasher),
         HashKey::Header(name) => req
             .headers()
             .get(name)
