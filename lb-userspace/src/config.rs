@@ -123,3 +123,28 @@ pub fn reals_of_pool(pool: &PoolConfig) -> Vec<RealConfig> {
     }
     reals
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vip_naming_a_pool_takes_its_primary_backends_as_reals() {
+        let text = "[[pool]]\nname = \"web\"\n\
+            [[pool.backend]]\naddress = \"10.0.0.1:80\"\n\
+            [[pool.backend]]\naddress = \"10.0.0.1:81\"\nweight = 2\n\
+            [[pool.backend]]\naddress = \"10.0.0.2:80\"\n\
+            [[pool.backend]]\naddress = \"10.0.0.3:80\"\nbackup = true\n\
+            [[vip]]\naddress = \"10.100.0.1:80\"\npool = \"web\"\n";
+        let config = Config::parse(text, Path::new("lb.toml")).expect("valid");
+        let reals: Vec<_> = config.l4.vips[0]
+            .reals
+            .iter()
+            .map(|r| (r.addr.to_string(), r.weight, r.down))
+            .collect();
+        assert_eq!(
+            reals,
+            [("10.0.0.1".into(), 3, false), ("10.0.0.2".into(), 1, false)]
+        );
+    }
+}

@@ -330,7 +330,15 @@ forward = "local"
             ),
             (
                 "[[vip]]\naddress = \"10.0.0.1:80\"\nbogus = 1\n",
-                "lb.toml:3: unknown field `bogus`, expected one of `address`, `protocol`, `forward`, `ring_size`, `real`",
+                "lb.toml:3: unknown field `bogus`, expected one of `address`, `protocol`, `forward`, `ring_size`, `real`, `pool`",
+            ),
+            (
+                "[[vip]]\naddress = \"10.0.0.1:80\"\npool = \"web\"\n",
+                "lb.toml:3: vip 10.0.0.1:80 names unknown pool \"web\"",
+            ),
+            (
+                "[[pool]]\nname = \"web\"\n[[vip]]\naddress = \"10.0.0.1:80\"\npool = \"web\"\n[[vip.real]]\naddress = \"10.0.0.2\"\n",
+                "lb.toml:5: vip 10.0.0.1:80 has both pool and [[vip.real]] sections",
             ),
             (
                 "[[vip]]\naddress = \"10.0.0.1:80\"\nprotocol = \"sctp\"\n",
