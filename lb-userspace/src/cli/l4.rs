@@ -1,9 +1,6 @@
 //! `lb l4`: the L4 tier on its own: attach the datapath, install the backend file's VIPs, and
 //! follow the file (on change and on SIGHUP) until SIGINT/SIGTERM.
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime},
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
 use lb::{
@@ -13,6 +10,7 @@ use lb::{
 };
 
 use super::signals::{Event, Signals};
+use lb::manager::watch::FileWatcher;
 
 /// How often the backend file's modification time is checked.
 const WATCH_PERIOD: Duration = Duration::from_millis(200);
@@ -102,32 +100,5 @@ fn reload(attached: &mut AttachedXdp, dataplane: &mut L4Dataplane, path: &Path, 
             );
         }
         Err(err) => tracing::error!(error = %anyhow::Error::from(err), "reload ({why}) failed"),
-    }
-}
-
-/// Notices when a file's modification time or size changes.
-struct FileWatcher {
-    path: PathBuf,
-    last: Option<(SystemTime, u64)>,
-}
-
-impl FileWatcher {
-    fn new(path: PathBuf) -> Self {
-        let last = Self::stamp(&path);
-        Self { path, last }
-    }
-
-    fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
-    }
-
-    fn changed(&mut self) -> bool {
-        let now = Self::stamp(&self.path);
-        if now != self.last {
-            self.last = now;
-            return now.is_some();
-        }
-        false
     }
 }

@@ -2,4 +2,6 @@
 //! health checks feeding both, the backend-file watcher, and the admin surface.
 //!
 //! - `flags.rs`: single-service command-line flags turned into backend-file sections.
+//! - `watch.rs`: noticing backend-file changes.
 pub mod flags;
+pub mod watch;
