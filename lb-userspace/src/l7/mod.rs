@@ -9,6 +9,7 @@
 //! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
+//! - `upstream/`: opening upstream connections, private (per-client) upstream connections.
 pub mod config;
 mod headers;
 mod pool;
@@ -18,6 +19,7 @@ mod routing;
 pub mod selection;
 mod server;
 mod tls;
+mod upstream;
 
 pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,

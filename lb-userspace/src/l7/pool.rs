@@ -1,12 +1,15 @@
 //! An upstream pool: its backends, the selection algorithm, in-flight counts and a keep-alive
 //! HTTP client (hyper-util's pooled client: idle connections are reused across requests).
-use std::{sync::Arc, time::Duration};
+//! Pools that send a PROXY header use one client per downstream connection instead (see
+//! `upstream/private.rs`).
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
+use hyper::{Request, Response, body::Incoming};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioTimer},
 };
 
 use super::{
@@ -15,16 +18,22 @@ use super::{
         BackendSelection, ConsistentHash, InFlight, LeastConnections, PowerOfTwoChoices,
         SmoothWeightedRoundRobin,
     },
+    upstream::{ConnInfo, UpstreamConnector},
 };
 use crate::maglev::MaglevError;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// hyper-util's pooled client over lb's connector.
+pub type UpstreamClient = Client<UpstreamConnector, ProxyBody>;
+
 pub struct Pool {
     pub config: PoolConfig,
     pub inflight: Arc<InFlight>,
     selection: Box<dyn BackendSelection>,
-    pub client: Client<HttpConnector, ProxyBody>,
+    connector: UpstreamConnector,
+    /// Shared by all clients (pools without PROXY headers).
+    client: UpstreamClient,
 }
 
 /// Idle upstream connections kept per backend, and for how long.
@@ -45,23 +54,46 @@ impl Pool {
             )),
             Algorithm::ConsistentHash => Box::new(ConsistentHash::new(backends)?),
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(IDLE_PER_BACKEND)
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(connector);
+        let connector = UpstreamConnector::new(config.connect_timeout);
+        let client = build_client(connector.clone());
         Ok(Self {
             config,
             inflight,
             selection,
+            connector,
             client,
         })
+    }
+
+    /// Sends `req` (its URI names the backend) for the client `peer` that reached `conn`.
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        peer: SocketAddr,
+        conn: &ConnInfo,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        match self.config.proxy_protocol {
+            None => self.client.request(req).await,
+            Some(version) => {
+                let client = conn.private_client(&self.config.name, || {
+                    let header = super::proxy_header::encode(version, peer, conn.local, None);
+                    build_client(self.connector.with_proxy_header(header))
+                });
+                client.request(req).await
+            }
+        }
     }
 
     /// A backend for this attempt, never one already `tried`.
     pub fn pick(&self, key: u64, tried: &[usize]) -> Option<usize> {
         self.selection.select(key, &|i| tried.contains(&i))
     }
+}
+
+fn build_client(connector: UpstreamConnector) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(IDLE_PER_BACKEND)
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }

@@ -21,6 +21,7 @@ use super::{
     pool::{Pool, ProxyBody},
     routing::{Router, host_of, upstream_path},
     server::L7Error,
+    upstream::ConnInfo,
 };
 
 /// What every request handler shares: pools, routes, per-listener limits, counters.
@@ -70,13 +71,14 @@ impl Proxy {
     }
 
     /// Answers one request that arrived on `listener` from `peer` (the true client when a PROXY
-    /// header said so) over `scheme` (http or https).
+    /// header said so) over `scheme` (http or https), on the downstream connection `conn`.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         listener: &str,
         peer: SocketAddr,
         scheme: &'static str,
+        conn: &ConnInfo,
     ) -> Response<ProxyBody> {
         let declared = req
             .headers()
@@ -143,7 +145,7 @@ impl Proxy {
             let upstream = upstream.map(|()| upstream_body);
             let _inflight = pool.inflight.start(i);
             let result =
-                tokio::time::timeout(pool.config.request_timeout, pool.client.request(upstream))
+                tokio::time::timeout(pool.config.request_timeout, pool.send(upstream, peer, conn))
                     .await;
             let more = attempt + 1 < attempts;
             match result {

@@ -137,10 +137,13 @@ async fn accept_loop(
                 }
             }
             let scheme = if tls.is_some() { "https" } else { "http" };
+            let Ok(local) = tcp.local_addr() else { return };
+            let conn = Arc::new(super::upstream::ConnInfo::new(local));
             let service = service_fn(move |req| {
-                let (name, proxy) = (name.clone(), proxy.clone());
+                let (name, proxy, conn) = (name.clone(), proxy.clone(), conn.clone());
                 async move {
-                    Ok::<_, std::convert::Infallible>(proxy.handle(req, &name, peer, scheme).await)
+                    let response = proxy.handle(req, &name, peer, scheme, &conn).await;
+                    Ok::<_, std::convert::Infallible>(response)
                 }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());

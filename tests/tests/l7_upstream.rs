@@ -1,0 +1,279 @@
+//! The L7 proxy's upstream side with real sockets: PROXY headers on private upstream
+//! connections, retry budget, passive ejection, connection caps, HTTP/2 and TLS upstreams.
+//! Backends are small hyper servers started here; the proxy runs in-process.
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use lb::l7::{self, L7Config};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// How a test backend answers.
+#[derive(Clone)]
+struct Behaviour {
+    /// Connections start with a PROXY header (parsed and recorded).
+    proxy_header: bool,
+    status: u16,
+    delay: Duration,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            proxy_header: false,
+            status: 200,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// One accepted connection: the PROXY header's (source, destination), if any.
+type ConnRecord = Option<(SocketAddr, SocketAddr)>;
+
+/// One request: (connection index, path, HTTP version).
+type RequestRecord = (usize, String, hyper::Version);
+
+#[derive(Clone, Default)]
+struct Seen {
+    conns: Arc<Mutex<Vec<ConnRecord>>>,
+    requests: Arc<Mutex<Vec<RequestRecord>>>,
+    /// Requests being answered right now, and the most at once.
+    active: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+impl Seen {
+    fn requests(&self) -> Vec<RequestRecord> {
+        self.requests.lock().expect("log").clone()
+    }
+    fn conns(&self) -> Vec<ConnRecord> {
+        self.conns.lock().expect("log").clone()
+    }
+}
+
+struct TestBackend {
+    addr: SocketAddr,
+    seen: Seen,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads the PROXY header at the start of `tcp` (peeking, then consuming exactly its bytes).
+async fn read_proxy_header(tcp: &mut TcpStream) -> (SocketAddr, SocketAddr) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 536];
+    for _ in 0..100 {
+        let n = tcp.peek(&mut buf).await.expect("peek");
+        let mut cursor = &buf[..n];
+        if let Ok(header) = proxy_protocol::parse(&mut cursor) {
+            let used = n - cursor.len();
+            let mut skip = vec![0u8; used];
+            tcp.read_exact(&mut skip).await.expect("consume header");
+            use proxy_protocol::{ProxyHeader, version1, version2};
+            return match header {
+                ProxyHeader::Version1 {
+                    addresses:
+                        version1::ProxyAddresses::Ipv4 {
+                            source,
+                            destination,
+                        },
+                } => (source.into(), destination.into()),
+                ProxyHeader::Version2 {
+                    addresses:
+                        version2::ProxyAddresses::Ipv4 {
+                            source,
+                            destination,
+                        },
+                    ..
+                } => (source.into(), destination.into()),
+                other => panic!("unexpected PROXY header {other:?}"),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no PROXY header");
+}
+
+async fn backend(behaviour: Behaviour) -> TestBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Seen::default();
+    let task = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let (seen, behaviour) = (seen.clone(), behaviour.clone());
+                tokio::spawn(async move {
+                    let header = if behaviour.proxy_header {
+                        Some(read_proxy_header(&mut tcp).await)
+                    } else {
+                        None
+                    };
+                    let conn = {
+                        let mut conns = seen.conns.lock().expect("log");
+                        conns.push(header);
+                        conns.len() - 1
+                    };
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (seen, behaviour) = (seen.clone(), behaviour.clone());
+                        async move {
+                            let now = seen.active.fetch_add(1, Ordering::SeqCst) + 1;
+                            seen.peak.fetch_max(now, Ordering::SeqCst);
+                            seen.requests.lock().expect("log").push((
+                                conn,
+                                req.uri().path().to_owned(),
+                                req.version(),
+                            ));
+                            tokio::time::sleep(behaviour.delay).await;
+                            seen.active.fetch_sub(1, Ordering::SeqCst);
+                            let mut response = Response::new(Full::new(Bytes::from(format!(
+                                "conn {conn} {}",
+                                req.uri().path()
+                            ))));
+                            *response.status_mut() =
+                                StatusCode::from_u16(behaviour.status).expect("status");
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        })
+    };
+    TestBackend { addr, seen, task }
+}
+
+fn config(text: &str) -> L7Config {
+    L7Config::parse(text, Path::new("l7.toml")).expect("config")
+}
+
+async fn start(text: &str) -> (l7::RunningL7, SocketAddr) {
+    let running = l7::serve(config(text)).await.expect("serve");
+    let addr = running.listeners[0].1;
+    (running, addr)
+}
+
+/// A listener and a route to pool "web" (whose `[[pool]]` section the test writes).
+const LISTENER: &str = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+                        [[route]]\nlistener = \"l\"\npool = \"web\"\n";
+
+/// A keep-alive HTTP/1.1 client connection from `source` to the proxy.
+async fn client_from(
+    source: IpAddr,
+    proxy: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind source");
+    let tcp = socket.connect(proxy).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// GET `path` on a client connection; (status, body).
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (u16, String) {
+    sender.ready().await.expect("ready");
+    let req = Request::get(path)
+        .header("host", "s")
+        .body(Empty::new())
+        .expect("request");
+    let response = sender.send_request(req).await.expect("response");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_upstream_connections_are_private_to_one_client() {
+    for version in ["v1", "v2"] {
+        let b = backend(Behaviour {
+            proxy_header: true,
+            ..Behaviour::default()
+        })
+        .await;
+        let (_proxy, addr) = start(&format!(
+            "[[pool]]\nname = \"web\"\nproxy_protocol = \"{version}\"\n\
+             [[pool.backend]]\naddress = \"{}\"\n{LISTENER}",
+            b.addr
+        ))
+        .await;
+        let sources: [IpAddr; 2] = [
+            "127.0.0.2".parse().expect("ip"),
+            "127.0.0.3".parse().expect("ip"),
+        ];
+        let mut clients = Vec::new();
+        for source in sources {
+            clients.push(client_from(source, addr).await);
+        }
+        // Interleaved: a shared pool would hand one client's idle connection to the other.
+        for round in 0..3 {
+            for (i, client) in clients.iter_mut().enumerate() {
+                let (status, _) = send(client, &format!("/c{i}/r{round}")).await;
+                assert_eq!(status, 200, "{version}");
+            }
+        }
+        let conns = b.seen.conns();
+        assert_eq!(
+            conns.len(),
+            2,
+            "{version}: one upstream connection per client: {conns:?}"
+        );
+        for (conn, header) in conns.iter().enumerate() {
+            let (source, destination) = header.expect("PROXY header");
+            assert_eq!(
+                destination, addr,
+                "{version}: the address the client reached"
+            );
+            let client = sources
+                .iter()
+                .position(|s| *s == source.ip())
+                .expect("a header naming one of the clients");
+            // Every request on this upstream connection came from that client.
+            let paths: Vec<String> = b
+                .seen
+                .requests()
+                .into_iter()
+                .filter(|(c, _, _)| *c == conn)
+                .map(|(_, p, _)| p)
+                .collect();
+            assert_eq!(paths.len(), 3, "{version}: {paths:?}");
+            assert!(
+                paths.iter().all(|p| p.starts_with(&format!("/c{client}/"))),
+                "{version}: connection of {source} carried {paths:?}"
+            );
+        }
+    }
+}
