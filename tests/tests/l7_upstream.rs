@@ -277,3 +277,125 @@ async fn proxy_protocol_upstream_connections_are_private_to_one_client() {
         }
     }
 }
+
+/// GET (or POST with a body) `path` on a fresh connection from 127.0.0.1; the status.
+async fn request(proxy: SocketAddr, method: &str, path: &str) -> u16 {
+    let tcp = TcpStream::connect(proxy).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let body = if method == "POST" { "data" } else { "" };
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "s")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let response = sender.send_request(req).await.expect("response");
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+fn counter(value: &std::sync::atomic::AtomicU64) -> u64 {
+    value.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_caps_concurrent_retries() {
+    let slow_503 = Behaviour {
+        status: 503,
+        delay: Duration::from_millis(300),
+        ..Behaviour::default()
+    };
+    let (a, b) = (backend(slow_503.clone()).await, backend(slow_503).await);
+    let (proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\nretries = 1\nretry_budget_percent = 20\nretry_budget_min = 3\n\
+         [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{}\"\n{LISTENER}",
+        a.addr, b.addr
+    ))
+    .await;
+    let clients: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(async move { request(addr, "GET", &format!("/{i}")).await }))
+        .collect();
+    for c in clients {
+        assert_eq!(
+            c.await.expect("client"),
+            503,
+            "the original failure is returned"
+        );
+    }
+    let state = proxy.pool_state("web").expect("pool");
+    let counters = &state.retry_budget.counters;
+    let (retries, denied) = (counter(&counters.retries), counter(&counters.budget_denied));
+    // 20 requests in flight: max(3, 20% of 20) = 4 retries at once; the retries happen while
+    // the other requests are still in flight or leaving, so at least the floor of 3 gets in.
+    assert!((3..=4).contains(&retries), "retries {retries}");
+    assert_eq!(retries + denied, 20, "every request wanted one retry");
+    let seen = a.seen.requests().len() + b.seen.requests().len();
+    assert_eq!(
+        seen as u64,
+        20 + retries,
+        "backends saw each request plus the retries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_is_retried_onto_the_healthy_backend_post_is_not() {
+    let bad = backend(Behaviour {
+        status: 503,
+        ..Behaviour::default()
+    })
+    .await;
+    let good = backend(Behaviour::default()).await;
+    let (proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\nretries = 1\n\
+         [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{}\"\n{LISTENER}",
+        bad.addr, good.addr
+    ))
+    .await;
+    for i in 0..4 {
+        assert_eq!(request(addr, "GET", &format!("/get{i}")).await, 200);
+    }
+    let mut post_statuses = Vec::new();
+    for i in 0..4 {
+        post_statuses.push(request(addr, "POST", &format!("/post{i}")).await);
+    }
+    let posts = |b: &TestBackend| {
+        b.seen
+            .requests()
+            .iter()
+            .filter(|(_, p, _)| p.starts_with("/post"))
+            .count()
+    };
+    assert_eq!(posts(&bad) + posts(&good), 4, "no POST was sent twice");
+    assert_eq!(
+        post_statuses.iter().filter(|s| **s == 503).count(),
+        posts(&bad),
+        "each POST the failing backend got came back as its 503: {post_statuses:?}"
+    );
+    assert!(
+        posts(&bad) > 0,
+        "round robin sent some POSTs to the failing backend"
+    );
+    let gets_on_bad = bad.seen.requests().len() - posts(&bad);
+    let state = proxy.pool_state("web").expect("pool");
+    assert_eq!(
+        counter(&state.retry_budget.counters.retries),
+        gets_on_bad as u64,
+        "each GET that met the failing backend was retried once"
+    );
+}
+
+#[test]
+fn upstream_config_errors_name_file_line_and_reason() {
+    let cases = [(
+        "[[pool]]\nname = \"web\"\nretry_budget_percent = 101\n",
+        "l7.toml:3: retry_budget_percent 101 is above 100",
+    )];
+    for (text, expected) in cases {
+        let err = L7Config::parse(text, Path::new("l7.toml")).expect_err(text);
+        assert_eq!(err.to_string(), expected);
+    }
+}

@@ -9,6 +9,9 @@
 //! request_timeout = "30s"        # until the response headers arrive
 //! retries = 1                    # idempotent requests only, each to a different backend
 //! proxy_protocol = "v2"          # optional: send a PROXY v1/v2 header on each upstream connection
+//!                                # (such connections are private: one client each)
+//! retry_budget_percent = 20      # retries in flight <= 20% of requests in flight, 0..=100
+//! retry_budget_min = 3           # ... but this many concurrent retries are always allowed
 //!   [[pool.backend]]
 //!   address = "10.0.0.1:8080"
 //!   weight = 1                   # default 1; 0 = no new requests
@@ -77,6 +80,10 @@ pub struct PoolConfig {
     /// Send this PROXY protocol header first on every upstream connection (true client and
     /// the address it connected to).
     pub proxy_protocol: Option<ProxyVersion>,
+    /// Retries in flight may be at most this percentage of requests in flight ...
+    pub retry_budget_percent: u32,
+    /// ... but this many concurrent retries are always allowed.
+    pub retry_budget_min: u32,
 }
 
 /// One certificate of an HTTPS listener.
@@ -154,6 +161,9 @@ pub(crate) struct RawPool {
     proxy_protocol: Option<ProxyVersion>,
     #[serde(default, rename = "backend")]
     backends: Vec<Spanned<RawBackend>>,
+    // Upstream keys, read by `upstream::config`.
+    pub(super) retry_budget_percent: Option<Spanned<u32>>,
+    pub(super) retry_budget_min: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -238,7 +248,7 @@ impl L7Config {
         let mut pools = Vec::new();
         let mut names = HashSet::new();
         for pool in raw_pools {
-            let pool = pool.into_inner();
+            let mut pool = pool.into_inner();
             let name = pool.name.get_ref().clone();
             if !names.insert(name.clone()) {
                 return Err(err(pool.name.span(), format!("duplicate pool {name:?}")));
@@ -267,7 +277,7 @@ impl L7Config {
                 },
             };
             let mut backends = Vec::new();
-            for b in pool.backends {
+            for b in std::mem::take(&mut pool.backends) {
                 let b = b.into_inner();
                 let addr: SocketAddr = b.address.get_ref().parse().map_err(|_| {
                     err(
@@ -284,7 +294,7 @@ impl L7Config {
                     backup: b.backup,
                 });
             }
-            pools.push(PoolConfig {
+            let mut pool_config = PoolConfig {
                 name,
                 algorithm: pool.algorithm,
                 hash_key,
@@ -301,7 +311,11 @@ impl L7Config {
                 )?,
                 retries: pool.retries,
                 proxy_protocol: pool.proxy_protocol,
-            });
+                retry_budget_percent: 0,
+                retry_budget_min: 0,
+            };
+            super::upstream::config::apply(&pool, &mut pool_config, &err)?;
+            pools.push(pool_config);
         }
 
         let mut listeners = Vec::new();

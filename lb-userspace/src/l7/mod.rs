@@ -19,9 +19,10 @@ mod routing;
 pub mod selection;
 mod server;
 mod tls;
-mod upstream;
+pub mod upstream;
 
 pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,
 };
 pub use server::{L7Error, RunningL7, serve};
+pub use upstream::{PoolState, RetryBudget, RetryCounters};

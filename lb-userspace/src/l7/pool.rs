@@ -18,7 +18,7 @@ use super::{
         BackendSelection, ConsistentHash, InFlight, LeastConnections, PowerOfTwoChoices,
         SmoothWeightedRoundRobin,
     },
-    upstream::{ConnInfo, UpstreamConnector},
+    upstream::{ConnInfo, PoolState, RetryBudget, UpstreamConnector},
 };
 use crate::maglev::MaglevError;
 
@@ -34,6 +34,7 @@ pub struct Pool {
     connector: UpstreamConnector,
     /// Shared by all clients (pools without PROXY headers).
     client: UpstreamClient,
+    pub state: Arc<PoolState>,
 }
 
 /// Idle upstream connections kept per backend, and for how long.
@@ -57,11 +58,17 @@ impl Pool {
         let connector = UpstreamConnector::new(config.connect_timeout);
         let client = build_client(connector.clone());
         Ok(Self {
-            config,
             inflight,
             selection,
             connector,
             client,
+            state: Arc::new(PoolState {
+                retry_budget: RetryBudget::new(
+                    config.retry_budget_percent,
+                    config.retry_budget_min,
+                ),
+            }),
+            config,
         })
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Retries: a request is retried only when it is idempotent (GET, HEAD, OPTIONS, PUT, DELETE,
 //! TRACE) and has no body, on a connect error, a timeout or a 502/503 answer, each time to a
-//! backend not tried yet, at most `retries` times. Everything else gets one attempt.
+//! backend not tried yet, at most `retries` times, while the pool's retry budget
+//! (`upstream/budget.rs`) has room. Everything else gets one attempt.
 use std::{
     collections::HashMap,
     hash::{Hash, Hasher},
@@ -65,6 +66,11 @@ impl Proxy {
         })
     }
 
+    /// The live upstream state of pool `name`.
+    pub fn pool_state(&self, name: &str) -> Option<std::sync::Arc<super::PoolState>> {
+        self.pools.get(name).map(|p| p.state.clone())
+    }
+
     fn new_request_id(&self) -> String {
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}{n:08x}", self.id_prefix)
@@ -123,9 +129,19 @@ impl Proxy {
         };
         let mut tried = Vec::new();
         let mut last = plain(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n");
+        let budget = &pool.state.retry_budget;
+        let _in_flight = budget.request();
         for attempt in 0..attempts {
             let Some(i) = pool.pick(key, &tried) else {
                 break;
+            };
+            // A retry needs room in the pool's budget; without it the last failure stands.
+            let _retry = match attempt {
+                0 => None,
+                _ => match budget.try_retry() {
+                    Some(permit) => Some(permit),
+                    None => break,
+                },
             };
             tried.push(i);
             let backend = pool.config.backends[i].addr;

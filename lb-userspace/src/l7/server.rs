@@ -51,6 +51,11 @@ impl RunningL7 {
     pub fn proxy_header_errors(&self) -> u64 {
         self.proxy.proxy_header_errors.load(Ordering::Relaxed)
     }
+
+    /// The live upstream state (retry counters, ...) of pool `name`.
+    pub fn pool_state(&self, name: &str) -> Option<Arc<super::PoolState>> {
+        self.proxy.pool_state(name)
+    }
 }
 
 impl Drop for RunningL7 {
