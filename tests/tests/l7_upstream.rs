@@ -114,7 +114,11 @@ async fn read_proxy_header(tcp: &mut TcpStream) -> (SocketAddr, SocketAddr) {
 }
 
 async fn backend(behaviour: Behaviour) -> TestBackend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    backend_on("127.0.0.1:0".parse().expect("addr"), behaviour).await
+}
+
+async fn backend_on(addr: SocketAddr, behaviour: Behaviour) -> TestBackend {
+    let listener = TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Seen::default();
     let task = {
@@ -312,6 +316,7 @@ async fn retry_budget_caps_concurrent_retries() {
     let (a, b) = (backend(slow_503.clone()).await, backend(slow_503).await);
     let (proxy, addr) = start(&format!(
         "[[pool]]\nname = \"web\"\nretries = 1\nretry_budget_percent = 20\nretry_budget_min = 3\n\
+         max_fails = 0\n\
          [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{}\"\n{LISTENER}",
         a.addr, b.addr
     ))
@@ -350,7 +355,7 @@ async fn get_is_retried_onto_the_healthy_backend_post_is_not() {
     .await;
     let good = backend(Behaviour::default()).await;
     let (proxy, addr) = start(&format!(
-        "[[pool]]\nname = \"web\"\nretries = 1\n\
+        "[[pool]]\nname = \"web\"\nretries = 1\nmax_fails = 0\n\
          [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{}\"\n{LISTENER}",
         bad.addr, good.addr
     ))
@@ -390,12 +395,73 @@ async fn get_is_retried_onto_the_healthy_backend_post_is_not() {
 
 #[test]
 fn upstream_config_errors_name_file_line_and_reason() {
-    let cases = [(
-        "[[pool]]\nname = \"web\"\nretry_budget_percent = 101\n",
-        "l7.toml:3: retry_budget_percent 101 is above 100",
-    )];
+    let cases = [
+        (
+            "[[pool]]\nname = \"web\"\nretry_budget_percent = 101\n",
+            "l7.toml:3: retry_budget_percent 101 is above 100",
+        ),
+        (
+            "[[pool]]\nname = \"web\"\nfail_timeout = \"later\"\n",
+            "l7.toml:3: fail_timeout \"later\": expected number at 0",
+        ),
+    ];
     for (text, expected) in cases {
         let err = L7Config::parse(text, Path::new("l7.toml")).expect_err(text);
         assert_eq!(err.to_string(), expected);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_backend_is_ejected_for_fail_timeout_then_tried_again() {
+    let alive = backend(Behaviour::default()).await;
+    let dead_addr = {
+        let gone = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        gone.local_addr().expect("addr")
+    };
+    let (proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\nretries = 1\nmax_fails = 3\nfail_timeout = \"1s\"\n\
+         [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{dead_addr}\"\n\
+         {LISTENER}",
+        alive.addr
+    ))
+    .await;
+    let state = proxy.pool_state("web").expect("pool");
+    let dead = || state.health.status(1).expect("backend");
+    for i in 0..10 {
+        assert_eq!(
+            request(addr, "GET", &format!("/a{i}")).await,
+            200,
+            "retried"
+        );
+    }
+    // Three refused connects ejected it; the seven requests after that never tried it.
+    assert_eq!(dead().consecutive_failures, 3);
+    assert!(dead().ejected_for.is_some());
+    assert_eq!(counter(&state.retry_budget.counters.retries), 3);
+    assert_eq!(alive.seen.requests().len(), 10);
+
+    // After fail_timeout it is tried again; one more failure ejects it again at once.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..4 {
+        assert_eq!(request(addr, "GET", &format!("/b{i}")).await, 200);
+    }
+    assert_eq!(dead().consecutive_failures, 4);
+    assert!(dead().ejected_for.is_some());
+
+    // Back up: after the timeout it gets requests again, and a success clears its record.
+    let revived = backend_on(dead_addr, Behaviour::default()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..4 {
+        assert_eq!(request(addr, "GET", &format!("/c{i}")).await, 200);
+    }
+    assert_eq!(revived.seen.requests().len(), 2, "round robin shares again");
+    assert_eq!(dead().consecutive_failures, 0);
+    assert_eq!(dead().ejected_for, None);
+
+    // An active check's verdict: down until set up again, whatever passive health says.
+    state.health.set_down(1, true);
+    for i in 0..4 {
+        assert_eq!(request(addr, "GET", &format!("/d{i}")).await, 200);
+    }
+    assert_eq!(revived.seen.requests().len(), 2);
 }

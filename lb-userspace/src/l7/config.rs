@@ -12,6 +12,8 @@
 //!                                # (such connections are private: one client each)
 //! retry_budget_percent = 20      # retries in flight <= 20% of requests in flight, 0..=100
 //! retry_budget_min = 3           # ... but this many concurrent retries are always allowed
+//! max_fails = 3                  # consecutive failures (connect, timeout, 5xx) that eject a
+//! fail_timeout = "10s"           # backend for this long (nginx semantics); 0 = never eject
 //!   [[pool.backend]]
 //!   address = "10.0.0.1:8080"
 //!   weight = 1                   # default 1; 0 = no new requests
@@ -84,6 +86,10 @@ pub struct PoolConfig {
     pub retry_budget_percent: u32,
     /// ... but this many concurrent retries are always allowed.
     pub retry_budget_min: u32,
+    /// Consecutive failures that eject a backend (0: never) ...
+    pub max_fails: u32,
+    /// ... for this long.
+    pub fail_timeout: Duration,
 }
 
 /// One certificate of an HTTPS listener.
@@ -164,6 +170,8 @@ pub(crate) struct RawPool {
     // Upstream keys, read by `upstream::config`.
     pub(super) retry_budget_percent: Option<Spanned<u32>>,
     pub(super) retry_budget_min: Option<u32>,
+    pub(super) max_fails: Option<u32>,
+    pub(super) fail_timeout: Option<Spanned<String>>,
 }
 
 fn one() -> u32 {
@@ -313,6 +321,8 @@ impl L7Config {
                 proxy_protocol: pool.proxy_protocol,
                 retry_budget_percent: 0,
                 retry_budget_min: 0,
+                max_fails: 0,
+                fail_timeout: Duration::ZERO,
             };
             super::upstream::config::apply(&pool, &mut pool_config, &err)?;
             pools.push(pool_config);

@@ -25,4 +25,4 @@ pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,
 };
 pub use server::{L7Error, RunningL7, serve};
-pub use upstream::{PoolState, RetryBudget, RetryCounters};
+pub use upstream::{BackendHealth, BackendStatus, PoolState, RetryBudget, RetryCounters};

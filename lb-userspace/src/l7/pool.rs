@@ -18,7 +18,7 @@ use super::{
         BackendSelection, ConsistentHash, InFlight, LeastConnections, PowerOfTwoChoices,
         SmoothWeightedRoundRobin,
     },
-    upstream::{ConnInfo, PoolState, RetryBudget, UpstreamConnector},
+    upstream::{BackendHealth, ConnInfo, PoolState, RetryBudget, UpstreamConnector},
 };
 use crate::maglev::MaglevError;
 
@@ -67,6 +67,11 @@ impl Pool {
                     config.retry_budget_percent,
                     config.retry_budget_min,
                 ),
+                health: BackendHealth::new(
+                    config.backends.len(),
+                    config.max_fails,
+                    config.fail_timeout,
+                ),
             }),
             config,
         })
@@ -91,9 +96,26 @@ impl Pool {
         }
     }
 
-    /// A backend for this attempt, never one already `tried`.
+    /// A backend for this attempt, never one already `tried` or set down. Passively ejected
+    /// backends are skipped too, unless nothing else is left (then a guess beats a certain 503,
+    /// as Envoy's panic mode does).
     pub fn pick(&self, key: u64, tried: &[usize]) -> Option<usize> {
-        self.selection.select(key, &|i| tried.contains(&i))
+        let health = &self.state.health;
+        self.selection
+            .select(key, &|i| tried.contains(&i) || !health.is_available(i))
+            .or_else(|| {
+                self.selection
+                    .select(key, &|i| tried.contains(&i) || !health.is_up(i))
+            })
+    }
+
+    /// Feeds an attempt's outcome on backend `i` to passive health.
+    pub fn record(&self, i: usize, ok: bool) {
+        if ok {
+            self.state.health.record_success(i);
+        } else {
+            self.state.health.record_failure(i);
+        }
     }
 }
 

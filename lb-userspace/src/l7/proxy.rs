@@ -164,6 +164,10 @@ impl Proxy {
                 tokio::time::timeout(pool.config.request_timeout, pool.send(upstream, peer, conn))
                     .await;
             let more = attempt + 1 < attempts;
+            pool.record(
+                i,
+                matches!(&result, Ok(Ok(r)) if !r.status().is_server_error()),
+            );
             match result {
                 Ok(Ok(response)) => {
                     let status = response.status();

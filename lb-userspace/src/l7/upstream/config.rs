@@ -1,6 +1,6 @@
 //! The upstream keys of a `[[pool]]` section (documented with the others in `l7/config.rs`):
 //! defaults and validation.
-use std::ops::Range;
+use std::{ops::Range, time::Duration};
 
 use crate::{
     config::ConfigError,
@@ -23,5 +23,11 @@ pub fn apply(raw: &RawPool, pool: &mut PoolConfig, err: ErrAt<'_>) -> Result<(),
         Some(p) => *p.get_ref(),
     };
     pool.retry_budget_min = raw.retry_budget_min.unwrap_or(3);
+    pool.max_fails = raw.max_fails.unwrap_or(3);
+    pool.fail_timeout = match &raw.fail_timeout {
+        None => Duration::from_secs(10),
+        Some(t) => humantime::parse_duration(t.get_ref())
+            .map_err(|e| err(t.span(), format!("fail_timeout {:?}: {e}", t.get_ref())))?,
+    };
     Ok(())
 }
