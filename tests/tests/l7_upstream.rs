@@ -404,6 +404,15 @@ fn upstream_config_errors_name_file_line_and_reason() {
             "[[pool]]\nname = \"web\"\nfail_timeout = \"later\"\n",
             "l7.toml:3: fail_timeout \"later\": expected number at 0",
         ),
+        (
+            "[[pool]]\nname = \"web\"\nidle_timeout = \"never\"\n",
+            "l7.toml:3: idle_timeout \"never\": expected number at 0",
+        ),
+        (
+            "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"10.0.0.1:80\"\n\
+             max_connections = 0\n",
+            "l7.toml:5: max_connections must be at least 1 (weight = 0 takes a backend out)",
+        ),
     ];
     for (text, expected) in cases {
         let err = L7Config::parse(text, Path::new("l7.toml")).expect_err(text);
@@ -464,4 +473,57 @@ async fn failing_backend_is_ejected_for_fail_timeout_then_tried_again() {
         assert_eq!(request(addr, "GET", &format!("/d{i}")).await, 200);
     }
     assert_eq!(revived.seen.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_caps_requests_in_flight_then_503() {
+    let slow = backend(Behaviour {
+        delay: Duration::from_millis(400),
+        ..Behaviour::default()
+    })
+    .await;
+    let (_proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{}\"\nmax_connections = 2\n\
+         {LISTENER}",
+        slow.addr
+    ))
+    .await;
+    let clients: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(async move { request(addr, "GET", &format!("/{i}")).await }))
+        .collect();
+    let mut statuses = Vec::new();
+    for c in clients {
+        statuses.push(c.await.expect("client"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 200, 503], "the third is over the cap");
+    assert_eq!(slow.seen.peak.load(Ordering::SeqCst), 2);
+    assert_eq!(slow.seen.requests().len(), 2);
+    // Below the cap again: served.
+    assert_eq!(request(addr, "GET", "/after").await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_settings_bound_upstream_keep_alive() {
+    let b = backend(Behaviour::default()).await;
+    let pool = |extra: &str| {
+        format!(
+            "[[pool]]\nname = \"web\"\n{extra}[[pool.backend]]\naddress = \"{}\"\n{LISTENER}",
+            b.addr
+        )
+    };
+    // idle_timeout: reused within it, a new connection after it.
+    let (_proxy, addr) = start(&pool("idle_timeout = \"300ms\"\n")).await;
+    request(addr, "GET", "/1").await;
+    request(addr, "GET", "/2").await;
+    assert_eq!(b.seen.conns().len(), 1, "reused");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    request(addr, "GET", "/3").await;
+    assert_eq!(b.seen.conns().len(), 2, "the idle connection was closed");
+    // idle_per_backend = 0: no keep-alive upstream.
+    let (_proxy, addr) = start(&pool("idle_per_backend = 0\n")).await;
+    for i in 0..3 {
+        request(addr, "GET", &format!("/n{i}")).await;
+    }
+    assert_eq!(b.seen.conns().len(), 5, "one connection per request");
 }

@@ -14,10 +14,14 @@
 //! retry_budget_min = 3           # ... but this many concurrent retries are always allowed
 //! max_fails = 3                  # consecutive failures (connect, timeout, 5xx) that eject a
 //! fail_timeout = "10s"           # backend for this long (nginx semantics); 0 = never eject
+//! idle_per_backend = 256         # idle keep-alive connections kept per backend (0: none)
+//! idle_timeout = "60s"           # ... closed after this long unused
 //!   [[pool.backend]]
 //!   address = "10.0.0.1:8080"
 //!   weight = 1                   # default 1; 0 = no new requests
 //!   backup = false               # used only when no primary is available
+//!   max_connections = 100        # optional: most requests in flight to it; at the cap it is
+//!                                # skipped (all at their cap: 503)
 //!
 //! [[listener]]
 //! name = "public"
@@ -90,6 +94,11 @@ pub struct PoolConfig {
     pub max_fails: u32,
     /// ... for this long.
     pub fail_timeout: Duration,
+    /// Per backend (index as in `backends`): most requests in flight at once; None: no cap.
+    pub backend_max_connections: Vec<Option<u32>>,
+    /// Idle keep-alive connections kept per backend, and for how long.
+    pub idle_per_backend: usize,
+    pub idle_timeout: Duration,
 }
 
 /// One certificate of an HTTPS listener.
@@ -172,6 +181,8 @@ pub(crate) struct RawPool {
     pub(super) retry_budget_min: Option<u32>,
     pub(super) max_fails: Option<u32>,
     pub(super) fail_timeout: Option<Spanned<String>>,
+    pub(super) idle_per_backend: Option<usize>,
+    pub(super) idle_timeout: Option<Spanned<String>>,
 }
 
 fn one() -> u32 {
@@ -180,11 +191,12 @@ fn one() -> u32 {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawBackend {
+pub(super) struct RawBackend {
     address: Spanned<String>,
     weight: Option<u32>,
     #[serde(default)]
     backup: bool,
+    pub(super) max_connections: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +296,7 @@ impl L7Config {
                     }
                 },
             };
+            let caps = super::upstream::config::backend_caps(&pool.backends, &err)?;
             let mut backends = Vec::new();
             for b in std::mem::take(&mut pool.backends) {
                 let b = b.into_inner();
@@ -323,6 +336,9 @@ impl L7Config {
                 retry_budget_min: 0,
                 max_fails: 0,
                 fail_timeout: Duration::ZERO,
+                backend_max_connections: caps,
+                idle_per_backend: 0,
+                idle_timeout: Duration::ZERO,
             };
             super::upstream::config::apply(&pool, &mut pool_config, &err)?;
             pools.push(pool_config);

@@ -2,7 +2,7 @@
 //! HTTP client (hyper-util's pooled client: idle connections are reused across requests).
 //! Pools that send a PROXY header use one client per downstream connection instead (see
 //! `upstream/private.rs`).
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -15,8 +15,8 @@ use hyper_util::{
 use super::{
     config::{Algorithm, PoolConfig},
     selection::{
-        BackendSelection, ConsistentHash, InFlight, LeastConnections, PowerOfTwoChoices,
-        SmoothWeightedRoundRobin,
+        BackendSelection, ConsistentHash, InFlight, InFlightGuard, LeastConnections,
+        PowerOfTwoChoices, SmoothWeightedRoundRobin,
     },
     upstream::{BackendHealth, ConnInfo, PoolState, RetryBudget, UpstreamConnector},
 };
@@ -37,10 +37,6 @@ pub struct Pool {
     pub state: Arc<PoolState>,
 }
 
-/// Idle upstream connections kept per backend, and for how long.
-const IDLE_PER_BACKEND: usize = 256;
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 impl Pool {
     pub fn new(config: PoolConfig) -> Result<Self, MaglevError> {
         let inflight = Arc::new(InFlight::new(config.backends.len()));
@@ -56,7 +52,7 @@ impl Pool {
             Algorithm::ConsistentHash => Box::new(ConsistentHash::new(backends)?),
         };
         let connector = UpstreamConnector::new(config.connect_timeout);
-        let client = build_client(connector.clone());
+        let client = build_client(connector.clone(), &config);
         Ok(Self {
             inflight,
             selection,
@@ -89,7 +85,7 @@ impl Pool {
             Some(version) => {
                 let client = conn.private_client(&self.config.name, || {
                     let header = super::proxy_header::encode(version, peer, conn.local, None);
-                    build_client(self.connector.with_proxy_header(header))
+                    build_client(self.connector.with_proxy_header(header), &self.config)
                 });
                 client.request(req).await
             }
@@ -102,11 +98,41 @@ impl Pool {
     pub fn pick(&self, key: u64, tried: &[usize]) -> Option<usize> {
         let health = &self.state.health;
         self.selection
-            .select(key, &|i| tried.contains(&i) || !health.is_available(i))
-            .or_else(|| {
-                self.selection
-                    .select(key, &|i| tried.contains(&i) || !health.is_up(i))
+            .select(key, &|i| {
+                tried.contains(&i) || self.at_cap(i) || !health.is_available(i)
             })
+            .or_else(|| {
+                self.selection.select(key, &|i| {
+                    tried.contains(&i) || self.at_cap(i) || !health.is_up(i)
+                })
+            })
+    }
+
+    fn cap(&self, i: usize) -> Option<u32> {
+        self.config
+            .backend_max_connections
+            .get(i)
+            .copied()
+            .flatten()
+    }
+
+    fn at_cap(&self, i: usize) -> bool {
+        self.cap(i).is_some_and(|cap| self.inflight.get(i) >= cap)
+    }
+
+    /// Picks a backend (as `pick`) and counts the request on it; the count is taken before the
+    /// cap is checked again, so concurrent requests never push a backend over its cap.
+    pub fn acquire(&self, key: u64, tried: &[usize]) -> Option<(usize, InFlightGuard<'_>)> {
+        let mut skip = tried.to_vec();
+        loop {
+            let i = self.pick(key, &skip)?;
+            let guard = self.inflight.start(i);
+            if self.cap(i).is_some_and(|cap| self.inflight.get(i) > cap) {
+                skip.push(i);
+                continue;
+            }
+            return Some((i, guard));
+        }
     }
 
     /// Feeds an attempt's outcome on backend `i` to passive health.
@@ -119,10 +145,10 @@ impl Pool {
     }
 }
 
-fn build_client(connector: UpstreamConnector) -> UpstreamClient {
+fn build_client(connector: UpstreamConnector, config: &PoolConfig) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(IDLE_PER_BACKEND)
-        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(config.idle_per_backend)
+        .pool_idle_timeout(config.idle_timeout)
         .pool_timer(TokioTimer::new())
         .build(connector)
 }

@@ -132,7 +132,7 @@ impl Proxy {
         let budget = &pool.state.retry_budget;
         let _in_flight = budget.request();
         for attempt in 0..attempts {
-            let Some(i) = pool.pick(key, &tried) else {
+            let Some((i, _inflight)) = pool.acquire(key, &tried) else {
                 break;
             };
             // A retry needs room in the pool's budget; without it the last failure stands.
@@ -159,7 +159,6 @@ impl Proxy {
                 .take()
                 .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
             let upstream = upstream.map(|()| upstream_body);
-            let _inflight = pool.inflight.start(i);
             let result =
                 tokio::time::timeout(pool.config.request_timeout, pool.send(upstream, peer, conn))
                     .await;
