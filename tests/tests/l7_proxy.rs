@@ -236,8 +236,10 @@ async fn idempotent_requests_retry_elsewhere_posts_do_not() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
+    // max_fails = 0: no passive ejection, so the dead backend keeps its turns.
     let (_proxy, addr) = start(&format!(
-        "[[pool]]\nname = \"web\"\nretries = 1\n[[pool.backend]]\naddress = \"{dead}\"\n\
+        "[[pool]]\nname = \"web\"\nretries = 1\nmax_fails = 0\n\
+         [[pool.backend]]\naddress = \"{dead}\"\n\
          [[pool.backend]]\naddress = \"{alive}\"\n\
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
          [[route]]\nlistener = \"l\"\npool = \"web\"\n"

@@ -9,6 +9,13 @@
 //! request_timeout = "30s"        # until the response headers arrive
 //! retries = 1                    # idempotent requests only, each to a different backend
 //! proxy_protocol = "v2"          # optional: send a PROXY v1/v2 header on each upstream connection
+//!                                # (such connections are private: one client each)
+//! retry_budget_percent = 20      # retries in flight <= 20% of requests in flight, 0..=100
+//! retry_budget_min = 3           # ... but this many concurrent retries are always allowed
+//! max_fails = 3                  # consecutive failures (connect, timeout, 5xx) that eject a
+//! fail_timeout = "10s"           # backend for this long (nginx semantics); 0 = never eject
+//! idle_per_backend = 256         # idle keep-alive connections kept per backend (0: none)
+//! idle_timeout = "60s"           # ... closed after this long unused
 //!   [pool.health_check]          # optional: active checks (keys: see health/config.rs)
 //!   type = "http"
 //!   path = "/healthz"
@@ -16,6 +23,8 @@
 //!   address = "10.0.0.1:8080"
 //!   weight = 1                   # default 1; 0 = no new requests
 //!   backup = false               # used only when no primary is available
+//!   max_connections = 100        # optional: most requests in flight to it; at the cap it is
+//!                                # skipped (all at their cap: 503)
 //!
 //! [[listener]]
 //! name = "public"
@@ -105,6 +114,19 @@ pub struct PoolConfig {
     pub proxy_protocol: Option<ProxyVersion>,
     /// Active health checks of the backends (none: backends count as up).
     pub health_check: Option<HealthCheckConfig>,
+    /// Retries in flight may be at most this percentage of requests in flight ...
+    pub retry_budget_percent: u32,
+    /// ... but this many concurrent retries are always allowed.
+    pub retry_budget_min: u32,
+    /// Consecutive failures that eject a backend (0: never) ...
+    pub max_fails: u32,
+    /// ... for this long.
+    pub fail_timeout: Duration,
+    /// Per backend (index as in `backends`): most requests in flight at once; None: no cap.
+    pub backend_max_connections: Vec<Option<u32>>,
+    /// Idle keep-alive connections kept per backend, and for how long.
+    pub idle_per_backend: usize,
+    pub idle_timeout: Duration,
 }
 
 /// One certificate of an HTTPS listener.
@@ -202,6 +224,13 @@ pub(crate) struct RawPool {
     health_check: Option<RawHealthCheck>,
     #[serde(default, rename = "backend")]
     backends: Vec<Spanned<RawBackend>>,
+    // Upstream keys, read by `upstream::config`.
+    pub(super) retry_budget_percent: Option<Spanned<u32>>,
+    pub(super) retry_budget_min: Option<u32>,
+    pub(super) max_fails: Option<u32>,
+    pub(super) fail_timeout: Option<Spanned<String>>,
+    pub(super) idle_per_backend: Option<usize>,
+    pub(super) idle_timeout: Option<Spanned<String>>,
 }
 
 impl RawPool {
@@ -216,11 +245,12 @@ fn one() -> u32 {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawBackend {
+pub(super) struct RawBackend {
     address: Spanned<String>,
     weight: Option<u32>,
     #[serde(default)]
     backup: bool,
+    pub(super) max_connections: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -307,7 +337,7 @@ impl L7Config {
         let mut pools = Vec::new();
         let mut names = HashSet::new();
         for pool in raw_pools {
-            let pool = pool.into_inner();
+            let mut pool = pool.into_inner();
             let name = pool.name.get_ref().clone();
             if !names.insert(name.clone()) {
                 return Err(err(pool.name.span(), format!("duplicate pool {name:?}")));
@@ -335,8 +365,9 @@ impl L7Config {
                     }
                 },
             };
+            let caps = super::upstream::config::backend_caps(&pool.backends, &err)?;
             let mut backends = Vec::new();
-            for b in pool.backends {
+            for b in std::mem::take(&mut pool.backends) {
                 let b = b.into_inner();
                 let addr: SocketAddr = b.address.get_ref().parse().map_err(|_| {
                     err(
@@ -353,7 +384,12 @@ impl L7Config {
                     backup: b.backup,
                 });
             }
-            pools.push(PoolConfig {
+            let health_check = pool
+                .health_check
+                .take()
+                .map(|raw| HealthCheckConfig::from_raw(raw, text, path))
+                .transpose()?;
+            let mut pool_config = PoolConfig {
                 name,
                 algorithm: pool.algorithm,
                 hash_key,
@@ -370,11 +406,17 @@ impl L7Config {
                 )?,
                 retries: pool.retries,
                 proxy_protocol: pool.proxy_protocol,
-                health_check: pool
-                    .health_check
-                    .map(|raw| HealthCheckConfig::from_raw(raw, text, path))
-                    .transpose()?,
-            });
+                retry_budget_percent: 0,
+                retry_budget_min: 0,
+                max_fails: 0,
+                fail_timeout: Duration::ZERO,
+                backend_max_connections: caps,
+                idle_per_backend: 0,
+                idle_timeout: Duration::ZERO,
+                health_check,
+            };
+            super::upstream::config::apply(&pool, &mut pool_config, &err)?;
+            pools.push(pool_config);
         }
 
         let mut listeners = Vec::new();

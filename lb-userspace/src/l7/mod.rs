@@ -10,6 +10,7 @@
 //! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
+//! - `upstream/`: opening upstream connections, private (per-client) upstream connections.
 pub mod config;
 mod headers;
 mod pool;
@@ -20,9 +21,11 @@ mod routing;
 pub mod selection;
 mod server;
 mod tls;
+pub mod upstream;
 
 pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,
 };
 pub use route_rules::{HeaderMatch, HeaderRule, Rewrite, SplitTarget};
 pub use server::{L7Error, RunningL7, serve};
+pub use upstream::{BackendHealth, BackendStatus, PoolState, RetryBudget, RetryCounters};

@@ -1,35 +1,41 @@
 //! An upstream pool: its backends, the selection algorithm, in-flight counts and a keep-alive
 //! HTTP client (hyper-util's pooled client: idle connections are reused across requests).
-use std::{sync::Arc, time::Duration};
+//! Pools that send a PROXY header use one client per downstream connection instead (see
+//! `upstream/private.rs`).
+use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
+use hyper::{Request, Response, body::Incoming};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioTimer},
 };
 
 use super::{
     config::{Algorithm, PoolConfig},
     selection::{
-        BackendSelection, ConsistentHash, InFlight, LeastConnections, PowerOfTwoChoices,
-        SmoothWeightedRoundRobin,
+        BackendSelection, ConsistentHash, InFlight, InFlightGuard, LeastConnections,
+        PowerOfTwoChoices, SmoothWeightedRoundRobin,
     },
+    upstream::{BackendHealth, ConnInfo, PoolState, RetryBudget, UpstreamConnector},
 };
 use crate::maglev::MaglevError;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// hyper-util's pooled client over lb's connector.
+pub type UpstreamClient = Client<UpstreamConnector, ProxyBody>;
+
 pub struct Pool {
     pub config: PoolConfig,
     pub inflight: Arc<InFlight>,
     selection: Box<dyn BackendSelection>,
-    pub client: Client<HttpConnector, ProxyBody>,
+    connector: UpstreamConnector,
+    /// Shared by all clients (pools without PROXY headers).
+    client: UpstreamClient,
+    pub state: Arc<PoolState>,
 }
-
-/// Idle upstream connections kept per backend, and for how long.
-const IDLE_PER_BACKEND: usize = 256;
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Pool {
     pub fn new(config: PoolConfig) -> Result<Self, MaglevError> {
@@ -45,23 +51,104 @@ impl Pool {
             )),
             Algorithm::ConsistentHash => Box::new(ConsistentHash::new(backends)?),
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(IDLE_PER_BACKEND)
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(connector);
+        let connector = UpstreamConnector::new(config.connect_timeout);
+        let client = build_client(connector.clone(), &config);
         Ok(Self {
-            config,
             inflight,
             selection,
+            connector,
             client,
+            state: Arc::new(PoolState {
+                retry_budget: RetryBudget::new(
+                    config.retry_budget_percent,
+                    config.retry_budget_min,
+                ),
+                health: BackendHealth::new(
+                    config.backends.len(),
+                    config.max_fails,
+                    config.fail_timeout,
+                ),
+            }),
+            config,
         })
     }
 
-    /// A backend for this attempt, never one already `tried`.
-    pub fn pick(&self, key: u64, tried: &[usize]) -> Option<usize> {
-        self.selection.select(key, &|i| tried.contains(&i))
+    /// Sends `req` (its URI names the backend) for the client `peer` that reached `conn`.
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        peer: SocketAddr,
+        conn: &ConnInfo,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        match self.config.proxy_protocol {
+            None => self.client.request(req).await,
+            Some(version) => {
+                let client = conn.private_client(&self.config.name, || {
+                    let header = super::proxy_header::encode(version, peer, conn.local, None);
+                    build_client(self.connector.with_proxy_header(header), &self.config)
+                });
+                client.request(req).await
+            }
+        }
     }
+
+    /// A backend for this attempt, never one already `tried` or set down. Passively ejected
+    /// backends are skipped too, unless nothing else is left (then a guess beats a certain 503,
+    /// as Envoy's panic mode does).
+    pub fn pick(&self, key: u64, tried: &[usize]) -> Option<usize> {
+        let health = &self.state.health;
+        self.selection
+            .select(key, &|i| {
+                tried.contains(&i) || self.at_cap(i) || !health.is_available(i)
+            })
+            .or_else(|| {
+                self.selection.select(key, &|i| {
+                    tried.contains(&i) || self.at_cap(i) || !health.is_up(i)
+                })
+            })
+    }
+
+    fn cap(&self, i: usize) -> Option<u32> {
+        self.config
+            .backend_max_connections
+            .get(i)
+            .copied()
+            .flatten()
+    }
+
+    fn at_cap(&self, i: usize) -> bool {
+        self.cap(i).is_some_and(|cap| self.inflight.get(i) >= cap)
+    }
+
+    /// Picks a backend (as `pick`) and counts the request on it; the count is taken before the
+    /// cap is checked again, so concurrent requests never push a backend over its cap.
+    pub fn acquire(&self, key: u64, tried: &[usize]) -> Option<(usize, InFlightGuard<'_>)> {
+        let mut skip = tried.to_vec();
+        loop {
+            let i = self.pick(key, &skip)?;
+            let guard = self.inflight.start(i);
+            if self.cap(i).is_some_and(|cap| self.inflight.get(i) > cap) {
+                skip.push(i);
+                continue;
+            }
+            return Some((i, guard));
+        }
+    }
+
+    /// Feeds an attempt's outcome on backend `i` to passive health.
+    pub fn record(&self, i: usize, ok: bool) {
+        if ok {
+            self.state.health.record_success(i);
+        } else {
+            self.state.health.record_failure(i);
+        }
+    }
+}
+
+fn build_client(connector: UpstreamConnector, config: &PoolConfig) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(config.idle_per_backend)
+        .pool_idle_timeout(config.idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }

@@ -3,7 +3,8 @@
 //!
 //! Retries: a request is retried only when it is idempotent (GET, HEAD, OPTIONS, PUT, DELETE,
 //! TRACE) and has no body, on a connect error, a timeout or a 502/503 answer, each time to a
-//! backend not tried yet, at most `retries` times. Everything else gets one attempt.
+//! backend not tried yet, at most `retries` times, while the pool's retry budget
+//! (`upstream/budget.rs`) has room. Everything else gets one attempt.
 use std::{
     collections::HashMap,
     hash::{Hash, Hasher},
@@ -21,6 +22,7 @@ use super::{
     pool::{Pool, ProxyBody},
     routing::{Routed, Router, host_of, upstream_path},
     server::L7Error,
+    upstream::ConnInfo,
 };
 
 /// What every request handler shares: pools, routes, per-listener limits, counters.
@@ -71,19 +73,25 @@ impl Proxy {
         })
     }
 
+    /// The live upstream state of pool `name`.
+    pub fn pool_state(&self, name: &str) -> Option<std::sync::Arc<super::PoolState>> {
+        self.pools.get(name).map(|p| p.state.clone())
+    }
+
     fn new_request_id(&self) -> String {
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}{n:08x}", self.id_prefix)
     }
 
     /// Answers one request that arrived on `listener` from `peer` (the true client when a PROXY
-    /// header said so) over `scheme` (http or https).
+    /// header said so) over `scheme` (http or https), on the downstream connection `conn`.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         listener: &str,
         peer: SocketAddr,
         scheme: &'static str,
+        conn: &ConnInfo,
     ) -> Response<ProxyBody> {
         let declared = req
             .headers()
@@ -135,9 +143,19 @@ impl Proxy {
         };
         let mut tried = Vec::new();
         let mut last = plain(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n");
+        let budget = &pool.state.retry_budget;
+        let _in_flight = budget.request();
         for attempt in 0..attempts {
-            let Some(i) = pool.pick(key, &tried) else {
+            let Some((i, _inflight)) = pool.acquire(key, &tried) else {
                 break;
+            };
+            // A retry needs room in the pool's budget; without it the last failure stands.
+            let _retry = match attempt {
+                0 => None,
+                _ => match budget.try_retry() {
+                    Some(permit) => Some(permit),
+                    None => break,
+                },
             };
             tried.push(i);
             let backend = pool.config.backends[i].addr;
@@ -155,11 +173,14 @@ impl Proxy {
                 .take()
                 .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
             let upstream = upstream.map(|()| upstream_body);
-            let _inflight = pool.inflight.start(i);
             let result =
-                tokio::time::timeout(pool.config.request_timeout, pool.client.request(upstream))
+                tokio::time::timeout(pool.config.request_timeout, pool.send(upstream, peer, conn))
                     .await;
             let more = attempt + 1 < attempts;
+            pool.record(
+                i,
+                matches!(&result, Ok(Ok(r)) if !r.status().is_server_error()),
+            );
             match result {
                 Ok(Ok(response)) => {
                     let status = response.status();

@@ -51,6 +51,11 @@ impl RunningL7 {
     pub fn proxy_header_errors(&self) -> u64 {
         self.proxy.proxy_header_errors.load(Ordering::Relaxed)
     }
+
+    /// The live upstream state (retry counters, ...) of pool `name`.
+    pub fn pool_state(&self, name: &str) -> Option<Arc<super::PoolState>> {
+        self.proxy.pool_state(name)
+    }
 }
 
 impl Drop for RunningL7 {
@@ -137,10 +142,13 @@ async fn accept_loop(
                 }
             }
             let scheme = if tls.is_some() { "https" } else { "http" };
+            let Ok(local) = tcp.local_addr() else { return };
+            let conn = Arc::new(super::upstream::ConnInfo::new(local));
             let service = service_fn(move |req| {
-                let (name, proxy) = (name.clone(), proxy.clone());
+                let (name, proxy, conn) = (name.clone(), proxy.clone(), conn.clone());
                 async move {
-                    Ok::<_, std::convert::Infallible>(proxy.handle(req, &name, peer, scheme).await)
+                    let response = proxy.handle(req, &name, peer, scheme, &conn).await;
+                    Ok::<_, std::convert::Infallible>(response)
                 }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -1,0 +1,73 @@
+//! The upstream keys of a `[[pool]]` section (documented with the others in `l7/config.rs`):
+//! defaults and validation.
+use std::{ops::Range, time::Duration};
+
+use toml::Spanned;
+
+use crate::{
+    config::ConfigError,
+    l7::config::{PoolConfig, RawBackend, RawPool},
+};
+
+/// Builds `FILE:LINE: reason` errors from a span.
+pub type ErrAt<'a> = &'a dyn Fn(Range<usize>, String) -> ConfigError;
+
+/// Fills `pool`'s upstream settings from `raw`.
+pub fn apply(raw: &RawPool, pool: &mut PoolConfig, err: ErrAt<'_>) -> Result<(), ConfigError> {
+    pool.retry_budget_percent = match &raw.retry_budget_percent {
+        None => 20,
+        Some(p) if *p.get_ref() > 100 => {
+            return Err(err(
+                p.span(),
+                format!("retry_budget_percent {} is above 100", p.get_ref()),
+            ));
+        }
+        Some(p) => *p.get_ref(),
+    };
+    pool.retry_budget_min = raw.retry_budget_min.unwrap_or(3);
+    pool.max_fails = raw.max_fails.unwrap_or(3);
+    pool.fail_timeout = duration(
+        &raw.fail_timeout,
+        Duration::from_secs(10),
+        "fail_timeout",
+        err,
+    )?;
+    pool.idle_per_backend = raw.idle_per_backend.unwrap_or(256);
+    pool.idle_timeout = duration(
+        &raw.idle_timeout,
+        Duration::from_secs(60),
+        "idle_timeout",
+        err,
+    )?;
+    Ok(())
+}
+
+/// Each backend's `max_connections` (None: no cap), in backend order.
+pub fn backend_caps(
+    backends: &[Spanned<RawBackend>],
+    err: ErrAt<'_>,
+) -> Result<Vec<Option<u32>>, ConfigError> {
+    backends
+        .iter()
+        .map(|b| match &b.get_ref().max_connections {
+            Some(n) if *n.get_ref() == 0 => Err(err(
+                n.span(),
+                "max_connections must be at least 1 (weight = 0 takes a backend out)".into(),
+            )),
+            Some(n) => Ok(Some(*n.get_ref())),
+            None => Ok(None),
+        })
+        .collect()
+}
+
+fn duration(
+    value: &Option<Spanned<String>>,
+    default: Duration,
+    what: &str,
+    err: ErrAt<'_>,
+) -> Result<Duration, ConfigError> {
+    value.as_ref().map_or(Ok(default), |v| {
+        humantime::parse_duration(v.get_ref())
+            .map_err(|e| err(v.span(), format!("{what} {:?}: {e}", v.get_ref())))
+    })
+}

@@ -1,0 +1,26 @@
+//! The upstream side of a pool, one job per module:
+//!
+//! - `connector.rs`: opening one upstream connection (TCP, PROXY header).
+//! - `private.rs`: per-downstream-connection clients for pools that send a PROXY header, so an
+//!   upstream connection never carries two different clients.
+//! - `budget.rs`: the pool-wide retry budget and retry counters.
+//! - `config.rs`: the upstream keys of `[[pool]]` (defaults, validation).
+//! - `passive.rs`: per-backend health: passive ejection, down flag for active checks.
+mod budget;
+pub(super) mod config;
+mod connector;
+mod passive;
+mod private;
+
+pub use budget::{RetryBudget, RetryCounters};
+pub use connector::UpstreamConnector;
+pub use passive::{BackendHealth, BackendStatus};
+pub use private::ConnInfo;
+
+/// A pool's live upstream state, shared with the manager (metrics read it, health checks will
+/// write it). `RunningL7::pool_state` hands it out by pool name.
+#[derive(Debug)]
+pub struct PoolState {
+    pub retry_budget: RetryBudget,
+    pub health: BackendHealth,
+}

@@ -1,0 +1,43 @@
+//! What one downstream connection carries to the upstream side: the address the client
+//! connected to (for PROXY headers), and, for pools that send PROXY headers, its own pooled
+//! clients. HAProxy calls such upstream connections "private": a PROXY header names one client
+//! for the life of the connection, so it may be reused for that client's next requests but
+//! never for another client's. The clients (and their idle connections) go when the
+//! downstream connection closes.
+use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
+
+use crate::l7::pool::UpstreamClient;
+
+pub struct ConnInfo {
+    /// The local address the client connected to.
+    pub local: SocketAddr,
+    /// Pool name -> this connection's client for that pool.
+    private: Mutex<HashMap<String, UpstreamClient>>,
+}
+
+impl ConnInfo {
+    pub fn new(local: SocketAddr) -> Self {
+        Self {
+            local,
+            private: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This connection's client for `pool`, made by `build` the first time.
+    pub fn private_client(
+        &self,
+        pool: &str,
+        build: impl FnOnce() -> UpstreamClient,
+    ) -> UpstreamClient {
+        let mut clients = match self.private.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(client) = clients.get(pool) {
+            return client.clone();
+        }
+        let client = build();
+        clients.insert(pool.to_owned(), client.clone());
+        client
+    }
+}

@@ -1,0 +1,529 @@
+//! The L7 proxy's upstream side with real sockets: PROXY headers on private upstream
+//! connections, retry budget, passive ejection, connection caps, HTTP/2 and TLS upstreams.
+//! Backends are small hyper servers started here; the proxy runs in-process.
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use lb::l7::{self, L7Config};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// How a test backend answers.
+#[derive(Clone)]
+struct Behaviour {
+    /// Connections start with a PROXY header (parsed and recorded).
+    proxy_header: bool,
+    status: u16,
+    delay: Duration,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            proxy_header: false,
+            status: 200,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// One accepted connection: the PROXY header's (source, destination), if any.
+type ConnRecord = Option<(SocketAddr, SocketAddr)>;
+
+/// One request: (connection index, path, HTTP version).
+type RequestRecord = (usize, String, hyper::Version);
+
+#[derive(Clone, Default)]
+struct Seen {
+    conns: Arc<Mutex<Vec<ConnRecord>>>,
+    requests: Arc<Mutex<Vec<RequestRecord>>>,
+    /// Requests being answered right now, and the most at once.
+    active: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+impl Seen {
+    fn requests(&self) -> Vec<RequestRecord> {
+        self.requests.lock().expect("log").clone()
+    }
+    fn conns(&self) -> Vec<ConnRecord> {
+        self.conns.lock().expect("log").clone()
+    }
+}
+
+struct TestBackend {
+    addr: SocketAddr,
+    seen: Seen,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads the PROXY header at the start of `tcp` (peeking, then consuming exactly its bytes).
+async fn read_proxy_header(tcp: &mut TcpStream) -> (SocketAddr, SocketAddr) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 536];
+    for _ in 0..100 {
+        let n = tcp.peek(&mut buf).await.expect("peek");
+        let mut cursor = &buf[..n];
+        if let Ok(header) = proxy_protocol::parse(&mut cursor) {
+            let used = n - cursor.len();
+            let mut skip = vec![0u8; used];
+            tcp.read_exact(&mut skip).await.expect("consume header");
+            use proxy_protocol::{ProxyHeader, version1, version2};
+            return match header {
+                ProxyHeader::Version1 {
+                    addresses:
+                        version1::ProxyAddresses::Ipv4 {
+                            source,
+                            destination,
+                        },
+                } => (source.into(), destination.into()),
+                ProxyHeader::Version2 {
+                    addresses:
+                        version2::ProxyAddresses::Ipv4 {
+                            source,
+                            destination,
+                        },
+                    ..
+                } => (source.into(), destination.into()),
+                other => panic!("unexpected PROXY header {other:?}"),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no PROXY header");
+}
+
+async fn backend(behaviour: Behaviour) -> TestBackend {
+    backend_on("127.0.0.1:0".parse().expect("addr"), behaviour).await
+}
+
+async fn backend_on(addr: SocketAddr, behaviour: Behaviour) -> TestBackend {
+    let listener = TcpListener::bind(addr).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Seen::default();
+    let task = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let (seen, behaviour) = (seen.clone(), behaviour.clone());
+                tokio::spawn(async move {
+                    let header = if behaviour.proxy_header {
+                        Some(read_proxy_header(&mut tcp).await)
+                    } else {
+                        None
+                    };
+                    let conn = {
+                        let mut conns = seen.conns.lock().expect("log");
+                        conns.push(header);
+                        conns.len() - 1
+                    };
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (seen, behaviour) = (seen.clone(), behaviour.clone());
+                        async move {
+                            let now = seen.active.fetch_add(1, Ordering::SeqCst) + 1;
+                            seen.peak.fetch_max(now, Ordering::SeqCst);
+                            seen.requests.lock().expect("log").push((
+                                conn,
+                                req.uri().path().to_owned(),
+                                req.version(),
+                            ));
+                            tokio::time::sleep(behaviour.delay).await;
+                            seen.active.fetch_sub(1, Ordering::SeqCst);
+                            let mut response = Response::new(Full::new(Bytes::from(format!(
+                                "conn {conn} {}",
+                                req.uri().path()
+                            ))));
+                            *response.status_mut() =
+                                StatusCode::from_u16(behaviour.status).expect("status");
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        })
+    };
+    TestBackend { addr, seen, task }
+}
+
+fn config(text: &str) -> L7Config {
+    L7Config::parse(text, Path::new("l7.toml")).expect("config")
+}
+
+async fn start(text: &str) -> (l7::RunningL7, SocketAddr) {
+    let running = l7::serve(config(text)).await.expect("serve");
+    let addr = running.listeners[0].1;
+    (running, addr)
+}
+
+/// A listener and a route to pool "web" (whose `[[pool]]` section the test writes).
+const LISTENER: &str = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+                        [[route]]\nlistener = \"l\"\npool = \"web\"\n";
+
+/// A keep-alive HTTP/1.1 client connection from `source` to the proxy.
+async fn client_from(
+    source: IpAddr,
+    proxy: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind source");
+    let tcp = socket.connect(proxy).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// GET `path` on a client connection; (status, body).
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (u16, String) {
+    sender.ready().await.expect("ready");
+    let req = Request::get(path)
+        .header("host", "s")
+        .body(Empty::new())
+        .expect("request");
+    let response = sender.send_request(req).await.expect("response");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_upstream_connections_are_private_to_one_client() {
+    for version in ["v1", "v2"] {
+        let b = backend(Behaviour {
+            proxy_header: true,
+            ..Behaviour::default()
+        })
+        .await;
+        let (_proxy, addr) = start(&format!(
+            "[[pool]]\nname = \"web\"\nproxy_protocol = \"{version}\"\n\
+             [[pool.backend]]\naddress = \"{}\"\n{LISTENER}",
+            b.addr
+        ))
+        .await;
+        let sources: [IpAddr; 2] = [
+            "127.0.0.2".parse().expect("ip"),
+            "127.0.0.3".parse().expect("ip"),
+        ];
+        let mut clients = Vec::new();
+        for source in sources {
+            clients.push(client_from(source, addr).await);
+        }
+        // Interleaved: a shared pool would hand one client's idle connection to the other.
+        for round in 0..3 {
+            for (i, client) in clients.iter_mut().enumerate() {
+                let (status, _) = send(client, &format!("/c{i}/r{round}")).await;
+                assert_eq!(status, 200, "{version}");
+            }
+        }
+        let conns = b.seen.conns();
+        assert_eq!(
+            conns.len(),
+            2,
+            "{version}: one upstream connection per client: {conns:?}"
+        );
+        for (conn, header) in conns.iter().enumerate() {
+            let (source, destination) = header.expect("PROXY header");
+            assert_eq!(
+                destination, addr,
+                "{version}: the address the client reached"
+            );
+            let client = sources
+                .iter()
+                .position(|s| *s == source.ip())
+                .expect("a header naming one of the clients");
+            // Every request on this upstream connection came from that client.
+            let paths: Vec<String> = b
+                .seen
+                .requests()
+                .into_iter()
+                .filter(|(c, _, _)| *c == conn)
+                .map(|(_, p, _)| p)
+                .collect();
+            assert_eq!(paths.len(), 3, "{version}: {paths:?}");
+            assert!(
+                paths.iter().all(|p| p.starts_with(&format!("/c{client}/"))),
+                "{version}: connection of {source} carried {paths:?}"
+            );
+        }
+    }
+}
+
+/// GET (or POST with a body) `path` on a fresh connection from 127.0.0.1; the status.
+async fn request(proxy: SocketAddr, method: &str, path: &str) -> u16 {
+    let tcp = TcpStream::connect(proxy).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let body = if method == "POST" { "data" } else { "" };
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "s")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let response = sender.send_request(req).await.expect("response");
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+fn counter(value: &std::sync::atomic::AtomicU64) -> u64 {
+    value.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_caps_concurrent_retries() {
+    let slow_503 = Behaviour {
+        status: 503,
+        delay: Duration::from_millis(300),
+        ..Behaviour::default()
+    };
+    let (a, b) = (backend(slow_503.clone()).await, backend(slow_503).await);
+    let (proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\nretries = 1\nretry_budget_percent = 20\nretry_budget_min = 3\n\
+         max_fails = 0\n\
+         [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{}\"\n{LISTENER}",
+        a.addr, b.addr
+    ))
+    .await;
+    let clients: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(async move { request(addr, "GET", &format!("/{i}")).await }))
+        .collect();
+    for c in clients {
+        assert_eq!(
+            c.await.expect("client"),
+            503,
+            "the original failure is returned"
+        );
+    }
+    let state = proxy.pool_state("web").expect("pool");
+    let counters = &state.retry_budget.counters;
+    let (retries, denied) = (counter(&counters.retries), counter(&counters.budget_denied));
+    // 20 requests in flight: max(3, 20% of 20) = 4 retries at once; the retries happen while
+    // the other requests are still in flight or leaving, so at least the floor of 3 gets in.
+    assert!((3..=4).contains(&retries), "retries {retries}");
+    assert_eq!(retries + denied, 20, "every request wanted one retry");
+    let seen = a.seen.requests().len() + b.seen.requests().len();
+    assert_eq!(
+        seen as u64,
+        20 + retries,
+        "backends saw each request plus the retries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_is_retried_onto_the_healthy_backend_post_is_not() {
+    let bad = backend(Behaviour {
+        status: 503,
+        ..Behaviour::default()
+    })
+    .await;
+    let good = backend(Behaviour::default()).await;
+    let (proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\nretries = 1\nmax_fails = 0\n\
+         [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{}\"\n{LISTENER}",
+        bad.addr, good.addr
+    ))
+    .await;
+    for i in 0..4 {
+        assert_eq!(request(addr, "GET", &format!("/get{i}")).await, 200);
+    }
+    let mut post_statuses = Vec::new();
+    for i in 0..4 {
+        post_statuses.push(request(addr, "POST", &format!("/post{i}")).await);
+    }
+    let posts = |b: &TestBackend| {
+        b.seen
+            .requests()
+            .iter()
+            .filter(|(_, p, _)| p.starts_with("/post"))
+            .count()
+    };
+    assert_eq!(posts(&bad) + posts(&good), 4, "no POST was sent twice");
+    assert_eq!(
+        post_statuses.iter().filter(|s| **s == 503).count(),
+        posts(&bad),
+        "each POST the failing backend got came back as its 503: {post_statuses:?}"
+    );
+    assert!(
+        posts(&bad) > 0,
+        "round robin sent some POSTs to the failing backend"
+    );
+    let gets_on_bad = bad.seen.requests().len() - posts(&bad);
+    let state = proxy.pool_state("web").expect("pool");
+    assert_eq!(
+        counter(&state.retry_budget.counters.retries),
+        gets_on_bad as u64,
+        "each GET that met the failing backend was retried once"
+    );
+}
+
+#[test]
+fn upstream_config_errors_name_file_line_and_reason() {
+    let cases = [
+        (
+            "[[pool]]\nname = \"web\"\nretry_budget_percent = 101\n",
+            "l7.toml:3: retry_budget_percent 101 is above 100",
+        ),
+        (
+            "[[pool]]\nname = \"web\"\nfail_timeout = \"later\"\n",
+            "l7.toml:3: fail_timeout \"later\": expected number at 0",
+        ),
+        (
+            "[[pool]]\nname = \"web\"\nidle_timeout = \"never\"\n",
+            "l7.toml:3: idle_timeout \"never\": expected number at 0",
+        ),
+        (
+            "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"10.0.0.1:80\"\n\
+             max_connections = 0\n",
+            "l7.toml:5: max_connections must be at least 1 (weight = 0 takes a backend out)",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = L7Config::parse(text, Path::new("l7.toml")).expect_err(text);
+        assert_eq!(err.to_string(), expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_backend_is_ejected_for_fail_timeout_then_tried_again() {
+    let alive = backend(Behaviour::default()).await;
+    let dead_addr = {
+        let gone = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        gone.local_addr().expect("addr")
+    };
+    let (proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\nretries = 1\nmax_fails = 3\nfail_timeout = \"1s\"\n\
+         [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{dead_addr}\"\n\
+         {LISTENER}",
+        alive.addr
+    ))
+    .await;
+    let state = proxy.pool_state("web").expect("pool");
+    let dead = || state.health.status(1).expect("backend");
+    for i in 0..10 {
+        assert_eq!(
+            request(addr, "GET", &format!("/a{i}")).await,
+            200,
+            "retried"
+        );
+    }
+    // Three refused connects ejected it; the seven requests after that never tried it.
+    assert_eq!(dead().consecutive_failures, 3);
+    assert!(dead().ejected_for.is_some());
+    assert_eq!(counter(&state.retry_budget.counters.retries), 3);
+    assert_eq!(alive.seen.requests().len(), 10);
+
+    // After fail_timeout it is tried again; one more failure ejects it again at once.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..4 {
+        assert_eq!(request(addr, "GET", &format!("/b{i}")).await, 200);
+    }
+    assert_eq!(dead().consecutive_failures, 4);
+    assert!(dead().ejected_for.is_some());
+
+    // Back up: after the timeout it gets requests again, and a success clears its record.
+    let revived = backend_on(dead_addr, Behaviour::default()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..4 {
+        assert_eq!(request(addr, "GET", &format!("/c{i}")).await, 200);
+    }
+    assert_eq!(revived.seen.requests().len(), 2, "round robin shares again");
+    assert_eq!(dead().consecutive_failures, 0);
+    assert_eq!(dead().ejected_for, None);
+
+    // An active check's verdict: down until set up again, whatever passive health says.
+    state.health.set_down(1, true);
+    for i in 0..4 {
+        assert_eq!(request(addr, "GET", &format!("/d{i}")).await, 200);
+    }
+    assert_eq!(revived.seen.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_caps_requests_in_flight_then_503() {
+    let slow = backend(Behaviour {
+        delay: Duration::from_millis(400),
+        ..Behaviour::default()
+    })
+    .await;
+    let (_proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{}\"\nmax_connections = 2\n\
+         {LISTENER}",
+        slow.addr
+    ))
+    .await;
+    let clients: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(async move { request(addr, "GET", &format!("/{i}")).await }))
+        .collect();
+    let mut statuses = Vec::new();
+    for c in clients {
+        statuses.push(c.await.expect("client"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 200, 503], "the third is over the cap");
+    assert_eq!(slow.seen.peak.load(Ordering::SeqCst), 2);
+    assert_eq!(slow.seen.requests().len(), 2);
+    // Below the cap again: served.
+    assert_eq!(request(addr, "GET", "/after").await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_settings_bound_upstream_keep_alive() {
+    let b = backend(Behaviour::default()).await;
+    let pool = |extra: &str| {
+        format!(
+            "[[pool]]\nname = \"web\"\n{extra}[[pool.backend]]\naddress = \"{}\"\n{LISTENER}",
+            b.addr
+        )
+    };
+    // idle_timeout: reused within it, a new connection after it.
+    let (_proxy, addr) = start(&pool("idle_timeout = \"300ms\"\n")).await;
+    request(addr, "GET", "/1").await;
+    request(addr, "GET", "/2").await;
+    assert_eq!(b.seen.conns().len(), 1, "reused");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    request(addr, "GET", "/3").await;
+    assert_eq!(b.seen.conns().len(), 2, "the idle connection was closed");
+    // idle_per_backend = 0: no keep-alive upstream.
+    let (_proxy, addr) = start(&pool("idle_per_backend = 0\n")).await;
+    for i in 0..3 {
+        request(addr, "GET", &format!("/n{i}")).await;
+    }
+    assert_eq!(b.seen.conns().len(), 5, "one connection per request");
+}
