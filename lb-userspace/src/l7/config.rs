@@ -24,8 +24,9 @@
 //! proxy_protocol_from = ["10.0.0.0/8"]   # these peers must send a PROXY v1/v2 header first
 //! proxy_protocol_timeout = "5s"
 //! max_header_bytes = 65536      # request head limit (431 beyond), >= 8192
-//! max_body_bytes = 104857600    # declared body limit (413 before reading)
+//! max_body_bytes = 104857600    # body limit (413; declared: before reading, chunked: counted)
 //! header_timeout = "10s"        # complete request head within this (then closed)
+//! body_timeout = "30s"          # each next request body piece within this (408, closed)
 //!
 //! [[route]]                      # first match wins, in file order
 //! listener = "public"
@@ -105,6 +106,9 @@ pub struct ListenerConfig {
     /// Time a client gets to send a complete request head (HTTP/1.1; then the connection is
     /// closed, as NGINX does).
     pub header_timeout: Duration,
+    /// Time a client gets to send the next piece of a request body (then 408 if no response
+    /// has started, and the connection is closed; the upstream request is aborted).
+    pub body_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,6 +186,7 @@ pub(crate) struct RawListener {
     max_header_bytes: Option<Spanned<usize>>,
     max_body_bytes: Option<u64>,
     header_timeout: Option<Spanned<String>>,
+    body_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +207,24 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     strip_prefix: bool,
     pool: Spanned<String>,
+}
+
+/// `body_timeout`: a duration above zero, 30 s by default.
+fn body_timeout(
+    value: &Option<Spanned<String>>,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = value else {
+        return Ok(Duration::from_secs(30));
+    };
+    match humantime::parse_duration(v.get_ref()) {
+        Ok(d) if d.is_zero() => Err(err(v.span(), "body_timeout must be above 0".to_owned())),
+        Ok(d) => Ok(d),
+        Err(e) => Err(err(
+            v.span(),
+            format!("body_timeout {:?}: {e}", v.get_ref()),
+        )),
+    }
 }
 
 impl L7Config {
@@ -370,6 +393,7 @@ impl L7Config {
                     Duration::from_secs(10),
                     "header_timeout",
                 )?,
+                body_timeout: body_timeout(&l.body_timeout, &err)?,
             });
         }
 

@@ -3,14 +3,19 @@
 //! - `config.rs`: the `[[pool]]`, `[[listener]]`, `[[route]]` sections of the backend file.
 //! - `selection/`: backend choice (one module per algorithm).
 //! - `pool.rs`: a pool's backends, algorithm, in-flight counts and keep-alive client.
+//! - `body.rs`: request bodies streamed upstream within size and time limits.
 //! - `headers.rs`: hop-by-hop removal, X-Forwarded-*, X-Request-Id.
+//! - `hygiene.rs`: raw request-head checks hyper lacks (bare LF, Content-Length with
+//!   Transfer-Encoding).
 //! - `server.rs`: listeners, accept, PROXY header, TLS, HTTP/1.1 + HTTP/2 connections.
 //! - `routing.rs`: which route a request takes.
 //! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
+mod body;
 pub mod config;
 mod headers;
+mod hygiene;
 mod pool;
 mod proxy;
 pub mod proxy_header;

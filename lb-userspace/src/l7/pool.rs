@@ -10,6 +10,7 @@ use hyper_util::{
 };
 
 use super::{
+    body::UpstreamBody,
     config::{Algorithm, PoolConfig},
     selection::{
         BackendSelection, ConsistentHash, InFlight, LeastConnections, PowerOfTwoChoices,
@@ -24,7 +25,7 @@ pub struct Pool {
     pub config: PoolConfig,
     pub inflight: Arc<InFlight>,
     selection: Box<dyn BackendSelection>,
-    pub client: Client<HttpConnector, ProxyBody>,
+    pub client: Client<HttpConnector, UpstreamBody>,
 }
 
 /// Idle upstream connections kept per backend, and for how long.

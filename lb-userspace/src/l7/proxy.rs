@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Method, Request, Response, StatusCode, Uri, body::Incoming, header};
 
 use super::{
+    body::{self, BodyLimits, BodyWatch},
     config::{HashKey, L7Config},
     headers::{remove_hop_by_hop, set_forwarded},
     pool::{Pool, ProxyBody},
@@ -34,6 +35,8 @@ pub struct Proxy {
     request_ids: AtomicU64,
     /// Per-process random prefix so request ids from different lb processes differ.
     id_prefix: u64,
+    /// Per listener: streamed request body limits.
+    body_limits: HashMap<String, BodyLimits>,
 }
 
 impl Proxy {
@@ -61,6 +64,7 @@ impl Proxy {
             proxy_header_errors: AtomicU64::new(0),
             request_ids: AtomicU64::new(0),
             id_prefix: seed,
+            body_limits: body::limits_by_listener(config),
         })
     }
 
@@ -112,7 +116,9 @@ impl Proxy {
             || self.new_request_id(),
         );
         parts.version = hyper::Version::HTTP_11;
-        let mut body = Some(body.boxed());
+        let watch = BodyWatch::default();
+        let limits = self.body_limits.get(listener).copied();
+        let mut body = Some(body::limited(body, limits, &watch));
 
         let attempts = if retryable {
             1 + pool.config.retries
@@ -161,6 +167,9 @@ impl Proxy {
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(%backend, %err, "upstream request failed");
+                    if let Some(broken) = watch.broken() {
+                        return body::refusal(broken);
+                    }
                     last = plain(StatusCode::BAD_GATEWAY, "upstream failed\n");
                 }
                 Err(_) => {

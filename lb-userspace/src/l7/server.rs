@@ -13,7 +13,7 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 
-use super::{config::L7Config, proxy::Proxy};
+use super::{config::L7Config, hygiene::HeadGuard, proxy::Proxy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum L7Error {
@@ -151,11 +151,13 @@ async fn accept_loop(
                 .header_read_timeout(header_timeout);
             match tls {
                 None => {
+                    let tcp = HeadGuard::new(tcp, max_header_bytes);
                     let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
                 }
                 Some(acceptor) => {
                     // A failed handshake just ends this connection.
                     if let Ok(stream) = acceptor.accept(tcp).await {
+                        let stream = HeadGuard::new(stream, max_header_bytes);
                         let _ = builder
                             .serve_connection(TokioIo::new(stream), service)
                             .await;
