@@ -43,6 +43,9 @@ enum Command {
         /// Worker threads (default: the CPUs this process may use).
         #[arg(long)]
         threads: Option<usize>,
+        /// On SIGTERM/SIGINT: time in-flight requests get to finish before connections are cut.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
     },
     /// Load generator: throughput and latency of an HTTP(S) target, closed or open loop.
     Bench(Box<cli::bench::BenchArgs>),
@@ -85,7 +88,11 @@ fn main() -> anyhow::Result<()> {
     // These two size their own multi-threaded runtimes.
     match cli.command {
         Command::Bench(args) => return cli::bench::run(*args),
-        Command::L7 { config, threads } => return cli::l7::run(&config, threads),
+        Command::L7 {
+            config,
+            threads,
+            grace,
+        } => return cli::l7::run(&config, threads, grace),
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread()

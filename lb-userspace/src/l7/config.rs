@@ -27,6 +27,7 @@
 //! max_body_bytes = 104857600    # body limit (413; declared: before reading, chunked: counted)
 //! header_timeout = "10s"        # complete request head within this (then closed)
 //! body_timeout = "30s"          # each next request body piece within this (408, closed)
+//! max_connections = 10000       # open client connections; more wait in the accept queue
 //!
 //! [[route]]                      # first match wins, in file order
 //! listener = "public"
@@ -109,6 +110,8 @@ pub struct ListenerConfig {
     /// Time a client gets to send the next piece of a request body (then 408 if no response
     /// has started, and the connection is closed; the upstream request is aborted).
     pub body_timeout: Duration,
+    /// Client connections served at once; beyond, new ones wait in the kernel accept queue.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +190,7 @@ pub(crate) struct RawListener {
     max_body_bytes: Option<u64>,
     header_timeout: Option<Spanned<String>>,
     body_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +228,21 @@ fn body_timeout(
             v.span(),
             format!("body_timeout {:?}: {e}", v.get_ref()),
         )),
+    }
+}
+
+/// `max_connections`: at least 1, 10000 by default.
+fn max_connections(
+    value: &Option<Spanned<usize>>,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(10_000),
+        Some(n) if *n.get_ref() == 0 => Err(err(
+            n.span(),
+            "max_connections must be at least 1".to_owned(),
+        )),
+        Some(n) => Ok(*n.get_ref()),
     }
 }
 
@@ -394,6 +413,7 @@ impl L7Config {
                     "header_timeout",
                 )?,
                 body_timeout: body_timeout(&l.body_timeout, &err)?,
+                max_connections: max_connections(&l.max_connections, &err)?,
             });
         }
 

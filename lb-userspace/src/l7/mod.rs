@@ -7,6 +7,7 @@
 //! - `headers.rs`: hop-by-hop removal, X-Forwarded-*, X-Request-Id.
 //! - `hygiene.rs`: raw request-head checks hyper lacks (bare LF, Content-Length with
 //!   Transfer-Encoding).
+//! - `lifecycle.rs`: connection slots per listener (`max_connections`), graceful shutdown.
 //! - `server.rs`: listeners, accept, PROXY header, TLS, HTTP/1.1 + HTTP/2 connections.
 //! - `routing.rs`: which route a request takes.
 //! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
@@ -16,6 +17,7 @@ mod body;
 pub mod config;
 mod headers;
 mod hygiene;
+mod lifecycle;
 mod pool;
 mod proxy;
 pub mod proxy_header;
