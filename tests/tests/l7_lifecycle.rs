@@ -5,6 +5,10 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -208,4 +212,127 @@ fn max_connections_bad_value_names_file_and_line() {
         err.to_string(),
         "l7.toml:4: max_connections must be at least 1"
     );
+}
+
+/// A WebSocket-ish backend: a request with `Upgrade: websocket` on `/ws` gets 101 and then an
+/// echo of every byte; `/refuse` gets 403. Counts the connections it echoed on.
+async fn upgrade_backend(echoed: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let echoed = echoed.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    let echoed = echoed.clone();
+                    async move {
+                        let asks = req
+                            .headers()
+                            .get("upgrade")
+                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        if req.uri().path() != "/ws" || !asks {
+                            *response.status_mut() = hyper::StatusCode::FORBIDDEN;
+                            *response.body_mut() = Full::new(Bytes::from("refused"));
+                            return Ok::<_, Infallible>(response);
+                        }
+                        let upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let Ok(upgraded) = upgrade.await else { return };
+                            echoed.fetch_add(1, Ordering::SeqCst);
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        });
+                        *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                        let h = response.headers_mut();
+                        h.insert("upgrade", "websocket".parse().expect("value"));
+                        h.insert("connection", "Upgrade".parse().expect("value"));
+                        h.insert(
+                            "sec-websocket-accept",
+                            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().expect("value"),
+                        );
+                        Ok(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one response head (up to the empty line).
+async fn read_head(tcp: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        let n = tcp.read(&mut byte).await.expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&out));
+        out.push(byte[0]);
+    }
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_spliced_only_after_101() {
+    let echoed = Arc::new(AtomicUsize::new(0));
+    let text = config_text(upgrade_backend(echoed.clone()).await, "");
+    let config = L7Config::parse(&text, Path::new("l7.toml")).expect("config");
+    let proxy = l7::serve(config).await.expect("serve");
+    let addr = proxy.listeners[0].1;
+    let handshake = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: s\r\nConnection: keep-alive, Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+
+    let mut ws = TcpStream::connect(addr).await.expect("connect");
+    ws.write_all(handshake("/ws").as_bytes())
+        .await
+        .expect("write");
+    let head = read_head(&mut ws).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    // Bytes both ways, several rounds, through the spliced connections.
+    for round in [&b"hello"[..], b"\x81\x05binary-ish\x00\xff", b"third"] {
+        ws.write_all(round).await.expect("write");
+        let mut back = vec![0u8; round.len()];
+        tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(back, round);
+    }
+    assert_eq!(echoed.load(Ordering::SeqCst), 1);
+
+    // The backend refuses: an ordinary 403, no splice, and the connection stays HTTP.
+    let mut refused = TcpStream::connect(addr).await.expect("connect");
+    refused
+        .write_all(handshake("/refuse").as_bytes())
+        .await
+        .expect("write");
+    let head = read_head(&mut refused).await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(!head.contains("upgrade"), "{head}");
+    let mut body = [0u8; 7];
+    refused.read_exact(&mut body).await.expect("body");
+    assert_eq!(&body, b"refused");
+    refused
+        .write_all(b"GET /after HTTP/1.1\r\nHost: s\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut refused).await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert_eq!(echoed.load(Ordering::SeqCst), 1, "no second splice");
+    drop(proxy);
 }

@@ -12,6 +12,7 @@
 //! - `routing.rs`: which route a request takes.
 //! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
+//! - `upgrade.rs`: HTTP/1.1 Upgrade (WebSocket): headers passed on, streams spliced after 101.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
 mod body;
 pub mod config;
@@ -25,6 +26,7 @@ mod routing;
 pub mod selection;
 mod server;
 mod tls;
+mod upgrade;
 
 pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,

@@ -22,6 +22,7 @@ use super::{
     pool::{Pool, ProxyBody},
     routing::{Router, host_of, upstream_path},
     server::L7Error,
+    upgrade,
 };
 
 /// What every request handler shares: pools, routes, per-listener limits, counters.
@@ -106,8 +107,13 @@ impl Proxy {
         let key = hash_key(&pool.config.hash_key, &req, peer);
         let retryable = idempotent(req.method()) && !has_body(&req);
 
+        let mut req = req;
+        let mut upgrade = upgrade::take(&mut req);
         let (mut parts, body) = req.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        if let Some(upgrade) = &upgrade {
+            upgrade.restore_headers(&mut parts.headers);
+        }
         set_forwarded(
             &mut parts.headers,
             peer.ip(),
@@ -160,6 +166,11 @@ impl Proxy {
                     if retry_status && more {
                         last = plain(status, "upstream unavailable\n");
                         continue;
+                    }
+                    if status == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(upgrade) = upgrade.take()
+                    {
+                        return upgrade.splice(response);
                     }
                     let (mut rparts, rbody) = response.into_parts();
                     remove_hop_by_hop(&mut rparts.headers);
