@@ -43,6 +43,9 @@ enum Command {
         /// Worker threads (default: the CPUs this process may use).
         #[arg(long)]
         threads: Option<usize>,
+        /// On SIGTERM/SIGINT: time in-flight requests get to finish before connections are cut.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
     },
     /// Validate a backend file without starting anything: prints a summary, or FILE:LINE:
     /// reason and exits non-zero.
@@ -103,7 +106,11 @@ fn run() -> anyhow::Result<()> {
     // These two size their own multi-threaded runtimes.
     match cli.command {
         Command::Bench(args) => return cli::bench::run(*args),
-        Command::L7 { config, threads } => return cli::l7::run(&config, threads),
+        Command::L7 {
+            config,
+            threads,
+            grace,
+        } => return cli::l7::run(&config, threads, grace),
         Command::CheckConfig { file } => return cli::check_config::run(&file),
         _ => {}
     }

@@ -1,13 +1,13 @@
 //! `lb l7`: the L7 tier on its own (HTTP listeners, routes, pools from the backend file) until
-//! SIGINT/SIGTERM.
-use std::path::Path;
+//! SIGINT/SIGTERM, then a graceful shutdown (in-flight requests get `--grace` to finish).
+use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
 use lb::l7::{self, L7Config};
 
 use super::signals::{Event, Signals};
 
-pub fn run(config_path: &Path, threads: Option<usize>) -> anyhow::Result<()> {
+pub fn run(config_path: &Path, threads: Option<usize>, grace: Duration) -> anyhow::Result<()> {
     let config = L7Config::from_file(config_path)?;
     anyhow::ensure!(
         !config.listeners.is_empty(),
@@ -40,7 +40,14 @@ pub fn run(config_path: &Path, threads: Option<usize>) -> anyhow::Result<()> {
                     }
                 }
             }
-            drop(running);
+            let cut = running.shutdown(grace).await;
+            if cut > 0 {
+                tracing::warn!(
+                    connections = cut,
+                    ?grace,
+                    "cut connections still busy after the grace"
+                );
+            }
             Ok(())
         })
 }

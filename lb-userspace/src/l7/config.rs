@@ -36,10 +36,12 @@
 //! proxy_protocol_from = ["10.0.0.0/8"]   # these peers must send a PROXY v1/v2 header first
 //! proxy_protocol_timeout = "5s"
 //! max_header_bytes = 65536      # request head limit (431 beyond), >= 8192
-//! max_body_bytes = 104857600    # declared body limit (413 before reading)
+//! max_body_bytes = 104857600    # body limit (413; declared: before reading, chunked: counted)
 //! header_timeout = "10s"        # complete request head within this (then closed)
 //! trusted_proxies = ["10.0.0.0/8", "192.0.2.7"]   # believe these peers' X-Forwarded-For:
 //!                                # the client is its rightmost address not in these networks
+//! body_timeout = "30s"          # each next request body piece within this (408, closed)
+//! max_connections = 10000       # open client connections; more wait in the accept queue
 //!
 //! [[route]]                      # first match wins, in file order
 //! listener = "public"
@@ -158,6 +160,11 @@ pub struct ListenerConfig {
     /// Peers whose X-Forwarded-For is believed (walked right to left past these networks to
     /// find the client for X-Real-IP and client-IP hashing). Empty: the peer is the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Time a client gets to send the next piece of a request body (then 408 if no response
+    /// has started, and the connection is closed; the upstream request is aborted).
+    pub body_timeout: Duration,
+    /// Client connections served at once; beyond, new ones wait in the kernel accept queue.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,6 +275,8 @@ pub(crate) struct RawListener {
     header_timeout: Option<Spanned<String>>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
+    body_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +306,39 @@ pub(crate) struct RawRoute {
     pub(super) rewrite_prefix: Option<Spanned<String>>,
     pub(super) rewrite_regex: Option<Spanned<String>>,
     pub(super) split: Option<Spanned<Vec<Spanned<RawSplitTarget>>>>,
+}
+
+/// `body_timeout`: a duration above zero, 30 s by default.
+fn body_timeout(
+    value: &Option<Spanned<String>>,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = value else {
+        return Ok(Duration::from_secs(30));
+    };
+    match humantime::parse_duration(v.get_ref()) {
+        Ok(d) if d.is_zero() => Err(err(v.span(), "body_timeout must be above 0".to_owned())),
+        Ok(d) => Ok(d),
+        Err(e) => Err(err(
+            v.span(),
+            format!("body_timeout {:?}: {e}", v.get_ref()),
+        )),
+    }
+}
+
+/// `max_connections`: at least 1, 10000 by default.
+fn max_connections(
+    value: &Option<Spanned<usize>>,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(10_000),
+        Some(n) if *n.get_ref() == 0 => Err(err(
+            n.span(),
+            "max_connections must be at least 1".to_owned(),
+        )),
+        Some(n) => Ok(*n.get_ref()),
+    }
 }
 
 impl L7Config {
@@ -486,6 +528,8 @@ impl L7Config {
                     "header_timeout",
                 )?,
                 trusted_proxies: trusted_proxies(&l.trusted_proxies, text, path)?,
+                body_timeout: body_timeout(&l.body_timeout, &err)?,
+                max_connections: max_connections(&l.max_connections, &err)?,
             });
         }
 

@@ -3,16 +3,24 @@
 //! - `config.rs`: the `[[pool]]`, `[[listener]]`, `[[route]]` sections of the backend file.
 //! - `selection/`: backend choice (one module per algorithm).
 //! - `pool.rs`: a pool's backends, algorithm, in-flight counts and keep-alive client.
+//! - `body.rs`: request bodies streamed upstream within size and time limits.
 //! - `headers.rs`: hop-by-hop removal, X-Forwarded-*, X-Request-Id.
+//! - `hygiene.rs`: raw request-head checks hyper lacks (bare LF, Content-Length with
+//!   Transfer-Encoding).
+//! - `lifecycle.rs`: connection slots per listener (`max_connections`), graceful shutdown.
 //! - `server.rs`: listeners, accept, PROXY header, TLS, HTTP/1.1 + HTTP/2 connections.
 //! - `routing.rs`: which route a request takes (and which pool of a weighted split).
 //! - `route_rules.rs`: the route match/rewrite/split keys, checked and compiled at load.
 //! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
+//! - `upgrade.rs`: HTTP/1.1 Upgrade (WebSocket): headers passed on, streams spliced after 101.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
 //! - `upstream/`: opening upstream connections, private (per-client) upstream connections.
+mod body;
 pub mod config;
 mod headers;
+mod hygiene;
+mod lifecycle;
 mod pool;
 mod proxy;
 pub mod proxy_header;
@@ -21,6 +29,7 @@ mod routing;
 pub mod selection;
 mod server;
 mod tls;
+mod upgrade;
 pub mod upstream;
 
 pub use config::{

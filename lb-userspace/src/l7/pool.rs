@@ -13,6 +13,7 @@ use hyper_util::{
 };
 
 use super::{
+    body::UpstreamBody,
     config::{Algorithm, PoolConfig},
     selection::{
         BackendSelection, ConsistentHash, InFlight, InFlightGuard, LeastConnections,
@@ -25,7 +26,7 @@ use crate::maglev::MaglevError;
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// hyper-util's pooled client over lb's connector.
-pub type UpstreamClient = Client<UpstreamConnector, ProxyBody>;
+pub type UpstreamClient = Client<UpstreamConnector, UpstreamBody>;
 
 pub struct Pool {
     pub config: PoolConfig,
@@ -76,7 +77,7 @@ impl Pool {
     /// Sends `req` (its URI names the backend) for the client `peer` that reached `conn`.
     pub async fn send(
         &self,
-        req: Request<ProxyBody>,
+        req: Request<UpstreamBody>,
         peer: SocketAddr,
         conn: &ConnInfo,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {

@@ -17,11 +17,13 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Method, Request, Response, StatusCode, Uri, body::Incoming, header};
 
 use super::{
+    body::{self, BodyLimits, BodyWatch},
     config::{HashKey, L7Config},
     headers::{client_ip, remove_hop_by_hop, set_forwarded},
     pool::{Pool, ProxyBody},
     routing::{Routed, Router, host_of, upstream_path},
     server::L7Error,
+    upgrade,
     upstream::ConnInfo,
 };
 
@@ -38,6 +40,8 @@ pub struct Proxy {
     id_prefix: u64,
     /// Per listener: peers whose X-Forwarded-For is believed.
     trusted_proxies: HashMap<String, Vec<ipnet::IpNet>>,
+    /// Per listener: streamed request body limits.
+    body_limits: HashMap<String, BodyLimits>,
 }
 
 impl Proxy {
@@ -70,6 +74,7 @@ impl Proxy {
                 .iter()
                 .map(|l| (l.name.clone(), l.trusted_proxies.clone()))
                 .collect(),
+            body_limits: body::limits_by_listener(config),
         })
     }
 
@@ -123,8 +128,13 @@ impl Proxy {
         let key = hash_key(&pool.config.hash_key, &req, client);
         let retryable = idempotent(req.method()) && !has_body(&req);
 
+        let mut req = req;
+        let mut upgrade = upgrade::take(&mut req);
         let (mut parts, body) = req.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        if let Some(upgrade) = &upgrade {
+            upgrade.restore_headers(&mut parts.headers);
+        }
         set_forwarded(
             &mut parts.headers,
             peer.ip(),
@@ -134,7 +144,9 @@ impl Proxy {
             || self.new_request_id(),
         );
         parts.version = hyper::Version::HTTP_11;
-        let mut body = Some(body.boxed());
+        let watch = BodyWatch::default();
+        let limits = self.body_limits.get(listener).copied();
+        let mut body = Some(body::limited(body, limits, &watch));
 
         let attempts = if retryable {
             1 + pool.config.retries
@@ -190,12 +202,20 @@ impl Proxy {
                         last = plain(status, "upstream unavailable\n");
                         continue;
                     }
+                    if status == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(upgrade) = upgrade.take()
+                    {
+                        return upgrade.splice(response);
+                    }
                     let (mut rparts, rbody) = response.into_parts();
                     remove_hop_by_hop(&mut rparts.headers);
                     return Response::from_parts(rparts, rbody.boxed());
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(%backend, %err, "upstream request failed");
+                    if let Some(broken) = watch.broken() {
+                        return body::refusal(broken);
+                    }
                     last = plain(StatusCode::BAD_GATEWAY, "upstream failed\n");
                 }
                 Err(_) => {

@@ -13,7 +13,12 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 
-use super::{config::L7Config, proxy::Proxy};
+use super::{
+    config::L7Config,
+    hygiene::HeadGuard,
+    lifecycle::{self, Lifecycle, ListenerGate},
+    proxy::Proxy,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum L7Error {
@@ -44,6 +49,7 @@ pub struct RunningL7 {
     pub listeners: Vec<(String, SocketAddr)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     proxy: Arc<Proxy>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl RunningL7 {
@@ -55,6 +61,21 @@ impl RunningL7 {
     /// The live upstream state (retry counters, ...) of pool `name`.
     pub fn pool_state(&self, name: &str) -> Option<Arc<super::PoolState>> {
         self.proxy.pool_state(name)
+    }
+
+    /// Graceful shutdown: stops accepting (new connections are refused), lets in-flight
+    /// requests finish for up to `grace` (keep-alive connections close after their current
+    /// request, HTTP/2 ones get GOAWAY), then drops what is left. Returns how many connections
+    /// were cut when the grace ended.
+    pub async fn shutdown(mut self, grace: std::time::Duration) -> usize {
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Awaited so the listening sockets are closed before draining starts.
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        self.lifecycle.shutdown(grace).await
     }
 }
 
@@ -69,6 +90,7 @@ impl Drop for RunningL7 {
 /// Binds every listener and starts serving on the current tokio runtime.
 pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
     let proxy = Arc::new(Proxy::new(&config)?);
+    let lifecycle = Arc::new(Lifecycle::default());
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
     for l in &config.listeners {
@@ -94,14 +116,16 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
         let trust = (!l.proxy_protocol_from.is_empty())
             .then(|| Arc::new((l.proxy_protocol_from.clone(), l.proxy_protocol_timeout)));
         let limits = (l.max_header_bytes, l.header_timeout);
+        let gate = lifecycle.gate(l.max_connections);
         tasks.push(tokio::spawn(accept_loop(
-            listener, name, tls, trust, limits, proxy,
+            listener, name, tls, trust, limits, proxy, gate,
         )));
     }
     Ok(RunningL7 {
         listeners,
         tasks,
         proxy,
+        lifecycle,
     })
 }
 
@@ -115,8 +139,10 @@ async fn accept_loop(
     trust: Option<ProxyTrust>,
     (max_header_bytes, header_timeout): (usize, std::time::Duration),
     proxy: Arc<Proxy>,
+    gate: ListenerGate,
 ) {
     loop {
+        let admission = gate.admit().await;
         let (mut tcp, socket_peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(err) => {
@@ -127,7 +153,8 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let (name, proxy, tls, trust) = (name.clone(), proxy.clone(), tls.clone(), trust.clone());
-        tokio::spawn(async move {
+        let phase = admission.phase();
+        tokio::spawn(admission.run(async move {
             let mut peer = socket_peer;
             if let Some(trust) = trust.filter(|t| t.0.iter().any(|n| n.contains(&socket_peer.ip())))
             {
@@ -159,17 +186,17 @@ async fn accept_loop(
                 .header_read_timeout(header_timeout);
             match tls {
                 None => {
-                    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                    let tcp = HeadGuard::new(tcp, max_header_bytes);
+                    lifecycle::serve(&builder, TokioIo::new(tcp), service, phase).await;
                 }
                 Some(acceptor) => {
                     // A failed handshake just ends this connection.
                     if let Ok(stream) = acceptor.accept(tcp).await {
-                        let _ = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let stream = HeadGuard::new(stream, max_header_bytes);
+                        lifecycle::serve(&builder, TokioIo::new(stream), service, phase).await;
                     }
                 }
             }
-        });
+        }));
     }
 }

@@ -1,0 +1,166 @@
+//! Client connections over their life: a listener admits at most `max_connections` at once
+//! (beyond that the accept loop waits, so new connections wait in the kernel's accept queue,
+//! as NGINX `worker_connections` and HAProxy `maxconn` do), and graceful shutdown: every
+//! connection is told to finish (HTTP/1.1 keep-alive connections close after their current
+//! request, HTTP/2 ones send GOAWAY), then the stragglers are dropped when the grace ends.
+use std::{
+    error::Error as StdError,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use hyper::{Request, Response, body::Incoming, service::Service};
+use hyper_util::{
+    rt::TokioExecutor,
+    server::conn::auto::{self, HttpServerConnExec},
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+/// Where the server is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// Finish current requests, take no new ones.
+    Draining,
+    /// The grace is over: drop every connection.
+    Closing,
+}
+
+/// The server side: tells every connection the phase, and knows when all have ended (each
+/// connection holds a receiver until it ends).
+#[derive(Debug)]
+pub struct Lifecycle {
+    phase: watch::Sender<Phase>,
+    /// Connections admitted and not yet ended.
+    open: Arc<AtomicUsize>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            phase: watch::Sender::new(Phase::Serving),
+            open: Arc::default(),
+        }
+    }
+}
+
+impl Lifecycle {
+    /// The gate of one listener allowing `max_connections` at once.
+    pub fn gate(&self, max_connections: usize) -> ListenerGate {
+        ListenerGate {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            phase: self.phase.subscribe(),
+            open: self.open.clone(),
+        }
+    }
+
+    /// Tells every connection to finish and waits up to `grace` for them; then drops the rest.
+    /// Returns how many connections were still open when the grace ended. Accept loops must
+    /// be stopped first (they hold receivers too).
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.phase.send_replace(Phase::Draining);
+        if tokio::time::timeout(grace, self.phase.closed())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let left = self.open.load(Ordering::Relaxed);
+        self.phase.send_replace(Phase::Closing);
+        // Dropping a connection takes a scheduler turn; don't wait on one that won't go.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.phase.closed()).await;
+        left
+    }
+}
+
+/// A listener's connection slots.
+pub struct ListenerGate {
+    slots: Arc<Semaphore>,
+    phase: watch::Receiver<Phase>,
+    open: Arc<AtomicUsize>,
+}
+
+impl ListenerGate {
+    /// Waits for a free slot (call before accepting, so waiting clients queue in the kernel).
+    pub async fn admit(&self) -> Admission {
+        // The semaphore is never closed.
+        let permit = self.slots.clone().acquire_owned().await.ok();
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Admission {
+            _permit: permit,
+            phase: self.phase.clone(),
+            open: self.open.clone(),
+        }
+    }
+}
+
+/// One admitted connection: holds its slot and watches the phase until it ends.
+pub struct Admission {
+    _permit: Option<OwnedSemaphorePermit>,
+    phase: watch::Receiver<Phase>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Admission {
+    /// The phase, for `serve`.
+    pub fn phase(&self) -> watch::Receiver<Phase> {
+        self.phase.clone()
+    }
+
+    /// Runs a connection's whole task (PROXY header, TLS handshake, serving) until it ends or
+    /// the grace is over; the slot is freed after.
+    pub async fn run(self, connection: impl Future<Output = ()>) {
+        let mut phase = self.phase.clone();
+        let closing = async {
+            // A dropped `Lifecycle` (no shutdown asked) never closes connections.
+            if phase.wait_for(|p| *p == Phase::Closing).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = connection => {}
+            () = closing => {}
+        }
+        drop(self);
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (with upgrades) on `io` until the client is done, finishing
+/// gracefully when the phase becomes `Draining`.
+pub async fn serve<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    mut phase: watch::Receiver<Phase>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    TokioExecutor: HttpServerConnExec<S::Future, B>,
+{
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let draining = async { phase.wait_for(|p| *p != Phase::Serving).await.is_ok() };
+    let drain = tokio::select! {
+        _ = connection.as_mut() => return,
+        drain = draining => drain,
+    };
+    // Not draining: the `Lifecycle` is gone and no one will ever ask to.
+    if drain {
+        connection.as_mut().graceful_shutdown();
+    }
+    let _ = connection.await;
+}

@@ -1,0 +1,338 @@
+//! Client connections over their life at the L7 proxy: connection slots per listener,
+//! graceful shutdown, WebSocket upgrades, certificate reload. Real sockets on 127.0.0.1,
+//! backends started here.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use lb::l7::{self, L7Config};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// A backend answering "ok PATH"; `/sleep-MS` paths answer after MS milliseconds.
+async fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_owned();
+                    if let Some(ms) = path.strip_prefix("/sleep-") {
+                        let ms = ms.parse().expect("milliseconds");
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("ok {path}")))))
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn config_text(backend: SocketAddr, listener_extra: &str) -> String {
+    format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{backend}\"\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n{listener_extra}\
+         [[route]]\nlistener = \"l\"\npool = \"web\"\n"
+    )
+}
+
+async fn start(listener_extra: &str) -> (l7::RunningL7, SocketAddr) {
+    let text = config_text(backend().await, listener_extra);
+    let config = L7Config::parse(&text, Path::new("l7.toml")).expect("config");
+    let running = l7::serve(config).await.expect("serve");
+    let addr = running.listeners[0].1;
+    (running, addr)
+}
+
+/// Sends a keep-alive GET and reads its whole response (the body is "ok PATH").
+async fn keep_alive_get(tcp: &mut TcpStream, path: &str) -> String {
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: s\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let end = format!("ok {path}");
+    while !out.ends_with(end.as_bytes()) {
+        let n = tcp.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads until the peer closes (a reset counts as closed).
+async fn read_to_close(tcp: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_new_clients_in_the_accept_queue() {
+    let (_proxy, addr) = start("max_connections = 2\n").await;
+    let mut first = TcpStream::connect(addr).await.expect("connect");
+    let mut second = TcpStream::connect(addr).await.expect("connect");
+    assert!(
+        keep_alive_get(&mut first, "/1")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        keep_alive_get(&mut second, "/2")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // Both slots are held by idle keep-alive connections: the third connects (the kernel
+    // queues it) but is not served.
+    let mut third = TcpStream::connect(addr).await.expect("connect");
+    third
+        .write_all(b"GET /3 HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let waited = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "served while both slots were taken");
+
+    // A slot frees: the third is served.
+    drop(first);
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut third))
+        .await
+        .expect("served once a slot freed");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok /3"),
+        "{answer}"
+    );
+    // The second connection still works.
+    assert!(
+        keep_alive_get(&mut second, "/2b")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
+    let (proxy, addr) = start("").await;
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    assert!(
+        keep_alive_get(&mut idle, "/idle")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    let mut busy = TcpStream::connect(addr).await.expect("connect");
+    busy.write_all(b"GET /sleep-800 HTTP/1.1\r\nHost: s\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    let shutdown = tokio::spawn(proxy.shutdown(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // No longer accepting.
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+    // The idle keep-alive connection is closed at once.
+    let idle_answer = tokio::time::timeout(Duration::from_secs(1), read_to_close(&mut idle))
+        .await
+        .expect("idle connection closed");
+    assert_eq!(idle_answer, "");
+    // The in-flight request completes, then its connection closes.
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut busy))
+        .await
+        .expect("in-flight request finished");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok /sleep-800"),
+        "{answer}"
+    );
+    let cut = shutdown.await.expect("shutdown");
+    assert_eq!(cut, 0, "nothing left when the grace ended");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_requests_that_outlive_the_grace() {
+    let (proxy, addr) = start("").await;
+    let mut busy = TcpStream::connect(addr).await.expect("connect");
+    busy.write_all(b"GET /sleep-10000 HTTP/1.1\r\nHost: s\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let cut = proxy.shutdown(Duration::from_millis(300)).await;
+    let took = started.elapsed();
+    assert_eq!(cut, 1);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(1), read_to_close(&mut busy))
+        .await
+        .expect("cut connection closed");
+    assert_eq!(answer, "", "no response for a cut request");
+}
+
+#[test]
+fn max_connections_bad_value_names_file_and_line() {
+    let text = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\nmax_connections = 0\n";
+    let err = L7Config::parse(text, Path::new("l7.toml")).expect_err(text);
+    assert_eq!(
+        err.to_string(),
+        "l7.toml:4: max_connections must be at least 1"
+    );
+}
+
+/// A WebSocket-ish backend: a request with `Upgrade: websocket` on `/ws` gets 101 and then an
+/// echo of every byte; `/refuse` gets 403. Counts the connections it echoed on.
+async fn upgrade_backend(echoed: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let echoed = echoed.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    let echoed = echoed.clone();
+                    async move {
+                        let asks = req
+                            .headers()
+                            .get("upgrade")
+                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        if req.uri().path() != "/ws" || !asks {
+                            *response.status_mut() = hyper::StatusCode::FORBIDDEN;
+                            *response.body_mut() = Full::new(Bytes::from("refused"));
+                            return Ok::<_, Infallible>(response);
+                        }
+                        let upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let Ok(upgraded) = upgrade.await else { return };
+                            echoed.fetch_add(1, Ordering::SeqCst);
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        });
+                        *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                        let h = response.headers_mut();
+                        h.insert("upgrade", "websocket".parse().expect("value"));
+                        h.insert("connection", "Upgrade".parse().expect("value"));
+                        h.insert(
+                            "sec-websocket-accept",
+                            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().expect("value"),
+                        );
+                        Ok(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one response head (up to the empty line).
+async fn read_head(tcp: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        let n = tcp.read(&mut byte).await.expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&out));
+        out.push(byte[0]);
+    }
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_spliced_only_after_101() {
+    let echoed = Arc::new(AtomicUsize::new(0));
+    let text = config_text(upgrade_backend(echoed.clone()).await, "");
+    let config = L7Config::parse(&text, Path::new("l7.toml")).expect("config");
+    let proxy = l7::serve(config).await.expect("serve");
+    let addr = proxy.listeners[0].1;
+    let handshake = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: s\r\nConnection: keep-alive, Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+
+    let mut ws = TcpStream::connect(addr).await.expect("connect");
+    ws.write_all(handshake("/ws").as_bytes())
+        .await
+        .expect("write");
+    let head = read_head(&mut ws).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    // Bytes both ways, several rounds, through the spliced connections.
+    for round in [&b"hello"[..], b"\x81\x05binary-ish\x00\xff", b"third"] {
+        ws.write_all(round).await.expect("write");
+        let mut back = vec![0u8; round.len()];
+        tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(back, round);
+    }
+    assert_eq!(echoed.load(Ordering::SeqCst), 1);
+
+    // The backend refuses: an ordinary 403, no splice, and the connection stays HTTP.
+    let mut refused = TcpStream::connect(addr).await.expect("connect");
+    refused
+        .write_all(handshake("/refuse").as_bytes())
+        .await
+        .expect("write");
+    let head = read_head(&mut refused).await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(!head.contains("upgrade"), "{head}");
+    let mut body = [0u8; 7];
+    refused.read_exact(&mut body).await.expect("body");
+    assert_eq!(&body, b"refused");
+    refused
+        .write_all(b"GET /after HTTP/1.1\r\nHost: s\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut refused).await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert_eq!(echoed.load(Ordering::SeqCst), 1, "no second splice");
+    drop(proxy);
+}
