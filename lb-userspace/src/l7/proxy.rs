@@ -146,7 +146,7 @@ impl Proxy {
             tried.push(i);
             let backend = pool.config.backends[i].addr;
             let Ok(uri) = Uri::builder()
-                .scheme("http")
+                .scheme(pool.scheme())
                 .authority(backend.to_string())
                 .path_and_query(path_and_query.as_str())
                 .build()

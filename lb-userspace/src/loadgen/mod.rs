@@ -8,7 +8,7 @@
 //!   stalled server shows in the percentiles: no coordinated omission), progress lines.
 //! - `l4.rs`: L4 mode (TCP connection rate, UDP datagram rate) for the XDP tier.
 //! - `report.rs`: merged results, text and JSON; `html.rs`: the self-contained HTML report.
-mod conn;
+pub(crate) mod conn;
 mod engine;
 mod h1;
 mod html;
