@@ -8,7 +8,7 @@ use crate::{is_root, output, run};
 /// bpf-linker release known to build against the LLVM of our pinned toolchain.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the demo use.
-const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "nftables"];
+const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "nftables", "nginx-light"];
 
 /// What setup found.
 pub struct Toolchain {
