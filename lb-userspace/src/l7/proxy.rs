@@ -130,7 +130,7 @@ impl Proxy {
         let mut tried = Vec::new();
         let mut last = plain(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n");
         let budget = &pool.state.retry_budget;
-        let _in_flight = budget.request();
+        let _request = budget.request();
         for attempt in 0..attempts {
             let Some((i, _inflight)) = pool.acquire(key, &tried) else {
                 break;
