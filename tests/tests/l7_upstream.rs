@@ -29,6 +29,8 @@ struct Behaviour {
     proxy_header: bool,
     status: u16,
     delay: Duration,
+    /// HTTPS with this configuration.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Default for Behaviour {
@@ -37,6 +39,7 @@ impl Default for Behaviour {
             proxy_header: false,
             status: 200,
             delay: Duration::ZERO,
+            tls: None,
         }
     }
 }
@@ -137,6 +140,7 @@ async fn backend_on(addr: SocketAddr, behaviour: Behaviour) -> TestBackend {
                         conns.push(header);
                         conns.len() - 1
                     };
+                    let tls = behaviour.tls.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (seen, behaviour) = (seen.clone(), behaviour.clone());
                         async move {
@@ -158,9 +162,20 @@ async fn backend_on(addr: SocketAddr, behaviour: Behaviour) -> TestBackend {
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                        Some(acceptor) => {
+                            // A failed handshake (the proxy rejected the certificate) ends it.
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         })
@@ -413,6 +428,26 @@ fn upstream_config_errors_name_file_line_and_reason() {
              max_connections = 0\n",
             "l7.toml:5: max_connections must be at least 1 (weight = 0 takes a backend out)",
         ),
+        (
+            "[[pool]]\nname = \"web\"\nprotocol = \"h3\"\n",
+            "l7.toml:3: unknown variant `h3`, expected one of `http1`, `h2c`, `h2`",
+        ),
+        (
+            "[[pool]]\nname = \"web\"\nprotocol = \"h2c\"\ntls = true\n",
+            "l7.toml:4: protocol h2c is cleartext HTTP/2; HTTP/2 over TLS is protocol = \"h2\"",
+        ),
+        (
+            "[[pool]]\nname = \"web\"\nca_file = \"/etc/lb/ca.pem\"\n",
+            "l7.toml:3: ca_file and tls_server_name need tls = true (or protocol = \"h2\")",
+        ),
+        (
+            "[[pool]]\nname = \"web\"\ntls = true\nca_file = \"/nonexistent/ca.pem\"\n",
+            "l7.toml:4: ca_file \"/nonexistent/ca.pem\": No such file or directory (os error 2)",
+        ),
+        (
+            "[[pool]]\nname = \"web\"\ntls = true\ntls_server_name = \"bad name!\"\n",
+            "l7.toml:4: tls_server_name \"bad name!\" is not a DNS name or IP address",
+        ),
     ];
     for (text, expected) in cases {
         let err = L7Config::parse(text, Path::new("l7.toml")).expect_err(text);
@@ -526,4 +561,110 @@ async fn idle_settings_bound_upstream_keep_alive() {
         request(addr, "GET", &format!("/n{i}")).await;
     }
     assert_eq!(b.seen.conns().len(), 5, "one connection per request");
+}
+
+/// A self-signed certificate for `names` (DNS names or IPs): (PEM file, TLS acceptor with
+/// ALPN h2 and http/1.1). The file is removed by the caller.
+fn tls_backend_cert(tag: &str, names: &[&str]) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+    let cert = rcgen::generate_simple_self_signed(
+        names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+    )
+    .expect("cert");
+    let path = std::env::temp_dir().join(format!("lbt-{}-upstream-{tag}.pem", std::process::id()));
+    std::fs::write(&path, cert.cert.pem()).expect("write cert");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (path, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_upstream_speaks_http2() {
+    let b = backend(Behaviour::default()).await;
+    let (_proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"web\"\nprotocol = \"h2c\"\n[[pool.backend]]\naddress = \"{}\"\n\
+         {LISTENER}",
+        b.addr
+    ))
+    .await;
+    for i in 0..3 {
+        assert_eq!(request(addr, "GET", &format!("/h2c{i}")).await, 200);
+    }
+    let seen = b.seen.requests();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|(_, _, v)| *v == hyper::Version::HTTP_2),
+        "{seen:?}"
+    );
+    assert_eq!(b.seen.conns().len(), 1, "one multiplexed connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstreams_verify_the_backend_certificate() {
+    let (cert, acceptor) = tls_backend_cert("good", &["127.0.0.1", "backend.test"]);
+    let (wrong_ca, _) = tls_backend_cert("wrong", &["127.0.0.1"]);
+    let b = backend(Behaviour {
+        tls: Some(acceptor),
+        ..Behaviour::default()
+    })
+    .await;
+    let cases = [
+        // (pool keys, status, HTTP version the backend should see)
+        (
+            format!("tls = true\nca_file = {cert:?}\n"),
+            200,
+            hyper::Version::HTTP_11,
+        ),
+        (
+            format!("tls = true\nca_file = {cert:?}\ntls_server_name = \"backend.test\"\n"),
+            200,
+            hyper::Version::HTTP_11,
+        ),
+        (
+            format!("protocol = \"h2\"\nca_file = {cert:?}\n"),
+            200,
+            hyper::Version::HTTP_2,
+        ),
+        (
+            format!("tls = true\nca_file = {wrong_ca:?}\n"),
+            502,
+            hyper::Version::HTTP_11,
+        ),
+        (
+            format!("tls = true\nca_file = {cert:?}\ntls_server_name = \"other.test\"\n"),
+            502,
+            hyper::Version::HTTP_11,
+        ),
+        (
+            "tls = true\ntls_insecure = true\n".to_owned(),
+            200,
+            hyper::Version::HTTP_11,
+        ),
+    ];
+    for (n, (keys, status, version)) in cases.into_iter().enumerate() {
+        let (_proxy, addr) = start(&format!(
+            "[[pool]]\nname = \"web\"\nretries = 0\n{keys}[[pool.backend]]\naddress = \"{}\"\n\
+             {LISTENER}",
+            b.addr
+        ))
+        .await;
+        let path = format!("/tls{n}");
+        assert_eq!(request(addr, "GET", &path).await, status, "{keys}");
+        let seen = b.seen.requests();
+        let on_backend = seen.iter().find(|(_, p, _)| *p == path);
+        match status {
+            200 => assert_eq!(on_backend.map(|r| r.2), Some(version), "{keys}"),
+            _ => assert!(on_backend.is_none(), "{keys}: rejected before any request"),
+        }
+    }
+    for p in [cert, wrong_ca] {
+        let _ = std::fs::remove_file(p);
+    }
 }

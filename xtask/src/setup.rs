@@ -16,6 +16,7 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "curl",
     "nghttp2-client",
+    "nginx-light",
 ];
 
 /// What setup found.

@@ -16,6 +16,11 @@
 //! fail_timeout = "10s"           # backend for this long (nginx semantics); 0 = never eject
 //! idle_per_backend = 256         # idle keep-alive connections kept per backend (0: none)
 //! idle_timeout = "60s"           # ... closed after this long unused
+//! protocol = "http1"             # to the backends: http1 | h2c (cleartext HTTP/2) | h2 (TLS, ALPN h2)
+//! tls = false                    # HTTPS to the backends (implied by protocol = "h2")
+//! ca_file = "/etc/lb/ca.pem"     # tls: verify against these (PEM); default: the system bundle
+//! tls_server_name = "api.internal"  # tls: SNI and verified name; default: the backend's IP
+//! tls_insecure = false           # tls: DANGEROUS, no verification (anyone can impersonate)
 //!   [pool.health_check]          # optional: active checks (keys: see health/config.rs)
 //!   type = "http"
 //!   path = "/healthz"
@@ -129,6 +134,10 @@ pub struct PoolConfig {
     /// Idle keep-alive connections kept per backend, and for how long.
     pub idle_per_backend: usize,
     pub idle_timeout: Duration,
+    /// HTTP/1.1, h2c or h2 (TLS) to the backends.
+    pub protocol: super::upstream::UpstreamProtocol,
+    /// HTTPS to the backends (None: plain TCP).
+    pub tls: Option<super::upstream::UpstreamTls>,
 }
 
 /// One certificate of an HTTPS listener.
@@ -238,6 +247,12 @@ pub(crate) struct RawPool {
     pub(super) fail_timeout: Option<Spanned<String>>,
     pub(super) idle_per_backend: Option<usize>,
     pub(super) idle_timeout: Option<Spanned<String>>,
+    pub(super) protocol: Option<Spanned<super::upstream::UpstreamProtocol>>,
+    pub(super) tls: Option<Spanned<bool>>,
+    pub(super) ca_file: Option<Spanned<PathBuf>>,
+    pub(super) tls_server_name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) tls_insecure: bool,
 }
 
 impl RawPool {
@@ -455,6 +470,8 @@ impl L7Config {
                 backend_max_connections: caps,
                 idle_per_backend: 0,
                 idle_timeout: Duration::ZERO,
+                protocol: super::upstream::UpstreamProtocol::Http1,
+                tls: None,
                 health_check,
             };
             super::upstream::config::apply(&pool, &mut pool_config, &err)?;

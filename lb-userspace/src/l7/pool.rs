@@ -19,7 +19,9 @@ use super::{
         BackendSelection, ConsistentHash, InFlight, InFlightGuard, LeastConnections,
         PowerOfTwoChoices, SmoothWeightedRoundRobin,
     },
-    upstream::{BackendHealth, ConnInfo, PoolState, RetryBudget, UpstreamConnector},
+    upstream::{
+        BackendHealth, ConnInfo, PoolState, RetryBudget, UpstreamConnector, UpstreamProtocol,
+    },
 };
 use crate::maglev::MaglevError;
 
@@ -52,7 +54,7 @@ impl Pool {
             )),
             Algorithm::ConsistentHash => Box::new(ConsistentHash::new(backends)?),
         };
-        let connector = UpstreamConnector::new(config.connect_timeout);
+        let connector = UpstreamConnector::new(config.connect_timeout, config.tls.clone());
         let client = build_client(connector.clone(), &config);
         Ok(Self {
             inflight,
@@ -109,6 +111,15 @@ impl Pool {
             })
     }
 
+    /// The URI scheme of upstream requests (HTTP/2 sends it as :scheme).
+    pub fn scheme(&self) -> &'static str {
+        if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     fn cap(&self, i: usize) -> Option<u32> {
         self.config
             .backend_max_connections
@@ -151,5 +162,6 @@ fn build_client(connector: UpstreamConnector, config: &PoolConfig) -> UpstreamCl
         .pool_max_idle_per_host(config.idle_per_backend)
         .pool_idle_timeout(config.idle_timeout)
         .pool_timer(TokioTimer::new())
+        .http2_only(config.protocol != UpstreamProtocol::Http1)
         .build(connector)
 }

@@ -156,7 +156,7 @@ impl Proxy {
         let mut tried = Vec::new();
         let mut last = plain(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n");
         let budget = &pool.state.retry_budget;
-        let _in_flight = budget.request();
+        let _request = budget.request();
         for attempt in 0..attempts {
             let Some((i, _inflight)) = pool.acquire(key, &tried) else {
                 break;
@@ -172,7 +172,7 @@ impl Proxy {
             tried.push(i);
             let backend = pool.config.backends[i].addr;
             let Ok(uri) = Uri::builder()
-                .scheme("http")
+                .scheme(pool.scheme())
                 .authority(backend.to_string())
                 .path_and_query(path_and_query.as_str())
                 .build()

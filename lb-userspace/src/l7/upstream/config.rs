@@ -4,6 +4,7 @@ use std::{ops::Range, time::Duration};
 
 use toml::Spanned;
 
+use super::tls::{UpstreamProtocol, UpstreamTls, client_config};
 use crate::{
     config::ConfigError,
     l7::config::{PoolConfig, RawBackend, RawPool},
@@ -39,6 +40,11 @@ pub fn apply(raw: &RawPool, pool: &mut PoolConfig, err: ErrAt<'_>) -> Result<(),
         "idle_timeout",
         err,
     )?;
+    pool.protocol = raw
+        .protocol
+        .as_ref()
+        .map_or(UpstreamProtocol::Http1, |p| *p.get_ref());
+    pool.tls = tls(raw, err)?;
     Ok(())
 }
 
@@ -70,4 +76,74 @@ fn duration(
         humantime::parse_duration(v.get_ref())
             .map_err(|e| err(v.span(), format!("{what} {:?}: {e}", v.get_ref())))
     })
+}
+
+/// The pool's TLS client side, if it speaks HTTPS.
+fn tls(raw: &RawPool, err: ErrAt<'_>) -> Result<Option<UpstreamTls>, ConfigError> {
+    let protocol = raw
+        .protocol
+        .as_ref()
+        .map_or(UpstreamProtocol::Http1, |p| *p.get_ref());
+    let tls = match (&raw.tls, protocol) {
+        (Some(t), UpstreamProtocol::H2c) if *t.get_ref() => {
+            return Err(err(
+                t.span(),
+                "protocol h2c is cleartext HTTP/2; HTTP/2 over TLS is protocol = \"h2\"".into(),
+            ));
+        }
+        (Some(t), UpstreamProtocol::H2) if !*t.get_ref() => {
+            return Err(err(
+                t.span(),
+                "protocol h2 is HTTP/2 over TLS: tls = false contradicts it".into(),
+            ));
+        }
+        (_, UpstreamProtocol::H2) => true,
+        (t, _) => t.as_ref().is_some_and(|t| *t.get_ref()),
+    };
+    if !tls {
+        if let Some(span) = raw
+            .ca_file
+            .as_ref()
+            .map(Spanned::span)
+            .or(raw.tls_server_name.as_ref().map(Spanned::span))
+        {
+            return Err(err(
+                span,
+                "ca_file and tls_server_name need tls = true (or protocol = \"h2\")".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let server_name = match &raw.tls_server_name {
+        None => None,
+        Some(name) => Some(
+            rustls::pki_types::ServerName::try_from(name.get_ref().clone()).map_err(|_| {
+                err(
+                    name.span(),
+                    format!(
+                        "tls_server_name {:?} is not a DNS name or IP address",
+                        name.get_ref()
+                    ),
+                )
+            })?,
+        ),
+    };
+    // Errors from here are about the CA file (or the system bundle standing in for it).
+    let span = raw
+        .ca_file
+        .as_ref()
+        .map(Spanned::span)
+        .or(raw.tls.as_ref().map(Spanned::span))
+        .or(raw.protocol.as_ref().map(Spanned::span))
+        .unwrap_or(0..0);
+    let config = client_config(
+        protocol,
+        raw.ca_file.as_ref().map(|p| p.get_ref().as_path()),
+        raw.tls_insecure,
+    )
+    .map_err(|reason| err(span, reason))?;
+    Ok(Some(UpstreamTls {
+        connector: tokio_rustls::TlsConnector::from(config),
+        server_name,
+    }))
 }

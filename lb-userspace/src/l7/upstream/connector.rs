@@ -1,5 +1,6 @@
 //! Opening upstream connections for hyper-util's pooled client: TCP with the pool's connect
-//! timeout and no Nagle delay, then the PROXY header when the pool sends one.
+//! timeout and no Nagle delay, then the PROXY header when the pool sends one, then TLS for
+//! HTTPS pools (ALPN h2 tells the client to speak HTTP/2).
 use std::{
     future::Future,
     io,
@@ -11,22 +12,34 @@ use std::{
 };
 
 use hyper::Uri;
-use hyper_util::rt::TokioIo;
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use hyper_util::{
+    client::legacy::connect::{Connected, Connection},
+    rt::TokioIo,
+};
+use rustls::pki_types::ServerName;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::client::TlsStream;
+
+use super::tls::UpstreamTls;
 
 /// A `tower_service::Service<Uri>` the legacy client calls for each new connection; the URI's
 /// authority is the backend's `IP:PORT`.
 #[derive(Clone)]
 pub struct UpstreamConnector {
     connect_timeout: Duration,
+    tls: Option<UpstreamTls>,
     /// Written first on every connection this connector opens (one client's PROXY header).
     proxy_header: Option<Arc<[u8]>>,
 }
 
 impl UpstreamConnector {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, tls: Option<UpstreamTls>) -> Self {
         Self {
             connect_timeout,
+            tls,
             proxy_header: None,
         }
     }
@@ -40,10 +53,10 @@ impl UpstreamConnector {
     }
 }
 
-type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<UpstreamStream>>> + Send>>;
 
 impl tower_service::Service<Uri> for UpstreamConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<UpstreamStream>;
     type Error = io::Error;
     type Future = Connecting;
 
@@ -67,7 +80,95 @@ impl tower_service::Service<Uri> for UpstreamConnector {
             if let Some(header) = &this.proxy_header {
                 tcp.write_all(header).await?;
             }
-            Ok(TokioIo::new(tcp))
+            let Some(tls) = &this.tls else {
+                return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
+            };
+            let name = tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+            let stream =
+                tokio::time::timeout(this.connect_timeout, tls.connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
+            Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
         })
+    }
+}
+
+/// An upstream connection, plain or TLS.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        match self {
+            Self::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                Connected::new().negotiated_h2()
+            }
+            _ => Connected::new(),
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The upstream side of a pool, one job per module:
 //!
-//! - `connector.rs`: opening one upstream connection (TCP, PROXY header).
+//! - `connector.rs`: opening one upstream connection (TCP, PROXY header, TLS).
+//! - `tls.rs`: HTTPS upstreams (rustls client configuration, protocol choice).
 //! - `private.rs`: per-downstream-connection clients for pools that send a PROXY header, so an
 //!   upstream connection never carries two different clients.
 //! - `budget.rs`: the pool-wide retry budget and retry counters.
@@ -11,11 +12,13 @@ pub(super) mod config;
 mod connector;
 mod passive;
 mod private;
+pub mod tls;
 
 pub use budget::{RetryBudget, RetryCounters};
 pub use connector::UpstreamConnector;
 pub use passive::{BackendHealth, BackendStatus};
 pub use private::ConnInfo;
+pub use tls::{UpstreamProtocol, UpstreamTls};
 
 /// A pool's live upstream state, shared with the manager (metrics read it, health checks will
 /// write it). `RunningL7::pool_state` hands it out by pool name.
