@@ -21,7 +21,7 @@ use hyper_util::{
 };
 use lb::l7::{self, L7Config};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
@@ -66,7 +66,7 @@ async fn start(listener_extra: &str) -> (l7::RunningL7, SocketAddr) {
 }
 
 /// Sends a keep-alive GET and reads its whole response (the body is "ok PATH").
-async fn keep_alive_get(tcp: &mut TcpStream, path: &str) -> String {
+async fn keep_alive_get<S: AsyncRead + AsyncWrite + Unpin>(tcp: &mut S, path: &str) -> String {
     tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: s\r\n\r\n").as_bytes())
         .await
         .expect("write");
@@ -335,4 +335,94 @@ async fn websocket_upgrade_is_spliced_only_after_101() {
     assert!(head.starts_with("http/1.1 403"), "{head}");
     assert_eq!(echoed.load(Ordering::SeqCst), 1, "no second splice");
     drop(proxy);
+}
+
+/// A new self-signed certificate for localhost written over `cert` and `key`; returns its PEM.
+fn write_cert(cert: &Path, key: &Path) -> String {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    std::fs::write(cert, generated.cert.pem()).expect("write cert");
+    std::fs::write(key, generated.key_pair.serialize_pem()).expect("write key");
+    generated.cert.pem()
+}
+
+/// A TLS connection to `addr` as "localhost" trusting only `ca_pem`; None if the handshake
+/// fails (the proxy served another certificate).
+async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_for_new_connections_only() {
+    let dir = std::env::temp_dir();
+    let tag = format!("lbt-reload-{}", std::process::id());
+    let (cert, key) = (
+        dir.join(format!("{tag}.pem")),
+        dir.join(format!("{tag}.key")),
+    );
+    let cert_a = write_cert(&cert, &key);
+    let (proxy, addr) = start(&format!(
+        "[[listener.tls]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    let mut existing = tls_connect(addr, &cert_a).await.expect("cert A served");
+    assert!(
+        keep_alive_get(&mut existing, "/before")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    let cert_b = write_cert(&cert, &key);
+    // Files changed, nothing reloaded yet: still A.
+    assert!(tls_connect(addr, &cert_a).await.is_some());
+    assert_eq!(proxy.reload_certificates().expect("reload"), 1);
+    assert!(
+        tls_connect(addr, &cert_b).await.is_some(),
+        "new connections get B"
+    );
+    assert!(tls_connect(addr, &cert_a).await.is_none(), "A is gone");
+    // The connection made with A goes on.
+    assert!(
+        keep_alive_get(&mut existing, "/after")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // A broken file: an error naming it, and B stays.
+    std::fs::write(&cert, "not a certificate\n").expect("write");
+    let err = proxy.reload_certificates().expect_err("bad file");
+    assert_eq!(
+        err.to_string(),
+        format!("listener l: {}: no certificate found", cert.display())
+    );
+    assert!(tls_connect(addr, &cert_b).await.is_some(), "B kept");
+    let _ = std::fs::remove_file(&cert);
+    let err = proxy.reload_certificates().expect_err("missing file");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("listener l: reading {}: ", cert.display())),
+        "{err}"
+    );
+    assert!(tls_connect(addr, &cert_b).await.is_some(), "B kept");
+    let _ = std::fs::remove_file(&key);
 }

@@ -1,5 +1,6 @@
 //! `lb l7`: the L7 tier on its own (HTTP listeners, routes, pools from the backend file) until
 //! SIGINT/SIGTERM, then a graceful shutdown (in-flight requests get `--grace` to finish).
+//! SIGHUP reloads the HTTPS certificates.
 use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
@@ -35,9 +36,10 @@ pub fn run(config_path: &Path, threads: Option<usize>, grace: Duration) -> anyho
                         tracing::info!(signal = name, "stopping");
                         break;
                     }
-                    Event::Reload => {
-                        tracing::info!("SIGHUP: reload is not implemented for lb l7 yet")
-                    }
+                    Event::Reload => match running.reload_certificates() {
+                        Ok(n) => tracing::info!(listeners = n, "SIGHUP: certificates reloaded"),
+                        Err(err) => tracing::error!(%err, "SIGHUP: certificates kept"),
+                    },
                 }
             }
             let cut = running.shutdown(grace).await;

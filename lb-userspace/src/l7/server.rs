@@ -18,6 +18,7 @@ use super::{
     hygiene::HeadGuard,
     lifecycle::{self, Lifecycle, ListenerGate},
     proxy::Proxy,
+    tls::CertReloader,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,8 @@ pub struct RunningL7 {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     proxy: Arc<Proxy>,
     lifecycle: Arc<Lifecycle>,
+    /// (listener name, its certificate reloader), HTTPS listeners only.
+    certificates: Vec<(String, CertReloader)>,
 }
 
 impl RunningL7 {
@@ -77,6 +80,26 @@ impl RunningL7 {
         }
         self.lifecycle.shutdown(grace).await
     }
+
+    /// Re-reads every HTTPS listener's certificate and key files and swaps them in: new
+    /// handshakes get them, established connections are unaffected. All or nothing: on a
+    /// missing or bad file every listener keeps its certificates and the error names the file.
+    /// Returns how many listeners were reloaded.
+    pub fn reload_certificates(&self) -> Result<usize, L7Error> {
+        let prepared = self
+            .certificates
+            .iter()
+            .map(|(name, reloader)| {
+                reloader.load().map_err(|source| L7Error::Tls {
+                    name: name.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let reloaded = prepared.len();
+        prepared.into_iter().for_each(|p| p.swap_in());
+        Ok(reloaded)
+    }
 }
 
 impl Drop for RunningL7 {
@@ -91,6 +114,7 @@ impl Drop for RunningL7 {
 pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
     let proxy = Arc::new(Proxy::new(&config)?);
     let lifecycle = Arc::new(Lifecycle::default());
+    let mut certificates = Vec::new();
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
     for l in &config.listeners {
@@ -104,10 +128,12 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
         let tls = if l.tls.is_empty() {
             None
         } else {
-            let config = super::tls::server_config(&l.tls).map_err(|source| L7Error::Tls {
-                name: l.name.clone(),
-                source,
-            })?;
+            let (config, reloader) =
+                super::tls::server_config(&l.tls).map_err(|source| L7Error::Tls {
+                    name: l.name.clone(),
+                    source,
+                })?;
+            certificates.push((l.name.clone(), reloader));
             Some(tokio_rustls::TlsAcceptor::from(config))
         };
         let bound = listener.local_addr().unwrap_or(l.addr);
@@ -126,6 +152,7 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
         tasks,
         proxy,
         lifecycle,
+        certificates,
     })
 }
 

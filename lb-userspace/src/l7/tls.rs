@@ -1,7 +1,11 @@
 //! TLS termination for HTTPS listeners: certificates chosen by SNI (exact names, then
 //! `*.suffix` wildcards, then the listener's first certificate), ALPN h2 and http/1.1, session
-//! resumption by cache and tickets.
+//! resumption by cache and tickets. The certificate set can be re-read from its files and
+//! swapped in while serving (`CertReloader`): new handshakes get the new certificates,
+//! established connections keep theirs.
 use std::{collections::HashMap, fs::File, io::BufReader, path::Path, sync::Arc};
+
+use arc_swap::ArcSwap;
 
 use rustls::{
     ServerConfig,
@@ -27,19 +31,37 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("a TLS listener needs at least one certificate")]
     NoCertificates,
+    #[error("{path} with its key: {source}")]
+    Certificate {
+        path: String,
+        #[source]
+        source: rustls::Error,
+    },
 }
 
+/// The certificates of one listener, by SNI name.
 #[derive(Debug)]
-struct SniResolver {
+struct CertSet {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// (".example.com", key) for `*.example.com`.
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
     default: Arc<CertifiedKey>,
 }
 
+#[derive(Debug)]
+struct SniResolver {
+    certs: ArcSwap<CertSet>,
+}
+
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = hello.server_name().map(str::to_ascii_lowercase) else {
+        self.certs.load().resolve(hello.server_name())
+    }
+}
+
+impl CertSet {
+    fn resolve(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = server_name.map(str::to_ascii_lowercase) else {
             return Some(self.default.clone());
         };
         if let Some(key) = self.exact.get(&name) {
@@ -84,16 +106,51 @@ fn load(
         .ok_or_else(|| TlsError::NoKey {
             path: cert.key.display().to_string(),
         })?;
-    Ok(CertifiedKey::from_der(chain, key, provider)?)
+    CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Certificate {
+        path: cert.cert.display().to_string(),
+        source,
+    })
 }
 
-pub fn server_config(certs: &[TlsCertConfig]) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// Re-reads a listener's certificate files and swaps them in.
+#[derive(Debug)]
+pub struct CertReloader {
+    files: Vec<TlsCertConfig>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    resolver: Arc<SniResolver>,
+}
+
+impl CertReloader {
+    /// Reads every file again; nothing changes unless all of them are good.
+    pub fn load(&self) -> Result<PreparedCerts<'_>, TlsError> {
+        Ok(PreparedCerts {
+            reloader: self,
+            certs: cert_set(&self.files, &self.provider)?,
+        })
+    }
+}
+
+/// Certificates read and checked, ready to swap in.
+pub struct PreparedCerts<'a> {
+    reloader: &'a CertReloader,
+    certs: CertSet,
+}
+
+impl PreparedCerts<'_> {
+    pub fn swap_in(self) {
+        self.reloader.resolver.certs.store(Arc::new(self.certs));
+    }
+}
+
+fn cert_set(
+    certs: &[TlsCertConfig],
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertSet, TlsError> {
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
     let mut default = None;
     for cert in certs {
-        let key = Arc::new(load(cert, &provider)?);
+        let key = Arc::new(load(cert, provider)?);
         default.get_or_insert_with(|| key.clone());
         for name in &cert.server_names {
             let name = name.to_ascii_lowercase();
@@ -106,16 +163,32 @@ pub fn server_config(certs: &[TlsCertConfig]) -> Result<Arc<ServerConfig>, TlsEr
         }
     }
     let default = default.ok_or(TlsError::NoCertificates)?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+    Ok(CertSet {
+        exact,
+        wildcard,
+        default,
+    })
+}
+
+/// The listener's TLS configuration, and what reloads its certificates.
+pub fn server_config(
+    certs: &[TlsCertConfig],
+) -> Result<(Arc<ServerConfig>, CertReloader), TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = Arc::new(SniResolver {
+        certs: ArcSwap::from_pointee(cert_set(certs, &provider)?),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver {
-            exact,
-            wildcard,
-            default,
-        }));
+        .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(16 * 1024);
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    Ok(Arc::new(config))
+    let reloader = CertReloader {
+        files: certs.to_vec(),
+        provider,
+        resolver,
+    };
+    Ok((Arc::new(config), reloader))
 }
