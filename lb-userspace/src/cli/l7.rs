@@ -24,7 +24,7 @@ pub fn run(config_path: &Path, threads: Option<usize>, grace: Duration) -> anyho
         .build()
         .context("starting the tokio runtime")?
         .block_on(async {
-            let running = l7::serve(config).await?;
+            let mut running = l7::serve(config).await?;
             for (name, addr) in &running.listeners {
                 tracing::info!(listener = %name, %addr, "listening");
                 println!("listening name={name} address={addr}");
@@ -36,10 +36,7 @@ pub fn run(config_path: &Path, threads: Option<usize>, grace: Duration) -> anyho
                         tracing::info!(signal = name, "stopping");
                         break;
                     }
-                    Event::Reload => match running.reload_certificates() {
-                        Ok(n) => tracing::info!(listeners = n, "SIGHUP: certificates reloaded"),
-                        Err(err) => tracing::error!(%err, "SIGHUP: certificates kept"),
-                    },
+                    Event::Reload => reload(&mut running, config_path).await,
                 }
             }
             let cut = running.shutdown(grace).await;
@@ -52,4 +49,20 @@ pub fn run(config_path: &Path, threads: Option<usize>, grace: Duration) -> anyho
             }
             Ok(())
         })
+}
+
+/// SIGHUP: the backend file applied in place (a bad file keeps the running configuration),
+/// then the certificate files re-read.
+async fn reload(running: &mut l7::RunningL7, path: &Path) {
+    match L7Config::from_file(path) {
+        Err(err) => tracing::error!(%err, "SIGHUP: configuration kept"),
+        Ok(config) => match running.reload(&config).await {
+            Ok(report) => tracing::info!(?report, "SIGHUP: configuration reloaded"),
+            Err(err) => tracing::error!(error = %anyhow::Error::from(err), "SIGHUP: reload failed"),
+        },
+    }
+    match running.reload_certificates() {
+        Ok(n) => tracing::info!(listeners = n, "SIGHUP: certificates reloaded"),
+        Err(err) => tracing::error!(%err, "SIGHUP: certificates kept"),
+    }
 }

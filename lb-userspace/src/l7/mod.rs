@@ -36,5 +36,5 @@ pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,
 };
 pub use route_rules::{HeaderMatch, HeaderRule, Rewrite, SplitTarget};
-pub use server::{L7Error, RunningL7, serve};
+pub use server::{L7Error, ReloadReport, RunningL7, serve};
 pub use upstream::{BackendHealth, BackendStatus, PoolState, RetryBudget, RetryCounters};

@@ -9,6 +9,7 @@ use std::{
     collections::HashMap,
     hash::{Hash, Hasher},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -29,12 +30,13 @@ use super::{
 
 /// What every request handler shares: pools, routes, per-listener limits, counters.
 pub struct Proxy {
-    pools: HashMap<String, Pool>,
+    /// Shared with the previous generation when a reload left the pool unchanged.
+    pools: HashMap<String, Arc<Pool>>,
     router: Router,
     /// Per listener: largest declared request body.
     max_body: HashMap<String, u64>,
     /// Connections closed for a missing or bad PROXY header from a trusted source.
-    pub proxy_header_errors: AtomicU64,
+    pub proxy_header_errors: Arc<AtomicU64>,
     request_ids: AtomicU64,
     /// Per-process random prefix so request ids from different lb processes differ.
     id_prefix: u64,
@@ -46,36 +48,62 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(config: &L7Config) -> Result<Self, L7Error> {
+        Self::build(config, None).map(|(proxy, _)| proxy)
+    }
+
+    /// The proxy for `config`, keeping `previous`'s pools whose configuration is unchanged
+    /// (and its counters). Also returns how many pools were built anew.
+    pub fn rebuild(config: &L7Config, previous: &Proxy) -> Result<(Self, usize), L7Error> {
+        Self::build(config, Some(previous))
+    }
+
+    fn build(config: &L7Config, previous: Option<&Proxy>) -> Result<(Self, usize), L7Error> {
         let mut pools = HashMap::new();
+        let mut built = 0;
         for p in &config.pools {
-            let pool = Pool::new(p.clone()).map_err(|source| L7Error::Pool {
-                pool: p.name.clone(),
-                source,
-            })?;
+            // PoolConfig holds compiled TLS configs and regexes, so its Debug text is the
+            // comparison (it prints every setting).
+            let same = previous
+                .and_then(|prev| prev.pools.get(&p.name))
+                .filter(|old| format!("{:?}", old.config) == format!("{p:?}"));
+            let pool = match same {
+                Some(old) => old.clone(),
+                None => {
+                    built += 1;
+                    Arc::new(Pool::new(p.clone()).map_err(|source| L7Error::Pool {
+                        pool: p.name.clone(),
+                        source,
+                    })?)
+                }
+            };
             pools.insert(p.name.clone(), pool);
         }
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id());
-        Ok(Self {
-            pools,
-            router: Router::new(config.routes.clone()),
-            max_body: config
-                .listeners
-                .iter()
-                .map(|l| (l.name.clone(), l.max_body_bytes))
-                .collect(),
-            proxy_header_errors: AtomicU64::new(0),
-            request_ids: AtomicU64::new(0),
-            id_prefix: seed,
-            trusted_proxies: config
-                .listeners
-                .iter()
-                .map(|l| (l.name.clone(), l.trusted_proxies.clone()))
-                .collect(),
-            body_limits: body::limits_by_listener(config),
-        })
+        Ok((
+            Self {
+                pools,
+                router: Router::new(config.routes.clone()),
+                max_body: config
+                    .listeners
+                    .iter()
+                    .map(|l| (l.name.clone(), l.max_body_bytes))
+                    .collect(),
+                proxy_header_errors: previous
+                    .map_or_else(Default::default, |p| p.proxy_header_errors.clone()),
+                request_ids: AtomicU64::new(0),
+                id_prefix: seed,
+                trusted_proxies: config
+                    .listeners
+                    .iter()
+                    .map(|l| (l.name.clone(), l.trusted_proxies.clone()))
+                    .collect(),
+                body_limits: body::limits_by_listener(config),
+            },
+            built,
+        ))
     }
 
     /// The live upstream state of pool `name`.

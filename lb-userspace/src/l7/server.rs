@@ -6,6 +6,7 @@ use std::{
     sync::{Arc, atomic::Ordering},
 };
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -48,22 +49,174 @@ pub enum L7Error {
 pub struct RunningL7 {
     /// (listener name, bound address), in config order.
     pub listeners: Vec<(String, SocketAddr)>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    proxy: Arc<Proxy>,
+    /// Accept loops, one per listener, with the listener's settings as they were started.
+    tasks: Vec<ListenerTask>,
+    /// Routes, pools and per-listener request rules; swapped whole by `reload`. Each request
+    /// reads the current one, so keep-alive connections follow a reload.
+    proxy: Arc<ArcSwap<Proxy>>,
     lifecycle: Arc<Lifecycle>,
     /// (listener name, its certificate reloader), HTTPS listeners only.
     certificates: Vec<(String, CertReloader)>,
 }
 
+struct ListenerTask {
+    name: String,
+    /// The listener's whole configuration (with its bound address), to tell whether a reload
+    /// changed it.
+    settings: String,
+    task: tokio::task::JoinHandle<()>,
+    bound: SocketAddr,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub listeners_started: usize,
+    pub listeners_stopped: usize,
+    pub pools_rebuilt: usize,
+}
+
 impl RunningL7 {
     /// Connections closed because a trusted source sent no valid PROXY header in time.
     pub fn proxy_header_errors(&self) -> u64 {
-        self.proxy.proxy_header_errors.load(Ordering::Relaxed)
+        self.proxy
+            .load()
+            .proxy_header_errors
+            .load(Ordering::Relaxed)
     }
 
     /// The live upstream state (retry counters, ...) of pool `name`.
     pub fn pool_state(&self, name: &str) -> Option<Arc<super::PoolState>> {
-        self.proxy.pool_state(name)
+        self.proxy.load().pool_state(name)
+    }
+
+    /// Applies a new configuration in place: pools whose settings did not change are kept
+    /// (with their idle connections, in-flight counts and health), listeners whose settings
+    /// did not change keep accepting, new ones are bound before anything else changes (a bind
+    /// error leaves everything as it was), changed and removed ones stop accepting; their
+    /// established connections finish normally. Requests already in flight finish on the
+    /// configuration they started with.
+    pub async fn reload(&mut self, config: &L7Config) -> Result<ReloadReport, L7Error> {
+        let old = self.proxy.load_full();
+        let (proxy, pools_rebuilt) = Proxy::rebuild(config, &old)?;
+        let proxy = Arc::new(proxy);
+        let wanted: Vec<(String, String)> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), format!("{l:?}")))
+            .collect();
+        let (kept, stopped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tasks)
+            .into_iter()
+            .partition(|t| wanted.iter().any(|(n, s)| *n == t.name && *s == t.settings));
+        let starting: Vec<_> = config
+            .listeners
+            .iter()
+            .filter(|l| !kept.iter().any(|t| t.name == l.name))
+            .collect();
+        // Addresses a stopping listener holds are released first; any other bind must work
+        // before anything changes.
+        let held: Vec<SocketAddr> = self
+            .listeners
+            .iter()
+            .filter(|(n, _)| stopped.iter().any(|t| t.name == *n))
+            .map(|(_, a)| *a)
+            .collect();
+        let mut bound = Vec::new();
+        for l in starting.iter().filter(|l| !held.contains(&l.addr)) {
+            match bind(l).await {
+                Ok(listener) => bound.push((l.name.clone(), listener)),
+                Err(e) => {
+                    self.tasks = kept.into_iter().chain(stopped).collect();
+                    return Err(e);
+                }
+            }
+        }
+        let report = ReloadReport {
+            listeners_started: starting.len(),
+            listeners_stopped: stopped.len(),
+            pools_rebuilt,
+        };
+        for t in stopped {
+            t.task.abort();
+            let _ = t.task.await;
+        }
+        self.proxy.store(proxy);
+        self.tasks = kept;
+        self.certificates
+            .retain(|(n, _)| self.tasks.iter().any(|t| t.name == *n));
+        let mut first_error = None;
+        for l in starting {
+            let listener = match bound.iter().position(|(n, _)| *n == l.name) {
+                Some(i) => bound.swap_remove(i).1,
+                None => match bind(l).await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, error = %e, "listener not restarted");
+                        first_error.get_or_insert(e);
+                        continue;
+                    }
+                },
+            };
+            self.start_listener(l, listener)?;
+        }
+        self.listeners = config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let addr = self.tasks.iter().find(|t| t.name == l.name)?;
+                Some((l.name.clone(), addr.bound))
+            })
+            .collect();
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    fn start_listener(
+        &mut self,
+        l: &super::config::ListenerConfig,
+        listener: TcpListener,
+    ) -> Result<(), L7Error> {
+        let tls = if l.tls.is_empty() {
+            None
+        } else {
+            let (config, reloader) =
+                super::tls::server_config(&l.tls).map_err(|source| L7Error::Tls {
+                    name: l.name.clone(),
+                    source,
+                })?;
+            self.certificates.push((l.name.clone(), reloader));
+            Some(tokio_rustls::TlsAcceptor::from(config))
+        };
+        let bound = listener.local_addr().unwrap_or(l.addr);
+        let name = Arc::<str>::from(l.name.as_str());
+        let trust = (!l.proxy_protocol_from.is_empty())
+            .then(|| Arc::new((l.proxy_protocol_from.clone(), l.proxy_protocol_timeout)));
+        let limits = (l.max_header_bytes, l.header_timeout);
+        let gate = self.lifecycle.gate(l.max_connections);
+        let task = tokio::spawn(accept_loop(
+            listener,
+            name,
+            tls,
+            trust,
+            limits,
+            self.proxy.clone(),
+            gate,
+        ));
+        // Compared with the next configuration as bound: a listener on port 0 that is given
+        // its actual port next time is unchanged.
+        let as_bound = super::config::ListenerConfig {
+            addr: bound,
+            ..l.clone()
+        };
+        self.tasks.push(ListenerTask {
+            name: l.name.clone(),
+            settings: format!("{as_bound:?}"),
+            task,
+            bound,
+        });
+        Ok(())
     }
 
     /// Graceful shutdown: stops accepting (new connections are refused), lets in-flight
@@ -72,11 +225,11 @@ impl RunningL7 {
     /// were cut when the grace ended.
     pub async fn shutdown(mut self, grace: std::time::Duration) -> usize {
         for t in &self.tasks {
-            t.abort();
+            t.task.abort();
         }
         // Awaited so the listening sockets are closed before draining starts.
         for t in self.tasks.drain(..) {
-            let _ = t.await;
+            let _ = t.task.await;
         }
         self.lifecycle.shutdown(grace).await
     }
@@ -105,55 +258,37 @@ impl RunningL7 {
 impl Drop for RunningL7 {
     fn drop(&mut self) {
         for t in &self.tasks {
-            t.abort();
+            t.task.abort();
         }
     }
 }
 
+async fn bind(l: &super::config::ListenerConfig) -> Result<TcpListener, L7Error> {
+    TcpListener::bind(l.addr)
+        .await
+        .map_err(|source| L7Error::Bind {
+            name: l.name.clone(),
+            addr: l.addr,
+            source,
+        })
+}
+
 /// Binds every listener and starts serving on the current tokio runtime.
 pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
-    let proxy = Arc::new(Proxy::new(&config)?);
-    let lifecycle = Arc::new(Lifecycle::default());
-    let mut certificates = Vec::new();
-    let mut listeners = Vec::new();
-    let mut tasks = Vec::new();
+    let mut running = RunningL7 {
+        listeners: Vec::new(),
+        tasks: Vec::new(),
+        proxy: Arc::new(ArcSwap::from_pointee(Proxy::new(&config)?)),
+        lifecycle: Arc::new(Lifecycle::default()),
+        certificates: Vec::new(),
+    };
     for l in &config.listeners {
-        let listener = TcpListener::bind(l.addr)
-            .await
-            .map_err(|source| L7Error::Bind {
-                name: l.name.clone(),
-                addr: l.addr,
-                source,
-            })?;
-        let tls = if l.tls.is_empty() {
-            None
-        } else {
-            let (config, reloader) =
-                super::tls::server_config(&l.tls).map_err(|source| L7Error::Tls {
-                    name: l.name.clone(),
-                    source,
-                })?;
-            certificates.push((l.name.clone(), reloader));
-            Some(tokio_rustls::TlsAcceptor::from(config))
-        };
-        let bound = listener.local_addr().unwrap_or(l.addr);
-        listeners.push((l.name.clone(), bound));
-        let (name, proxy) = (Arc::<str>::from(l.name.as_str()), proxy.clone());
-        let trust = (!l.proxy_protocol_from.is_empty())
-            .then(|| Arc::new((l.proxy_protocol_from.clone(), l.proxy_protocol_timeout)));
-        let limits = (l.max_header_bytes, l.header_timeout);
-        let gate = lifecycle.gate(l.max_connections);
-        tasks.push(tokio::spawn(accept_loop(
-            listener, name, tls, trust, limits, proxy, gate,
-        )));
+        let listener = bind(l).await?;
+        running.start_listener(l, listener)?;
+        let bound = running.tasks.last().map_or(l.addr, |t| t.bound);
+        running.listeners.push((l.name.clone(), bound));
     }
-    Ok(RunningL7 {
-        listeners,
-        tasks,
-        proxy,
-        lifecycle,
-        certificates,
-    })
+    Ok(running)
 }
 
 /// Trusted PROXY-header senders and the deadline for their header.
@@ -165,7 +300,7 @@ async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
     trust: Option<ProxyTrust>,
     (max_header_bytes, header_timeout): (usize, std::time::Duration),
-    proxy: Arc<Proxy>,
+    proxy: Arc<ArcSwap<Proxy>>,
     gate: ListenerGate,
 ) {
     loop {
@@ -189,7 +324,8 @@ async fn accept_loop(
                     Ok(Some(client)) => peer = client,
                     Ok(None) => {}
                     Err(err) => {
-                        proxy.proxy_header_errors.fetch_add(1, Ordering::Relaxed);
+                        let errors = &proxy.load().proxy_header_errors;
+                        errors.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%socket_peer, %err, "PROXY header rejected");
                         return;
                     }
@@ -201,6 +337,7 @@ async fn accept_loop(
             let service = service_fn(move |req| {
                 let (name, proxy, conn) = (name.clone(), proxy.clone(), conn.clone());
                 async move {
+                    let proxy = proxy.load_full();
                     let response = proxy.handle(req, &name, peer, scheme, &conn).await;
                     Ok::<_, std::convert::Infallible>(response)
                 }
