@@ -47,6 +47,9 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
     },
+    /// The whole load balancer: manager, L7 tier, XDP tier (with --iface), health checks,
+    /// admin surface. Reloads on SIGHUP and when the backend file changes.
+    Run(Box<cli::run::RunArgs>),
     /// Validate a backend file without starting anything: prints a summary, or FILE:LINE:
     /// reason and exits non-zero.
     CheckConfig {
@@ -112,6 +115,7 @@ fn run() -> anyhow::Result<()> {
             grace,
         } => return cli::l7::run(&config, threads, grace),
         Command::CheckConfig { file } => return cli::check_config::run(&file),
+        Command::Run(args) => return cli::run::run(*args),
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -132,9 +136,10 @@ fn run() -> anyhow::Result<()> {
                 stats_interval,
             } => cli::l4::run(&iface, xdp_mode, &config, stats_interval).await,
             Command::Decap { iface, xdp_mode } => cli::decap::run(&iface, xdp_mode).await,
-            Command::Bench(_) | Command::L7 { .. } | Command::CheckConfig { .. } => {
-                Err(anyhow::anyhow!("this command runs on its own runtime"))
-            }
+            Command::Bench(_)
+            | Command::L7 { .. }
+            | Command::CheckConfig { .. }
+            | Command::Run(_) => Err(anyhow::anyhow!("this command runs on its own runtime")),
         }
     })
 }

@@ -4,5 +4,6 @@ pub mod check_config;
 pub mod decap;
 pub mod l4;
 pub mod l7;
+pub mod run;
 pub mod signals;
 pub mod xdp;

@@ -3,5 +3,8 @@
 //!
 //! - `flags.rs`: single-service command-line flags turned into backend-file sections.
 //! - `watch.rs`: noticing backend-file changes.
+//! - `run.rs`: the manager: configuration, tiers, health into both tiers, drains, reloads,
+//!   the status snapshot.
 pub mod flags;
+pub mod run;
 pub mod watch;

@@ -1,0 +1,174 @@
+//! `lb run`: the manager, the L7 tier and (with `--iface`) the XDP tier in one process, with
+//! the admin surface, until SIGINT/SIGTERM. Reloads on SIGHUP and when the backend file changes.
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use lb::{
+    admin::{AdminCommand, AdminState, serve_admin},
+    l7::Algorithm,
+    manager::{
+        flags::ServiceFlags,
+        run::{Manager, RunOptions},
+        watch::FileWatcher,
+    },
+    xdp::AttachMode,
+};
+
+use super::signals::{Event, Signals};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Backend file (TOML): pools and backends, and any further listeners, routes and VIPs.
+    #[arg(long)]
+    backends: PathBuf,
+    /// Ingress interface for the XDP tier (none: L7 only).
+    #[arg(long)]
+    iface: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: AttachMode,
+    /// A VIP for the XDP tier, ADDR:PORT[/tcp|udp] (repeatable; needs --iface).
+    #[arg(long = "vip")]
+    vips: Vec<String>,
+    /// An HTTP(S) listener for the pool named "default" (or the file's only pool) (repeatable).
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Certificate chain (PEM) for the --listen listeners: HTTPS (repeatable, with --tls-key).
+    #[arg(long = "tls-cert")]
+    tls_certs: Vec<PathBuf>,
+    /// Private key (PEM) for the --tls-cert of the same position.
+    #[arg(long = "tls-key")]
+    tls_keys: Vec<PathBuf>,
+    /// The --listen listeners expect a PROXY v1/v2 header from every client.
+    #[arg(long)]
+    proxy_protocol: bool,
+    /// Balancing algorithm of the flags' pool (overrides the file).
+    #[arg(long, value_enum)]
+    algorithm: Option<AlgorithmArg>,
+    /// Admin address: status page at /, /metrics, /api/status, /api/drain.
+    #[arg(long, default_value = "127.0.0.1:9900")]
+    admin: SocketAddr,
+    /// On SIGTERM/SIGINT, time in-flight requests get to finish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Worker threads (default: the CPUs this process may use).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AlgorithmArg {
+    RoundRobin,
+    LeastConn,
+    P2c,
+    ConsistentHash,
+}
+
+/// How often the backend file is checked for changes, and the status snapshot refreshed.
+const WATCH_PERIOD: Duration = Duration::from_millis(200);
+const STATUS_PERIOD: Duration = Duration::from_secs(1);
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.tls_certs.len() == args.tls_keys.len(),
+        "--tls-cert and --tls-key come in pairs ({} certificates, {} keys)",
+        args.tls_certs.len(),
+        args.tls_keys.len()
+    );
+    anyhow::ensure!(
+        args.vips.is_empty() || args.iface.is_some(),
+        "--vip needs --iface (the interface the XDP tier attaches to)"
+    );
+    let flags = ServiceFlags {
+        listen: args.listen.clone(),
+        vips: args.vips.clone(),
+        tls: args
+            .tls_certs
+            .iter()
+            .cloned()
+            .zip(args.tls_keys.iter().cloned())
+            .collect(),
+        proxy_protocol: args.proxy_protocol,
+        algorithm: args.algorithm.map(|a| match a {
+            AlgorithmArg::RoundRobin => Algorithm::RoundRobin,
+            AlgorithmArg::LeastConn => Algorithm::LeastConn,
+            AlgorithmArg::P2c => Algorithm::P2c,
+            AlgorithmArg::ConsistentHash => Algorithm::ConsistentHash,
+        }),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    runtime
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(serve(args, flags))
+}
+
+async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
+    // Stamped before the first read, so a change during start-up is seen.
+    let mut watcher = FileWatcher::new(args.backends.clone());
+    let (mut manager, mut health_events) = Manager::start(RunOptions {
+        backends: args.backends.clone(),
+        flags,
+        iface: args.iface.clone(),
+        xdp_mode: args.xdp_mode,
+    })
+    .await?;
+    let (commands_tx, mut commands) = tokio::sync::mpsc::channel(16);
+    let (admin, admin_task) = serve_admin(
+        args.admin,
+        Arc::new(AdminState {
+            status: manager.status.clone(),
+            metrics: manager.metrics.clone(),
+            commands: commands_tx,
+        }),
+    )
+    .await
+    .with_context(|| format!("binding the admin address {}", args.admin))?;
+    for (name, addr) in manager.listeners() {
+        println!("listening name={name} address={addr}");
+    }
+    if let Some((iface, mode)) = manager.xdp_mode() {
+        println!("attached iface={iface} mode={mode}");
+    }
+    println!("admin http://{admin}/");
+    tracing::info!(%admin, "lb running");
+
+    let mut signals = Signals::install()?;
+    let mut watch_tick = tokio::time::interval(WATCH_PERIOD);
+    let mut status_tick = tokio::time::interval(STATUS_PERIOD);
+    let signal_name = loop {
+        tokio::select! {
+            event = signals.next() => match event {
+                Event::Stop(name) => break name,
+                Event::Reload => manager.reload("SIGHUP").await,
+            },
+            _ = watch_tick.tick() => {
+                if watcher.changed() {
+                    manager.reload("file changed").await;
+                }
+            }
+            Some(event) = health_events.recv() => manager.on_health(&event),
+            Some(command) = commands.recv() => match command {
+                AdminCommand::Drain { pool, backend, drain, reply } => {
+                    let _ = reply.send(manager.drain(&pool, &backend, drain));
+                }
+            },
+            _ = status_tick.tick() => manager.publish(),
+        }
+    };
+    tracing::info!(signal = signal_name, grace = ?args.grace, "stopping");
+    admin_task.abort();
+    let cut = manager.shutdown(args.grace).await?;
+    if cut > 0 {
+        tracing::warn!(
+            connections = cut,
+            "cut connections still busy after the grace"
+        );
+    }
+    println!("stopped");
+    Ok(())
+}

@@ -1,0 +1,444 @@
+//! `lb run`'s moving parts in one place: the current configuration, the running tiers, the
+//! health state of every backend (one state feeds both tiers), drains, reloads and the status
+//! snapshot. The binary's event loop (`cli/run.rs`) calls into it.
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+
+use super::flags::{self, ServiceFlags};
+use crate::{
+    admin::{
+        metrics::Metrics,
+        status::{
+            BackendStatus, ConfigStatus, ListenerStatus, PoolStatus, RealStatus, Status, VipStatus,
+            XdpStatus,
+        },
+    },
+    config::Config,
+    health::{HealthEvent, HealthState, HealthTarget, spawn_checker},
+    l4::{L4Dataplane, read_l4_stats},
+    l7::{self, RunningL7},
+    xdp::{self, AttachMode, AttachedXdp},
+};
+
+/// One backend of one pool.
+type BackendKey = (String, SocketAddr);
+
+pub struct RunOptions {
+    pub backends: PathBuf,
+    pub flags: ServiceFlags,
+    pub iface: Option<String>,
+    pub xdp_mode: AttachMode,
+}
+
+struct XdpTier {
+    attached: AttachedXdp,
+    dataplane: L4Dataplane,
+    logs: tokio::task::JoinHandle<()>,
+}
+
+pub struct Manager {
+    options: RunOptions,
+    config: Config,
+    l7: RunningL7,
+    xdp: Option<XdpTier>,
+    health: HashMap<BackendKey, Arc<Mutex<HealthState>>>,
+    drained: HashSet<BackendKey>,
+    checkers: Vec<tokio::task::JoinHandle<()>>,
+    health_events: mpsc::UnboundedSender<HealthEvent>,
+    pub status: Arc<ArcSwap<Status>>,
+    pub metrics: Arc<Metrics>,
+    config_status: ConfigStatus,
+    started: Instant,
+}
+
+impl Manager {
+    /// Reads the backend file (refusing a bad one), attaches the XDP tier when asked, starts
+    /// the L7 listeners and the health checks. Health transitions arrive on the returned
+    /// receiver; pass them to `on_health`.
+    pub async fn start(
+        options: RunOptions,
+    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<HealthEvent>)> {
+        use anyhow::Context as _;
+        let config = flags::load(&options.backends, &options.flags)?;
+        let xdp = match &options.iface {
+            None => None,
+            Some(iface) => {
+                let mut attached = xdp::attach(iface, options.xdp_mode)
+                    .with_context(|| format!("attaching the XDP datapath to {iface}"))?;
+                let logs = xdp::forward_logs(attached.ebpf_mut())?;
+                let mut dataplane = L4Dataplane::new();
+                dataplane
+                    .apply(attached.ebpf_mut(), &config.l4)
+                    .context("installing the VIPs")?;
+                Some(XdpTier {
+                    attached,
+                    dataplane,
+                    logs,
+                })
+            }
+        };
+        let l7 = l7::serve(config.l7.clone())
+            .await
+            .context("starting the L7 listeners")?;
+        let status = Arc::new(ArcSwap::from_pointee(Status::default()));
+        let metrics = Arc::new(Metrics::new(status.clone()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut manager = Self {
+            config_status: ConfigStatus {
+                path: options.backends.display().to_string(),
+                ..ConfigStatus::default()
+            },
+            options,
+            config,
+            l7,
+            xdp,
+            health: HashMap::new(),
+            drained: HashSet::new(),
+            checkers: Vec::new(),
+            health_events: tx,
+            status,
+            metrics,
+            started: Instant::now(),
+        };
+        manager.start_checks();
+        manager.publish();
+        Ok((manager, rx))
+    }
+
+    pub fn listeners(&self) -> &[(String, SocketAddr)] {
+        &self.l7.listeners
+    }
+
+    pub fn xdp_mode(&self) -> Option<(&str, &'static str)> {
+        self.xdp
+            .as_ref()
+            .map(|x| (x.attached.iface(), x.attached.mode()))
+    }
+
+    /// (Re)starts the active checks of every pool that has them. States of backends that
+    /// are still configured are kept, so a reload does not forget who is down.
+    fn start_checks(&mut self) {
+        for c in self.checkers.drain(..) {
+            c.abort();
+        }
+        let mut states = HashMap::new();
+        for pool in &self.config.l7.pools {
+            let Some(check) = &pool.health_check else {
+                continue;
+            };
+            let check = Arc::new(check.clone());
+            let mut targets = Vec::new();
+            for (index, backend) in pool.backends.iter().enumerate() {
+                let key = (pool.name.clone(), backend.addr);
+                let state = self.health.get(&key).cloned().unwrap_or_else(|| {
+                    Arc::new(Mutex::new(HealthState::new(check.rise, check.fall, true)))
+                });
+                states.insert(key, state.clone());
+                targets.push(HealthTarget {
+                    pool: pool.name.clone(),
+                    index,
+                    addr: backend.addr,
+                    state,
+                });
+            }
+            self.checkers
+                .extend(spawn_checker(check, targets, self.health_events.clone()));
+        }
+        self.health = states;
+        self.drained.retain(|(pool, addr)| {
+            self.config
+                .l7
+                .pool(pool)
+                .is_some_and(|p| p.backends.iter().any(|b| b.addr == *addr))
+        });
+    }
+
+    fn is_up(&self, key: &BackendKey) -> bool {
+        self.health
+            .get(key)
+            .is_none_or(|s| s.lock().map(|s| s.is_up()).unwrap_or(true))
+    }
+
+    /// Takes new requests and flows: healthy and not drained.
+    fn serves(&self, key: &BackendKey) -> bool {
+        self.is_up(key) && !self.drained.contains(key)
+    }
+
+    /// Pushes health and drains into both tiers: the L7 pools' down flags, and the VIPs' reals
+    /// (a real is down when every backend of its pool on that address is).
+    fn apply_health(&mut self) {
+        for pool in &self.config.l7.pools {
+            let Some(state) = self.l7.pool_state(&pool.name) else {
+                continue;
+            };
+            for (i, b) in pool.backends.iter().enumerate() {
+                state
+                    .health
+                    .set_down(i, !self.serves(&(pool.name.clone(), b.addr)));
+            }
+        }
+        let mut l4 = self.config.l4.clone();
+        for vip in &mut l4.vips {
+            let Some(pool) = vip.pool.as_ref().and_then(|p| self.config.l7.pool(p)) else {
+                continue;
+            };
+            for real in &mut vip.reals {
+                real.down = !pool
+                    .backends
+                    .iter()
+                    .filter(|b| b.addr.ip() == real.addr)
+                    .any(|b| self.serves(&(pool.name.clone(), b.addr)));
+            }
+        }
+        if let Some(x) = &mut self.xdp
+            && let Err(err) = x.dataplane.apply(x.attached.ebpf_mut(), &l4)
+        {
+            tracing::error!(error = %anyhow::Error::from(err), "updating the VIPs' reals");
+        }
+    }
+
+    pub fn on_health(&mut self, event: &HealthEvent) {
+        tracing::info!(pool = %event.pool, backend = %event.addr, up = event.up, "backend health");
+        self.apply_health();
+        self.publish();
+    }
+
+    /// Drains (or undrains) `backend` of `pool`: no new requests or flows; existing ones finish.
+    pub fn drain(&mut self, pool: &str, backend: &str, drain: bool) -> Result<(), String> {
+        let p = self
+            .config
+            .l7
+            .pool(pool)
+            .ok_or_else(|| format!("no pool {pool:?}"))?;
+        let addr = p
+            .backends
+            .iter()
+            .map(|b| b.addr)
+            .find(|a| a.to_string() == backend)
+            .ok_or_else(|| format!("pool {pool:?} has no backend {backend}"))?;
+        let key = (pool.to_owned(), addr);
+        if drain {
+            self.drained.insert(key);
+        } else {
+            self.drained.remove(&key);
+        }
+        tracing::info!(pool, backend, drain, "drain changed");
+        self.apply_health();
+        self.publish();
+        Ok(())
+    }
+
+    /// Re-reads the backend file and applies it in place; a bad file (or a failed apply)
+    /// keeps the running configuration, says why, and counts it.
+    pub async fn reload(&mut self, why: &str) {
+        let result = self.try_reload().await;
+        match result {
+            Ok(()) => {
+                self.config_status.reloads_ok += 1;
+                self.config_status.last_error = None;
+                tracing::info!(why, "configuration reloaded");
+            }
+            Err(err) => {
+                self.config_status.reloads_failed += 1;
+                self.config_status.last_error = Some(format!("{err:#}"));
+                tracing::error!(why, error = %format!("{err:#}"), "reload rejected; keeping the running configuration");
+            }
+        }
+        self.publish();
+    }
+
+    async fn try_reload(&mut self) -> anyhow::Result<()> {
+        let config = flags::load(&self.options.backends, &self.options.flags)?;
+        self.l7.reload(&config.l7).await?;
+        if let Err(err) = self.l7.reload_certificates() {
+            tracing::warn!(%err, "certificates kept");
+        }
+        self.config = config;
+        self.start_checks();
+        self.apply_health();
+        Ok(())
+    }
+
+    /// Builds and publishes the status snapshot (and so the scrape-time metrics).
+    pub fn publish(&self) {
+        let now = Instant::now();
+        let pools = self
+            .config
+            .l7
+            .pools
+            .iter()
+            .map(|p| {
+                let state = self.l7.pool_state(&p.name);
+                PoolStatus {
+                    name: p.name.clone(),
+                    algorithm: match p.algorithm {
+                        l7::Algorithm::RoundRobin => "round_robin",
+                        l7::Algorithm::LeastConn => "least_conn",
+                        l7::Algorithm::P2c => "p2c",
+                        l7::Algorithm::ConsistentHash => "consistent_hash",
+                    }
+                    .into(),
+                    backends: p
+                        .backends
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| {
+                            let key = (p.name.clone(), b.addr);
+                            let checked = self.health.get(&key);
+                            let passive = state.as_ref().and_then(|s| s.health.status(i));
+                            let health = if self.drained.contains(&key) {
+                                "draining"
+                            } else if !self.is_up(&key) {
+                                "down"
+                            } else if passive.is_some_and(|s| s.ejected_for.is_some()) {
+                                "ejected"
+                            } else if checked.is_some() {
+                                "up"
+                            } else {
+                                "unchecked"
+                            };
+                            // Why it is down (a passing backend's old failure is history).
+                            let last_error = checked
+                                .filter(|_| health == "down")
+                                .and_then(|s| s.lock().ok().and_then(|s| s.last_error.clone()));
+                            let weight = checked
+                                .and_then(|s| s.lock().ok())
+                                .zip(p.health_check.as_ref())
+                                .map_or(f64::from(b.weight), |(s, c)| {
+                                    f64::from(b.weight) * s.weight_factor(now, c.slow_start)
+                                });
+                            BackendStatus {
+                                address: b.addr.to_string(),
+                                weight: weight.round() as u32,
+                                backup: b.backup,
+                                health: health.into(),
+                                last_error,
+                                in_flight: 0,
+                                requests: 0,
+                                errors: u64::from(passive.map_or(0, |s| s.consecutive_failures)),
+                                requests_per_second: 0.0,
+                                error_rate: 0.0,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let (vips, xdp) = match &self.xdp {
+            None => (Vec::new(), None),
+            Some(x) => self.xdp_status(x),
+        };
+        let listeners = self
+            .l7
+            .listeners
+            .iter()
+            .map(|(name, addr)| ListenerStatus {
+                name: name.clone(),
+                address: addr.to_string(),
+                kind: self
+                    .config
+                    .l7
+                    .listeners
+                    .iter()
+                    .find(|l| l.name == *name)
+                    .map_or("http", |l| if l.tls.is_empty() { "http" } else { "https" })
+                    .into(),
+            })
+            .collect();
+        self.status.store(Arc::new(Status {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            config: self.config_status.clone(),
+            listeners,
+            pools,
+            vips,
+            xdp,
+        }));
+    }
+
+    fn xdp_status(&self, x: &XdpTier) -> (Vec<VipStatus>, Option<XdpStatus>) {
+        let ebpf = x.attached.ebpf();
+        let stats = read_l4_stats(ebpf, &x.dataplane).ok();
+        let host = xdp::read_stats(ebpf).ok();
+        let vips = self
+            .config
+            .l4
+            .vips
+            .iter()
+            .map(|v| {
+                let c = stats.as_ref().map(|s| s.vip(v.addr)).unwrap_or_default();
+                VipStatus {
+                    address: v.addr.to_string(),
+                    protocol: format!("{:?}", v.protocol).to_lowercase(),
+                    forward: format!("{:?}", v.forward).to_lowercase(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    new_flows: c.new_flows,
+                    reals: v
+                        .reals
+                        .iter()
+                        .map(|r| {
+                            let rc = stats
+                                .as_ref()
+                                .map(|s| s.real(v.addr, r.addr))
+                                .unwrap_or_default();
+                            let up = v.pool.as_ref().and_then(|p| self.config.l7.pool(p)).map_or(
+                                !r.down,
+                                |pool| {
+                                    pool.backends
+                                        .iter()
+                                        .filter(|b| b.addr.ip() == r.addr)
+                                        .any(|b| self.serves(&(pool.name.clone(), b.addr)))
+                                },
+                            );
+                            RealStatus {
+                                address: r.addr.to_string(),
+                                weight: r.weight,
+                                up,
+                                packets: rc.packets,
+                                bytes: rc.bytes,
+                                new_flows: rc.new_flows,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let named = |m: &std::collections::BTreeMap<&'static str, u64>| {
+            m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+        };
+        let xdp = XdpStatus {
+            iface: x.attached.iface().to_owned(),
+            mode: x.attached.mode().to_owned(),
+            classes: host.as_ref().map(|h| named(&h.classes)).unwrap_or_default(),
+            drops: host
+                .as_ref()
+                .map(|h| named(&h.malformed))
+                .unwrap_or_default(),
+            events: stats.as_ref().map(|s| named(&s.events)).unwrap_or_default(),
+        };
+        (vips, Some(xdp))
+    }
+
+    /// Stops: health checks end, L7 connections drain for up to `grace`, the XDP program is
+    /// detached. Returns how many L7 connections were cut.
+    pub async fn shutdown(self, grace: Duration) -> anyhow::Result<usize> {
+        for c in &self.checkers {
+            c.abort();
+        }
+        let cut = self.l7.shutdown(grace).await;
+        if let Some(x) = self.xdp {
+            x.logs.abort();
+            x.attached.detach()?;
+        }
+        Ok(cut)
+    }
+}
