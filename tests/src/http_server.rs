@@ -61,7 +61,12 @@ impl Drop for TestServer {
 
 /// Starts the server on 127.0.0.1 (an ephemeral port) on the current tokio runtime.
 pub async fn start(behaviour: Behaviour) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    start_on("127.0.0.1:0".parse().expect("addr"), behaviour).await
+}
+
+/// Starts the server on `addr` (e.g. the port of a server that was stopped).
+pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> TestServer {
+    let listener = TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Seen::default());
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");

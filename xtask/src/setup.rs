@@ -17,6 +17,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "nghttp2-client",
     "nginx-light",
+    "chromium",
 ];
 
 /// What setup found.
