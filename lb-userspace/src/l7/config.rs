@@ -27,6 +27,19 @@
 //! max_body_bytes = 104857600    # declared body limit (413 before reading)
 //! header_timeout = "10s"        # complete request head within this (then closed)
 //!
+//! [[listener]]                   # a stream listener: no HTTP, each connection forwarded
+//! name = "edge"
+//! address = "0.0.0.0:443"
+//! mode = "tcp"                   # http (default) | tcp | udp
+//! idle_timeout = "10m"           # tcp/udp: closed after this long without traffic (udp: 30s)
+//! client_hello_timeout = "5s"    # tcp with sni routes: whole ClientHello within this
+//! max_sessions = 10000           # udp: client sessions at once (new clients dropped beyond)
+//!
+//! [[route]]                      # tcp: TLS passed through, routed by the ClientHello's SNI
+//! listener = "edge"
+//! sni = "*.example.com"          # optional: exact name or *.suffix; no sni = any / no SNI
+//! pool = "web"                   # tcp/udp routes: no host/path keys; pool hashes client_ip
+//!
 //! [[route]]                      # first match wins, in file order
 //! listener = "public"
 //! host = "*.example.com"         # optional: exact name or *.suffix
@@ -47,6 +60,9 @@ use toml::Spanned;
 
 use super::{proxy_header::ProxyVersion, selection::Backend};
 use crate::config::{ConfigError, RawFile};
+
+mod stream;
+pub use stream::{ListenerMode, StreamSettings};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,6 +121,9 @@ pub struct ListenerConfig {
     /// Time a client gets to send a complete request head (HTTP/1.1; then the connection is
     /// closed, as NGINX does).
     pub header_timeout: Duration,
+    /// http (the reverse proxy) or a stream listener (tcp, udp).
+    pub mode: ListenerMode,
+    pub stream: StreamSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +150,8 @@ pub struct RouteConfig {
     pub path_prefix: String,
     pub strip_prefix: bool,
     pub pool: String,
+    /// tcp listeners: the ClientHello's server name (None: any, and connections without SNI).
+    pub sni: Option<HostMatch>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -182,6 +203,10 @@ pub(crate) struct RawListener {
     max_header_bytes: Option<Spanned<usize>>,
     max_body_bytes: Option<u64>,
     header_timeout: Option<Spanned<String>>,
+    mode: Option<Spanned<ListenerMode>>,
+    idle_timeout: Option<Spanned<String>>,
+    client_hello_timeout: Option<Spanned<String>>,
+    max_sessions: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +227,7 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     strip_prefix: bool,
     pool: Spanned<String>,
+    sni: Option<Spanned<String>>,
 }
 
 impl L7Config {
@@ -321,6 +347,7 @@ impl L7Config {
                     ),
                 )
             })?;
+            let (mode, stream) = stream::listener_keys(&l, path, text)?;
             let tls = l
                 .tls
                 .into_iter()
@@ -370,6 +397,8 @@ impl L7Config {
                     Duration::from_secs(10),
                     "header_timeout",
                 )?,
+                mode,
+                stream,
             });
         }
 
@@ -388,6 +417,7 @@ impl L7Config {
                     format!("route names unknown pool {:?}", r.pool.get_ref()),
                 ));
             }
+            let sni = stream::route_keys(&r, &listeners, &pools, path, text)?;
             let host = r.host.as_ref().map(|h| {
                 let h = h.get_ref().to_ascii_lowercase();
                 match h.strip_prefix('*') {
@@ -411,6 +441,7 @@ impl L7Config {
                 path_prefix,
                 strip_prefix: r.strip_prefix,
                 pool: r.pool.into_inner(),
+                sni,
             });
         }
         Ok(Self {

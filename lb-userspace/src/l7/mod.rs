@@ -9,6 +9,8 @@
 //! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
+//! - `stream/`: tcp and udp listeners (byte-stream proxy, TLS passthrough by SNI, PROXY
+//!   header to backends, UDP sessions).
 pub mod config;
 mod headers;
 mod pool;
@@ -17,9 +19,11 @@ pub mod proxy_header;
 mod routing;
 pub mod selection;
 mod server;
+mod stream;
 mod tls;
 
 pub use config::{
-    Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,
+    Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, ListenerMode, PoolConfig, RouteConfig,
+    StreamSettings,
 };
 pub use server::{L7Error, RunningL7, serve};

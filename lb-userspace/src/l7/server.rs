@@ -67,6 +67,12 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
     for l in &config.listeners {
+        if l.mode != super::config::ListenerMode::Http {
+            let (bound, task) = super::stream::start(l, &config.routes, proxy.clone()).await?;
+            listeners.push((l.name.clone(), bound));
+            tasks.push(task);
+            continue;
+        }
         let listener = TcpListener::bind(l.addr)
             .await
             .map_err(|source| L7Error::Bind {
