@@ -45,6 +45,13 @@ async fn echo_backend(name: &'static str) -> SocketAddr {
     addr
 }
 
+/// `f`, or a test failure after 10 s (a missed EOF must fail the test, not hang it).
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("finished within 10 s")
+}
+
 /// A port with nothing listening: connects fail at once.
 fn dead_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -56,7 +63,7 @@ async fn open(proxy: SocketAddr) -> (TcpStream, String) {
     let mut tcp = TcpStream::connect(proxy).await.expect("connect");
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
-    while tcp.read(&mut byte).await.expect("read greeting") == 1 && byte[0] != b'\n' {
+    while within(tcp.read(&mut byte)).await.expect("read greeting") == 1 && byte[0] != b'\n' {
         line.push(byte[0]);
     }
     (tcp, String::from_utf8(line).expect("utf8"))
@@ -67,7 +74,7 @@ async fn backend_of(proxy: SocketAddr) -> String {
     let (mut tcp, name) = open(proxy).await;
     tcp.shutdown().await.expect("shutdown");
     let mut rest = Vec::new();
-    tcp.read_to_end(&mut rest).await.expect("read");
+    within(tcp.read_to_end(&mut rest)).await.expect("read");
     assert_eq!(rest, b"bye");
     name
 }
@@ -106,7 +113,7 @@ async fn tcp_bytes_flow_both_ways_and_half_close_is_passed_on() {
         read.read_to_end(&mut got).await.expect("read");
         got
     };
-    let ((), got) = tokio::join!(writer, reader);
+    let ((), got) = within(async { tokio::join!(writer, reader) }).await;
     assert_eq!(got.len(), 4 + big.len() + 3);
     assert_eq!(&got[..4], b"ping");
     assert!(got[4..4 + big.len()].iter().all(|b| *b == 7));
@@ -157,7 +164,7 @@ async fn tcp_round_robin_spreads_connections_and_retries_dead_backends() {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
         let _ = tcp.shutdown().await;
         let mut buf = Vec::new();
-        let _ = tcp.read_to_end(&mut buf).await;
+        let _ = within(tcp.read_to_end(&mut buf)).await;
         if buf.is_empty() {
             closed += 1;
         } else {
@@ -182,7 +189,7 @@ async fn tcp_least_conn_counts_open_connections() {
     // Both busy: closing the first frees its backend, which the next connection gets.
     first.shutdown().await.expect("shutdown");
     let mut rest = Vec::new();
-    first.read_to_end(&mut rest).await.expect("read");
+    within(first.read_to_end(&mut rest)).await.expect("read");
     drop(first);
     tokio::time::sleep(Duration::from_millis(100)).await;
     for _ in 0..3 {
@@ -286,9 +293,9 @@ async fn tls_fetch(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("name");
-    let mut tls = connector.connect(name, tcp).await.ok()?;
+    let mut tls = within(connector.connect(name, tcp)).await.ok()?;
     let mut text = String::new();
-    tls.read_to_string(&mut text).await.ok()?;
+    within(tls.read_to_string(&mut text)).await.ok()?;
     Some(text)
 }
 
@@ -339,7 +346,7 @@ async fn tls_passthrough_routes_by_sni_to_backends_holding_their_own_certificate
         .await
         .expect("write");
     let mut reply = Vec::new();
-    let _ = plain.read_to_end(&mut reply).await;
+    let _ = within(plain.read_to_end(&mut reply)).await;
     assert!(reply.is_empty(), "{reply:?}");
     // Silent: closed at the ClientHello deadline.
     let mut silent = TcpStream::connect(addr).await.expect("connect");
@@ -399,7 +406,7 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (String, SocketAddr) {
     tcp.write_all(bytes).await.expect("write");
     tcp.shutdown().await.expect("shutdown");
     let mut answer = String::new();
-    tcp.read_to_string(&mut answer).await.expect("read");
+    within(tcp.read_to_string(&mut answer)).await.expect("read");
     (answer, local)
 }
 
@@ -441,7 +448,7 @@ async fn tcp_pools_send_proxy_headers_naming_the_true_client() {
     let mut bare = TcpStream::connect(addr).await.expect("connect");
     bare.write_all(b"payload").await.expect("write");
     let mut answer = Vec::new();
-    let _ = bare.read_to_end(&mut answer).await;
+    let _ = within(bare.read_to_end(&mut answer)).await;
     assert!(answer.is_empty(), "{answer:?}");
     assert_eq!(proxy.proxy_header_errors(), 1);
 }
@@ -551,6 +558,10 @@ fn stream_config_errors_name_file_line_and_reason() {
         (
             format!("{pool}[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:1\"\nmode = \"quic\"\n"),
             "l7.toml:6: unknown variant `quic`, expected one of `http`, `tcp`, `udp`",
+        ),
+        (
+            format!("{pool}[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:1\"\nmode = \"tcp\"\nheader_timeout = \"1s\"\n"),
+            "l7.toml:7: header_timeout applies to http listeners only",
         ),
         (
             format!("{pool}[[listener]]\nname = \"h\"\naddress = \"127.0.0.1:1\"\nidle_timeout = \"1m\"\n"),

@@ -89,6 +89,27 @@ pub(super) fn listener_keys(
                 .to_owned(),
         ));
     }
+    let http_only = [
+        (
+            "max_header_bytes",
+            l.max_header_bytes.as_ref().map(|v| v.span()),
+        ),
+        ("max_body_bytes", l.max_body_bytes.map(|_| mode_span())),
+        (
+            "header_timeout",
+            l.header_timeout.as_ref().map(|v| v.span()),
+        ),
+    ];
+    for (key, span) in http_only {
+        if let (true, Some(span)) = (mode != ListenerMode::Http, span) {
+            return Err(err(
+                path,
+                text,
+                span,
+                format!("{key} applies to http listeners only"),
+            ));
+        }
+    }
     let stream_only = [
         ("idle_timeout", l.idle_timeout.as_ref().map(|v| v.span())),
         (
