@@ -48,6 +48,19 @@
 //! body_timeout = "30s"          # each next request body piece within this (408, closed)
 //! max_connections = 10000       # open client connections; more wait in the accept queue
 //!
+//! [[listener]]                   # a stream listener: no HTTP, each connection forwarded
+//! name = "edge"
+//! address = "0.0.0.0:443"
+//! mode = "tcp"                   # http (default) | tcp | udp
+//! idle_timeout = "10m"           # tcp/udp: closed after this long without traffic (udp: 30s)
+//! client_hello_timeout = "5s"    # tcp with sni routes: whole ClientHello within this
+//! max_sessions = 10000           # udp: client sessions at once (new clients dropped beyond)
+//!
+//! [[route]]                      # tcp: TLS passed through, routed by the ClientHello's SNI
+//! listener = "edge"
+//! sni = "*.example.com"          # optional: exact name or *.suffix; no sni = any / no SNI
+//! pool = "web"                   # tcp/udp routes: no host/path keys; pool hashes client_ip
+//!
 //! [[route]]                      # first match wins, in file order
 //! listener = "public"
 //! host = "*.example.com"         # optional: exact name or *.suffix
@@ -89,6 +102,9 @@ use crate::{
     config::{ConfigError, RawFile},
     health::config::{HealthCheckConfig, RawHealthCheck},
 };
+
+mod stream;
+pub use stream::{ListenerMode, StreamSettings};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -174,6 +190,9 @@ pub struct ListenerConfig {
     pub body_timeout: Duration,
     /// Client connections served at once; beyond, new ones wait in the kernel accept queue.
     pub max_connections: usize,
+    /// http (the reverse proxy) or a stream listener (tcp, udp).
+    pub mode: ListenerMode,
+    pub stream: StreamSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,6 +235,8 @@ pub struct RouteConfig {
     pub rewrite: Option<Rewrite>,
     /// Weighted pools instead of `pool` (empty: just `pool`).
     pub split: Vec<SplitTarget>,
+    /// tcp listeners: the ClientHello's server name (None: any, and connections without SNI).
+    pub sni: Option<HostMatch>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -292,6 +313,10 @@ pub(crate) struct RawListener {
     trusted_proxies: Vec<Spanned<String>>,
     body_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<usize>>,
+    mode: Option<Spanned<ListenerMode>>,
+    idle_timeout: Option<Spanned<String>>,
+    client_hello_timeout: Option<Spanned<String>>,
+    max_sessions: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +346,8 @@ pub(crate) struct RawRoute {
     pub(super) rewrite_prefix: Option<Spanned<String>>,
     pub(super) rewrite_regex: Option<Spanned<String>>,
     pub(super) split: Option<Spanned<Vec<Spanned<RawSplitTarget>>>>,
+    /// tcp listeners: route by the ClientHello's server name.
+    pub(super) sni: Option<Spanned<String>>,
 }
 
 /// `body_timeout`: a duration above zero, 30 s by default.
@@ -495,6 +522,7 @@ impl L7Config {
                     ),
                 )
             })?;
+            let (mode, stream) = stream::listener_keys(&l, path, text)?;
             let tls = l
                 .tls
                 .into_iter()
@@ -547,6 +575,8 @@ impl L7Config {
                 trusted_proxies: trusted_proxies(&l.trusted_proxies, text, path)?,
                 body_timeout: body_timeout(&l.body_timeout, &err)?,
                 max_connections: max_connections(&l.max_connections, &err)?,
+                mode,
+                stream,
             });
         }
 
@@ -561,6 +591,7 @@ impl L7Config {
                 ));
             }
             let rules = super::route_rules::parse(&r, route_span, &names, text, path)?;
+            let sni = stream::route_keys(&r, &listeners, &pools, path, text)?;
             let host = r.host.as_ref().map(|h| {
                 let h = h.get_ref().to_ascii_lowercase();
                 match h.strip_prefix('*') {
@@ -590,6 +621,7 @@ impl L7Config {
                 headers: rules.headers,
                 rewrite: rules.rewrite,
                 split: rules.split,
+                sni,
             });
         }
         Ok(Self {

@@ -16,6 +16,8 @@
 //! - `upgrade.rs`: HTTP/1.1 Upgrade (WebSocket): headers passed on, streams spliced after 101.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
 //! - `upstream/`: opening upstream connections, private (per-client) upstream connections.
+//! - `stream/`: tcp and udp listeners (byte-stream proxy, TLS passthrough by SNI, PROXY
+//!   header to backends, UDP sessions).
 mod body;
 pub mod config;
 mod headers;
@@ -28,12 +30,14 @@ mod route_rules;
 mod routing;
 pub mod selection;
 mod server;
+mod stream;
 mod tls;
 mod upgrade;
 pub mod upstream;
 
 pub use config::{
-    Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, PoolConfig, RouteConfig,
+    Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, ListenerMode, PoolConfig, RouteConfig,
+    StreamSettings,
 };
 pub use route_rules::{HeaderMatch, HeaderRule, Rewrite, SplitTarget};
 pub use server::{L7Error, ReloadReport, RunningL7, serve};

@@ -111,6 +111,11 @@ impl Proxy {
         self.pools.get(name).map(|p| p.state.clone())
     }
 
+    /// The pool named `name` (stream listeners share the HTTP proxy's pools).
+    pub(super) fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.get(name).map(|p| &**p)
+    }
+
     fn new_request_id(&self) -> String {
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}{n:08x}", self.id_prefix)

@@ -103,7 +103,14 @@ impl RunningL7 {
         let wanted: Vec<(String, String)> = config
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), format!("{l:?}")))
+            .map(|l| {
+                let settings = if l.mode == super::config::ListenerMode::Http {
+                    format!("{l:?}")
+                } else {
+                    stream_settings(l, l.addr, &config.routes)
+                };
+                (l.name.clone(), settings)
+            })
             .collect();
         let (kept, stopped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tasks)
             .into_iter()
@@ -122,7 +129,13 @@ impl RunningL7 {
             .map(|(_, a)| *a)
             .collect();
         let mut bound = Vec::new();
-        for l in starting.iter().filter(|l| !held.contains(&l.addr)) {
+        let http =
+            |l: &&&super::config::ListenerConfig| l.mode == super::config::ListenerMode::Http;
+        for l in starting
+            .iter()
+            .filter(http)
+            .filter(|l| !held.contains(&l.addr))
+        {
             match bind(l).await {
                 Ok(listener) => bound.push((l.name.clone(), listener)),
                 Err(e) => {
@@ -146,6 +159,13 @@ impl RunningL7 {
             .retain(|(n, _)| self.tasks.iter().any(|t| t.name == *n));
         let mut first_error = None;
         for l in starting {
+            if l.mode != super::config::ListenerMode::Http {
+                if let Err(e) = self.start_stream_listener(l, &config.routes).await {
+                    tracing::error!(listener = %l.name, error = %e, "listener not started");
+                    first_error.get_or_insert(e);
+                }
+                continue;
+            }
             let listener = match bound.iter().position(|(n, _)| *n == l.name) {
                 Some(i) => bound.swap_remove(i).1,
                 None => match bind(l).await {
@@ -171,6 +191,23 @@ impl RunningL7 {
             Some(e) => Err(e),
             None => Ok(report),
         }
+    }
+
+    /// Starts a tcp or udp listener. Its routes are part of its settings (a reload that
+    /// changes them restarts it).
+    async fn start_stream_listener(
+        &mut self,
+        l: &super::config::ListenerConfig,
+        routes: &[super::config::RouteConfig],
+    ) -> Result<(), L7Error> {
+        let (bound, task) = super::stream::start(l, routes, self.proxy.clone()).await?;
+        self.tasks.push(ListenerTask {
+            name: l.name.clone(),
+            settings: stream_settings(l, bound, routes),
+            task,
+            bound,
+        });
+        Ok(())
     }
 
     fn start_listener(
@@ -263,6 +300,19 @@ impl Drop for RunningL7 {
     }
 }
 
+fn stream_settings(
+    l: &super::config::ListenerConfig,
+    bound: SocketAddr,
+    routes: &[super::config::RouteConfig],
+) -> String {
+    let as_bound = super::config::ListenerConfig {
+        addr: bound,
+        ..l.clone()
+    };
+    let mine: Vec<_> = routes.iter().filter(|r| r.listener == l.name).collect();
+    format!("{as_bound:?} {mine:?}")
+}
+
 async fn bind(l: &super::config::ListenerConfig) -> Result<TcpListener, L7Error> {
     TcpListener::bind(l.addr)
         .await
@@ -283,8 +333,12 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
         certificates: Vec::new(),
     };
     for l in &config.listeners {
-        let listener = bind(l).await?;
-        running.start_listener(l, listener)?;
+        if l.mode != super::config::ListenerMode::Http {
+            running.start_stream_listener(l, &config.routes).await?;
+        } else {
+            let listener = bind(l).await?;
+            running.start_listener(l, listener)?;
+        }
         let bound = running.tasks.last().map_or(l.addr, |t| t.bound);
         running.listeners.push((l.name.clone(), bound));
     }

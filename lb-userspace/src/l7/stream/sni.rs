@@ -1,0 +1,75 @@
+//! TLS passthrough: the server name of a connection's ClientHello, read without terminating
+//! TLS. The bytes are buffered (to be replayed to the backend) and parsed by rustls' own
+//! `Acceptor`, which says when a whole ClientHello has arrived.
+use std::time::Duration;
+
+use rustls::server::Acceptor;
+use tokio::{io::AsyncReadExt, net::TcpStream};
+
+/// Largest ClientHello buffered (a TLS record is at most 16 KiB plus its header; real
+/// ClientHellos, post-quantum key shares included, are a few KiB).
+pub const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientHelloError {
+    #[error("no complete ClientHello before the deadline")]
+    Timeout,
+    #[error("connection closed before a complete ClientHello")]
+    Closed,
+    #[error("ClientHello larger than {MAX_CLIENT_HELLO} bytes")]
+    TooLarge,
+    #[error("not a TLS ClientHello: {0}")]
+    NotTls(rustls::Error),
+}
+
+/// A ClientHello as read: every byte read so far (to send upstream first) and its SNI.
+pub struct ClientHello {
+    pub bytes: Vec<u8>,
+    pub server_name: Option<String>,
+}
+
+/// Reads from `tcp` until a whole ClientHello is buffered, within `deadline`.
+pub async fn read(
+    tcp: &mut TcpStream,
+    deadline: Duration,
+) -> Result<ClientHello, ClientHelloError> {
+    let read = async {
+        let mut acceptor = Acceptor::default();
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tcp
+                .read(&mut chunk)
+                .await
+                .map_err(|_| ClientHelloError::Closed)?;
+            if n == 0 {
+                return Err(ClientHelloError::Closed);
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+            if bytes.len() > MAX_CLIENT_HELLO {
+                return Err(ClientHelloError::TooLarge);
+            }
+            let mut fresh = &chunk[..n];
+            while !fresh.is_empty() {
+                match acceptor.read_tls(&mut fresh) {
+                    Ok(0) | Err(_) => return Err(ClientHelloError::TooLarge),
+                    Ok(_) => {}
+                }
+            }
+            match acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    let server_name = accepted
+                        .client_hello()
+                        .server_name()
+                        .map(str::to_ascii_lowercase);
+                    return Ok(ClientHello { bytes, server_name });
+                }
+                Ok(None) => {}
+                Err((err, _alert)) => return Err(ClientHelloError::NotTls(err)),
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .map_err(|_| ClientHelloError::Timeout)?
+}

@@ -1,0 +1,121 @@
+//! TCP listeners: accept, PROXY header from trusted peers, ClientHello SNI (when the
+//! listener has sni routes), route, connect to a backend (another one on failure, up to the
+//! pool's retries, each within its connect timeout), PROXY header to the backend when the
+//! pool sends one, the buffered bytes, then a relay until both sides are done.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
+
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+};
+
+use super::{
+    StreamListener, client_key, l4_flow_id,
+    relay::{self, RelayEnd},
+    sni,
+};
+use crate::l7::{pool::Pool, proxy_header, selection::InFlightGuard};
+
+pub(super) async fn accept_loop(socket: TcpListener, listener: Arc<StreamListener>) {
+    loop {
+        let (tcp, socket_peer) = match socket.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(listener = %listener.name, %err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let listener = listener.clone();
+        tokio::spawn(async move { connection(tcp, socket_peer, &listener).await });
+    }
+}
+
+/// One client connection, from accept to the end of its relay.
+async fn connection(mut tcp: TcpStream, socket_peer: SocketAddr, listener: &StreamListener) {
+    let _ = tcp.set_nodelay(true);
+    let mut client = socket_peer;
+    if let Some((_, deadline)) = listener
+        .trust
+        .as_ref()
+        .filter(|(nets, _)| nets.iter().any(|n| n.contains(&socket_peer.ip())))
+    {
+        match proxy_header::read(&mut tcp, *deadline).await {
+            Ok(Some(named)) => client = named,
+            Ok(None) => {}
+            Err(err) => {
+                let proxy = listener.proxy.load();
+                proxy.proxy_header_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%socket_peer, %err, "PROXY header rejected");
+                return;
+            }
+        }
+    }
+    let Ok(local) = tcp.local_addr() else {
+        return;
+    };
+    let (first_bytes, server_name) = if listener.routes_by_sni() {
+        match sni::read(&mut tcp, listener.settings.client_hello_timeout).await {
+            Ok(hello) => (hello.bytes, hello.server_name),
+            Err(err) => {
+                tracing::debug!(listener = %listener.name, %client, %err, "no ClientHello");
+                return;
+            }
+        }
+    } else {
+        (Vec::new(), None)
+    };
+    let proxy = listener.proxy.load_full();
+    let Some(pool) = listener
+        .route(server_name.as_deref())
+        .and_then(|name| proxy.pool(name))
+    else {
+        tracing::debug!(listener = %listener.name, %client, sni = ?server_name, "no route");
+        return;
+    };
+    let Some((mut upstream, _inflight)) = connect(pool, client).await else {
+        tracing::debug!(pool = %pool.config.name, %client, "no backend reachable");
+        return;
+    };
+    // The PROXY header and the bytes already read go out before anything else.
+    let mut preface = pool.config.proxy_protocol.map_or_else(Vec::new, |version| {
+        proxy_header::encode(version, client, local, l4_flow_id(client, local))
+    });
+    preface.extend_from_slice(&first_bytes);
+    if !preface.is_empty() && upstream.write_all(&preface).await.is_err() {
+        return;
+    }
+    let name = &listener.name;
+    match relay::relay(tcp, upstream, listener.settings.idle_timeout).await {
+        RelayEnd::Done(sent, received) => {
+            tracing::debug!(listener = %name, %client, sent, received, "stream done");
+        }
+        RelayEnd::Idle => tracing::debug!(listener = %name, %client, "stream idle: closed"),
+        RelayEnd::Error(err) => tracing::debug!(listener = %name, %client, %err, "stream failed"),
+    }
+}
+
+/// A connection to a backend of `pool`, counted in flight for as long as the guard lives; on a
+/// failed or timed-out connect, another backend (never one tried), up to `retries` times.
+async fn connect(pool: &Pool, client: SocketAddr) -> Option<(TcpStream, InFlightGuard<'_>)> {
+    let key = client_key(client.ip());
+    let mut tried = Vec::new();
+    for _ in 0..=pool.config.retries {
+        let i = pool.pick(key, &tried)?;
+        tried.push(i);
+        let guard = pool.inflight.start(i);
+        let backend = pool.config.backends[i].addr;
+        match tokio::time::timeout(pool.config.connect_timeout, TcpStream::connect(backend)).await {
+            Ok(Ok(upstream)) => {
+                let _ = upstream.set_nodelay(true);
+                return Some((upstream, guard));
+            }
+            Ok(Err(err)) => tracing::debug!(%backend, %err, "upstream connect failed"),
+            Err(_) => tracing::debug!(%backend, "upstream connect timed out"),
+        }
+    }
+    None
+}
