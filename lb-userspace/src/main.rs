@@ -56,6 +56,8 @@ enum Command {
         /// Backend file (TOML).
         file: PathBuf,
     },
+    /// Talk to a running `lb run` through its admin API: status, pools, drain, undrain.
+    Ctl(cli::ctl::CtlArgs),
     /// Load generator: throughput and latency of an HTTP(S) target, closed or open loop.
     Bench(Box<cli::bench::BenchArgs>),
     /// Run on a real server: strip the IPIP/IP6IP6 header lb adds, so packets reach the VIP
@@ -87,16 +89,21 @@ enum XdpCommand {
 /// Errors are printed as one line with their causes (`lb: FILE:LINE: reason`), without a
 /// backtrace even when RUST_BACKTRACE is set: they describe the operator's input, not a bug.
 fn main() -> std::process::ExitCode {
-    match run() {
+    let cli = Cli::parse();
+    let who = match cli.command {
+        Command::Ctl(_) => "lb ctl",
+        _ => "lb",
+    };
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("lb: {err:#}");
+            eprintln!("{who}: {err:#}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn run() -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<()> {
     // Logs go to stderr (colour only on a terminal); stdout carries the command's output.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -105,7 +112,6 @@ fn run() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
     // These two size their own multi-threaded runtimes.
     match cli.command {
         Command::Bench(args) => return cli::bench::run(*args),
@@ -136,6 +142,7 @@ fn run() -> anyhow::Result<()> {
                 stats_interval,
             } => cli::l4::run(&iface, xdp_mode, &config, stats_interval).await,
             Command::Decap { iface, xdp_mode } => cli::decap::run(&iface, xdp_mode).await,
+            Command::Ctl(args) => cli::ctl::run(args).await,
             Command::Bench(_)
             | Command::L7 { .. }
             | Command::CheckConfig { .. }

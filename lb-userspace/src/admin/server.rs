@@ -82,12 +82,37 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     r
 }
 
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+/// The percent-decoded value of `name` in `query` (`lb ctl` encodes `[` `]` of IPv6 backends).
+fn query_param(query: &str, name: &str) -> Option<String> {
     query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .map(|(_, v)| percent_decode(v))
+}
+
+/// `%XX` to the byte it names (a malformed escape is kept as written).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
@@ -116,8 +141,8 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             };
             let (tx, rx) = oneshot::channel();
             let command = AdminCommand::Drain {
-                pool: pool.to_owned(),
-                backend: backend.to_owned(),
+                pool,
+                backend,
                 drain: path == "/api/drain",
                 reply: tx,
             };
@@ -139,5 +164,19 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             }
         }
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let q = "pool=web&backend=%5B::1%5D:80&bad=%zz";
+        assert_eq!(query_param(q, "pool").as_deref(), Some("web"));
+        assert_eq!(query_param(q, "backend").as_deref(), Some("[::1]:80"));
+        assert_eq!(query_param(q, "bad").as_deref(), Some("%zz"));
+        assert_eq!(query_param(q, "none"), None);
     }
 }

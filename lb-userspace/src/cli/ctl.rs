@@ -1,0 +1,390 @@
+//! `lb ctl`: the operator's side of the admin API of a running `lb run`: status tables, pools,
+//! drain / undrain. Speaks HTTP/1.1 to `--admin` (the same default as `lb run --admin`).
+//! The status JSON is read by field name and missing numbers count as zero, so the tables keep
+//! working when the snapshot gains or loses fields.
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+#[derive(Args)]
+pub struct CtlArgs {
+    /// Admin address of the `lb run` to talk to.
+    #[arg(long, default_value = "127.0.0.1:9900")]
+    admin: SocketAddr,
+    /// Print the API's raw answer (JSON for status and pools) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Listeners, pools and backends (health, weight, in-flight, requests, errors), VIPs and
+    /// their reals, XDP counters, and the configuration's reload counts.
+    Status,
+    /// One line per pool: algorithm, backends, how many take new requests.
+    Pools,
+    /// Stop new requests and flows to BACKEND (ADDRESS:PORT) of POOL; existing ones finish.
+    Drain { pool: String, backend: String },
+    /// Let BACKEND of POOL take new requests and flows again.
+    Undrain { pool: String, backend: String },
+}
+
+/// How long one API call may take (connect, request, answer).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    match &args.command {
+        CtlCommand::Status | CtlCommand::Pools => {
+            let body = call(args.admin, Method::GET, "/api/status").await?;
+            if args.json {
+                println!("{body}");
+                return Ok(());
+            }
+            let status: Value = serde_json::from_str(&body)
+                .with_context(|| format!("{}: /api/status is not JSON", args.admin))?;
+            let text = match args.command {
+                CtlCommand::Pools => pools_table(&status),
+                _ => status_text(&status),
+            };
+            print!("{text}");
+        }
+        CtlCommand::Drain { pool, backend } | CtlCommand::Undrain { pool, backend } => {
+            let drain = matches!(args.command, CtlCommand::Drain { .. });
+            let path = format!(
+                "/api/{}?pool={}&backend={}",
+                if drain { "drain" } else { "undrain" },
+                percent_encode(pool),
+                percent_encode(backend)
+            );
+            let body = call(args.admin, Method::POST, &path).await?;
+            if args.json {
+                println!("{}", serde_json::json!({ "result": body.trim() }));
+            } else {
+                println!(
+                    "{} {backend} of pool {pool}",
+                    if drain { "draining" } else { "undrained" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One request to the admin API; the body of a 2xx answer, else the API's message as error.
+async fn call(admin: SocketAddr, method: Method, path: &str) -> anyhow::Result<String> {
+    tokio::time::timeout(CALL_TIMEOUT, exchange(admin, method, path))
+        .await
+        .map_err(|_| anyhow::anyhow!("{admin}: no answer within {CALL_TIMEOUT:?}"))?
+}
+
+async fn exchange(admin: SocketAddr, method: Method, path: &str) -> anyhow::Result<String> {
+    let tcp = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| format!("cannot reach the admin API at {admin} (is `lb run` running?)"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .with_context(|| format!("{admin}: HTTP handshake"))?;
+    let driver = tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, admin.to_string())
+        .body(Empty::<Bytes>::new())
+        .with_context(|| format!("building the request for {path}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .with_context(|| format!("{admin}{path}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .with_context(|| format!("{admin}{path}: reading the answer"))?
+        .to_bytes();
+    driver.abort();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if status.is_success() {
+        return Ok(body);
+    }
+    let reason = body.trim();
+    match status {
+        // The manager's own words: "no pool \"x\"", "pool \"web\" has no backend ...".
+        StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST if !reason.is_empty() => {
+            anyhow::bail!("{reason}")
+        }
+        _ => anyhow::bail!("{admin}{path}: {status}: {reason}"),
+    }
+}
+
+/// Query-string encoding: unreserved characters and `:` as they are, the rest as %XX
+/// (IPv6 backends are written `[::1]:80`).
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("-")
+}
+
+fn count(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(0)
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v[key].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// Left-aligned columns, two spaces apart, header first.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<w$}  ");
+        }
+        out += line.trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+fn pools_table(status: &Value) -> String {
+    let rows: Vec<Vec<String>> = list(status, "pools")
+        .iter()
+        .map(|p| {
+            let backends = list(p, "backends");
+            let serving = backends
+                .iter()
+                .filter(|b| matches!(b["health"].as_str(), Some("up" | "unchecked")))
+                .count();
+            vec![
+                text(p, "name").to_owned(),
+                text(p, "algorithm").to_owned(),
+                backends.len().to_string(),
+                serving.to_string(),
+            ]
+        })
+        .collect();
+    table(&["POOL", "ALGORITHM", "BACKENDS", "SERVING"], &rows)
+}
+
+fn status_text(status: &Value) -> String {
+    let mut out = String::new();
+    let config = &status["config"];
+    let _ = writeln!(
+        out,
+        "lb {}  up {:.0}s  config {}  reloads ok {}, rejected {}",
+        text(status, "version"),
+        status["uptime_seconds"].as_f64().unwrap_or(0.0),
+        text(config, "path"),
+        count(config, "reloads_ok"),
+        count(config, "reloads_failed"),
+    );
+    if let Some(e) = config["last_error"].as_str() {
+        let _ = writeln!(out, "last reload rejected: {e}");
+    }
+
+    let listeners: Vec<Vec<String>> = list(status, "listeners")
+        .iter()
+        .map(|l| {
+            vec![
+                text(l, "name").to_owned(),
+                text(l, "address").to_owned(),
+                text(l, "kind").to_owned(),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out += &table(&["LISTENER", "ADDRESS", "KIND"], &listeners);
+
+    let mut backends = Vec::new();
+    for p in list(status, "pools") {
+        for b in list(p, "backends") {
+            let mut health = text(b, "health").to_owned();
+            if b["backup"].as_bool() == Some(true) {
+                health += " (backup)";
+            }
+            backends.push(vec![
+                text(p, "name").to_owned(),
+                text(b, "address").to_owned(),
+                health,
+                count(b, "weight").to_string(),
+                count(b, "in_flight").to_string(),
+                count(b, "requests").to_string(),
+                count(b, "errors").to_string(),
+                format!("{:.1}", b["requests_per_second"].as_f64().unwrap_or(0.0)),
+                format!("{:.1}%", b["error_rate"].as_f64().unwrap_or(0.0) * 100.0),
+                b["last_error"].as_str().unwrap_or_default().to_owned(),
+            ]);
+        }
+    }
+    out.push('\n');
+    out += &table(
+        &[
+            "POOL",
+            "BACKEND",
+            "HEALTH",
+            "WEIGHT",
+            "IN-FLIGHT",
+            "REQUESTS",
+            "ERRORS",
+            "REQ/S",
+            "ERR%",
+            "LAST-ERROR",
+        ],
+        &backends,
+    );
+
+    let vips = list(status, "vips");
+    if !vips.is_empty() {
+        let mut rows = Vec::new();
+        for v in vips {
+            rows.push(vec![
+                format!("{}/{}", text(v, "address"), text(v, "protocol")),
+                text(v, "forward").to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                count(v, "packets").to_string(),
+                count(v, "bytes").to_string(),
+                count(v, "new_flows").to_string(),
+            ]);
+            for r in list(v, "reals") {
+                rows.push(vec![
+                    String::new(),
+                    format!("real {}", text(r, "address")),
+                    count(r, "weight").to_string(),
+                    if r["up"].as_bool() == Some(false) {
+                        "down"
+                    } else {
+                        "up"
+                    }
+                    .to_owned(),
+                    count(r, "packets").to_string(),
+                    count(r, "bytes").to_string(),
+                    count(r, "new_flows").to_string(),
+                ]);
+            }
+        }
+        out.push('\n');
+        out += &table(
+            &[
+                "VIP",
+                "FORWARD",
+                "WEIGHT",
+                "STATE",
+                "PACKETS",
+                "BYTES",
+                "NEW-FLOWS",
+            ],
+            &rows,
+        );
+    }
+
+    let xdp = &status["xdp"];
+    if xdp.is_object() {
+        let _ = writeln!(
+            out,
+            "\nxdp on {} ({} mode)",
+            text(xdp, "iface"),
+            text(xdp, "mode")
+        );
+        for (title, key) in [
+            ("packets", "classes"),
+            ("dropped", "drops"),
+            ("events", "events"),
+        ] {
+            let pairs: Vec<String> = list(xdp, key)
+                .iter()
+                .filter_map(|pair| Some(format!("{} {}", pair[0].as_str()?, pair[1].as_u64()?)))
+                .collect();
+            if !pairs.is_empty() {
+                let _ = writeln!(out, "  {title}: {}", pairs.join(", "));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_are_encoded_for_the_query_string() {
+        assert_eq!(percent_encode("127.0.0.1:80"), "127.0.0.1:80");
+        assert_eq!(percent_encode("[::1]:80"), "%5B::1%5D:80");
+        assert_eq!(percent_encode("a b&c"), "a%20b%26c");
+    }
+
+    #[test]
+    fn status_tables_read_fields_by_name_and_tolerate_missing_ones() {
+        let status = serde_json::json!({
+            "version": "0.1.0",
+            "config": { "path": "lb.toml", "reloads_ok": 2, "reloads_failed": 1,
+                        "last_error": "lb.toml:3: bad" },
+            "listeners": [{ "name": "public", "address": "127.0.0.1:8080", "kind": "http" }],
+            "pools": [{ "name": "web", "algorithm": "round_robin", "backends": [
+                { "address": "10.0.0.1:80", "health": "up", "weight": 1, "requests": 7 },
+                { "address": "10.0.0.2:80", "health": "draining", "backup": true }
+            ]}],
+            "vips": [{ "address": "10.100.0.1:80", "protocol": "tcp", "forward": "local",
+                       "packets": 5, "reals": [{ "address": "10.0.0.1", "weight": 1, "up": true }] }],
+            "xdp": { "iface": "eth0", "mode": "skb", "classes": [["passed", 3]], "drops": [],
+                     "events": [] }
+        });
+        let text = status_text(&status);
+        assert!(text.contains("reloads ok 2, rejected 1"), "{text}");
+        assert!(
+            text.contains("last reload rejected: lb.toml:3: bad"),
+            "{text}"
+        );
+        let web: Vec<&str> = text.lines().filter(|l| l.starts_with("web ")).collect();
+        assert_eq!(web.len(), 2, "{text}");
+        assert_eq!(
+            web[0].split_whitespace().collect::<Vec<_>>(),
+            [
+                "web",
+                "10.0.0.1:80",
+                "up",
+                "1",
+                "0",
+                "7",
+                "0",
+                "0.0",
+                "0.0%"
+            ]
+        );
+        assert!(web[1].contains("draining (backup)"), "{text}");
+        assert!(text.contains("real 10.0.0.1"), "{text}");
+        assert!(text.contains("xdp on eth0 (skb mode)"), "{text}");
+        assert!(text.contains("packets: passed 3"), "{text}");
+        assert_eq!(
+            pools_table(&status),
+            "POOL  ALGORITHM    BACKENDS  SERVING\nweb   round_robin  2         1\n"
+        );
+    }
+}
