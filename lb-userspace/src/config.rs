@@ -70,7 +70,14 @@ impl RawFile {
                 path,
                 text,
                 e.span().unwrap_or(0..0),
-                e.message().trim().to_owned(),
+                // toml's reasons can span lines ("invalid table header\nexpected ..."):
+                // one line keeps `FILE:LINE: reason` greppable.
+                e.message()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
             )
         })
     }

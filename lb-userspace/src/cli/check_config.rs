@@ -8,10 +8,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::from_file(path)?;
     for l in &config.l7.listeners {
         for cert in &l.tls {
-            for file in [&cert.cert, &cert.key] {
-                std::fs::metadata(file).map_err(|e| {
+            for (file, line) in [(&cert.cert, cert.cert_line), (&cert.key, cert.key_line)] {
+                std::fs::File::open(file).map_err(|e| {
                     anyhow::anyhow!(
-                        "{}: listener {:?}: cannot read {}: {e}",
+                        "{}:{line}: listener {:?}: cannot read {}: {e}",
                         path.display(),
                         l.name,
                         file.display()

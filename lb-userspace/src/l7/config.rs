@@ -157,13 +157,28 @@ pub struct PoolConfig {
 }
 
 /// One certificate of an HTTPS listener.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TlsCertConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// SNI names it answers for (exact or `*.suffix`); the listener's first certificate also
     /// answers everything else.
     pub server_names: Vec<String>,
+    /// Lines of the `cert` and `key` keys (for `lb check-config`'s unreadable-file errors).
+    pub cert_line: usize,
+    pub key_line: usize,
+}
+
+/// Without the line numbers: a reload compares listeners by their Debug text, and moving a
+/// section in the file must not restart its listener.
+impl std::fmt::Debug for TlsCertConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCertConfig")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("server_names", &self.server_names)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -322,8 +337,8 @@ pub(crate) struct RawListener {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTlsCert {
-    cert: PathBuf,
-    key: PathBuf,
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
     #[serde(default)]
     server_names: Vec<String>,
 }
@@ -527,8 +542,10 @@ impl L7Config {
                 .tls
                 .into_iter()
                 .map(|t| TlsCertConfig {
-                    cert: t.cert,
-                    key: t.key,
+                    cert_line: ConfigError::at(path, text, t.cert.span(), String::new()).line,
+                    key_line: ConfigError::at(path, text, t.key.span(), String::new()).line,
+                    cert: t.cert.into_inner(),
+                    key: t.key.into_inner(),
                     server_names: t.server_names,
                 })
                 .collect();

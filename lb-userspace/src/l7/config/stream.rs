@@ -99,6 +99,16 @@ pub(super) fn listener_keys(
             "header_timeout",
             l.header_timeout.as_ref().map(|v| v.span()),
         ),
+        // Stream listeners neither cap connections nor read X-Forwarded-For: refused rather
+        // than silently ignored.
+        (
+            "max_connections",
+            l.max_connections.as_ref().map(|v| v.span()),
+        ),
+        (
+            "trusted_proxies",
+            l.trusted_proxies.first().map(|v| v.span()),
+        ),
     ];
     for (key, span) in http_only {
         if let (true, Some(span)) = (mode != ListenerMode::Http, span) {

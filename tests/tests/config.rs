@@ -1,0 +1,622 @@
+//! The backend-file format: every shipped example passes `lb check-config`; `full.toml`
+//! (which uses every key the parser accepts) parses to exactly the values it writes, so a key
+//! silently ignored fails here; and bad files each give their exact `FILE:LINE: reason` and a
+//! non-zero exit.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
+
+use lb::{
+    config::Config,
+    health::CheckKind,
+    l4::{Forward, Protocol},
+    l7::{
+        Algorithm, HashKey, HeaderRule, HostMatch, ListenerMode, Rewrite, SplitTarget,
+        proxy_header::ProxyVersion, upstream::UpstreamProtocol,
+    },
+};
+use lb_tests::lb_bin;
+use rustls::pki_types::pem::PemObject as _;
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples")
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[test]
+fn every_shipped_example_passes_check_config() {
+    let dir = examples_dir();
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("docs/examples") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        // Run from the examples directory: full.toml's certificate paths are relative.
+        let out = Command::new(lb_bin())
+            .current_dir(&dir)
+            .args(["check-config", &name])
+            .output()
+            .expect("run lb check-config");
+        assert!(out.status.success(), "{name}: {out:?}");
+        checked.push((name, String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        [
+            (
+                "full.toml".to_owned(),
+                "full.toml: ok: 2 vips, 4 listeners, 11 routes, 7 pools, 11 backends\n".to_owned()
+            ),
+            (
+                "minimal.toml".to_owned(),
+                "minimal.toml: ok: 0 vips, 0 listeners, 0 routes, 1 pools, 2 backends\n".to_owned()
+            ),
+        ]
+    );
+}
+
+/// full.toml with its relative certificate paths made absolute (same lines), parsed.
+fn full_example() -> Config {
+    let dir = examples_dir();
+    let path = dir.join("full.toml");
+    let text = std::fs::read_to_string(&path).expect("read full.toml");
+    let certs = format!("\"{}/certs/", dir.display());
+    Config::parse(&text.replace("\"certs/", &certs), &path).expect("full.toml parses")
+}
+
+#[test]
+fn full_example_parses_to_the_values_it_writes() {
+    let c = full_example();
+
+    // [encap], [[vip]], [[vip.real]]
+    assert_eq!(c.l4.encap.src_v4, [172, 16, 0, 0]);
+    assert_eq!(
+        c.l4.encap.src_v6,
+        "fd00::1:0:0"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("v6")
+            .octets()
+    );
+    let [web_vip, dns_vip] = c.l4.vips.as_slice() else {
+        panic!("two vips: {:?}", c.l4.vips)
+    };
+    assert_eq!(
+        web_vip.addr,
+        "10.100.0.1:80".parse::<SocketAddr>().expect("addr")
+    );
+    assert_eq!(
+        (web_vip.protocol, web_vip.forward, web_vip.ring_size),
+        (Protocol::Tcp, Forward::Local, 65537)
+    );
+    assert_eq!(web_vip.pool.as_deref(), Some("web"));
+    let reals: Vec<_> = web_vip
+        .reals
+        .iter()
+        .map(|r| (r.addr.to_string(), r.weight))
+        .collect();
+    assert_eq!(
+        reals,
+        [("10.0.0.1".into(), 3), ("10.0.0.2".into(), 1)],
+        "primary backends only"
+    );
+    assert_eq!(
+        (
+            dns_vip.protocol,
+            dns_vip.forward,
+            dns_vip.ring_size,
+            dns_vip.pool.as_deref()
+        ),
+        (Protocol::Udp, Forward::Encap, 251, None)
+    );
+    let reals: Vec<_> = dns_vip
+        .reals
+        .iter()
+        .map(|r| (r.addr.to_string(), r.weight, r.down))
+        .collect();
+    assert_eq!(
+        reals,
+        [
+            ("10.201.1.2".into(), 2, false),
+            ("fd00:201::3".into(), 1, true)
+        ]
+    );
+
+    // [[pool]] web: every pool key with a value other than its default, health check, backends.
+    let pool = |name: &str| c.l7.pool(name).unwrap_or_else(|| panic!("pool {name}"));
+    let web = pool("web");
+    assert_eq!(web.algorithm, Algorithm::RoundRobin);
+    assert_eq!(
+        (web.connect_timeout, web.request_timeout),
+        (secs(2), secs(30))
+    );
+    assert_eq!(web.retries, 2);
+    assert_eq!((web.retry_budget_percent, web.retry_budget_min), (25, 5));
+    assert_eq!((web.max_fails, web.fail_timeout), (3, secs(10)));
+    assert_eq!((web.idle_per_backend, web.idle_timeout), (128, secs(90)));
+    assert_eq!(web.protocol, UpstreamProtocol::Http1);
+    assert!(web.tls.is_none() && web.proxy_protocol.is_none());
+    let check = web.health_check.as_ref().expect("health_check");
+    assert_eq!(
+        check.kind,
+        CheckKind::Http {
+            tls: false,
+            path: "/healthz".into(),
+            host: Some("web.internal".into()),
+            expect_status: (200, 299),
+            expect_body: Some("ok".into()),
+        }
+    );
+    assert_eq!(
+        (
+            check.interval,
+            check.timeout,
+            check.rise,
+            check.fall,
+            check.slow_start
+        ),
+        (secs(2), secs(1), 2, 3, secs(30))
+    );
+    let backends: Vec<_> = web
+        .backends
+        .iter()
+        .map(|b| (b.addr.to_string(), b.weight, b.backup))
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            ("10.0.0.1:8080".into(), 3, false),
+            ("10.0.0.2:8080".into(), 1, false),
+            ("10.0.0.9:8080".into(), 1, true)
+        ]
+    );
+    assert_eq!(web.backend_max_connections, [Some(200), None, None]);
+
+    let api = pool("api");
+    assert_eq!(api.algorithm, Algorithm::ConsistentHash);
+    assert_eq!(
+        api.hash_key,
+        HashKey::Header("x-user-id".parse().expect("name"))
+    );
+    assert_eq!(api.proxy_protocol, Some(ProxyVersion::V2));
+    assert_eq!(
+        (pool("stable").algorithm, pool("stable").protocol),
+        (Algorithm::LeastConn, UpstreamProtocol::H2c)
+    );
+    assert_eq!(pool("canary").algorithm, Algorithm::P2c);
+    let secure = pool("secure");
+    let secure_tls = secure.tls.as_ref().expect("tls = true");
+    assert_eq!(
+        secure_tls
+            .server_name
+            .as_ref()
+            .map(|n| n.to_str().into_owned()),
+        Some("api.example.com".into())
+    );
+    let grpc = pool("grpc");
+    assert_eq!(grpc.protocol, UpstreamProtocol::H2);
+    assert!(
+        grpc.tls.as_ref().is_some_and(|t| t.server_name.is_none()),
+        "h2 implies tls"
+    );
+    assert_eq!(pool("dns").hash_key, HashKey::ClientIp);
+
+    // [[listener]]
+    let listener = |name: &str| {
+        c.l7.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("listener {name}"))
+    };
+    let public = listener("public");
+    assert_eq!(
+        public.addr,
+        "0.0.0.0:8443".parse::<SocketAddr>().expect("addr")
+    );
+    assert_eq!(public.mode, ListenerMode::Http);
+    assert_eq!(public.tls.len(), 1);
+    assert!(public.tls[0].cert.ends_with("certs/example.pem"));
+    assert!(public.tls[0].key.ends_with("certs/example.key"));
+    assert_eq!(public.tls[0].server_names, ["example.com", "*.example.com"]);
+    assert_eq!(
+        public.proxy_protocol_from,
+        ["10.10.0.0/16".parse().expect("net")]
+    );
+    assert_eq!(public.proxy_protocol_timeout, secs(5));
+    assert_eq!(
+        (public.max_header_bytes, public.max_body_bytes),
+        (65536, 10 << 20)
+    );
+    assert_eq!(
+        (public.header_timeout, public.body_timeout),
+        (secs(10), secs(30))
+    );
+    assert_eq!(
+        public.trusted_proxies,
+        [
+            "10.20.0.0/16".parse().expect("net"),
+            "192.0.2.7/32".parse().expect("net")
+        ]
+    );
+    assert_eq!(public.max_connections, 10000);
+    assert_eq!(listener("internal").mode, ListenerMode::Http);
+    assert!(listener("internal").tls.is_empty());
+    let edge = listener("edge");
+    assert_eq!(edge.mode, ListenerMode::Tcp);
+    assert_eq!(
+        (edge.stream.idle_timeout, edge.stream.client_hello_timeout),
+        (secs(600), secs(5))
+    );
+    assert_eq!(edge.proxy_protocol_from.len(), 1);
+    let dns = listener("dns");
+    assert_eq!(dns.mode, ListenerMode::Udp);
+    assert_eq!(
+        (dns.stream.idle_timeout, dns.stream.max_sessions),
+        (secs(30), 10000)
+    );
+
+    // [[route]], in file order.
+    let r = &c.l7.routes;
+    assert_eq!(r.len(), 11);
+    assert_eq!(r[0].listener, "public");
+    assert_eq!(r[0].host, Some(HostMatch::Exact("example.com".into())));
+    assert_eq!(r[0].path_exact.as_deref(), Some("/health"));
+    assert_eq!(r[0].methods, [hyper::Method::GET, hyper::Method::HEAD]);
+    assert!(matches!(&r[0].rewrite, Some(Rewrite::Prefix(p)) if p == "/healthz"));
+    assert_eq!(r[0].pool, "web");
+    let headers: Vec<String> = r[0]
+        .headers
+        .iter()
+        .map(|h| match &h.rule {
+            HeaderRule::Value(v) => format!("{} = {v:?}", h.name),
+            HeaderRule::Present(p) => format!("{} present {p}", h.name),
+            HeaderRule::Regex(re) => format!("{} ~ {re}", h.name),
+        })
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            "x-canary = \"1\"",
+            "x-debug present false",
+            "user-agent ~ ^curl/"
+        ]
+    );
+    assert_eq!(r[1].host, Some(HostMatch::Suffix(".example.com".into())));
+    assert_eq!(
+        r[1].path_regex.as_ref().map(|re| re.as_str()),
+        Some("^/v(?P<version>[0-9]+)/users/([0-9]+)$")
+    );
+    assert!(matches!(&r[1].rewrite, Some(Rewrite::Regex(t)) if t == "/users/$2?api=${version}"));
+    assert_eq!(r[1].pool, "api");
+    assert_eq!(
+        (r[2].path_prefix.as_str(), r[2].strip_prefix),
+        ("/static", true)
+    );
+    assert!(matches!(&r[2].rewrite, Some(Rewrite::Prefix(p)) if p == "/"));
+    assert_eq!(
+        r[3].split,
+        [
+            SplitTarget {
+                pool: "stable".into(),
+                weight: 95
+            },
+            SplitTarget {
+                pool: "canary".into(),
+                weight: 5
+            }
+        ]
+    );
+    assert_eq!((r[4].pool.as_str(), r[5].pool.as_str()), ("secure", "grpc"));
+    assert_eq!((r[6].path_prefix.as_str(), r[6].host.as_ref()), ("/", None));
+    assert_eq!(
+        (r[7].listener.as_str(), r[7].pool.as_str()),
+        ("internal", "web")
+    );
+    assert_eq!(r[8].sni, Some(HostMatch::Suffix(".example.com".into())));
+    assert_eq!((r[9].sni.as_ref(), r[9].pool.as_str()), (None, "stable"));
+    assert_eq!(
+        (r[10].listener.as_str(), r[10].pool.as_str()),
+        ("dns", "dns")
+    );
+}
+
+/// The upstream TLS keys act: `secure` (ca_file = the example certificate, tls_server_name =
+/// api.example.com) completes a verified handshake with a server holding that certificate,
+/// `grpc` (tls_insecure) completes one without verification, and with another
+/// tls_server_name the verification fails.
+#[test]
+fn upstream_tls_keys_take_effect() {
+    let c = full_example();
+    let dir = examples_dir().join("certs");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let cert = std::fs::read(dir.join("example.pem")).expect("cert");
+        let key = std::fs::read(dir.join("example.key")).expect("key");
+        let chain = rustls_pem_certs(&cert);
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key).expect("key PEM");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = acceptor.accept(tcp).await;
+                });
+            }
+        });
+        let handshake = |tls: lb::l7::upstream::UpstreamTls| async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let name = tls.server_name.clone().unwrap_or_else(|| addr.ip().into());
+            tls.connector.connect(name, tcp).await.map(|_| ())
+        };
+        let secure =
+            c.l7.pool("secure")
+                .and_then(|p| p.tls.clone())
+                .expect("secure tls");
+        handshake(secure.clone())
+            .await
+            .expect("verified against ca_file");
+        let grpc =
+            c.l7.pool("grpc")
+                .and_then(|p| p.tls.clone())
+                .expect("grpc tls");
+        handshake(grpc)
+            .await
+            .expect("tls_insecure: no verification");
+        let mut wrong_name = secure;
+        wrong_name.server_name = Some("other.test".try_into().expect("name"));
+        let err = handshake(wrong_name)
+            .await
+            .expect_err("name not in the certificate");
+        assert!(err.to_string().contains("certificate"), "{err}");
+    });
+}
+
+fn rustls_pem_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .expect("cert PEM")
+}
+
+const POOL: &str = "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"127.0.0.1:8001\"\n";
+const LISTENER: &str = "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:8080\"\n";
+
+#[test]
+fn bad_files_give_file_line_and_reason() {
+    let dir = std::env::temp_dir().join(format!("lb-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let pool_with = |keys: &str| {
+        format!("[[pool]]\nname = \"web\"\n{keys}[[pool.backend]]\naddress = \"127.0.0.1:8001\"\n")
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "syntax",
+            format!("{POOL}[[listener]\nname = \"a\"\n"),
+            "syntax.toml:5: invalid table header; expected `.`, `]]`",
+        ),
+        (
+            "unquoted",
+            "[[pool]]\nname = web\n".into(),
+            "unquoted.toml:2: invalid string; expected `\"`, `'`",
+        ),
+        (
+            "wrong_type",
+            pool_with("retries = \"two\"\n"),
+            "wrong_type.toml:3: invalid type: string \"two\", expected u32",
+        ),
+        (
+            "unknown_key",
+            format!("{POOL}[[listener]]\nname = \"a\"\nadress = \"127.0.0.1:80\"\n"),
+            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`",
+        ),
+        (
+            "unknown_section",
+            "[[pools]]\nname = \"web\"\n".into(),
+            "unknown_section.toml:1: unknown field `pools`, expected one of `encap`, `vip`, `pool`, `listener`, `route`",
+        ),
+        (
+            "missing_key",
+            "[[pool]]\n[[pool.backend]]\naddress = \"127.0.0.1:8001\"\n".into(),
+            "missing_key.toml:1: missing field `name`",
+        ),
+        (
+            "backend_address",
+            format!("{POOL}[[pool.backend]]\naddress = \"10.0.0.1\"\n"),
+            "backend_address.toml:6: backend address \"10.0.0.1\" is not ADDRESS:PORT",
+        ),
+        (
+            "listener_address",
+            format!("{POOL}[[listener]]\nname = \"a\"\naddress = \"localhost:80\"\n"),
+            "listener_address.toml:7: listener address \"localhost:80\" is not ADDRESS:PORT",
+        ),
+        (
+            "vip_address",
+            "[[vip]]\naddress = \"10.0.0.1\"\n".into(),
+            "vip_address.toml:2: vip address \"10.0.0.1\" is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT)",
+        ),
+        (
+            "network",
+            format!("{POOL}{LISTENER}proxy_protocol_from = [\"10.0.0.0/33\"]\n"),
+            "network.toml:8: \"10.0.0.0/33\" is not a network (ADDRESS/PREFIX)",
+        ),
+        (
+            "duplicate_pool",
+            format!("{POOL}{POOL}"),
+            "duplicate_pool.toml:6: duplicate pool \"web\"",
+        ),
+        (
+            "duplicate_listener",
+            format!("{POOL}{LISTENER}{LISTENER}"),
+            "duplicate_listener.toml:9: duplicate listener \"a\"",
+        ),
+        (
+            "duplicate_vip",
+            format!("{POOL}[[vip]]\naddress = \"10.0.0.1:80\"\npool = \"web\"\n[[vip]]\naddress = \"10.0.0.1:80\"\npool = \"web\"\n"),
+            "duplicate_vip.toml:8: duplicate vip 10.0.0.1:80 tcp",
+        ),
+        (
+            "duplicate_real",
+            "[[vip]]\naddress = \"10.0.0.1:80\"\n[[vip.real]]\naddress = \"10.0.0.5\"\n[[vip.real]]\naddress = \"10.0.0.5\"\n".into(),
+            "duplicate_real.toml:5: duplicate real 10.0.0.5 in vip 10.0.0.1:80",
+        ),
+        (
+            "negative_weight",
+            format!("{POOL}[[pool.backend]]\naddress = \"127.0.0.1:8002\"\nweight = -1\n"),
+            "negative_weight.toml:7: invalid value: integer `-1`, expected u32",
+        ),
+        (
+            "split_weight_zero",
+            format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\nsplit = [{{ pool = \"web\", weight = 0 }}]\n"),
+            "split_weight_zero.toml:10: split weights add up to 0",
+        ),
+        (
+            "max_connections_zero",
+            format!("{POOL}max_connections = 0\n"),
+            "max_connections_zero.toml:5: max_connections must be at least 1 (weight = 0 takes a backend out)",
+        ),
+        (
+            "ring_not_prime",
+            format!("{POOL}[[vip]]\naddress = \"10.0.0.1:80\"\nring_size = 65536\npool = \"web\"\n"),
+            "ring_not_prime.toml:7: ring_size 65536 must be a prime no larger than 65537",
+        ),
+        (
+            "ring_too_big",
+            "[[vip]]\naddress = \"10.0.0.1:80\"\nring_size = 65539\n".into(),
+            "ring_too_big.toml:3: ring_size 65539 must be a prime no larger than 65537",
+        ),
+        (
+            "interval_zero",
+            pool_with("[pool.health_check]\ntype = \"tcp\"\ninterval = \"0s\"\n"),
+            "interval_zero.toml:5: interval must be at least 10ms",
+        ),
+        (
+            "timeout_above_interval",
+            pool_with("[pool.health_check]\ntype = \"tcp\"\ninterval = \"1s\"\ntimeout = \"2s\"\n"),
+            "timeout_above_interval.toml:6: timeout 2s must be above zero and at most the interval 1s",
+        ),
+        (
+            "rise_zero",
+            pool_with("[pool.health_check]\ntype = \"tcp\"\nrise = 0\n"),
+            "rise_zero.toml:5: rise 0 is out of range 1-100",
+        ),
+        (
+            "retry_budget",
+            pool_with("retry_budget_percent = 101\n"),
+            "retry_budget.toml:3: retry_budget_percent 101 is above 100",
+        ),
+        (
+            "max_header_bytes",
+            format!("{POOL}{LISTENER}max_header_bytes = 1024\n"),
+            "max_header_bytes.toml:8: max_header_bytes 1024 is below 8192",
+        ),
+        (
+            "http_key_on_tcp_listener",
+            format!("{POOL}{LISTENER}mode = \"tcp\"\nmax_connections = 5\n"),
+            "http_key_on_tcp_listener.toml:9: max_connections applies to http listeners only",
+        ),
+        (
+            "stream_key_on_http_listener",
+            format!("{POOL}{LISTENER}max_sessions = 5\n"),
+            "stream_key_on_http_listener.toml:8: max_sessions applies to tcp and udp listeners only",
+        ),
+        (
+            "bad_duration",
+            pool_with("connect_timeout = \"2 parsecs\"\n"),
+            "bad_duration.toml:3: connect_timeout \"2 parsecs\": unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)",
+        ),
+        (
+            "bad_algorithm",
+            pool_with("algorithm = \"random\"\n"),
+            "bad_algorithm.toml:3: unknown variant `random`, expected one of `round_robin`, `least_conn`, `p2c`, `consistent_hash`",
+        ),
+        (
+            "route_to_missing_pool",
+            format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\npool = \"api\"\n"),
+            "route_to_missing_pool.toml:10: route names unknown pool \"api\"",
+        ),
+        (
+            "split_to_missing_pool",
+            format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\nsplit = [{{ pool = \"api\" }}]\n"),
+            "split_to_missing_pool.toml:10: split names unknown pool \"api\"",
+        ),
+        (
+            "route_to_missing_listener",
+            format!("{POOL}[[route]]\nlistener = \"b\"\npool = \"web\"\n"),
+            "route_to_missing_listener.toml:6: route names unknown listener \"b\"",
+        ),
+        (
+            "vip_to_missing_pool",
+            "[[vip]]\naddress = \"10.0.0.1:80\"\npool = \"web\"\n".into(),
+            "vip_to_missing_pool.toml:3: vip 10.0.0.1:80 names unknown pool \"web\"",
+        ),
+        (
+            "route_without_pool",
+            format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\n"),
+            "route_without_pool.toml:8: route needs pool or split",
+        ),
+        (
+            "unreadable_certificate",
+            format!("{POOL}{LISTENER}[[listener.tls]]\ncert = \"/nonexistent/site.pem\"\nkey = \"/nonexistent/site.key\"\n"),
+            "unreadable_certificate.toml:9: listener \"a\": cannot read /nonexistent/site.pem: No such file or directory (os error 2)",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, text, expected) in &cases {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, text).expect("write");
+        let out = Command::new(lb_bin())
+            .current_dir(&dir)
+            .args(["check-config", &format!("{name}.toml")])
+            .output()
+            .expect("run lb check-config");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want = format!("lb: {expected}\n");
+        if out.status.code() != Some(1) || stderr != want || !out.stdout.is_empty() {
+            wrong.push(format!(
+                "{name}: exit {:?}\n  got:  {stderr:?}\n  want: {want:?}",
+                out.status.code()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    let out = Command::new(lb_bin())
+        .args(["check-config", "/nonexistent/lb.toml"])
+        .output()
+        .expect("run lb check-config");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "lb: /nonexistent/lb.toml: cannot read: No such file or directory (os error 2)\n"
+    );
+}
