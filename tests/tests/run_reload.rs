@@ -29,7 +29,7 @@ fn file(i: usize, listen: SocketAddr, web: &[SocketAddr; 3], last: SocketAddr) -
         "# change {i}\n[[listener]]\nname = \"main\"\naddress = \"{listen}\"\n\n\
          [[pool]]\nname = \"web\"\nretries = 0\n"
     );
-    let with_third = (i / 3) % 2 == 0 || i % 3 != 1;
+    let with_third = (i / 3).is_multiple_of(2) || i % 3 != 1;
     for (n, addr) in web.iter().enumerate() {
         if n == 2 && !with_third {
             continue;

@@ -362,7 +362,7 @@ forward = "local"
             ),
             (
                 "[[vip]\n",
-                "lb.toml:1: invalid table header\nexpected `.`, `]]`",
+                "lb.toml:1: invalid table header; expected `.`, `]]`",
             ),
         ];
         for (text, expected) in cases {
