@@ -4,6 +4,9 @@
 //! - `test`: setup, build everything, fmt check, clippy (host and BPF target), all tests.
 //! - `demo`: setup, build, and run `lb` in a small namespace topology with real traffic.
 mod demo;
+#[path = "../../tests/src/netns.rs"]
+#[allow(dead_code)]
+mod netns;
 mod setup;
 mod test;
 
@@ -29,7 +32,10 @@ enum Cmd {
     /// Setup, then build everything and run fmt --check, clippy -D warnings and all tests.
     Test,
     /// Setup, build, then run lb in a network-namespace topology with real traffic.
-    Demo,
+    Demo(demo::DemoArgs),
+    /// The demo's HTTP backend (started by `demo` inside a backend namespace).
+    #[command(hide = true)]
+    DemoBackend(demo::backend::BackendArgs),
 }
 
 fn main() -> Result<()> {
@@ -38,7 +44,8 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Setup => setup::setup(&ws).map(drop),
         Cmd::Test => test::test(&ws),
-        Cmd::Demo => demo::demo(&ws),
+        Cmd::Demo(args) => demo::demo(&ws, &args),
+        Cmd::DemoBackend(args) => demo::backend::serve(&args),
     }
 }
 
