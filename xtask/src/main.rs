@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: everything a fresh machine needs, in one place.
 //!
 //! - `setup`: idempotent install of the eBPF toolchain pieces and the Debian packages.
-//! - `test`: setup, build everything, fmt check, clippy (host and BPF target), all tests.
+//! - `test`: setup, build everything, fmt check, clippy (host and BPF target), all tests, and
+//!   the demo as a smoke test.
 //! - `demo`: setup, build, and run `lb` in a small namespace topology with real traffic.
 mod demo;
 #[path = "../../tests/src/netns.rs"]
@@ -29,7 +30,7 @@ struct Cli {
 enum Cmd {
     /// Install what building and testing need (rust-src, bpf-linker, Debian packages).
     Setup,
-    /// Setup, then build everything and run fmt --check, clippy -D warnings and all tests.
+    /// Setup, then build everything and run fmt --check, clippy -D warnings, all tests and the demo.
     Test,
     /// Setup, build, then run lb in a network-namespace topology with real traffic.
     Demo(demo::DemoArgs),

@@ -37,7 +37,7 @@ use crate::{
 /// was killed).
 const PREFIX: &str = "lbdemo";
 
-#[derive(Args)]
+#[derive(Args, Default)]
 pub struct DemoArgs {
     /// Run the older L4-only demo instead: `lb l4` with direct server return to `lb decap`.
     #[arg(long)]
@@ -52,6 +52,13 @@ pub struct DemoArgs {
 static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Set while `--hold` waits for Ctrl-C: then Ctrl-C is the normal way out (exit code 0).
 static HOLDING: AtomicBool = AtomicBool::new(false);
+/// Set once Ctrl-C was pressed: the handler owns the exit from then on.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// True once Ctrl-C was pressed (errors after that are the interruption's echo, not news).
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
 
 pub fn demo(ws: &Path, args: &DemoArgs) -> Result<()> {
     if !is_root() {
@@ -68,6 +75,7 @@ pub fn demo(ws: &Path, args: &DemoArgs) -> Result<()> {
     let lb = ws.join("target/debug/lb");
 
     ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::Relaxed);
         let holding = HOLDING.load(Ordering::Relaxed);
         eprintln!("\ndemo: interrupted, stopping lb and removing namespaces");
         if let Ok(names) = CREATED.lock() {
@@ -81,18 +89,29 @@ pub fn demo(ws: &Path, args: &DemoArgs) -> Result<()> {
             {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            names.iter().for_each(|n| delete_netns(n));
+            // The main thread's guards may have removed some already.
+            names
+                .iter()
+                .filter(|n| Path::new("/run/netns").join(n).exists())
+                .for_each(|n| delete_netns(n));
         }
         std::process::exit(if holding { 0 } else { 130 });
     })
     .context("installing the Ctrl-C handler")?;
     sweep_stale(PREFIX);
 
-    if args.l4 {
+    let result = if args.l4 {
         l4::demo(ws, &lb)
     } else {
         lb_run::demo(ws, &lb, args.hold)
+    };
+    if interrupted() {
+        // The Ctrl-C handler is cleaning up and will exit with the right code.
+        loop {
+            std::thread::park();
+        }
     }
+    result
 }
 
 /// Records `ns` for the Ctrl-C handler.

@@ -29,7 +29,9 @@ pub fn start(preferred_port: u16, netns_path: PathBuf, target: SocketAddr) -> Re
                 let Ok(conn) = conn else { continue };
                 let netns_path = netns_path.clone();
                 thread::spawn(move || {
-                    if let Err(err) = forward(conn, &netns_path, target) {
+                    if let Err(err) = forward(conn, &netns_path, target)
+                        && !super::interrupted()
+                    {
                         eprintln!("demo: admin port forward: {err:#}");
                     }
                 });
