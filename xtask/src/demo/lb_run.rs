@@ -52,13 +52,13 @@ const ADMIN_HOST_PORT: u16 = 9900;
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// The closed-loop benchmark of step 1.
 const BENCH_SECONDS: u32 = 5;
-/// Step 2's open-loop traffic: long enough to outlast the story (about 12 s).
+/// Step 2's open-loop traffic: long enough to outlast the story (about 12 s here).
 const STORY_RATE: u32 = 200;
-const STORY_SECONDS: u32 = 16;
+const STORY_SECONDS: u32 = 18;
 /// Each observation window of the story.
 const WINDOW: Duration = Duration::from_secs(2);
 /// After a drain, before a window starts: requests already on their way to the backend end.
-const SETTLE: Duration = Duration::from_millis(300);
+const SETTLE: Duration = Duration::from_millis(500);
 
 pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
     let started = Instant::now();
@@ -103,6 +103,12 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
             ADMIN_IN_NS.parse().context("admin address")?,
         )?,
     };
+    // The URL printed for the operator is the one checked here.
+    let (code, page) = admin.request("GET", "/")?;
+    ensure!(
+        code == 200 && page.contains("<html"),
+        "the status page through the port forward answered {code}"
+    );
     println!(
         "demo: lb run is up ({attached}); status page: http://{}/",
         admin.addr
