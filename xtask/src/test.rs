@@ -42,7 +42,7 @@ pub fn test(ws: &Path) -> Result<()> {
         .env("RUSTUP_TOOLCHAIN", &toolchain.name))?;
     run(cargo().args(["test", "--workspace"]))?;
     // The demo checks every step it shows, so it is also the end-to-end smoke test of `lb run`
-    // (XDP + L7 + health checks + admin API, about 20 s). Root only, like the other
+    // (XDP + L7 + health checks + admin API, about 25 s). Root only, like the other
     // privileged tests: skipped without it, except under CI=true.
     if is_root() {
         demo::demo(ws, &demo::DemoArgs::default())?;
