@@ -1,9 +1,13 @@
 //! `cargo xtask <command>`: everything a fresh machine needs, in one place.
 //!
 //! - `setup`: idempotent install of the eBPF toolchain pieces and the Debian packages.
-//! - `test`: setup, build everything, fmt check, clippy (host and BPF target), all tests.
+//! - `test`: setup, build everything, fmt check, clippy (host and BPF target), all tests, and
+//!   the demo as a smoke test.
 //! - `demo`: setup, build, and run `lb` in a small namespace topology with real traffic.
 mod demo;
+#[path = "../../tests/src/netns.rs"]
+#[allow(dead_code)]
+mod netns;
 mod setup;
 mod test;
 
@@ -26,10 +30,13 @@ struct Cli {
 enum Cmd {
     /// Install what building and testing need (rust-src, bpf-linker, Debian packages).
     Setup,
-    /// Setup, then build everything and run fmt --check, clippy -D warnings and all tests.
+    /// Setup, then build everything and run fmt --check, clippy -D warnings, all tests and the demo.
     Test,
     /// Setup, build, then run lb in a network-namespace topology with real traffic.
-    Demo,
+    Demo(demo::DemoArgs),
+    /// The demo's HTTP backend (started by `demo` inside a backend namespace).
+    #[command(hide = true)]
+    DemoBackend(demo::backend::BackendArgs),
 }
 
 fn main() -> Result<()> {
@@ -38,7 +45,8 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Setup => setup::setup(&ws).map(drop),
         Cmd::Test => test::test(&ws),
-        Cmd::Demo => demo::demo(&ws),
+        Cmd::Demo(args) => demo::demo(&ws, &args),
+        Cmd::DemoBackend(args) => demo::backend::serve(&args),
     }
 }
 

@@ -1,9 +1,9 @@
 //! `cargo xtask test`: the one command CI and newcomers run.
 use std::{path::Path, process::Command};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
-use crate::{run, setup};
+use crate::{demo, is_root, run, setup};
 
 pub fn test(ws: &Path) -> Result<()> {
     let toolchain = setup::setup(ws)?;
@@ -41,6 +41,18 @@ pub fn test(ws: &Path) -> Result<()> {
         .env("RUSTC_BOOTSTRAP", "1")
         .env("RUSTUP_TOOLCHAIN", &toolchain.name))?;
     run(cargo().args(["test", "--workspace"]))?;
+    // The demo checks every step it shows, so it is also the end-to-end smoke test of `lb run`
+    // (XDP + L7 + health checks + admin API, about 25 s). Root only, like the other
+    // privileged tests: skipped without it, except under CI=true.
+    if is_root() {
+        demo::demo(ws, &demo::DemoArgs::default())?;
+    } else if std::env::var("CI").as_deref() == Ok("true") {
+        bail!(
+            "the demo smoke test needs root (network namespaces, XDP) and CI=true: refusing to skip"
+        );
+    } else {
+        eprintln!("xtask test: skipping the demo smoke test (needs root)");
+    }
     eprintln!("xtask test: all green");
     Ok(())
 }

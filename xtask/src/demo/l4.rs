@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: lb's L4 tier on real traffic in a throw-away topology.
+//! `cargo xtask demo --l4`: lb's L4 tier alone (`lb l4`, direct server return) on real traffic.
 //!
 //! ```text
 //!  client ns            lb ns: `lb l4` (XDP on l0)                backend ns x3: `lb decap` on e0
@@ -18,56 +18,27 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Mutex, mpsc},
+    path::Path,
+    process::{Child, Stdio},
+    sync::mpsc,
     thread,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-#[path = "../../tests/src/netns.rs"]
-#[allow(dead_code)]
-mod netns;
+use super::{PREFIX, track};
+use crate::{
+    netns::{Netns, VethEnd, veth_pair},
+    run,
+};
 
-use netns::{Netns, VethEnd, delete_netns, sweep_stale, veth_pair};
-
-use crate::{is_root, run, setup};
-
-const PREFIX: &str = "lbdemo";
 const BACKENDS: u8 = 3;
 const WEIGHTS: [u32; 3] = [1, 2, 1];
 const VIP: &str = "10.200.100.100";
 const REQUESTS: usize = 120;
 
-/// Namespaces to delete if the user presses Ctrl-C (Drop does it on every other path).
-static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-pub fn demo(ws: &Path) -> Result<()> {
-    if !is_root() {
-        bail!("the demo creates network namespaces and attaches XDP: run it as root");
-    }
-    setup::setup(ws)?;
-    run(Command::new("cargo").current_dir(ws).args([
-        "build",
-        "--package",
-        "lb-userspace",
-        "--bin",
-        "lb",
-    ]))?;
-    let lb = ws.join("target/debug/lb");
-
-    ctrlc::set_handler(|| {
-        eprintln!("\ndemo: interrupted, removing namespaces");
-        if let Ok(names) = CREATED.lock() {
-            names.iter().for_each(|n| delete_netns(n));
-        }
-        std::process::exit(130);
-    })
-    .context("installing the Ctrl-C handler")?;
-    sweep_stale(PREFIX);
-
+pub fn demo(ws: &Path, lb: &Path) -> Result<()> {
     let topo = Topology::build()?;
     println!("demo: topology up: client -> lb (XDP on l0) -> {BACKENDS} backends, VIP {VIP}:80");
     let mut children = Vec::new();
@@ -83,7 +54,7 @@ pub fn demo(ws: &Path) -> Result<()> {
         thread::spawn(move || serve_http(own, id));
         let (child, _) = spawn_lb(
             backend,
-            &lb,
+            lb,
             &["decap", "--iface", "e0"],
             &format!("backend{id} decap"),
         )?;
@@ -102,7 +73,7 @@ pub fn demo(ws: &Path) -> Result<()> {
     let config_arg = config.to_string_lossy().into_owned();
     let (mut lb_child, lb_lines) = spawn_lb(
         &topo.lb,
-        &lb,
+        lb,
         &[
             "l4",
             "--iface",
@@ -169,7 +140,7 @@ fn write_config(path: &Path, backends: &[u8]) -> Result<()> {
 /// "attached" line. The receiver gets every later "reloaded" line.
 fn spawn_lb(
     ns: &Netns,
-    lb: &PathBuf,
+    lb: &Path,
     args: &[&str],
     label: &str,
 ) -> Result<(Child, mpsc::Receiver<String>)> {
@@ -285,13 +256,6 @@ impl Topology {
             backends,
         })
     }
-}
-
-fn track(ns: Netns) -> Netns {
-    if let Ok(mut names) = CREATED.lock() {
-        names.push(ns.name().to_owned());
-    }
-    ns
 }
 
 /// A tiny HTTP/1.1 server: one response per connection, naming the backend.
