@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub flags: ServiceFlags,
     pub iface: Option<String>,
     pub xdp_mode: AttachMode,
+    /// JSON access log: a file, or `-` for standard output.
+    pub access_log: Option<PathBuf>,
 }
 
 struct XdpTier {
@@ -57,6 +59,45 @@ pub struct Manager {
     pub metrics: Arc<Metrics>,
     config_status: ConfigStatus,
     started: Instant,
+    /// Per backend: the traffic totals at the last rate sample, and the rates then computed.
+    rates: Mutex<HashMap<BackendKey, RateSample>>,
+}
+
+/// A backend's traffic totals at one moment and the rates over the period that ended there.
+#[derive(Clone, Copy, Debug)]
+struct RateSample {
+    at: Instant,
+    requests: u64,
+    errors: u64,
+    per_second: f64,
+    error_rate: f64,
+}
+
+/// Rates are computed over at least this long (the status tick is 1 s; snapshots published
+/// in between by health changes or drains reuse the last rates).
+const RATE_PERIOD: Duration = Duration::from_millis(900);
+
+impl RateSample {
+    /// The sample after this one, given the totals at `now`.
+    fn next(self, now: Instant, requests: u64, errors: u64) -> Self {
+        let elapsed = now.saturating_duration_since(self.at);
+        if elapsed < RATE_PERIOD {
+            return self;
+        }
+        // Totals only go down when the pool was rebuilt (fresh counters): start over.
+        let (dr, de) = if requests < self.requests || errors < self.errors {
+            (0, 0)
+        } else {
+            (requests - self.requests, errors - self.errors)
+        };
+        Self {
+            at: now,
+            requests,
+            errors,
+            per_second: dr as f64 / elapsed.as_secs_f64(),
+            error_rate: if dr == 0 { 0.0 } else { de as f64 / dr as f64 },
+        }
+    }
 }
 
 impl Manager {
@@ -85,11 +126,19 @@ impl Manager {
                 })
             }
         };
-        let l7 = l7::serve(config.l7.clone())
-            .await
-            .context("starting the L7 listeners")?;
         let status = Arc::new(ArcSwap::from_pointee(Status::default()));
         let metrics = Arc::new(Metrics::new(status.clone()));
+        let access_log = match &options.access_log {
+            None => None,
+            Some(path) => Some(
+                l7::AccessLog::open(path)
+                    .with_context(|| format!("opening the access log {}", path.display()))?,
+            ),
+        };
+        let observer = l7::Observer::new(Some(metrics.l7.clone()), access_log);
+        let l7 = l7::serve_observed(config.l7.clone(), observer)
+            .await
+            .context("starting the L7 listeners")?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut manager = Self {
             config_status: ConfigStatus {
@@ -107,6 +156,7 @@ impl Manager {
             status,
             metrics,
             started: Instant::now(),
+            rates: Mutex::new(HashMap::new()),
         };
         manager.start_checks();
         manager.publish();
@@ -270,6 +320,11 @@ impl Manager {
     /// Builds and publishes the status snapshot (and so the scrape-time metrics).
     pub fn publish(&self) {
         let now = Instant::now();
+        let mut rates = self
+            .rates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut sampled = HashMap::new();
         let pools = self
             .config
             .l7
@@ -315,23 +370,41 @@ impl Manager {
                                 .map_or(f64::from(b.weight), |(s, c)| {
                                     f64::from(b.weight) * s.weight_factor(now, c.slow_start)
                                 });
+                            let (requests, errors) =
+                                state.as_ref().map_or((0, 0), |s| s.traffic.totals(i));
+                            let rate = match rates.get(&key) {
+                                Some(previous) => previous.next(now, requests, errors),
+                                None => RateSample {
+                                    at: now,
+                                    requests,
+                                    errors,
+                                    per_second: 0.0,
+                                    error_rate: 0.0,
+                                },
+                            };
+                            sampled.insert(key.clone(), rate);
                             BackendStatus {
                                 address: b.addr.to_string(),
                                 weight: weight.round() as u32,
                                 backup: b.backup,
                                 health: health.into(),
                                 last_error,
-                                in_flight: 0,
-                                requests: 0,
-                                errors: u64::from(passive.map_or(0, |s| s.consecutive_failures)),
-                                requests_per_second: 0.0,
-                                error_rate: 0.0,
+                                in_flight: state
+                                    .as_ref()
+                                    .map_or(0, |s| u64::from(s.inflight.get(i))),
+                                requests,
+                                errors,
+                                requests_per_second: rate.per_second,
+                                error_rate: rate.error_rate,
                             }
                         })
                         .collect(),
                 }
             })
             .collect();
+        // Backends no longer configured are forgotten.
+        *rates = sampled;
+        drop(rates);
         let (vips, xdp) = match &self.xdp {
             None => (Vec::new(), None),
             Some(x) => self.xdp_status(x),
