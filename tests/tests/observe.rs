@@ -256,7 +256,11 @@ fn metrics_status_rates_and_access_log_follow_the_requests() {
         api_status["requests"], api_status["errors"],
         "every answer a 500"
     );
-    assert_eq!(api_status["in_flight"], 0);
+    wait_for("nothing in flight", Duration::from_secs(3), || {
+        let s = read_status();
+        backend(&s, "api", failing.addr)["in_flight"] == 0
+            && backend(&s, "web", good.addr)["in_flight"] == 0
+    });
 
     // Access log: one JSON line per request, written when the response ended.
     let total = WEB + API + extra as usize;
@@ -305,4 +309,78 @@ fn metrics_status_rates_and_access_log_follow_the_requests() {
     let retried = lines.iter().filter(|l| l["retries"] == 1).count();
     assert!(retried >= 1, "refused attempts were retried");
     drop(lb);
+}
+
+/// Slow start: a backend that comes back (active checks) gets a share of round robin that
+/// starts at 10% of its weight and ramps, well below its steady half.
+#[test]
+fn a_recovered_backend_ramps_up_under_slow_start() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let a: TestServer = runtime.block_on(http_server::start(Behaviour::default()));
+    let b: TestServer = runtime.block_on(http_server::start(Behaviour::default()));
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    let listen = free_addr();
+    let file = format!(
+        "[[pool]]\nname = \"web\"\nmax_fails = 0\nretries = 1\n\
+         [pool.health_check]\ntype = \"http\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\n\
+         rise = 2\nfall = 2\nslow_start = \"30s\"\n\
+         [[pool.backend]]\naddress = \"{a_addr}\"\nweight = 10\n\
+         [[pool.backend]]\naddress = \"{b_addr}\"\nweight = 10\n\
+         [[listener]]\nname = \"main\"\naddress = \"{listen}\"\n\
+         [[route]]\nlistener = \"main\"\npool = \"web\"\n"
+    );
+    let (lb, admin) = start(&file);
+    let health = |addr: SocketAddr| -> (String, u64) {
+        let s: serde_json::Value =
+            serde_json::from_str(&http(admin, "/api/status", "").1).expect("status JSON");
+        let b = backend(&s, "web", addr);
+        (
+            b["health"].as_str().unwrap_or_default().to_owned(),
+            b["weight"].as_u64().unwrap_or_default(),
+        )
+    };
+    wait_for("both up", Duration::from_secs(5), || {
+        health(a_addr).0 == "up" && health(b_addr).0 == "up"
+    });
+    // Counted from the access log: a stopped test server's open keep-alive connections go on
+    // answering, so the servers' own counts cannot tell the instances apart.
+    let log_path = lb.dir.join("access.log");
+    let log_lines = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+            .collect::<Vec<_>>()
+    };
+    let share_of_b = |n: usize| {
+        let before = log_lines().len();
+        for _ in 0..n {
+            assert_eq!(http(listen, "/", "").0, 200);
+        }
+        wait_for("access log lines", Duration::from_secs(5), || {
+            log_lines().len() >= before + n
+        });
+        log_lines()[before..]
+            .iter()
+            .filter(|l| l["backend"] == b_addr.to_string())
+            .count()
+    };
+    // Steady state: strict alternation.
+    assert_eq!(share_of_b(20), 10);
+
+    drop(b);
+    wait_for("b down", Duration::from_secs(3), || {
+        health(b_addr).0 == "down"
+    });
+    let _back = runtime.block_on(http_server::start_on(b_addr, Behaviour::default()));
+    wait_for("b up again", Duration::from_secs(3), || {
+        health(b_addr).0 == "up"
+    });
+    let (_, weight) = health(b_addr);
+    assert!(weight <= 2, "status shows the ramped weight, got {weight}");
+    // Within the first few seconds of a 30 s ramp the factor is 10-20%: b's share of 100
+    // requests is at most 2/12 (about 17), against 50 at full weight.
+    let got = share_of_b(100);
+    println!("b got {got} of 100 requests at the start of its slow start");
+    assert!((3..=20).contains(&got), "b got {got} of 100");
 }

@@ -104,14 +104,19 @@ impl Pool {
     /// as Envoy's panic mode does).
     pub fn pick(&self, key: u64, tried: &[usize]) -> Option<usize> {
         let health = &self.state.health;
+        let factor = |i| health.weight_factor(i);
         self.selection
-            .select(key, &|i| {
-                tried.contains(&i) || self.at_cap(i) || !health.is_available(i)
-            })
+            .select_weighted(
+                key,
+                &|i| tried.contains(&i) || self.at_cap(i) || !health.is_available(i),
+                &factor,
+            )
             .or_else(|| {
-                self.selection.select(key, &|i| {
-                    tried.contains(&i) || self.at_cap(i) || !health.is_up(i)
-                })
+                self.selection.select_weighted(
+                    key,
+                    &|i| tried.contains(&i) || self.at_cap(i) || !health.is_up(i),
+                    &factor,
+                )
             })
     }
 

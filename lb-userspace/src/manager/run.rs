@@ -222,17 +222,29 @@ impl Manager {
         self.is_up(key) && !self.drained.contains(key)
     }
 
-    /// Pushes health and drains into both tiers: the L7 pools' down flags, and the VIPs' reals
-    /// (a real is down when every backend of its pool on that address is).
+    /// Pushes health and drains into both tiers: the L7 pools' down flags and slow-start
+    /// ramps, and the VIPs' reals (a real is down when every backend of its pool on that
+    /// address is).
     fn apply_health(&mut self) {
         for pool in &self.config.l7.pools {
             let Some(state) = self.l7.pool_state(&pool.name) else {
                 continue;
             };
+            let slow_start = pool
+                .health_check
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.slow_start);
             for (i, b) in pool.backends.iter().enumerate() {
-                state
+                let key = (pool.name.clone(), b.addr);
+                state.health.set_down(i, !self.serves(&key));
+                let came_up = self
                     .health
-                    .set_down(i, !self.serves(&(pool.name.clone(), b.addr)));
+                    .get(&key)
+                    .and_then(|s| s.lock().ok().and_then(|s| s.up_since()));
+                match came_up {
+                    Some(since) => state.health.set_ramp(i, since, slow_start),
+                    None => state.health.set_ramp(i, Instant::now(), Duration::ZERO),
+                }
             }
         }
         let mut l4 = self.config.l4.clone();
