@@ -10,6 +10,7 @@
 //! first use.
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -22,11 +23,16 @@ use super::{
 };
 use crate::admin::metrics::{BackendLabels, L7Metrics, PoolLabels, RequestLabels};
 
-/// The sinks of the request path, shared by every proxy generation.
+/// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
+pub type FlowIdLookup = Box<dyn Fn(SocketAddr, SocketAddr) -> Option<u64> + Send + Sync>;
+
+/// The sinks of the request path, shared by every proxy generation, and where connections
+/// learn their L4 flow id.
 #[derive(Default)]
 pub struct Observer {
     metrics: Option<L7Metrics>,
     access_log: Option<AccessLog>,
+    flow_ids: Option<FlowIdLookup>,
 }
 
 impl Observer {
@@ -36,10 +42,27 @@ impl Observer {
     }
 
     pub fn new(metrics: Option<L7Metrics>, access_log: Option<AccessLog>) -> Arc<Self> {
+        Self::with_flow_ids(metrics, access_log, None)
+    }
+
+    /// As `new`, connections looking up their L4 flow id with `flow_ids` (the XDP tier's
+    /// flow tags; one map lookup per accepted connection).
+    pub fn with_flow_ids(
+        metrics: Option<L7Metrics>,
+        access_log: Option<AccessLog>,
+        flow_ids: Option<FlowIdLookup>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             metrics,
             access_log,
+            flow_ids,
         })
+    }
+
+    /// The L4 flow id of the connection `socket_peer -> local` (the socket's own addresses,
+    /// not a PROXY header's: the datapath saw the packets).
+    pub fn flow_id(&self, socket_peer: SocketAddr, local: SocketAddr) -> Option<u64> {
+        self.flow_ids.as_ref()?(socket_peer, local)
     }
 
     pub(super) fn access_log(&self) -> Option<&AccessLog> {

@@ -125,6 +125,11 @@ impl Proxy {
         ))
     }
 
+    /// The request path's observer (metrics, access log, L4 flow ids).
+    pub(super) fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
     /// The live upstream state of pool `name`.
     pub fn pool_state(&self, name: &str) -> Option<std::sync::Arc<super::PoolState>> {
         self.pools.get(name).map(|p| p.pool.state.clone())

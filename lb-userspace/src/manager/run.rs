@@ -23,7 +23,7 @@ use crate::{
     },
     config::Config,
     health::{HealthEvent, HealthState, HealthTarget, spawn_checker},
-    l4::{L4Dataplane, read_l4_stats},
+    l4::{FlowTags, L4Dataplane, read_l4_stats},
     l7::{self, RunningL7},
     xdp::{self, AttachMode, AttachedXdp},
 };
@@ -135,7 +135,18 @@ impl Manager {
                     .with_context(|| format!("opening the access log {}", path.display()))?,
             ),
         };
-        let observer = l7::Observer::new(Some(metrics.l7.clone()), access_log);
+        // Connections to local VIPs learn the flow id the XDP tier tagged them with.
+        let flow_ids = xdp
+            .as_ref()
+            .and_then(|x| match FlowTags::open(x.attached.ebpf()) {
+                Ok(tags) => Some(Box::new(move |peer, local| tags.tcp_flow_id(peer, local))
+                    as l7::observe::FlowIdLookup),
+                Err(err) => {
+                    tracing::warn!(error = %anyhow::Error::from(err), "no L4 flow ids for the L7 tier");
+                    None
+                }
+            });
+        let observer = l7::Observer::with_flow_ids(Some(metrics.l7.clone()), access_log, flow_ids);
         let l7 = l7::serve_observed(config.l7.clone(), observer)
             .await
             .context("starting the L7 listeners")?;

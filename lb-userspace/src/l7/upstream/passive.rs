@@ -127,10 +127,8 @@ impl BackendHealth {
         };
         let length = length.as_millis() as u64;
         b.ramp_ms.store(length, Ordering::Relaxed);
-        b.ramp_start_ms.store(
-            if length == 0 { NO_RAMP } else { start },
-            Ordering::Relaxed,
-        );
+        b.ramp_start_ms
+            .store(if length == 0 { NO_RAMP } else { start }, Ordering::Relaxed);
     }
 
     /// Backend `i`'s share of its weight now, in permille (`selection::FULL_WEIGHT` = all):
