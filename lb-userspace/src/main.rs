@@ -46,6 +46,9 @@ enum Command {
         /// On SIGTERM/SIGINT: time in-flight requests get to finish before connections are cut.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
+        /// Write a JSON access log line per request to this file (`-`: standard output).
+        #[arg(long)]
+        access_log: Option<PathBuf>,
     },
     /// The whole load balancer: manager, L7 tier, XDP tier (with --iface), health checks,
     /// admin surface. Reloads on SIGHUP and when the backend file changes.
@@ -119,7 +122,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             threads,
             grace,
-        } => return cli::l7::run(&config, threads, grace),
+            access_log,
+        } => return cli::l7::run(&config, threads, grace, access_log.as_deref()),
         Command::CheckConfig { file } => return cli::check_config::run(&file),
         Command::Run(args) => return cli::run::run(*args),
         _ => {}

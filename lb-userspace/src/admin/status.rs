@@ -48,9 +48,12 @@ pub struct BackendStatus {
     pub health: String,
     pub last_error: Option<String>,
     pub in_flight: u64,
+    /// Attempts sent to the backend (retries count on the backend they went to).
     pub requests: u64,
+    /// Attempts that failed: connect error, timeout, broken exchange or a 5xx answer.
     pub errors: u64,
-    /// Requests per second and share of 5xx/failed answers over the last snapshot period.
+    /// Requests per second and share of failed attempts over the last rate period (about
+    /// a second, the status tick).
     pub requests_per_second: f64,
     pub error_rate: f64,
 }

@@ -8,8 +8,24 @@ use lb::l7::{self, L7Config};
 
 use super::signals::{Event, Signals};
 
-pub fn run(config_path: &Path, threads: Option<usize>, grace: Duration) -> anyhow::Result<()> {
+pub fn run(
+    config_path: &Path,
+    threads: Option<usize>,
+    grace: Duration,
+    access_log: Option<&Path>,
+) -> anyhow::Result<()> {
     let config = L7Config::from_file(config_path)?;
+    // No metrics endpoint here (that is `lb run`'s admin address): only the access log.
+    let observer = match access_log {
+        None => l7::Observer::none(),
+        Some(path) => l7::Observer::new(
+            None,
+            Some(
+                l7::AccessLog::open(path)
+                    .with_context(|| format!("opening the access log {}", path.display()))?,
+            ),
+        ),
+    };
     anyhow::ensure!(
         !config.listeners.is_empty(),
         "{}: no [[listener]] sections",
@@ -24,7 +40,7 @@ pub fn run(config_path: &Path, threads: Option<usize>, grace: Duration) -> anyho
         .build()
         .context("starting the tokio runtime")?
         .block_on(async {
-            let mut running = l7::serve(config).await?;
+            let mut running = l7::serve_observed(config, observer).await?;
             for (name, addr) in &running.listeners {
                 tracing::info!(listener = %name, %addr, "listening");
                 println!("listening name={name} address={addr}");

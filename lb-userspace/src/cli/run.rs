@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Worker threads (default: the CPUs this process may use).
     #[arg(long)]
     threads: Option<usize>,
+    /// Write a JSON access log line per request to this file (`-`: standard output).
+    #[arg(long)]
+    access_log: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -115,6 +118,7 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
         flags,
         iface: args.iface.clone(),
         xdp_mode: args.xdp_mode,
+        access_log: args.access_log.clone(),
     })
     .await?;
     let (commands_tx, mut commands) = tokio::sync::mpsc::channel(16);

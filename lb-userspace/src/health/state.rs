@@ -44,6 +44,11 @@ impl HealthState {
         self.up
     }
 
+    /// When the backend last came back up (`None`: up since start, or down).
+    pub fn up_since(&self) -> Option<Instant> {
+        self.up_since.filter(|_| self.up)
+    }
+
     /// Records one check result at `now`.
     pub fn observe(&mut self, result: Result<(), String>, now: Instant) -> Transition {
         self.checks += 1;

@@ -9,4 +9,4 @@ pub use crate::config::ConfigError;
 pub use config::{Forward, L4Config, Protocol, RealConfig, VipConfig};
 pub use dataplane::{ApplyReport, L4Dataplane, L4Error, addr16};
 pub use stats::{L4Stats, RealStat, VipStat, read_l4_events, read_l4_stats};
-pub use tags::{FlowTagInfo, flow_key, lookup_flow_tag};
+pub use tags::{FlowTagInfo, FlowTags, flow_key, lookup_flow_tag};

@@ -74,3 +74,46 @@ pub fn lookup_flow_tag(
         Err(source) => Err(L4Error::Map { map: name, source }),
     }
 }
+
+/// A handle of its own on the datapath's flow-tag map, for the L7 tier's accept paths: opened
+/// by map id, so it needs neither the `Ebpf` object (which the manager keeps for updates) nor
+/// pinning, and lookups (`&self`, one syscall) may run on any thread.
+pub struct FlowTags {
+    map: BpfHashMap<MapData, FlowKey, FlowTag>,
+}
+
+impl FlowTags {
+    /// Opens the FLOW_TAGS map of the loaded object `ebpf`.
+    pub fn open(ebpf: &Ebpf) -> Result<Self, L4Error> {
+        let name = map_names::FLOW_TAGS;
+        let map_error = |source| L4Error::Map { map: name, source };
+        let id = match ebpf.map(name).ok_or(L4Error::MissingMap(name))? {
+            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
+                data.info().map_err(map_error)?.id()
+            }
+            _ => return Err(L4Error::MissingMap(name)),
+        };
+        let data = MapData::from_id(id).map_err(map_error)?;
+        let map = BpfHashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_error)?;
+        Ok(Self { map })
+    }
+
+    /// The flow id the datapath gave the TCP connection `client -> local` (`local` being the
+    /// VIP); `None` when it recorded none (not a local VIP's flow, or evicted).
+    pub fn tcp_flow_id(&self, client: SocketAddr, local: SocketAddr) -> Option<u64> {
+        let key = flow_key(unmapped(client), unmapped(local), Protocol::Tcp);
+        self.map.get(&key, 0).ok().map(|tag| tag.flow_id)
+    }
+}
+
+/// IPv4 clients of a dual-stack socket show up as `::ffff:a.b.c.d`; the datapath keys them as
+/// IPv4.
+fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}

@@ -12,17 +12,20 @@
 //! - `routing.rs`: which route a request takes (and which pool of a weighted split).
 //! - `route_rules.rs`: the route match/rewrite/split keys, checked and compiled at load.
 //! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
+//! - `observe.rs`: what each request reports (metrics handles); `access_log.rs`: JSON lines.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `upgrade.rs`: HTTP/1.1 Upgrade (WebSocket): headers passed on, streams spliced after 101.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
 //! - `upstream/`: opening upstream connections, private (per-client) upstream connections.
 //! - `stream/`: tcp and udp listeners (byte-stream proxy, TLS passthrough by SNI, PROXY
 //!   header to backends, UDP sessions).
+pub mod access_log;
 mod body;
 pub mod config;
 mod headers;
 mod hygiene;
 mod lifecycle;
+pub mod observe;
 mod pool;
 mod proxy;
 pub mod proxy_header;
@@ -35,10 +38,12 @@ mod tls;
 mod upgrade;
 pub mod upstream;
 
+pub use access_log::AccessLog;
 pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, ListenerMode, PoolConfig, RouteConfig,
     StreamSettings,
 };
+pub use observe::Observer;
 pub use route_rules::{HeaderMatch, HeaderRule, Rewrite, SplitTarget};
-pub use server::{L7Error, ReloadReport, RunningL7, serve};
+pub use server::{L7Error, ReloadReport, RunningL7, serve, serve_observed};
 pub use upstream::{BackendHealth, BackendStatus, PoolState, RetryBudget, RetryCounters};

@@ -20,7 +20,8 @@ use super::{
         PowerOfTwoChoices, SmoothWeightedRoundRobin,
     },
     upstream::{
-        BackendHealth, ConnInfo, PoolState, RetryBudget, UpstreamConnector, UpstreamProtocol,
+        BackendHealth, BackendTraffic, ConnInfo, PoolState, RetryBudget, UpstreamConnector,
+        UpstreamProtocol,
     },
 };
 use crate::maglev::MaglevError;
@@ -57,7 +58,7 @@ impl Pool {
         let connector = UpstreamConnector::new(config.connect_timeout, config.tls.clone());
         let client = build_client(connector.clone(), &config);
         Ok(Self {
-            inflight,
+            inflight: inflight.clone(),
             selection,
             connector,
             client,
@@ -71,6 +72,8 @@ impl Pool {
                     config.max_fails,
                     config.fail_timeout,
                 ),
+                traffic: BackendTraffic::new(config.backends.len()),
+                inflight,
             }),
             config,
         })
@@ -87,7 +90,8 @@ impl Pool {
             None => self.client.request(req).await,
             Some(version) => {
                 let client = conn.private_client(&self.config.name, || {
-                    let header = super::proxy_header::encode(version, peer, conn.local, None);
+                    let header =
+                        super::proxy_header::encode(version, peer, conn.local, conn.flow_id);
                     build_client(self.connector.with_proxy_header(header), &self.config)
                 });
                 client.request(req).await
@@ -100,14 +104,19 @@ impl Pool {
     /// as Envoy's panic mode does).
     pub fn pick(&self, key: u64, tried: &[usize]) -> Option<usize> {
         let health = &self.state.health;
+        let factor = |i| health.weight_factor(i);
         self.selection
-            .select(key, &|i| {
-                tried.contains(&i) || self.at_cap(i) || !health.is_available(i)
-            })
+            .select_weighted(
+                key,
+                &|i| tried.contains(&i) || self.at_cap(i) || !health.is_available(i),
+                &factor,
+            )
             .or_else(|| {
-                self.selection.select(key, &|i| {
-                    tried.contains(&i) || self.at_cap(i) || !health.is_up(i)
-                })
+                self.selection.select_weighted(
+                    key,
+                    &|i| tried.contains(&i) || self.at_cap(i) || !health.is_up(i),
+                    &factor,
+                )
             })
     }
 
@@ -147,8 +156,9 @@ impl Pool {
         }
     }
 
-    /// Feeds an attempt's outcome on backend `i` to passive health.
+    /// Feeds an attempt's outcome on backend `i` to passive health and the traffic totals.
     pub fn record(&self, i: usize, ok: bool) {
+        self.state.traffic.record(i, ok);
         if ok {
             self.state.health.record_success(i);
         } else {

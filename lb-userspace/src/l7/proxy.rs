@@ -11,6 +11,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
     sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -18,9 +19,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Method, Request, Response, StatusCode, Uri, body::Incoming, header};
 
 use super::{
+    access_log::{AccessRecord, CountedBody, LoggedBody},
     body::{self, BodyLimits, BodyWatch},
     config::{HashKey, L7Config},
     headers::{client_ip, remove_hop_by_hop, set_forwarded},
+    observe::{Observer, Outcome, ProxyMeters},
     pool::{Pool, ProxyBody},
     routing::{Routed, Router, host_of, upstream_path},
     server::L7Error,
@@ -31,7 +34,7 @@ use super::{
 /// What every request handler shares: pools, routes, per-listener limits, counters.
 pub struct Proxy {
     /// Shared with the previous generation when a reload left the pool unchanged.
-    pools: HashMap<String, Arc<Pool>>,
+    pools: HashMap<String, PoolEntry>,
     router: Router,
     /// Per listener: largest declared request body.
     max_body: HashMap<String, u64>,
@@ -44,30 +47,44 @@ pub struct Proxy {
     trusted_proxies: HashMap<String, Vec<ipnet::IpNet>>,
     /// Per listener: streamed request body limits.
     body_limits: HashMap<String, BodyLimits>,
+    /// Metrics and access log, shared by every generation.
+    observer: Arc<Observer>,
+    /// This generation's metric handles.
+    meters: ProxyMeters,
+}
+
+struct PoolEntry {
+    pool: Arc<Pool>,
+    /// Position in the configuration (metrics key).
+    index: usize,
 }
 
 impl Proxy {
-    pub fn new(config: &L7Config) -> Result<Self, L7Error> {
-        Self::build(config, None).map(|(proxy, _)| proxy)
+    pub fn new(config: &L7Config, observer: Arc<Observer>) -> Result<Self, L7Error> {
+        Self::build(config, None, observer).map(|(proxy, _)| proxy)
     }
 
     /// The proxy for `config`, keeping `previous`'s pools whose configuration is unchanged
     /// (and its counters). Also returns how many pools were built anew.
     pub fn rebuild(config: &L7Config, previous: &Proxy) -> Result<(Self, usize), L7Error> {
-        Self::build(config, Some(previous))
+        Self::build(config, Some(previous), previous.observer.clone())
     }
 
-    fn build(config: &L7Config, previous: Option<&Proxy>) -> Result<(Self, usize), L7Error> {
+    fn build(
+        config: &L7Config,
+        previous: Option<&Proxy>,
+        observer: Arc<Observer>,
+    ) -> Result<(Self, usize), L7Error> {
         let mut pools = HashMap::new();
         let mut built = 0;
-        for p in &config.pools {
+        for (index, p) in config.pools.iter().enumerate() {
             // PoolConfig holds compiled TLS configs and regexes, so its Debug text is the
             // comparison (it prints every setting).
             let same = previous
                 .and_then(|prev| prev.pools.get(&p.name))
-                .filter(|old| format!("{:?}", old.config) == format!("{p:?}"));
+                .filter(|old| format!("{:?}", old.pool.config) == format!("{p:?}"));
             let pool = match same {
-                Some(old) => old.clone(),
+                Some(old) => old.pool.clone(),
                 None => {
                     built += 1;
                     Arc::new(Pool::new(p.clone()).map_err(|source| L7Error::Pool {
@@ -76,7 +93,7 @@ impl Proxy {
                     })?)
                 }
             };
-            pools.insert(p.name.clone(), pool);
+            pools.insert(p.name.clone(), PoolEntry { pool, index });
         }
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -101,19 +118,26 @@ impl Proxy {
                     .map(|l| (l.name.clone(), l.trusted_proxies.clone()))
                     .collect(),
                 body_limits: body::limits_by_listener(config),
+                meters: observer.meters(config),
+                observer,
             },
             built,
         ))
     }
 
+    /// The request path's observer (metrics, access log, L4 flow ids).
+    pub(super) fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
     /// The live upstream state of pool `name`.
     pub fn pool_state(&self, name: &str) -> Option<std::sync::Arc<super::PoolState>> {
-        self.pools.get(name).map(|p| p.state.clone())
+        self.pools.get(name).map(|p| p.pool.state.clone())
     }
 
     /// The pool named `name` (stream listeners share the HTTP proxy's pools).
     pub(super) fn pool(&self, name: &str) -> Option<&Pool> {
-        self.pools.get(name).map(|p| &**p)
+        self.pools.get(name).map(|p| &*p.pool)
     }
 
     fn new_request_id(&self) -> String {
@@ -131,6 +155,55 @@ impl Proxy {
         scheme: &'static str,
         conn: &ConnInfo,
     ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let mut outcome = Outcome::default();
+        if self.observer.access_log().is_some() {
+            outcome.access = Some(AccessRecord {
+                client: Some(peer),
+                listener: listener.to_owned(),
+                method: req.method().as_str().to_owned(),
+                host: host_of(&req),
+                path: req.uri().path().to_owned(),
+                flow_id: conn.flow_id,
+                ..AccessRecord::default()
+            });
+        }
+        let response = self
+            .forward(req, listener, peer, scheme, conn, &mut outcome)
+            .await;
+        outcome.status = response.status().as_u16();
+        outcome.duration = started.elapsed();
+        self.meters.request(listener, &outcome);
+        let Some(mut record) = outcome.access.take() else {
+            return response;
+        };
+        record.route = outcome.route;
+        record.status = outcome.status;
+        record.retries = outcome.retries;
+        record.upstream_duration = outcome.upstream_duration;
+        if let Some(entry) = outcome
+            .pool
+            .and_then(|i| self.pools.values().find(|e| e.index == i))
+        {
+            record.pool = Some(entry.pool.config.name.clone());
+            record.backend = outcome
+                .backend
+                .and_then(|b| entry.pool.config.backends.get(b))
+                .map(|b| b.addr);
+        }
+        response.map(|body| LoggedBody::wrap(body, started, self.observer.clone(), record))
+    }
+
+    /// The request's journey proper; `outcome` records what happened on the way.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        listener: &str,
+        peer: SocketAddr,
+        scheme: &'static str,
+        conn: &ConnInfo,
+        outcome: &mut Outcome,
+    ) -> Response<ProxyBody> {
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -141,13 +214,20 @@ impl Proxy {
         }
         let host = host_of(&req);
         let path = req.uri().path().to_owned();
-        let Some(Routed { route, pool }) = self.router.route(listener, &req, host.as_deref())
+        let Some(Routed { index, route, pool }) =
+            self.router.route(listener, &req, host.as_deref())
         else {
             return plain(StatusCode::NOT_FOUND, "no route\n");
         };
-        let Some(pool) = self.pools.get(pool) else {
+        outcome.route = Some(index);
+        let Some(PoolEntry {
+            pool,
+            index: pool_index,
+        }) = self.pools.get(pool)
+        else {
             return plain(StatusCode::BAD_GATEWAY, "no pool\n");
         };
+        outcome.pool = Some(*pool_index);
         let upstream_path = upstream_path(route, &path);
         let path_and_query = match req.uri().query() {
             Some(q) => format!("{upstream_path}?{q}"),
@@ -168,7 +248,7 @@ impl Proxy {
         if let Some(upgrade) = &upgrade {
             upgrade.restore_headers(&mut parts.headers);
         }
-        set_forwarded(
+        let request_id = set_forwarded(
             &mut parts.headers,
             peer.ip(),
             client,
@@ -179,7 +259,12 @@ impl Proxy {
         parts.version = hyper::Version::HTTP_11;
         let watch = BodyWatch::default();
         let limits = self.body_limits.get(listener).copied();
-        let mut body = Some(body::limited(body, limits, &watch));
+        let mut body = body::limited(body, limits, &watch);
+        if let Some(record) = &mut outcome.access {
+            record.request_id = Some(request_id);
+            body = CountedBody::new(body, record.bytes_in.clone()).boxed();
+        }
+        let mut body = Some(body);
 
         let attempts = if retryable {
             1 + pool.config.retries
@@ -199,9 +284,14 @@ impl Proxy {
                 0 => None,
                 _ => match budget.try_retry() {
                     Some(permit) => Some(permit),
-                    None => break,
+                    None => {
+                        outcome.retry_denied = true;
+                        break;
+                    }
                 },
             };
+            outcome.retries = attempt;
+            outcome.backend = Some(i);
             tried.push(i);
             let backend = pool.config.backends[i].addr;
             let Ok(uri) = Uri::builder()
@@ -218,9 +308,11 @@ impl Proxy {
                 .take()
                 .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
             let upstream = upstream.map(|()| upstream_body);
+            let sent = Instant::now();
             let result =
                 tokio::time::timeout(pool.config.request_timeout, pool.send(upstream, peer, conn))
                     .await;
+            outcome.upstream_duration = Some(sent.elapsed());
             let more = attempt + 1 < attempts;
             pool.record(
                 i,
@@ -246,6 +338,10 @@ impl Proxy {
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(%backend, %err, "upstream request failed");
+                    if err.is_connect() {
+                        outcome.connect_errors += 1;
+                        self.meters.connect_error(*pool_index, i);
+                    }
                     if let Some(broken) = watch.broken() {
                         return body::refusal(broken);
                     }

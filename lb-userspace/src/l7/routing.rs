@@ -85,6 +85,8 @@ impl Route {
 
 /// Where a request goes: its route and the pool chosen for it.
 pub struct Routed<'a> {
+    /// The route's position in the configuration (its metrics label).
+    pub index: usize,
     pub route: &'a RouteConfig,
     pub pool: &'a str,
 }
@@ -114,11 +116,13 @@ impl Router {
         host: Option<&str>,
     ) -> Option<Routed<'_>> {
         let (method, path, headers) = (req.method(), req.uri().path(), req.headers());
-        let route = self
+        let (index, route) = self
             .routes
             .iter()
-            .find(|r| r.matches(listener, host, method, path, headers))?;
+            .enumerate()
+            .find(|(_, r)| r.matches(listener, host, method, path, headers))?;
         Some(Routed {
+            index,
             route: &route.config,
             pool: route.pool(),
         })

@@ -323,12 +323,21 @@ async fn bind(l: &super::config::ListenerConfig) -> Result<TcpListener, L7Error>
         })
 }
 
-/// Binds every listener and starts serving on the current tokio runtime.
+/// Binds every listener and starts serving on the current tokio runtime; requests are not
+/// observed (no metrics, no access log).
 pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
+    serve_observed(config, super::Observer::none()).await
+}
+
+/// As `serve`, every request reported to `observer` (kept across reloads).
+pub async fn serve_observed(
+    config: L7Config,
+    observer: Arc<super::Observer>,
+) -> Result<RunningL7, L7Error> {
     let mut running = RunningL7 {
         listeners: Vec::new(),
         tasks: Vec::new(),
-        proxy: Arc::new(ArcSwap::from_pointee(Proxy::new(&config)?)),
+        proxy: Arc::new(ArcSwap::from_pointee(Proxy::new(&config, observer)?)),
         lifecycle: Arc::new(Lifecycle::default()),
         certificates: Vec::new(),
     };
@@ -387,7 +396,8 @@ async fn accept_loop(
             }
             let scheme = if tls.is_some() { "https" } else { "http" };
             let Ok(local) = tcp.local_addr() else { return };
-            let conn = Arc::new(super::upstream::ConnInfo::new(local));
+            let flow_id = proxy.load().observer().flow_id(socket_peer, local);
+            let conn = Arc::new(super::upstream::ConnInfo::new(local, flow_id));
             let service = service_fn(move |req| {
                 let (name, proxy, conn) = (name.clone(), proxy.clone(), conn.clone());
                 async move {

@@ -23,7 +23,7 @@ use crate::{
     },
     config::Config,
     health::{HealthEvent, HealthState, HealthTarget, spawn_checker},
-    l4::{L4Dataplane, read_l4_stats},
+    l4::{FlowTags, L4Dataplane, read_l4_stats},
     l7::{self, RunningL7},
     xdp::{self, AttachMode, AttachedXdp},
 };
@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub flags: ServiceFlags,
     pub iface: Option<String>,
     pub xdp_mode: AttachMode,
+    /// JSON access log: a file, or `-` for standard output.
+    pub access_log: Option<PathBuf>,
 }
 
 struct XdpTier {
@@ -57,6 +59,45 @@ pub struct Manager {
     pub metrics: Arc<Metrics>,
     config_status: ConfigStatus,
     started: Instant,
+    /// Per backend: the traffic totals at the last rate sample, and the rates then computed.
+    rates: Mutex<HashMap<BackendKey, RateSample>>,
+}
+
+/// A backend's traffic totals at one moment and the rates over the period that ended there.
+#[derive(Clone, Copy, Debug)]
+struct RateSample {
+    at: Instant,
+    requests: u64,
+    errors: u64,
+    per_second: f64,
+    error_rate: f64,
+}
+
+/// Rates are computed over at least this long (the status tick is 1 s; snapshots published
+/// in between by health changes or drains reuse the last rates).
+const RATE_PERIOD: Duration = Duration::from_millis(900);
+
+impl RateSample {
+    /// The sample after this one, given the totals at `now`.
+    fn next(self, now: Instant, requests: u64, errors: u64) -> Self {
+        let elapsed = now.saturating_duration_since(self.at);
+        if elapsed < RATE_PERIOD {
+            return self;
+        }
+        // Totals only go down when the pool was rebuilt (fresh counters): start over.
+        let (dr, de) = if requests < self.requests || errors < self.errors {
+            (0, 0)
+        } else {
+            (requests - self.requests, errors - self.errors)
+        };
+        Self {
+            at: now,
+            requests,
+            errors,
+            per_second: dr as f64 / elapsed.as_secs_f64(),
+            error_rate: if dr == 0 { 0.0 } else { de as f64 / dr as f64 },
+        }
+    }
 }
 
 impl Manager {
@@ -85,11 +126,30 @@ impl Manager {
                 })
             }
         };
-        let l7 = l7::serve(config.l7.clone())
-            .await
-            .context("starting the L7 listeners")?;
         let status = Arc::new(ArcSwap::from_pointee(Status::default()));
         let metrics = Arc::new(Metrics::new(status.clone()));
+        let access_log = match &options.access_log {
+            None => None,
+            Some(path) => Some(
+                l7::AccessLog::open(path)
+                    .with_context(|| format!("opening the access log {}", path.display()))?,
+            ),
+        };
+        // Connections to local VIPs learn the flow id the XDP tier tagged them with.
+        let flow_ids = xdp
+            .as_ref()
+            .and_then(|x| match FlowTags::open(x.attached.ebpf()) {
+                Ok(tags) => Some(Box::new(move |peer, local| tags.tcp_flow_id(peer, local))
+                    as l7::observe::FlowIdLookup),
+                Err(err) => {
+                    tracing::warn!(error = %anyhow::Error::from(err), "no L4 flow ids for the L7 tier");
+                    None
+                }
+            });
+        let observer = l7::Observer::with_flow_ids(Some(metrics.l7.clone()), access_log, flow_ids);
+        let l7 = l7::serve_observed(config.l7.clone(), observer)
+            .await
+            .context("starting the L7 listeners")?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut manager = Self {
             config_status: ConfigStatus {
@@ -107,6 +167,7 @@ impl Manager {
             status,
             metrics,
             started: Instant::now(),
+            rates: Mutex::new(HashMap::new()),
         };
         manager.start_checks();
         manager.publish();
@@ -172,17 +233,29 @@ impl Manager {
         self.is_up(key) && !self.drained.contains(key)
     }
 
-    /// Pushes health and drains into both tiers: the L7 pools' down flags, and the VIPs' reals
-    /// (a real is down when every backend of its pool on that address is).
+    /// Pushes health and drains into both tiers: the L7 pools' down flags and slow-start
+    /// ramps, and the VIPs' reals (a real is down when every backend of its pool on that
+    /// address is).
     fn apply_health(&mut self) {
         for pool in &self.config.l7.pools {
             let Some(state) = self.l7.pool_state(&pool.name) else {
                 continue;
             };
+            let slow_start = pool
+                .health_check
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.slow_start);
             for (i, b) in pool.backends.iter().enumerate() {
-                state
+                let key = (pool.name.clone(), b.addr);
+                state.health.set_down(i, !self.serves(&key));
+                let came_up = self
                     .health
-                    .set_down(i, !self.serves(&(pool.name.clone(), b.addr)));
+                    .get(&key)
+                    .and_then(|s| s.lock().ok().and_then(|s| s.up_since()));
+                match came_up {
+                    Some(since) => state.health.set_ramp(i, since, slow_start),
+                    None => state.health.set_ramp(i, Instant::now(), Duration::ZERO),
+                }
             }
         }
         let mut l4 = self.config.l4.clone();
@@ -270,6 +343,11 @@ impl Manager {
     /// Builds and publishes the status snapshot (and so the scrape-time metrics).
     pub fn publish(&self) {
         let now = Instant::now();
+        let mut rates = self
+            .rates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut sampled = HashMap::new();
         let pools = self
             .config
             .l7
@@ -315,23 +393,41 @@ impl Manager {
                                 .map_or(f64::from(b.weight), |(s, c)| {
                                     f64::from(b.weight) * s.weight_factor(now, c.slow_start)
                                 });
+                            let (requests, errors) =
+                                state.as_ref().map_or((0, 0), |s| s.traffic.totals(i));
+                            let rate = match rates.get(&key) {
+                                Some(previous) => previous.next(now, requests, errors),
+                                None => RateSample {
+                                    at: now,
+                                    requests,
+                                    errors,
+                                    per_second: 0.0,
+                                    error_rate: 0.0,
+                                },
+                            };
+                            sampled.insert(key.clone(), rate);
                             BackendStatus {
                                 address: b.addr.to_string(),
                                 weight: weight.round() as u32,
                                 backup: b.backup,
                                 health: health.into(),
                                 last_error,
-                                in_flight: 0,
-                                requests: 0,
-                                errors: u64::from(passive.map_or(0, |s| s.consecutive_failures)),
-                                requests_per_second: 0.0,
-                                error_rate: 0.0,
+                                in_flight: state
+                                    .as_ref()
+                                    .map_or(0, |s| u64::from(s.inflight.get(i))),
+                                requests,
+                                errors,
+                                requests_per_second: rate.per_second,
+                                error_rate: rate.error_rate,
                             }
                         })
                         .collect(),
                 }
             })
             .collect();
+        // Backends no longer configured are forgotten.
+        *rates = sampled;
+        drop(rates);
         let (vips, xdp) = match &self.xdp {
             None => (Vec::new(), None),
             Some(x) => self.xdp_status(x),

@@ -55,7 +55,13 @@ fn backend_key(addr: &std::net::SocketAddr) -> [u8; 16] {
 }
 
 impl BackendSelection for ConsistentHash {
-    fn select(&self, key: u64, excluded: &dyn Fn(usize) -> bool) -> Option<usize> {
+    /// Slow start does not apply (`_factor`): a key's owner is its ring slot's.
+    fn select_weighted(
+        &self,
+        key: u64,
+        excluded: &dyn Fn(usize) -> bool,
+        _factor: &dyn Fn(usize) -> u32,
+    ) -> Option<usize> {
         for ring in &self.rings {
             let len = ring.len() as u64;
             let start = key % len;

@@ -5,7 +5,7 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use super::{Backend, BackendSelection, InFlight, eligible, tiers};
+use super::{Backend, BackendSelection, InFlight, eligible, scaled_weight, tiers};
 
 pub struct LeastConnections {
     backends: Vec<Backend>,
@@ -27,7 +27,12 @@ impl LeastConnections {
 }
 
 impl BackendSelection for LeastConnections {
-    fn select(&self, _key: u64, excluded: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn select_weighted(
+        &self,
+        _key: u64,
+        excluded: &dyn Fn(usize) -> bool,
+        factor: &dyn Fn(usize) -> u32,
+    ) -> Option<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for tier in &self.tiers {
             let n = tier.len();
@@ -39,7 +44,7 @@ impl BackendSelection for LeastConnections {
                 }
                 let (load, weight) = (
                     u64::from(self.inflight.get(i)),
-                    u64::from(self.backends[i].weight),
+                    scaled_weight(self.backends[i].weight, factor(i)),
                 );
                 // load/weight < best_load/best_weight, without division.
                 if best.is_none_or(|(_, bl, bw)| load * bw < bl * weight) {

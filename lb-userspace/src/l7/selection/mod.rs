@@ -4,7 +4,10 @@
 //! - weights (0 = takes no new requests);
 //! - exclusions: the caller says which backends may not be picked for this attempt (down,
 //!   draining, at their connection cap, or already tried by a retry);
-//! - backups: used only when no primary is eligible.
+//! - backups: used only when no primary is eligible;
+//! - slow start: a per-backend weight factor in permille (`FULL_WEIGHT` = 1000) scales the
+//!   configured weight while a recovered backend ramps up (consistent hashing ignores it, as
+//!   nginx's hash does: a ring slot cannot be a fraction of a backend).
 //!
 //! In-flight counts are shared with the proxy (`InFlight`), so least-connections and
 //! power-of-two-choices see live load without locks.
@@ -71,8 +74,33 @@ impl Drop for InFlightGuard<'_> {
 /// swapped atomically by the pool).
 pub trait BackendSelection: Send + Sync {
     /// Picks the index of a backend for a request whose hash key is `key` (only consistent
-    /// hashing uses it), never one for which `excluded(i)` is true. `None`: nothing eligible.
-    fn select(&self, key: u64, excluded: &dyn Fn(usize) -> bool) -> Option<usize>;
+    /// hashing uses it), never one for which `excluded(i)` is true, weighing backend `i` by
+    /// its configured weight times `factor(i)` / `FULL_WEIGHT`. `None`: nothing eligible.
+    fn select_weighted(
+        &self,
+        key: u64,
+        excluded: &dyn Fn(usize) -> bool,
+        factor: &dyn Fn(usize) -> u32,
+    ) -> Option<usize>;
+
+    /// `select_weighted` with every backend at its full weight.
+    fn select(&self, key: u64, excluded: &dyn Fn(usize) -> bool) -> Option<usize> {
+        self.select_weighted(key, excluded, &|_| FULL_WEIGHT)
+    }
+}
+
+/// The weight factor of a backend not ramping up (permille).
+pub const FULL_WEIGHT: u32 = 1000;
+
+/// A backend's configured weight scaled by `factor` (permille), never below 1 while both are
+/// above zero (a ramping backend still gets its turns).
+pub(crate) fn scaled_weight(weight: u32, factor: u32) -> u64 {
+    let scaled = u64::from(weight) * u64::from(factor.min(FULL_WEIGHT));
+    if weight > 0 && factor > 0 {
+        scaled.max(1)
+    } else {
+        scaled
+    }
 }
 
 /// The two tiers every algorithm walks: primaries, then backups.

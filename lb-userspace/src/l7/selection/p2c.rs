@@ -6,7 +6,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use super::{Backend, BackendSelection, InFlight, eligible, tiers};
+use super::{Backend, BackendSelection, InFlight, eligible, scaled_weight, tiers};
 
 pub struct PowerOfTwoChoices {
     backends: Vec<Backend>,
@@ -39,17 +39,15 @@ impl PowerOfTwoChoices {
 
     /// A random eligible backend of `candidates`, chosen with probability proportional to
     /// weight.
-    fn weighted_draw(&self, candidates: &[usize]) -> Option<usize> {
-        let total: u64 = candidates
-            .iter()
-            .map(|&i| u64::from(self.backends[i].weight))
-            .sum();
+    fn weighted_draw(&self, candidates: &[usize], factor: &dyn Fn(usize) -> u32) -> Option<usize> {
+        let weight = |i: usize| scaled_weight(self.backends[i].weight, factor(i));
+        let total: u64 = candidates.iter().map(|&i| weight(i)).sum();
         if total == 0 {
             return None;
         }
         let mut r = self.random() % total;
         for &i in candidates {
-            let w = u64::from(self.backends[i].weight);
+            let w = weight(i);
             if r < w {
                 return Some(i);
             }
@@ -60,19 +58,25 @@ impl PowerOfTwoChoices {
 }
 
 impl BackendSelection for PowerOfTwoChoices {
-    fn select(&self, _key: u64, excluded: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn select_weighted(
+        &self,
+        _key: u64,
+        excluded: &dyn Fn(usize) -> bool,
+        factor: &dyn Fn(usize) -> u32,
+    ) -> Option<usize> {
         for tier in &self.tiers {
             let candidates: Vec<usize> = tier
                 .iter()
                 .copied()
                 .filter(|&i| eligible(&self.backends, i, excluded))
                 .collect();
-            let Some(a) = self.weighted_draw(&candidates) else {
+            let Some(a) = self.weighted_draw(&candidates, factor) else {
                 continue;
             };
-            let b = self.weighted_draw(&candidates).unwrap_or(a);
+            let b = self.weighted_draw(&candidates, factor).unwrap_or(a);
             let load = |i: usize| {
-                u64::from(self.inflight.get(i)) * 1000 / u64::from(self.backends[i].weight.max(1))
+                u64::from(self.inflight.get(i)) * 1_000_000
+                    / scaled_weight(self.backends[i].weight, factor(i)).max(1)
             };
             return Some(if load(b) < load(a) { b } else { a });
         }

@@ -2,7 +2,7 @@
 //! the heavy backend's turns instead of sending it five in a row.
 use std::sync::Mutex;
 
-use super::{Backend, BackendSelection, eligible, tiers};
+use super::{Backend, BackendSelection, eligible, scaled_weight, tiers};
 
 pub struct SmoothWeightedRoundRobin {
     backends: Vec<Backend>,
@@ -23,7 +23,12 @@ impl SmoothWeightedRoundRobin {
 }
 
 impl BackendSelection for SmoothWeightedRoundRobin {
-    fn select(&self, _key: u64, excluded: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn select_weighted(
+        &self,
+        _key: u64,
+        excluded: &dyn Fn(usize) -> bool,
+        factor: &dyn Fn(usize) -> u32,
+    ) -> Option<usize> {
         let mut current = self.current.lock().ok()?;
         for tier in &self.tiers {
             let mut total = 0i64;
@@ -32,7 +37,8 @@ impl BackendSelection for SmoothWeightedRoundRobin {
                 if !eligible(&self.backends, i, excluded) {
                     continue;
                 }
-                let weight = i64::from(self.backends[i].weight);
+                // Weights scaled by the same 1000 keep the sequence of unscaled ones.
+                let weight = scaled_weight(self.backends[i].weight, factor(i)) as i64;
                 current[i] += weight;
                 total += weight;
                 if best.is_none_or(|b| current[i] > current[b]) {
@@ -83,5 +89,16 @@ mod tests {
             "backup when no primary"
         );
         assert_eq!(rr.select(0, &|_| true), None);
+    }
+
+    #[test]
+    fn a_ramping_backend_gets_its_factor_of_the_turns() {
+        let rr = SmoothWeightedRoundRobin::new(pool(&[1, 1], &[]));
+        let mut counts = [0; 2];
+        for _ in 0..1100 {
+            let pick = rr.select_weighted(0, &none, &|i| if i == 1 { 100 } else { 1000 });
+            counts[pick.expect("pick")] += 1;
+        }
+        assert_eq!(counts, [1000, 100], "1 at 10% of its weight");
     }
 }

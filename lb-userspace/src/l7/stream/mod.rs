@@ -110,10 +110,3 @@ fn client_key(ip: IpAddr) -> u64 {
     ip.hash(&mut hasher);
     hasher.finish()
 }
-
-/// The L4 flow id of a connection (`client` -> `local`), carried upstream in PROXY v2 headers
-/// as a UNIQUE_ID TLV. Hook for the XDP flow tags (`l4/tags.rs`), which the manager will feed
-/// to the L7 tier; until then there is none.
-fn l4_flow_id(_client: SocketAddr, _local: SocketAddr) -> Option<u64> {
-    None
-}

@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::{
-    StreamListener, client_key, l4_flow_id,
+    StreamListener, client_key,
     relay::{self, RelayEnd},
     sni,
 };
@@ -82,7 +82,12 @@ async fn connection(mut tcp: TcpStream, socket_peer: SocketAddr, listener: &Stre
     };
     // The PROXY header and the bytes already read go out before anything else.
     let mut preface = pool.config.proxy_protocol.map_or_else(Vec::new, |version| {
-        proxy_header::encode(version, client, local, l4_flow_id(client, local))
+        proxy_header::encode(
+            version,
+            client,
+            local,
+            proxy.observer().flow_id(socket_peer, local),
+        )
     });
     preface.extend_from_slice(&first_bytes);
     if !preface.is_empty() && upstream.write_all(&preface).await.is_err() {

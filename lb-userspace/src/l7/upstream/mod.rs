@@ -7,18 +7,21 @@
 //! - `budget.rs`: the pool-wide retry budget and retry counters.
 //! - `config.rs`: the upstream keys of `[[pool]]` (defaults, validation).
 //! - `passive.rs`: per-backend health: passive ejection, down flag for active checks.
+//! - `traffic.rs`: per-backend request and error totals (status page rates).
 mod budget;
 pub(super) mod config;
 mod connector;
 mod passive;
 mod private;
 pub mod tls;
+mod traffic;
 
 pub use budget::{RetryBudget, RetryCounters};
 pub use connector::UpstreamConnector;
 pub use passive::{BackendHealth, BackendStatus};
 pub use private::ConnInfo;
 pub use tls::{UpstreamProtocol, UpstreamTls};
+pub use traffic::BackendTraffic;
 
 /// A pool's live upstream state, shared with the manager (metrics read it, health checks will
 /// write it). `RunningL7::pool_state` hands it out by pool name.
@@ -26,4 +29,7 @@ pub use tls::{UpstreamProtocol, UpstreamTls};
 pub struct PoolState {
     pub retry_budget: RetryBudget,
     pub health: BackendHealth,
+    pub traffic: BackendTraffic,
+    /// Requests in flight per backend (the same counts selection reads).
+    pub inflight: std::sync::Arc<crate::l7::selection::InFlight>,
 }

@@ -5,17 +5,39 @@
 //! answer) eject a backend for `fail_timeout`. After that it gets requests again; one more
 //! failure ejects it again at once, a success resets its count. `max_fails = 0` turns this off.
 //! Active: `set_down` (the manager's health checks) takes a backend out until set up again.
+//! Slow start: `set_ramp` (the manager, when a check brings a backend back) makes its weight
+//! factor climb from 10% to 100% over the pool's `slow_start`; selection reads
+//! `weight_factor`.
 use std::{
-    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
-#[derive(Debug, Default)]
+/// `ramp_start_ms` when the backend is not ramping.
+const NO_RAMP: i64 = i64::MIN;
+
+#[derive(Debug)]
 struct BackendState {
     down: AtomicBool,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `BackendHealth::epoch`; 0: not ejected.
     ejected_until_ms: AtomicU64,
+    /// Slow start: when the ramp began (ms from the epoch, negative when before it; `NO_RAMP`:
+    /// none) and how long it lasts.
+    ramp_start_ms: AtomicI64,
+    ramp_ms: AtomicU64,
+}
+
+impl Default for BackendState {
+    fn default() -> Self {
+        Self {
+            down: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ramp_start_ms: AtomicI64::new(NO_RAMP),
+            ramp_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 /// What one backend's health looks like now.
@@ -93,6 +115,44 @@ impl BackendHealth {
         }
     }
 
+    /// Slow start: backend `i` came back up at `since` and ramps over `length` (zero: no ramp).
+    pub fn set_ramp(&self, i: usize, since: Instant, length: Duration) {
+        let Some(b) = self.backends.get(i) else {
+            return;
+        };
+        // A backend may have come up before this pool was built (a reload rebuilt it).
+        let start = match since.checked_duration_since(self.epoch) {
+            Some(after) => after.as_millis() as i64,
+            None => -(self.epoch.saturating_duration_since(since).as_millis() as i64),
+        };
+        let length = length.as_millis() as u64;
+        b.ramp_ms.store(length, Ordering::Relaxed);
+        b.ramp_start_ms
+            .store(if length == 0 { NO_RAMP } else { start }, Ordering::Relaxed);
+    }
+
+    /// Backend `i`'s share of its weight now, in permille (`selection::FULL_WEIGHT` = all):
+    /// 10% when its ramp begins, linearly up to all of it when the ramp ends.
+    pub fn weight_factor(&self, i: usize) -> u32 {
+        const FULL: u32 = crate::l7::selection::FULL_WEIGHT;
+        let Some(b) = self.backends.get(i) else {
+            return FULL;
+        };
+        let start = b.ramp_start_ms.load(Ordering::Relaxed);
+        if start == NO_RAMP {
+            return FULL;
+        }
+        let length = b.ramp_ms.load(Ordering::Relaxed).max(1);
+        let elapsed = (self.epoch.elapsed().as_millis() as i64)
+            .saturating_sub(start)
+            .max(0) as u64;
+        if elapsed >= length {
+            return FULL;
+        }
+        // The same line as `health::HealthState::weight_factor`: 0.1 + 0.9 * elapsed / length.
+        (u64::from(FULL) / 10 + u64::from(FULL) * 9 / 10 * elapsed / length) as u32
+    }
+
     pub fn status(&self, i: usize) -> Option<BackendStatus> {
         let b = self.backends.get(i)?;
         let until = b.ejected_until_ms.load(Ordering::Relaxed);
@@ -130,6 +190,24 @@ mod tests {
         assert!(health.is_available(1));
         health.record_success(0);
         assert!(health.is_available(0));
+    }
+
+    #[test]
+    fn slow_start_ramps_the_weight_factor() {
+        let health = BackendHealth::new(2, 0, Duration::from_secs(60));
+        assert_eq!(health.weight_factor(0), 1000);
+        let now = Instant::now();
+        health.set_ramp(0, now, Duration::from_secs(100));
+        let f = health.weight_factor(0);
+        assert!((100..=110).contains(&f), "10% at the start, got {f}");
+        health.set_ramp(0, now - Duration::from_secs(50), Duration::from_secs(100));
+        let f = health.weight_factor(0);
+        assert!((540..=560).contains(&f), "55% half way, got {f}");
+        health.set_ramp(0, now - Duration::from_secs(200), Duration::from_secs(100));
+        assert_eq!(health.weight_factor(0), 1000, "ramp over");
+        health.set_ramp(0, now, Duration::ZERO);
+        assert_eq!(health.weight_factor(0), 1000, "no slow start");
+        assert_eq!(health.weight_factor(1), 1000);
     }
 
     #[test]

@@ -11,14 +11,17 @@ use crate::l7::pool::UpstreamClient;
 pub struct ConnInfo {
     /// The local address the client connected to.
     pub local: SocketAddr,
+    /// The L4 flow id the XDP tier gave this connection (local VIPs only).
+    pub flow_id: Option<u64>,
     /// Pool name -> this connection's client for that pool.
     private: Mutex<HashMap<String, UpstreamClient>>,
 }
 
 impl ConnInfo {
-    pub fn new(local: SocketAddr) -> Self {
+    pub fn new(local: SocketAddr, flow_id: Option<u64>) -> Self {
         Self {
             local,
+            flow_id,
             private: Mutex::new(HashMap::new()),
         }
     }

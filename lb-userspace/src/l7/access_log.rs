@@ -1,0 +1,258 @@
+//! The JSON access log: one line per request, written when its response has been sent (or
+//! abandoned), so it carries the bytes sent and the whole duration.
+//!
+//! Lines go over a bounded channel to a writer thread: a request never waits on the disk.
+//! When the writer falls behind by more than `QUEUE` lines, lines are dropped and counted
+//! (`AccessLog::dropped`) rather than slowing the proxy.
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+    path::Path,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use serde::Serialize;
+
+use super::pool::ProxyBody;
+
+/// Lines waiting for the writer before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// Where access log lines go.
+pub struct AccessLog {
+    lines: SyncSender<String>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// `-`: standard output; anything else: a file, appended to (created if missing).
+    pub fn open(target: &Path) -> io::Result<Self> {
+        let out: Box<dyn Write + Send> = if target.as_os_str() == "-" {
+            Box::new(io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(target)?,
+            )
+        };
+        let (lines, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("lb-access-log".into())
+            .spawn(move || write_lines(rx, out))?;
+        Ok(Self {
+            lines,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Lines dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn write(&self, record: &AccessRecord, bytes_out: u64, duration: Duration) {
+        let line = Line {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            client: record.client,
+            listener: &record.listener,
+            route: record.route,
+            pool: record.pool.as_deref(),
+            backend: record.backend,
+            status: record.status,
+            method: &record.method,
+            host: record.host.as_deref(),
+            path: &record.path,
+            bytes_in: record.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            duration_ms: duration.as_secs_f64() * 1e3,
+            upstream_ms: record.upstream_duration.map(|d| d.as_secs_f64() * 1e3),
+            retries: record.retries,
+            request_id: record.request_id.as_deref(),
+            flow_id: record.flow_id.map(|id| format!("{id:016x}")),
+        };
+        // Serializing plain fields cannot fail.
+        let Ok(text) = serde_json::to_string(&line) else {
+            return;
+        };
+        match self.lines.try_send(text) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Writes lines until every sender is gone; flushes whenever the queue runs empty.
+fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = io::BufWriter::new(out);
+    while let Ok(line) = rx.recv() {
+        let mut next = Some(line);
+        while let Some(line) = next {
+            if writeln!(out, "{line}").is_err() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if out.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// One line, as serialized.
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    client: Option<SocketAddr>,
+    listener: &'a str,
+    route: Option<usize>,
+    pool: Option<&'a str>,
+    backend: Option<SocketAddr>,
+    status: u16,
+    method: &'a str,
+    host: Option<&'a str>,
+    path: &'a str,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Request head received to response end.
+    duration_ms: f64,
+    /// The last upstream attempt: request sent to response head.
+    upstream_ms: Option<f64>,
+    retries: u32,
+    request_id: Option<&'a str>,
+    /// The L4 flow id the XDP tier gave the connection (hex), when it was a local VIP's.
+    flow_id: Option<String>,
+}
+
+/// What the access log needs of one request, gathered by the proxy.
+#[derive(Debug, Default)]
+pub struct AccessRecord {
+    pub client: Option<SocketAddr>,
+    pub listener: String,
+    pub route: Option<usize>,
+    pub pool: Option<String>,
+    pub backend: Option<SocketAddr>,
+    pub status: u16,
+    pub method: String,
+    pub host: Option<String>,
+    pub path: String,
+    /// Request body bytes read from the client (counted as they are forwarded).
+    pub bytes_in: Arc<AtomicU64>,
+    pub upstream_duration: Option<Duration>,
+    pub retries: u32,
+    pub request_id: Option<String>,
+    pub flow_id: Option<u64>,
+}
+
+/// A response body that counts what it sends and writes the access log line when dropped
+/// (after the last frame, or when the client went away).
+pub struct LoggedBody {
+    inner: ProxyBody,
+    bytes: u64,
+    started: Instant,
+    log: Option<(Arc<super::observe::Observer>, AccessRecord)>,
+}
+
+impl LoggedBody {
+    pub fn wrap(
+        inner: ProxyBody,
+        started: Instant,
+        observer: Arc<super::observe::Observer>,
+        record: AccessRecord,
+    ) -> ProxyBody {
+        Self {
+            inner,
+            bytes: 0,
+            started,
+            log: Some((observer, record)),
+        }
+        .boxed()
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some((observer, record)) = self.log.take()
+            && let Some(log) = observer.access_log()
+        {
+            log.write(&record, self.bytes, self.started.elapsed());
+        }
+    }
+}
+
+/// A request body that counts the bytes it passes on.
+pub struct CountedBody<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+}
+
+impl<B> CountedBody<B> {
+    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        Self { inner, count }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for CountedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,253 @@
+//! What the request path reports: once per request, the proxy hands an `Outcome` (route, pool,
+//! backend, status, times, retries) to the `Observer`, which feeds the Prometheus families and,
+//! when enabled, the access log.
+//!
+//! The observer is created once (by `lb run` with the manager's metrics, or none at all) and
+//! kept across reloads; each proxy generation resolves its label handles against it when it is
+//! built (`ProxyMeters`), so a request never formats label strings: the per-pool histogram,
+//! retry and connect-error counters are fetched once per pool, and the request counters are
+//! cached by small integer keys (route index, pool index, backend index, status) after their
+//! first use.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
+
+use super::{
+    access_log::{AccessLog, AccessRecord},
+    config::L7Config,
+};
+use crate::admin::metrics::{BackendLabels, L7Metrics, PoolLabels, RequestLabels};
+
+/// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
+pub type FlowIdLookup = Box<dyn Fn(SocketAddr, SocketAddr) -> Option<u64> + Send + Sync>;
+
+/// The sinks of the request path, shared by every proxy generation, and where connections
+/// learn their L4 flow id.
+#[derive(Default)]
+pub struct Observer {
+    metrics: Option<L7Metrics>,
+    access_log: Option<AccessLog>,
+    flow_ids: Option<FlowIdLookup>,
+}
+
+impl Observer {
+    /// Observes nothing (`lb l7` without `--access-log`, library users, tests).
+    pub fn none() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn new(metrics: Option<L7Metrics>, access_log: Option<AccessLog>) -> Arc<Self> {
+        Self::with_flow_ids(metrics, access_log, None)
+    }
+
+    /// As `new`, connections looking up their L4 flow id with `flow_ids` (the XDP tier's
+    /// flow tags; one map lookup per accepted connection).
+    pub fn with_flow_ids(
+        metrics: Option<L7Metrics>,
+        access_log: Option<AccessLog>,
+        flow_ids: Option<FlowIdLookup>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            metrics,
+            access_log,
+            flow_ids,
+        })
+    }
+
+    /// The L4 flow id of the connection `socket_peer -> local` (the socket's own addresses,
+    /// not a PROXY header's: the datapath saw the packets).
+    pub fn flow_id(&self, socket_peer: SocketAddr, local: SocketAddr) -> Option<u64> {
+        self.flow_ids.as_ref()?(socket_peer, local)
+    }
+
+    pub(super) fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
+    }
+
+    /// The label handles for one proxy generation built from `config`.
+    pub(super) fn meters(&self, config: &L7Config) -> ProxyMeters {
+        let Some(metrics) = &self.metrics else {
+            return ProxyMeters::default();
+        };
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| {
+                let pool = PoolLabels {
+                    pool: p.name.clone(),
+                };
+                PoolMeters {
+                    duration: metrics.request_seconds.get_or_create_owned(&pool),
+                    retries: metrics.retries.get_or_create_owned(&pool),
+                    retries_denied: metrics.retries_denied.get_or_create_owned(&pool),
+                    connect_errors: p
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            metrics
+                                .upstream_connect_errors
+                                .get_or_create_owned(&BackendLabels {
+                                    pool: p.name.clone(),
+                                    backend: b.addr.to_string(),
+                                })
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        ProxyMeters {
+            live: Some(LiveMeters {
+                metrics: metrics.clone(),
+                pools,
+                pool_names: config.pools.iter().map(|p| p.name.clone()).collect(),
+                backends: config
+                    .pools
+                    .iter()
+                    .map(|p| p.backends.iter().map(|b| b.addr.to_string()).collect())
+                    .collect(),
+                route_listeners: config.routes.iter().map(|r| r.listener.clone()).collect(),
+                requests: RwLock::default(),
+            }),
+        }
+    }
+}
+
+/// One pool's pre-resolved metric handles.
+struct PoolMeters {
+    duration: Histogram,
+    retries: Counter,
+    retries_denied: Counter,
+    /// By backend index.
+    connect_errors: Vec<Counter>,
+}
+
+/// (route index, pool index, backend index, status); `usize::MAX`: none (no route, no backend).
+type RequestKey = (usize, usize, usize, u16);
+
+struct LiveMeters {
+    metrics: L7Metrics,
+    /// By pool index (config order).
+    pools: Vec<PoolMeters>,
+    pool_names: Vec<String>,
+    /// By pool index, then backend index.
+    backends: Vec<Vec<String>>,
+    /// By route index.
+    route_listeners: Vec<String>,
+    requests: RwLock<HashMap<RequestKey, Counter>>,
+}
+
+/// A proxy generation's metric handles; empty when the observer has no metrics.
+#[derive(Default)]
+pub(super) struct ProxyMeters {
+    live: Option<LiveMeters>,
+}
+
+const NONE: usize = usize::MAX;
+
+impl ProxyMeters {
+    /// A failed connection attempt to backend `backend` of pool `pool` (indices).
+    pub(super) fn connect_error(&self, pool: usize, backend: usize) {
+        if let Some(c) = self
+            .live
+            .as_ref()
+            .and_then(|l| l.pools.get(pool))
+            .and_then(|p| p.connect_errors.get(backend))
+        {
+            c.inc();
+        }
+    }
+
+    /// Counts one answered request.
+    pub(super) fn request(&self, listener: &str, outcome: &Outcome) {
+        let Some(live) = &self.live else { return };
+        let key = (
+            outcome.route.unwrap_or(NONE),
+            outcome.pool.unwrap_or(NONE),
+            outcome.backend.unwrap_or(NONE),
+            outcome.status,
+        );
+        let cached = live
+            .requests
+            .read()
+            .ok()
+            .and_then(|m| m.get(&key).map(Counter::inc));
+        if cached.is_none() {
+            live.resolve(listener, key).inc();
+        }
+        if let Some(p) = outcome.pool.and_then(|p| live.pools.get(p)) {
+            p.duration.observe(outcome.duration.as_secs_f64());
+            if outcome.retries > 0 {
+                p.retries.inc_by(u64::from(outcome.retries));
+            }
+            if outcome.retry_denied {
+                p.retries_denied.inc();
+            }
+        }
+    }
+}
+
+impl LiveMeters {
+    /// The request counter for `key`, created (labels formatted) on first use.
+    fn resolve(&self, listener: &str, key: RequestKey) -> Counter {
+        let (route, pool, backend, status) = key;
+        let labels = RequestLabels {
+            // A route's listener; a request that matched no route is labelled by its own.
+            listener: self
+                .route_listeners
+                .get(route)
+                .map_or(listener, String::as_str)
+                .to_owned(),
+            route: if route == NONE {
+                String::new()
+            } else {
+                route.to_string()
+            },
+            pool: self.pool_names.get(pool).cloned().unwrap_or_default(),
+            backend: self
+                .backends
+                .get(pool)
+                .and_then(|b| b.get(backend))
+                .cloned()
+                .unwrap_or_default(),
+            status,
+        };
+        let counter = self.metrics.requests.get_or_create_owned(&labels);
+        // The listener is part of the labels but not of the key: a request without a route
+        // is keyed by no listener, so it is not cached (404s are cheap anyway).
+        if route != NONE
+            && let Ok(mut m) = self.requests.write()
+        {
+            m.insert(key, counter.clone());
+        }
+        counter
+    }
+}
+
+/// What one request did, filled in by the proxy as it goes.
+#[derive(Debug, Default)]
+pub(super) struct Outcome {
+    /// Index of the route in the configuration.
+    pub route: Option<usize>,
+    /// Index of the pool in the configuration.
+    pub pool: Option<usize>,
+    /// Index of the last backend tried, within the pool.
+    pub backend: Option<usize>,
+    pub status: u16,
+    /// Request head to response head.
+    pub duration: Duration,
+    /// The last attempt's time to the upstream response head.
+    pub upstream_duration: Option<Duration>,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// A retry was wanted but the pool's budget refused it.
+    pub retry_denied: bool,
+    /// Failed upstream connection attempts.
+    pub connect_errors: u32,
+    /// Filled only when an access log is written.
+    pub access: Option<AccessRecord>,
+}
