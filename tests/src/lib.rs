@@ -3,6 +3,8 @@
 pub mod dsr;
 pub mod fib;
 pub mod http_server;
+pub mod lb_maps;
+pub mod lb_run;
 pub mod netns;
 pub mod packets;
 pub mod xdp_run;
