@@ -94,3 +94,55 @@ impl Drop for LbRun {
         let _ = self.child.wait();
     }
 }
+
+/// A pin directory for one test, `/sys/fs/bpf/lbt-<pid>-<tag>`: the pins in it are removed on
+/// drop (even when the test fails), and creating one first removes those of test runs whose
+/// process is gone.
+pub struct PinDir {
+    pub path: std::path::PathBuf,
+}
+
+impl PinDir {
+    pub fn new(tag: &str) -> Self {
+        sweep_stale_pins();
+        let path = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/{}-{}-{tag}",
+            crate::NETNS_PREFIX,
+            std::process::id()
+        ));
+        let _ = lb::xdp::pin::remove_pins(&path);
+        Self { path }
+    }
+
+    pub fn arg(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(err) = lb::xdp::pin::remove_pins(&self.path) {
+            eprintln!("warning: pins in {} left: {err}", self.path.display());
+        }
+    }
+}
+
+fn sweep_stale_pins() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else {
+        return;
+    };
+    let prefix = format!("{}-", crate::NETNS_PREFIX);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = lb::xdp::pin::remove_pins(&entry.path());
+        }
+    }
+}

@@ -17,7 +17,7 @@ use std::{
 use lb_tests::{
     dsr::{DsrTopology, REALS},
     lb_maps::{LbMaps, attached_prog_id},
-    lb_run::LbRun,
+    lb_run::{LbRun, PinDir},
     netns::{Netns, require_root},
 };
 
@@ -138,6 +138,8 @@ fn health_state_reaches_the_bpf_maglev_ring() {
         TempFile(std::env::temp_dir().join(format!("lb-health-ring-{}.toml", std::process::id())));
     std::fs::write(&file.0, backend_file(&topo, vip)).expect("write backend file");
     let file_arg = file.0.display().to_string();
+    let pins = PinDir::new("ring");
+    let pin_arg = pins.arg();
     let _lb = LbRun::start(
         &topo.lb,
         [
@@ -149,6 +151,8 @@ fn health_state_reaches_the_bpf_maglev_ring() {
             &file_arg,
             "--admin",
             "127.0.0.1:9900",
+            "--pin-dir",
+            &pin_arg,
         ],
     );
     let prog = attached_prog_id(&topo.lb, "l0").expect("lb_xdp attached to l0");
