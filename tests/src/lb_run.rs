@@ -17,6 +17,8 @@ use crate::{lb_bin, netns::Netns};
 pub struct LbRun {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
+    /// What it printed up to and including its admin line.
+    pub startup: Vec<String>,
 }
 
 impl LbRun {
@@ -46,17 +48,26 @@ impl LbRun {
         let mut child = command.spawn().expect("spawn lb run");
         drop(netns);
         let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut lb = Self { child, stdout };
+        let mut lb = Self {
+            child,
+            stdout,
+            startup: Vec::new(),
+        };
         lb.wait_line("admin ");
         lb
     }
 
-    /// Reads stdout until a line starting with `prefix`; returns it.
+    /// Reads stdout until a line starting with `prefix`; returns it (all lines read are kept
+    /// in `startup`).
     pub fn wait_line(&mut self, prefix: &str) -> String {
         loop {
             match self.stdout.next() {
-                Some(Ok(line)) if line.starts_with(prefix) => return line,
-                Some(Ok(_)) => {}
+                Some(Ok(line)) => {
+                    self.startup.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
                 Some(Err(e)) => panic!("reading lb output: {e}"),
                 None => panic!(
                     "lb run exited before printing {prefix:?}: {:?}",
