@@ -47,8 +47,11 @@ fn attach(ns: &Netns, dir: &Path, mode: AttachMode) -> Result<AttachedXdp, XdpEr
         .expect("thread in netns")
 }
 
+/// A VIP, its index, and its reals' ids.
+type VipIds = (SocketAddr, u32, Vec<(IpAddr, u32)>);
+
 /// Every (VIP, real) id and VIP index a dataplane knows for `config`.
-fn ids(dp: &L4Dataplane, config: &L4Config) -> Vec<(SocketAddr, u32, Vec<(IpAddr, u32)>)> {
+fn ids(dp: &L4Dataplane, config: &L4Config) -> Vec<VipIds> {
     config
         .vips
         .iter()
