@@ -67,6 +67,9 @@ pub struct VipMeta {
 /// `Real::flags`: the real takes no flows; established flows to it are re-hashed.
 pub const REAL_DOWN: u8 = 1;
 
+/// `Real::vip` of an id whose VIP was removed: the id stays reserved, nothing uses it.
+pub const NO_VIP: u16 = u16::MAX;
+
 /// `REALS` array value, indexed by real id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,7 +77,9 @@ pub struct Real {
     pub addr: [u32; 4],
     pub family: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// Index of the VIP this id belongs to (ids are per (VIP, real)), or [`NO_VIP`]. The
+    /// datapath ignores it; a restarted `lb` reading pinned maps rebuilds its ids from it.
+    pub vip: u16,
 }
 
 /// A flow as the client sent it: connection-table and flow-tag key.

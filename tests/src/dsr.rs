@@ -107,3 +107,72 @@ impl DsrTopology {
         IpAddr::from([10, self.subnet, i as u8 + 1, 2])
     }
 }
+
+/// An HTTP/1.1 keep-alive server answering every request with `name` (which real answered).
+pub fn serve_name(listener: std::net::TcpListener, name: String) {
+    use std::io::{BufRead, BufReader, Write};
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let Ok(mut writer) = conn.try_clone() else {
+                return;
+            };
+            let mut reader = BufReader::new(conn);
+            loop {
+                // Request line and headers, up to the blank line.
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" => {}
+                    Ok(_) => continue,
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{name}",
+                    name.len()
+                );
+                if writer.write_all(response.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// GET / on an open connection to a [`serve_name`] server; returns the body.
+pub fn get_name(conn: &mut std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A TCP connection from `client_ip:port` (call inside the client namespace).
+pub fn connect_from(
+    client_ip: IpAddr,
+    port: u16,
+    to: std::net::SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&std::net::SocketAddr::new(client_ip, port).into())?;
+    socket.connect_timeout(&to.into(), std::time::Duration::from_secs(3))?;
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    Ok(stream)
+}

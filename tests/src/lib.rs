@@ -3,7 +3,9 @@
 pub mod dsr;
 pub mod fib;
 pub mod http_server;
+pub mod lb_maps;
 pub mod lb_run;
+pub mod lb_run_netns;
 pub mod named_backend;
 pub mod netns;
 pub mod packets;

@@ -27,6 +27,14 @@ pub struct RunArgs {
     iface: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: AttachMode,
+    /// Where the XDP tier pins its maps and link (default /sys/fs/bpf/lb/IFACE). A restarted
+    /// lb takes over what it finds there: established L4 flows keep their reals.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, leave the XDP program attached and pinned (L4 flows keep flowing
+    /// while no lb runs); L7 still drains. Default: detach and remove the pins.
+    #[arg(long)]
+    keep_fast_path: bool,
     /// A VIP for the XDP tier, ADDR:PORT[/tcp|udp] (repeatable; needs --iface).
     #[arg(long = "vip")]
     vips: Vec<String>,
@@ -82,6 +90,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.vips.is_empty() || args.iface.is_some(),
         "--vip needs --iface (the interface the XDP tier attaches to)"
     );
+    anyhow::ensure!(
+        args.iface.is_some() || (args.pin_dir.is_none() && !args.keep_fast_path),
+        "--pin-dir and --keep-fast-path are about the XDP tier: they need --iface"
+    );
     let flags = ServiceFlags {
         listen: args.listen.clone(),
         vips: args.vips.clone(),
@@ -119,6 +131,8 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
         iface: args.iface.clone(),
         xdp_mode: args.xdp_mode,
         access_log: args.access_log.clone(),
+        pin_dir: args.pin_dir.clone(),
+        keep_fast_path: args.keep_fast_path,
     })
     .await?;
     let (commands_tx, mut commands) = tokio::sync::mpsc::channel(16);
@@ -137,6 +151,12 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
     }
     if let Some((iface, mode)) = manager.xdp_mode() {
         println!("attached iface={iface} mode={mode}");
+    }
+    if let Some((dir, reused_link, reused_maps)) = manager.xdp_pins() {
+        println!(
+            "pinned dir={} reused_link={reused_link} reused_maps={reused_maps}",
+            dir.display()
+        );
     }
     println!("admin http://{admin}/");
     tracing::info!(%admin, "lb running");

@@ -17,8 +17,8 @@ use aya::{
 };
 use lb_common::{
     l4::{
-        EncapConfig, FAMILY_V4, FAMILY_V6, MAX_REALS, MAX_VIPS, NO_REAL, REAL_DOWN, Real,
-        VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, addr_words, ring_index,
+        EncapConfig, FAMILY_V4, FAMILY_V6, MAX_REALS, MAX_VIPS, NO_REAL, NO_VIP, REAL_DOWN, Real,
+        VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, addr_bytes, addr_words, ring_index,
     },
     map_names,
 };
@@ -65,8 +65,9 @@ type VipIdent = (SocketAddr, Protocol);
 struct InstalledVip {
     key: VipKey,
     meta: VipMeta,
-    /// (real address, effective weight) the active ring was built from.
-    ring_input: Vec<(IpAddr, u32)>,
+    /// (real address, effective weight) the active ring was built from; `None` when the
+    /// ring was found in pinned maps (the next apply rebuilds it).
+    ring_input: Option<Vec<(IpAddr, u32)>>,
     reals: HashSet<IpAddr>,
     flipped_at: Option<Instant>,
 }
@@ -103,6 +104,36 @@ fn vip_key(addr: SocketAddr, protocol: Protocol, port: u16) -> VipKey {
     }
 }
 
+/// A VIP index as `Real::vip` holds it (indices are below `MAX_VIPS`, far below `NO_VIP`).
+fn vip_tag(index: u32) -> u16 {
+    u16::try_from(index).unwrap_or(NO_VIP)
+}
+
+/// The VIP a `VIPS` key stands for (port 0 keys are fragment aliases, not VIPs).
+fn vip_ident(key: &VipKey) -> Option<VipIdent> {
+    let protocol = match key.proto {
+        6 => Protocol::Tcp,
+        17 => Protocol::Udp,
+        _ => return None,
+    };
+    let ip = key_addr(key.family, key.addr)?;
+    Some((SocketAddr::new(ip, key.port), protocol))
+}
+
+/// A used `REALS` slot's address (unused slots are all zero).
+fn real_addr(real: &Real) -> Option<IpAddr> {
+    key_addr(real.family, real.addr)
+}
+
+fn key_addr(family: u8, words: [u32; 4]) -> Option<IpAddr> {
+    let bytes = addr_bytes(words);
+    match family {
+        FAMILY_V4 => Some(IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
+        FAMILY_V6 => Some(IpAddr::from(bytes)),
+        _ => None,
+    }
+}
+
 fn map_err(map: &'static str) -> impl Fn(MapError) -> L4Error {
     move |source| L4Error::Map { map, source }
 }
@@ -113,6 +144,70 @@ impl L4Dataplane {
             next_real_id: NO_REAL + 1,
             ..Self::default()
         }
+    }
+
+    /// Rebuilds the ids from maps a previous `lb` left pinned: `VIPS` gives each VIP's
+    /// index, ring size, forwarding and live half (and the fragment aliases); `REALS` each
+    /// real id's address and VIP. Ids are then kept exactly, so connection-table entries
+    /// (which name real ids) stay valid across the restart. Rings are not read back: the
+    /// first `apply` rebuilds each VIP's ring into its idle half and flips (Maglev is
+    /// deterministic: the same config gives the same table).
+    pub fn recover(ebpf: &mut Ebpf) -> Result<Self, L4Error> {
+        let mut dp = Self::new();
+        let entries: Vec<(VipKey, VipMeta)> = Self::vips_map(ebpf)?
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::VIPS))?;
+        let mut by_index: HashMap<u32, VipIdent> = HashMap::new();
+        for (key, meta) in entries {
+            if key.port == 0 {
+                dp.aliases.insert(key);
+                continue;
+            }
+            let Some(ident) = vip_ident(&key) else {
+                tracing::warn!(?key, "pinned VIPS entry not understood; ignored");
+                continue;
+            };
+            by_index.insert(meta.index, ident);
+            dp.vips.insert(
+                ident,
+                InstalledVip {
+                    key,
+                    meta,
+                    ring_input: None,
+                    reals: HashSet::new(),
+                    flipped_at: None,
+                },
+            );
+        }
+        let name = map_names::REALS;
+        let reals: Array<&MapData, Real> = ebpf
+            .map(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        let mut highest = NO_REAL;
+        for id in NO_REAL + 1..reals.len().min(MAX_REALS) {
+            let real = reals.get(&id, 0).map_err(map_err(name))?;
+            let Some(addr) = real_addr(&real) else {
+                continue;
+            };
+            // Every used id stays reserved, even one whose VIP is gone.
+            highest = id;
+            let Some(&ident) = by_index.get(&u32::from(real.vip)) else {
+                continue;
+            };
+            // Ids only grow, so a later id for the same (VIP, address) is the live one.
+            if let Some(older) = dp.real_ids.insert((ident, addr), id) {
+                dp.real_addrs.remove(&older);
+            }
+            dp.real_addrs.insert(id, (ident, addr));
+            if let Some(vip) = dp.vips.get_mut(&ident) {
+                vip.reals.insert(addr);
+            }
+        }
+        dp.next_real_id = highest + 1;
+        Ok(dp)
     }
 
     /// The (VIP, real address) a real id stands for.
@@ -187,7 +282,13 @@ impl L4Dataplane {
             .map_err(map_err(name))
     }
 
-    fn write_real(ebpf: &mut Ebpf, id: u32, addr: IpAddr, down: bool) -> Result<(), L4Error> {
+    fn write_real(
+        ebpf: &mut Ebpf,
+        id: u32,
+        addr: IpAddr,
+        down: bool,
+        vip: u16,
+    ) -> Result<(), L4Error> {
         let name = map_names::REALS;
         let mut map: Array<&mut MapData, Real> = ebpf
             .map_mut(name)
@@ -199,7 +300,7 @@ impl L4Dataplane {
             addr: addr_words(bytes),
             family,
             flags: if down { REAL_DOWN } else { 0 },
-            _pad: [0; 2],
+            vip,
         };
         map.set(id, real, 0).map_err(map_err(name))
     }
@@ -242,7 +343,7 @@ impl L4Dataplane {
         // nothing that still holds their ids keeps using them.
         for addr in vip.reals {
             if let Some(&id) = self.real_ids.get(&(ident, addr)) {
-                Self::write_real(ebpf, id, addr, true)?;
+                Self::write_real(ebpf, id, addr, true, NO_VIP)?;
             }
         }
         Ok(())
@@ -261,7 +362,7 @@ impl L4Dataplane {
         let mut ids = Vec::with_capacity(vip.reals.len());
         for real in &vip.reals {
             let id = self.real_id_for(ident, real.addr)?;
-            Self::write_real(ebpf, id, real.addr, real.down)?;
+            Self::write_real(ebpf, id, real.addr, real.down, vip_tag(index))?;
             ring_input.push((real.addr, if real.down { 0 } else { real.weight }));
             ids.push(id);
         }
@@ -270,7 +371,7 @@ impl L4Dataplane {
             for gone in installed.reals.difference(&now_reals) {
                 if let Some(&id) = self.real_ids.get(&(ident, *gone)) {
                     // Removed from the config: its established flows are re-hashed.
-                    Self::write_real(ebpf, id, *gone, true)?;
+                    Self::write_real(ebpf, id, *gone, true, vip_tag(index))?;
                 }
             }
         }
@@ -280,8 +381,9 @@ impl L4Dataplane {
             Forward::Local => VIP_FORWARD_LOCAL,
         };
         let previous = self.vips.get(&ident);
-        let unchanged_ring = previous
-            .is_some_and(|p| p.ring_input == ring_input && p.meta.ring_size == vip.ring_size);
+        let unchanged_ring = previous.is_some_and(|p| {
+            p.ring_input.as_ref() == Some(&ring_input) && p.meta.ring_size == vip.ring_size
+        });
         let (active_half, flipped_at, rebuilt) = if unchanged_ring {
             let p = previous.expect("checked above");
             (p.meta.active_half, p.flipped_at, false)
@@ -336,7 +438,7 @@ impl L4Dataplane {
             InstalledVip {
                 key,
                 meta,
-                ring_input,
+                ring_input: Some(ring_input),
                 reals: now_reals,
                 flipped_at,
             },

@@ -38,6 +38,10 @@ pub struct RunOptions {
     pub xdp_mode: AttachMode,
     /// JSON access log: a file, or `-` for standard output.
     pub access_log: Option<PathBuf>,
+    /// Where the XDP tier's maps and link are pinned (default: `/sys/fs/bpf/lb/<iface>`).
+    pub pin_dir: Option<PathBuf>,
+    /// On shutdown, leave the XDP program attached and pinned (L7 still drains).
+    pub keep_fast_path: bool,
 }
 
 struct XdpTier {
@@ -100,6 +104,66 @@ impl RateSample {
     }
 }
 
+impl XdpTier {
+    /// Attaches with pins, taking over what a previous `lb` left pinned: its maps (the
+    /// connection table keeps established flows on their reals) and its link (the program is
+    /// replaced in place). The dataplane's ids are rebuilt from the reused maps, so the
+    /// connection table's real ids keep meaning the same reals.
+    fn start(iface: &str, options: &RunOptions, config: &Config) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let dir = options
+            .pin_dir
+            .clone()
+            .unwrap_or_else(|| xdp::pin::default_pin_dir(iface));
+        let mut attached = xdp::attach_pinned(iface, options.xdp_mode, &dir)
+            .with_context(|| format!("attaching the XDP datapath to {iface}"))?;
+        tracing::info!(
+            %iface,
+            pins = %dir.display(),
+            reused_link = attached.reused_link(),
+            reused_maps = attached.reused_maps(),
+            "XDP datapath attached"
+        );
+        let dataplane = if attached.reused_maps() {
+            L4Dataplane::recover(attached.ebpf_mut())
+                .context("rebuilding the VIP and real ids from the pinned maps")
+        } else {
+            Ok(L4Dataplane::new())
+        };
+        let installed = dataplane.and_then(|mut dataplane| {
+            dataplane
+                .apply(attached.ebpf_mut(), &config.l4)
+                .context("installing the VIPs")?;
+            let logs = xdp::forward_logs(attached.ebpf_mut())?;
+            Ok((dataplane, logs))
+        });
+        match installed {
+            Ok((dataplane, logs)) => Ok(Self {
+                attached,
+                dataplane,
+                logs,
+            }),
+            Err(err) => {
+                if !attached.reused_link() {
+                    let _ = attached.detach();
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Start-up failed after the attach: a fast path this process created goes again; one it
+    /// took over stays as it was found (pinned, still forwarding).
+    fn abandon_start(self) {
+        self.logs.abort();
+        if self.attached.reused_link() {
+            self.attached.leave_pinned();
+        } else if let Err(err) = self.attached.detach() {
+            tracing::warn!(error = %anyhow::Error::from(err), "detaching after a failed start");
+        }
+    }
+}
+
 impl Manager {
     /// Reads the backend file (refusing a bad one), attaches the XDP tier when asked, starts
     /// the L7 listeners and the health checks. Health transitions arrive on the returned
@@ -111,29 +175,22 @@ impl Manager {
         let config = flags::load(&options.backends, &options.flags)?;
         let xdp = match &options.iface {
             None => None,
-            Some(iface) => {
-                let mut attached = xdp::attach(iface, options.xdp_mode)
-                    .with_context(|| format!("attaching the XDP datapath to {iface}"))?;
-                let logs = xdp::forward_logs(attached.ebpf_mut())?;
-                let mut dataplane = L4Dataplane::new();
-                dataplane
-                    .apply(attached.ebpf_mut(), &config.l4)
-                    .context("installing the VIPs")?;
-                Some(XdpTier {
-                    attached,
-                    dataplane,
-                    logs,
-                })
-            }
+            Some(iface) => Some(XdpTier::start(iface, &options, &config)?),
         };
         let status = Arc::new(ArcSwap::from_pointee(Status::default()));
         let metrics = Arc::new(Metrics::new(status.clone()));
-        let access_log = match &options.access_log {
+        let access_log = match options.access_log.as_ref().map(|path| {
+            l7::AccessLog::open(path)
+                .with_context(|| format!("opening the access log {}", path.display()))
+        }) {
             None => None,
-            Some(path) => Some(
-                l7::AccessLog::open(path)
-                    .with_context(|| format!("opening the access log {}", path.display()))?,
-            ),
+            Some(Ok(log)) => Some(log),
+            Some(Err(err)) => {
+                if let Some(x) = xdp {
+                    x.abandon_start();
+                }
+                return Err(err);
+            }
         };
         // Connections to local VIPs learn the flow id the XDP tier tagged them with.
         let flow_ids = xdp
@@ -147,9 +204,15 @@ impl Manager {
                 }
             });
         let observer = l7::Observer::with_flow_ids(Some(metrics.l7.clone()), access_log, flow_ids);
-        let l7 = l7::serve_observed(config.l7.clone(), observer)
-            .await
-            .context("starting the L7 listeners")?;
+        let l7 = match l7::serve_observed(config.l7.clone(), observer).await {
+            Ok(l7) => l7,
+            Err(err) => {
+                if let Some(x) = xdp {
+                    x.abandon_start();
+                }
+                return Err(anyhow::Error::from(err).context("starting the L7 listeners"));
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let mut manager = Self {
             config_status: ConfigStatus {
@@ -176,6 +239,13 @@ impl Manager {
 
     pub fn listeners(&self) -> &[(String, SocketAddr)] {
         &self.l7.listeners
+    }
+
+    /// (pin directory, reused link, reused maps) of the XDP tier.
+    pub fn xdp_pins(&self) -> Option<(&std::path::Path, bool, bool)> {
+        let x = self.xdp.as_ref()?;
+        let dir = x.attached.pin_dir()?;
+        Some((dir, x.attached.reused_link(), x.attached.reused_maps()))
     }
 
     pub fn xdp_mode(&self) -> Option<(&str, &'static str)> {
@@ -524,8 +594,9 @@ impl Manager {
         (vips, Some(xdp))
     }
 
-    /// Stops: health checks end, L7 connections drain for up to `grace`, the XDP program is
-    /// detached. Returns how many L7 connections were cut.
+    /// Stops: health checks end, L7 connections drain for up to `grace`, then the XDP program
+    /// is detached and its pins removed, or (`keep_fast_path`) left attached and pinned for the
+    /// next `lb`. Returns how many L7 connections were cut.
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<usize> {
         for c in &self.checkers {
             c.abort();
@@ -533,7 +604,11 @@ impl Manager {
         let cut = self.l7.shutdown(grace).await;
         if let Some(x) = self.xdp {
             x.logs.abort();
-            x.attached.detach()?;
+            if self.options.keep_fast_path {
+                x.attached.leave_pinned();
+            } else {
+                x.attached.detach()?;
+            }
         }
         Ok(cut)
     }

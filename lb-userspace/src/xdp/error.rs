@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use thiserror::Error;
 
 /// Everything that can go wrong between the embedded object and a running XDP program.
@@ -32,4 +34,44 @@ pub enum XdpError {
     Log(#[source] aya_log::Error),
     #[error("watching the aya-log ring buffer")]
     LogPoll(#[source] std::io::Error),
+    #[error("parsing the embedded XDP object")]
+    Object(#[source] aya_obj::ParseError),
+    #[error("pin directory {dir}")]
+    PinDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading pinned map {path}")]
+    PinnedMap {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "pinned map {path} does not fit this lb ({detail}); remove the pins (see README) and start again"
+    )]
+    IncompatiblePin { path: PathBuf, detail: String },
+    #[error(
+        "the datapath pinned in {dir} is attached in {pinned} mode, not {asked}; ask for {pinned} (or auto), or remove the pins"
+    )]
+    PinnedMode {
+        dir: PathBuf,
+        pinned: &'static str,
+        asked: &'static str,
+    },
+    #[error("pinning the XDP link at {path}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error(
+        "the XDP attachment on {iface} is not a bpf_link (kernel too old?), so it cannot be pinned"
+    )]
+    NotALink {
+        iface: String,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
 }

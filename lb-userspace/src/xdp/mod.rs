@@ -4,10 +4,11 @@ mod attach;
 mod error;
 mod logs;
 mod object;
+pub mod pin;
 mod stats;
 
-pub use attach::{AttachMode, AttachedXdp, attach, attach_program};
+pub use attach::{AttachMode, AttachedXdp, attach, attach_pinned, attach_program};
 pub use error::XdpError;
 pub use logs::forward_logs;
-pub use object::{load, object_bytes};
+pub use object::{load, load_pinned, object_bytes};
 pub use stats::{XdpStats, read_stats};
