@@ -320,8 +320,6 @@ fn backend_file() -> String {
 name = \"{POOL}\"
 algorithm = \"round_robin\"
 retries = 2                    # idempotent requests whose backend failed go to another one
-max_fails = 0                  # no passive ejection: the health checks alone take backends
-                               # out and back (an ejection would outlast the recovery)
   [pool.health_check]
   type = \"http\"
   path = \"{}\"

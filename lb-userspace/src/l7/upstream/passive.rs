@@ -108,10 +108,18 @@ impl BackendHealth {
         }
     }
 
-    /// Active health checks: take backend `i` out (`true`) or put it back.
+    /// Active health checks: take backend `i` out (`true`) or put it back. Putting it back
+    /// also ends a passive ejection: the active check just proved the backend answers, and the
+    /// failures that ejected it were from before it went down (Envoy's
+    /// `successful_active_health_check_uneject_host`, on by default there too). Without this a
+    /// restarted backend would wait out `fail_timeout` after passing its checks.
     pub fn set_down(&self, i: usize, down: bool) {
         if let Some(b) = self.backends.get(i) {
-            b.down.store(down, Ordering::Relaxed);
+            let was_down = b.down.swap(down, Ordering::Relaxed);
+            if was_down && !down {
+                b.consecutive_failures.store(0, Ordering::Relaxed);
+                b.ejected_until_ms.store(0, Ordering::Relaxed);
+            }
         }
     }
 
@@ -190,6 +198,26 @@ mod tests {
         assert!(health.is_available(1));
         health.record_success(0);
         assert!(health.is_available(0));
+    }
+
+    #[test]
+    fn an_active_check_bringing_a_backend_back_ends_its_ejection() {
+        let health = BackendHealth::new(1, 2, Duration::from_secs(60));
+        health.record_failure(0);
+        health.record_failure(0);
+        health.set_down(0, true);
+        assert!(!health.is_available(0));
+        // Still down: a repeated "down" changes nothing.
+        health.set_down(0, true);
+        assert!(health.status(0).is_some_and(|s| s.ejected_for.is_some()));
+        health.set_down(0, false);
+        assert!(health.is_available(0), "back up, not waiting out fail_timeout");
+        assert_eq!(health.status(0).map(|s| s.consecutive_failures), Some(0));
+        // An ejection of a backend that was never down is the passive check's own business.
+        health.record_failure(0);
+        health.record_failure(0);
+        health.set_down(0, false);
+        assert!(!health.is_available(0));
     }
 
     #[test]
