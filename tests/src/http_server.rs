@@ -36,7 +36,10 @@ pub struct Behaviour {
 /// What the server saw.
 #[derive(Default)]
 pub struct Seen {
+    /// Every request, health checks included.
     pub requests: AtomicU64,
+    /// Requests for `/healthz` (what tests point active health checks at).
+    pub health_checks: AtomicU64,
     pub connections: AtomicU64,
     pub http2_requests: AtomicU64,
     pub resumed_tls: AtomicU64,
@@ -166,6 +169,9 @@ async fn handle(
     gate: &tokio::sync::Mutex<()>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let n = seen.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    if req.uri().path() == "/healthz" {
+        seen.health_checks.fetch_add(1, Ordering::Relaxed);
+    }
     if req.version() == Version::HTTP_2 {
         seen.http2_requests.fetch_add(1, Ordering::Relaxed);
     }
