@@ -211,7 +211,10 @@ mod tests {
         health.set_down(0, true);
         assert!(health.status(0).is_some_and(|s| s.ejected_for.is_some()));
         health.set_down(0, false);
-        assert!(health.is_available(0), "back up, not waiting out fail_timeout");
+        assert!(
+            health.is_available(0),
+            "back up, not waiting out fail_timeout"
+        );
         assert_eq!(health.status(0).map(|s| s.consecutive_failures), Some(0));
         // An ejection of a backend that was never down is the passive check's own business.
         health.record_failure(0);
