@@ -6,7 +6,11 @@ use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::{Request, Response, body::Incoming};
+use hyper::{
+    Request, Response, Uri,
+    body::Incoming,
+    http::uri::{Authority, PathAndQuery, Scheme},
+};
 use hyper_util::{
     client::legacy::Client,
     rt::{TokioExecutor, TokioTimer},
@@ -38,6 +42,8 @@ pub struct Pool {
     connector: UpstreamConnector,
     /// Shared by all clients (pools without PROXY headers).
     client: UpstreamClient,
+    /// Each backend's `IP:PORT` as a URI authority, made once.
+    authorities: Vec<Option<Authority>>,
     pub state: Arc<PoolState>,
 }
 
@@ -57,7 +63,14 @@ impl Pool {
         };
         let connector = UpstreamConnector::new(config.connect_timeout, config.tls.clone());
         let client = build_client(connector.clone(), &config);
+        let authorities = config
+            .backends
+            .iter()
+            // A socket address's text is always a valid authority.
+            .map(|b| Authority::from_maybe_shared(Bytes::from(b.addr.to_string())).ok())
+            .collect();
         Ok(Self {
+            authorities,
             inflight: inflight.clone(),
             selection,
             connector,
@@ -103,30 +116,33 @@ impl Pool {
     /// backends are skipped too, unless nothing else is left (then a guess beats a certain 503,
     /// as Envoy's panic mode does).
     pub fn pick(&self, key: u64, tried: &[usize]) -> Option<usize> {
+        self.pick_skipping(key, tried, &[])
+    }
+
+    /// `pick`, also skipping `full` (backends found over their cap).
+    fn pick_skipping(&self, key: u64, tried: &[usize], full: &[usize]) -> Option<usize> {
         let health = &self.state.health;
         let factor = |i| health.weight_factor(i);
+        let skip = |i| tried.contains(&i) || full.contains(&i) || self.at_cap(i);
         self.selection
-            .select_weighted(
-                key,
-                &|i| tried.contains(&i) || self.at_cap(i) || !health.is_available(i),
-                &factor,
-            )
+            .select_weighted(key, &|i| skip(i) || !health.is_available(i), &factor)
             .or_else(|| {
-                self.selection.select_weighted(
-                    key,
-                    &|i| tried.contains(&i) || self.at_cap(i) || !health.is_up(i),
-                    &factor,
-                )
+                self.selection
+                    .select_weighted(key, &|i| skip(i) || !health.is_up(i), &factor)
             })
     }
 
-    /// The URI scheme of upstream requests (HTTP/2 sends it as :scheme).
-    pub fn scheme(&self) -> &'static str {
-        if self.config.tls.is_some() {
-            "https"
+    /// The URI of a request for `target` on backend `i` (HTTP/2 sends the scheme as :scheme).
+    pub fn upstream_uri(&self, i: usize, target: PathAndQuery) -> Uri {
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(if self.config.tls.is_some() {
+            Scheme::HTTPS
         } else {
-            "http"
-        }
+            Scheme::HTTP
+        });
+        parts.authority = self.authorities.get(i).cloned().flatten();
+        parts.path_and_query = Some(target);
+        Uri::from_parts(parts).unwrap_or_default()
     }
 
     fn cap(&self, i: usize) -> Option<u32> {
@@ -144,12 +160,13 @@ impl Pool {
     /// Picks a backend (as `pick`) and counts the request on it; the count is taken before the
     /// cap is checked again, so concurrent requests never push a backend over its cap.
     pub fn acquire(&self, key: u64, tried: &[usize]) -> Option<(usize, InFlightGuard<'_>)> {
-        let mut skip = tried.to_vec();
+        // Allocates only when a backend turns out to be full.
+        let mut full = Vec::new();
         loop {
-            let i = self.pick(key, &skip)?;
+            let i = self.pick_skipping(key, tried, &full)?;
             let guard = self.inflight.start(i);
             if self.cap(i).is_some_and(|cap| self.inflight.get(i) > cap) {
-                skip.push(i);
+                full.push(i);
                 continue;
             }
             return Some((i, guard));

@@ -6,6 +6,7 @@
 //! backend not tried yet, at most `retries` times, while the pool's retry budget
 //! (`upstream/budget.rs`) has room. Everything else gets one attempt.
 use std::{
+    borrow::Cow,
     collections::HashMap,
     hash::{Hash, Hasher},
     net::{IpAddr, SocketAddr},
@@ -16,13 +17,18 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::{Method, Request, Response, StatusCode, Uri, body::Incoming, header};
+use hyper::{
+    Method, Request, Response, StatusCode, Uri,
+    body::{Body as _, Incoming},
+    header::{self, HeaderValue},
+    http::uri::PathAndQuery,
+};
 
 use super::{
     access_log::{AccessRecord, CountedBody, LoggedBody},
     body::{self, BodyLimits, BodyWatch},
-    config::{HashKey, L7Config},
-    headers::{client_ip, remove_hop_by_hop, set_forwarded},
+    config::{Algorithm, HashKey, L7Config, RouteConfig},
+    headers::{client_ip, remove_hop_by_hop, request_id, set_forwarded},
     observe::{Observer, Outcome, ProxyMeters},
     pool::{Pool, ProxyBody},
     routing::{Routed, Router, host_of, upstream_path},
@@ -36,21 +42,27 @@ pub struct Proxy {
     /// Shared with the previous generation when a reload left the pool unchanged.
     pools: HashMap<String, PoolEntry>,
     router: Router,
-    /// Per listener: largest declared request body.
-    max_body: HashMap<String, u64>,
+    /// Per listener: its request rules (one lookup per request).
+    listeners: HashMap<String, ListenerRules>,
     /// Connections closed for a missing or bad PROXY header from a trusted source.
     pub proxy_header_errors: Arc<AtomicU64>,
     request_ids: AtomicU64,
     /// Per-process random prefix so request ids from different lb processes differ.
     id_prefix: u64,
-    /// Per listener: peers whose X-Forwarded-For is believed.
-    trusted_proxies: HashMap<String, Vec<ipnet::IpNet>>,
-    /// Per listener: streamed request body limits.
-    body_limits: HashMap<String, BodyLimits>,
     /// Metrics and access log, shared by every generation.
     observer: Arc<Observer>,
     /// This generation's metric handles.
     meters: ProxyMeters,
+}
+
+/// What a listener's requests are checked against.
+struct ListenerRules {
+    /// Largest declared request body.
+    max_body: u64,
+    /// Peers whose X-Forwarded-For is believed.
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Streamed request body limits.
+    body_limits: Option<BodyLimits>,
 }
 
 struct PoolEntry {
@@ -95,6 +107,19 @@ impl Proxy {
             };
             pools.insert(p.name.clone(), PoolEntry { pool, index });
         }
+        let body_limits = body::limits_by_listener(config);
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let rules = ListenerRules {
+                    max_body: l.max_body_bytes,
+                    trusted_proxies: l.trusted_proxies.clone(),
+                    body_limits: body_limits.get(&l.name).copied(),
+                };
+                (l.name.clone(), rules)
+            })
+            .collect();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -103,21 +128,11 @@ impl Proxy {
             Self {
                 pools,
                 router: Router::new(config.routes.clone()),
-                max_body: config
-                    .listeners
-                    .iter()
-                    .map(|l| (l.name.clone(), l.max_body_bytes))
-                    .collect(),
+                listeners,
                 proxy_header_errors: previous
                     .map_or_else(Default::default, |p| p.proxy_header_errors.clone()),
                 request_ids: AtomicU64::new(0),
                 id_prefix: seed,
-                trusted_proxies: config
-                    .listeners
-                    .iter()
-                    .map(|l| (l.name.clone(), l.trusted_proxies.clone()))
-                    .collect(),
-                body_limits: body::limits_by_listener(config),
                 meters: observer.meters(config),
                 observer,
             },
@@ -140,9 +155,9 @@ impl Proxy {
         self.pools.get(name).map(|p| &*p.pool)
     }
 
-    fn new_request_id(&self) -> String {
+    fn new_request_id(&self) -> HeaderValue {
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{n:08x}", self.id_prefix)
+        request_id(self.id_prefix, n)
     }
 
     /// Answers one request that arrived on `listener` from `peer` (the true client when a PROXY
@@ -162,7 +177,7 @@ impl Proxy {
                 client: Some(peer),
                 listener: listener.to_owned(),
                 method: req.method().as_str().to_owned(),
-                host: host_of(&req),
+                host: host_of(&req).map(Cow::into_owned),
                 path: req.uri().path().to_owned(),
                 flow_id: conn.flow_id,
                 ..AccessRecord::default()
@@ -204,16 +219,16 @@ impl Proxy {
         conn: &ConnInfo,
         outcome: &mut Outcome,
     ) -> Response<ProxyBody> {
+        let rules = self.listeners.get(listener);
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| self.max_body.get(listener).is_some_and(|max| n > *max)) {
+        if declared.is_some_and(|n| rules.is_some_and(|r| n > r.max_body)) {
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
         let host = host_of(&req);
-        let path = req.uri().path().to_owned();
         let Some(Routed { index, route, pool }) =
             self.router.route(listener, &req, host.as_deref())
         else {
@@ -228,17 +243,18 @@ impl Proxy {
             return plain(StatusCode::BAD_GATEWAY, "no pool\n");
         };
         outcome.pool = Some(*pool_index);
-        let upstream_path = upstream_path(route, &path);
-        let path_and_query = match req.uri().query() {
-            Some(q) => format!("{upstream_path}?{q}"),
-            None => upstream_path,
+        let Some(path_and_query) = upstream_target(route, req.uri()) else {
+            return plain(StatusCode::BAD_REQUEST, "bad request target\n");
         };
-        let trusted = self
-            .trusted_proxies
-            .get(listener)
-            .map_or(&[][..], Vec::as_slice);
+        let forwarded_host = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
+        drop(host);
+        let trusted = rules.map_or(&[][..], |r| r.trusted_proxies.as_slice());
         let client = client_ip(peer.ip(), req.headers(), trusted);
-        let key = hash_key(&pool.config.hash_key, &req, client);
+        // Only the consistent hash reads the key.
+        let key = match pool.config.algorithm {
+            Algorithm::ConsistentHash => hash_key(&pool.config.hash_key, &req, client),
+            _ => 0,
+        };
         let retryable = idempotent(req.method()) && !has_body(&req);
 
         let mut req = req;
@@ -250,18 +266,21 @@ impl Proxy {
         }
         let request_id = set_forwarded(
             &mut parts.headers,
-            peer.ip(),
+            &conn.peer,
             client,
             scheme,
-            host.as_deref(),
+            forwarded_host,
             || self.new_request_id(),
         );
         parts.version = hyper::Version::HTTP_11;
-        let watch = BodyWatch::default();
-        let limits = self.body_limits.get(listener).copied();
-        let mut body = body::limited(body, limits, &watch);
+        // A request without a body (most GETs) needs neither the limits nor the watch.
+        let watch = (!body.is_end_stream()).then(BodyWatch::default);
+        let mut body = match &watch {
+            Some(watch) => body::limited(body, rules.and_then(|r| r.body_limits), watch),
+            None => Empty::new().map_err(|never| match never {}).boxed(),
+        };
         if let Some(record) = &mut outcome.access {
-            record.request_id = Some(request_id);
+            record.request_id = request_id.to_str().ok().map(str::to_owned);
             body = CountedBody::new(body, record.bytes_in.clone()).boxed();
         }
         let mut body = Some(body);
@@ -271,11 +290,18 @@ impl Proxy {
         } else {
             1
         };
+        // The head is cloned only for attempts that may be followed by another one.
+        let mut parts = Some(parts);
+        // Backends already tried (filled from the second attempt on, so a request that is
+        // answered at once allocates nothing here).
         let mut tried = Vec::new();
         let mut last = plain(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n");
         let budget = &pool.state.retry_budget;
         let _request = budget.request();
         for attempt in 0..attempts {
+            if let Some(previous) = outcome.backend {
+                tried.push(previous);
+            }
             let Some((i, _inflight)) = pool.acquire(key, &tried) else {
                 break;
             };
@@ -292,22 +318,20 @@ impl Proxy {
             };
             outcome.retries = attempt;
             outcome.backend = Some(i);
-            tried.push(i);
             let backend = pool.config.backends[i].addr;
-            let Ok(uri) = Uri::builder()
-                .scheme(pool.scheme())
-                .authority(backend.to_string())
-                .path_and_query(path_and_query.as_str())
-                .build()
-            else {
-                return plain(StatusCode::BAD_REQUEST, "bad request target\n");
+            let head = if attempt + 1 < attempts {
+                parts.clone()
+            } else {
+                parts.take()
             };
-            let mut upstream = Request::from_parts(parts.clone(), ());
-            *upstream.uri_mut() = uri;
+            let Some(mut head) = head else {
+                break;
+            };
+            head.uri = pool.upstream_uri(i, path_and_query.clone());
             let upstream_body = body
                 .take()
                 .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
-            let upstream = upstream.map(|()| upstream_body);
+            let upstream = Request::from_parts(head, upstream_body);
             let sent = Instant::now();
             let result =
                 tokio::time::timeout(pool.config.request_timeout, pool.send(upstream, peer, conn))
@@ -342,7 +366,7 @@ impl Proxy {
                         outcome.connect_errors += 1;
                         self.meters.connect_error(*pool_index, i);
                     }
-                    if let Some(broken) = watch.broken() {
+                    if let Some(broken) = watch.as_ref().and_then(BodyWatch::broken) {
                         return body::refusal(broken);
                     }
                     last = plain(StatusCode::BAD_GATEWAY, "upstream failed\n");
@@ -354,6 +378,25 @@ impl Proxy {
         }
         last
     }
+}
+
+/// The path and query sent upstream: the client's own when the route rewrites nothing (shared,
+/// not copied), else the rewritten path with the client's query. None: the rewrite made an
+/// invalid target.
+fn upstream_target(route: &RouteConfig, uri: &Uri) -> Option<PathAndQuery> {
+    if route.rewrite.is_none() {
+        return Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+    }
+    let path = upstream_path(route, uri.path());
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    PathAndQuery::from_maybe_shared(Bytes::from(target)).ok()
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {

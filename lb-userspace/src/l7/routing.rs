@@ -2,19 +2,42 @@
 //! order; the first whose listener, host, path, method and headers match wins. A route with a
 //! weighted split then picks one of its pools. Everything was compiled at load; matching a
 //! request allocates nothing.
-use std::sync::Mutex;
+use std::{borrow::Cow, sync::Mutex};
 
 use hyper::{HeaderMap, Method, Request, header};
 
 use super::{config::RouteConfig, route_rules::Rewrite};
 
-/// The request's host name, without port (Host header, or the authority of an HTTP/2 URI).
-pub fn host_of<B>(req: &Request<B>) -> Option<String> {
-    let authority: hyper::http::uri::Authority = match req.headers().get(header::HOST) {
-        Some(h) => h.to_str().ok()?.parse().ok()?,
-        None => req.uri().authority()?.clone(),
+/// The request's host name, without port, lowercased (Host header, or the authority of an
+/// HTTP/2 URI). Borrowed from the request when it is already in that form (the usual
+/// `name:port` or lowercase name), so most requests allocate nothing here.
+pub fn host_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+    let host = match req.headers().get(header::HOST) {
+        Some(h) => {
+            let text = h.to_str().ok()?;
+            if let Some(host) = plain_host(text) {
+                return Some(Cow::Borrowed(host));
+            }
+            let authority: hyper::http::uri::Authority = text.parse().ok()?;
+            return Some(Cow::Owned(authority.host().to_ascii_lowercase()));
+        }
+        None => req.uri().authority()?.host(),
     };
-    Some(authority.host().to_ascii_lowercase())
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
+}
+
+/// The host of a Host value made only of lowercase letters, digits, dots and dashes, with at
+/// most one `:` (before the port): a value `Authority` parses as it is, whose host is what
+/// comes before the colon. Anything else (uppercase, IPv6, userinfo, ...) is None.
+fn plain_host(text: &str) -> Option<&str> {
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-';
+    let (host, port) = text.split_once(':').unwrap_or((text, ""));
+    (!text.is_empty() && host.bytes().all(plain) && port.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(host)
 }
 
 /// `prefix` matches whole path segments: `/api` matches `/api` and `/api/x`, not `/apix`.
@@ -165,6 +188,39 @@ pub fn upstream_path(route: &RouteConfig, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_lowercase_without_port_borrowed_when_possible() {
+        let with_host = |h: &'static str| {
+            Request::builder()
+                .header(header::HOST, h)
+                .body(())
+                .expect("request")
+        };
+        for (value, host, borrowed) in [
+            ("a.example:8080", Some("a.example"), true),
+            ("127.0.0.1:19203", Some("127.0.0.1"), true),
+            ("a.example", Some("a.example"), true),
+            (":80", Some(""), true),
+            ("A.Example:80", Some("a.example"), false),
+            ("[2001:DB8::1]:443", Some("[2001:db8::1]"), false),
+            ("user@a.example", Some("a.example"), false),
+            ("a:1:2", None, false),
+            ("a b", None, false),
+        ] {
+            let req = with_host(value);
+            let got = host_of(&req);
+            assert_eq!(got.as_deref(), host, "{value}");
+            assert_eq!(matches!(got, Some(Cow::Borrowed(_))), borrowed, "{value}");
+        }
+        let h2 = Request::builder()
+            .uri("https://B.example:443/x")
+            .body(())
+            .expect("request");
+        assert_eq!(host_of(&h2).as_deref(), Some("b.example"));
+        let none = Request::builder().uri("/x").body(()).expect("request");
+        assert_eq!(host_of(&none), None);
+    }
 
     #[test]
     fn prefixes_match_whole_segments() {

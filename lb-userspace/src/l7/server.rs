@@ -397,7 +397,7 @@ async fn accept_loop(
             let scheme = if tls.is_some() { "https" } else { "http" };
             let Ok(local) = tcp.local_addr() else { return };
             let flow_id = proxy.load().observer().flow_id(socket_peer, local);
-            let conn = Arc::new(super::upstream::ConnInfo::new(local, flow_id));
+            let conn = Arc::new(super::upstream::ConnInfo::new(peer.ip(), local, flow_id));
             let service = service_fn(move |req| {
                 let (name, proxy, conn) = (name.clone(), proxy.clone(), conn.clone());
                 async move {

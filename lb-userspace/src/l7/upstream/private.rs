@@ -4,11 +4,18 @@
 //! for the life of the connection, so it may be reused for that client's next requests but
 //! never for another client's. The clients (and their idle connections) go when the
 //! downstream connection closes.
-use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+};
 
-use crate::l7::pool::UpstreamClient;
+use crate::l7::{headers::AddrText, pool::UpstreamClient};
 
 pub struct ConnInfo {
+    /// The client (the socket peer, or the one its PROXY header named) and its text, written
+    /// into X-Forwarded-For / X-Real-IP of every request on this connection.
+    pub peer: AddrText,
     /// The local address the client connected to.
     pub local: SocketAddr,
     /// The L4 flow id the XDP tier gave this connection (local VIPs only).
@@ -18,8 +25,9 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(local: SocketAddr, flow_id: Option<u64>) -> Self {
+    pub fn new(peer: IpAddr, local: SocketAddr, flow_id: Option<u64>) -> Self {
         Self {
+            peer: AddrText::new(peer),
             local,
             flow_id,
             private: Mutex::new(HashMap::new()),
