@@ -3,7 +3,8 @@
 //! scenario runs `ROUNDS` times per proxy; the table shows median req/s (min-max), p99, and the
 //! ratio to the best of NGINX and HAProxy.
 //!
-//! lb runs `lb l7` (no TCP proxy yet, so the L4 TCP row has no lb entry).
+//! lb runs `lb l7 --threads 1`; its L4 TCP row is a `mode = "tcp"` listener (the stream relay
+//! of the L7 tier, like NGINX's stream module and HAProxy's `mode tcp`).
 use std::{
     fmt::Write as _,
     path::Path,
@@ -217,10 +218,13 @@ fn write_configs(dir: &Path, cert: &Path, key: &Path) -> Result<()> {
              [[listener]]\nname = \"web\"\naddress = \"127.0.0.1:{http}\"\n\
              [[listener]]\nname = \"webtls\"\naddress = \"127.0.0.1:{tls}\"\n\
              [[listener.tls]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+             [[listener]]\nname = \"tcp\"\naddress = \"127.0.0.1:{tcp}\"\nmode = \"tcp\"\n\
              [[route]]\nlistener = \"web\"\npool = \"b\"\n\
-             [[route]]\nlistener = \"webtls\"\npool = \"b\"\n",
+             [[route]]\nlistener = \"webtls\"\npool = \"b\"\n\
+             [[route]]\nlistener = \"tcp\"\npool = \"b\"\n",
             http = Proxy::Lb.http_port(),
             tls = Proxy::Lb.tls_port(),
+            tcp = Proxy::Lb.tcp_port(),
             cert = cert.display(),
             key = key.display()
         ),
@@ -328,12 +332,6 @@ fn main() -> Result<()> {
         let mut cells = Vec::new();
         let mut p99s = Vec::new();
         for proxy in [Proxy::Nginx, Proxy::Haproxy, Proxy::Lb] {
-            if proxy == Proxy::Lb && scenario.tcp {
-                // lb has no TCP proxy yet (its L4 tier is XDP: benches/l4_pps).
-                cells.push(None);
-                p99s.push("-".to_owned());
-                continue;
-            }
             if scenario.tcp && proxy == Proxy::Nginx && nginx_stream_module().is_none() {
                 cells.push(None);
                 p99s.push("-".to_owned());

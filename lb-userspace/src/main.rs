@@ -45,7 +45,8 @@ enum Command {
         /// Backend file (TOML) with [[listener]], [[route]] and [[pool]] sections.
         #[arg(long)]
         config: PathBuf,
-        /// Worker threads (default: the CPUs this process may use).
+        /// Worker threads (default: the CPUs this process may use). 1: a single thread does
+        /// everything (tokio's current-thread scheduler).
         #[arg(long)]
         threads: Option<usize>,
         /// On SIGTERM/SIGINT: time in-flight requests get to finish before connections are cut.

@@ -66,6 +66,14 @@ impl HeadScanner {
         while !bytes.is_empty() {
             let used = match &mut self.framing {
                 Framing::Unwatched => return Ok(()),
+                // The usual case: a whole head in one read, checked and parsed in place.
+                Framing::Head(head) if head.is_empty() => match whole_head(bytes)? {
+                    Some(end) => {
+                        self.framing = after_head(&bytes[..end])?;
+                        end
+                    }
+                    None => take_line_bytes(head, bytes, true)?.0,
+                },
                 Framing::Head(head) => {
                     let (used, done) = take_line_bytes(head, bytes, true)?;
                     if done {
@@ -169,15 +177,39 @@ fn take_line_bytes(
     Ok((bytes.len(), false))
 }
 
+/// The length of the request head at the start of `bytes` (through its empty line), if it is
+/// all there; refuses an LF without its CR on the way. Empty lines before the request line
+/// are skipped as `take_line_bytes` does (an empty head is not an end).
+fn whole_head(bytes: &[u8]) -> Result<Option<usize>, Violation> {
+    let mut line_start = 0;
+    let mut content = false;
+    for (i, b) in bytes.iter().enumerate() {
+        if *b != b'\n' {
+            continue;
+        }
+        if i == 0 || bytes[i - 1] != b'\r' {
+            return Err(Violation::BareLf);
+        }
+        if i - line_start == 1 && content {
+            return Ok(Some(i + 1));
+        }
+        content |= bytes[line_start..i].iter().any(|c| *c != b'\r');
+        line_start = i + 1;
+    }
+    Ok(None)
+}
+
 /// The framing after a complete request head.
 fn after_head(head: &[u8]) -> Result<Framing, Violation> {
     if head.starts_with(b"PRI * HTTP/2.0") {
         return Ok(Framing::Unwatched);
     }
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut headers);
+    // Left uninitialised: httparse writes the ones it fills (4 KiB not zeroed per request).
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+    let mut req = httparse::Request::new(&mut []);
     // hyper refuses what httparse refuses.
-    let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+    let Ok(httparse::Status::Complete(_)) = req.parse_with_uninit_headers(head, &mut headers)
+    else {
         return Ok(Framing::Unwatched);
     };
     if req.method == Some("CONNECT") {
@@ -357,6 +389,40 @@ mod tests {
             scan(&[b"POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n"]),
             Err(Violation::ContentLengthAndTransferEncoding)
         );
+    }
+
+    #[test]
+    fn a_head_read_whole_is_judged_as_one_read_byte_by_byte() {
+        let cases: [&[u8]; 8] = [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"\r\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\n\r\n",
+            b"\nGET / HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nabGET / HTTP/1.1\r\nA: b\n\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+        ];
+        for case in cases {
+            let mut whole = HeadScanner::new(65536);
+            let mut bytewise = HeadScanner::new(65536);
+            let whole_result = whole.feed(case);
+            let bytewise_result = case.iter().try_for_each(|b| bytewise.feed(&[*b]));
+            assert_eq!(
+                whole_result,
+                bytewise_result,
+                "{:?}",
+                String::from_utf8_lossy(case)
+            );
+            if whole_result.is_ok() {
+                assert_eq!(
+                    format!("{:?}", whole.framing),
+                    format!("{:?}", bytewise.framing),
+                    "{:?}",
+                    String::from_utf8_lossy(case)
+                );
+            }
+        }
     }
 
     #[test]

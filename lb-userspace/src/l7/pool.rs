@@ -1,13 +1,15 @@
-//! An upstream pool: its backends, the selection algorithm, in-flight counts and a keep-alive
-//! HTTP client (hyper-util's pooled client: idle connections are reused across requests).
-//! Pools that send a PROXY header use one client per downstream connection instead (see
+//! An upstream pool: its backends, the selection algorithm, in-flight counts and keep-alive
+//! upstream connections: lb's own per-backend pool for plain HTTP/1.1 backends
+//! (`upstream/h1_pool.rs`), hyper-util's pooled client for TLS and HTTP/2 ones. Pools that
+//! send a PROXY header use one hyper-util client per downstream connection instead (see
 //! `upstream/private.rs`).
 use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::{
-    Request, Response, Uri,
+    Method, Request, Response, Uri,
     body::Incoming,
     http::uri::{Authority, PathAndQuery, Scheme},
 };
@@ -24,13 +26,62 @@ use super::{
         PowerOfTwoChoices, SmoothWeightedRoundRobin,
     },
     upstream::{
-        BackendHealth, BackendTraffic, ConnInfo, PoolState, RetryBudget, UpstreamConnector,
-        UpstreamProtocol,
+        BackendHealth, BackendTraffic, ConnInfo, Http1Pool, Lease, LeasedBody, PoolSendError,
+        PoolState, RetryBudget, UpstreamConnector, UpstreamProtocol,
     },
 };
 use crate::maglev::MaglevError;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// A backend's response, and the pooled connection it came on (lb's own pool only), which
+/// goes back to the pool with the response body.
+pub struct Sent {
+    pub response: Response<Incoming>,
+    pub lease: Option<Lease>,
+}
+
+impl Sent {
+    pub fn status(&self) -> hyper::StatusCode {
+        self.response.status()
+    }
+
+    /// The response with its body as the proxy sends it on.
+    pub fn into_proxy_response(self) -> Response<ProxyBody> {
+        let Self { response, lease } = self;
+        match lease {
+            Some(lease) => response.map(|body| LeasedBody::new(body, lease).boxed()),
+            None => response.map(BodyExt::boxed),
+        }
+    }
+
+    /// The response for an upgrade: its connection is handed over, never reused.
+    pub fn into_upgrade(self) -> Response<Incoming> {
+        if let Some(lease) = self.lease {
+            lease.discard();
+        }
+        self.response
+    }
+}
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Http1(PoolSendError),
+    #[error(transparent)]
+    Client(hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// The connection could not be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            Self::Http1(e) => matches!(e, PoolSendError::Connect { .. }),
+            Self::Client(e) => e.is_connect(),
+        }
+    }
+}
 
 /// hyper-util's pooled client over lb's connector.
 pub type UpstreamClient = Client<UpstreamConnector, UpstreamBody>;
@@ -40,8 +91,11 @@ pub struct Pool {
     pub inflight: Arc<InFlight>,
     selection: Box<dyn BackendSelection>,
     connector: UpstreamConnector,
-    /// Shared by all clients (pools without PROXY headers).
+    /// Shared by all clients (pools without PROXY headers); TLS and HTTP/2 upstreams, and
+    /// CONNECT requests.
     client: UpstreamClient,
+    /// Plain HTTP/1.1 backends without PROXY headers.
+    http1: Option<Arc<Http1Pool>>,
     /// Each backend's `IP:PORT` as a URI authority, made once.
     authorities: Vec<Option<Authority>>,
     pub state: Arc<PoolState>,
@@ -63,6 +117,18 @@ impl Pool {
         };
         let connector = UpstreamConnector::new(config.connect_timeout, config.tls.clone());
         let client = build_client(connector.clone(), &config);
+        let plain_http1 = config.tls.is_none()
+            && config.protocol == UpstreamProtocol::Http1
+            && config.proxy_protocol.is_none();
+        let http1 = plain_http1.then(|| {
+            let addrs: Vec<SocketAddr> = config.backends.iter().map(|b| b.addr).collect();
+            Http1Pool::new(
+                &addrs,
+                config.idle_per_backend,
+                config.idle_timeout,
+                config.connect_timeout,
+            )
+        });
         let authorities = config
             .backends
             .iter()
@@ -70,6 +136,7 @@ impl Pool {
             .map(|b| Authority::from_maybe_shared(Bytes::from(b.addr.to_string())).ok())
             .collect();
         Ok(Self {
+            http1,
             authorities,
             inflight: inflight.clone(),
             selection,
@@ -92,14 +159,26 @@ impl Pool {
         })
     }
 
-    /// Sends `req` (its URI names the backend) for the client `peer` that reached `conn`.
+    /// Sends `req` (its URI names backend `i`) for the client `peer` that reached `conn`.
     pub async fn send(
         &self,
+        i: usize,
         req: Request<UpstreamBody>,
         peer: SocketAddr,
         conn: &ConnInfo,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        match self.config.proxy_protocol {
+    ) -> Result<Sent, SendError> {
+        if let Some(http1) = self
+            .http1
+            .as_ref()
+            .filter(|_| req.method() != Method::CONNECT)
+        {
+            let (response, lease) = http1.send(i, req).await.map_err(SendError::Http1)?;
+            return Ok(Sent {
+                response,
+                lease: Some(lease),
+            });
+        }
+        let response = match self.config.proxy_protocol {
             None => self.client.request(req).await,
             Some(version) => {
                 let client = conn.private_client(&self.config.name, || {
@@ -109,7 +188,13 @@ impl Pool {
                 });
                 client.request(req).await
             }
-        }
+        };
+        response
+            .map(|response| Sent {
+                response,
+                lease: None,
+            })
+            .map_err(SendError::Client)
     }
 
     /// A backend for this attempt, never one already `tried` or set down. Passively ejected

@@ -333,9 +333,11 @@ impl Proxy {
                 .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
             let upstream = Request::from_parts(head, upstream_body);
             let sent = Instant::now();
-            let result =
-                tokio::time::timeout(pool.config.request_timeout, pool.send(upstream, peer, conn))
-                    .await;
+            let result = tokio::time::timeout(
+                pool.config.request_timeout,
+                pool.send(i, upstream, peer, conn),
+            )
+            .await;
             outcome.upstream_duration = Some(sent.elapsed());
             let more = attempt + 1 < attempts;
             pool.record(
@@ -354,11 +356,11 @@ impl Proxy {
                     if status == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(upgrade) = upgrade.take()
                     {
-                        return upgrade.splice(response);
+                        return upgrade.splice(response.into_upgrade());
                     }
-                    let (mut rparts, rbody) = response.into_parts();
-                    remove_hop_by_hop(&mut rparts.headers);
-                    return Response::from_parts(rparts, rbody.boxed());
+                    let mut response = response.into_proxy_response();
+                    remove_hop_by_hop(response.headers_mut());
+                    return response;
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(%backend, %err, "upstream request failed");

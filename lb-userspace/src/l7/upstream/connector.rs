@@ -73,10 +73,7 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                 .ok_or_else(|| {
                     io::Error::new(io::ErrorKind::InvalidInput, "backend is not IP:PORT")
                 })?;
-            let mut tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-            tcp.set_nodelay(true)?;
+            let mut tcp = connect_tcp(addr, this.connect_timeout).await?;
             if let Some(header) = &this.proxy_header {
                 tcp.write_all(header).await?;
             }
@@ -96,6 +93,16 @@ impl tower_service::Service<Uri> for UpstreamConnector {
             Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
         })
     }
+}
+
+/// A TCP connection to `addr` within `timeout`, without Nagle's delay (requests are written
+/// whole).
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// An upstream connection, plain or TLS.

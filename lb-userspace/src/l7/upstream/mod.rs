@@ -1,6 +1,8 @@
 //! The upstream side of a pool, one job per module:
 //!
 //! - `connector.rs`: opening one upstream connection (TCP, PROXY header, TLS).
+//! - `h1_pool.rs`: lb's own keep-alive pool for plain HTTP/1.1 backends (the common case;
+//!   hyper-util's client serves the others).
 //! - `tls.rs`: HTTPS upstreams (rustls client configuration, protocol choice).
 //! - `private.rs`: per-downstream-connection clients for pools that send a PROXY header, so an
 //!   upstream connection never carries two different clients.
@@ -11,6 +13,7 @@
 mod budget;
 pub(super) mod config;
 mod connector;
+mod h1_pool;
 mod passive;
 mod private;
 pub mod tls;
@@ -18,6 +21,7 @@ mod traffic;
 
 pub use budget::{RetryBudget, RetryCounters};
 pub use connector::UpstreamConnector;
+pub use h1_pool::{Http1Pool, Lease, LeasedBody, PoolSendError};
 pub use passive::{BackendHealth, BackendStatus};
 pub use private::ConnInfo;
 pub use tls::{UpstreamProtocol, UpstreamTls};
