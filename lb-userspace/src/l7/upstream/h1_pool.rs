@@ -500,6 +500,48 @@ mod tests {
         }
     }
 
+    /// A request body that sends one chunk, then never ends.
+    struct EndlessUpload {
+        sent: bool,
+    }
+
+    impl Body for EndlessUpload {
+        type Data = Bytes;
+        type Error = crate::l7::body::BodyError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.sent {
+                return Poll::Pending;
+            }
+            self.sent = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_a_body_is_not_handed_out() {
+        let b = backend(false).await;
+        let pool = pool(b.addr, 8, Duration::from_secs(60));
+        // The backend answers without reading the upload, which goes on.
+        let mut upload = Request::new(EndlessUpload { sent: false }.boxed());
+        *upload.method_mut() = Method::POST;
+        *upload.uri_mut() = format!("http://{}/up", b.addr).parse().expect("uri");
+        let (response, lease) = pool.send(0, upload).await.expect("answer");
+        let body = LeasedBody::new(response.into_body(), lease);
+        assert_eq!(body.collect().await.expect("body").to_bytes(), "ok");
+        // That connection is mid-upload (hyper gives it up rather than reuse it): the next
+        // request gets another connection at once instead of waiting behind it.
+        tokio::time::timeout(Duration::from_secs(2), fetch(&pool, b.addr))
+            .await
+            .expect("not stuck behind the upload")
+            .expect("request");
+        assert_eq!(b.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle(0), 1, "only the free connection is idle");
+    }
+
     #[tokio::test]
     async fn refused_connections_are_connect_errors_and_hosts_are_set() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
