@@ -2,35 +2,16 @@
 //! stopped backend out (and back), drain through the admin API, a bad reload kept out, the
 //! Prometheus metrics, and the status page rendered by headless Chromium.
 use std::{
-    io::{BufRead, BufReader},
-    net::{SocketAddr, TcpListener as StdListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     http_server::{self, Behaviour, TestServer},
-    lb_bin,
+    lb_run::{LbRun, free_addr, http, wait_for},
 };
-
-struct Lb {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
 
 fn backends_file(backends: &[SocketAddr]) -> String {
     let mut text = String::from(
@@ -44,61 +25,15 @@ fn backends_file(backends: &[SocketAddr]) -> String {
 }
 
 /// Starts `lb run` with one --listen; returns it with (listen, admin) addresses.
-fn start(backends: &[SocketAddr]) -> (Lb, SocketAddr, SocketAddr) {
-    let dir = std::env::temp_dir().join(format!(
-        "lb-manager-{}-{}",
-        std::process::id(),
-        free_addr().port()
-    ));
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("lb.toml"), backends_file(backends)).expect("write");
-    let (listen, admin) = (free_addr(), free_addr());
-    let mut child = Command::new(lb_bin())
-        .args(["run", "--backends"])
-        .arg(dir.join("lb.toml"))
-        .args([
-            "--listen",
-            &listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn lb run");
-    let stdout = child.stdout.take().expect("stdout");
-    let lb = Lb { child, dir };
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        let line = lines.next().expect("lb run exited").expect("read");
-        if line.starts_with("admin ") {
-            break;
-        }
-    }
+fn start(backends: &[SocketAddr]) -> (LbRun, SocketAddr, SocketAddr) {
+    let listen = free_addr();
+    let lb = LbRun::start(
+        "manager",
+        &backends_file(backends),
+        &["--listen", &listen.to_string()],
+    );
+    let admin = lb.admin;
     (lb, listen, admin)
-}
-
-fn http(method: &str, addr: SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        tcp,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    let _ = tcp.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
-    )
 }
 
 fn status(admin: SocketAddr) -> serde_json::Value {
@@ -115,14 +50,6 @@ fn health_of(admin: SocketAddr, backend: SocketAddr) -> String {
         .find(|b| b["address"] == backend.to_string())
         .map(|b| b["health"].as_str().unwrap_or_default().to_owned())
         .expect("backend listed")
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what} not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -189,7 +116,7 @@ fn health_checks_drain_reload_and_metrics() {
     );
 
     // A bad file is refused at reload: the running configuration stays, and it says why.
-    std::fs::write(lb.dir.join("lb.toml"), "[[pool]]\nname = 7\n").expect("write");
+    std::fs::write(&lb.file, "[[pool]]\nname = 7\n").expect("write");
     wait_for("reload rejected", Duration::from_secs(3), || {
         status(admin)["config"]["reloads_failed"] == 1
     });

@@ -3,15 +3,16 @@
 //! live per-backend counters and rates; the JSON access log.
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener as StdListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lb_tests::{
     http_server::{self, Behaviour, TestServer},
     lb_bin,
+    lb_run::{free_addr, wait_for},
 };
 
 struct Lb {
@@ -25,11 +26,6 @@ impl Drop for Lb {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
 }
 
 /// Starts `lb run` on `file` (written to a fresh directory) with an access log there; returns
@@ -85,14 +81,6 @@ fn http(addr: SocketAddr, path: &str, extra: &str) -> (u16, String) {
         status,
         out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
     )
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what} not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The value of the exposition line that starts with `series` (labels included).
