@@ -67,7 +67,7 @@ impl AccessLog {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             client: record.client,
             listener: &record.listener,
-            route: record.route,
+            route: record.route.as_ref(),
             pool: record.pool.as_deref(),
             backend: record.backend,
             status: record.status,
@@ -118,7 +118,7 @@ struct Line<'a> {
     time: String,
     client: Option<SocketAddr>,
     listener: &'a str,
-    route: Option<usize>,
+    route: Option<&'a RouteLabel>,
     pool: Option<&'a str>,
     backend: Option<SocketAddr>,
     status: u16,
@@ -137,12 +137,21 @@ struct Line<'a> {
     flow_id: Option<String>,
 }
 
+/// How a line names its route: by `name` when the route has one, else by its index (a
+/// number, as before routes had names).
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum RouteLabel {
+    Name(String),
+    Index(usize),
+}
+
 /// What the access log needs of one request, gathered by the proxy.
 #[derive(Debug, Default)]
 pub struct AccessRecord {
     pub client: Option<SocketAddr>,
     pub listener: String,
-    pub route: Option<usize>,
+    pub route: Option<RouteLabel>,
     pub pool: Option<String>,
     pub backend: Option<SocketAddr>,
     pub status: u16,

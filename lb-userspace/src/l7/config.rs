@@ -232,6 +232,8 @@ impl HostMatch {
 
 #[derive(Clone, Debug)]
 pub struct RouteConfig {
+    /// `name`, or None (metrics and the access log then use the route's index).
+    pub name: Option<String>,
     pub listener: String,
     pub host: Option<HostMatch>,
     pub path_prefix: String,
@@ -252,6 +254,15 @@ pub struct RouteConfig {
     pub split: Vec<SplitTarget>,
     /// tcp listeners: the ClientHello's server name (None: any, and connections without SNI).
     pub sni: Option<HostMatch>,
+    /// The route's policies, compiled, by pipeline phase.
+    pub chain: super::policy::RouteChain,
+}
+
+impl RouteConfig {
+    /// The route's label in metrics and the access log: its name, or its index.
+    pub fn label(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| index.to_string())
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -346,6 +357,8 @@ struct RawTlsCert {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
+    /// Labels the route in metrics and the access log (default: its index).
+    pub(super) name: Option<Spanned<String>>,
     listener: Spanned<String>,
     host: Option<Spanned<String>>,
     pub(super) path_prefix: Option<Spanned<String>>,
@@ -363,6 +376,12 @@ pub(crate) struct RawRoute {
     pub(super) split: Option<Spanned<Vec<Spanned<RawSplitTarget>>>>,
     /// tcp listeners: route by the ClientHello's server name.
     pub(super) sni: Option<Spanned<String>>,
+    // Policies (http routes), compiled by `policy::compile`.
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) request_headers: Option<Spanned<super::policy::headers::RawHeaderEdits>>,
+    pub(super) response_headers: Option<Spanned<super::policy::headers::RawHeaderEdits>>,
+    pub(super) redirect: Option<Spanned<super::policy::redirect::RawRedirect>>,
+    pub(super) respond: Option<Spanned<super::policy::respond::RawRespond>>,
 }
 
 /// `body_timeout`: a duration above zero, 30 s by default.
@@ -598,6 +617,7 @@ impl L7Config {
         }
 
         let mut routes = Vec::new();
+        let mut route_names = HashSet::new();
         for r in raw_routes {
             let route_span = r.span();
             let r = r.into_inner();
@@ -607,7 +627,37 @@ impl L7Config {
                     format!("route names unknown listener {:?}", r.listener.get_ref()),
                 ));
             }
-            let rules = super::route_rules::parse(&r, route_span, &names, text, path)?;
+            if let Some(name) = &r.name {
+                let valid = !name.get_ref().is_empty()
+                    && name
+                        .get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !valid {
+                    return Err(err(
+                        name.span(),
+                        format!(
+                            "route name {:?}: use letters, digits, '-', '_' and '.'",
+                            name.get_ref()
+                        ),
+                    ));
+                }
+                if !route_names.insert(name.get_ref().clone()) {
+                    return Err(err(
+                        name.span(),
+                        format!("duplicate route name {:?}", name.get_ref()),
+                    ));
+                }
+            }
+            let chain = super::policy::compile(&r, route_span.clone(), &err)?;
+            let rules = super::route_rules::parse(
+                &r,
+                route_span,
+                &names,
+                chain.answers_itself(),
+                text,
+                path,
+            )?;
             let sni = stream::route_keys(&r, &listeners, &pools, path, text)?;
             let host = r.host.as_ref().map(|h| {
                 let h = h.get_ref().to_ascii_lowercase();
@@ -627,6 +677,8 @@ impl L7Config {
                 None => "/".to_owned(),
             };
             routes.push(RouteConfig {
+                name: r.name.map(Spanned::into_inner),
+                chain,
                 listener: r.listener.into_inner(),
                 host,
                 path_prefix,

@@ -22,10 +22,14 @@
 pub mod access_log;
 mod body;
 pub mod config;
+mod context;
+mod forward;
 mod headers;
 mod hygiene;
 mod lifecycle;
 pub mod observe;
+mod pipeline;
+pub mod policy;
 mod pool;
 mod proxy;
 pub mod proxy_header;

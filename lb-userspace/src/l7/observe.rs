@@ -1,5 +1,5 @@
-//! What the request path reports: once per request, the proxy hands an `Outcome` (route, pool,
-//! backend, status, times, retries) to the `Observer`, which feeds the Prometheus families and,
+//! What the request path reports: once per request, the pipeline's log phase hands its
+//! `RequestCtx` (route, pool, backend, status, times, retries) to the `Observer`, which feeds the Prometheus families and,
 //! when enabled, the access log.
 //!
 //! The observer is created once (by `lb run` with the manager's metrics, or none at all) and
@@ -12,15 +12,11 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
-use super::{
-    access_log::{AccessLog, AccessRecord},
-    config::L7Config,
-};
+use super::{access_log::AccessLog, config::L7Config, context::RequestCtx};
 use crate::admin::metrics::{BackendLabels, L7Metrics, PoolLabels, RequestLabels};
 
 /// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
@@ -111,6 +107,12 @@ impl Observer {
                     .map(|p| p.backends.iter().map(|b| b.addr.to_string()).collect())
                     .collect(),
                 route_listeners: config.routes.iter().map(|r| r.listener.clone()).collect(),
+                route_labels: config
+                    .routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| r.label(i))
+                    .collect(),
                 requests: RwLock::default(),
             }),
         }
@@ -138,6 +140,8 @@ struct LiveMeters {
     backends: Vec<Vec<String>>,
     /// By route index.
     route_listeners: Vec<String>,
+    /// By route index: its name, or its index.
+    route_labels: Vec<String>,
     requests: RwLock<HashMap<RequestKey, Counter>>,
 }
 
@@ -163,10 +167,10 @@ impl ProxyMeters {
     }
 
     /// Counts one answered request.
-    pub(super) fn request(&self, listener: &str, outcome: &Outcome) {
+    pub(super) fn request(&self, listener: &str, outcome: &RequestCtx<'_>) {
         let Some(live) = &self.live else { return };
         let key = (
-            outcome.route.unwrap_or(NONE),
+            outcome.route_index().unwrap_or(NONE),
             outcome.pool.unwrap_or(NONE),
             outcome.backend.unwrap_or(NONE),
             outcome.status,
@@ -202,11 +206,7 @@ impl LiveMeters {
                 .get(route)
                 .map_or(listener, String::as_str)
                 .to_owned(),
-            route: if route == NONE {
-                String::new()
-            } else {
-                route.to_string()
-            },
+            route: self.route_labels.get(route).cloned().unwrap_or_default(),
             pool: self.pool_names.get(pool).cloned().unwrap_or_default(),
             backend: self
                 .backends
@@ -226,28 +226,4 @@ impl LiveMeters {
         }
         counter
     }
-}
-
-/// What one request did, filled in by the proxy as it goes.
-#[derive(Debug, Default)]
-pub(super) struct Outcome {
-    /// Index of the route in the configuration.
-    pub route: Option<usize>,
-    /// Index of the pool in the configuration.
-    pub pool: Option<usize>,
-    /// Index of the last backend tried, within the pool.
-    pub backend: Option<usize>,
-    pub status: u16,
-    /// Request head to response head.
-    pub duration: Duration,
-    /// The last attempt's time to the upstream response head.
-    pub upstream_duration: Option<Duration>,
-    /// Attempts after the first.
-    pub retries: u32,
-    /// A retry was wanted but the pool's budget refused it.
-    pub retry_denied: bool,
-    /// Failed upstream connection attempts.
-    pub connect_errors: u32,
-    /// Filled only when an access log is written.
-    pub access: Option<AccessRecord>,
 }

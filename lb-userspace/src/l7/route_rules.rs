@@ -98,6 +98,7 @@ pub(crate) fn parse(
     r: &RawRoute,
     route: Range<usize>,
     pools: &HashSet<String>,
+    answers_itself: bool,
     text: &str,
     path: &Path,
 ) -> Result<RouteRules, ConfigError> {
@@ -162,6 +163,8 @@ pub(crate) fn parse(
                 "route has both pool and split: use one".to_owned(),
             ));
         }
+        // A route that answers itself (respond, redirect) has no pool.
+        (None, None) if answers_itself => (String::new(), Vec::new()),
         (None, None) => return Err(err(route, "route needs pool or split".to_owned())),
         (Some(p), None) => {
             if !pools.contains(p.get_ref()) {

@@ -224,6 +224,17 @@ pub(super) fn route_keys(
         ("host", r.host.as_ref().map(|v| v.span())),
         ("path_prefix", r.path_prefix.as_ref().map(|v| v.span())),
         ("strip_prefix", r.strip_prefix.then(|| r.listener.span())),
+        ("timeout", r.timeout.as_ref().map(|v| v.span())),
+        (
+            "request_headers",
+            r.request_headers.as_ref().map(|v| v.span()),
+        ),
+        (
+            "response_headers",
+            r.response_headers.as_ref().map(|v| v.span()),
+        ),
+        ("redirect", r.redirect.as_ref().map(|v| v.span())),
+        ("respond", r.respond.as_ref().map(|v| v.span())),
     ];
     for (key, span) in http_only {
         if let Some(span) = span {

@@ -1,0 +1,222 @@
+//! Phase 4 of the pipeline: the request sent to a backend of its pool, with safe retries.
+//!
+//! Retries: a request is retried only when it is idempotent (GET, HEAD, OPTIONS, PUT, DELETE,
+//! TRACE) and has no body, on a connect error, a timeout or a 502/503 answer, each time to a
+//! backend not tried yet, at most `retries` times, while the pool's retry budget
+//! (`upstream/budget.rs`) has room. Everything else gets one attempt. Each attempt gets the
+//! route's `timeout`, or the pool's `request_timeout`, to the response head.
+use std::{
+    hash::{Hash, Hasher},
+    net::IpAddr,
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{
+    Method, Request, Response, StatusCode, Uri, body::Incoming, header, http::request::Parts,
+    http::uri::PathAndQuery,
+};
+
+use super::{
+    body::{self, BodyWatch, UpstreamBody},
+    config::{HashKey, RouteConfig},
+    context::RequestCtx,
+    headers::remove_hop_by_hop,
+    pipeline::plain,
+    pool::{Pool, ProxyBody},
+    proxy::Proxy,
+    routing::upstream_path,
+    upgrade::UpgradeRequest,
+};
+
+/// The request as phase 3 made it, ready for its attempts.
+pub(super) struct Upstream {
+    pub parts: Parts,
+    pub body: UpstreamBody,
+    /// Set when the request has a body: tells a failed attempt whether the client broke it.
+    pub watch: Option<BodyWatch>,
+    pub upgrade: Option<UpgradeRequest>,
+    /// Path and query sent upstream.
+    pub target: PathAndQuery,
+    /// Consistent-hash key (0 for other algorithms).
+    pub key: u64,
+    /// Idempotent and without a body: may be sent again.
+    pub retryable: bool,
+}
+
+impl Proxy {
+    /// Sends `upstream` to backends of `pool` (index `pool_index`) until one answers or the
+    /// attempts, the budget or the backends run out.
+    pub(super) async fn forward(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        pool: &Pool,
+        pool_index: usize,
+        upstream: Upstream,
+    ) -> Response<ProxyBody> {
+        let Upstream {
+            parts,
+            body,
+            watch,
+            mut upgrade,
+            target,
+            key,
+            retryable,
+        } = upstream;
+        let timeout = ctx
+            .route
+            .and_then(|(_, r)| r.chain.timeout)
+            .unwrap_or(pool.config.request_timeout);
+        let mut body = Some(body);
+        let attempts = if retryable {
+            1 + pool.config.retries
+        } else {
+            1
+        };
+        // The head is cloned only for attempts that may be followed by another one.
+        let mut parts = Some(parts);
+        // Backends already tried (filled from the second attempt on, so a request that is
+        // answered at once allocates nothing here).
+        let mut tried = Vec::new();
+        let mut last = plain(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n");
+        let budget = &pool.state.retry_budget;
+        let _request = budget.request();
+        for attempt in 0..attempts {
+            if let Some(previous) = ctx.backend {
+                tried.push(previous);
+            }
+            let Some((i, _inflight)) = pool.acquire(key, &tried) else {
+                break;
+            };
+            // A retry needs room in the pool's budget; without it the last failure stands.
+            let _retry = match attempt {
+                0 => None,
+                _ => match budget.try_retry() {
+                    Some(permit) => Some(permit),
+                    None => {
+                        ctx.retry_denied = true;
+                        break;
+                    }
+                },
+            };
+            ctx.retries = attempt;
+            ctx.backend = Some(i);
+            let backend = pool.config.backends[i].addr;
+            let head = if attempt + 1 < attempts {
+                parts.clone()
+            } else {
+                parts.take()
+            };
+            let Some(mut head) = head else {
+                break;
+            };
+            head.uri = pool.upstream_uri(i, target.clone());
+            let upstream_body = body
+                .take()
+                .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
+            let request = Request::from_parts(head, upstream_body);
+            let sent = Instant::now();
+            let result =
+                tokio::time::timeout(timeout, pool.send(i, request, ctx.peer, ctx.conn)).await;
+            ctx.upstream_duration = Some(sent.elapsed());
+            let more = attempt + 1 < attempts;
+            pool.record(
+                i,
+                matches!(&result, Ok(Ok(r)) if !r.status().is_server_error()),
+            );
+            match result {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let retry_status = status == StatusCode::BAD_GATEWAY
+                        || status == StatusCode::SERVICE_UNAVAILABLE;
+                    if retry_status && more {
+                        last = plain(status, "upstream unavailable\n");
+                        continue;
+                    }
+                    if status == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(upgrade) = upgrade.take()
+                    {
+                        return upgrade.splice(response.into_upgrade());
+                    }
+                    let mut response = response.into_proxy_response();
+                    remove_hop_by_hop(response.headers_mut());
+                    return response;
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(%backend, %err, "upstream request failed");
+                    if err.is_connect() {
+                        ctx.connect_errors += 1;
+                        self.meters().connect_error(pool_index, i);
+                    }
+                    if let Some(broken) = watch.as_ref().and_then(BodyWatch::broken) {
+                        return body::refusal(broken);
+                    }
+                    last = plain(StatusCode::BAD_GATEWAY, "upstream failed\n");
+                }
+                Err(_) => {
+                    last = plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+                }
+            }
+        }
+        last
+    }
+}
+
+/// The path and query sent upstream: the client's own when the route rewrites nothing (shared,
+/// not copied), else the rewritten path with the client's query. None: the rewrite made an
+/// invalid target.
+pub(super) fn upstream_target(route: &RouteConfig, uri: &Uri) -> Option<PathAndQuery> {
+    if route.rewrite.is_none() {
+        return Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+    }
+    let path = upstream_path(route, uri.path());
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    PathAndQuery::from_maybe_shared(Bytes::from(target)).ok()
+}
+
+pub(super) fn hash_key(key: &HashKey, req: &Request<Incoming>, client: IpAddr) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match key {
+        HashKey::ClientIp => client.hash(&mut hasher),
+        HashKey::Header(name) => req
+            .headers()
+            .get(name)
+            .map(|v| v.as_bytes())
+            .hash(&mut hasher),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .hash(&mut hasher),
+    }
+    hasher.finish()
+}
+
+pub(super) fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+pub(super) fn has_body(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}

@@ -1,0 +1,304 @@
+//! The request pipeline: the phases every HTTP request passes through, in this order (after
+//! Pingora's `ProxyHttp` phases and Envoy's filter chain). Each route's policies were compiled
+//! at load into its `RouteChain` (`policy/`), grouped by phase; a route without policies
+//! pays one `is_empty` check per phase. `RequestCtx` (`context.rs`) carries the request
+//! through the phases.
+//!
+//! 1. Request: the listener's limits (a declared body over `max_body_bytes`: 413), the route
+//!    (none: 404), then the route's request policies, which may answer at once (`respond`,
+//!    `redirect`; authentication and rate limits go here).
+//! 2. Upstream selection: the route's pool (a split's by weight, passing over a pool with no
+//!    usable backend), then a backend for each attempt (`forward.rs`).
+//! 3. Upstream request: hop-by-hop headers removed, the path rewritten, X-Forwarded-* /
+//!    X-Real-IP / X-Request-Id set, then the route's upstream-request policies
+//!    (`request_headers`), so they can override lb's own headers. The request body is
+//!    streamed within the listener's limits.
+//! 4. Upstream: attempts, retries within the budget, the route's `timeout` or the pool's
+//!    `request_timeout` (`forward.rs`); the backend's hop-by-hop response headers removed.
+//! 5. Response headers: the route's response policies (`response_headers`), on every
+//!    response of the route, lb's own 502/504 and direct answers included.
+//! 6. Response body: streaming transforms wrap the body here (none is built in yet: this is
+//!    where compression goes); a whole body is never buffered unless a policy asks.
+//! 7. Log: the request counted in the metrics; with an access log the body is wrapped to
+//!    count bytes out and write the line when it is done.
+use std::{borrow::Cow, net::SocketAddr};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Body as _, Incoming},
+    header::{self, HeaderValue},
+    http::request::Parts,
+};
+
+use super::{
+    access_log::{AccessRecord, CountedBody, LoggedBody},
+    body::{self, BodyWatch, UpstreamBody},
+    context::RequestCtx,
+    forward::{Upstream, has_body, hash_key, idempotent, upstream_target},
+    headers::{client_ip, remove_hop_by_hop, set_forwarded},
+    policy::{RouteChain, UpstreamRequestPolicy, redirect},
+    pool::{Pool, ProxyBody},
+    proxy::{ListenerRules, PoolEntry, Proxy},
+    routing::{Routed, host_of},
+    upgrade,
+    upstream::ConnInfo,
+};
+use crate::l7::config::{Algorithm, RouteConfig};
+
+/// What a phase decided: go on with `T`, or answer the client now.
+enum Step<T> {
+    Next(T),
+    Answer(Response<ProxyBody>),
+}
+
+impl Proxy {
+    /// Answers one request that arrived on `listener` from `peer` (the true client when a PROXY
+    /// header said so) over `scheme` (http or https), on the downstream connection `conn`.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        listener: &str,
+        peer: SocketAddr,
+        scheme: &'static str,
+        conn: &ConnInfo,
+    ) -> Response<ProxyBody> {
+        let mut ctx = RequestCtx::new(listener, peer, scheme, conn);
+        if self.observer().access_log().is_some() {
+            ctx.access = Some(AccessRecord {
+                client: Some(peer),
+                listener: listener.to_owned(),
+                method: req.method().as_str().to_owned(),
+                host: host_of(&req).map(Cow::into_owned),
+                path: req.uri().path().to_owned(),
+                flow_id: conn.flow_id,
+                ..AccessRecord::default()
+            });
+        }
+        let mut response = self.proxy(req, &mut ctx).await;
+        if let Some((_, route)) = ctx.route {
+            response_phase(&route.chain, &mut response);
+        }
+        // Phase 6 (response body) has no built-in transform yet: compression will wrap the
+        // body here, before the log phase's byte counter.
+        self.log_phase(ctx, response)
+    }
+
+    /// Phases 1 to 4: the response, from a policy, lb itself or the backend.
+    async fn proxy<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        ctx: &mut RequestCtx<'a>,
+    ) -> Response<ProxyBody> {
+        let rules = self.listener_rules(ctx.listener);
+        let pool_name = match self.request_phase(&req, rules, ctx) {
+            Step::Next(pool) => pool,
+            Step::Answer(answer) => return answer,
+        };
+        let Some((_, route)) = ctx.route else {
+            return plain(StatusCode::NOT_FOUND, "no route\n");
+        };
+        let Some(PoolEntry { pool, index }) = self.select_pool(route, pool_name) else {
+            return plain(StatusCode::BAD_GATEWAY, "no pool\n");
+        };
+        ctx.pool = Some(*index);
+        let upstream =
+            match upstream_request_phase(req, route, pool, rules, ctx, || self.new_request_id()) {
+                Step::Next(upstream) => upstream,
+                Step::Answer(answer) => return answer,
+            };
+        self.forward(ctx, pool, *index, upstream).await
+    }
+
+    /// Phase 1: limits, route, the route's request policies. Next: the pool the route chose.
+    fn request_phase<'a>(
+        &'a self,
+        req: &Request<Incoming>,
+        rules: Option<&ListenerRules>,
+        ctx: &mut RequestCtx<'a>,
+    ) -> Step<&'a str> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| rules.is_some_and(|r| n > r.max_body)) {
+            return Step::Answer(plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            ));
+        }
+        let host = host_of(req);
+        let Some(Routed { index, route, pool }) =
+            self.router().route(ctx.listener, req, host.as_deref())
+        else {
+            return Step::Answer(plain(StatusCode::NOT_FOUND, "no route\n"));
+        };
+        ctx.route = Some((index, route));
+        if !route.chain.request.is_empty() {
+            let target = redirect::Target {
+                scheme: ctx.scheme,
+                host: host.as_deref(),
+                port: request_port(req),
+                path: req.uri().path(),
+                query: req.uri().query(),
+            };
+            for policy in &route.chain.request {
+                if let Some(answer) = policy.on_request(&target, ctx.conn.local) {
+                    return Step::Answer(answer);
+                }
+            }
+        }
+        Step::Next(pool)
+    }
+
+    /// Phase 2's pool: the one the route chose; for a split whose choice has no usable
+    /// backend, the first other pool of the split that has one.
+    fn select_pool(&self, route: &RouteConfig, chosen: &str) -> Option<&PoolEntry> {
+        let entry = self.pool_entry(chosen)?;
+        if route.split.is_empty() || entry.pool.pick(0, &[]).is_some() {
+            return Some(entry);
+        }
+        route
+            .split
+            .iter()
+            .filter(|t| t.weight > 0 && t.pool != chosen)
+            .filter_map(|t| self.pool_entry(&t.pool))
+            .find(|e| e.pool.pick(0, &[]).is_some())
+            .or(Some(entry))
+    }
+
+    /// Phase 7: the request counted; with an access log, its line written when the body ends.
+    fn log_phase(
+        &self,
+        mut ctx: RequestCtx<'_>,
+        response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        ctx.status = response.status().as_u16();
+        ctx.duration = ctx.started.elapsed();
+        self.meters().request(ctx.listener, &ctx);
+        let Some(mut record) = ctx.access.take() else {
+            return response;
+        };
+        record.route = ctx.route.map(|(index, route)| match &route.name {
+            Some(name) => super::access_log::RouteLabel::Name(name.clone()),
+            None => super::access_log::RouteLabel::Index(index),
+        });
+        record.status = ctx.status;
+        record.retries = ctx.retries;
+        record.upstream_duration = ctx.upstream_duration;
+        if let Some(pool) = ctx.pool.and_then(|i| self.pool_by_index(i)) {
+            record.pool = Some(pool.config.name.clone());
+            record.backend = ctx
+                .backend
+                .and_then(|b| pool.config.backends.get(b))
+                .map(|b| b.addr);
+        }
+        let started = ctx.started;
+        response.map(|body| LoggedBody::wrap(body, started, self.observer_arc(), record))
+    }
+}
+
+/// Phase 3: the request as it goes upstream (or lb's answer: a rewrite made a bad target).
+fn upstream_request_phase(
+    req: Request<Incoming>,
+    route: &RouteConfig,
+    pool: &Pool,
+    rules: Option<&ListenerRules>,
+    ctx: &mut RequestCtx<'_>,
+    new_request_id: impl FnOnce() -> HeaderValue,
+) -> Step<Upstream> {
+    let Some(target) = upstream_target(route, req.uri()) else {
+        return Step::Answer(plain(StatusCode::BAD_REQUEST, "bad request target\n"));
+    };
+    let host = host_of(&req);
+    let forwarded_host = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
+    drop(host);
+    let trusted = rules.map_or(&[][..], |r| r.trusted_proxies.as_slice());
+    let client = client_ip(ctx.peer.ip(), req.headers(), trusted);
+    // Only the consistent hash reads the key.
+    let key = match pool.config.algorithm {
+        Algorithm::ConsistentHash => hash_key(&pool.config.hash_key, &req, client),
+        _ => 0,
+    };
+    let retryable = idempotent(req.method()) && !has_body(&req);
+
+    let mut req = req;
+    let upgrade = upgrade::take(&mut req);
+    let (mut parts, body) = req.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    if let Some(upgrade) = &upgrade {
+        upgrade.restore_headers(&mut parts.headers);
+    }
+    let request_id = set_forwarded(
+        &mut parts.headers,
+        &ctx.conn.peer,
+        client,
+        ctx.scheme,
+        forwarded_host,
+        new_request_id,
+    );
+    parts.version = hyper::Version::HTTP_11;
+    apply_upstream_request_policies(&route.chain, &mut parts);
+    // A request without a body (most GETs) needs neither the limits nor the watch.
+    let watch = (!body.is_end_stream()).then(BodyWatch::default);
+    let mut body: UpstreamBody = match &watch {
+        Some(watch) => body::limited(body, rules.and_then(|r| r.body_limits), watch),
+        None => Empty::new().map_err(|never| match never {}).boxed(),
+    };
+    if let Some(record) = &mut ctx.access {
+        record.request_id = request_id.to_str().ok().map(str::to_owned);
+        body = CountedBody::new(body, record.bytes_in.clone()).boxed();
+    }
+    Step::Next(Upstream {
+        parts,
+        body,
+        watch,
+        upgrade,
+        target,
+        key,
+        retryable,
+    })
+}
+
+fn apply_upstream_request_policies(chain: &RouteChain, parts: &mut Parts) {
+    for policy in &chain.upstream_request {
+        match policy {
+            UpstreamRequestPolicy::Headers(edits) => edits.apply(&mut parts.headers),
+        }
+    }
+}
+
+/// Phase 5: the route's response policies.
+fn response_phase(chain: &RouteChain, response: &mut Response<ProxyBody>) {
+    for policy in &chain.response {
+        match policy {
+            super::policy::ResponsePolicy::Headers(edits) => edits.apply(response.headers_mut()),
+        }
+    }
+}
+
+/// The port the client addressed (Host header, or an HTTP/2 authority), if it named one.
+fn request_port<B>(req: &Request<B>) -> Option<u16> {
+    match req.headers().get(header::HOST) {
+        Some(h) => h
+            .to_str()
+            .ok()?
+            .parse::<hyper::http::uri::Authority>()
+            .ok()?
+            .port_u16(),
+        None => req.uri().port_u16(),
+    }
+}
+
+/// One of lb's own short plain-text answers.
+pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+}

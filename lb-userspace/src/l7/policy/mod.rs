@@ -1,0 +1,154 @@
+//! Per-route policies: the route keys that act on a request rather than match it, compiled
+//! at load into the route's `RouteChain`, grouped by the pipeline phase that runs them (see
+//! `pipeline.rs` for the phases and their order).
+//!
+//! A new policy is one module here (its raw serde type, `compile`, what it does per request,
+//! unit tests), one key on `RawRoute` (`config.rs`), one variant of the phase enum it belongs
+//! to, its entry in docs/CONFIG.md and docs/examples/full.toml, and an end-to-end test.
+//! A route without policies has empty phase lists: each phase is one `is_empty` check.
+use std::{ops::Range, time::Duration};
+
+use hyper::Response;
+use toml::Spanned;
+
+use super::{config::RawRoute, pool::ProxyBody};
+use crate::config::ConfigError;
+
+pub mod headers;
+pub mod redirect;
+pub mod respond;
+pub mod timeout;
+
+pub use headers::HeaderEdits;
+pub use redirect::Redirect;
+pub use respond::Respond;
+
+/// Request phase: may answer at once instead of proxying.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestPolicy {
+    Respond(Respond),
+    Redirect(Redirect),
+}
+
+impl RequestPolicy {
+    /// The answer, when this policy gives one (None: the request goes on).
+    pub fn on_request(
+        &self,
+        target: &redirect::Target<'_>,
+        local: std::net::SocketAddr,
+    ) -> Option<Response<ProxyBody>> {
+        match self {
+            Self::Respond(r) => Some(r.answer()),
+            Self::Redirect(r) => Some(r.answer(target, local)),
+        }
+    }
+}
+
+/// Upstream-request phase: edits of the request as it goes to the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamRequestPolicy {
+    Headers(HeaderEdits),
+}
+
+/// Response-headers phase: edits of every response of the route (lb's own answers too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponsePolicy {
+    Headers(HeaderEdits),
+}
+
+/// One route's policies, by phase, in the order they run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteChain {
+    pub request: Vec<RequestPolicy>,
+    pub upstream_request: Vec<UpstreamRequestPolicy>,
+    pub response: Vec<ResponsePolicy>,
+    /// Time to the upstream response head (None: the pool's `request_timeout`).
+    pub timeout: Option<Duration>,
+}
+
+impl RouteChain {
+    /// The route answers every request itself (no pool needed).
+    pub fn answers_itself(&self) -> bool {
+        !self.request.is_empty()
+    }
+}
+
+/// Compiles the policy keys of one `[[route]]`; `route` is the span of the whole table.
+pub(crate) fn compile(
+    r: &RawRoute,
+    route: Range<usize>,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<RouteChain, ConfigError> {
+    let mut chain = RouteChain::default();
+    match (&r.respond, &r.redirect) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                route,
+                "route has both respond and redirect: use one".to_owned(),
+            ));
+        }
+        (Some(raw), None) => chain
+            .request
+            .push(RequestPolicy::Respond(respond::compile(raw, err)?)),
+        (None, Some(raw)) => chain
+            .request
+            .push(RequestPolicy::Redirect(redirect::compile(raw, err)?)),
+        (None, None) => {}
+    }
+    if let Some(raw) = &r.request_headers {
+        chain
+            .upstream_request
+            .push(UpstreamRequestPolicy::Headers(headers::compile(
+                raw,
+                "request_headers",
+                true,
+                err,
+            )?));
+    }
+    if let Some(raw) = &r.response_headers {
+        chain
+            .response
+            .push(ResponsePolicy::Headers(headers::compile(
+                raw,
+                "response_headers",
+                false,
+                err,
+            )?));
+    }
+    chain.timeout = r
+        .timeout
+        .as_ref()
+        .map(|t| timeout::compile(t, err))
+        .transpose()?;
+    if chain.answers_itself() {
+        // What a route that never proxies would ignore is an error, not a silent no-op.
+        let proxy_keys = [
+            ("pool", r.pool.as_ref().map(Spanned::span)),
+            ("split", r.split.as_ref().map(Spanned::span)),
+            (
+                "request_headers",
+                r.request_headers.as_ref().map(Spanned::span),
+            ),
+            ("timeout", r.timeout.as_ref().map(Spanned::span)),
+            (
+                "rewrite_prefix",
+                r.rewrite_prefix.as_ref().map(Spanned::span),
+            ),
+            ("rewrite_regex", r.rewrite_regex.as_ref().map(Spanned::span)),
+        ];
+        if let Some((key, Some(span))) = proxy_keys.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(err(
+                span,
+                format!("{key} on a route that answers itself (respond/redirect): remove it"),
+            ));
+        }
+        if r.strip_prefix {
+            return Err(err(
+                route,
+                "strip_prefix on a route that answers itself (respond/redirect): remove it"
+                    .to_owned(),
+            ));
+        }
+    }
+    Ok(chain)
+}
