@@ -59,7 +59,7 @@ fn every_shipped_example_passes_check_config() {
         [
             (
                 "full.toml".to_owned(),
-                "full.toml: ok: 2 vips, 4 listeners, 11 routes, 7 pools, 11 backends\n".to_owned()
+                "full.toml: ok: 2 vips, 4 listeners, 13 routes, 7 pools, 11 backends\n".to_owned()
             ),
             (
                 "minimal.toml".to_owned(),
@@ -270,7 +270,7 @@ fn full_example_parses_to_the_values_it_writes() {
 
     // [[route]], in file order.
     let r = &c.l7.routes;
-    assert_eq!(r.len(), 11);
+    assert_eq!(r.len(), 13);
     assert_eq!(r[0].listener, "public");
     assert_eq!(r[0].host, Some(HostMatch::Exact("example.com".into())));
     assert_eq!(r[0].path_exact.as_deref(), Some("/health"));
@@ -320,15 +320,75 @@ fn full_example_parses_to_the_values_it_writes() {
         ]
     );
     assert_eq!((r[4].pool.as_str(), r[5].pool.as_str()), ("secure", "grpc"));
-    assert_eq!((r[6].path_prefix.as_str(), r[6].host.as_ref()), ("/", None));
+    // Policies: r[0] edits headers both ways and has its own timeout; r[6] answers itself,
+    // r[7] redirects.
+    assert_eq!(r[0].name.as_deref(), Some("health"));
+    assert_eq!((r[0].label(0), r[1].label(1)), ("health".to_owned(), "1".to_owned()));
+    assert_eq!(r[0].chain.timeout, Some(secs(5)));
     assert_eq!(
-        (r[7].listener.as_str(), r[7].pool.as_str()),
+        (r[0].chain.upstream_request.len(), r[0].chain.response.len()),
+        (1, 1)
+    );
+    let mut upstream = hyper::HeaderMap::new();
+    upstream.insert("x-debug-token", hyper::header::HeaderValue::from_static("t"));
+    for policy in &r[0].chain.upstream_request {
+        let lb::l7::policy::UpstreamRequestPolicy::Headers(edits) = policy;
+        edits.apply(&mut upstream);
+    }
+    let upstream: Vec<String> = upstream
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+        .collect();
+    assert_eq!(upstream, ["x-env: prod", "x-tag: a", "x-tag: b"]);
+    let mut response = hyper::HeaderMap::new();
+    response.insert("server", hyper::header::HeaderValue::from_static("x"));
+    for policy in &r[0].chain.response {
+        let lb::l7::policy::ResponsePolicy::Headers(edits) = policy;
+        edits.apply(&mut response);
+    }
+    assert_eq!(
+        response.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect::<Vec<_>>(),
+        [("strict-transport-security", &b"max-age=63072000"[..])]
+    );
+    assert!(r[1..].iter().all(|r| r.chain.timeout.is_none() && r.name.is_none()));
+    let answer = |route: &lb::l7::RouteConfig| match route.chain.request.as_slice() {
+        [lb::l7::policy::RequestPolicy::Respond(respond)] => {
+            let response = respond.answer();
+            format!("respond {}", response.status().as_u16())
+        }
+        [lb::l7::policy::RequestPolicy::Redirect(redirect)] => {
+            let target = lb::l7::policy::redirect::Target {
+                scheme: "http",
+                host: Some("old.example.com"),
+                port: None,
+                path: "/x",
+                query: Some("q=1"),
+            };
+            let response = redirect.answer(&target, "127.0.0.1:80".parse().expect("addr"));
+            let location = response.headers()[hyper::header::LOCATION]
+                .to_str()
+                .unwrap_or_default()
+                .to_owned();
+            format!("redirect {} {location}", response.status().as_u16())
+        }
+        _ => "proxied".to_owned(),
+    };
+    assert_eq!(answer(&r[6]), "respond 200");
+    assert_eq!(
+        answer(&r[7]),
+        "redirect 308 https://example.com:8443/?q=1"
+    );
+    assert_eq!(answer(&r[8]), "proxied");
+    assert_eq!((r[6].path_exact.as_deref(), r[7].pool.as_str()), (Some("/ping"), ""));
+    assert_eq!((r[8].path_prefix.as_str(), r[8].host.as_ref()), ("/", None));
+    assert_eq!(
+        (r[9].listener.as_str(), r[9].pool.as_str()),
         ("internal", "web")
     );
-    assert_eq!(r[8].sni, Some(HostMatch::Suffix(".example.com".into())));
-    assert_eq!((r[9].sni.as_ref(), r[9].pool.as_str()), (None, "stable"));
+    assert_eq!(r[10].sni, Some(HostMatch::Suffix(".example.com".into())));
+    assert_eq!((r[11].sni.as_ref(), r[11].pool.as_str()), (None, "stable"));
     assert_eq!(
-        (r[10].listener.as_str(), r[10].pool.as_str()),
+        (r[12].listener.as_str(), r[12].pool.as_str()),
         ("dns", "dns")
     );
 }
