@@ -323,14 +323,20 @@ fn full_example_parses_to_the_values_it_writes() {
     // Policies: r[0] edits headers both ways and has its own timeout; r[6] answers itself,
     // r[7] redirects.
     assert_eq!(r[0].name.as_deref(), Some("health"));
-    assert_eq!((r[0].label(0), r[1].label(1)), ("health".to_owned(), "1".to_owned()));
+    assert_eq!(
+        (r[0].label(0), r[1].label(1)),
+        ("health".to_owned(), "1".to_owned())
+    );
     assert_eq!(r[0].chain.timeout, Some(secs(5)));
     assert_eq!(
         (r[0].chain.upstream_request.len(), r[0].chain.response.len()),
         (1, 1)
     );
     let mut upstream = hyper::HeaderMap::new();
-    upstream.insert("x-debug-token", hyper::header::HeaderValue::from_static("t"));
+    upstream.insert(
+        "x-debug-token",
+        hyper::header::HeaderValue::from_static("t"),
+    );
     for policy in &r[0].chain.upstream_request {
         let lb::l7::policy::UpstreamRequestPolicy::Headers(edits) = policy;
         edits.apply(&mut upstream);
@@ -347,10 +353,17 @@ fn full_example_parses_to_the_values_it_writes() {
         edits.apply(&mut response);
     }
     assert_eq!(
-        response.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect::<Vec<_>>(),
+        response
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect::<Vec<_>>(),
         [("strict-transport-security", &b"max-age=63072000"[..])]
     );
-    assert!(r[1..].iter().all(|r| r.chain.timeout.is_none() && r.name.is_none()));
+    assert!(
+        r[1..]
+            .iter()
+            .all(|r| r.chain.timeout.is_none() && r.name.is_none())
+    );
     let answer = |route: &lb::l7::RouteConfig| match route.chain.request.as_slice() {
         [lb::l7::policy::RequestPolicy::Respond(respond)] => {
             let response = respond.answer();
@@ -374,12 +387,12 @@ fn full_example_parses_to_the_values_it_writes() {
         _ => "proxied".to_owned(),
     };
     assert_eq!(answer(&r[6]), "respond 200");
-    assert_eq!(
-        answer(&r[7]),
-        "redirect 308 https://example.com:8443/?q=1"
-    );
+    assert_eq!(answer(&r[7]), "redirect 308 https://example.com:8443/?q=1");
     assert_eq!(answer(&r[8]), "proxied");
-    assert_eq!((r[6].path_exact.as_deref(), r[7].pool.as_str()), (Some("/ping"), ""));
+    assert_eq!(
+        (r[6].path_exact.as_deref(), r[7].pool.as_str()),
+        (Some("/ping"), "")
+    );
     assert_eq!((r[8].path_prefix.as_str(), r[8].host.as_ref()), ("/", None));
     assert_eq!(
         (r[9].listener.as_str(), r[9].pool.as_str()),

@@ -463,3 +463,27 @@ fn bad_route_and_listener_keys_name_file_line_and_reason() {
         "l7.toml:4: trusted_proxies: \"10.0.0.0/33\" is not an address or network"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_passes_over_a_pool_with_no_usable_backend() {
+    let log = Log::default();
+    let (drained, live) = (
+        backend("drained", log.clone()).await,
+        backend("live", log.clone()).await,
+    );
+    // Pool "drained"'s only backend takes no new requests (weight 0): its half of the split
+    // goes to the other pool instead of answering 503.
+    let (_proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"drained\"\n[[pool.backend]]\naddress = \"{drained}\"\nweight = 0\n\
+         {}{LISTENER}\
+         [[route]]\nlistener = \"l\"\n\
+         split = [{{ pool = \"drained\", weight = 1 }}, {{ pool = \"live\", weight = 1 }}]\n",
+        pool("live", live)
+    ))
+    .await;
+    for i in 0..10 {
+        let (status, body) = get(addr, &request("GET", &format!("/{i}"), "")).await;
+        assert_eq!((status, body), (200, format!("live /{i}")));
+    }
+    assert!(log.lock().expect("log").iter().all(|(n, _, _)| n == "live"));
+}

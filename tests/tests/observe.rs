@@ -372,3 +372,61 @@ fn a_recovered_backend_ramps_up_under_slow_start() {
     println!("b got {got} of 100 requests at the start of its slow start");
     assert!((3..=20).contains(&got), "b got {got} of 100");
 }
+
+#[test]
+fn named_routes_label_metrics_and_the_access_log() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let good: TestServer = runtime.block_on(http_server::start(Behaviour::default()));
+    let listen = free_addr();
+    let file = format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{good}\"\n\
+         [[listener]]\nname = \"main\"\naddress = \"{listen}\"\n\
+         [[route]]\nname = \"ping\"\nlistener = \"main\"\npath = \"/ping\"\n\
+         respond = {{ status = 200, body = \"pong\" }}\n\
+         [[route]]\nname = \"site\"\nlistener = \"main\"\npool = \"web\"\n",
+        good = good.addr,
+    );
+    let (lb, admin) = start(&file);
+    assert_eq!(http(listen, "/ping", ""), (200, "pong".to_owned()));
+    assert_eq!(http(listen, "/page", "").0, 200);
+
+    let metrics = http(admin, "/metrics", "").1;
+    let ping = "lb_http_requests_total{listener=\"main\",route=\"ping\",pool=\"\",backend=\"\",status=\"200\"}";
+    let site = format!(
+        "lb_http_requests_total{{listener=\"main\",route=\"site\",pool=\"web\",backend=\"{}\",status=\"200\"}}",
+        good.addr
+    );
+    assert_eq!(sample(&metrics, ping), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, &site), Some(1.0), "{metrics}");
+
+    let log_path = lb.dir.join("access.log");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_for("access log lines", Duration::from_secs(5), || {
+        read_log().lines().count() >= 2
+    });
+    let lines: Vec<serde_json::Value> = read_log()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let ping = lines
+        .iter()
+        .find(|l| l["path"] == "/ping")
+        .expect("ping line");
+    assert_eq!(
+        (ping["route"].clone(), ping["status"].clone()),
+        ("ping".into(), 200.into())
+    );
+    assert!(
+        ping["pool"].is_null() && ping["backend"].is_null(),
+        "{ping}"
+    );
+    let page = lines
+        .iter()
+        .find(|l| l["path"] == "/page")
+        .expect("page line");
+    assert_eq!(
+        (page["route"].clone(), page["pool"].clone()),
+        ("site".into(), "web".into())
+    );
+    drop(lb);
+}
