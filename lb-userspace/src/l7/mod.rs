@@ -1,4 +1,5 @@
-//! The L7 tier (in progress): an HTTP reverse proxy with routing and upstream pools.
+//! The L7 tier: an HTTP reverse proxy (routing, a per-route policy pipeline, upstream pools)
+//! and tcp/udp stream listeners.
 //!
 //! - `config.rs`: the `[[pool]]`, `[[listener]]`, `[[route]]` sections of the backend file.
 //! - `selection/`: backend choice (one module per algorithm).
@@ -11,7 +12,11 @@
 //! - `server.rs`: listeners, accept, PROXY header, TLS, HTTP/1.1 + HTTP/2 connections.
 //! - `routing.rs`: which route a request takes (and which pool of a weighted split).
 //! - `route_rules.rs`: the route match/rewrite/split keys, checked and compiled at load.
-//! - `proxy.rs`: one request's journey: limits, route, backend, headers, forwarding, retries.
+//! - `proxy.rs`: `Proxy`, one generation of request-time state (pools, routes, metric handles).
+//! - `pipeline.rs`: the request pipeline's phases, in order; `context.rs`: `RequestCtx`.
+//! - `forward.rs`: the upstream phase (backend per attempt, timeouts, retries).
+//! - `policy/`: per-route policies compiled into each route's chain (header edits, redirect,
+//!   respond, timeout).
 //! - `observe.rs`: what each request reports (metrics handles); `access_log.rs`: JSON lines.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `upgrade.rs`: HTTP/1.1 Upgrade (WebSocket): headers passed on, streams spliced after 101.
