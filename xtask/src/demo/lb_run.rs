@@ -12,7 +12,9 @@
 //! The VIP is `forward = "local"`: XDP counts each packet and tags each new flow, then hands
 //! it to the lb namespace's stack, where the L7 listener proxies the requests to the pool
 //! (round robin, HTTP health checks). The story, each step checked against `/api/status`:
-//! 1. `lb bench` for a few seconds (closed loop); every backend gets requests.
+//! 1. `lb bench` for a few seconds (closed loop); every backend gets requests. Then route
+//!    policies seen by curl from the client: a redirect and a direct answer made by lb, and a
+//!    response header lb adds to what the backends send.
 //! 2. With open-loop traffic flowing: drain backend 1 (admin API): it gets no new requests;
 //!    undrain it. Kill backend 2: health checks mark it down and traffic avoids it, with no
 //!    failed request seen by the client; start it again: it comes back up and gets traffic.
@@ -149,6 +151,8 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
             "be{id} got no request during the benchmark"
         );
     }
+
+    route_policies(&topo)?;
 
     // 2. The story, with open-loop traffic flowing all along.
     println!(
@@ -302,6 +306,67 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
     Ok(())
 }
 
+/// Step 1's second half: curl in the client namespace sees what the route policies do.
+fn route_policies(topo: &Topology) -> Result<()> {
+    println!("\ndemo: route policies, seen by curl from the client namespace");
+    let curl = |path: &str| -> Result<(u16, String)> {
+        let out = topo
+            .client
+            .command("curl")
+            .args(["-si", "--max-time", "5", &format!("http://{VIP}{path}")])
+            .output()
+            .context("running curl in the client namespace")?;
+        ensure!(
+            out.status.success(),
+            "curl {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("curl {path}: no status line"))?;
+        Ok((code, text))
+    };
+    let header = |text: &str, name: &str| -> Option<String> {
+        text.lines()
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            })
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let (code, text) = curl("/old-docs/intro?lang=en")?;
+    let location = header(&text, "location").unwrap_or_default();
+    println!("demo:   GET /old-docs/intro?lang=en -> {code}, Location: {location}");
+    ensure!(
+        code == 308 && location == format!("http://{VIP}/docs?lang=en"),
+        "the redirect route answered {code} with Location {location:?}"
+    );
+    let (code, text) = curl("/ping")?;
+    let body = text
+        .split("\n\n")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    println!("demo:   GET /ping -> {code} {body:?} (answered by lb)");
+    ensure!(
+        code == 200 && body == "pong",
+        "the respond route answered {code} {body:?}"
+    );
+    let (code, text) = curl("/")?;
+    let served_by = header(&text, "x-served-by").unwrap_or_default();
+    println!("demo:   GET / -> {code}, X-Served-By: {served_by} (added to the backend's answer)");
+    ensure!(
+        code == 200 && served_by == "lb",
+        "the proxied route answered {code} with X-Served-By {served_by:?}"
+    );
+    Ok(())
+}
+
 fn address_of(id: u8) -> String {
     format!("10.201.{id}.2:{BACKEND_PORT}")
 }
@@ -340,9 +405,23 @@ retries = 2                    # idempotent requests whose backend failed go to 
 name = \"web\"
 address = \"{VIP}:80\"
 
+[[route]]                      # answered by lb itself: a redirect, the query kept
+name = \"old-docs\"
+listener = \"web\"
+path_prefix = \"/old-docs\"
+redirect = {{ status = 308, path = \"/docs\" }}
+
+[[route]]                      # a fixed answer, no backend involved
+name = \"ping\"
+listener = \"web\"
+path = \"/ping\"
+respond = {{ status = 200, body = \"pong\\n\" }}
+
 [[route]]
+name = \"site\"
 listener = \"web\"
 pool = \"{POOL}\"
+response_headers = {{ set = {{ \"x-served-by\" = \"lb\" }} }}
 
 [[vip]]
 address = \"{VIP}:80\"

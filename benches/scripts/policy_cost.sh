@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The cost of the L7 request pipeline and of route policies, as lb's CPU time per request.
+#
+#   benches/scripts/policy_cost.sh [BASELINE_LB]
+#
+# An NGINX backend answering "hello\n" and `lb l7 --threads 1` share CPU 0; `lb bench`
+# (keep-alive, 50 connections, 5 s) runs on CPU 1. lb's CPU time per request is its
+# utime+stime from /proc over the requests served. Variants, interleaved, 3 rounds:
+#   - base:     BASELINE_LB (e.g. a build of an earlier commit) on a route without policies
+#   - plain:    this tree's lb on the same route
+#   - policies: this tree's lb, the route with request_headers (set + add), response_headers
+#               (set) = three header edits
+# Needs root-free loopback ports 19501-19503, nginx and taskset.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release -q -p lb-userspace --bin lb
+LB=$PWD/target/release/lb
+BASE=${1:-}
+DIR=$(mktemp -d /tmp/lb-policy-cost.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
+
+cat > "$DIR/backend.conf" <<CONF
+worker_processes 1; daemon off; master_process off; pid $DIR/nginx.pid; error_log $DIR/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:19501; location / { return 200 "hello\n"; } } }
+CONF
+taskset -c 0 nginx -c "$DIR/backend.conf" &
+
+pool='[[pool]]
+name = "web"
+[[pool.backend]]
+address = "127.0.0.1:19501"
+[[listener]]
+name = "l"
+address = "127.0.0.1:19502"
+[[route]]
+listener = "l"
+pool = "web"'
+printf '%s\n' "$pool" > "$DIR/plain.toml"
+printf '%s\n%s\n' "$pool" 'request_headers = { set = { "x-env" = "prod" }, add = { "x-tag" = "a" } }
+response_headers = { set = { "strict-transport-security" = "max-age=63072000" } }' > "$DIR/policies.toml"
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+run() { # NAME BINARY CONFIG
+    taskset -c 0 "$2" l7 --threads 1 --backends "$3" > "$DIR/lb.out" 2>&1 &
+    local pid=$!
+    until grep -q "listening\|127.0.0.1:19502" "$DIR/lb.out" 2>/dev/null; do
+        kill -0 $pid || { cat "$DIR/lb.out"; exit 1; }
+        sleep 0.05
+    done
+    local before; before=$(ticks $pid)
+    local json; json=$(taskset -c 1 "$LB" bench --json --threads 1 -c 50 -d 5s --warmup 0s http://127.0.0.1:19502/small)
+    local after; after=$(ticks $pid)
+    kill $pid; wait $pid 2>/dev/null || true
+    local ok; ok=$(printf '%s' "$json" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["ok"])')
+    local hz; hz=$(getconf CLK_TCK)
+    python3 -c "ok=$ok; t=($after-$before)/$hz; print(f'$1 {ok/5:.0f} req/s, {t*1e6/ok:.2f} us CPU/req')"
+}
+
+for round in 1 2 3; do
+    echo "round $round"
+    if [ -n "$BASE" ]; then run base "$BASE" "$DIR/plain.toml"; fi
+    run plain "$LB" "$DIR/plain.toml"
+    run policies "$LB" "$DIR/policies.toml"
+done
