@@ -123,7 +123,9 @@ pub enum HashKey {
     Cookie(String),
 }
 
-#[derive(Clone, Debug)]
+/// Compared on reload (`==`): an unchanged pool keeps its state and connections. TLS
+/// settings compare by what the connector was built from, the CA file by its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     pub name: String,
     pub algorithm: Algorithm,
@@ -169,8 +171,18 @@ pub struct TlsCertConfig {
     pub key_line: usize,
 }
 
-/// Without the line numbers: a reload compares listeners by their Debug text, and moving a
-/// section in the file must not restart its listener.
+/// Without the line numbers: moving a section in the file must not restart its listener. The
+/// files' contents are not compared: a reload re-reads them for every HTTPS listener it keeps
+/// and swaps them in (`RunningL7::reload`).
+impl PartialEq for TlsCertConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key && self.server_names == other.server_names
+    }
+}
+
+impl Eq for TlsCertConfig {}
+
+/// Without the line numbers, as `PartialEq`.
 impl std::fmt::Debug for TlsCertConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsCertConfig")
@@ -181,7 +193,8 @@ impl std::fmt::Debug for TlsCertConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+/// Compared on reload (`==`, with the bound address): an unchanged listener keeps accepting.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub name: String,
     pub addr: SocketAddr,

@@ -122,23 +122,23 @@ pub struct CertReloader {
 
 impl CertReloader {
     /// Reads every file again; nothing changes unless all of them are good.
-    pub fn load(&self) -> Result<PreparedCerts<'_>, TlsError> {
+    pub fn load(&self) -> Result<PreparedCerts, TlsError> {
         Ok(PreparedCerts {
-            reloader: self,
+            resolver: self.resolver.clone(),
             certs: cert_set(&self.files, &self.provider)?,
         })
     }
 }
 
 /// Certificates read and checked, ready to swap in.
-pub struct PreparedCerts<'a> {
-    reloader: &'a CertReloader,
+pub struct PreparedCerts {
+    resolver: Arc<SniResolver>,
     certs: CertSet,
 }
 
-impl PreparedCerts<'_> {
+impl PreparedCerts {
     pub fn swap_in(self) {
-        self.reloader.resolver.certs.store(Arc::new(self.certs));
+        self.resolver.certs.store(Arc::new(self.certs));
     }
 }
 

@@ -398,12 +398,13 @@ impl Manager {
         self.publish();
     }
 
+    /// Nothing is adopted unless the L7 tier took the whole new configuration (its reload
+    /// binds, reads certificates and CA files before changing anything, certificates of the
+    /// listeners it keeps included), so config, health states and drains stay the running
+    /// tier's.
     async fn try_reload(&mut self) -> anyhow::Result<()> {
         let config = flags::load(&self.options.backends, &self.options.flags)?;
         self.l7.reload(&config.l7).await?;
-        if let Err(err) = self.l7.reload_certificates() {
-            tracing::warn!(%err, "certificates kept");
-        }
         self.config = config;
         self.start_checks();
         self.apply_health();
@@ -515,7 +516,12 @@ impl Manager {
                     .listeners
                     .iter()
                     .find(|l| l.name == *name)
-                    .map_or("http", |l| if l.tls.is_empty() { "http" } else { "https" })
+                    .map_or("http", |l| match l.mode {
+                        l7::config::ListenerMode::Tcp => "tcp",
+                        l7::config::ListenerMode::Udp => "udp",
+                        l7::config::ListenerMode::Http if l.tls.is_empty() => "http",
+                        l7::config::ListenerMode::Http => "https",
+                    })
                     .into(),
             })
             .collect();
