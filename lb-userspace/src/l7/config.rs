@@ -103,7 +103,9 @@ use crate::{
     health::config::{HealthCheckConfig, RawHealthCheck},
 };
 
+mod checks;
 mod stream;
+pub use checks::{addresses_overlap, warnings};
 pub use stream::{ListenerMode, StreamSettings};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -533,6 +535,7 @@ impl L7Config {
             pools.push(pool_config);
         }
 
+        checks::listener_addresses(&raw_listeners, path, text)?;
         let mut listeners = Vec::new();
         let mut listener_names = HashSet::new();
         for l in raw_listeners {
@@ -620,6 +623,7 @@ impl L7Config {
                     format!("route names unknown listener {:?}", r.listener.get_ref()),
                 ));
             }
+            checks::path_prefix(&r, path, text)?;
             let rules = super::route_rules::parse(&r, route_span, &names, text, path)?;
             let sni = stream::route_keys(&r, &listeners, &pools, path, text)?;
             let host = r.host.as_ref().map(|h| {

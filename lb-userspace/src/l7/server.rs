@@ -204,7 +204,7 @@ impl RunningL7 {
                             !kept[i]
                                 && !taken[i]
                                 && self.tasks[i].socket.is_udp() == udp
-                                && overlaps(self.tasks[i].bound, l.addr)
+                                && super::config::addresses_overlap(self.tasks[i].bound, l.addr)
                         });
                         if !(held && is_addr_in_use(&e)) {
                             return Err(e);
@@ -290,7 +290,7 @@ impl RunningL7 {
             let blocks = prepared.iter().any(|p| {
                 p.socket.is_none()
                     && (p.settings.config.mode == ListenerMode::Udp) == t.socket.is_udp()
-                    && overlaps(t.bound, p.settings.config.addr)
+                    && super::config::addresses_overlap(t.bound, p.settings.config.addr)
             });
             if blocks {
                 let t = stop.swap_remove(i);
@@ -462,18 +462,6 @@ async fn bind(l: &ListenerConfig) -> Result<BoundSocket, L7Error> {
 
 fn is_addr_in_use(e: &L7Error) -> bool {
     matches!(e, L7Error::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
-}
-
-/// Whether sockets bound to `a` and `b` would clash: same port, and the same address or a
-/// wildcard covering the other (`[::]` covers IPv4 too: Linux binds it dual-stack).
-fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
-    if a.port() != b.port() || a.port() == 0 {
-        return false;
-    }
-    let covers = |w: SocketAddr, o: SocketAddr| {
-        w.ip().is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4())
-    };
-    a.ip() == b.ip() || covers(a, b) || covers(b, a)
 }
 
 /// The listener's TLS acceptor and certificate reloader (HTTPS listeners; reads the files).

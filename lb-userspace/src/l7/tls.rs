@@ -31,12 +31,40 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("a TLS listener needs at least one certificate")]
     NoCertificates,
-    #[error("{path} with its key: {source}")]
+    /// The key (at `path`) is unusable or does not match the certificate.
+    #[error("{path}: {source}")]
     Certificate {
         path: String,
         #[source]
         source: rustls::Error,
     },
+}
+
+impl TlsError {
+    /// The file the error is about, if one.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Self::Read { path, .. } | Self::NoKey { path } | Self::NoCert { path } => Some(path),
+            Self::Certificate { path, .. } => Some(path),
+            Self::Rustls(_) | Self::NoCertificates => None,
+        }
+    }
+
+    /// Whether the error is about the key (file, or its match with the certificate) rather
+    /// than the certificate.
+    pub fn is_about_key(&self, cert: &TlsCertConfig) -> bool {
+        match self {
+            Self::NoKey { .. } | Self::Certificate { .. } => true,
+            Self::Read { path, .. } => *path == cert.key.display().to_string(),
+            _ => false,
+        }
+    }
+}
+
+/// Reads one certificate and its key as a listener would, checking that the key file holds a
+/// private key and that it matches the certificate (what `lb check-config` runs).
+pub fn check_certificate(cert: &TlsCertConfig) -> Result<(), TlsError> {
+    load(cert, &rustls::crypto::ring::default_provider()).map(|_| ())
 }
 
 /// The certificates of one listener, by SNI name.
@@ -107,7 +135,7 @@ fn load(
             path: cert.key.display().to_string(),
         })?;
     CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Certificate {
-        path: cert.cert.display().to_string(),
+        path: cert.key.display().to_string(),
         source,
     })
 }

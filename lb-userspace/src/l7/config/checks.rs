@@ -1,0 +1,108 @@
+//! Checks across `[[listener]]` and `[[route]]` sections that `lb run` and `lb check-config`
+//! share (both parse through here): two listeners on one address, glob characters in
+//! `path_prefix`; and the warnings only `lb check-config` prints (a pool with no backends).
+use std::{net::SocketAddr, path::Path};
+
+use toml::Spanned;
+
+use super::{ListenerMode, RawListener, RawRoute};
+use crate::config::{ConfigError, RawFile};
+
+/// Whether sockets bound to `a` and `b` would clash: same port (not 0, which the kernel
+/// picks), and the same address or a wildcard covering the other (`[::]` covers IPv4 too:
+/// Linux binds it dual-stack).
+pub fn addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let covers = |w: SocketAddr, o: SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4())
+    };
+    a.ip() == b.ip() || covers(a, b) || covers(b, a)
+}
+
+/// Refuses two listeners whose sockets would clash (udp listeners only clash with udp ones,
+/// http and tcp ones with each other). Addresses that do not parse are left to the listener's
+/// own check.
+pub(super) fn listener_addresses(
+    listeners: &[Spanned<RawListener>],
+    path: &Path,
+    text: &str,
+) -> Result<(), ConfigError> {
+    let mut seen: Vec<(&str, SocketAddr, bool)> = Vec::new();
+    for l in listeners.iter().map(Spanned::get_ref) {
+        let Ok(addr) = l.address.get_ref().parse::<SocketAddr>() else {
+            continue;
+        };
+        let udp = l
+            .mode
+            .as_ref()
+            .is_some_and(|m| *m.get_ref() == ListenerMode::Udp);
+        if let Some((other, other_addr, _)) = seen
+            .iter()
+            .find(|(_, a, u)| *u == udp && addresses_overlap(*a, addr))
+        {
+            let how = if *other_addr == addr {
+                "is also".to_owned()
+            } else {
+                format!("overlaps {other_addr}, the address of")
+            };
+            return Err(ConfigError::at(
+                path,
+                text,
+                l.address.span(),
+                format!(
+                    "listener {:?}: address {addr} {how} listener {other:?} (one socket per address)",
+                    l.name.get_ref()
+                ),
+            ));
+        }
+        seen.push((l.name.get_ref(), addr, udp));
+    }
+    Ok(())
+}
+
+/// `path_prefix` matches literally (on segment boundaries): `*`, `?` and `[` in it are
+/// almost certainly meant as a pattern, which would silently never match.
+pub(super) fn path_prefix(route: &RawRoute, path: &Path, text: &str) -> Result<(), ConfigError> {
+    let Some(prefix) = &route.path_prefix else {
+        return Ok(());
+    };
+    match prefix
+        .get_ref()
+        .chars()
+        .find(|c| matches!(c, '*' | '?' | '['))
+    {
+        None => Ok(()),
+        Some(c) => Err(ConfigError::at(
+            path,
+            text,
+            prefix.span(),
+            format!(
+                "path_prefix {:?} holds the glob character {c:?}, but path_prefix is matched literally; use path_regex for patterns (e.g. path_regex = \"^/api/\")",
+                prefix.get_ref()
+            ),
+        )),
+    }
+}
+
+/// What `lb check-config` warns about in a file that parses: `FILE:LINE: warning: ...` lines.
+pub fn warnings(text: &str, path: &Path) -> Vec<String> {
+    let Ok(raw) = RawFile::parse(text, path) else {
+        return Vec::new();
+    };
+    raw.pools
+        .iter()
+        .map(Spanned::get_ref)
+        .filter(|p| p.backends.is_empty())
+        .map(|p| {
+            let at = ConfigError::at(path, text, p.name.span(), String::new());
+            format!(
+                "{}:{}: warning: pool {:?} has no backends (requests routed to it fail)",
+                path.display(),
+                at.line,
+                p.name.get_ref()
+            )
+        })
+        .collect()
+}
