@@ -535,9 +535,9 @@ impl L7Config {
             pools.push(pool_config);
         }
 
-        checks::listener_addresses(&raw_listeners, path, text)?;
         let mut listeners = Vec::new();
         let mut listener_names = HashSet::new();
+        let mut addresses = Vec::new();
         for l in raw_listeners {
             let l = l.into_inner();
             let name = l.name.get_ref().clone();
@@ -553,6 +553,7 @@ impl L7Config {
                     ),
                 )
             })?;
+            checks::listener_address(&l, addr, &mut addresses, path, text)?;
             let (mode, stream) = stream::listener_keys(&l, path, text)?;
             let tls = l
                 .tls

@@ -31,7 +31,9 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("a TLS listener needs at least one certificate")]
     NoCertificates,
-    /// The key (at `path`) is unusable or does not match the certificate.
+    #[error("{key}: the private key does not match the certificate in {cert}")]
+    KeyMismatch { key: String, cert: String },
+    /// The key (at `path`) is unusable.
     #[error("{path}: {source}")]
     Certificate {
         path: String,
@@ -41,20 +43,11 @@ pub enum TlsError {
 }
 
 impl TlsError {
-    /// The file the error is about, if one.
-    pub fn path(&self) -> Option<&str> {
-        match self {
-            Self::Read { path, .. } | Self::NoKey { path } | Self::NoCert { path } => Some(path),
-            Self::Certificate { path, .. } => Some(path),
-            Self::Rustls(_) | Self::NoCertificates => None,
-        }
-    }
-
     /// Whether the error is about the key (file, or its match with the certificate) rather
     /// than the certificate.
     pub fn is_about_key(&self, cert: &TlsCertConfig) -> bool {
         match self {
-            Self::NoKey { .. } | Self::Certificate { .. } => true,
+            Self::NoKey { .. } | Self::KeyMismatch { .. } | Self::Certificate { .. } => true,
             Self::Read { path, .. } => *path == cert.key.display().to_string(),
             _ => false,
         }
@@ -134,9 +127,17 @@ fn load(
         .ok_or_else(|| TlsError::NoKey {
             path: cert.key.display().to_string(),
         })?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Certificate {
-        path: cert.key.display().to_string(),
-        source,
+    CertifiedKey::from_der(chain, key, provider).map_err(|source| match source {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TlsError::KeyMismatch {
+                key: cert.key.display().to_string(),
+                cert: cert.cert.display().to_string(),
+            }
+        }
+        source => TlsError::Certificate {
+            path: cert.key.display().to_string(),
+            source,
+        },
     })
 }
 

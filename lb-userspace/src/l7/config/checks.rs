@@ -21,44 +21,40 @@ pub fn addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.ip() == b.ip() || covers(a, b) || covers(b, a)
 }
 
-/// Refuses two listeners whose sockets would clash (udp listeners only clash with udp ones,
-/// http and tcp ones with each other). Addresses that do not parse are left to the listener's
-/// own check.
-pub(super) fn listener_addresses(
-    listeners: &[Spanned<RawListener>],
+/// Refuses a listener whose socket would clash with an earlier one's (`seen`: name, address,
+/// udp), then records it. udp listeners only clash with udp ones, http and tcp ones with each
+/// other.
+pub(super) fn listener_address(
+    l: &RawListener,
+    addr: SocketAddr,
+    seen: &mut Vec<(String, SocketAddr, bool)>,
     path: &Path,
     text: &str,
 ) -> Result<(), ConfigError> {
-    let mut seen: Vec<(&str, SocketAddr, bool)> = Vec::new();
-    for l in listeners.iter().map(Spanned::get_ref) {
-        let Ok(addr) = l.address.get_ref().parse::<SocketAddr>() else {
-            continue;
+    let udp = l
+        .mode
+        .as_ref()
+        .is_some_and(|m| *m.get_ref() == ListenerMode::Udp);
+    if let Some((other, other_addr, _)) = seen
+        .iter()
+        .find(|(_, a, u)| *u == udp && addresses_overlap(*a, addr))
+    {
+        let how = if *other_addr == addr {
+            "is also".to_owned()
+        } else {
+            format!("overlaps {other_addr}, the address of")
         };
-        let udp = l
-            .mode
-            .as_ref()
-            .is_some_and(|m| *m.get_ref() == ListenerMode::Udp);
-        if let Some((other, other_addr, _)) = seen
-            .iter()
-            .find(|(_, a, u)| *u == udp && addresses_overlap(*a, addr))
-        {
-            let how = if *other_addr == addr {
-                "is also".to_owned()
-            } else {
-                format!("overlaps {other_addr}, the address of")
-            };
-            return Err(ConfigError::at(
-                path,
-                text,
-                l.address.span(),
-                format!(
-                    "listener {:?}: address {addr} {how} listener {other:?} (one socket per address)",
-                    l.name.get_ref()
-                ),
-            ));
-        }
-        seen.push((l.name.get_ref(), addr, udp));
+        return Err(ConfigError::at(
+            path,
+            text,
+            l.address.span(),
+            format!(
+                "listener {:?}: address {addr} {how} listener {other:?} (one socket per address)",
+                l.name.get_ref()
+            ),
+        ));
     }
+    seen.push((l.name.get_ref().clone(), addr, udp));
     Ok(())
 }
 
