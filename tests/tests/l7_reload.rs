@@ -280,3 +280,25 @@ async fn reload_applies_every_upstream_tls_setting() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A listener moving from a wildcard address to a specific one on the same port (which the
+/// wildcard socket blocks until it closes) is rebound after the old socket closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moves_a_listener_off_a_wildcard_address_on_its_port() {
+    let a = http_server::start(Behaviour::default()).await;
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let text = |ip: &str| file(&[(a.addr, 1)], &[("w", &format!("{ip}:{port}"))]);
+    let mut running = l7::serve(config(&text("0.0.0.0"))).await.expect("serve");
+    let report = running
+        .reload(&config(&text("127.0.0.1")))
+        .await
+        .expect("reload");
+    assert_eq!((report.listeners_started, report.listeners_stopped), (1, 1));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    assert_eq!(running.listeners, [("w".to_owned(), addr)]);
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(get(&mut tcp).await, 200);
+}
