@@ -624,7 +624,6 @@ impl L7Config {
                     format!("route names unknown listener {:?}", r.listener.get_ref()),
                 ));
             }
-            checks::path_prefix(&r, path, text)?;
             let rules = super::route_rules::parse(&r, route_span, &names, text, path)?;
             let sni = stream::route_keys(&r, &listeners, &pools, path, text)?;
             let host = r.host.as_ref().map(|h| {
@@ -640,6 +639,9 @@ impl L7Config {
                         p.span(),
                         format!("path_prefix {:?} must start with /", p.get_ref()),
                     ));
+                }
+                Some(p) if checks::glob_char(p.get_ref()).is_some() => {
+                    return Err(checks::glob_prefix(p, path, text));
                 }
                 Some(p) => p.get_ref().clone(),
                 None => "/".to_owned(),

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::Path};
 
 use toml::Spanned;
 
-use super::{ListenerMode, RawListener, RawRoute};
+use super::{ListenerMode, RawListener};
 use crate::config::{ConfigError, RawFile};
 
 /// Whether sockets bound to `a` and `b` would clash: same port (not 0, which the kernel
@@ -58,28 +58,25 @@ pub(super) fn listener_address(
     Ok(())
 }
 
-/// `path_prefix` matches literally (on segment boundaries): `*`, `?` and `[` in it are
-/// almost certainly meant as a pattern, which would silently never match.
-pub(super) fn path_prefix(route: &RawRoute, path: &Path, text: &str) -> Result<(), ConfigError> {
-    let Some(prefix) = &route.path_prefix else {
-        return Ok(());
-    };
-    match prefix
-        .get_ref()
-        .chars()
-        .find(|c| matches!(c, '*' | '?' | '['))
-    {
-        None => Ok(()),
-        Some(c) => Err(ConfigError::at(
-            path,
-            text,
-            prefix.span(),
-            format!(
-                "path_prefix {:?} holds the glob character {c:?}, but path_prefix is matched literally; use path_regex for patterns (e.g. path_regex = \"^/api/\")",
-                prefix.get_ref()
-            ),
-        )),
-    }
+/// The first glob character (`*`, `?`, `[`) in a `path_prefix`, if any: path_prefix matches
+/// literally (on segment boundaries), so such a prefix is almost certainly meant as a pattern
+/// and would silently never match.
+pub(super) fn glob_char(prefix: &str) -> Option<char> {
+    prefix.chars().find(|c| matches!(c, '*' | '?' | '['))
+}
+
+/// The error for a `path_prefix` holding a glob character.
+pub(super) fn glob_prefix(prefix: &Spanned<String>, path: &Path, text: &str) -> ConfigError {
+    let c = glob_char(prefix.get_ref()).unwrap_or('*');
+    ConfigError::at(
+        path,
+        text,
+        prefix.span(),
+        format!(
+            "path_prefix {:?} holds the glob character {c:?}, but path_prefix is matched literally; use path_regex for patterns (e.g. path_regex = \"^/api/\")",
+            prefix.get_ref()
+        ),
+    )
 }
 
 /// What `lb check-config` warns about in a file that parses: `FILE:LINE: warning: ...` lines.
