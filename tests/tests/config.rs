@@ -693,3 +693,104 @@ fn bad_files_give_file_line_and_reason() {
         "lb: /nonexistent/lb.toml: cannot read: No such file or directory (os error 2)\n"
     );
 }
+
+/// `lb check-config` refuses what `lb run` refuses (the same parse, the same certificate
+/// loading), with `FILE:LINE: reason`: a key that does not match its certificate, a key file
+/// holding only a certificate, two listeners on one address, glob characters in path_prefix.
+/// A pool with no backends is only a warning (stderr, exit 0).
+#[test]
+fn check_config_refuses_what_lb_run_refuses() {
+    let dir = std::env::temp_dir().join(format!("lb-check-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for name in ["one", "two"] {
+        let cert =
+            rcgen::generate_simple_self_signed(vec![format!("{name}.example")]).expect("cert");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.cert.pem()).expect("write");
+        std::fs::write(
+            dir.join(format!("{name}.key")),
+            cert.key_pair.serialize_pem(),
+        )
+        .expect("write");
+    }
+    let tls = |cert: &str, key: &str| {
+        format!("{POOL}{LISTENER}[[listener.tls]]\ncert = \"{cert}\"\nkey = \"{key}\"\n")
+    };
+    let cases = [
+        (
+            "key_mismatch",
+            tls("one.pem", "two.key"),
+            "key_mismatch.toml:10: listener \"a\": two.key: the private key does not match the certificate in one.pem",
+        ),
+        (
+            "key_is_a_certificate",
+            tls("one.pem", "one.pem"),
+            "key_is_a_certificate.toml:10: listener \"a\": one.pem: no private key found",
+        ),
+        (
+            "same_address",
+            format!("{POOL}{LISTENER}[[listener]]\nname = \"b\"\naddress = \"127.0.0.1:8080\"\n"),
+            "same_address.toml:10: listener \"b\": address 127.0.0.1:8080 is also listener \"a\" (one socket per address)",
+        ),
+        (
+            "wildcard_overlap",
+            format!("{POOL}{LISTENER}[[listener]]\nname = \"b\"\naddress = \"0.0.0.0:8080\"\n"),
+            "wildcard_overlap.toml:10: listener \"b\": address 0.0.0.0:8080 overlaps 127.0.0.1:8080, the address of listener \"a\" (one socket per address)",
+        ),
+        (
+            "glob_prefix",
+            format!(
+                "{POOL}{LISTENER}[[route]]\nlistener = \"a\"\npath_prefix = \"/api/*\"\npool = \"web\"\n"
+            ),
+            "glob_prefix.toml:10: path_prefix \"/api/*\" holds the glob character '*', but path_prefix is matched literally; use path_regex for patterns (e.g. path_regex = \"^/api/\")",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, text, expected) in &cases {
+        std::fs::write(dir.join(format!("{name}.toml")), text).expect("write");
+        let out = Command::new(lb_bin())
+            .current_dir(&dir)
+            .args(["check-config", &format!("{name}.toml")])
+            .output()
+            .expect("run lb check-config");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(1)
+            || !stderr.starts_with(&format!("lb: {expected}"))
+            || !out.stdout.is_empty()
+        {
+            wrong.push(format!(
+                "{name}: exit {:?}\n  got:  {stderr:?}\n  want: {expected:?}",
+                out.status.code()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // The parser itself refuses (so `lb run` does too); a udp listener may share a tcp one's
+    // address, and port 0 never clashes.
+    let parse = |text: &str| lb::l7::L7Config::parse(text, Path::new("l7.toml"));
+    assert!(parse(&cases[2].1).is_err());
+    assert!(parse(&cases[4].1).is_err());
+    let shared = format!(
+        "{POOL}{LISTENER}[[listener]]\nname = \"u\"\naddress = \"127.0.0.1:8080\"\nmode = \"udp\"\n\
+         [[listener]]\nname = \"x\"\naddress = \"127.0.0.1:0\"\n[[listener]]\nname = \"y\"\naddress = \"127.0.0.1:0\"\n"
+    );
+    assert!(parse(&shared).is_ok());
+
+    let empty = format!("{POOL}[[pool]]\nname = \"empty\"\n");
+    std::fs::write(dir.join("empty_pool.toml"), empty).expect("write");
+    let out = Command::new(lb_bin())
+        .current_dir(&dir)
+        .args(["check-config", "empty_pool.toml"])
+        .output()
+        .expect("run lb check-config");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "empty_pool.toml:6: warning: pool \"empty\" has no backends (requests routed to it fail)\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "empty_pool.toml: ok: 0 vips, 0 listeners, 0 routes, 2 pools, 1 backends\n"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

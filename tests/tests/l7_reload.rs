@@ -183,3 +183,122 @@ async fn fifty_reloads_under_load_fail_no_request() {
         report.error_kinds
     );
 }
+
+/// Every upstream TLS setting of a pool takes effect on the next request after a reload:
+/// `tls_insecure`, `ca_file`, `tls_server_name`, and the content of the CA file at an
+/// unchanged path. A reload that changes nothing (same file, same CA content) keeps the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_every_upstream_tls_setting() {
+    let backend = http_server::start(Behaviour {
+        tls: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("lb-reload-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &backend.cert_pem).expect("write ca");
+    // Another self-signed certificate for the same name: not the backend's.
+    let stranger = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("cert")
+        .cert
+        .pem();
+    let text = |tls_keys: &str| {
+        format!(
+            "[[pool]]\nname = \"web\"\nmax_fails = 0\nretries = 0\ntls = true\n{tls_keys}\
+             [[pool.backend]]\naddress = \"{}\"\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+             [[route]]\nlistener = \"l\"\npool = \"web\"\n",
+            backend.addr
+        )
+    };
+    let ca_keys = |name: &str| {
+        format!(
+            "ca_file = \"{}\"\ntls_server_name = \"{name}\"\n",
+            ca.display()
+        )
+    };
+
+    let mut running = l7::serve(config(&text("tls_insecure = true\n")))
+        .await
+        .expect("serve");
+    let addr = running.listeners[0].1;
+    // Keeps the listener's port, so only the pool changes from here on.
+    let text = |tls_keys: &str| text(tls_keys).replace("127.0.0.1:0", &addr.to_string());
+    let status = || async {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        get(&mut tcp).await
+    };
+    assert_eq!(status().await, 200, "insecure: any certificate");
+
+    let mut reload = async |keys: &str| {
+        let report = running.reload(&config(&text(keys))).await.expect("reload");
+        assert_eq!(report.listeners_started, 0, "{keys}");
+        report.pools_rebuilt
+    };
+    assert_eq!(reload("tls_insecure = false\n").await, 1);
+    assert_eq!(
+        status().await,
+        502,
+        "verified against the system bundle, which does not hold the self-signed certificate"
+    );
+    assert_eq!(reload(&ca_keys("localhost")).await, 1);
+    assert_eq!(
+        status().await,
+        200,
+        "ca_file holds the backend's certificate"
+    );
+    assert_eq!(reload(&ca_keys("localhost")).await, 0, "nothing changed");
+    assert_eq!(status().await, 200);
+
+    assert_eq!(reload(&ca_keys("elsewhere.example")).await, 1);
+    assert_eq!(status().await, 502, "the certificate is not for this name");
+    assert_eq!(reload(&ca_keys("localhost")).await, 1);
+    assert_eq!(status().await, 200);
+
+    std::fs::write(&ca, &stranger).expect("write ca");
+    assert_eq!(
+        reload(&ca_keys("localhost")).await,
+        1,
+        "same path, new content"
+    );
+    assert_eq!(
+        status().await,
+        502,
+        "the new CA did not sign the backend's certificate"
+    );
+    std::fs::write(&ca, &backend.cert_pem).expect("write ca");
+    assert_eq!(reload(&ca_keys("localhost")).await, 1);
+    assert_eq!(status().await, 200);
+
+    assert_eq!(reload("tls_insecure = true\n").await, 1);
+    std::fs::write(&ca, &stranger).expect("write ca");
+    assert_eq!(
+        status().await,
+        200,
+        "insecure again: the CA file is not read"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A listener moving from a wildcard address to a specific one on the same port (which the
+/// wildcard socket blocks until it closes) is rebound after the old socket closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moves_a_listener_off_a_wildcard_address_on_its_port() {
+    let a = http_server::start(Behaviour::default()).await;
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let text = |ip: &str| file(&[(a.addr, 1)], &[("w", &format!("{ip}:{port}"))]);
+    let mut running = l7::serve(config(&text("0.0.0.0"))).await.expect("serve");
+    let report = running
+        .reload(&config(&text("127.0.0.1")))
+        .await
+        .expect("reload");
+    assert_eq!((report.listeners_started, report.listeners_stopped), (1, 1));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    assert_eq!(running.listeners, [("w".to_owned(), addr)]);
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(get(&mut tcp).await, 200);
+}

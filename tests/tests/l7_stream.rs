@@ -683,3 +683,37 @@ fn stream_config_errors_name_file_line_and_reason() {
         Some(l7::HostMatch::Suffix(".example.com".to_owned()))
     );
 }
+
+/// A reload that changes only a udp listener's pool (its backends) keeps the listener and
+/// reaches it: new sessions go to the new backend; a session already open stays on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_listener_follows_a_reloaded_pool() {
+    let (a, b) = (udp_backend("a").await, udp_backend("b").await);
+    let text = |backend: SocketAddr, listen: &str| {
+        format!(
+            "[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"{backend}\"\n\
+             [[listener]]\nname = \"u\"\naddress = \"{listen}\"\nmode = \"udp\"\n\
+             [[route]]\nlistener = \"u\"\npool = \"p\"\n"
+        )
+    };
+    let (mut proxy, addr) = start(&text(a, "127.0.0.1:0")).await;
+    let one = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    assert_eq!(udp_ask(&one, addr, "x").await.as_deref(), Some("a:x"));
+
+    let report = proxy
+        .reload(&config(&text(b, &addr.to_string())))
+        .await
+        .expect("reload");
+    assert_eq!(
+        (report.listeners_started, report.pools_rebuilt),
+        (0, 1),
+        "the listener is kept, the pool rebuilt"
+    );
+    let two = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    assert_eq!(
+        udp_ask(&two, addr, "y").await.as_deref(),
+        Some("b:y"),
+        "a new session uses the reloaded pool"
+    );
+    assert_eq!(udp_ask(&one, addr, "z").await.as_deref(), Some("a:z"));
+}

@@ -1,5 +1,7 @@
 //! `lb check-config FILE`: validates the backend file (both tiers, cross references, health
-//! checks, certificates readable) without starting anything.
+//! checks, CA files, certificates and keys loaded as a listener loads them) without starting
+//! anything. Refuses what `lb run` refuses (the same parse and TLS loading), as
+//! `FILE:LINE: reason`; warnings (a pool with no backends) go to stderr with exit 0.
 use std::path::Path;
 
 use lb::config::Config;
@@ -18,6 +20,22 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                     )
                 })?;
             }
+            // What a listener start (or reload) does with them: a key file without a private
+            // key, or a key that does not match its certificate, is refused there too.
+            lb::l7::check_certificate(cert).map_err(|e| {
+                let line = if e.is_about_key(cert) {
+                    cert.key_line
+                } else {
+                    cert.cert_line
+                };
+                anyhow::anyhow!("{}:{line}: listener {:?}: {e}", path.display(), l.name)
+            })?;
+        }
+    }
+    // The file was just read whole; a second read only feeds the warnings.
+    if let Ok(text) = std::fs::read_to_string(path) {
+        for warning in lb::l7::config::warnings(&text, path) {
+            eprintln!("{warning}");
         }
     }
     let backends: usize = config.l7.pools.iter().map(|p| p.backends.len()).sum();

@@ -175,10 +175,10 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
                     manager.reload("file changed").await;
                 }
             }
-            Some(event) = health_events.recv() => manager.on_health(&event),
+            Some(event) = health_events.recv() => manager.on_health(&event).await,
             Some(command) = commands.recv() => match command {
                 AdminCommand::Drain { pool, backend, drain, reply } => {
-                    let _ = reply.send(manager.drain(&pool, &backend, drain));
+                    let _ = reply.send(manager.drain(&pool, &backend, drain).await);
                 }
             },
             _ = status_tick.tick() => manager.publish(),

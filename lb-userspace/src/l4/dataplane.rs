@@ -5,6 +5,9 @@
 //! `active_half`. A packet sees the old ring or the new one, never a mix. The half that just
 //! went idle is not rewritten until a grace period has passed, so a program run that read the
 //! old `active_half` just before the flip has finished with it (XDP runs take microseconds).
+//! `apply` waits out what is left of that grace by blocking its thread (for `lb l4` and
+//! tests); `apply_async` (the manager, on its async runtime) awaits it with a tokio timer
+//! first, so the runtime keeps serving meanwhile.
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
@@ -134,6 +137,14 @@ fn key_addr(family: u8, words: [u32; 4]) -> Option<IpAddr> {
     }
 }
 
+/// What a VIP's ring is built from: (real address, effective weight; 0 when down).
+fn ring_input(vip: &VipConfig) -> Vec<(IpAddr, u32)> {
+    vip.reals
+        .iter()
+        .map(|r| (r.addr, if r.down { 0 } else { r.weight }))
+        .collect()
+}
+
 fn map_err(map: &'static str) -> impl Fn(MapError) -> L4Error {
     move |source| L4Error::Map { map, source }
 }
@@ -236,6 +247,38 @@ impl L4Dataplane {
             .collect();
         out.sort_by_key(|v| v.2);
         out
+    }
+
+    /// As `apply`, but waits for the ring grace periods without blocking the thread: first
+    /// awaits what is left of the grace of every VIP whose ring this apply rebuilds, then
+    /// applies (which then has nothing left to wait for).
+    pub async fn apply_async(
+        &mut self,
+        ebpf: &mut Ebpf,
+        config: &L4Config,
+    ) -> Result<ApplyReport, L4Error> {
+        let wait = self.grace_remaining(config);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        self.apply(ebpf, config)
+    }
+
+    /// How long `apply(config)` would wait: the longest rest of a grace period among the
+    /// VIPs whose ring it would rebuild.
+    pub fn grace_remaining(&self, config: &L4Config) -> Duration {
+        config
+            .vips
+            .iter()
+            .filter_map(|vip| {
+                let installed = self.vips.get(&(vip.addr, vip.protocol))?;
+                let at = installed.flipped_at?;
+                let unchanged = installed.ring_input.as_ref() == Some(&ring_input(vip))
+                    && installed.meta.ring_size == vip.ring_size;
+                (!unchanged).then(|| RING_GRACE.saturating_sub(at.elapsed()))
+            })
+            .max()
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Makes the maps say what `config` says. On error the maps may hold part of the change,
@@ -358,12 +401,11 @@ impl L4Dataplane {
             None => self.free_index()?,
         };
 
-        let mut ring_input = Vec::with_capacity(vip.reals.len());
+        let ring_input = ring_input(vip);
         let mut ids = Vec::with_capacity(vip.reals.len());
         for real in &vip.reals {
             let id = self.real_id_for(ident, real.addr)?;
             Self::write_real(ebpf, id, real.addr, real.down, vip_tag(index))?;
-            ring_input.push((real.addr, if real.down { 0 } else { real.weight }));
             ids.push(id);
         }
         let now_reals: HashSet<IpAddr> = vip.reals.iter().map(|r| r.addr).collect();

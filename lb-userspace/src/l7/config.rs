@@ -103,7 +103,9 @@ use crate::{
     health::config::{HealthCheckConfig, RawHealthCheck},
 };
 
+mod checks;
 mod stream;
+pub use checks::{addresses_overlap, warnings};
 pub use stream::{ListenerMode, StreamSettings};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -123,7 +125,9 @@ pub enum HashKey {
     Cookie(String),
 }
 
-#[derive(Clone, Debug)]
+/// Compared on reload (`==`): an unchanged pool keeps its state and connections. TLS
+/// settings compare by what the connector was built from, the CA file by its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     pub name: String,
     pub algorithm: Algorithm,
@@ -169,8 +173,18 @@ pub struct TlsCertConfig {
     pub key_line: usize,
 }
 
-/// Without the line numbers: a reload compares listeners by their Debug text, and moving a
-/// section in the file must not restart its listener.
+/// Without the line numbers: moving a section in the file must not restart its listener. The
+/// files' contents are not compared: a reload re-reads them for every HTTPS listener it keeps
+/// and swaps them in (`RunningL7::reload`).
+impl PartialEq for TlsCertConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key && self.server_names == other.server_names
+    }
+}
+
+impl Eq for TlsCertConfig {}
+
+/// Without the line numbers, as `PartialEq`.
 impl std::fmt::Debug for TlsCertConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsCertConfig")
@@ -181,7 +195,8 @@ impl std::fmt::Debug for TlsCertConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+/// Compared on reload (`==`, with the bound address): an unchanged listener keeps accepting.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub name: String,
     pub addr: SocketAddr,
@@ -541,6 +556,7 @@ impl L7Config {
 
         let mut listeners = Vec::new();
         let mut listener_names = HashSet::new();
+        let mut addresses = Vec::new();
         for l in raw_listeners {
             let l = l.into_inner();
             let name = l.name.get_ref().clone();
@@ -556,6 +572,7 @@ impl L7Config {
                     ),
                 )
             })?;
+            checks::listener_address(&l, addr, &mut addresses, path, text)?;
             let (mode, stream) = stream::listener_keys(&l, path, text)?;
             let tls = l
                 .tls
@@ -672,6 +689,9 @@ impl L7Config {
                         p.span(),
                         format!("path_prefix {:?} must start with /", p.get_ref()),
                     ));
+                }
+                Some(p) if checks::glob_char(p.get_ref()).is_some() => {
+                    return Err(checks::glob_prefix(p, path, text));
                 }
                 Some(p) => p.get_ref().clone(),
                 None => "/".to_owned(),

@@ -55,4 +55,5 @@ pub use config::{
 pub use observe::Observer;
 pub use route_rules::{HeaderMatch, HeaderRule, Rewrite, SplitTarget};
 pub use server::{L7Error, ReloadReport, RunningL7, serve, serve_observed};
+pub use tls::{TlsError, check_certificate};
 pub use upstream::{BackendHealth, BackendStatus, PoolState, RetryBudget, RetryCounters};

@@ -75,11 +75,10 @@ impl Proxy {
         let mut pools_by_index = Vec::new();
         let mut built = 0;
         for (index, p) in config.pools.iter().enumerate() {
-            // PoolConfig holds compiled TLS configs and regexes, so its Debug text is the
-            // comparison (it prints every setting).
+            // Typed comparison: TLS by its settings and the CA file's content.
             let same = previous
                 .and_then(|prev| prev.pools.get(&p.name))
-                .filter(|old| format!("{:?}", old.pool.config) == format!("{p:?}"));
+                .filter(|old| old.pool.config == *p);
             let pool = match same {
                 Some(old) => old.pool.clone(),
                 None => {

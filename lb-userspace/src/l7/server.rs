@@ -12,10 +12,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 
 use super::{
-    config::L7Config,
+    config::{HostMatch, L7Config, ListenerConfig, ListenerMode, RouteConfig},
     hygiene::HeadGuard,
     lifecycle::{self, Lifecycle, ListenerGate},
     proxy::Proxy,
@@ -55,17 +55,78 @@ pub struct RunningL7 {
     /// reads the current one, so keep-alive connections follow a reload.
     proxy: Arc<ArcSwap<Proxy>>,
     lifecycle: Arc<Lifecycle>,
-    /// (listener name, its certificate reloader), HTTPS listeners only.
-    certificates: Vec<(String, CertReloader)>,
+}
+
+/// A listening socket. Shared by the accept loop and its `ListenerTask`, so a reload that
+/// restarts a listener on the same address hands the same socket to the next accept loop
+/// (connections waiting in its queue are not refused).
+#[derive(Clone, Debug)]
+pub(super) enum BoundSocket {
+    Tcp(Arc<TcpListener>),
+    Udp(Arc<UdpSocket>),
+}
+
+impl BoundSocket {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Self::Tcp(s) => s.local_addr(),
+            Self::Udp(s) => s.local_addr(),
+        }
+    }
+
+    fn is_udp(&self) -> bool {
+        matches!(self, Self::Udp(_))
+    }
+}
+
+/// Everything a listener runs with: a running listener whose settings equal the next
+/// configuration's is kept as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ListenerSettings {
+    /// The listener's configuration, with its bound address (a listener on port 0 that is
+    /// given its actual port next time is unchanged).
+    pub config: ListenerConfig,
+    /// tcp/udp listeners: their routes, (sni, pool) in file order (empty for http listeners,
+    /// whose routes live in the proxy).
+    pub stream_routes: Vec<(Option<HostMatch>, String)>,
+}
+
+impl ListenerSettings {
+    fn new(l: &ListenerConfig, addr: SocketAddr, routes: &[RouteConfig]) -> Self {
+        let stream_routes = if l.mode == ListenerMode::Http {
+            Vec::new()
+        } else {
+            routes
+                .iter()
+                .filter(|r| r.listener == l.name)
+                .map(|r| (r.sni.clone(), r.pool.clone()))
+                .collect()
+        };
+        Self {
+            config: ListenerConfig { addr, ..l.clone() },
+            stream_routes,
+        }
+    }
 }
 
 struct ListenerTask {
     name: String,
-    /// The listener's whole configuration (with its bound address), to tell whether a reload
-    /// changed it.
-    settings: String,
+    settings: ListenerSettings,
+    socket: BoundSocket,
+    /// HTTPS listeners: the acceptor (to restart the listener as it was) and what re-reads
+    /// its certificates.
+    tls: Option<(tokio_rustls::TlsAcceptor, CertReloader)>,
     task: tokio::task::JoinHandle<()>,
     bound: SocketAddr,
+}
+
+/// A listener about to start: its socket (None: to be bound once a stopping listener whose
+/// address overlaps has released it) and its TLS configuration, all made before anything
+/// changes.
+struct Starting {
+    settings: ListenerSettings,
+    socket: Option<BoundSocket>,
+    tls: Option<(tokio_rustls::TlsAcceptor, CertReloader)>,
 }
 
 /// What a reload changed.
@@ -90,170 +151,251 @@ impl RunningL7 {
         self.proxy.load().pool_state(name)
     }
 
-    /// Applies a new configuration in place: pools whose settings did not change are kept
-    /// (with their idle connections, in-flight counts and health), listeners whose settings
-    /// did not change keep accepting, new ones are bound before anything else changes (a bind
-    /// error leaves everything as it was), changed and removed ones stop accepting; their
-    /// established connections finish normally. Requests already in flight finish on the
-    /// configuration they started with.
+    /// Applies a new configuration in place, all or nothing: pools whose settings did not
+    /// change are kept (with their idle connections, in-flight counts and health), listeners
+    /// whose settings did not change keep accepting. Before anything changes, every new
+    /// socket is bound, every TLS configuration built and the certificates of the HTTPS
+    /// listeners kept are re-read; a failure there leaves everything as it was and says why.
+    /// A changed listener on the same address keeps its socket (nothing is refused while it
+    /// restarts). Changed and removed listeners stop accepting; their established
+    /// connections finish normally. Requests already in flight finish on the configuration
+    /// they started with.
     pub async fn reload(&mut self, config: &L7Config) -> Result<ReloadReport, L7Error> {
         let old = self.proxy.load_full();
         let (proxy, pools_rebuilt) = Proxy::rebuild(config, &old)?;
         let proxy = Arc::new(proxy);
-        let wanted: Vec<(String, String)> = config
-            .listeners
-            .iter()
-            .map(|l| {
-                let settings = if l.mode == super::config::ListenerMode::Http {
-                    format!("{l:?}")
-                } else {
-                    stream_settings(l, l.addr, &config.routes)
-                };
-                (l.name.clone(), settings)
-            })
-            .collect();
-        let (kept, stopped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tasks)
-            .into_iter()
-            .partition(|t| wanted.iter().any(|(n, s)| *n == t.name && *s == t.settings));
-        let starting: Vec<_> = config
-            .listeners
-            .iter()
-            .filter(|l| !kept.iter().any(|t| t.name == l.name))
-            .collect();
-        // Addresses a stopping listener holds are released first; any other bind must work
-        // before anything changes.
-        let held: Vec<SocketAddr> = self
-            .listeners
-            .iter()
-            .filter(|(n, _)| stopped.iter().any(|t| t.name == *n))
-            .map(|(_, a)| *a)
-            .collect();
-        let mut bound = Vec::new();
-        let http =
-            |l: &&&super::config::ListenerConfig| l.mode == super::config::ListenerMode::Http;
-        for l in starting
-            .iter()
-            .filter(http)
-            .filter(|l| !held.contains(&l.addr))
-        {
-            match bind(l).await {
-                Ok(listener) => bound.push((l.name.clone(), listener)),
-                Err(e) => {
-                    self.tasks = kept.into_iter().chain(stopped).collect();
-                    return Err(e);
-                }
+        let mut kept = vec![false; self.tasks.len()];
+        let mut starting = Vec::new();
+        for l in &config.listeners {
+            let wanted = ListenerSettings::new(l, l.addr, &config.routes);
+            match self
+                .tasks
+                .iter()
+                .position(|t| t.name == l.name && t.settings == wanted)
+            {
+                Some(i) => kept[i] = true,
+                None => starting.push(l),
             }
         }
+        // Sockets: a stopping listener's socket on the same address (and transport) is taken
+        // over; any other is bound now. An address a stopping listener's socket overlaps
+        // (0.0.0.0 and 127.0.0.1, say) can only be bound once that one is closed: deferred.
+        let mut taken = vec![false; self.tasks.len()];
+        let mut prepared = Vec::new();
+        for l in starting.iter().copied() {
+            let udp = l.mode == ListenerMode::Udp;
+            let reuse = (0..self.tasks.len()).find(|&i| {
+                let t = &self.tasks[i];
+                !kept[i]
+                    && !taken[i]
+                    && l.addr.port() != 0
+                    && t.bound == l.addr
+                    && t.socket.is_udp() == udp
+            });
+            let socket = match reuse {
+                Some(i) => {
+                    taken[i] = true;
+                    Some(self.tasks[i].socket.clone())
+                }
+                None => match bind(l).await {
+                    Ok(socket) => Some(socket),
+                    Err(e) => {
+                        let held = (0..self.tasks.len()).any(|i| {
+                            !kept[i]
+                                && !taken[i]
+                                && self.tasks[i].socket.is_udp() == udp
+                                && super::config::addresses_overlap(self.tasks[i].bound, l.addr)
+                        });
+                        if !(held && is_addr_in_use(&e)) {
+                            return Err(e);
+                        }
+                        None
+                    }
+                },
+            };
+            let tls = tls_config(l)?;
+            prepared.push(Starting {
+                settings: ListenerSettings::new(l, l.addr, &config.routes),
+                socket,
+                tls,
+            });
+        }
+        // Certificates of the HTTPS listeners kept: re-read now, swapped in below.
+        let certificates = self
+            .tasks
+            .iter()
+            .zip(&kept)
+            .filter(|(_, kept)| **kept)
+            .filter_map(|(t, _)| {
+                let (_, reloader) = t.tls.as_ref()?;
+                Some(reloader.load().map_err(|source| L7Error::Tls {
+                    name: t.name.clone(),
+                    source,
+                }))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let report = ReloadReport {
-            listeners_started: starting.len(),
-            listeners_stopped: stopped.len(),
+            listeners_started: prepared.len(),
+            listeners_stopped: kept.iter().filter(|k| !**k).count(),
             pools_rebuilt,
         };
-        for t in stopped {
+
+        let (stay, stop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tasks)
+            .into_iter()
+            .zip(kept)
+            .partition(|(_, kept)| *kept);
+        self.tasks = stay.into_iter().map(|(t, _)| t).collect();
+        let mut stop: Vec<ListenerTask> = stop.into_iter().map(|(t, _)| t).collect();
+        if prepared.iter().any(|p| p.socket.is_none())
+            && let Err(e) = self.bind_deferred(&mut prepared, &mut stop).await
+        {
+            self.tasks.extend(stop);
+            return Err(e);
+        }
+        for t in stop {
             t.task.abort();
             let _ = t.task.await;
         }
         self.proxy.store(proxy);
-        self.tasks = kept;
-        self.certificates
-            .retain(|(n, _)| self.tasks.iter().any(|t| t.name == *n));
-        let mut first_error = None;
-        for l in starting {
-            if l.mode != super::config::ListenerMode::Http {
-                if let Err(e) = self.start_stream_listener(l, &config.routes).await {
-                    tracing::error!(listener = %l.name, error = %e, "listener not started");
-                    first_error.get_or_insert(e);
-                }
-                continue;
+        certificates.into_iter().for_each(|c| c.swap_in());
+        for p in prepared {
+            // Every socket is bound by now (`bind_deferred`).
+            if let Some(socket) = p.socket {
+                self.spawn(p.settings, socket, p.tls);
             }
-            let listener = match bound.iter().position(|(n, _)| *n == l.name) {
-                Some(i) => bound.swap_remove(i).1,
-                None => match bind(l).await {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        tracing::error!(listener = %l.name, error = %e, "listener not restarted");
-                        first_error.get_or_insert(e);
-                        continue;
-                    }
-                },
-            };
-            self.start_listener(l, listener)?;
         }
         self.listeners = config
             .listeners
             .iter()
             .filter_map(|l| {
-                let addr = self.tasks.iter().find(|t| t.name == l.name)?;
-                Some((l.name.clone(), addr.bound))
+                let task = self.tasks.iter().find(|t| t.name == l.name)?;
+                Some((l.name.clone(), task.bound))
             })
             .collect();
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+        Ok(report)
     }
 
-    /// Starts a tcp or udp listener. Its routes are part of its settings (a reload that
-    /// changes them restarts it).
-    async fn start_stream_listener(
+    /// Closes the stopping listeners whose addresses overlap a deferred one's, then binds the
+    /// deferred ones. If a bind still fails, the closed listeners are bound and started again
+    /// as they were (best effort: the error says if one could not be) and nothing changes.
+    async fn bind_deferred(
         &mut self,
-        l: &super::config::ListenerConfig,
-        routes: &[super::config::RouteConfig],
+        prepared: &mut [Starting],
+        stop: &mut Vec<ListenerTask>,
     ) -> Result<(), L7Error> {
-        let (bound, task) = super::stream::start(l, routes, self.proxy.clone()).await?;
+        let mut released = Vec::new();
+        let mut i = 0;
+        while i < stop.len() {
+            let t = &stop[i];
+            let blocks = prepared.iter().any(|p| {
+                p.socket.is_none()
+                    && (p.settings.config.mode == ListenerMode::Udp) == t.socket.is_udp()
+                    && super::config::addresses_overlap(t.bound, p.settings.config.addr)
+            });
+            if blocks {
+                let t = stop.swap_remove(i);
+                t.task.abort();
+                let _ = t.task.await;
+                released.push((t.name, t.settings, t.tls, t.bound));
+            } else {
+                i += 1;
+            }
+        }
+        let mut failed = None;
+        for p in prepared.iter_mut().filter(|p| p.socket.is_none()) {
+            match bind(&p.settings.config).await {
+                Ok(socket) => p.socket = Some(socket),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(error) = failed else {
+            return Ok(());
+        };
+        // Undo: the new sockets close, the old listeners come back.
+        prepared.iter_mut().for_each(|p| p.socket = None);
+        for (name, settings, tls, bound) in released {
+            let config = ListenerConfig {
+                addr: bound,
+                ..settings.config.clone()
+            };
+            match bind(&config).await {
+                Ok(socket) => {
+                    let task = self.spawn_task(&settings, socket.clone(), tls.as_ref());
+                    stop.push(ListenerTask {
+                        name,
+                        settings,
+                        socket,
+                        tls,
+                        task,
+                        bound,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "listener lost: its address could not be bound again");
+                    self.listeners.retain(|(n, _)| *n != name);
+                }
+            }
+        }
+        Err(error)
+    }
+
+    /// Starts serving `socket` with `settings`.
+    fn spawn(
+        &mut self,
+        settings: ListenerSettings,
+        socket: BoundSocket,
+        tls: Option<(tokio_rustls::TlsAcceptor, CertReloader)>,
+    ) {
+        let bound = socket.local_addr().unwrap_or(settings.config.addr);
+        let settings = ListenerSettings {
+            config: ListenerConfig {
+                addr: bound,
+                ..settings.config
+            },
+            ..settings
+        };
+        let task = self.spawn_task(&settings, socket.clone(), tls.as_ref());
         self.tasks.push(ListenerTask {
-            name: l.name.clone(),
-            settings: stream_settings(l, bound, routes),
+            name: settings.config.name.clone(),
+            settings,
+            socket,
+            tls,
             task,
             bound,
         });
-        Ok(())
     }
 
-    fn start_listener(
-        &mut self,
-        l: &super::config::ListenerConfig,
-        listener: TcpListener,
-    ) -> Result<(), L7Error> {
-        let tls = if l.tls.is_empty() {
-            None
-        } else {
-            let (config, reloader) =
-                super::tls::server_config(&l.tls).map_err(|source| L7Error::Tls {
-                    name: l.name.clone(),
-                    source,
-                })?;
-            self.certificates.push((l.name.clone(), reloader));
-            Some(tokio_rustls::TlsAcceptor::from(config))
+    fn spawn_task(
+        &self,
+        settings: &ListenerSettings,
+        socket: BoundSocket,
+        tls: Option<&(tokio_rustls::TlsAcceptor, CertReloader)>,
+    ) -> tokio::task::JoinHandle<()> {
+        let l = &settings.config;
+        if l.mode != ListenerMode::Http {
+            return super::stream::spawn(l, &settings.stream_routes, socket, self.proxy.clone());
+        }
+        let BoundSocket::Tcp(listener) = socket else {
+            // `bind` gives http listeners TCP sockets.
+            return tokio::spawn(async {});
         };
-        let bound = listener.local_addr().unwrap_or(l.addr);
         let name = Arc::<str>::from(l.name.as_str());
         let trust = (!l.proxy_protocol_from.is_empty())
             .then(|| Arc::new((l.proxy_protocol_from.clone(), l.proxy_protocol_timeout)));
         let limits = (l.max_header_bytes, l.header_timeout);
         let gate = self.lifecycle.gate(l.max_connections);
-        let task = tokio::spawn(accept_loop(
+        tokio::spawn(accept_loop(
             listener,
             name,
-            tls,
+            tls.map(|(acceptor, _)| acceptor.clone()),
             trust,
             limits,
             self.proxy.clone(),
             gate,
-        ));
-        // Compared with the next configuration as bound: a listener on port 0 that is given
-        // its actual port next time is unchanged.
-        let as_bound = super::config::ListenerConfig {
-            addr: bound,
-            ..l.clone()
-        };
-        self.tasks.push(ListenerTask {
-            name: l.name.clone(),
-            settings: format!("{as_bound:?}"),
-            task,
-            bound,
-        });
-        Ok(())
+        ))
     }
 
     /// Graceful shutdown: stops accepting (new connections are refused), lets in-flight
@@ -264,7 +406,8 @@ impl RunningL7 {
         for t in &self.tasks {
             t.task.abort();
         }
-        // Awaited so the listening sockets are closed before draining starts.
+        // Awaited (and the tasks dropped with their sockets) so the listening sockets are
+        // closed before draining starts.
         for t in self.tasks.drain(..) {
             let _ = t.task.await;
         }
@@ -274,16 +417,18 @@ impl RunningL7 {
     /// Re-reads every HTTPS listener's certificate and key files and swaps them in: new
     /// handshakes get them, established connections are unaffected. All or nothing: on a
     /// missing or bad file every listener keeps its certificates and the error names the file.
-    /// Returns how many listeners were reloaded.
+    /// Returns how many listeners were reloaded. (`reload` does this too, for the listeners
+    /// it keeps.)
     pub fn reload_certificates(&self) -> Result<usize, L7Error> {
         let prepared = self
-            .certificates
+            .tasks
             .iter()
-            .map(|(name, reloader)| {
-                reloader.load().map_err(|source| L7Error::Tls {
-                    name: name.clone(),
+            .filter_map(|t| {
+                let (_, reloader) = t.tls.as_ref()?;
+                Some(reloader.load().map_err(|source| L7Error::Tls {
+                    name: t.name.clone(),
                     source,
-                })
+                }))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let reloaded = prepared.len();
@@ -300,27 +445,37 @@ impl Drop for RunningL7 {
     }
 }
 
-fn stream_settings(
-    l: &super::config::ListenerConfig,
-    bound: SocketAddr,
-    routes: &[super::config::RouteConfig],
-) -> String {
-    let as_bound = super::config::ListenerConfig {
-        addr: bound,
-        ..l.clone()
+/// Binds the listener's socket: UDP for udp listeners, TCP otherwise.
+async fn bind(l: &ListenerConfig) -> Result<BoundSocket, L7Error> {
+    let error = |source| L7Error::Bind {
+        name: l.name.clone(),
+        addr: l.addr,
+        source,
     };
-    let mine: Vec<_> = routes.iter().filter(|r| r.listener == l.name).collect();
-    format!("{as_bound:?} {mine:?}")
+    if l.mode == ListenerMode::Udp {
+        let socket = UdpSocket::bind(l.addr).await.map_err(error)?;
+        return Ok(BoundSocket::Udp(Arc::new(socket)));
+    }
+    let socket = TcpListener::bind(l.addr).await.map_err(error)?;
+    Ok(BoundSocket::Tcp(Arc::new(socket)))
 }
 
-async fn bind(l: &super::config::ListenerConfig) -> Result<TcpListener, L7Error> {
-    TcpListener::bind(l.addr)
-        .await
-        .map_err(|source| L7Error::Bind {
-            name: l.name.clone(),
-            addr: l.addr,
-            source,
-        })
+fn is_addr_in_use(e: &L7Error) -> bool {
+    matches!(e, L7Error::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+/// The listener's TLS acceptor and certificate reloader (HTTPS listeners; reads the files).
+fn tls_config(
+    l: &ListenerConfig,
+) -> Result<Option<(tokio_rustls::TlsAcceptor, CertReloader)>, L7Error> {
+    if l.tls.is_empty() || l.mode != ListenerMode::Http {
+        return Ok(None);
+    }
+    let (config, reloader) = super::tls::server_config(&l.tls).map_err(|source| L7Error::Tls {
+        name: l.name.clone(),
+        source,
+    })?;
+    Ok(Some((tokio_rustls::TlsAcceptor::from(config), reloader)))
 }
 
 /// Binds every listener and starts serving on the current tokio runtime; requests are not
@@ -329,7 +484,8 @@ pub async fn serve(config: L7Config) -> Result<RunningL7, L7Error> {
     serve_observed(config, super::Observer::none()).await
 }
 
-/// As `serve`, every request reported to `observer` (kept across reloads).
+/// As `serve`, every request reported to `observer` (kept across reloads). Every socket is
+/// bound and every certificate read before any listener starts.
 pub async fn serve_observed(
     config: L7Config,
     observer: Arc<super::Observer>,
@@ -339,17 +495,22 @@ pub async fn serve_observed(
         tasks: Vec::new(),
         proxy: Arc::new(ArcSwap::from_pointee(Proxy::new(&config, observer)?)),
         lifecycle: Arc::new(Lifecycle::default()),
-        certificates: Vec::new(),
     };
+    let mut prepared = Vec::new();
     for l in &config.listeners {
-        if l.mode != super::config::ListenerMode::Http {
-            running.start_stream_listener(l, &config.routes).await?;
-        } else {
-            let listener = bind(l).await?;
-            running.start_listener(l, listener)?;
+        let socket = bind(l).await?;
+        let tls = tls_config(l)?;
+        prepared.push((
+            ListenerSettings::new(l, l.addr, &config.routes),
+            socket,
+            tls,
+        ));
+    }
+    for (settings, socket, tls) in prepared {
+        running.spawn(settings, socket, tls);
+        if let Some(t) = running.tasks.last() {
+            running.listeners.push((t.name.clone(), t.bound));
         }
-        let bound = running.tasks.last().map_or(l.addr, |t| t.bound);
-        running.listeners.push((l.name.clone(), bound));
     }
     Ok(running)
 }
@@ -358,7 +519,7 @@ pub async fn serve_observed(
 type ProxyTrust = Arc<(Vec<ipnet::IpNet>, std::time::Duration)>;
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     name: Arc<str>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     trust: Option<ProxyTrust>,

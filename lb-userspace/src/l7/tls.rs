@@ -31,12 +31,33 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("a TLS listener needs at least one certificate")]
     NoCertificates,
-    #[error("{path} with its key: {source}")]
+    #[error("{key}: the private key does not match the certificate in {cert}")]
+    KeyMismatch { key: String, cert: String },
+    /// The key (at `path`) is unusable.
+    #[error("{path}: {source}")]
     Certificate {
         path: String,
         #[source]
         source: rustls::Error,
     },
+}
+
+impl TlsError {
+    /// Whether the error is about the key (file, or its match with the certificate) rather
+    /// than the certificate.
+    pub fn is_about_key(&self, cert: &TlsCertConfig) -> bool {
+        match self {
+            Self::NoKey { .. } | Self::KeyMismatch { .. } | Self::Certificate { .. } => true,
+            Self::Read { path, .. } => *path == cert.key.display().to_string(),
+            _ => false,
+        }
+    }
+}
+
+/// Reads one certificate and its key as a listener would, checking that the key file holds a
+/// private key and that it matches the certificate (what `lb check-config` runs).
+pub fn check_certificate(cert: &TlsCertConfig) -> Result<(), TlsError> {
+    load(cert, &rustls::crypto::ring::default_provider()).map(|_| ())
 }
 
 /// The certificates of one listener, by SNI name.
@@ -106,9 +127,17 @@ fn load(
         .ok_or_else(|| TlsError::NoKey {
             path: cert.key.display().to_string(),
         })?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Certificate {
-        path: cert.cert.display().to_string(),
-        source,
+    CertifiedKey::from_der(chain, key, provider).map_err(|source| match source {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TlsError::KeyMismatch {
+                key: cert.key.display().to_string(),
+                cert: cert.cert.display().to_string(),
+            }
+        }
+        source => TlsError::Certificate {
+            path: cert.key.display().to_string(),
+            source,
+        },
     })
 }
 
@@ -122,23 +151,23 @@ pub struct CertReloader {
 
 impl CertReloader {
     /// Reads every file again; nothing changes unless all of them are good.
-    pub fn load(&self) -> Result<PreparedCerts<'_>, TlsError> {
+    pub fn load(&self) -> Result<PreparedCerts, TlsError> {
         Ok(PreparedCerts {
-            reloader: self,
+            resolver: self.resolver.clone(),
             certs: cert_set(&self.files, &self.provider)?,
         })
     }
 }
 
 /// Certificates read and checked, ready to swap in.
-pub struct PreparedCerts<'a> {
-    reloader: &'a CertReloader,
+pub struct PreparedCerts {
+    resolver: Arc<SniResolver>,
     certs: CertSet,
 }
 
-impl PreparedCerts<'_> {
+impl PreparedCerts {
     pub fn swap_in(self) {
-        self.reloader.resolver.certs.store(Arc::new(self.certs));
+        self.resolver.certs.store(Arc::new(self.certs));
     }
 }
 

@@ -306,7 +306,7 @@ impl Manager {
     /// Pushes health and drains into both tiers: the L7 pools' down flags and slow-start
     /// ramps, and the VIPs' reals (a real is down when every backend of its pool on that
     /// address is).
-    fn apply_health(&mut self) {
+    async fn apply_health(&mut self) {
         for pool in &self.config.l7.pools {
             let Some(state) = self.l7.pool_state(&pool.name) else {
                 continue;
@@ -342,20 +342,20 @@ impl Manager {
             }
         }
         if let Some(x) = &mut self.xdp
-            && let Err(err) = x.dataplane.apply(x.attached.ebpf_mut(), &l4)
+            && let Err(err) = x.dataplane.apply_async(x.attached.ebpf_mut(), &l4).await
         {
             tracing::error!(error = %anyhow::Error::from(err), "updating the VIPs' reals");
         }
     }
 
-    pub fn on_health(&mut self, event: &HealthEvent) {
+    pub async fn on_health(&mut self, event: &HealthEvent) {
         tracing::info!(pool = %event.pool, backend = %event.addr, up = event.up, "backend health");
-        self.apply_health();
+        self.apply_health().await;
         self.publish();
     }
 
     /// Drains (or undrains) `backend` of `pool`: no new requests or flows; existing ones finish.
-    pub fn drain(&mut self, pool: &str, backend: &str, drain: bool) -> Result<(), String> {
+    pub async fn drain(&mut self, pool: &str, backend: &str, drain: bool) -> Result<(), String> {
         let p = self
             .config
             .l7
@@ -374,7 +374,7 @@ impl Manager {
             self.drained.remove(&key);
         }
         tracing::info!(pool, backend, drain, "drain changed");
-        self.apply_health();
+        self.apply_health().await;
         self.publish();
         Ok(())
     }
@@ -398,15 +398,16 @@ impl Manager {
         self.publish();
     }
 
+    /// Nothing is adopted unless the L7 tier took the whole new configuration (its reload
+    /// binds, reads certificates and CA files before changing anything, certificates of the
+    /// listeners it keeps included), so config, health states and drains stay the running
+    /// tier's.
     async fn try_reload(&mut self) -> anyhow::Result<()> {
         let config = flags::load(&self.options.backends, &self.options.flags)?;
         self.l7.reload(&config.l7).await?;
-        if let Err(err) = self.l7.reload_certificates() {
-            tracing::warn!(%err, "certificates kept");
-        }
         self.config = config;
         self.start_checks();
-        self.apply_health();
+        self.apply_health().await;
         Ok(())
     }
 
@@ -515,7 +516,12 @@ impl Manager {
                     .listeners
                     .iter()
                     .find(|l| l.name == *name)
-                    .map_or("http", |l| if l.tls.is_empty() { "http" } else { "https" })
+                    .map_or("http", |l| match l.mode {
+                        l7::config::ListenerMode::Tcp => "tcp",
+                        l7::config::ListenerMode::Udp => "udp",
+                        l7::config::ListenerMode::Http if l.tls.is_empty() => "http",
+                        l7::config::ListenerMode::Http => "https",
+                    })
                     .into(),
             })
             .collect();

@@ -32,7 +32,7 @@ impl ListenerMode {
 }
 
 /// Settings of tcp/udp listeners (unused by http listeners).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StreamSettings {
     /// A connection (tcp) or session (udp) with no traffic either way for this long is closed.
     pub idle_timeout: Duration,

@@ -57,6 +57,33 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// As `start`, the guard owning a handle on the counts (for sessions that outlive a
+    /// borrow of their pool, e.g. across reloads).
+    pub fn start_owned(self: &std::sync::Arc<Self>, i: usize) -> OwnedInFlightGuard {
+        if let Some(c) = self.0.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        OwnedInFlightGuard {
+            inflight: self.clone(),
+            i,
+        }
+    }
+}
+
+pub struct OwnedInFlightGuard {
+    inflight: std::sync::Arc<InFlight>,
+    i: usize,
+}
+
+impl Drop for OwnedInFlightGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.inflight.0.get(self.i) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 pub struct InFlightGuard<'a> {
     inflight: &'a InFlight,
     i: usize,

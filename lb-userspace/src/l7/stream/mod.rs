@@ -13,19 +13,16 @@ mod udp;
 
 use std::{
     hash::{Hash, Hasher},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::Arc,
 };
 
-use tokio::{
-    net::{TcpListener, UdpSocket},
-    task::JoinHandle,
-};
+use tokio::task::JoinHandle;
 
 use super::{
-    config::{HostMatch, ListenerConfig, ListenerMode, RouteConfig, StreamSettings},
+    config::{HostMatch, ListenerConfig, StreamSettings},
     proxy::Proxy,
-    server::L7Error,
+    server::BoundSocket,
 };
 
 /// One route of a stream listener: connections whose SNI matches (any, when `sni` is None)
@@ -64,43 +61,32 @@ impl StreamListener {
     }
 }
 
-/// Binds a tcp or udp listener and starts serving it; returns the bound address and the task
-/// (aborting it stops accepting).
-pub(super) async fn start(
+/// Starts serving a tcp or udp listener on its bound socket (`server::bind`); aborting the
+/// task stops it (the socket stays open while the caller holds it).
+pub(super) fn spawn(
     l: &ListenerConfig,
-    routes: &[RouteConfig],
+    routes: &[(Option<HostMatch>, String)],
+    socket: BoundSocket,
     proxy: Arc<arc_swap::ArcSwap<Proxy>>,
-) -> Result<(SocketAddr, JoinHandle<()>), L7Error> {
-    let bind_error = |source| L7Error::Bind {
-        name: l.name.clone(),
-        addr: l.addr,
-        source,
-    };
-    let listener = StreamListener {
+) -> JoinHandle<()> {
+    let listener = Arc::new(StreamListener {
         name: Arc::from(l.name.as_str()),
         routes: routes
             .iter()
-            .filter(|r| r.listener == l.name)
-            .map(|r| StreamRoute {
-                sni: r.sni.clone(),
-                pool: r.pool.clone(),
+            .map(|(sni, pool)| StreamRoute {
+                sni: sni.clone(),
+                pool: pool.clone(),
             })
             .collect(),
         trust: (!l.proxy_protocol_from.is_empty())
             .then(|| (l.proxy_protocol_from.clone(), l.proxy_protocol_timeout)),
         settings: l.stream.clone(),
         proxy,
-    };
-    if l.mode == ListenerMode::Udp {
-        let socket = UdpSocket::bind(l.addr).await.map_err(bind_error)?;
-        let bound = socket.local_addr().unwrap_or(l.addr);
-        let task = tokio::spawn(udp::serve(Arc::new(socket), Arc::new(listener)));
-        return Ok((bound, task));
+    });
+    match socket {
+        BoundSocket::Udp(socket) => tokio::spawn(udp::serve(socket, listener)),
+        BoundSocket::Tcp(socket) => tokio::spawn(tcp::accept_loop(socket, listener)),
     }
-    let socket = TcpListener::bind(l.addr).await.map_err(bind_error)?;
-    let bound = socket.local_addr().unwrap_or(l.addr);
-    let task = tokio::spawn(tcp::accept_loop(socket, Arc::new(listener)));
-    Ok((bound, task))
 }
 
 /// The selection key of a client: its IP address, hashed as the HTTP proxy's `client_ip`

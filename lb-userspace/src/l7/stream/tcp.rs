@@ -19,7 +19,7 @@ use super::{
 };
 use crate::l7::{pool::Pool, proxy_header, selection::InFlightGuard};
 
-pub(super) async fn accept_loop(socket: TcpListener, listener: Arc<StreamListener>) {
+pub(super) async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<StreamListener>) {
     loop {
         let (tcp, socket_peer) = match socket.accept().await {
             Ok(conn) => conn,

@@ -1,5 +1,6 @@
 //! UDP listeners: each client address is a session with its own connected upstream socket to
-//! a backend chosen when the session starts; the backend's replies go back to the client from
+//! a backend chosen when the session starts (from the pool as it is then: a reload that
+//! changes the pool reaches new sessions); the backend's replies go back to the client from
 //! the listener's socket. A session ends after `idle_timeout` without a datagram either way
 //! (checked every quarter of it, so it ends between 1 and 1.25 idle timeouts); at most
 //! `max_sessions` at once (datagrams from further clients are dropped).
@@ -16,21 +17,21 @@ use std::{
 use tokio::{net::UdpSocket, task::JoinHandle, time::Instant};
 
 use super::{StreamListener, client_key};
-use crate::l7::{pool::Pool, selection::InFlightGuard};
+use crate::l7::{pool::Pool, selection::OwnedInFlightGuard};
 
 /// Largest datagram relayed (the UDP maximum payload).
 const MAX_DATAGRAM: usize = 65_535;
 
 /// One client's session. Owned by the listener's task; dropping it ends the reply relay.
-struct Session<'a> {
+struct Session {
     upstream: Arc<UdpSocket>,
     /// Milliseconds since the listener started of the last datagram either way.
     last: Arc<AtomicU64>,
     replies: JoinHandle<()>,
-    _inflight: InFlightGuard<'a>,
+    _inflight: OwnedInFlightGuard,
 }
 
-impl Drop for Session<'_> {
+impl Drop for Session {
     fn drop(&mut self) {
         self.replies.abort();
     }
@@ -39,11 +40,7 @@ impl Drop for Session<'_> {
 pub(super) async fn serve(socket: Arc<UdpSocket>, listener: Arc<StreamListener>) {
     let started = Instant::now();
     let idle = listener.settings.idle_timeout;
-    // The pool as it was when the listener started (a reload that changes it restarts the
-    // listener only if its routes change).
-    let proxy = listener.proxy.load_full();
-    let pool = listener.route(None).and_then(|name| proxy.pool(name));
-    let mut sessions: HashMap<SocketAddr, Session<'_>> = HashMap::new();
+    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
     let mut sweep = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -65,14 +62,16 @@ pub(super) async fn serve(socket: Arc<UdpSocket>, listener: Arc<StreamListener>)
                 continue;
             }
         };
-        let Some(pool) = pool else {
-            continue;
-        };
         if !sessions.contains_key(&client) {
             if sessions.len() >= listener.settings.max_sessions {
                 tracing::debug!(listener = %listener.name, %client, "udp session cap reached");
                 continue;
             }
+            // The live pool, as tcp connections read it.
+            let proxy = listener.proxy.load_full();
+            let Some(pool) = listener.route(None).and_then(|name| proxy.pool(name)) else {
+                continue;
+            };
             let Some(session) = open(pool, client, &socket, started).await else {
                 continue;
             };
@@ -91,12 +90,12 @@ pub(super) async fn serve(socket: Arc<UdpSocket>, listener: Arc<StreamListener>)
 
 /// A new session for `client`: a connected socket to a backend (another one if that fails,
 /// up to the pool's retries) and the task relaying its replies.
-async fn open<'a>(
-    pool: &'a Pool,
+async fn open(
+    pool: &Pool,
     client: SocketAddr,
     socket: &Arc<UdpSocket>,
     started: Instant,
-) -> Option<Session<'a>> {
+) -> Option<Session> {
     let key = client_key(client.ip());
     let mut tried = Vec::new();
     for _ in 0..=pool.config.retries {
@@ -132,7 +131,7 @@ async fn open<'a>(
             upstream,
             last,
             replies,
-            _inflight: pool.inflight.start(i),
+            _inflight: pool.inflight.start_owned(i),
         });
     }
     None

@@ -136,7 +136,7 @@ fn tls(raw: &RawPool, err: ErrAt<'_>) -> Result<Option<UpstreamTls>, ConfigError
         .or(raw.tls.as_ref().map(Spanned::span))
         .or(raw.protocol.as_ref().map(Spanned::span))
         .unwrap_or(0..0);
-    let config = client_config(
+    let (config, settings) = client_config(
         protocol,
         raw.ca_file.as_ref().map(|p| p.get_ref().as_path()),
         raw.tls_insecure,
@@ -145,5 +145,6 @@ fn tls(raw: &RawPool, err: ErrAt<'_>) -> Result<Option<UpstreamTls>, ConfigError
     Ok(Some(UpstreamTls {
         connector: tokio_rustls::TlsConnector::from(config),
         server_name,
+        settings,
     }))
 }
