@@ -44,7 +44,7 @@ response_headers = { set = { "strict-transport-security" = "max-age=63072000" } 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 run() { # NAME BINARY CONFIG
-    taskset -c 0 "$2" l7 --threads 1 --backends "$3" > "$DIR/lb.out" 2>&1 &
+    taskset -c 0 "$2" l7 --threads 1 --config "$3" > "$DIR/lb.out" 2>&1 &
     local pid=$!
     until grep -q "listening\|127.0.0.1:19502" "$DIR/lb.out" 2>/dev/null; do
         kill -0 $pid || { cat "$DIR/lb.out"; exit 1; }
