@@ -34,7 +34,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     }
     // The file was just read whole; a second read only feeds the warnings.
     if let Ok(text) = std::fs::read_to_string(path) {
-        for warning in lb::l7::config::warnings(&text, path) {
+        for warning in lb::config::checks::warnings(&text, path) {
             eprintln!("{warning}");
         }
     }

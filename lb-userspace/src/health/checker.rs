@@ -9,8 +9,9 @@ use std::{
 
 use tokio::sync::mpsc;
 
+use crate::config::health_check::HealthCheckConfig;
+
 use super::{
-    config::HealthCheckConfig,
     probe::probe,
     state::{HealthState, Transition},
 };

@@ -13,7 +13,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::config::CheckKind;
+use crate::config::health_check::CheckKind;
 
 /// Largest body read to look for `expect_body`.
 const MAX_BODY: usize = 64 * 1024;

@@ -1,7 +1,9 @@
 //! The L7 tier: an HTTP reverse proxy (routing, a per-route policy pipeline, upstream pools)
 //! and tcp/udp stream listeners.
 //!
-//! - `config.rs`: the `[[pool]]`, `[[listener]]`, `[[route]]` sections of the backend file.
+//! Its settings (`[[pool]]`, `[[listener]]`, `[[route]]`) are compiled from the backend file by
+//! `crate::config`; `use crate::config` below lets the modules here name them `super::config::X`.
+//!
 //! - `selection/`: backend choice (one module per algorithm).
 //! - `pool.rs`: a pool's backends, algorithm, in-flight counts and keep-alive client.
 //! - `body.rs`: request bodies streamed upstream within size and time limits.
@@ -11,7 +13,6 @@
 //! - `lifecycle.rs`: connection slots per listener (`max_connections`), graceful shutdown.
 //! - `server.rs`: listeners, accept, PROXY header, TLS, HTTP/1.1 + HTTP/2 connections.
 //! - `routing.rs`: which route a request takes (and which pool of a weighted split).
-//! - `route_rules.rs`: the route match/rewrite/split keys, checked and compiled at load.
 //! - `proxy.rs`: `Proxy`, one generation of request-time state (pools, routes, metric handles).
 //! - `pipeline.rs`: the request pipeline's phases, in order; `context.rs`: `RequestCtx`.
 //! - `forward.rs`: the upstream phase (backend per attempt, timeouts, retries).
@@ -26,7 +27,6 @@
 //!   header to backends, UDP sessions).
 pub mod access_log;
 mod body;
-pub mod config;
 mod context;
 mod forward;
 mod headers;
@@ -38,7 +38,6 @@ pub mod policy;
 mod pool;
 mod proxy;
 pub mod proxy_header;
-mod route_rules;
 mod routing;
 pub mod selection;
 mod server;
@@ -47,13 +46,15 @@ mod tls;
 mod upgrade;
 pub mod upstream;
 
+use crate::config;
+
+pub use crate::config::route_rules::{HeaderMatch, HeaderRule, Rewrite, SplitTarget};
 pub use access_log::AccessLog;
 pub use config::{
     Algorithm, HashKey, HostMatch, L7Config, ListenerConfig, ListenerMode, PoolConfig, RouteConfig,
     StreamSettings,
 };
 pub use observe::Observer;
-pub use route_rules::{HeaderMatch, HeaderRule, Rewrite, SplitTarget};
 pub use server::{L7Error, ReloadReport, RunningL7, serve, serve_observed};
 pub use tls::{TlsError, check_certificate};
 pub use upstream::{BackendHealth, BackendStatus, PoolState, RetryBudget, RetryCounters};

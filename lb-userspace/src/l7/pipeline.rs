@@ -45,7 +45,7 @@ use super::{
     upgrade,
     upstream::ConnInfo,
 };
-use crate::l7::config::{Algorithm, RouteConfig};
+use crate::config::{Algorithm, RouteConfig};
 
 /// What a phase decided: go on with `T`, or answer the client now.
 enum Step<T> {

@@ -6,7 +6,7 @@ use std::{borrow::Cow, sync::Mutex};
 
 use hyper::{HeaderMap, Method, Request, header};
 
-use super::{config::RouteConfig, route_rules::Rewrite};
+use super::config::{RouteConfig, route_rules::Rewrite};
 
 /// The request's host name, without port, lowercased (Host header, or the authority of an
 /// HTTP/2 URI). Borrowed from the request when it is already in that form (the usual

@@ -135,7 +135,7 @@ pub fn load(path: &Path, flags: &ServiceFlags) -> Result<Config, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::l4::config::Forward;
+    use crate::l4::Forward;
 
     fn file(text: &str) -> tempfile_path::TempPath {
         tempfile_path::TempPath::with(text)
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(c.l7.pools[0].algorithm, Algorithm::LeastConn);
         assert_eq!(c.l4.vips.len(), 2);
         assert_eq!(c.l4.vips[0].forward, Forward::Local);
-        assert_eq!(c.l4.vips[1].protocol, crate::l4::config::Protocol::Udp);
+        assert_eq!(c.l4.vips[1].protocol, crate::l4::Protocol::Udp);
         assert_eq!(c.l4.vips[0].reals.len(), 1, "reals come from the pool");
     }
 

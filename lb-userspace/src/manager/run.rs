@@ -517,10 +517,10 @@ impl Manager {
                     .iter()
                     .find(|l| l.name == *name)
                     .map_or("http", |l| match l.mode {
-                        l7::config::ListenerMode::Tcp => "tcp",
-                        l7::config::ListenerMode::Udp => "udp",
-                        l7::config::ListenerMode::Http if l.tls.is_empty() => "http",
-                        l7::config::ListenerMode::Http => "https",
+                        l7::ListenerMode::Tcp => "tcp",
+                        l7::ListenerMode::Udp => "udp",
+                        l7::ListenerMode::Http if l.tls.is_empty() => "http",
+                        l7::ListenerMode::Http => "https",
                     })
                     .into(),
             })

@@ -11,8 +11,9 @@ use std::{ops::Range, time::Duration};
 use hyper::Response;
 use toml::Spanned;
 
-use super::{config::RawRoute, pool::ProxyBody};
+use super::pool::ProxyBody;
 use crate::config::ConfigError;
+use crate::config::route::RawRoute;
 
 pub mod headers;
 pub mod redirect;

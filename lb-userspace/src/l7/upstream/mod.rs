@@ -11,7 +11,6 @@
 //! - `passive.rs`: per-backend health: passive ejection, down flag for active checks.
 //! - `traffic.rs`: per-backend request and error totals (status page rates).
 mod budget;
-pub(super) mod config;
 mod connector;
 mod h1_pool;
 mod passive;

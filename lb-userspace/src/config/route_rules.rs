@@ -12,8 +12,7 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::config::RawRoute;
-use crate::config::ConfigError;
+use super::{ConfigError, route::RawRoute};
 
 /// One `[[route.header]]` condition; a route's conditions must all hold.
 #[derive(Clone, Debug)]

@@ -30,10 +30,8 @@ use lb_common::l4::{DEFAULT_RING_SIZE, EncapConfig, MAX_REALS, MAX_RING_SIZE, MA
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{
-    config::{ConfigError, RawFile},
-    maglev::is_prime,
-};
+use super::{ConfigError, RawFile};
+use crate::maglev::is_prime;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]

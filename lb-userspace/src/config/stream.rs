@@ -5,8 +5,12 @@ use std::{ops::Range, path::Path, time::Duration};
 
 use serde::Deserialize;
 
-use super::{HashKey, HostMatch, ListenerConfig, PoolConfig, RawListener, RawRoute};
-use crate::config::ConfigError;
+use super::{
+    ConfigError,
+    listener::{ListenerConfig, RawListener},
+    pool::{HashKey, PoolConfig},
+    route::{HostMatch, RawRoute},
+};
 
 /// What a listener speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

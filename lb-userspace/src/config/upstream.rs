@@ -1,14 +1,14 @@
-//! The upstream keys of a `[[pool]]` section (documented with the others in `l7/config.rs`):
+//! The upstream keys of a `[[pool]]` section (documented with the others in `l7.rs`):
 //! defaults and validation.
 use std::{ops::Range, time::Duration};
 
 use toml::Spanned;
 
-use super::tls::{UpstreamProtocol, UpstreamTls, client_config};
-use crate::{
-    config::ConfigError,
-    l7::config::{PoolConfig, RawBackend, RawPool},
+use super::{
+    ConfigError,
+    pool::{PoolConfig, RawBackend, RawPool},
 };
+use crate::l7::upstream::tls::{UpstreamProtocol, UpstreamTls, client_config};
 
 /// Builds `FILE:LINE: reason` errors from a span.
 pub type ErrAt<'a> = &'a dyn Fn(Range<usize>, String) -> ConfigError;

@@ -1,48 +1,50 @@
 //! The backend file: one TOML file with the L4 sections (`[encap]`, `[[vip]]`) and the L7
 //! sections (`[[pool]]`, `[[listener]]`, `[[route]]`). Parsed once as a whole (unknown keys
-//! anywhere are errors); each tier validates its own sections. Errors name file, line, reason.
-use std::{fmt, ops::Range, path::Path, path::PathBuf};
+//! anywhere are errors) into raw serde types (`RawFile` here, each section's `Raw*` type in its
+//! module), then checked and compiled section by section into the settings the tiers run on.
+//! Every error names file, line and reason (`ConfigError`).
+//!
+//! Reading order, top-down (each module uses only those below it, and the tier types its
+//! settings hold):
+//! - this file: `Config`, the whole file; `RawFile`, the document as serde reads it.
+//! - `vip.rs`: `[encap]` and `[[vip]]` (the L4 tier).
+//! - `l7.rs`: the L7 sections in order: `pool.rs` (with `upstream.rs` for its upstream keys
+//!   and `health_check.rs` for `[pool.health_check]`), `listener.rs` (with `stream.rs` for
+//!   tcp/udp keys), `route.rs` (with `route_rules.rs` for match/rewrite/split keys, `stream.rs`
+//!   for `sni`, and the policy keys compiled by `crate::l7::policy`).
+//! - `checks.rs`: checks across sections (listener address clashes, literal path prefixes)
+//!   and `lb check-config`'s warnings.
+//! - `error.rs`: `ConfigError`.
+use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{
-    l4::config::{L4Config, RawEncap, RawVip, RealConfig},
-    l7::config::{L7Config, PoolConfig, RawListener, RawPool, RawRoute},
-};
+pub mod checks;
+mod error;
+pub mod health_check;
+pub mod l7;
+pub mod listener;
+pub mod pool;
+pub mod route;
+pub mod route_rules;
+pub mod stream;
+pub(crate) mod upstream;
+pub mod vip;
 
-/// A configuration error at a place in a file.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub path: PathBuf,
-    pub line: usize,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Line 0: about the file as a whole (unreadable) or about command-line flags.
-        if self.line == 0 {
-            write!(f, "{}: {}", self.path.display(), self.message)
-        } else {
-            write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
-        }
-    }
-}
-
-impl ConfigError {
-    /// An error about the bytes at `span` of `text`, read from `path`.
-    pub fn at(path: &Path, text: &str, span: Range<usize>, message: String) -> Self {
-        let line = text
-            .get(..span.start.min(text.len()))
-            .map_or(1, |before| before.matches('\n').count() + 1);
-        Self {
-            path: path.to_owned(),
-            line,
-            message,
-        }
-    }
-}
+pub use error::ConfigError;
+pub use l7::L7Config;
+// The settings the tiers run on, by name.
+pub use checks::addresses_overlap;
+use listener::RawListener;
+pub use listener::{ListenerConfig, TlsCertConfig};
+pub use pool::PoolConfig;
+use pool::RawPool;
+pub use pool::{Algorithm, HashKey};
+use route::RawRoute;
+pub use route::{HostMatch, RouteConfig};
+pub use stream::{ListenerMode, StreamSettings};
+use vip::{L4Config, RawEncap, RawVip, RealConfig};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

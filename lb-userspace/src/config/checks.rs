@@ -5,8 +5,7 @@ use std::{net::SocketAddr, path::Path};
 
 use toml::Spanned;
 
-use super::{ListenerMode, RawListener};
-use crate::config::{ConfigError, RawFile};
+use super::{ConfigError, RawFile, listener::RawListener, stream::ListenerMode};
 
 /// Whether sockets bound to `a` and `b` would clash: same port (not 0, which the kernel
 /// picks), and the same address or a wildcard covering the other (`[::]` covers IPv4 too:

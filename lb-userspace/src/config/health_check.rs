@@ -18,7 +18,7 @@ use std::{ops::Range, path::Path, time::Duration};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckKind {

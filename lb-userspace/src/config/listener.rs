@@ -1,0 +1,260 @@
+//! `[[listener]]`: address, TLS certificates, PROXY header trust, request limits, trusted
+//! proxies; the stream (tcp/udp) keys are read by `stream.rs`, address clashes checked by
+//! `checks.rs`.
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    ConfigError, checks,
+    stream::{self, ListenerMode, StreamSettings},
+};
+
+#[derive(Clone)]
+pub struct TlsCertConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SNI names it answers for (exact or `*.suffix`); the listener's first certificate also
+    /// answers everything else.
+    pub server_names: Vec<String>,
+    /// Lines of the `cert` and `key` keys (for `lb check-config`'s unreadable-file errors).
+    pub cert_line: usize,
+    pub key_line: usize,
+}
+
+/// Without the line numbers: moving a section in the file must not restart its listener. The
+/// files' contents are not compared: a reload re-reads them for every HTTPS listener it keeps
+/// and swaps them in (`RunningL7::reload`).
+impl PartialEq for TlsCertConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key && self.server_names == other.server_names
+    }
+}
+
+impl Eq for TlsCertConfig {}
+
+/// Without the line numbers, as `PartialEq`.
+impl std::fmt::Debug for TlsCertConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCertConfig")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("server_names", &self.server_names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Compared on reload (`==`, with the bound address): an unchanged listener keeps accepting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Empty: plain HTTP. Otherwise HTTPS with these certificates.
+    pub tls: Vec<TlsCertConfig>,
+    /// Connections from these networks must start with a PROXY v1/v2 header (empty: none).
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    pub proxy_protocol_timeout: Duration,
+    /// Largest request head (HTTP/1.1; answered 431 beyond), at least 8192.
+    pub max_header_bytes: usize,
+    /// Largest declared request body (Content-Length; answered 413 before reading it).
+    pub max_body_bytes: u64,
+    /// Time a client gets to send a complete request head (HTTP/1.1; then the connection is
+    /// closed, as NGINX does).
+    pub header_timeout: Duration,
+    /// Peers whose X-Forwarded-For is believed (walked right to left past these networks to
+    /// find the client for X-Real-IP and client-IP hashing). Empty: the peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Time a client gets to send the next piece of a request body (then 408 if no response
+    /// has started, and the connection is closed; the upstream request is aborted).
+    pub body_timeout: Duration,
+    /// Client connections served at once; beyond, new ones wait in the kernel accept queue.
+    pub max_connections: usize,
+    /// http (the reverse proxy) or a stream listener (tcp, udp).
+    pub mode: ListenerMode,
+    pub stream: StreamSettings,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub(crate) name: Spanned<String>,
+    pub(crate) address: Spanned<String>,
+    #[serde(default)]
+    pub(crate) tls: Vec<RawTlsCert>,
+    #[serde(default)]
+    pub(crate) proxy_protocol_from: Vec<Spanned<String>>,
+    pub(crate) proxy_protocol_timeout: Option<Spanned<String>>,
+    pub(crate) max_header_bytes: Option<Spanned<usize>>,
+    pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) header_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) trusted_proxies: Vec<Spanned<String>>,
+    pub(crate) body_timeout: Option<Spanned<String>>,
+    pub(crate) max_connections: Option<Spanned<usize>>,
+    pub(crate) mode: Option<Spanned<ListenerMode>>,
+    pub(crate) idle_timeout: Option<Spanned<String>>,
+    pub(crate) client_hello_timeout: Option<Spanned<String>>,
+    pub(crate) max_sessions: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTlsCert {
+    pub(crate) cert: Spanned<PathBuf>,
+    pub(crate) key: Spanned<PathBuf>,
+    #[serde(default)]
+    pub(crate) server_names: Vec<String>,
+}
+
+fn body_timeout(
+    value: &Option<Spanned<String>>,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = value else {
+        return Ok(Duration::from_secs(30));
+    };
+    match humantime::parse_duration(v.get_ref()) {
+        Ok(d) if d.is_zero() => Err(err(v.span(), "body_timeout must be above 0".to_owned())),
+        Ok(d) => Ok(d),
+        Err(e) => Err(err(
+            v.span(),
+            format!("body_timeout {:?}: {e}", v.get_ref()),
+        )),
+    }
+}
+
+/// `max_connections`: at least 1, 10000 by default.
+fn max_connections(
+    value: &Option<Spanned<usize>>,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(10_000),
+        Some(n) if *n.get_ref() == 0 => Err(err(
+            n.span(),
+            "max_connections must be at least 1".to_owned(),
+        )),
+        Some(n) => Ok(*n.get_ref()),
+    }
+}
+
+/// Checks and compiles the `[[listener]]` sections, in file order.
+pub(super) fn parse(
+    raw_listeners: Vec<Spanned<RawListener>>,
+    text: &str,
+    path: &Path,
+) -> Result<Vec<ListenerConfig>, ConfigError> {
+    let err = |span: Range<usize>, message: String| ConfigError::at(path, text, span, message);
+    let duration = |value: &Option<Spanned<String>>, default: Duration, what: &str| {
+        value.as_ref().map_or(Ok(default), |v| {
+            humantime::parse_duration(v.get_ref())
+                .map_err(|e| err(v.span(), format!("{what} {:?}: {e}", v.get_ref())))
+        })
+    };
+
+    let mut listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    let mut addresses = Vec::new();
+    for l in raw_listeners {
+        let l = l.into_inner();
+        let name = l.name.get_ref().clone();
+        if !listener_names.insert(name.clone()) {
+            return Err(err(l.name.span(), format!("duplicate listener {name:?}")));
+        }
+        let addr = l.address.get_ref().parse().map_err(|_| {
+            err(
+                l.address.span(),
+                format!(
+                    "listener address {:?} is not ADDRESS:PORT",
+                    l.address.get_ref()
+                ),
+            )
+        })?;
+        checks::listener_address(&l, addr, &mut addresses, path, text)?;
+        let (mode, stream) = stream::listener_keys(&l, path, text)?;
+        let tls = l
+            .tls
+            .into_iter()
+            .map(|t| TlsCertConfig {
+                cert_line: ConfigError::at(path, text, t.cert.span(), String::new()).line,
+                key_line: ConfigError::at(path, text, t.key.span(), String::new()).line,
+                cert: t.cert.into_inner(),
+                key: t.key.into_inner(),
+                server_names: t.server_names,
+            })
+            .collect();
+        let proxy_protocol_from = l
+            .proxy_protocol_from
+            .iter()
+            .map(|net| {
+                net.get_ref().parse::<ipnet::IpNet>().map_err(|_| {
+                    err(
+                        net.span(),
+                        format!("{:?} is not a network (ADDRESS/PREFIX)", net.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let proxy_protocol_timeout = duration(
+            &l.proxy_protocol_timeout,
+            Duration::from_secs(5),
+            "proxy_protocol_timeout",
+        )?;
+        let max_header_bytes = match &l.max_header_bytes {
+            Some(n) if *n.get_ref() < 8192 => {
+                return Err(err(
+                    n.span(),
+                    format!("max_header_bytes {} is below 8192", n.get_ref()),
+                ));
+            }
+            Some(n) => *n.get_ref(),
+            None => 64 * 1024,
+        };
+        listeners.push(ListenerConfig {
+            name,
+            addr,
+            tls,
+            proxy_protocol_from,
+            proxy_protocol_timeout,
+            max_header_bytes,
+            max_body_bytes: l.max_body_bytes.unwrap_or(100 << 20),
+            header_timeout: duration(&l.header_timeout, Duration::from_secs(10), "header_timeout")?,
+            trusted_proxies: trusted_proxies(&l.trusted_proxies, text, path)?,
+            body_timeout: body_timeout(&l.body_timeout, &err)?,
+            max_connections: max_connections(&l.max_connections, &err)?,
+            mode,
+            stream,
+        });
+    }
+    Ok(listeners)
+}
+
+fn trusted_proxies(
+    list: &[Spanned<String>],
+    text: &str,
+    path: &Path,
+) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.iter()
+        .map(|net| {
+            let value = net.get_ref();
+            value
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::at(
+                        path,
+                        text,
+                        net.span(),
+                        format!("trusted_proxies: {value:?} is not an address or network"),
+                    )
+                })
+        })
+        .collect()
+}
