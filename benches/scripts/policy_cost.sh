@@ -2,6 +2,7 @@
 # The cost of the L7 request pipeline and of route policies, as lb's CPU time per request.
 #
 #   benches/scripts/policy_cost.sh [BASELINE_LB]
+#   benches/scripts/policy_cost.sh --instructions [BASELINE_LB]
 #
 # An NGINX backend answering "hello\n" and `lb l7 --threads 1` share CPU 0; `lb bench`
 # (keep-alive, 50 connections, 5 s) runs on CPU 1. lb's CPU time per request is its
@@ -10,11 +11,16 @@
 #   - plain:    this tree's lb on the same route
 #   - policies: this tree's lb, the route with request_headers (set + add), response_headers
 #               (set) = three header edits
-# Needs root-free loopback ports 19501-19503, nginx and taskset.
+# With --instructions: lb runs under valgrind's callgrind instead, and the figure is
+# instructions per request: (Ir after 4000 requests - Ir after 1000) / 3000, which cancels
+# start-up and is repeatable whatever else the machine does (CPU time here is noisy).
+# Needs loopback ports 19501-19502, nginx and taskset (valgrind for --instructions).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -q -p lb-userspace --bin lb
 LB=$PWD/target/release/lb
+MODE=cpu
+if [ "${1:-}" = --instructions ]; then MODE=instructions; shift; fi
 BASE=${1:-}
 DIR=$(mktemp -d /tmp/lb-policy-cost.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
@@ -58,6 +64,33 @@ run() { # NAME BINARY CONFIG
     local hz; hz=$(getconf CLK_TCK)
     python3 -c "ok=$ok; t=($after-$before)/$hz; print(f'$1 {ok/5:.0f} req/s, {t*1e6/ok:.2f} us CPU/req')"
 }
+
+# Instructions lb ran for N requests (callgrind total, start-up and shutdown included).
+instructions() { # BINARY CONFIG N
+    rm -f "$DIR"/cg.out
+    valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.out" "$1" l7 --threads 1 --config "$2" > "$DIR/lb.out" 2>&1 &
+    local pid=$!
+    until grep -q "127.0.0.1:19502" "$DIR/lb.out" 2>/dev/null; do
+        kill -0 $pid || { cat "$DIR/lb.out"; exit 1; }
+        sleep 0.1
+    done
+    "$LB" bench --json --threads 1 -c 10 -n "$3" --timeout 60s http://127.0.0.1:19502/small > /dev/null
+    kill -INT $pid; wait $pid 2>/dev/null || true
+    callgrind_annotate "$DIR/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
+}
+
+per_request() { # NAME BINARY CONFIG
+    local small; small=$(instructions "$2" "$3" 1000)
+    local large; large=$(instructions "$2" "$3" 4000)
+    python3 -c "print(f'$1 {($large - $small) / 3000:.0f} instructions/request')"
+}
+
+if [ "$MODE" = instructions ]; then
+    if [ -n "$BASE" ]; then per_request base "$BASE" "$DIR/plain.toml"; fi
+    per_request plain "$LB" "$DIR/plain.toml"
+    per_request policies "$LB" "$DIR/policies.toml"
+    exit 0
+fi
 
 for round in 1 2 3; do
     echo "round $round"

@@ -92,8 +92,8 @@ impl Proxy {
         ctx: &mut RequestCtx<'a>,
     ) -> Response<ProxyBody> {
         let rules = self.listener_rules(ctx.listener);
-        let pool_name = match self.request_phase(&req, rules, ctx) {
-            Step::Next(pool) => pool,
+        let (pool_name, forwarded_host) = match self.request_phase(&req, rules, ctx) {
+            Step::Next(next) => next,
             Step::Answer(answer) => return answer,
         };
         let Some((_, route)) = ctx.route else {
@@ -104,20 +104,23 @@ impl Proxy {
         };
         ctx.pool = Some(*index);
         let upstream =
-            match upstream_request_phase(req, route, pool, rules, ctx, || self.new_request_id()) {
+            match upstream_request_phase(req, route, pool, rules, forwarded_host, ctx, || {
+                self.new_request_id()
+            }) {
                 Step::Next(upstream) => upstream,
                 Step::Answer(answer) => return answer,
             };
         self.forward(ctx, pool, *index, upstream).await
     }
 
-    /// Phase 1: limits, route, the route's request policies. Next: the pool the route chose.
+    /// Phase 1: limits, route, the route's request policies. Next: the pool the route chose,
+    /// and the request's host as X-Forwarded-Host will carry it (found once, here).
     fn request_phase<'a>(
         &'a self,
         req: &Request<Incoming>,
         rules: Option<&ListenerRules>,
         ctx: &mut RequestCtx<'a>,
-    ) -> Step<&'a str> {
+    ) -> Step<(&'a str, Option<HeaderValue>)> {
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -150,7 +153,8 @@ impl Proxy {
                 }
             }
         }
-        Step::Next(pool)
+        let forwarded_host = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
+        Step::Next((pool, forwarded_host))
     }
 
     /// Phase 2's pool: the one the route chose; for a split whose choice has no usable
@@ -206,15 +210,13 @@ fn upstream_request_phase(
     route: &RouteConfig,
     pool: &Pool,
     rules: Option<&ListenerRules>,
+    forwarded_host: Option<HeaderValue>,
     ctx: &mut RequestCtx<'_>,
     new_request_id: impl FnOnce() -> HeaderValue,
 ) -> Step<Upstream> {
     let Some(target) = upstream_target(route, req.uri()) else {
         return Step::Answer(plain(StatusCode::BAD_REQUEST, "bad request target\n"));
     };
-    let host = host_of(&req);
-    let forwarded_host = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
-    drop(host);
     let trusted = rules.map_or(&[][..], |r| r.trusted_proxies.as_slice());
     let client = client_ip(ctx.peer.ip(), req.headers(), trusted);
     // Only the consistent hash reads the key.
