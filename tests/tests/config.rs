@@ -372,7 +372,7 @@ fn full_example_parses_to_the_values_it_writes() {
         [lb::l7::policy::RequestPolicy::Redirect(redirect)] => {
             let target = lb::l7::policy::redirect::Target {
                 scheme: "http",
-                host: Some("old.example.com"),
+                host: Some(std::borrow::Cow::Borrowed("old.example.com")),
                 port: None,
                 path: "/x",
                 query: Some("q=1"),

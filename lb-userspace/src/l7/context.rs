@@ -1,7 +1,8 @@
 //! `RequestCtx`: one request as it passes through the pipeline: where it came from, what each
 //! phase decided (route, pool, backend, attempts) and what the log phase reports.
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,6 +16,11 @@ pub struct RequestCtx<'a> {
     pub scheme: &'static str,
     pub conn: &'a ConnInfo,
     pub started: Instant,
+    /// The client: the peer, or for a peer in the listener's `trusted_proxies` the address
+    /// X-Forwarded-For names (set once the route is known).
+    pub client: IpAddr,
+    /// Who the request's credentials say it is (set by authentication policies).
+    pub identity: Identity,
     /// The matched route and its index in the configuration.
     pub route: Option<(usize, &'a RouteConfig)>,
     /// Index of the pool in the configuration.
@@ -36,6 +42,16 @@ pub struct RequestCtx<'a> {
     pub access: Option<AccessRecord>,
 }
 
+/// What authentication policies established about the request, for the policies after them
+/// (rate-limit keys, upstream headers) and the access log.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    /// The API-key consumer's name.
+    pub consumer: Option<Arc<str>>,
+    /// The verified JWT's claims.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+}
+
 impl<'a> RequestCtx<'a> {
     pub fn new(
         listener: &'a str,
@@ -49,6 +65,8 @@ impl<'a> RequestCtx<'a> {
             scheme,
             conn,
             started: Instant::now(),
+            client: peer.ip(),
+            identity: Identity::default(),
             route: None,
             pool: None,
             backend: None,

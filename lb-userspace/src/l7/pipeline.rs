@@ -38,7 +38,7 @@ use super::{
     context::RequestCtx,
     forward::{Upstream, has_body, hash_key, idempotent, upstream_target},
     headers::{client_ip, remove_hop_by_hop, set_forwarded},
-    policy::{RouteChain, UpstreamRequestPolicy, redirect},
+    policy::{RouteChain, UpstreamRequestPolicy},
     pool::{Pool, ProxyBody},
     proxy::{ListenerRules, PoolEntry, Proxy},
     routing::{Routed, host_of},
@@ -99,6 +99,14 @@ impl Proxy {
         let Some((_, route)) = ctx.route else {
             return plain(StatusCode::NOT_FOUND, "no route\n");
         };
+        let mut req = req;
+        if !route.chain.request.is_empty() {
+            for policy in &route.chain.request {
+                if let Some(answer) = policy.on_request(&mut req, ctx).await {
+                    return answer;
+                }
+            }
+        }
         let Some(PoolEntry { pool, index }) = self.select_pool(route, pool_name) else {
             return plain(StatusCode::BAD_GATEWAY, "no pool\n");
         };
@@ -113,8 +121,9 @@ impl Proxy {
         self.forward(ctx, pool, *index, upstream).await
     }
 
-    /// Phase 1: limits, route, the route's request policies. Next: the pool the route chose,
-    /// and the request's host as X-Forwarded-Host will carry it (found once, here).
+    /// Phase 1 up to the route's policies: limits, route, the client behind trusted proxies.
+    /// Next: the pool the route chose, and the request's host as X-Forwarded-Host will carry
+    /// it (found once, here). The route's request policies run next, in `proxy`.
     fn request_phase<'a>(
         &'a self,
         req: &Request<Incoming>,
@@ -139,20 +148,8 @@ impl Proxy {
             return Step::Answer(plain(StatusCode::NOT_FOUND, "no route\n"));
         };
         ctx.route = Some((index, route));
-        if !route.chain.request.is_empty() {
-            let target = redirect::Target {
-                scheme: ctx.scheme,
-                host: host.as_deref(),
-                port: request_port(req),
-                path: req.uri().path(),
-                query: req.uri().query(),
-            };
-            for policy in &route.chain.request {
-                if let Some(answer) = policy.on_request(&target, ctx.conn.local) {
-                    return Step::Answer(answer);
-                }
-            }
-        }
+        let trusted = rules.map_or(&[][..], |r| r.trusted_proxies.as_slice());
+        ctx.client = client_ip(ctx.peer.ip(), req.headers(), trusted);
         let forwarded_host = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
         Step::Next((pool, forwarded_host))
     }
@@ -217,8 +214,7 @@ fn upstream_request_phase(
     let Some(target) = upstream_target(route, req.uri()) else {
         return Step::Answer(plain(StatusCode::BAD_REQUEST, "bad request target\n"));
     };
-    let trusted = rules.map_or(&[][..], |r| r.trusted_proxies.as_slice());
-    let client = client_ip(ctx.peer.ip(), req.headers(), trusted);
+    let client = ctx.client;
     // Only the consistent hash reads the key.
     let key = match pool.config.algorithm {
         Algorithm::ConsistentHash => hash_key(&pool.config.hash_key, &req, client),
@@ -278,19 +274,6 @@ fn response_phase(chain: &RouteChain, response: &mut Response<ProxyBody>) {
         match policy {
             super::policy::ResponsePolicy::Headers(edits) => edits.apply(response.headers_mut()),
         }
-    }
-}
-
-/// The port the client addressed (Host header, or an HTTP/2 authority), if it named one.
-fn request_port<B>(req: &Request<B>) -> Option<u16> {
-    match req.headers().get(header::HOST) {
-        Some(h) => h
-            .to_str()
-            .ok()?
-            .parse::<hyper::http::uri::Authority>()
-            .ok()?
-            .port_u16(),
-        None => req.uri().port_u16(),
     }
 }
 

@@ -6,12 +6,17 @@
 //! unit tests), one key on `RawRoute` (`config.rs`), one variant of the phase enum it belongs
 //! to, its entry in docs/CONFIG.md and docs/examples/full.toml, and an end-to-end test.
 //! A route without policies has empty phase lists: each phase is one `is_empty` check.
+//!
+//! Request-phase policies are async (a key fetch, a shared counter) and see the request
+//! mutably (to take a credential off it) and the `RequestCtx`: `ctx.client` is the client
+//! behind trusted proxies, and what a policy learns of the caller goes to `ctx.identity`
+//! (consumer, JWT claims) for the policies after it, in the order the chain lists them.
 use std::{ops::Range, time::Duration};
 
-use hyper::Response;
+use hyper::{Request, Response, body::Incoming};
 use toml::Spanned;
 
-use super::pool::ProxyBody;
+use super::{context::RequestCtx, pool::ProxyBody};
 use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
@@ -32,15 +37,19 @@ pub enum RequestPolicy {
 }
 
 impl RequestPolicy {
-    /// The answer, when this policy gives one (None: the request goes on).
-    pub fn on_request(
+    /// The answer, when this policy gives one (None: the request goes on). A policy may
+    /// change the request (e.g. take a credential off it) and record what it learnt in `ctx`
+    /// (its `identity`) for the policies after it.
+    pub async fn on_request(
         &self,
-        target: &redirect::Target<'_>,
-        local: std::net::SocketAddr,
+        req: &mut Request<Incoming>,
+        ctx: &mut RequestCtx<'_>,
     ) -> Option<Response<ProxyBody>> {
         match self {
             Self::Respond(r) => Some(r.answer()),
-            Self::Redirect(r) => Some(r.answer(target, local)),
+            Self::Redirect(r) => {
+                Some(r.answer(&redirect::Target::of(req, ctx.scheme), ctx.conn.local))
+            }
         }
     }
 }

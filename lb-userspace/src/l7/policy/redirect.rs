@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The query is always kept. The classic http -> https is `redirect = { scheme = "https" }`.
-use std::ops::Range;
+use std::{borrow::Cow, ops::Range};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -36,18 +36,44 @@ pub struct Redirect {
 /// What of the request a redirect keeps.
 pub struct Target<'a> {
     pub scheme: &'static str,
-    /// The request's host, without port (None: the request named none).
-    pub host: Option<&'a str>,
+    /// The request's host, without port, lowercase (None: the request named none).
+    pub host: Option<Cow<'a, str>>,
     pub port: Option<u16>,
     pub path: &'a str,
     pub query: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    /// What `req` (received over `scheme`) asked for.
+    pub fn of<B>(req: &'a hyper::Request<B>, scheme: &'static str) -> Self {
+        Self {
+            scheme,
+            host: crate::l7::routing::host_of(req),
+            port: request_port(req),
+            path: req.uri().path(),
+            query: req.uri().query(),
+        }
+    }
+}
+
+/// The port the client addressed (Host header, or an HTTP/2 authority), if it named one.
+fn request_port<B>(req: &hyper::Request<B>) -> Option<u16> {
+    match req.headers().get(header::HOST) {
+        Some(h) => h
+            .to_str()
+            .ok()?
+            .parse::<hyper::http::uri::Authority>()
+            .ok()?
+            .port_u16(),
+        None => req.uri().port_u16(),
+    }
 }
 
 impl Redirect {
     pub fn answer(&self, request: &Target<'_>, local: std::net::SocketAddr) -> Response<ProxyBody> {
         let scheme = self.scheme.unwrap_or(request.scheme);
         let local_host;
-        let host = match (&self.host, request.host) {
+        let host = match (&self.host, request.host.as_deref()) {
             (Some(h), _) => h.as_str(),
             (None, Some(h)) => h,
             (None, None) => {
@@ -190,7 +216,7 @@ mod tests {
 
     const REQUEST: Target<'static> = Target {
         scheme: "http",
-        host: Some("example.com"),
+        host: Some(Cow::Borrowed("example.com")),
         port: Some(8080),
         path: "/a/b",
         query: Some("x=1&y=2"),
