@@ -21,6 +21,7 @@ use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
 pub mod headers;
+pub mod jwt;
 pub mod redirect;
 pub mod respond;
 pub mod timeout;
@@ -32,8 +33,40 @@ pub use respond::Respond;
 /// Request phase: may answer at once instead of proxying.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestPolicy {
+    /// Authentication: a valid token of a provider, or 401/403.
+    Jwt(jwt::JwtPolicy),
     Respond(Respond),
     Redirect(Redirect),
+}
+
+/// The run-time state policies share across routes, kept by each proxy generation (and
+/// carried over a reload when its settings did not change): JWT providers' keys and caches.
+#[derive(Default)]
+pub struct PolicyState {
+    jwt: std::collections::HashMap<String, std::sync::Arc<crate::l7::jwt::JwtProvider>>,
+}
+
+impl PolicyState {
+    /// The state for `config`, keeping `previous`'s providers whose settings are unchanged.
+    pub fn build(config: &crate::config::L7Config, previous: Option<&PolicyState>) -> Self {
+        let jwt = config
+            .jwt_providers
+            .iter()
+            .map(|p| {
+                let kept = previous
+                    .and_then(|prev| prev.jwt.get(&p.name))
+                    .filter(|old| old.config == *p)
+                    .cloned();
+                let provider = kept.unwrap_or_else(|| crate::l7::jwt::JwtProvider::new(p.clone()));
+                (p.name.clone(), provider)
+            })
+            .collect();
+        Self { jwt }
+    }
+
+    pub fn jwt_provider(&self, name: &str) -> Option<&std::sync::Arc<crate::l7::jwt::JwtProvider>> {
+        self.jwt.get(name)
+    }
 }
 
 impl RequestPolicy {
@@ -44,8 +77,10 @@ impl RequestPolicy {
         &self,
         req: &mut Request<Incoming>,
         ctx: &mut RequestCtx<'_>,
+        state: &PolicyState,
     ) -> Option<Response<ProxyBody>> {
         match self {
+            Self::Jwt(j) => j.on_request(req, ctx, state).await,
             Self::Respond(r) => Some(r.answer()),
             Self::Redirect(r) => {
                 Some(r.answer(&redirect::Target::of(req, ctx.scheme), ctx.conn.local))
@@ -79,7 +114,9 @@ pub struct RouteChain {
 impl RouteChain {
     /// The route answers every request itself (no pool needed).
     pub fn answers_itself(&self) -> bool {
-        !self.request.is_empty()
+        self.request
+            .iter()
+            .any(|p| matches!(p, RequestPolicy::Respond(_) | RequestPolicy::Redirect(_)))
     }
 }
 
@@ -87,9 +124,16 @@ impl RouteChain {
 pub(crate) fn compile(
     r: &RawRoute,
     route: Range<usize>,
+    jwt_providers: &std::collections::HashSet<String>,
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<RouteChain, ConfigError> {
     let mut chain = RouteChain::default();
+    // Authentication first: a direct answer or redirect after it is given to callers only.
+    if let Some(raw) = &r.jwt {
+        chain
+            .request
+            .push(RequestPolicy::Jwt(jwt::compile(raw, jwt_providers, err)?));
+    }
     match (&r.respond, &r.redirect) {
         (Some(_), Some(_)) => {
             return Err(err(
