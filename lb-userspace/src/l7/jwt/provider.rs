@@ -86,12 +86,16 @@ struct CachedToken {
 pub struct JwtProvider {
     pub config: JwtProviderConfig,
     keys: ArcSwap<KeySet>,
-    validation: Validation,
+    /// Per allowed algorithm (jsonwebtoken checks a key against every algorithm of a
+    /// validation, so each holds just one).
+    validations: Vec<(jsonwebtoken::Algorithm, Validation)>,
+    /// Clock skew, seconds.
+    leeway: u64,
     tls: Option<Arc<rustls::ClientConfig>>,
     /// When the key set should be fetched again (None: never fetched successfully).
     refresh_at: Mutex<Option<Instant>>,
-    /// The last fetch attempt (unknown-kid refetches wait out the cooldown from it).
-    last_attempt: Mutex<Option<Instant>>,
+    /// The last refetch for an unknown kid (the next waits out the cooldown from it).
+    last_refetch: Mutex<Option<Instant>>,
     /// One fetch at a time; requests waiting on an unknown kid share it.
     fetch_lock: tokio::sync::Mutex<()>,
     /// A background refresh is running.
@@ -105,18 +109,24 @@ impl JwtProvider {
     /// background when a tokio runtime is running (an unreachable provider does not stop lb
     /// from starting: its routes answer 401 until keys arrive).
     pub fn new(config: JwtProviderConfig) -> Arc<Self> {
-        let mut validation = Validation::new(config.algorithms[0]);
-        validation.algorithms = config.algorithms.clone();
-        validation.leeway = config.clock_skew.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
-        validation.set_issuer(&[config.issuer.as_str()]);
-        if config.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&config.audiences);
-        }
+        let validations = config
+            .algorithms
+            .iter()
+            .map(|&alg| {
+                let mut validation = Validation::new(alg);
+                validation.leeway = config.clock_skew.as_secs();
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                validation.set_required_spec_claims(&["exp"]);
+                validation.set_issuer(&[config.issuer.as_str()]);
+                if config.audiences.is_empty() {
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&config.audiences);
+                }
+                (alg, validation)
+            })
+            .collect();
         let keys = match &config.keys {
             KeySource::File { jwks, .. } => {
                 KeySet::parse(jwks, &config.algorithms).unwrap_or_default()
@@ -134,11 +144,12 @@ impl JwtProvider {
         .map_err(|e| tracing::warn!(provider = %config.name, error = %e, "jwt provider TLS"))
         .ok();
         let provider = Arc::new(Self {
-            validation,
+            validations,
+            leeway: config.clock_skew.as_secs(),
             keys: ArcSwap::from_pointee(keys),
             tls,
             refresh_at: Mutex::new(None),
-            last_attempt: Mutex::new(None),
+            last_refetch: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
             cache: Mutex::new(HashMap::new()),
@@ -171,9 +182,9 @@ impl JwtProvider {
             return Ok(claims);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
-        if !self.config.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
             return Err(VerifyError::Algorithm);
-        }
+        };
         let kid = header.kid.as_deref();
         let known = {
             let keys = self.keys.load();
@@ -194,9 +205,7 @@ impl JwtProvider {
         for key in keys.candidates(kid, header.alg) {
             self.counters.verifications.fetch_add(1, Ordering::Relaxed);
             match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-                token,
-                key,
-                &self.validation,
+                token, key, validation,
             ) {
                 Ok(data) => {
                     outcome = Ok(data.claims);
@@ -222,7 +231,7 @@ impl JwtProvider {
     fn cached(&self, token: &str, now: u64) -> Option<Claims> {
         let cache = self.cache.lock().ok()?;
         let entry = cache.get(token)?;
-        (now <= entry.exp.saturating_add(self.validation.leeway)).then(|| entry.claims.clone())
+        (now <= entry.exp.saturating_add(self.leeway)).then(|| entry.claims.clone())
     }
 
     fn remember(&self, token: &str, claims: Claims, exp: u64, now: u64) {
@@ -230,7 +239,7 @@ impl JwtProvider {
             return;
         };
         if cache.len() >= CACHE_CAPACITY {
-            let leeway = self.validation.leeway;
+            let leeway = self.leeway;
             cache.retain(|_, t| now <= t.exp.saturating_add(leeway));
             if cache.len() >= CACHE_CAPACITY {
                 cache.clear();
@@ -243,14 +252,14 @@ impl JwtProvider {
     /// cooldown. Concurrent requests wait for the same fetch.
     async fn refetch_for_unknown_key(&self) {
         let _one = self.fetch_lock.lock().await;
-        let recent = self
-            .last_attempt
-            .lock()
-            .ok()
-            .and_then(|t| *t)
-            .is_some_and(|t| t.elapsed() < self.config.refetch_cooldown);
-        if recent {
-            return;
+        {
+            let Ok(mut last) = self.last_refetch.lock() else {
+                return;
+            };
+            if last.is_some_and(|t| t.elapsed() < self.config.refetch_cooldown) {
+                return;
+            }
+            *last = Some(Instant::now());
         }
         self.fetch_now().await;
     }
@@ -289,9 +298,6 @@ impl JwtProvider {
     /// Fetches the key set; on failure the last good keys stay and the next background
     /// refresh is tried after the cooldown.
     async fn fetch_now(&self) {
-        if let Ok(mut t) = self.last_attempt.lock() {
-            *t = Some(Instant::now());
-        }
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
         let (next, result) = match self.fetch_keys().await {
             Ok((set, max_age)) => {
