@@ -397,12 +397,23 @@ fn full_example_parses_to_the_values_it_writes() {
     let p = &c.l7.jwt_providers;
     assert_eq!(p.len(), 3);
     assert_eq!(
-        (p[0].name.as_str(), p[0].issuer.as_str(), p[0].audiences.as_slice()),
-        ("idp", "https://id.example.com/", &["api".to_owned(), "web".to_owned()][..])
+        (
+            p[0].name.as_str(),
+            p[0].issuer.as_str(),
+            p[0].audiences.as_slice()
+        ),
+        (
+            "idp",
+            "https://id.example.com/",
+            &["api".to_owned(), "web".to_owned()][..]
+        )
     );
     assert_eq!(
         p[0].algorithms,
-        [jsonwebtoken::Algorithm::RS256, jsonwebtoken::Algorithm::ES256]
+        [
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::Algorithm::ES256
+        ]
     );
     assert_eq!(
         p[0].keys,
@@ -410,16 +421,35 @@ fn full_example_parses_to_the_values_it_writes() {
             "https://id.example.com/.well-known/jwks.json".to_owned()
         )
     );
-    assert!(p[0].ca_file.as_ref().is_some_and(|f| f.ends_with("certs/example-ca.pem")));
+    assert!(
+        p[0].ca_file
+            .as_ref()
+            .is_some_and(|f| f.ends_with("certs/example-ca.pem"))
+    );
     assert_eq!(
         (p[0].clock_skew, p[0].cache_min, p[0].cache_max),
         (secs(30), secs(300), secs(12 * 3600))
     );
-    assert_eq!((p[0].refetch_cooldown, p[0].fetch_timeout), (secs(60), secs(3)));
-    assert_eq!((p[1].name.as_str(), &p[1].keys), ("sso", &lb::config::jwt_provider::KeySource::Discovery));
-    assert_eq!(p[1].algorithms.len(), 9, "every asymmetric algorithm by default");
     assert_eq!(
-        (p[1].clock_skew, p[1].cache_min, p[1].cache_max, p[1].refetch_cooldown),
+        (p[0].refetch_cooldown, p[0].fetch_timeout),
+        (secs(60), secs(3))
+    );
+    assert_eq!(
+        (p[1].name.as_str(), &p[1].keys),
+        ("sso", &lb::config::jwt_provider::KeySource::Discovery)
+    );
+    assert_eq!(
+        p[1].algorithms.len(),
+        9,
+        "every asymmetric algorithm by default"
+    );
+    assert_eq!(
+        (
+            p[1].clock_skew,
+            p[1].cache_min,
+            p[1].cache_max,
+            p[1].refetch_cooldown
+        ),
         (secs(60), secs(60), secs(24 * 3600), secs(30))
     );
     assert!(matches!(

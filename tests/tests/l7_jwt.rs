@@ -561,3 +561,52 @@ fn provider_and_route_keys_are_checked_at_load() {
         assert!(err.to_string().starts_with(reason), "{err}");
     }
 }
+
+/// `lb run` with metrics: authentication results by route, provider and result, and the JWKS
+/// fetches of a provider.
+#[test]
+fn lb_run_counts_auth_results_and_key_fetches() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let jwks = Jwks::default();
+    jwks.set(vec![jwk("ed1", "d1")]);
+    let jwks_addr = runtime.block_on(jwks.serve());
+    let echo = runtime.block_on(echo_backend());
+    let file = format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{echo}\"\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+         {}\
+         [[route]]\nname = \"api\"\nlistener = \"l\"\npool = \"web\"\njwt = {{ provider = \"idp\" }}\n",
+        provider(&format!("jwks_url = \"http://{jwks_addr}/jwks.json\""), "")
+    );
+    let lb = lb_tests::lb_run::LbRun::start("jwt", &file, &[]);
+    let addr = lb.listener("l");
+    let token = mint("ed1", Algorithm::EdDSA, Some("d1"), &good_claims());
+    let call = |extra: &str| {
+        runtime
+            .block_on(exchange(addr, &get("/x", "site.test", extra)))
+            .0
+    };
+    assert_eq!(call(""), 401);
+    assert_eq!(call(&format!("Authorization: Bearer {token}\r\n")), 200);
+    assert_eq!(call(&format!("Authorization: Bearer {token}\r\n")), 200);
+    assert_eq!(call("Authorization: Bearer x.y.z\r\n"), 401);
+    let metrics = lb_tests::lb_run::http("GET", lb.admin, "/metrics").1;
+    for (series, value) in [
+        (
+            "lb_http_auth_total{route=\"api\",provider=\"idp\",result=\"missing\"}",
+            1,
+        ),
+        (
+            "lb_http_auth_total{route=\"api\",provider=\"idp\",result=\"ok\"}",
+            2,
+        ),
+        (
+            "lb_http_auth_total{route=\"api\",provider=\"idp\",result=\"malformed\"}",
+            1,
+        ),
+        ("lb_jwks_fetches_total{provider=\"idp\",result=\"ok\"}", 1),
+    ] {
+        let line = format!("{series} {value}");
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+}

@@ -38,6 +38,21 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub route: String,
+    pub provider: String,
+    /// ok, missing, forbidden, or why a token was invalid.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    pub provider: String,
+    /// ok or failed.
+    pub result: String,
+}
+
 /// Counters the L7 request path updates.
 #[derive(Clone)]
 pub struct L7Metrics {
@@ -46,6 +61,8 @@ pub struct L7Metrics {
     pub upstream_connect_errors: Family<BackendLabels, Counter>,
     pub retries: Family<PoolLabels, Counter>,
     pub retries_denied: Family<PoolLabels, Counter>,
+    pub auth: Family<AuthLabels, Counter>,
+    pub jwks_fetches: Family<FetchLabels, Counter>,
 }
 
 impl L7Metrics {
@@ -59,6 +76,8 @@ impl L7Metrics {
             upstream_connect_errors: Family::default(),
             retries: Family::default(),
             retries_denied: Family::default(),
+            auth: Family::default(),
+            jwks_fetches: Family::default(),
         }
     }
 }
@@ -94,6 +113,16 @@ impl Metrics {
             "retries_denied",
             "Retries not made because the pool's retry budget was spent",
             l7.retries_denied.clone(),
+        );
+        registry.register(
+            "http_auth",
+            "Authentication results of requests on routes with a jwt policy, by route, provider and result",
+            l7.auth.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "JWT key-set fetches, by provider and result",
+            l7.jwks_fetches.clone(),
         );
         registry.register_collector(Box::new(StatusCollector(status)));
         Self { registry, l7 }

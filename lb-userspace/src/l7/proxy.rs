@@ -123,7 +123,11 @@ impl Proxy {
                 request_ids: AtomicU64::new(0),
                 id_prefix: seed,
                 meters: observer.meters(config),
-                policy_state: PolicyState::build(config, previous.map(|p| &p.policy_state)),
+                policy_state: PolicyState::build(
+                    config,
+                    previous.map(|p| &p.policy_state),
+                    observer.metrics(),
+                ),
                 observer,
             },
             built,

@@ -10,6 +10,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::{Validation, errors::ErrorKind};
+use prometheus_client::metrics::counter::Counter;
 
 use super::{fetch, keys::KeySet};
 use crate::config::jwt_provider::{JwtProviderConfig, KeySource};
@@ -102,13 +103,15 @@ pub struct JwtProvider {
     refreshing: AtomicBool,
     cache: Mutex<HashMap<Box<str>, CachedToken>>,
     pub counters: ProviderCounters,
+    /// `lb_jwks_fetches_total` (ok, failed), when metrics are kept.
+    fetch_meters: Option<(Counter, Counter)>,
 }
 
 impl JwtProvider {
     /// The provider for `config`. A file's keys are loaded now; a URL's are fetched in the
     /// background when a tokio runtime is running (an unreachable provider does not stop lb
     /// from starting: its routes answer 401 until keys arrive).
-    pub fn new(config: JwtProviderConfig) -> Arc<Self> {
+    pub fn new(config: JwtProviderConfig, fetch_meters: Option<(Counter, Counter)>) -> Arc<Self> {
         let validations = config
             .algorithms
             .iter()
@@ -154,6 +157,7 @@ impl JwtProvider {
             refreshing: AtomicBool::new(false),
             cache: Mutex::new(HashMap::new()),
             counters: ProviderCounters::default(),
+            fetch_meters,
             config,
         });
         if provider.fetches_keys() && tokio::runtime::Handle::try_current().is_ok() {
@@ -186,15 +190,8 @@ impl JwtProvider {
             return Err(VerifyError::Algorithm);
         };
         let kid = header.kid.as_deref();
-        let known = {
-            let keys = self.keys.load();
-            match kid {
-                Some(kid) => keys.has_kid(kid),
-                None => !keys.is_empty(),
-            }
-        };
-        if !known && self.fetches_keys() {
-            self.refetch_for_unknown_key().await;
+        if !self.knows(kid) && self.fetches_keys() {
+            self.refetch_for_unknown_key(kid).await;
         }
         self.maybe_refresh();
         let keys = self.keys.load();
@@ -248,10 +245,23 @@ impl JwtProvider {
         cache.insert(token.into(), CachedToken { claims, exp });
     }
 
+    /// Whether the key set has the token's key (without a kid: any key at all).
+    fn knows(&self, kid: Option<&str>) -> bool {
+        let keys = self.keys.load();
+        match kid {
+            Some(kid) => keys.has_kid(kid),
+            None => !keys.is_empty(),
+        }
+    }
+
     /// An unknown kid (or no keys at all): one fetch, unless one was tried within the
-    /// cooldown. Concurrent requests wait for the same fetch.
-    async fn refetch_for_unknown_key(&self) {
+    /// cooldown. Concurrent requests wait for the same fetch (and do not fetch again when it
+    /// brought the key).
+    async fn refetch_for_unknown_key(&self, kid: Option<&str>) {
         let _one = self.fetch_lock.lock().await;
+        if self.knows(kid) {
+            return;
+        }
         {
             let Ok(mut last) = self.last_refetch.lock() else {
                 return;
@@ -281,6 +291,15 @@ impl JwtProvider {
         }
     }
 
+    /// No fetch yet, or the last one's time is up.
+    fn refresh_due(&self) -> bool {
+        self.refresh_at
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .is_none_or(|t| Instant::now() >= t)
+    }
+
     fn refresh_in_background(self: &Arc<Self>) {
         if self.refreshing.swap(true, Ordering::AcqRel) {
             return;
@@ -289,7 +308,10 @@ impl JwtProvider {
         tokio::spawn(async move {
             {
                 let _one = provider.fetch_lock.lock().await;
-                provider.fetch_now().await;
+                // A request's refetch may have done it meanwhile.
+                if provider.refresh_due() {
+                    provider.fetch_now().await;
+                }
             }
             provider.refreshing.store(false, Ordering::Release);
         });
@@ -310,11 +332,17 @@ impl JwtProvider {
                     // A key may have been withdrawn: tokens are checked again.
                     cache.clear();
                 }
+                if let Some((ok, _)) = &self.fetch_meters {
+                    ok.inc();
+                }
                 tracing::info!(provider = %self.config.name, keys = self.key_count(), ttl = ?ttl, "jwt keys fetched");
                 (ttl, Ok(()))
             }
             Err(e) => {
                 self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some((_, failed)) = &self.fetch_meters {
+                    failed.inc();
+                }
                 tracing::warn!(provider = %self.config.name, error = %e, "jwt keys not fetched; keeping the last good keys");
                 (self.config.refetch_cooldown, Err(e))
             }

@@ -145,8 +145,19 @@ pub(crate) fn compile(
 /// How a request failed the policy.
 enum Refusal {
     NoToken,
-    Invalid,
+    /// Why the token is invalid (metrics label).
+    Invalid(&'static str),
     Forbidden,
+}
+
+impl Refusal {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::NoToken => "missing",
+            Self::Invalid(why) => why,
+            Self::Forbidden => "forbidden",
+        }
+    }
 }
 
 impl JwtPolicy {
@@ -160,15 +171,20 @@ impl JwtPolicy {
             return None;
         }
         let Some(provider) = state.jwt_provider(&self.provider) else {
-            return Some(refuse(Refusal::Invalid));
+            return Some(refuse(Refusal::Invalid("no_provider")));
         };
+        let route = ctx.route_index();
         match self.check(req, provider).await {
             Ok(claims) => {
+                state.count_auth(route, &self.provider, "ok");
                 self.apply(req, &claims);
                 ctx.identity.claims = Some(claims);
                 None
             }
-            Err(refusal) => Some(refuse(refusal)),
+            Err(refusal) => {
+                state.count_auth(route, &self.provider, refusal.label());
+                Some(refuse(refusal))
+            }
         }
     }
 
@@ -180,7 +196,7 @@ impl JwtPolicy {
         let token = self.token(req)?;
         let claims = provider.verify(&token).await.map_err(|why| {
             tracing::debug!(provider = %self.provider, reason = %why, "jwt refused");
-            Refusal::Invalid
+            Refusal::Invalid(why.label())
         })?;
         let scopes = granted_scopes(&claims);
         let scoped = self.scopes.iter().all(|s| scopes.contains(&s.as_str()));
@@ -201,7 +217,7 @@ impl JwtPolicy {
         let mut found: Option<String> = None;
         let mut add = |token: &str| -> Result<(), Refusal> {
             match &found {
-                Some(t) if t != token => Err(Refusal::Invalid),
+                Some(t) if t != token => Err(Refusal::Invalid("two_tokens")),
                 Some(_) => Ok(()),
                 None => {
                     found = Some(token.to_owned());
@@ -213,16 +229,19 @@ impl JwtPolicy {
             match source {
                 Source::Bearer => {
                     for value in req.headers().get_all(header::AUTHORIZATION) {
-                        let text = value.to_str().map_err(|_| Refusal::Invalid)?;
+                        let text = value.to_str().map_err(|_| Refusal::Invalid("malformed"))?;
                         match bearer(text) {
                             Some(token) => add(token)?,
-                            None => return Err(Refusal::Invalid),
+                            None => return Err(Refusal::Invalid("malformed")),
                         }
                     }
                 }
                 Source::Header(name) => {
                     for value in req.headers().get_all(name) {
-                        let text = value.to_str().map_err(|_| Refusal::Invalid)?.trim();
+                        let text = value
+                            .to_str()
+                            .map_err(|_| Refusal::Invalid("malformed"))?
+                            .trim();
                         add(bearer(text).unwrap_or(text))?;
                     }
                 }
@@ -257,7 +276,7 @@ impl JwtPolicy {
         }
         match found {
             Some(t) if !t.is_empty() => Ok(t),
-            Some(_) => Err(Refusal::Invalid),
+            Some(_) => Err(Refusal::Invalid("malformed")),
             None => Err(Refusal::NoToken),
         }
     }
@@ -354,7 +373,7 @@ fn granted_scopes(claims: &Claims) -> Vec<&str> {
 fn refuse(refusal: Refusal) -> Response<ProxyBody> {
     let (status, challenge, text): (_, &'static str, &'static str) = match refusal {
         Refusal::NoToken => (StatusCode::UNAUTHORIZED, "Bearer", "token required\n"),
-        Refusal::Invalid => (
+        Refusal::Invalid(_) => (
             StatusCode::UNAUTHORIZED,
             "Bearer error=\"invalid_token\"",
             "invalid token\n",

@@ -44,11 +44,33 @@ pub enum RequestPolicy {
 #[derive(Default)]
 pub struct PolicyState {
     jwt: std::collections::HashMap<String, std::sync::Arc<crate::l7::jwt::JwtProvider>>,
+    /// Authentication results counted by (route index, result); None: no metrics.
+    auth: Option<AuthMeters>,
+}
+
+/// `lb_http_auth_total` handles, resolved on first use per (route, result).
+struct AuthMeters {
+    family: prometheus_client::metrics::family::Family<
+        crate::admin::metrics::AuthLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// By route index: its label.
+    routes: Vec<String>,
+    cache: std::sync::RwLock<
+        std::collections::HashMap<
+            (usize, &'static str),
+            prometheus_client::metrics::counter::Counter,
+        >,
+    >,
 }
 
 impl PolicyState {
     /// The state for `config`, keeping `previous`'s providers whose settings are unchanged.
-    pub fn build(config: &crate::config::L7Config, previous: Option<&PolicyState>) -> Self {
+    pub fn build(
+        config: &crate::config::L7Config,
+        previous: Option<&PolicyState>,
+        metrics: Option<&crate::admin::metrics::L7Metrics>,
+    ) -> Self {
         let jwt = config
             .jwt_providers
             .iter()
@@ -57,11 +79,61 @@ impl PolicyState {
                     .and_then(|prev| prev.jwt.get(&p.name))
                     .filter(|old| old.config == *p)
                     .cloned();
-                let provider = kept.unwrap_or_else(|| crate::l7::jwt::JwtProvider::new(p.clone()));
+                let provider = kept.unwrap_or_else(|| {
+                    let fetches = metrics.map(|m| {
+                        let counter = |result: &str| {
+                            m.jwks_fetches
+                                .get_or_create(&crate::admin::metrics::FetchLabels {
+                                    provider: p.name.clone(),
+                                    result: result.to_owned(),
+                                })
+                                .clone()
+                        };
+                        (counter("ok"), counter("failed"))
+                    });
+                    crate::l7::jwt::JwtProvider::new(p.clone(), fetches)
+                });
                 (p.name.clone(), provider)
             })
             .collect();
-        Self { jwt }
+        let auth = metrics.map(|m| AuthMeters {
+            family: m.auth.clone(),
+            routes: config
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| r.label(i))
+                .collect(),
+            cache: Default::default(),
+        });
+        Self { jwt, auth }
+    }
+
+    /// Counts an authentication result of route `route` (index) against `provider`.
+    pub fn count_auth(&self, route: Option<usize>, provider: &str, result: &'static str) {
+        let (Some(auth), Some(route)) = (&self.auth, route) else {
+            return;
+        };
+        let cached = auth
+            .cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(&(route, result)).map(|c| c.inc()));
+        if cached.is_some() {
+            return;
+        }
+        let counter = auth
+            .family
+            .get_or_create(&crate::admin::metrics::AuthLabels {
+                route: auth.routes.get(route).cloned().unwrap_or_default(),
+                provider: provider.to_owned(),
+                result: result.to_owned(),
+            })
+            .clone();
+        counter.inc();
+        if let Ok(mut c) = auth.cache.write() {
+            c.insert((route, result), counter);
+        }
     }
 
     pub fn jwt_provider(&self, name: &str) -> Option<&std::sync::Arc<crate::l7::jwt::JwtProvider>> {
