@@ -38,6 +38,15 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub route: String,
+    /// `api_key`, `client_cert`.
+    pub policy: &'static str,
+    /// `allowed`, `missing`, `invalid`, `forbidden`.
+    pub result: &'static str,
+}
+
 /// Counters the L7 request path updates.
 #[derive(Clone)]
 pub struct L7Metrics {
@@ -46,6 +55,7 @@ pub struct L7Metrics {
     pub upstream_connect_errors: Family<BackendLabels, Counter>,
     pub retries: Family<PoolLabels, Counter>,
     pub retries_denied: Family<PoolLabels, Counter>,
+    pub auth: Family<AuthLabels, Counter>,
 }
 
 impl L7Metrics {
@@ -59,6 +69,7 @@ impl L7Metrics {
             upstream_connect_errors: Family::default(),
             retries: Family::default(),
             retries_denied: Family::default(),
+            auth: Family::default(),
         }
     }
 }
@@ -94,6 +105,11 @@ impl Metrics {
             "retries_denied",
             "Retries not made because the pool's retry budget was spent",
             l7.retries_denied.clone(),
+        );
+        registry.register(
+            "auth_results",
+            "Authentication verdicts of route policies, by route, policy and result",
+            l7.auth.clone(),
         );
         registry.register_collector(Box::new(StatusCollector(status)));
         Self { registry, l7 }

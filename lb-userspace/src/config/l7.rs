@@ -108,7 +108,14 @@ impl L7Config {
     /// Parses `text` (the whole backend file; this takes its L7 sections).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw = RawFile::parse(text, path)?;
-        Self::from_raw(raw.pools, raw.listeners, raw.routes, text, path)
+        Self::from_raw(
+            raw.pools,
+            raw.listeners,
+            raw.routes,
+            raw.api_keys,
+            text,
+            path,
+        )
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -125,12 +132,19 @@ impl L7Config {
         raw_pools: Vec<Spanned<RawPool>>,
         raw_listeners: Vec<Spanned<RawListener>>,
         raw_routes: Vec<Spanned<RawRoute>>,
+        raw_api_keys: Option<super::api_keys::RawApiKeys>,
         text: &str,
         path: &Path,
     ) -> Result<Self, ConfigError> {
         let pools = pool::parse(raw_pools, text, path)?;
         let listeners = listener::parse(raw_listeners, text, path)?;
-        let routes = route::parse(raw_routes, &pools, &listeners, text, path)?;
+        let err = |span, message| ConfigError::at(path, text, span, message);
+        let inputs = crate::l7::policy::PolicyInputs {
+            consumers: raw_api_keys
+                .map(|raw| super::api_keys::load(&raw, &err).map(std::sync::Arc::new))
+                .transpose()?,
+        };
+        let routes = route::parse(raw_routes, &pools, &listeners, &inputs, text, path)?;
         Ok(Self {
             pools,
             listeners,

@@ -20,6 +20,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod api_keys;
 pub mod checks;
 mod error;
 pub mod health_check;
@@ -58,6 +59,7 @@ pub(crate) struct RawFile {
     pub listeners: Vec<Spanned<RawListener>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
+    pub api_keys: Option<api_keys::RawApiKeys>,
 }
 
 impl RawFile {
@@ -96,7 +98,14 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw = RawFile::parse(text, path)?;
         let pools = raw.pool_names();
-        let l7 = L7Config::from_raw(raw.pools, raw.listeners, raw.routes, text, path)?;
+        let l7 = L7Config::from_raw(
+            raw.pools,
+            raw.listeners,
+            raw.routes,
+            raw.api_keys,
+            text,
+            path,
+        )?;
         let mut l4 = L4Config::from_raw(raw.encap, raw.vips, &pools, text, path)?;
         for vip in &mut l4.vips {
             if let Some(pool) = vip.pool.as_ref().and_then(|name| l7.pool(name)) {

@@ -11,7 +11,7 @@
 //! mutably (to take a credential off it) and the `RequestCtx`: `ctx.client` is the client
 //! behind trusted proxies, and what a policy learns of the caller goes to `ctx.identity`
 //! (consumer, JWT claims) for the policies after it, in the order the chain lists them.
-use std::{ops::Range, time::Duration};
+use std::{ops::Range, sync::Arc, time::Duration};
 
 use hyper::{Request, Response, body::Incoming};
 use toml::Spanned;
@@ -20,11 +20,13 @@ use super::{context::RequestCtx, pool::ProxyBody};
 use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
+pub mod api_key;
 pub mod headers;
 pub mod redirect;
 pub mod respond;
 pub mod timeout;
 
+pub use api_key::ApiKey;
 pub use headers::HeaderEdits;
 pub use redirect::Redirect;
 pub use respond::Respond;
@@ -34,6 +36,9 @@ pub use respond::Respond;
 pub enum RequestPolicy {
     Respond(Respond),
     Redirect(Redirect),
+    ApiKey(ApiKey),
+    /// `client_cert = true`: a verified client certificate is required (else 403).
+    ClientCert,
 }
 
 impl RequestPolicy {
@@ -50,6 +55,8 @@ impl RequestPolicy {
             Self::Redirect(r) => {
                 Some(r.answer(&redirect::Target::of(req, ctx.scheme), ctx.conn.local))
             }
+            Self::ApiKey(k) => k.check(req, ctx),
+            Self::ClientCert => crate::l7::client_cert::require(ctx),
         }
     }
 }
@@ -79,17 +86,39 @@ pub struct RouteChain {
 impl RouteChain {
     /// The route answers every request itself (no pool needed).
     pub fn answers_itself(&self) -> bool {
-        !self.request.is_empty()
+        self.request
+            .iter()
+            .any(|p| matches!(p, RequestPolicy::Respond(_) | RequestPolicy::Redirect(_)))
     }
+}
+
+/// What route policies compile against besides the route: the file's top-level sections
+/// they use.
+#[derive(Default)]
+pub(crate) struct PolicyInputs {
+    /// `[api_keys]`: the consumers.
+    pub consumers: Option<Arc<crate::config::api_keys::Consumers>>,
 }
 
 /// Compiles the policy keys of one `[[route]]`; `route` is the span of the whole table.
 pub(crate) fn compile(
     r: &RawRoute,
     route: Range<usize>,
+    inputs: &PolicyInputs,
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<RouteChain, ConfigError> {
     let mut chain = RouteChain::default();
+    // Who the caller is, before anything answers for the route.
+    if r.client_cert.as_ref().is_some_and(|c| *c.get_ref()) {
+        chain.request.push(RequestPolicy::ClientCert);
+    }
+    if let Some(raw) = &r.api_key {
+        chain.request.push(RequestPolicy::ApiKey(api_key::compile(
+            raw,
+            inputs.consumers.as_ref(),
+            err,
+        )?));
+    }
     match (&r.respond, &r.redirect) {
         (Some(_), Some(_)) => {
             return Err(err(
