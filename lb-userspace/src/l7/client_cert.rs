@@ -259,9 +259,12 @@ impl Attribute<'_> {
     }
 }
 
-/// One DER element: (tag, content, rest). Only what names use: one-byte tags, definite
-/// lengths up to 4 bytes.
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element: tag, content, what follows it, and the whole element.
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// The first DER element of `input`. Only what names use: one-byte tags, definite lengths
+/// up to 4 bytes.
+fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
     let (&tag, rest) = input.split_first()?;
     if tag & 0x1f == 0x1f {
         return None;
@@ -397,8 +400,11 @@ fn dotted(oid: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    /// A Name's content: RDNs of (oid, tag, value).
-    fn name(rdns: &[&[(&[u8], u8, &[u8])]]) -> Vec<u8> {
+    /// (oid, tag, value)
+    type Attr<'a> = (&'a [u8], u8, &'a [u8]);
+
+    /// A Name's content: RDNs of attributes.
+    fn name(rdns: &[&[Attr<'_>]]) -> Vec<u8> {
         let wrap = |tag: u8, content: Vec<u8>| {
             let mut out = vec![tag, u8::try_from(content.len()).expect("short")];
             out.extend(content);

@@ -66,6 +66,36 @@ impl ApiKey {
         &self.consumer_header
     }
 
+    /// The header the key is read from.
+    pub fn header(&self) -> Option<&HeaderName> {
+        self.header.as_ref()
+    }
+
+    /// The query parameter the key is read from.
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    /// The consumers admitted (None: every known one), in consumers-file order.
+    pub fn allowed(&self) -> Option<Vec<&str>> {
+        let allowed = self.allowed.as_ref()?;
+        let mut names: Vec<&str> = self
+            .consumers
+            .entries()
+            .iter()
+            .zip(allowed)
+            .filter(|(_, a)| **a)
+            .map(|(c, _)| &*c.name)
+            .collect();
+        names.dedup();
+        Some(names)
+    }
+
+    /// Whether the key goes upstream too.
+    pub fn forwards_key(&self) -> bool {
+        self.forward
+    }
+
     /// None: admitted (the request edited, `ctx` told who it is); else lb's 401 or 403.
     pub fn check(
         &self,
