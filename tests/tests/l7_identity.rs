@@ -613,3 +613,41 @@ fn identity_settings_are_checked_with_the_line() {
         assert!(e.to_string().contains(reason), "{e}\n{text}");
     }
 }
+
+/// `lb check-config` reads the consumers file and the pool's client certificate as `lb run`
+/// does: a bad entry or a key that is not the certificate's is `FILE:LINE: reason`, exit 1.
+#[test]
+fn check_config_reports_bad_identity_files() {
+    let dir = TempDir::new("check");
+    let ca = Ca::new("CA");
+    let (a, b) = (ca.issue("a", &[], true), ca.issue("b", &[], true));
+    dir.write("a.pem", &a.cert);
+    dir.write("b.key", &b.key);
+    dir.write("consumers.toml", "[[consumer]]\nname = \"acme\"\n");
+    dir.write(
+        "keys.toml",
+        "[api_keys]\nfile = \"consumers.toml\"\n[[pool]]\nname = \"web\"\n",
+    );
+    dir.write(
+        "pool.toml",
+        "[[pool]]\nname = \"web\"\ntls = true\ntls_client_cert = \"a.pem\"\ntls_client_key = \"b.key\"\n",
+    );
+    for (file, want) in [
+        (
+            "keys.toml",
+            "lb: keys.toml:2: api_keys file: consumers.toml:2: consumer \"acme\": no key or key_sha256\n",
+        ),
+        (
+            "pool.toml",
+            "lb: pool.toml:5: tls_client_key \"b.key\" is not the key of the certificate in \"a.pem\"\n",
+        ),
+    ] {
+        let out = std::process::Command::new(lb_tests::lb_bin())
+            .current_dir(&dir.0)
+            .args(["check-config", file])
+            .output()
+            .expect("run lb check-config");
+        assert_eq!(out.status.code(), Some(1), "{file}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), want);
+    }
+}
