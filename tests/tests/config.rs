@@ -69,7 +69,8 @@ fn every_shipped_example_passes_check_config() {
     );
 }
 
-/// full.toml with its relative certificate paths made absolute (same lines), parsed.
+/// full.toml with its relative certificate and consumers-file paths made absolute (same
+/// lines), parsed.
 fn full_example() -> Config {
     let dir = examples_dir();
     let path = dir.join("full.toml");
@@ -208,6 +209,19 @@ fn full_example_parses_to_the_values_it_writes() {
             .map(|n| n.to_str().into_owned()),
         Some("api.example.com".into())
     );
+    let client_cert = secure_tls
+        .settings
+        .client_cert
+        .as_ref()
+        .expect("client cert");
+    assert!(
+        client_cert.0.ends_with("certs/example.pem"),
+        "{client_cert:?}"
+    );
+    assert!(
+        client_cert.1.ends_with("certs/example.key"),
+        "{client_cert:?}"
+    );
     let grpc = pool("grpc");
     assert_eq!(grpc.protocol, UpstreamProtocol::H2);
     assert!(
@@ -254,6 +268,10 @@ fn full_example_parses_to_the_values_it_writes() {
         ]
     );
     assert_eq!(public.max_connections, 10000);
+    let client_auth = public.client_auth.as_ref().expect("client_ca");
+    assert!(client_auth.ca_file.ends_with("certs/example-ca.pem"));
+    assert!(!client_auth.required, "client_auth = \"optional\"");
+    assert!(listener("internal").client_auth.is_none());
     assert_eq!(listener("internal").mode, ListenerMode::Http);
     assert!(listener("internal").tls.is_empty());
     let edge = listener("edge");
@@ -391,7 +409,10 @@ fn full_example_parses_to_the_values_it_writes() {
     // r[4] requires a JWT of "idp".
     assert!(matches!(
         r[4].chain.request.as_slice(),
-        [lb::l7::policy::RequestPolicy::Jwt(_)]
+        [
+            lb::l7::policy::RequestPolicy::ClientCert,
+            lb::l7::policy::RequestPolicy::Jwt(_)
+        ]
     ));
     assert!(!r[4].chain.answers_itself());
     let p = &c.l7.jwt_providers;
@@ -457,6 +478,14 @@ fn full_example_parses_to_the_values_it_writes() {
         lb::config::jwt_provider::KeySource::File { path, jwks }
             if path.ends_with("keys/idp-jwks.json") && jwks.contains("example-ec")
     ));
+    let [lb::l7::policy::RequestPolicy::ApiKey(key)] = r[5].chain.request.as_slice() else {
+        panic!("api_key: {:?}", r[5].chain.request);
+    };
+    assert_eq!(key.header().map(|h| h.as_str()), Some("x-api-key"));
+    assert_eq!(key.query(), Some("apikey"));
+    assert_eq!(key.allowed(), Some(vec!["acme"]));
+    assert_eq!(key.consumer_header().as_str(), "x-consumer");
+    assert!(!key.forwards_key());
     assert_eq!(answer(&r[6]), "respond 200");
     assert_eq!(answer(&r[7]), "redirect 308 https://example.com:8443/?q=1");
     assert_eq!(answer(&r[8]), "proxied");
@@ -581,12 +610,12 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_key",
             format!("{POOL}[[listener]]\nname = \"a\"\nadress = \"127.0.0.1:80\"\n"),
-            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`",
+            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`",
         ),
         (
             "unknown_section",
             "[[pools]]\nname = \"web\"\n".into(),
-            "unknown_section.toml:1: unknown field `pools`, expected one of `encap`, `vip`, `pool`, `listener`, `route`, `jwt_provider`",
+            "unknown_section.toml:1: unknown field `pools`, expected one of `encap`, `vip`, `pool`, `listener`, `route`, `jwt_provider`, `api_keys`",
         ),
         (
             "missing_key",

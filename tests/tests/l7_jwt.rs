@@ -593,15 +593,15 @@ fn lb_run_counts_auth_results_and_key_fetches() {
     let metrics = lb_tests::lb_run::http("GET", lb.admin, "/metrics").1;
     for (series, value) in [
         (
-            "lb_http_auth_total{route=\"api\",provider=\"idp\",result=\"missing\"}",
+            "lb_http_jwt_auth_total{route=\"api\",provider=\"idp\",result=\"missing\"}",
             1,
         ),
         (
-            "lb_http_auth_total{route=\"api\",provider=\"idp\",result=\"ok\"}",
+            "lb_http_jwt_auth_total{route=\"api\",provider=\"idp\",result=\"ok\"}",
             2,
         ),
         (
-            "lb_http_auth_total{route=\"api\",provider=\"idp\",result=\"malformed\"}",
+            "lb_http_jwt_auth_total{route=\"api\",provider=\"idp\",result=\"malformed\"}",
             1,
         ),
         ("lb_jwks_fetches_total{provider=\"idp\",result=\"ok\"}", 1),

@@ -41,6 +41,15 @@ pub struct BackendLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabels {
     pub route: String,
+    /// `api_key`, `client_cert`.
+    pub policy: &'static str,
+    /// `allowed`, `missing`, `invalid`, `forbidden`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwtAuthLabels {
+    pub route: String,
     pub provider: String,
     /// ok, missing, forbidden, or why a token was invalid.
     pub result: String,
@@ -62,6 +71,7 @@ pub struct L7Metrics {
     pub retries: Family<PoolLabels, Counter>,
     pub retries_denied: Family<PoolLabels, Counter>,
     pub auth: Family<AuthLabels, Counter>,
+    pub jwt_auth: Family<JwtAuthLabels, Counter>,
     pub jwks_fetches: Family<FetchLabels, Counter>,
 }
 
@@ -77,6 +87,7 @@ impl L7Metrics {
             retries: Family::default(),
             retries_denied: Family::default(),
             auth: Family::default(),
+            jwt_auth: Family::default(),
             jwks_fetches: Family::default(),
         }
     }
@@ -115,9 +126,14 @@ impl Metrics {
             l7.retries_denied.clone(),
         );
         registry.register(
-            "http_auth",
-            "Authentication results of requests on routes with a jwt policy, by route, provider and result",
+            "auth_results",
+            "Authentication verdicts of route policies, by route, policy and result",
             l7.auth.clone(),
+        );
+        registry.register(
+            "http_jwt_auth",
+            "Results of requests on routes with a jwt policy, by route, provider and result",
+            l7.jwt_auth.clone(),
         );
         registry.register(
             "jwks_fetches",

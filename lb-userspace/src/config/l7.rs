@@ -116,6 +116,7 @@ impl L7Config {
             raw.listeners,
             raw.jwt_providers,
             raw.routes,
+            raw.api_keys,
             text,
             path,
         )
@@ -136,14 +137,21 @@ impl L7Config {
         raw_listeners: Vec<Spanned<RawListener>>,
         raw_jwt_providers: Vec<Spanned<RawJwtProvider>>,
         raw_routes: Vec<Spanned<RawRoute>>,
+        raw_api_keys: Option<super::api_keys::RawApiKeys>,
         text: &str,
         path: &Path,
     ) -> Result<Self, ConfigError> {
         let pools = pool::parse(raw_pools, text, path)?;
         let listeners = listener::parse(raw_listeners, text, path)?;
         let jwt_providers = jwt_provider::parse(raw_jwt_providers, text, path)?;
-        let provider_names = jwt_providers.iter().map(|p| p.name.clone()).collect();
-        let routes = route::parse(raw_routes, &pools, &listeners, &provider_names, text, path)?;
+        let err = |span, message| ConfigError::at(path, text, span, message);
+        let inputs = crate::l7::policy::PolicyInputs {
+            consumers: raw_api_keys
+                .map(|raw| super::api_keys::load(&raw, &err).map(std::sync::Arc::new))
+                .transpose()?,
+            jwt_providers: jwt_providers.iter().map(|p| p.name.clone()).collect(),
+        };
+        let routes = route::parse(raw_routes, &pools, &listeners, &inputs, text, path)?;
         Ok(Self {
             pools,
             listeners,

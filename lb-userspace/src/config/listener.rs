@@ -79,6 +79,8 @@ pub struct ListenerConfig {
     /// http (the reverse proxy) or a stream listener (tcp, udp).
     pub mode: ListenerMode,
     pub stream: StreamSettings,
+    /// HTTPS listeners: client certificates verified against `client_ca` (mTLS).
+    pub client_auth: Option<crate::l7::client_cert::ClientAuth>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +104,8 @@ pub(crate) struct RawListener {
     pub(crate) idle_timeout: Option<Spanned<String>>,
     pub(crate) client_hello_timeout: Option<Spanned<String>>,
     pub(crate) max_sessions: Option<Spanned<usize>>,
+    pub(crate) client_ca: Option<Spanned<PathBuf>>,
+    pub(crate) client_auth: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -179,6 +183,7 @@ pub(super) fn parse(
         })?;
         checks::listener_address(&l, addr, &mut addresses, path, text)?;
         let (mode, stream) = stream::listener_keys(&l, path, text)?;
+        let client_auth = client_auth(&l, &err)?;
         let tls = l
             .tls
             .into_iter()
@@ -231,9 +236,54 @@ pub(super) fn parse(
             max_connections: max_connections(&l.max_connections, &err)?,
             mode,
             stream,
+            client_auth,
         });
     }
     Ok(listeners)
+}
+
+/// `client_ca` + `client_auth`: the listener's client-certificate verifier (HTTPS only).
+fn client_auth(
+    l: &RawListener,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Option<crate::l7::client_cert::ClientAuth>, ConfigError> {
+    let required = match &l.client_auth {
+        None => true,
+        Some(v) if v.get_ref() == "required" => true,
+        Some(v) if v.get_ref() == "optional" => false,
+        Some(v) => {
+            return Err(err(
+                v.span(),
+                format!(
+                    "client_auth {:?}: expected \"required\" or \"optional\"",
+                    v.get_ref()
+                ),
+            ));
+        }
+    };
+    let Some(ca) = &l.client_ca else {
+        if let Some(v) = &l.client_auth {
+            return Err(err(
+                v.span(),
+                "client_auth needs client_ca (the CA client certificates must chain to)".to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    let http = l
+        .mode
+        .as_ref()
+        .is_none_or(|m| *m.get_ref() == ListenerMode::Http);
+    if l.tls.is_empty() || !http {
+        return Err(err(
+            ca.span(),
+            "client_ca needs an HTTPS listener (mode http with [[listener.tls]] certificates)"
+                .to_owned(),
+        ));
+    }
+    crate::l7::client_cert::client_auth(ca.get_ref(), required)
+        .map(Some)
+        .map_err(|reason| err(ca.span(), reason))
 }
 
 fn trusted_proxies(

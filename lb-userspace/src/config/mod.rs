@@ -20,6 +20,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod api_keys;
 pub mod checks;
 mod error;
 pub mod health_check;
@@ -61,6 +62,7 @@ pub(crate) struct RawFile {
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default, rename = "jwt_provider")]
     pub jwt_providers: Vec<Spanned<jwt_provider::RawJwtProvider>>,
+    pub api_keys: Option<api_keys::RawApiKeys>,
 }
 
 impl RawFile {
@@ -104,6 +106,7 @@ impl Config {
             raw.listeners,
             raw.jwt_providers,
             raw.routes,
+            raw.api_keys,
             text,
             path,
         )?;

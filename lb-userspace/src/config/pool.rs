@@ -97,6 +97,8 @@ pub(crate) struct RawPool {
     pub(crate) tls_server_name: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) tls_insecure: bool,
+    pub(crate) tls_client_cert: Option<Spanned<PathBuf>>,
+    pub(crate) tls_client_key: Option<Spanned<PathBuf>>,
 }
 
 impl RawPool {

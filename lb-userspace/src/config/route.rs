@@ -98,6 +98,9 @@ pub(crate) struct RawRoute {
     pub(crate) redirect: Option<Spanned<crate::l7::policy::redirect::RawRedirect>>,
     pub(crate) respond: Option<Spanned<crate::l7::policy::respond::RawRespond>>,
     pub(crate) jwt: Option<Spanned<crate::l7::policy::jwt::RawJwt>>,
+    pub(crate) api_key: Option<Spanned<crate::l7::policy::api_key::RawApiKey>>,
+    /// Requires a verified client certificate (the listener's `client_ca`).
+    pub(crate) client_cert: Option<Spanned<bool>>,
 }
 
 /// Checks and compiles the `[[route]]` sections, in file order, against the pools and
@@ -106,7 +109,7 @@ pub(super) fn parse(
     raw_routes: Vec<Spanned<RawRoute>>,
     pools: &[PoolConfig],
     listeners: &[ListenerConfig],
-    jwt_providers: &HashSet<String>,
+    inputs: &crate::l7::policy::PolicyInputs,
     text: &str,
     path: &Path,
 ) -> Result<Vec<RouteConfig>, ConfigError> {
@@ -146,10 +149,24 @@ pub(super) fn parse(
                 ));
             }
         }
-        let chain = crate::l7::policy::compile(&r, route_span.clone(), jwt_providers, &err)?;
+        let chain = crate::l7::policy::compile(&r, route_span.clone(), inputs, &err)?;
+
         let rules =
             super::route_rules::parse(&r, route_span, &names, chain.answers_itself(), text, path)?;
         let sni = stream::route_keys(&r, listeners, pools, path, text)?;
+        if let Some(c) = r.client_cert.as_ref().filter(|c| *c.get_ref())
+            && listeners
+                .iter()
+                .any(|l| l.name == *r.listener.get_ref() && l.client_auth.is_none())
+        {
+            return Err(err(
+                c.span(),
+                format!(
+                    "client_cert: listener {:?} has no client_ca (no client certificate is ever verified there)",
+                    r.listener.get_ref()
+                ),
+            ));
+        }
         let host = r.host.as_ref().map(|h| {
             let h = h.get_ref().to_ascii_lowercase();
             match h.strip_prefix('*') {

@@ -240,6 +240,8 @@ pub(super) fn route_keys(
         ("redirect", r.redirect.as_ref().map(|v| v.span())),
         ("respond", r.respond.as_ref().map(|v| v.span())),
         ("jwt", r.jwt.as_ref().map(|v| v.span())),
+        ("api_key", r.api_key.as_ref().map(|v| v.span())),
+        ("client_cert", r.client_cert.as_ref().map(|v| v.span())),
     ];
     for (key, span) in http_only {
         if let Some(span) = span {

@@ -8,7 +8,9 @@ use super::{
     ConfigError,
     pool::{PoolConfig, RawBackend, RawPool},
 };
-use crate::l7::upstream::tls::{UpstreamProtocol, UpstreamTls, client_config};
+use crate::l7::upstream::tls::{
+    IdentityFile, UpstreamProtocol, UpstreamTls, client_config, client_identity,
+};
 
 /// Builds `FILE:LINE: reason` errors from a span.
 pub type ErrAt<'a> = &'a dyn Fn(Range<usize>, String) -> ConfigError;
@@ -106,14 +108,40 @@ fn tls(raw: &RawPool, err: ErrAt<'_>) -> Result<Option<UpstreamTls>, ConfigError
             .as_ref()
             .map(Spanned::span)
             .or(raw.tls_server_name.as_ref().map(Spanned::span))
+            .or(raw.tls_client_cert.as_ref().map(Spanned::span))
+            .or(raw.tls_client_key.as_ref().map(Spanned::span))
         {
             return Err(err(
                 span,
-                "ca_file and tls_server_name need tls = true (or protocol = \"h2\")".into(),
+                "ca_file, tls_server_name, tls_client_cert and tls_client_key need tls = true (or protocol = \"h2\")".into(),
             ));
         }
         return Ok(None);
     }
+    let identity = match (&raw.tls_client_cert, &raw.tls_client_key) {
+        (None, None) => None,
+        (Some(cert), None) => {
+            return Err(err(
+                cert.span(),
+                "tls_client_cert needs tls_client_key".into(),
+            ));
+        }
+        (None, Some(key)) => {
+            return Err(err(
+                key.span(),
+                "tls_client_key needs tls_client_cert".into(),
+            ));
+        }
+        (Some(cert), Some(key)) => Some(client_identity(cert.get_ref(), key.get_ref()).map_err(
+            |(which, reason)| {
+                let (span, key_name) = match which {
+                    IdentityFile::Cert => (cert.span(), "tls_client_cert"),
+                    IdentityFile::Key => (key.span(), "tls_client_key"),
+                };
+                err(span, format!("{key_name} {reason}"))
+            },
+        )?),
+    };
     let server_name = match &raw.tls_server_name {
         None => None,
         Some(name) => Some(
@@ -140,6 +168,7 @@ fn tls(raw: &RawPool, err: ErrAt<'_>) -> Result<Option<UpstreamTls>, ConfigError
         protocol,
         raw.ca_file.as_ref().map(|p| p.get_ref().as_path()),
         raw.tls_insecure,
+        identity,
     )
     .map_err(|reason| err(span, reason))?;
     Ok(Some(UpstreamTls {

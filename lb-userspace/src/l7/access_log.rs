@@ -81,6 +81,8 @@ impl AccessLog {
             retries: record.retries,
             request_id: record.request_id.as_deref(),
             flow_id: record.flow_id.map(|id| format!("{id:016x}")),
+            consumer: record.consumer.as_deref(),
+            client_cert: record.client_cert.as_deref(),
         };
         // Serializing plain fields cannot fail.
         let Ok(text) = serde_json::to_string(&line) else {
@@ -135,6 +137,12 @@ struct Line<'a> {
     request_id: Option<&'a str>,
     /// The L4 flow id the XDP tier gave the connection (hex), when it was a local VIP's.
     flow_id: Option<String>,
+    /// The API-key consumer (admitted or refused by `allow`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<&'a str>,
+    /// The verified client certificate's name (CN, else first SAN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cert: Option<&'a str>,
 }
 
 /// How a line names its route: by `name` when the route has one, else by its index (a
@@ -164,6 +172,8 @@ pub struct AccessRecord {
     pub retries: u32,
     pub request_id: Option<String>,
     pub flow_id: Option<u64>,
+    pub consumer: Option<Arc<str>>,
+    pub client_cert: Option<Arc<str>>,
 }
 
 /// A response body that counts what it sends and writes the access log line when dropped

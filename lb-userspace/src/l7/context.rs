@@ -40,6 +40,17 @@ pub struct RequestCtx<'a> {
     pub connect_errors: u32,
     /// Filled only when an access log is written.
     pub access: Option<AccessRecord>,
+    /// What the route's authentication policy decided (counted in the metrics).
+    pub auth: Option<AuthResult>,
+}
+
+/// One authentication policy's verdict on a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthResult {
+    /// `api_key`, `client_cert`, ...
+    pub policy: &'static str,
+    /// `allowed`, `missing`, `invalid`, `forbidden`.
+    pub result: &'static str,
 }
 
 /// What authentication policies established about the request, for the policies after them
@@ -50,6 +61,8 @@ pub struct Identity {
     pub consumer: Option<Arc<str>>,
     /// The verified JWT's claims.
     pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The client certificate the listener verified (mTLS), for the whole connection.
+    pub client_cert: Option<Arc<super::client_cert::PeerCert>>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -66,7 +79,10 @@ impl<'a> RequestCtx<'a> {
             conn,
             started: Instant::now(),
             client: peer.ip(),
-            identity: Identity::default(),
+            identity: Identity {
+                client_cert: conn.client_cert.clone(),
+                ..Identity::default()
+            },
             route: None,
             pool: None,
             backend: None,
@@ -77,6 +93,7 @@ impl<'a> RequestCtx<'a> {
             retry_denied: false,
             connect_errors: 0,
             access: None,
+            auth: None,
         }
     }
 

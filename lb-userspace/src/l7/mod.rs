@@ -22,11 +22,14 @@
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `upgrade.rs`: HTTP/1.1 Upgrade (WebSocket): headers passed on, streams spliced after 101.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
+//! - `client_cert.rs`: client certificates (mTLS): the listener's verifier, what a verified
+//!   certificate says (`PeerCert`), `X-Forwarded-Client-Cert`.
 //! - `upstream/`: opening upstream connections, private (per-client) upstream connections.
 //! - `stream/`: tcp and udp listeners (byte-stream proxy, TLS passthrough by SNI, PROXY
 //!   header to backends, UDP sessions).
 pub mod access_log;
 mod body;
+pub mod client_cert;
 mod context;
 mod forward;
 mod headers;

@@ -16,8 +16,12 @@ use std::{
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
-use super::{access_log::AccessLog, config::L7Config, context::RequestCtx};
-use crate::admin::metrics::{BackendLabels, L7Metrics, PoolLabels, RequestLabels};
+use super::{
+    access_log::AccessLog,
+    config::L7Config,
+    context::{AuthResult, RequestCtx},
+};
+use crate::admin::metrics::{AuthLabels, BackendLabels, L7Metrics, PoolLabels, RequestLabels};
 
 /// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
 pub type FlowIdLookup = Box<dyn Fn(SocketAddr, SocketAddr) -> Option<u64> + Send + Sync>;
@@ -119,6 +123,7 @@ impl Observer {
                     .map(|(i, r)| r.label(i))
                     .collect(),
                 requests: RwLock::default(),
+                auth: RwLock::default(),
             }),
         }
     }
@@ -148,6 +153,8 @@ struct LiveMeters {
     /// By route index: its name, or its index.
     route_labels: Vec<String>,
     requests: RwLock<HashMap<RequestKey, Counter>>,
+    /// Authentication verdicts by (route index, policy, result), resolved on first use.
+    auth: RwLock<HashMap<(usize, &'static str, &'static str), Counter>>,
 }
 
 /// A proxy generation's metric handles; empty when the observer has no metrics.
@@ -196,6 +203,32 @@ impl ProxyMeters {
             if outcome.retry_denied {
                 p.retries_denied.inc();
             }
+        }
+    }
+}
+
+impl ProxyMeters {
+    /// Counts an authentication policy's verdict (only routes with one call this).
+    pub(super) fn auth(&self, route: Option<usize>, auth: AuthResult) {
+        let Some(live) = &self.live else { return };
+        let key = (route.unwrap_or(NONE), auth.policy, auth.result);
+        let cached = live
+            .auth
+            .read()
+            .ok()
+            .and_then(|m| m.get(&key).map(Counter::inc));
+        if cached.is_some() {
+            return;
+        }
+        let labels = AuthLabels {
+            route: live.route_labels.get(key.0).cloned().unwrap_or_default(),
+            policy: auth.policy,
+            result: auth.result,
+        };
+        let counter = live.metrics.auth.get_or_create_owned(&labels);
+        counter.inc();
+        if let Ok(mut m) = live.auth.write() {
+            m.insert(key, counter);
         }
     }
 }

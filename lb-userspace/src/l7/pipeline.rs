@@ -6,7 +6,10 @@
 //!
 //! 1. Request: the listener's limits (a declared body over `max_body_bytes`: 413), the route
 //!    (none: 404), then the route's request policies, which may answer at once (`respond`,
-//!    `redirect`; authentication and rate limits go here).
+//!    `redirect`; authentication and rate limits go here). Before them, the identity headers
+//!    only lb sets (`X-Consumer`, `X-Forwarded-Client-Cert`) are stripped from the request
+//!    when any route or listener of the configuration sets them, and the connection's
+//!    verified client certificate is written into `X-Forwarded-Client-Cert`.
 //! 2. Upstream selection: the route's pool (a split's by weight, passing over a pool with no
 //!    usable backend), then a backend for each attempt (`forward.rs`).
 //! 3. Upstream request: hop-by-hop headers removed, the path rewritten, X-Forwarded-* /
@@ -100,6 +103,18 @@ impl Proxy {
             return plain(StatusCode::NOT_FOUND, "no route\n");
         };
         let mut req = req;
+        // Identity headers only lb may set (consumer, client certificate): a client's own
+        // copies go, on every route, whenever some route or listener sets them.
+        let identity_headers = self.identity_headers();
+        if !identity_headers.is_empty() {
+            for name in identity_headers {
+                req.headers_mut().remove(name);
+            }
+            if let Some(cert) = &ctx.identity.client_cert {
+                req.headers_mut()
+                    .insert(super::client_cert::XFCC, cert.header.clone());
+            }
+        }
         if !route.chain.request.is_empty() {
             for policy in &route.chain.request {
                 if let Some(answer) = policy.on_request(&mut req, ctx, self.policy_state()).await {
@@ -179,9 +194,14 @@ impl Proxy {
         ctx.status = response.status().as_u16();
         ctx.duration = ctx.started.elapsed();
         self.meters().request(ctx.listener, &ctx);
+        if let Some(auth) = ctx.auth {
+            self.meters().auth(ctx.route_index(), auth);
+        }
         let Some(mut record) = ctx.access.take() else {
             return response;
         };
+        record.consumer = ctx.identity.consumer.clone();
+        record.client_cert = ctx.identity.client_cert.as_ref().map(|c| c.name.clone());
         record.route = ctx.route.map(|(index, route)| match &route.name {
             Some(name) => super::access_log::RouteLabel::Name(name.clone()),
             None => super::access_log::RouteLabel::Index(index),

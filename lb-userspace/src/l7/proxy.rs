@@ -7,7 +7,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 
 use super::{
     body::{self, BodyLimits},
@@ -40,6 +40,10 @@ pub struct Proxy {
     meters: ProxyMeters,
     /// Policies' shared run-time state (JWT providers).
     policy_state: PolicyState,
+    /// Headers only lb sets (API-key consumer headers of every route, and
+    /// X-Forwarded-Client-Cert when a listener verifies client certificates): removed from
+    /// every request. Empty (no cost) when nothing sets them.
+    identity_headers: Vec<HeaderName>,
 }
 
 /// What a listener's requests are checked against.
@@ -129,6 +133,7 @@ impl Proxy {
                     observer.metrics(),
                 ),
                 observer,
+                identity_headers: identity_headers(config),
             },
             built,
         ))
@@ -182,4 +187,26 @@ impl Proxy {
     pub(super) fn observer_arc(&self) -> Arc<Observer> {
         self.observer.clone()
     }
+
+    pub(super) fn identity_headers(&self) -> &[HeaderName] {
+        &self.identity_headers
+    }
+}
+
+/// The headers only lb may set, in this configuration.
+fn identity_headers(config: &L7Config) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    if config.listeners.iter().any(|l| l.client_auth.is_some()) {
+        names.push(super::client_cert::XFCC);
+    }
+    for route in &config.routes {
+        for policy in &route.chain.request {
+            if let super::policy::RequestPolicy::ApiKey(k) = policy
+                && !names.contains(k.consumer_header())
+            {
+                names.push(k.consumer_header().clone());
+            }
+        }
+    }
+    names
 }

@@ -471,10 +471,13 @@ fn tls_config(
     if l.tls.is_empty() || l.mode != ListenerMode::Http {
         return Ok(None);
     }
-    let (config, reloader) = super::tls::server_config(&l.tls).map_err(|source| L7Error::Tls {
-        name: l.name.clone(),
-        source,
-    })?;
+    let (config, reloader) =
+        super::tls::server_config(&l.tls, l.client_auth.as_ref()).map_err(|source| {
+            L7Error::Tls {
+                name: l.name.clone(),
+                source,
+            }
+        })?;
     Ok(Some((tokio_rustls::TlsAcceptor::from(config), reloader)))
 }
 
@@ -558,7 +561,22 @@ async fn accept_loop(
             let scheme = if tls.is_some() { "https" } else { "http" };
             let Ok(local) = tcp.local_addr() else { return };
             let flow_id = proxy.load().observer().flow_id(socket_peer, local);
-            let conn = Arc::new(super::upstream::ConnInfo::new(peer.ip(), local, flow_id));
+            // The handshake first: a verified client certificate belongs to the connection.
+            let (plain, secure) = match tls {
+                None => (Some(tcp), None),
+                // A failed handshake just ends this connection.
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => (None, Some(stream)),
+                    Err(_) => return,
+                },
+            };
+            let mut conn = super::upstream::ConnInfo::new(peer.ip(), local, flow_id);
+            conn.client_cert = secure
+                .as_ref()
+                .and_then(|s| s.get_ref().1.peer_certificates()?.first())
+                .and_then(super::client_cert::PeerCert::from_der)
+                .map(Arc::new);
+            let conn = Arc::new(conn);
             let service = service_fn(move |req| {
                 let (name, proxy, conn) = (name.clone(), proxy.clone(), conn.clone());
                 async move {
@@ -573,18 +591,12 @@ async fn accept_loop(
                 .max_buf_size(max_header_bytes)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout);
-            match tls {
-                None => {
-                    let tcp = HeadGuard::new(tcp, max_header_bytes);
-                    lifecycle::serve(&builder, TokioIo::new(tcp), service, phase).await;
-                }
-                Some(acceptor) => {
-                    // A failed handshake just ends this connection.
-                    if let Ok(stream) = acceptor.accept(tcp).await {
-                        let stream = HeadGuard::new(stream, max_header_bytes);
-                        lifecycle::serve(&builder, TokioIo::new(stream), service, phase).await;
-                    }
-                }
+            if let Some(tcp) = plain {
+                let tcp = HeadGuard::new(tcp, max_header_bytes);
+                lifecycle::serve(&builder, TokioIo::new(tcp), service, phase).await;
+            } else if let Some(stream) = secure {
+                let stream = HeadGuard::new(stream, max_header_bytes);
+                lifecycle::serve(&builder, TokioIo::new(stream), service, phase).await;
             }
         }));
     }

@@ -202,15 +202,19 @@ fn cert_set(
 /// The listener's TLS configuration, and what reloads its certificates.
 pub fn server_config(
     certs: &[TlsCertConfig],
+    client_auth: Option<&super::client_cert::ClientAuth>,
 ) -> Result<(Arc<ServerConfig>, CertReloader), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let resolver = Arc::new(SniResolver {
         certs: ArcSwap::from_pointee(cert_set(certs, &provider)?),
     });
-    let mut config = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_auth {
+        Some(auth) => builder.with_client_cert_verifier(auth.verifier.clone()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(16 * 1024);
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;

@@ -142,6 +142,7 @@ impl JwtProvider {
             crate::l7::upstream::UpstreamProtocol::Http1,
             config.ca_file.as_deref(),
             false,
+            None,
         )
         .map(|(tls, _)| tls)
         .map_err(|e| tracing::warn!(provider = %config.name, error = %e, "jwt provider TLS"))

@@ -66,7 +66,7 @@ pub(crate) struct RawHeaderEdits {
 }
 
 /// Headers no edit may touch: hop-by-hop ones (RFC 9110 7.6.1) and the body's framing.
-const FORBIDDEN: [&str; 9] = [
+pub(super) const FORBIDDEN: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",

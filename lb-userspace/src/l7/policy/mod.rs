@@ -11,7 +11,7 @@
 //! mutably (to take a credential off it) and the `RequestCtx`: `ctx.client` is the client
 //! behind trusted proxies, and what a policy learns of the caller goes to `ctx.identity`
 //! (consumer, JWT claims) for the policies after it, in the order the chain lists them.
-use std::{ops::Range, time::Duration};
+use std::{ops::Range, sync::Arc, time::Duration};
 
 use hyper::{Request, Response, body::Incoming};
 use toml::Spanned;
@@ -20,12 +20,14 @@ use super::{context::RequestCtx, pool::ProxyBody};
 use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
+pub mod api_key;
 pub mod headers;
 pub mod jwt;
 pub mod redirect;
 pub mod respond;
 pub mod timeout;
 
+pub use api_key::ApiKey;
 pub use headers::HeaderEdits;
 pub use redirect::Redirect;
 pub use respond::Respond;
@@ -37,6 +39,9 @@ pub enum RequestPolicy {
     Jwt(jwt::JwtPolicy),
     Respond(Respond),
     Redirect(Redirect),
+    ApiKey(ApiKey),
+    /// `client_cert = true`: a verified client certificate is required (else 403).
+    ClientCert,
 }
 
 /// The run-time state policies share across routes, kept by each proxy generation (and
@@ -51,7 +56,7 @@ pub struct PolicyState {
 /// `lb_http_auth_total` handles, resolved on first use per (route, result).
 struct AuthMeters {
     family: prometheus_client::metrics::family::Family<
-        crate::admin::metrics::AuthLabels,
+        crate::admin::metrics::JwtAuthLabels,
         prometheus_client::metrics::counter::Counter,
     >,
     /// By route index: its label.
@@ -97,7 +102,7 @@ impl PolicyState {
             })
             .collect();
         let auth = metrics.map(|m| AuthMeters {
-            family: m.auth.clone(),
+            family: m.jwt_auth.clone(),
             routes: config
                 .routes
                 .iter()
@@ -124,7 +129,7 @@ impl PolicyState {
         }
         let counter = auth
             .family
-            .get_or_create(&crate::admin::metrics::AuthLabels {
+            .get_or_create(&crate::admin::metrics::JwtAuthLabels {
                 route: auth.routes.get(route).cloned().unwrap_or_default(),
                 provider: provider.to_owned(),
                 result: result.to_owned(),
@@ -157,6 +162,8 @@ impl RequestPolicy {
             Self::Redirect(r) => {
                 Some(r.answer(&redirect::Target::of(req, ctx.scheme), ctx.conn.local))
             }
+            Self::ApiKey(k) => k.check(req, ctx),
+            Self::ClientCert => crate::l7::client_cert::require(ctx),
         }
     }
 }
@@ -192,19 +199,41 @@ impl RouteChain {
     }
 }
 
+/// What route policies compile against besides the route: the file's top-level sections
+/// they use.
+#[derive(Default)]
+pub(crate) struct PolicyInputs {
+    /// `[api_keys]`: the consumers.
+    pub consumers: Option<Arc<crate::config::api_keys::Consumers>>,
+    /// The `[[jwt_provider]]` names.
+    pub jwt_providers: std::collections::HashSet<String>,
+}
+
 /// Compiles the policy keys of one `[[route]]`; `route` is the span of the whole table.
 pub(crate) fn compile(
     r: &RawRoute,
     route: Range<usize>,
-    jwt_providers: &std::collections::HashSet<String>,
+    inputs: &PolicyInputs,
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<RouteChain, ConfigError> {
     let mut chain = RouteChain::default();
-    // Authentication first: a direct answer or redirect after it is given to callers only.
+    // Who the caller is, before anything answers for the route.
+    if r.client_cert.as_ref().is_some_and(|c| *c.get_ref()) {
+        chain.request.push(RequestPolicy::ClientCert);
+    }
+    if let Some(raw) = &r.api_key {
+        chain.request.push(RequestPolicy::ApiKey(api_key::compile(
+            raw,
+            inputs.consumers.as_ref(),
+            err,
+        )?));
+    }
     if let Some(raw) = &r.jwt {
-        chain
-            .request
-            .push(RequestPolicy::Jwt(jwt::compile(raw, jwt_providers, err)?));
+        chain.request.push(RequestPolicy::Jwt(jwt::compile(
+            raw,
+            &inputs.jwt_providers,
+            err,
+        )?));
     }
     match (&r.respond, &r.redirect) {
         (Some(_), Some(_)) => {

@@ -20,6 +20,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The L4 flow id the XDP tier gave this connection (local VIPs only).
     pub flow_id: Option<u64>,
+    /// The client certificate the listener verified (mTLS listeners).
+    pub client_cert: Option<std::sync::Arc<crate::l7::client_cert::PeerCert>>,
     /// Pool name -> this connection's client for that pool.
     private: Mutex<HashMap<String, UpstreamClient>>,
 }
@@ -30,6 +32,7 @@ impl ConnInfo {
             peer: AddrText::new(peer),
             local,
             flow_id,
+            client_cert: None,
             private: Mutex::new(HashMap::new()),
         }
     }

@@ -1,5 +1,5 @@
 //! HTTPS upstreams: the rustls client configuration a pool's `tls`, `protocol`, `ca_file`,
-//! `tls_server_name` and `tls_insecure` keys describe (built while the file is read, so a bad
+//! `tls_server_name`, `tls_insecure`, `tls_client_cert` and `tls_client_key` keys describe (built while the file is read, so a bad
 //! CA file is a configuration error with its line).
 use std::{
     io::BufReader,
@@ -49,6 +49,96 @@ pub struct UpstreamTlsSettings {
     /// Hash of the CA bytes verification uses (`ca_file` or the system bundle); None when
     /// `insecure` (nothing read).
     pub ca_digest: Option<u64>,
+    /// `tls_client_cert` and `tls_client_key` as given, and the hash of their bytes.
+    pub client_cert: Option<(PathBuf, PathBuf, u64)>,
+}
+
+/// The certificate (chain) and key a pool presents to backends that ask for one.
+pub struct ClientIdentity {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    digest: u64,
+}
+
+/// Which file a `ClientIdentity` error is about.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IdentityFile {
+    Cert,
+    Key,
+}
+
+/// Reads `tls_client_cert` (PEM chain) and `tls_client_key` (PEM private key) and checks
+/// that the key belongs to the certificate. Errors: which file, and why.
+pub fn client_identity(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<ClientIdentity, (IdentityFile, String)> {
+    let read = |path: &Path, which| {
+        std::fs::read(path).map_err(|e| (which, format!("{:?}: {e}", path.display().to_string())))
+    };
+    let cert_bytes = read(cert_file, IdentityFile::Cert)?;
+    let key_bytes = read(key_file, IdentityFile::Key)?;
+    let chain = rustls_pemfile::certs(&mut BufReader::new(cert_bytes.as_slice()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            (
+                IdentityFile::Cert,
+                format!("{:?}: {e}", cert_file.display().to_string()),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err((
+            IdentityFile::Cert,
+            format!(
+                "{:?} holds no PEM certificate",
+                cert_file.display().to_string()
+            ),
+        ));
+    }
+    let key = rustls_pemfile::private_key(&mut BufReader::new(key_bytes.as_slice()))
+        .map_err(|e| {
+            (
+                IdentityFile::Key,
+                format!("{:?}: {e}", key_file.display().to_string()),
+            )
+        })?
+        .ok_or_else(|| {
+            (
+                IdentityFile::Key,
+                format!(
+                    "{:?} holds no PEM private key",
+                    key_file.display().to_string()
+                ),
+            )
+        })?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
+        |e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => (
+                IdentityFile::Key,
+                format!(
+                    "{:?} is not the key of the certificate in {:?}",
+                    key_file.display().to_string(),
+                    cert_file.display().to_string()
+                ),
+            ),
+            e => (
+                IdentityFile::Key,
+                format!("{:?}: {e}", key_file.display().to_string()),
+            ),
+        },
+    )?;
+    let mut both = cert_bytes;
+    both.extend_from_slice(&key_bytes);
+    Ok(ClientIdentity {
+        cert_file: cert_file.to_owned(),
+        key_file: key_file.to_owned(),
+        chain,
+        key,
+        digest: content_digest(&both),
+    })
 }
 
 impl PartialEq for UpstreamTls {
@@ -86,22 +176,25 @@ pub fn client_config(
     protocol: UpstreamProtocol,
     ca_file: Option<&Path>,
     insecure: bool,
+    identity: Option<ClientIdentity>,
 ) -> Result<(Arc<ClientConfig>, UpstreamTlsSettings), String> {
     let mut settings = UpstreamTlsSettings {
         protocol,
         insecure,
         ca_file: ca_file.map(Path::to_path_buf),
         ca_digest: None,
+        client_cert: identity
+            .as_ref()
+            .map(|i| (i.cert_file.clone(), i.key_file.clone(), i.digest)),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let mut config = if insecure {
+    let builder = if insecure {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert::new(provider)))
-            .with_no_client_auth()
     } else {
         let path = ca_file.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
         let bytes = std::fs::read(path)
@@ -120,7 +213,13 @@ pub fn client_config(
                 path.display().to_string()
             ));
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain, identity.key)
+            .map_err(|e| format!("tls_client_key: {e}"))?,
+        None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = match protocol {
         UpstreamProtocol::H2 => vec![b"h2".to_vec()],
