@@ -38,6 +38,14 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+/// A route's rate limit: the route's label, the limit's name, its key kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub route: String,
+    pub limit: String,
+    pub key: String,
+}
+
 /// Counters the L7 request path updates.
 #[derive(Clone)]
 pub struct L7Metrics {
@@ -46,6 +54,9 @@ pub struct L7Metrics {
     pub upstream_connect_errors: Family<BackendLabels, Counter>,
     pub retries: Family<PoolLabels, Counter>,
     pub retries_denied: Family<PoolLabels, Counter>,
+    pub rate_limited: Family<RateLimitLabels, Counter>,
+    pub rate_limit_dry_run: Family<RateLimitLabels, Counter>,
+    pub rate_limit_evictions: Family<RateLimitLabels, Counter>,
 }
 
 impl L7Metrics {
@@ -59,6 +70,9 @@ impl L7Metrics {
             upstream_connect_errors: Family::default(),
             retries: Family::default(),
             retries_denied: Family::default(),
+            rate_limited: Family::default(),
+            rate_limit_dry_run: Family::default(),
+            rate_limit_evictions: Family::default(),
         }
     }
 }
@@ -94,6 +108,21 @@ impl Metrics {
             "retries_denied",
             "Retries not made because the pool's retry budget was spent",
             l7.retries_denied.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests rejected (429) by a route's rate limit, by route, limit and key kind",
+            l7.rate_limited.clone(),
+        );
+        registry.register(
+            "rate_limit_dry_run",
+            "Requests a dry-run rate limit would have rejected (they were let through)",
+            l7.rate_limit_dry_run.clone(),
+        );
+        registry.register(
+            "rate_limit_evictions",
+            "Keys a rate limit dropped (least recently used) to stay within its max_keys",
+            l7.rate_limit_evictions.clone(),
         );
         registry.register_collector(Box::new(StatusCollector(status)));
         Self { registry, l7 }

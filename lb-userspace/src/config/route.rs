@@ -97,6 +97,8 @@ pub(crate) struct RawRoute {
     pub(crate) response_headers: Option<Spanned<crate::l7::policy::headers::RawHeaderEdits>>,
     pub(crate) redirect: Option<Spanned<crate::l7::policy::redirect::RawRedirect>>,
     pub(crate) respond: Option<Spanned<crate::l7::policy::respond::RawRespond>>,
+    #[serde(default)]
+    pub(crate) rate_limit: Vec<Spanned<crate::l7::policy::rate_limit::RawRateLimit>>,
 }
 
 /// Checks and compiles the `[[route]]` sections, in file order, against the pools and

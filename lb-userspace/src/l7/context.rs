@@ -40,6 +40,8 @@ pub struct RequestCtx<'a> {
     pub connect_errors: u32,
     /// Filled only when an access log is written.
     pub access: Option<AccessRecord>,
+    /// What the route's rate limits decided (empty without limits: no allocation).
+    pub rate_limits: Vec<super::policy::rate_limit::Outcome>,
 }
 
 /// What authentication policies established about the request, for the policies after them
@@ -77,6 +79,7 @@ impl<'a> RequestCtx<'a> {
             retry_denied: false,
             connect_errors: 0,
             access: None,
+            rate_limits: Vec::new(),
         }
     }
 

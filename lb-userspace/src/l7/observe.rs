@@ -16,8 +16,9 @@ use std::{
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
+use super::policy::rate_limit::{Outcome, Verdict};
 use super::{access_log::AccessLog, config::L7Config, context::RequestCtx};
-use crate::admin::metrics::{BackendLabels, L7Metrics, PoolLabels, RequestLabels};
+use crate::admin::metrics::{BackendLabels, L7Metrics, PoolLabels, RateLimitLabels, RequestLabels};
 
 /// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
 pub type FlowIdLookup = Box<dyn Fn(SocketAddr, SocketAddr) -> Option<u64> + Send + Sync>;
@@ -96,8 +97,35 @@ impl Observer {
                 }
             })
             .collect();
+        let rate_limits = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let Some(limits) = r.chain.rate_limits() else {
+                    return Vec::new();
+                };
+                limits
+                    .limits()
+                    .iter()
+                    .map(|l| {
+                        let labels = RateLimitLabels {
+                            route: r.label(i),
+                            limit: l.settings.name.clone(),
+                            key: l.settings.key.kind().to_owned(),
+                        };
+                        LimitMeters {
+                            limited: metrics.rate_limited.get_or_create_owned(&labels),
+                            dry_run: metrics.rate_limit_dry_run.get_or_create_owned(&labels),
+                            evictions: metrics.rate_limit_evictions.get_or_create_owned(&labels),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
         ProxyMeters {
             live: Some(LiveMeters {
+                rate_limits,
                 metrics: metrics.clone(),
                 pools,
                 pool_names: config.pools.iter().map(|p| p.name.clone()).collect(),
@@ -128,6 +156,13 @@ struct PoolMeters {
     connect_errors: Vec<Counter>,
 }
 
+/// One rate limit's pre-resolved counters.
+struct LimitMeters {
+    limited: Counter,
+    dry_run: Counter,
+    evictions: Counter,
+}
+
 /// (route index, pool index, backend index, status); `usize::MAX`: none (no route, no backend).
 type RequestKey = (usize, usize, usize, u16);
 
@@ -143,6 +178,8 @@ struct LiveMeters {
     /// By route index: its name, or its index.
     route_labels: Vec<String>,
     requests: RwLock<HashMap<RequestKey, Counter>>,
+    /// By route index, then limit index (empty for a route without limits).
+    rate_limits: Vec<Vec<LimitMeters>>,
 }
 
 /// A proxy generation's metric handles; empty when the observer has no metrics.
@@ -183,6 +220,11 @@ impl ProxyMeters {
         if cached.is_none() {
             live.resolve(listener, key).inc();
         }
+        if !outcome.rate_limits.is_empty()
+            && let Some(route) = outcome.route_index()
+        {
+            live.rate_limits(route, &outcome.rate_limits);
+        }
         if let Some(p) = outcome.pool.and_then(|p| live.pools.get(p)) {
             p.duration.observe(outcome.duration.as_secs_f64());
             if outcome.retries > 0 {
@@ -196,6 +238,30 @@ impl ProxyMeters {
 }
 
 impl LiveMeters {
+    /// What route `route`'s rate limits decided about one request.
+    fn rate_limits(&self, route: usize, outcomes: &[Outcome]) {
+        let Some(meters) = self.rate_limits.get(route) else {
+            return;
+        };
+        for o in outcomes {
+            let Some(m) = meters.get(o.limit) else {
+                continue;
+            };
+            match o.verdict {
+                Verdict::Allowed => {}
+                Verdict::Limited => {
+                    m.limited.inc();
+                }
+                Verdict::DryRunLimited => {
+                    m.dry_run.inc();
+                }
+            }
+            if o.evicted {
+                m.evictions.inc();
+            }
+        }
+    }
+
     /// The request counter for `key`, created (labels formatted) on first use.
     fn resolve(&self, listener: &str, key: RequestKey) -> Counter {
         let (route, pool, backend, status) = key;

@@ -79,6 +79,11 @@ impl Proxy {
         let mut response = self.proxy(req, &mut ctx).await;
         if let Some((_, route)) = ctx.route {
             response_phase(&route.chain, &mut response);
+            if !ctx.rate_limits.is_empty()
+                && let Some(limits) = route.chain.rate_limits()
+            {
+                limits.set_fields(&ctx.rate_limits, response.headers_mut());
+            }
         }
         // Phase 6 (response body) has no built-in transform yet: compression will wrap the
         // body here, before the log phase's byte counter.

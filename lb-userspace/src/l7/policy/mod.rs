@@ -21,11 +21,13 @@ use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
 pub mod headers;
+pub mod rate_limit;
 pub mod redirect;
 pub mod respond;
 pub mod timeout;
 
 pub use headers::HeaderEdits;
+pub use rate_limit::RateLimits;
 pub use redirect::Redirect;
 pub use respond::Respond;
 
@@ -34,6 +36,8 @@ pub use respond::Respond;
 pub enum RequestPolicy {
     Respond(Respond),
     Redirect(Redirect),
+    /// The route's `[[route.rate_limit]]`s (429 over a limit).
+    RateLimit(RateLimits),
 }
 
 impl RequestPolicy {
@@ -50,6 +54,7 @@ impl RequestPolicy {
             Self::Redirect(r) => {
                 Some(r.answer(&redirect::Target::of(req, ctx.scheme), ctx.conn.local))
             }
+            Self::RateLimit(r) => r.check(req.headers(), ctx).await,
         }
     }
 }
@@ -79,7 +84,24 @@ pub struct RouteChain {
 impl RouteChain {
     /// The route answers every request itself (no pool needed).
     pub fn answers_itself(&self) -> bool {
-        !self.request.is_empty()
+        self.request
+            .iter()
+            .any(|p| matches!(p, RequestPolicy::Respond(_) | RequestPolicy::Redirect(_)))
+    }
+
+    /// The route's rate limits, if it has any.
+    pub fn rate_limits(&self) -> Option<&RateLimits> {
+        self.request.iter().find_map(|p| match p {
+            RequestPolicy::RateLimit(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn rate_limits_mut(&mut self) -> Option<&mut RateLimits> {
+        self.request.iter_mut().find_map(|p| match p {
+            RequestPolicy::RateLimit(r) => Some(r),
+            _ => None,
+        })
     }
 }
 
@@ -90,6 +112,10 @@ pub(crate) fn compile(
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<RouteChain, ConfigError> {
     let mut chain = RouteChain::default();
+    // Request phase order: rate limits, then the route's own answer.
+    if let Some(limits) = rate_limit::compile(&r.rate_limit, err)? {
+        chain.request.push(RequestPolicy::RateLimit(limits));
+    }
     match (&r.respond, &r.redirect) {
         (Some(_), Some(_)) => {
             return Err(err(
