@@ -301,6 +301,45 @@ fn full_example_parses_to_the_values_it_writes() {
     );
     assert!(matches!(&r[1].rewrite, Some(Rewrite::Regex(t)) if t == "/users/$2?api=${version}"));
     assert_eq!(r[1].pool, "api");
+    // r[1]'s [[route.rate_limit]]s, in file order.
+    use lb::l7::policy::rate_limit::{KeyKind, LimitSettings};
+    let limits: Vec<&LimitSettings> = r[1]
+        .chain
+        .rate_limits()
+        .expect("r[1] has rate limits")
+        .limits()
+        .iter()
+        .map(|l| &l.settings)
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            &LimitSettings {
+                name: "per-ip".into(),
+                key: KeyKind::ClientIp,
+                count: 10,
+                per_secs: 1,
+                burst: 20,
+                dry_run: false,
+                max_keys: 50_000,
+            },
+            &LimitSettings {
+                name: "1".into(),
+                key: KeyKind::Header(hyper::header::HeaderName::from_static("x-api-key")),
+                count: 600,
+                per_secs: 60,
+                burst: 1,
+                dry_run: true,
+                max_keys: 100_000,
+            },
+        ]
+    );
+    assert!(!r[1].chain.answers_itself());
+    assert!(
+        r.iter()
+            .enumerate()
+            .all(|(i, r)| i == 1 || r.chain.rate_limits().is_none())
+    );
     assert_eq!(
         (r[2].path_prefix.as_str(), r[2].strip_prefix),
         ("/static", true)

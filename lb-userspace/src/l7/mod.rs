@@ -17,7 +17,7 @@
 //! - `pipeline.rs`: the request pipeline's phases, in order; `context.rs`: `RequestCtx`.
 //! - `forward.rs`: the upstream phase (backend per attempt, timeouts, retries).
 //! - `policy/`: per-route policies compiled into each route's chain (header edits, redirect,
-//!   respond, timeout).
+//!   respond, timeout, rate limits).
 //! - `observe.rs`: what each request reports (metrics handles); `access_log.rs`: JSON lines.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `upgrade.rs`: HTTP/1.1 Upgrade (WebSocket): headers passed on, streams spliced after 101.

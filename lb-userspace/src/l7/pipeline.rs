@@ -6,7 +6,7 @@
 //!
 //! 1. Request: the listener's limits (a declared body over `max_body_bytes`: 413), the route
 //!    (none: 404), then the route's request policies, which may answer at once (`respond`,
-//!    `redirect`; authentication and rate limits go here).
+//!    `redirect`, `rate_limit`'s 429; authentication goes here).
 //! 2. Upstream selection: the route's pool (a split's by weight, passing over a pool with no
 //!    usable backend), then a backend for each attempt (`forward.rs`).
 //! 3. Upstream request: hop-by-hop headers removed, the path rewritten, X-Forwarded-* /
@@ -16,7 +16,8 @@
 //! 4. Upstream: attempts, retries within the budget, the route's `timeout` or the pool's
 //!    `request_timeout` (`forward.rs`); the backend's hop-by-hop response headers removed.
 //! 5. Response headers: the route's response policies (`response_headers`), on every
-//!    response of the route, lb's own 502/504 and direct answers included.
+//!    response of the route, lb's own 502/504 and direct answers included; then the
+//!    RateLimit fields of the route's limits that counted the request.
 //! 6. Response body: streaming transforms wrap the body here (none is built in yet: this is
 //!    where compression goes); a whole body is never buffered unless a policy asks.
 //! 7. Log: the request counted in the metrics; with an access log the body is wrapped to
