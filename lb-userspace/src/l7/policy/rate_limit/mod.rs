@@ -551,6 +551,66 @@ mod tests {
     }
 
     #[test]
+    fn keys_come_from_the_client_the_identity_and_headers() {
+        let conn = crate::l7::upstream::ConnInfo::new(
+            "10.0.0.9".parse().expect("ip"),
+            "127.0.0.1:80".parse().expect("addr"),
+            None,
+        );
+        let mut ctx = RequestCtx::new("l", "10.0.0.9:5000".parse().expect("addr"), "http", &conn);
+        ctx.client = "192.0.2.7".parse().expect("ip");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", HeaderValue::from_static("alice"));
+        headers.insert("x-empty", HeaderValue::from_static(""));
+        let kind = |text: &str| key_kind(text).expect("valid key");
+        let key = |text: &str, ctx: &RequestCtx<'_>| {
+            kind(text).of(&headers, ctx).map(|k| format!("{k:?}"))
+        };
+        let bytes = |b: &[u8]| Some(format!("{:?}", Key::Bytes(Cow::Borrowed(b))));
+        // No identity yet: consumer and claims are absent.
+        assert_eq!(
+            key("client_ip", &ctx),
+            Some(format!("{:?}", Key::Ip(ctx.client)))
+        );
+        assert_eq!(key("route", &ctx), Some("Route".to_owned()));
+        assert_eq!(key("header:X-User", &ctx), bytes(b"alice"));
+        assert_eq!(
+            key("header:x-empty", &ctx),
+            None,
+            "an empty key counts as none"
+        );
+        assert_eq!(key("header:x-none", &ctx), None);
+        assert_eq!(
+            (key("consumer", &ctx), key("claim:sub", &ctx)),
+            (None, None)
+        );
+        let claims = serde_json::json!({
+            "sub": "u1", "tier": 3, "admin": true, "org": { "id": "acme", "n": null },
+            "roles": ["a"], "blank": ""
+        });
+        let serde_json::Value::Object(claims) = claims else {
+            panic!("an object")
+        };
+        ctx.identity.claims = Some(std::sync::Arc::new(claims));
+        ctx.identity.consumer = Some("shop".into());
+        assert_eq!(key("consumer", &ctx), bytes(b"shop"));
+        assert_eq!(key("claim:sub", &ctx), bytes(b"u1"));
+        assert_eq!(key("claim:tier", &ctx), bytes(b"3"));
+        assert_eq!(key("claim:admin", &ctx), bytes(b"true"));
+        assert_eq!(key("claim:org.id", &ctx), bytes(b"acme"));
+        for absent in [
+            "claim:org",
+            "claim:org.n",
+            "claim:org.x",
+            "claim:roles",
+            "claim:sub.x",
+            "claim:blank",
+        ] {
+            assert_eq!(key(absent, &ctx), None, "{absent}");
+        }
+    }
+
+    #[test]
     fn nonsense_is_refused_with_the_line() {
         for (body, reason) in [
             (
