@@ -252,6 +252,7 @@ fn full_example_parses_to_the_values_it_writes() {
         ]
     );
     assert_eq!(public.max_connections, 10000);
+    assert_eq!(public.max_connections_per_client, Some(100));
     assert_eq!(listener("internal").mode, ListenerMode::Http);
     assert!(listener("internal").tls.is_empty());
     let edge = listener("edge");
@@ -261,6 +262,8 @@ fn full_example_parses_to_the_values_it_writes() {
         (secs(600), secs(5))
     );
     assert_eq!(edge.proxy_protocol_from.len(), 1);
+    assert_eq!(edge.max_connections_per_client, Some(20));
+    assert_eq!(listener("internal").max_connections_per_client, None);
     let dns = listener("dns");
     assert_eq!(dns.mode, ListenerMode::Udp);
     assert_eq!(
@@ -549,7 +552,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_key",
             format!("{POOL}[[listener]]\nname = \"a\"\nadress = \"127.0.0.1:80\"\n"),
-            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`",
+            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `max_connections_per_client`",
         ),
         (
             "unknown_section",

@@ -4,7 +4,8 @@
 //! used key evicted at `max_keys`, a request one limit rejects using no budget of another,
 //! counters kept by a reload that leaves the limit unchanged, and the metrics of all of it.
 //! Rates are 1/h: no request here can earn budget back while the test runs, so every
-//! outcome is exact whatever the machine's speed.
+//! outcome is exact whatever the machine's speed. Also `max_connections_per_client` on http
+//! (clients named by PROXY headers) and tcp listeners.
 use std::{convert::Infallible, net::SocketAddr, path::Path, sync::Arc};
 
 use bytes::Bytes;
@@ -431,5 +432,142 @@ fn rate_limit_keys_are_checked_at_load() {
         err.to_string()
             .contains("rate_limit applies to http routes"),
         "{err}"
+    );
+}
+
+/// Reads one HTTP/1.1 response (head and Content-Length body) off a keep-alive connection;
+/// its status.
+async fn response(tcp: &mut TcpStream) -> u16 {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed before a whole response: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse().ok())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+}
+
+/// The connection was closed by lb without a byte of answer (EOF, or a reset because the
+/// request it had sent was never read).
+async fn closed_without_answer(tcp: &mut TcpStream) -> bool {
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out).await;
+    out.is_empty()
+}
+
+#[test]
+fn max_connections_per_client_is_checked_at_load() {
+    let pool = "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"127.0.0.1:9\"\n";
+    for (listener, reason) in [
+        (
+            "max_connections_per_client = 0\n",
+            "rl.toml:8: max_connections_per_client must be at least 1",
+        ),
+        (
+            "mode = \"udp\"\nmax_connections_per_client = 5\n",
+            "rl.toml:9: max_connections_per_client applies to http and tcp listeners (udp: max_sessions)",
+        ),
+    ] {
+        let text = format!(
+            "{pool}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n{listener}\
+             [[route]]\nlistener = \"l\"\npool = \"web\"\n"
+        );
+        let err = L7Config::parse(&text, Path::new("rl.toml")).expect_err(listener);
+        assert_eq!(err.to_string(), reason, "{listener}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_beyond_max_per_client_are_closed_at_accept() {
+    let web = backend().await;
+    let (_lb, addr, metrics) = start(&format!(
+        "{}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+         proxy_protocol_from = [\"127.0.0.1/32\"]\nmax_connections_per_client = 2\n\
+         [[route]]\nlistener = \"l\"\npool = \"web\"\n",
+        pool(web)
+    ))
+    .await;
+    let open = |client: &'static str| async move {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let head =
+            format!("PROXY TCP4 {client} 127.0.0.1 40000 80\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.expect("write");
+        tcp
+    };
+    // Two connections of client A answered (and kept open): both admitted.
+    let mut a1 = open("192.0.2.1").await;
+    assert_eq!(response(&mut a1).await, 200);
+    let mut a2 = open("192.0.2.1").await;
+    assert_eq!(response(&mut a2).await, 200);
+    // A third of A is closed unanswered; B has its own count.
+    let mut a3 = open("192.0.2.1").await;
+    assert!(closed_without_answer(&mut a3).await);
+    let mut b1 = open("192.0.2.2").await;
+    assert_eq!(response(&mut b1).await, 200);
+    // The admitted ones still work.
+    a1.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(response(&mut a1).await, 200);
+    assert_eq!(
+        metric(
+            &metrics,
+            "lb_client_connections_refused_total{listener=\"l\"}"
+        ),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_beyond_max_per_client_are_closed_at_accept() {
+    // A TCP echo backend.
+    let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let echo_addr = echo.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let (_lb, addr, metrics) = start(&format!(
+        "[[pool]]\nname = \"echo\"\n[[pool.backend]]\naddress = \"{echo_addr}\"\n\
+         [[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\nmode = \"tcp\"\n\
+         max_connections_per_client = 1\n\
+         [[route]]\nlistener = \"t\"\npool = \"echo\"\n"
+    ))
+    .await;
+    let mut first = TcpStream::connect(addr).await.expect("connect");
+    first.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    first.read_exact(&mut buf).await.expect("echo");
+    assert_eq!(&buf, b"ping", "the first connection is relayed");
+    let mut second = TcpStream::connect(addr).await.expect("connect");
+    assert!(closed_without_answer(&mut second).await);
+    assert_eq!(
+        metric(
+            &metrics,
+            "lb_client_connections_refused_total{listener=\"t\"}"
+        ),
+        1
     );
 }

@@ -57,6 +57,12 @@ pub struct L7Metrics {
     pub rate_limited: Family<RateLimitLabels, Counter>,
     pub rate_limit_dry_run: Family<RateLimitLabels, Counter>,
     pub rate_limit_evictions: Family<RateLimitLabels, Counter>,
+    pub client_connections_refused: Family<ListenerLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
 }
 
 impl L7Metrics {
@@ -73,6 +79,7 @@ impl L7Metrics {
             rate_limited: Family::default(),
             rate_limit_dry_run: Family::default(),
             rate_limit_evictions: Family::default(),
+            client_connections_refused: Family::default(),
         }
     }
 }
@@ -123,6 +130,11 @@ impl Metrics {
             "rate_limit_evictions",
             "Keys a rate limit dropped (least recently used) to stay within its max_keys",
             l7.rate_limit_evictions.clone(),
+        );
+        registry.register(
+            "client_connections_refused",
+            "Connections closed at accept: their client had max_connections_per_client open",
+            l7.client_connections_refused.clone(),
         );
         registry.register_collector(Box::new(StatusCollector(status)));
         Self { registry, l7 }

@@ -84,6 +84,19 @@ pub(super) fn listener_keys(
             ),
         ));
     }
+    if let Some(n) = l
+        .max_connections_per_client
+        .as_ref()
+        .filter(|_| mode == ListenerMode::Udp)
+    {
+        return Err(err(
+            path,
+            text,
+            n.span(),
+            "max_connections_per_client applies to http and tcp listeners (udp: max_sessions)"
+                .to_owned(),
+        ));
+    }
     if mode == ListenerMode::Udp && !l.proxy_protocol_from.is_empty() {
         return Err(err(
             path,

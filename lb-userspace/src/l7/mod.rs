@@ -11,6 +11,7 @@
 //! - `hygiene.rs`: raw request-head checks hyper lacks (bare LF, Content-Length with
 //!   Transfer-Encoding).
 //! - `lifecycle.rs`: connection slots per listener (`max_connections`), graceful shutdown.
+//! - `client_limit.rs`: open connections per client (`max_connections_per_client`).
 //! - `server.rs`: listeners, accept, PROXY header, TLS, HTTP/1.1 + HTTP/2 connections.
 //! - `routing.rs`: which route a request takes (and which pool of a weighted split).
 //! - `proxy.rs`: `Proxy`, one generation of request-time state (pools, routes, metric handles).
@@ -27,6 +28,7 @@
 //!   header to backends, UDP sessions).
 pub mod access_log;
 mod body;
+pub mod client_limit;
 mod context;
 mod forward;
 mod headers;

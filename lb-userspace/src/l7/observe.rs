@@ -18,7 +18,9 @@ use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
 use super::policy::rate_limit::{Outcome, Verdict};
 use super::{access_log::AccessLog, config::L7Config, context::RequestCtx};
-use crate::admin::metrics::{BackendLabels, L7Metrics, PoolLabels, RateLimitLabels, RequestLabels};
+use crate::admin::metrics::{
+    BackendLabels, L7Metrics, ListenerLabels, PoolLabels, RateLimitLabels, RequestLabels,
+};
 
 /// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
 pub type FlowIdLookup = Box<dyn Fn(SocketAddr, SocketAddr) -> Option<u64> + Send + Sync>;
@@ -123,9 +125,24 @@ impl Observer {
                     .collect()
             })
             .collect();
+        let client_refused = config
+            .listeners
+            .iter()
+            .filter(|l| l.max_connections_per_client.is_some())
+            .map(|l| {
+                let labels = ListenerLabels {
+                    listener: l.name.clone(),
+                };
+                let counter = metrics
+                    .client_connections_refused
+                    .get_or_create_owned(&labels);
+                (l.name.clone(), counter)
+            })
+            .collect();
         ProxyMeters {
             live: Some(LiveMeters {
                 rate_limits,
+                client_refused,
                 metrics: metrics.clone(),
                 pools,
                 pool_names: config.pools.iter().map(|p| p.name.clone()).collect(),
@@ -180,6 +197,8 @@ struct LiveMeters {
     requests: RwLock<HashMap<RequestKey, Counter>>,
     /// By route index, then limit index (empty for a route without limits).
     rate_limits: Vec<Vec<LimitMeters>>,
+    /// Listeners with `max_connections_per_client`: connections refused.
+    client_refused: HashMap<String, Counter>,
 }
 
 /// A proxy generation's metric handles; empty when the observer has no metrics.
@@ -198,6 +217,17 @@ impl ProxyMeters {
             .as_ref()
             .and_then(|l| l.pools.get(pool))
             .and_then(|p| p.connect_errors.get(backend))
+        {
+            c.inc();
+        }
+    }
+
+    /// A connection of `listener` closed at accept (`max_connections_per_client`).
+    pub(super) fn client_refused(&self, listener: &str) {
+        if let Some(c) = self
+            .live
+            .as_ref()
+            .and_then(|l| l.client_refused.get(listener))
         {
             c.inc();
         }
