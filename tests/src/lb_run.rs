@@ -5,6 +5,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -28,30 +29,71 @@ impl Drop for LbRun {
     }
 }
 
-/// An address on 127.0.0.1 free at the time of the call.
-pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+/// A port on 127.0.0.1 where connections are refused for as long as this value lives: a TCP
+/// socket bound to it that never listens. (Binding a port and closing it again races with
+/// anything else on the machine that binds port 0 meanwhile.) `listen` turns it into a
+/// listener on that same port, for a backend that "comes back".
+pub struct RefusedPort {
+    socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl RefusedPort {
+    pub fn new() -> Self {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+        socket.bind(&any.into()).expect("bind");
+        let addr = socket
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet");
+        Self { socket, addr }
+    }
+
+    /// Starts listening on the reserved port.
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(1024).expect("listen");
+        self.socket.into()
+    }
+}
+
+impl Default for RefusedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A private directory name for one `lb run` of this test process.
+fn unique_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "lb-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 impl LbRun {
-    /// Writes `file_text` as the backend file and starts `lb run --backends FILE --admin ADDR`
-    /// plus `extra` arguments; returns once the admin surface is up.
+    /// Writes `file_text` as the backend file and starts `lb run --backends FILE --admin
+    /// 127.0.0.1:0` plus `extra` arguments; returns once the admin surface is up, with the
+    /// addresses lb reports it bound (listeners on port 0 and the admin server get theirs from
+    /// the kernel, so tests never pick ports themselves).
     pub fn start(tag: &str, file_text: &str, extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "lb-{tag}-{}-{}",
-            std::process::id(),
-            free_addr().port()
-        ));
+        let dir = unique_dir(tag);
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("lb.toml");
         std::fs::write(&file, file_text).expect("write the backend file");
-        let admin = free_addr();
         let mut child = Command::new(lb_bin())
             .arg("run")
             .arg("--backends")
             .arg(&file)
-            .args(["--admin", &admin.to_string()])
+            .args(["--admin", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -62,13 +104,14 @@ impl LbRun {
             child,
             dir,
             file,
-            admin,
+            admin: "0.0.0.0:0".parse().expect("literal"),
             listeners: Vec::new(),
         };
         let mut lines = BufReader::new(stdout).lines();
         loop {
             let line = lines.next().expect("lb run exited").expect("read");
-            if line.starts_with("admin ") {
+            if let Some(url) = line.strip_prefix("admin ") {
+                lb.admin = admin_address(url);
                 break;
             }
             if let Some(rest) = line.strip_prefix("listening name=")
@@ -91,6 +134,17 @@ impl LbRun {
             .unwrap_or_else(|| panic!("no listener {name} in {:?}", self.listeners))
     }
 
+    /// A listener's bound address as the status API reports it now (follows reloads).
+    pub fn listener_now(&self, name: &str) -> Option<SocketAddr> {
+        self.status()["listeners"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == name)?["address"]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+
     pub fn status(&self) -> serde_json::Value {
         let (code, body) = http("GET", self.admin, "/api/status");
         assert_eq!(code, 200, "{body}");
@@ -100,6 +154,15 @@ impl LbRun {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// The address in lb's `admin http://ADDR/` line.
+pub fn admin_address(url: &str) -> SocketAddr {
+    url.trim()
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("admin line {url:?}"))
 }
 
 /// One HTTP/1.1 request on a new connection (`Connection: close`): (status, body).

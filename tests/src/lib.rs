@@ -1,6 +1,7 @@
 //! Shared test support for lb: the network-namespace rig, frame builders, and a
 //! BPF_PROG_TEST_RUN harness for the XDP datapath.
 pub mod dsr;
+pub mod echo_backend;
 pub mod fib;
 pub mod http_server;
 pub mod lb_maps;

@@ -75,7 +75,9 @@ fn full_example() -> Config {
     let path = dir.join("full.toml");
     let text = std::fs::read_to_string(&path).expect("read full.toml");
     let certs = format!("\"{}/certs/", dir.display());
-    Config::parse(&text.replace("\"certs/", &certs), &path).expect("full.toml parses")
+    let keys = format!("\"{}/keys/", dir.display());
+    let text = text.replace("\"certs/", &certs).replace("\"keys/", &keys);
+    Config::parse(&text, &path).expect("full.toml parses")
 }
 
 #[test]
@@ -428,6 +430,75 @@ fn full_example_parses_to_the_values_it_writes() {
         }
         _ => "proxied".to_owned(),
     };
+    // r[4] requires a JWT of "idp".
+    assert!(matches!(
+        r[4].chain.request.as_slice(),
+        [lb::l7::policy::RequestPolicy::Jwt(_)]
+    ));
+    assert!(!r[4].chain.answers_itself());
+    let p = &c.l7.jwt_providers;
+    assert_eq!(p.len(), 3);
+    assert_eq!(
+        (
+            p[0].name.as_str(),
+            p[0].issuer.as_str(),
+            p[0].audiences.as_slice()
+        ),
+        (
+            "idp",
+            "https://id.example.com/",
+            &["api".to_owned(), "web".to_owned()][..]
+        )
+    );
+    assert_eq!(
+        p[0].algorithms,
+        [
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::Algorithm::ES256
+        ]
+    );
+    assert_eq!(
+        p[0].keys,
+        lb::config::jwt_provider::KeySource::Url(
+            "https://id.example.com/.well-known/jwks.json".to_owned()
+        )
+    );
+    assert!(
+        p[0].ca_file
+            .as_ref()
+            .is_some_and(|f| f.ends_with("certs/example-ca.pem"))
+    );
+    assert_eq!(
+        (p[0].clock_skew, p[0].cache_min, p[0].cache_max),
+        (secs(30), secs(300), secs(12 * 3600))
+    );
+    assert_eq!(
+        (p[0].refetch_cooldown, p[0].fetch_timeout),
+        (secs(60), secs(3))
+    );
+    assert_eq!(
+        (p[1].name.as_str(), &p[1].keys),
+        ("sso", &lb::config::jwt_provider::KeySource::Discovery)
+    );
+    assert_eq!(
+        p[1].algorithms.len(),
+        9,
+        "every asymmetric algorithm by default"
+    );
+    assert_eq!(
+        (
+            p[1].clock_skew,
+            p[1].cache_min,
+            p[1].cache_max,
+            p[1].refetch_cooldown
+        ),
+        (secs(60), secs(60), secs(24 * 3600), secs(30))
+    );
+    assert!(matches!(
+        &p[2].keys,
+        lb::config::jwt_provider::KeySource::File { path, jwks }
+            if path.ends_with("keys/idp-jwks.json") && jwks.contains("example-ec")
+    ));
     assert_eq!(answer(&r[6]), "respond 200");
     assert_eq!(answer(&r[7]), "redirect 308 https://example.com:8443/?q=1");
     assert_eq!(answer(&r[8]), "proxied");
@@ -557,7 +628,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_section",
             "[[pools]]\nname = \"web\"\n".into(),
-            "unknown_section.toml:1: unknown field `pools`, expected one of `encap`, `vip`, `pool`, `listener`, `route`",
+            "unknown_section.toml:1: unknown field `pools`, expected one of `encap`, `vip`, `pool`, `listener`, `route`, `jwt_provider`",
         ),
         (
             "missing_key",

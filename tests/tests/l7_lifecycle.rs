@@ -25,20 +25,58 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-/// A backend answering "ok PATH"; `/sleep-MS` paths answer after MS milliseconds.
-async fn backend() -> SocketAddr {
+/// Requests to `/hold` wait at the backend until `release`; `arrived` counts them as they
+/// reach it, so a test knows a request is in flight without guessing how long that takes.
+#[derive(Clone, Default)]
+struct Hold {
+    arrived: Arc<AtomicUsize>,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Hold {
+    fn release(&self) {
+        self.open.send_replace(true);
+    }
+
+    async fn wait_arrived(&self, n: usize) {
+        let arrived = &self.arrived;
+        eventually("held requests at the backend", || {
+            arrived.load(Ordering::SeqCst) >= n
+        })
+        .await;
+    }
+}
+
+/// Polls `done` until it holds; the deadline only turns a hang into a failure.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A backend answering "ok PATH"; `/hold` answers once `hold` is released.
+async fn backend(hold: Hold) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            let hold = hold.clone();
             tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let path = req.uri().path().to_owned();
-                    if let Some(ms) = path.strip_prefix("/sleep-") {
-                        let ms = ms.parse().expect("milliseconds");
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let hold = hold.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        if path == "/hold" {
+                            let mut open = hold.open.subscribe();
+                            hold.arrived.fetch_add(1, Ordering::SeqCst);
+                            let _ = open.wait_for(|o| *o).await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                            "ok {path}"
+                        )))))
                     }
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("ok {path}")))))
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), service)
@@ -58,11 +96,37 @@ fn config_text(backend: SocketAddr, listener_extra: &str) -> String {
 }
 
 async fn start(listener_extra: &str) -> (l7::RunningL7, SocketAddr) {
-    let text = config_text(backend().await, listener_extra);
+    start_held(Hold::default(), listener_extra).await
+}
+
+async fn start_held(hold: Hold, listener_extra: &str) -> (l7::RunningL7, SocketAddr) {
+    let text = config_text(backend(hold).await, listener_extra);
     let config = L7Config::parse(&text, Path::new("l7.toml")).expect("config");
     let running = l7::serve(config).await.expect("serve");
     let addr = running.listeners[0].1;
     (running, addr)
+}
+
+/// Connections completed by the kernel and waiting in the accept queue of the listening
+/// socket on `addr` (IPv4), from /proc/net/tcp; None if no socket listens there.
+fn accept_queue(addr: SocketAddr) -> Option<u64> {
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        return None;
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&local.as_str()) || f.get(3) != Some(&"0A") {
+            return None;
+        }
+        // tx_queue:rx_queue; for a listening socket rx_queue is the accept backlog.
+        u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()
+    })
 }
 
 /// Sends a keep-alive GET and reads its whole response (the body is "ok PATH").
@@ -111,19 +175,37 @@ async fn max_connections_holds_new_clients_in_the_accept_queue() {
     );
 
     // Both slots are held by idle keep-alive connections: the third connects (the kernel
-    // queues it) but is not served.
+    // queues it) but is not served: lb does not even accept it.
     let mut third = TcpStream::connect(addr).await.expect("connect");
     third
         .write_all(b"GET /3 HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
+    eventually("the third connection waiting in the accept queue", || {
+        accept_queue(addr) == Some(1)
+    })
+    .await;
+    // The proxy is busy serving meanwhile: a request on an admitted connection goes through,
+    // and the third connection is still queued, unanswered.
+    assert!(
+        keep_alive_get(&mut second, "/2a")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert_eq!(
+        accept_queue(addr),
+        Some(1),
+        "accepted while both slots were taken"
+    );
     let mut buf = [0u8; 64];
-    let waited = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
-    assert!(waited.is_err(), "served while both slots were taken");
+    assert!(
+        matches!(third.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "served while both slots were taken"
+    );
 
     // A slot frees: the third is served.
     drop(first);
-    let answer = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut third))
+    let answer = tokio::time::timeout(Duration::from_secs(20), read_to_close(&mut third))
         .await
         .expect("served once a slot freed");
     assert!(
@@ -140,7 +222,8 @@ async fn max_connections_holds_new_clients_in_the_accept_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
-    let (proxy, addr) = start("").await;
+    let hold = Hold::default();
+    let (proxy, addr) = start_held(hold.clone(), "").await;
     let mut idle = TcpStream::connect(addr).await.expect("connect");
     assert!(
         keep_alive_get(&mut idle, "/idle")
@@ -149,56 +232,64 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     );
 
     let mut busy = TcpStream::connect(addr).await.expect("connect");
-    busy.write_all(b"GET /sleep-800 HTTP/1.1\r\nHost: s\r\n\r\n")
+    busy.write_all(b"GET /hold HTTP/1.1\r\nHost: s\r\n\r\n")
         .await
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    hold.wait_arrived(1).await;
 
-    let started = Instant::now();
-    let shutdown = tokio::spawn(proxy.shutdown(Duration::from_secs(5)));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A grace far longer than the test: shutdown must end because the last connection did.
+    let shutdown = tokio::spawn(proxy.shutdown(Duration::from_secs(600)));
 
-    // No longer accepting.
-    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+    // No longer accepting: the listening socket is closed.
+    let mut refused = false;
+    eventually("connections refused", || {
+        refused = refused || std::net::TcpStream::connect(addr).is_err();
+        refused
+    })
+    .await;
     // The idle keep-alive connection is closed at once.
-    let idle_answer = tokio::time::timeout(Duration::from_secs(1), read_to_close(&mut idle))
+    let idle_answer = tokio::time::timeout(Duration::from_secs(20), read_to_close(&mut idle))
         .await
         .expect("idle connection closed");
     assert_eq!(idle_answer, "");
+    // The request in flight holds the shutdown up.
+    assert!(!shutdown.is_finished(), "shutdown left a request in flight");
+    hold.release();
     // The in-flight request completes, then its connection closes.
-    let answer = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut busy))
+    let answer = tokio::time::timeout(Duration::from_secs(20), read_to_close(&mut busy))
         .await
         .expect("in-flight request finished");
     assert!(
-        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok /sleep-800"),
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok /hold"),
         "{answer}"
     );
-    let cut = shutdown.await.expect("shutdown");
+    let cut = tokio::time::timeout(Duration::from_secs(20), shutdown)
+        .await
+        .expect("shutdown ended with the last connection, not with the grace")
+        .expect("shutdown");
     assert_eq!(cut, 0, "nothing left when the grace ended");
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
-        "{took:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cuts_requests_that_outlive_the_grace() {
-    let (proxy, addr) = start("").await;
+    // Never released: the request outlives any grace.
+    let hold = Hold::default();
+    let (proxy, addr) = start_held(hold.clone(), "").await;
     let mut busy = TcpStream::connect(addr).await.expect("connect");
-    busy.write_all(b"GET /sleep-10000 HTTP/1.1\r\nHost: s\r\n\r\n")
+    busy.write_all(b"GET /hold HTTP/1.1\r\nHost: s\r\n\r\n")
         .await
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    hold.wait_arrived(1).await;
+    let grace = Duration::from_millis(300);
     let started = Instant::now();
-    let cut = proxy.shutdown(Duration::from_millis(300)).await;
-    let took = started.elapsed();
+    let cut = tokio::time::timeout(Duration::from_secs(20), proxy.shutdown(grace))
+        .await
+        .expect("shutdown ends when the grace does");
     assert_eq!(cut, 1);
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
-        "{took:?}"
-    );
-    let answer = tokio::time::timeout(Duration::from_secs(1), read_to_close(&mut busy))
+    // Not cut early: the grace was waited out (a lower bound, which a slow machine only
+    // exceeds by more).
+    assert!(started.elapsed() >= grace, "{:?}", started.elapsed());
+    let answer = tokio::time::timeout(Duration::from_secs(20), read_to_close(&mut busy))
         .await
         .expect("cut connection closed");
     assert_eq!(answer, "", "no response for a cut request");

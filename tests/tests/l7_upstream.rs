@@ -20,6 +20,7 @@ use hyper_util::{
     server::conn::auto,
 };
 use lb::l7::{self, L7Config};
+use lb_tests::lb_run::RefusedPort;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// How a test backend answers.
@@ -28,7 +29,8 @@ struct Behaviour {
     /// Connections start with a PROXY header (parsed and recorded).
     proxy_header: bool,
     status: u16,
-    delay: Duration,
+    /// Requests wait here until the gate lets them through.
+    gate: Option<Gate>,
     /// HTTPS with this configuration.
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -38,9 +40,42 @@ impl Default for Behaviour {
         Self {
             proxy_header: false,
             status: 200,
-            delay: Duration::ZERO,
+            gate: None,
             tls: None,
         }
+    }
+}
+
+/// Holds requests at the backends sharing it: the request that arrives n-th (from 0, over all
+/// of them) answers once `open` is above n. Tests release requests in stages and know how many
+/// are in flight without guessing how long anything takes.
+#[derive(Clone, Default)]
+struct Gate {
+    arrived: Arc<AtomicUsize>,
+    open: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Gate {
+    fn open_to(&self, n: usize) {
+        self.open.send_replace(n);
+    }
+
+    async fn pass(&self) {
+        let mut open = self.open.subscribe();
+        let n = self.arrived.fetch_add(1, Ordering::SeqCst);
+        let _ = open.wait_for(|o| *o > n).await;
+    }
+}
+
+/// Polls `done` until it holds; the deadline only turns a hang into a failure.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -57,6 +92,8 @@ struct Seen {
     /// Requests being answered right now, and the most at once.
     active: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+    /// Connections that have ended.
+    closed: Arc<AtomicUsize>,
 }
 
 impl Seen {
@@ -116,12 +153,24 @@ async fn read_proxy_header(tcp: &mut TcpStream) -> (SocketAddr, SocketAddr) {
     panic!("no PROXY header");
 }
 
-async fn backend(behaviour: Behaviour) -> TestBackend {
-    backend_on("127.0.0.1:0".parse().expect("addr"), behaviour).await
+/// A backend on a port reserved until now (a refusing address that comes back).
+fn backend_on(port: RefusedPort, behaviour: Behaviour) -> TestBackend {
+    let listener = port.listen();
+    listener.set_nonblocking(true).expect("nonblocking");
+    backend_from(
+        TcpListener::from_std(listener).expect("tokio listener"),
+        behaviour,
+    )
 }
 
-async fn backend_on(addr: SocketAddr, behaviour: Behaviour) -> TestBackend {
-    let listener = TcpListener::bind(addr).await.expect("bind");
+async fn backend(behaviour: Behaviour) -> TestBackend {
+    backend_from(
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        behaviour,
+    )
+}
+
+fn backend_from(listener: TcpListener, behaviour: Behaviour) -> TestBackend {
     let addr = listener.local_addr().expect("addr");
     let seen = Seen::default();
     let task = {
@@ -141,6 +190,7 @@ async fn backend_on(addr: SocketAddr, behaviour: Behaviour) -> TestBackend {
                         conns.len() - 1
                     };
                     let tls = behaviour.tls.clone();
+                    let closed = seen.closed.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (seen, behaviour) = (seen.clone(), behaviour.clone());
                         async move {
@@ -151,7 +201,9 @@ async fn backend_on(addr: SocketAddr, behaviour: Behaviour) -> TestBackend {
                                 req.uri().path().to_owned(),
                                 req.version(),
                             ));
-                            tokio::time::sleep(behaviour.delay).await;
+                            if let Some(gate) = &behaviour.gate {
+                                gate.pass().await;
+                            }
                             seen.active.fetch_sub(1, Ordering::SeqCst);
                             let mut response = Response::new(Full::new(Bytes::from(format!(
                                 "conn {conn} {}",
@@ -176,6 +228,7 @@ async fn backend_on(addr: SocketAddr, behaviour: Behaviour) -> TestBackend {
                             }
                         }
                     }
+                    closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         })
@@ -323,12 +376,13 @@ fn counter(value: &std::sync::atomic::AtomicU64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_budget_caps_concurrent_retries() {
-    let slow_503 = Behaviour {
+    let gate = Gate::default();
+    let held_503 = Behaviour {
         status: 503,
-        delay: Duration::from_millis(300),
+        gate: Some(gate.clone()),
         ..Behaviour::default()
     };
-    let (a, b) = (backend(slow_503.clone()).await, backend(slow_503).await);
+    let (a, b) = (backend(held_503.clone()).await, backend(held_503).await);
     let (proxy, addr) = start(&format!(
         "[[pool]]\nname = \"web\"\nretries = 1\nretry_budget_percent = 20\nretry_budget_min = 3\n\
          max_fails = 0\n\
@@ -339,6 +393,18 @@ async fn retry_budget_caps_concurrent_retries() {
     let clients: Vec<_> = (0..20)
         .map(|i| tokio::spawn(async move { request(addr, "GET", &format!("/{i}")).await }))
         .collect();
+    let state = proxy.pool_state("web").expect("pool");
+    let counters = &state.retry_budget.counters;
+    let decided = || counter(&counters.retries) + counter(&counters.budget_denied);
+    // All 20 in flight at once (held at the backends), then their 503s come back; the retries
+    // they win are held in turn until every request has had its retry granted or denied.
+    eventually("20 requests at the backends", || {
+        gate.arrived.load(Ordering::SeqCst) == 20
+    })
+    .await;
+    gate.open_to(20);
+    eventually("every request's retry decided", || decided() == 20).await;
+    gate.open_to(usize::MAX);
     for c in clients {
         assert_eq!(
             c.await.expect("client"),
@@ -346,12 +412,11 @@ async fn retry_budget_caps_concurrent_retries() {
             "the original failure is returned"
         );
     }
-    let state = proxy.pool_state("web").expect("pool");
-    let counters = &state.retry_budget.counters;
     let (retries, denied) = (counter(&counters.retries), counter(&counters.budget_denied));
-    // 20 requests in flight: max(3, 20% of 20) = 4 retries at once; the retries happen while
-    // the other requests are still in flight or leaving, so at least the floor of 3 gets in.
-    assert!((3..=4).contains(&retries), "retries {retries}");
+    // 20 requests in flight: max(3, 20% of 20) = 4 retries at once. The first four failures
+    // get them (no request has finished yet); after that the granted four are still in
+    // flight and every other retry is denied.
+    assert_eq!(retries, 4, "retries {retries}, denied {denied}");
     assert_eq!(retries + denied, 20, "every request wanted one retry");
     let seen = a.seen.requests().len() + b.seen.requests().len();
     assert_eq!(
@@ -458,43 +523,63 @@ fn upstream_config_errors_name_file_line_and_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_backend_is_ejected_for_fail_timeout_then_tried_again() {
     let alive = backend(Behaviour::default()).await;
-    let dead_addr = {
-        let gone = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        gone.local_addr().expect("addr")
+    // Refuses connections until a backend listens on it.
+    let dead_port = RefusedPort::new();
+    let dead_addr = dead_port.addr;
+    let pool = |fail_timeout: &str| {
+        format!(
+            "[[pool]]\nname = \"web\"\nretries = 1\nmax_fails = 3\nfail_timeout = \"{fail_timeout}\"\n\
+             [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{dead_addr}\"\n\
+             {LISTENER}",
+            alive.addr
+        )
     };
-    let (proxy, addr) = start(&format!(
-        "[[pool]]\nname = \"web\"\nretries = 1\nmax_fails = 3\nfail_timeout = \"1s\"\n\
-         [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{dead_addr}\"\n\
-         {LISTENER}",
-        alive.addr
-    ))
-    .await;
+
+    // Ejection holds for fail_timeout (an hour here, so no request below can outlast it).
+    {
+        let (proxy, addr) = start(&pool("1h")).await;
+        let state = proxy.pool_state("web").expect("pool");
+        let dead = || state.health.status(1).expect("backend");
+        for i in 0..10 {
+            assert_eq!(
+                request(addr, "GET", &format!("/a{i}")).await,
+                200,
+                "retried"
+            );
+        }
+        // Three refused connects ejected it; the seven requests after that never tried it.
+        assert_eq!(dead().consecutive_failures, 3);
+        assert!(dead().ejected_for.is_some());
+        assert_eq!(counter(&state.retry_budget.counters.retries), 3);
+        assert_eq!(alive.seen.requests().len(), 10);
+    }
+
+    // Ejection ends after fail_timeout (waited for as the ejection ending, not slept).
+    let (proxy, addr) = start(&pool("2s")).await;
     let state = proxy.pool_state("web").expect("pool");
     let dead = || state.health.status(1).expect("backend");
     for i in 0..10 {
-        assert_eq!(
-            request(addr, "GET", &format!("/a{i}")).await,
-            200,
-            "retried"
-        );
+        assert_eq!(request(addr, "GET", &format!("/e{i}")).await, 200);
+        if dead().ejected_for.is_some() {
+            break;
+        }
     }
-    // Three refused connects ejected it; the seven requests after that never tried it.
-    assert_eq!(dead().consecutive_failures, 3);
-    assert!(dead().ejected_for.is_some());
-    assert_eq!(counter(&state.retry_budget.counters.retries), 3);
-    assert_eq!(alive.seen.requests().len(), 10);
-
-    // After fail_timeout it is tried again; one more failure ejects it again at once.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(dead().consecutive_failures, 3, "ejected by max_fails");
+    eventually("the ejection to end", || dead().ejected_for.is_none()).await;
+    // Tried again; one more failure ejects it again at once (not after max_fails more).
     for i in 0..4 {
         assert_eq!(request(addr, "GET", &format!("/b{i}")).await, 200);
+        if dead().consecutive_failures == 4 {
+            break;
+        }
     }
-    assert_eq!(dead().consecutive_failures, 4);
-    assert!(dead().ejected_for.is_some());
+    let after = dead();
+    assert_eq!(after.consecutive_failures, 4, "round robin tried it again");
+    assert!(after.ejected_for.is_some(), "ejected by that one failure");
 
     // Back up: after the timeout it gets requests again, and a success clears its record.
-    let revived = backend_on(dead_addr, Behaviour::default()).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let revived = backend_on(dead_port, Behaviour::default());
+    eventually("the ejection to end", || dead().ejected_for.is_none()).await;
     for i in 0..4 {
         assert_eq!(request(addr, "GET", &format!("/c{i}")).await, 200);
     }
@@ -512,28 +597,35 @@ async fn failing_backend_is_ejected_for_fail_timeout_then_tried_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_caps_requests_in_flight_then_503() {
-    let slow = backend(Behaviour {
-        delay: Duration::from_millis(400),
+    let gate = Gate::default();
+    let held = backend(Behaviour {
+        gate: Some(gate.clone()),
         ..Behaviour::default()
     })
     .await;
     let (_proxy, addr) = start(&format!(
         "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{}\"\nmax_connections = 2\n\
          {LISTENER}",
-        slow.addr
+        held.addr
     ))
     .await;
     let clients: Vec<_> = (0..3)
         .map(|i| tokio::spawn(async move { request(addr, "GET", &format!("/{i}")).await }))
         .collect();
+    // Two are held at the backend; the third, over the cap, is answered without waiting.
+    eventually("two requests at the backend and one answered", || {
+        gate.arrived.load(Ordering::SeqCst) == 2 && clients.iter().any(|c| c.is_finished())
+    })
+    .await;
+    gate.open_to(usize::MAX);
     let mut statuses = Vec::new();
     for c in clients {
         statuses.push(c.await.expect("client"));
     }
     statuses.sort_unstable();
     assert_eq!(statuses, vec![200, 200, 503], "the third is over the cap");
-    assert_eq!(slow.seen.peak.load(Ordering::SeqCst), 2);
-    assert_eq!(slow.seen.requests().len(), 2);
+    assert_eq!(held.seen.peak.load(Ordering::SeqCst), 2);
+    assert_eq!(held.seen.requests().len(), 2);
     // Below the cap again: served.
     assert_eq!(request(addr, "GET", "/after").await, 200);
 }
@@ -547,20 +639,29 @@ async fn idle_settings_bound_upstream_keep_alive() {
             b.addr
         )
     };
-    // idle_timeout: reused within it, a new connection after it.
-    let (_proxy, addr) = start(&pool("idle_timeout = \"300ms\"\n")).await;
+    let conns = || b.seen.conns().len();
+    let closed = || b.seen.closed.load(Ordering::SeqCst);
+    // Kept alive (the default idle_timeout is far longer than this test): reused.
+    let (proxy, addr) = start(&pool("")).await;
     request(addr, "GET", "/1").await;
     request(addr, "GET", "/2").await;
-    assert_eq!(b.seen.conns().len(), 1, "reused");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(conns(), 1, "reused");
+    drop(proxy);
+    eventually("the first proxy's connection closed", || closed() == 1).await;
+    // idle_timeout: the proxy closes the idle connection by itself, and the next request
+    // opens a new one.
+    let (_proxy, addr) = start(&pool("idle_timeout = \"300ms\"\n")).await;
     request(addr, "GET", "/3").await;
-    assert_eq!(b.seen.conns().len(), 2, "the idle connection was closed");
+    assert_eq!(conns(), 2);
+    eventually("the idle connection closed by the proxy", || closed() == 2).await;
+    request(addr, "GET", "/4").await;
+    assert_eq!(conns(), 3, "a new connection after the idle one was closed");
     // idle_per_backend = 0: no keep-alive upstream.
     let (_proxy, addr) = start(&pool("idle_per_backend = 0\n")).await;
     for i in 0..3 {
         request(addr, "GET", &format!("/n{i}")).await;
     }
-    assert_eq!(b.seen.conns().len(), 5, "one connection per request");
+    assert_eq!(conns(), 6, "one connection per request");
 }
 
 /// A self-signed certificate for `names` (DNS names or IPs): (PEM file, TLS acceptor with

@@ -40,22 +40,57 @@ fn rig(subnet: u8) -> Rig {
     Rig { client, lb_ns }
 }
 
-/// Waits for the line that says the program is attached; returns the rest of stdout as it
-/// arrives.
-fn wait_attached(child: &mut Child) -> (String, mpsc::Receiver<String>) {
-    let stdout = child.stdout.take().expect("stdout");
+/// The lines of `stream` as they arrive; the channel ends when the stream does.
+fn lines_of(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
+    rx
+}
+
+/// Waits for the line that says the program is attached; returns the rest of stdout as it
+/// arrives.
+fn wait_attached(child: &mut Child) -> (String, mpsc::Receiver<String>) {
+    let rx = lines_of(child.stdout.take().expect("stdout"));
     let first = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("lb printed nothing within 30 s");
     (first, rx)
+}
+
+/// Receives lines until one satisfies `wanted`; returns the lines up to and including it.
+/// The deadline only turns a hang into a failure.
+fn wait_line(
+    rx: &mpsc::Receiver<String>,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{what}: not seen within 30 s; got {got:#?}"));
+        let done = wanted(&line);
+        got.push(line);
+        if done {
+            return got;
+        }
+    }
+}
+
+/// The parser counters' row for udp port `port`, as words.
+fn udp_row(line: &str, port: &str) -> Option<Vec<String>> {
+    let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+    (words.first().map(String::as_str) == Some("udp")
+        && words.get(1).map(String::as_str) == Some(port))
+    .then_some(words)
 }
 
 fn attach_count_detach(mode: &str, signal: nix::sys::signal::Signal, subnet: u8) {
@@ -63,7 +98,17 @@ fn attach_count_detach(mode: &str, signal: nix::sys::signal::Signal, subnet: u8)
     let mut child = rig
         .lb_ns
         .command(lb_bin())
-        .args(["xdp", "attach", "--iface", "l0", "--xdp-mode", mode])
+        // Counters printed every second too: the test waits for the datagrams to be counted.
+        .args([
+            "xdp",
+            "attach",
+            "--iface",
+            "l0",
+            "--xdp-mode",
+            mode,
+            "--stats-interval",
+            "1",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -91,7 +136,16 @@ fn attach_count_detach(mode: &str, signal: nix::sys::signal::Signal, subnet: u8)
             }
         })
         .expect("client");
-    thread::sleep(Duration::from_millis(100));
+    let frame_bytes = 5 * (14 + 20 + 8 + 5);
+    let counted = vec![
+        "udp".to_owned(),
+        "7777".to_owned(),
+        "5".to_owned(),
+        frame_bytes.to_string(),
+    ];
+    wait_line(&rest, "the 5 datagrams counted", |l| {
+        udp_row(l, "7777").as_ref() == Some(&counted)
+    });
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("kill");
     let status = child.wait().expect("wait");
@@ -103,16 +157,14 @@ fn attach_count_detach(mode: &str, signal: nix::sys::signal::Signal, subnet: u8)
         .read_to_string(&mut stderr)
         .expect("stderr");
     assert!(status.success(), "lb exited with {status}: {stderr}");
-    let out: Vec<String> = rest.try_iter().collect();
-    let frame_bytes = 5 * (14 + 20 + 8 + 5);
+    // Everything printed after that, up to the end of stdout: the counters at exit.
+    let out: Vec<String> = rest.iter().collect();
     let row = out
         .iter()
-        .find(|l| l.starts_with("udp") && l.split_whitespace().nth(1) == Some("7777"))
+        .rev()
+        .find_map(|l| udp_row(l, "7777"))
         .unwrap_or_else(|| panic!("no udp/7777 row in {out:#?}"));
-    assert_eq!(
-        row.split_whitespace().collect::<Vec<_>>(),
-        vec!["udp", "7777", "5", &frame_bytes.to_string()]
-    );
+    assert_eq!(row, counted, "the counters at exit");
     assert_eq!(out.last().map(String::as_str), Some("detached iface=l0"));
     assert!(stderr.contains(&format!("signal=\"{signal}\"")), "{stderr}");
     let link = rig
@@ -230,6 +282,7 @@ fn l4_follows_the_backend_file_and_keeps_running_on_a_bad_reload() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn lb");
+    let errors = lines_of(child.stderr.take().expect("stderr"));
     let (first, rest) = wait_attached(&mut child);
     assert_eq!(first, "attached iface=l0 mode=skb vips=1");
     let next_line = || {
@@ -246,7 +299,9 @@ fn l4_follows_the_backend_file_and_keeps_running_on_a_bad_reload() {
     // A broken file is refused; the running configuration stays (proved by the next good
     // reload rebuilding nothing: the two VIPs were still installed).
     file.rewrite("[[vip]]\naddress = \"nonsense\"\n");
-    thread::sleep(Duration::from_millis(600));
+    let mut stderr = wait_line(&errors, "the rejected reload", |l| {
+        l.contains("reload (file changed) rejected; keeping the running configuration")
+    });
     file.rewrite(&two);
     assert_eq!(next_line(), "reloaded vips=2 rings_rebuilt=0");
 
@@ -256,20 +311,15 @@ fn l4_follows_the_backend_file_and_keeps_running_on_a_bad_reload() {
     )
     .expect("kill");
     let status = child.wait().expect("wait");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("stderr");
+    stderr.extend(errors.iter());
+    let stderr = stderr.join("\n");
     assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains("reload (file changed) rejected; keeping the running configuration")
             && stderr.contains("is not ADDRESS:PORT"),
         "{stderr}"
     );
-    let out: Vec<String> = rest.try_iter().collect();
+    let out: Vec<String> = rest.iter().collect();
     assert!(
         out.iter().any(|l| l.starts_with("10.97.0.100:80/tcp")),
         "{out:#?}"

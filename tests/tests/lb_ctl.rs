@@ -11,7 +11,7 @@ use std::{
 
 use lb_tests::{
     lb_bin,
-    lb_run::{LbRun, free_addr, http, wait_for},
+    lb_run::{LbRun, RefusedPort, http, wait_for},
     named_backend,
 };
 
@@ -54,8 +54,8 @@ fn ctl_status_drain_undrain_and_errors() {
          [[pool.backend]]\naddress = \"{}\"\n[[pool.backend]]\naddress = \"{}\"\n",
         a.addr, b.addr
     );
-    let listen = free_addr();
-    let lb = LbRun::start("ctl", &file, &["--listen", &listen.to_string()]);
+    let lb = LbRun::start("ctl", &file, &["--listen", "127.0.0.1:0"]);
+    let listen = lb.listener("listen-1");
     let admin = lb.admin;
 
     wait_for("both up in lb ctl status", Duration::from_secs(5), || {
@@ -157,7 +157,8 @@ fn ctl_status_drain_undrain_and_errors() {
         assert!(out.stdout.is_empty());
     }
     drop(lb);
-    let gone = free_addr();
+    let refused = RefusedPort::new();
+    let gone = refused.addr;
     let out = ctl(gone, &["status"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

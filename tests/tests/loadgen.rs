@@ -72,9 +72,12 @@ async fn server_errors_and_resets_are_counted_never_as_successes() {
     );
 }
 
-/// A server that stalls for 1 s every 100 requests: the open loop's percentiles show it
-/// (requests due during the stall wait, and that wait is counted); the closed loop's median
-/// does not (its connections simply stop sending), and its report says it is closed loop.
+/// A server that stalls (the whole server) for 1 s every 100 requests: the open loop's
+/// percentiles show it (requests due during the stall wait, and that wait is counted); the
+/// closed loop's median does not (its connections simply stop sending), and its report says it
+/// is closed loop. The bounds come from the stalls themselves, not from machine speed: in the
+/// open loop ticket i is due at i/200 s and request n cannot finish before floor(n/100)
+/// stalls have passed, so two thirds of the tickets wait at least 0.5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_shows_a_stalling_server_that_closed_loop_hides() {
     let behaviour = Behaviour {
@@ -90,7 +93,8 @@ async fn open_loop_shows_a_stalling_server_that_closed_loop_hides() {
 
     let server = http_server::start(behaviour).await;
     let mut closed = config(&format!("http://{}/", server.addr));
-    closed.duration = Some(Duration::from_secs(3));
+    // A count, not a duration: three stalls whatever the machine's speed.
+    closed.requests = Some(300);
     let closed = loadgen::run(closed).await.expect("closed run");
 
     let (o, c) = (
@@ -104,20 +108,32 @@ async fn open_loop_shows_a_stalling_server_that_closed_loop_hides() {
         o.p50
     );
     assert!(o.max >= 900_000, "open-loop max {}us", o.max);
-    assert!(c.p50 < 50_000, "closed-loop median {}us hides them", c.p50);
+    // The closed loop met the stalls too (its slowest request waited one out), yet its median
+    // is below the open loop's: only the few requests in flight during a stall waited.
+    assert!(c.max >= 900_000, "closed-loop max {}us", c.max);
+    assert!(
+        c.p50 < o.p50,
+        "closed-loop median {}us hides them (open loop {}us)",
+        c.p50,
+        o.p50
+    );
 }
 
+/// The open loop sends exactly rate x time on its own schedule (ticket i due at i / rate),
+/// however late the machine runs it: 0.2 s of warm-up (200 tickets, sent, not measured) then
+/// 3 s measured (3000). How closely the achieved rate follows the schedule is a property of
+/// the machine: `cargo bench -p lb-benches --bench loadgen_rate` measures it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_loop_rate_is_held_within_two_percent() {
+async fn open_loop_sends_rate_times_duration_on_its_schedule() {
     let server = http_server::start(Behaviour::default()).await;
     let mut cfg = config(&format!("http://{}/", server.addr));
     cfg.mode = LoadMode::Open { rate: 1000.0 };
     cfg.duration = Some(Duration::from_secs(3));
     cfg.warmup = Duration::from_millis(200);
     let report = loadgen::run(cfg).await.expect("run");
-    let off = (report.rps - 1000.0).abs() / 1000.0;
-    assert!(off <= 0.02, "achieved {:.1} req/s", report.rps);
-    assert_eq!(report.errors, 0);
+    assert_eq!((report.requests, report.ok, report.errors), (3000, 3000, 0));
+    assert_eq!(server.seen.requests.load(Ordering::Relaxed), 3200);
+    assert_eq!(report.target_rate, Some(1000.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,12 +457,31 @@ async fn l4_tcp_connection_rate_counts_every_connection() {
     })
     .await
     .expect("run");
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(report.mode, "tcp_connect");
     assert_eq!(report.errors, 0);
-    assert!(report.ok > 100, "{report:?}");
+    assert!(report.ok > 0, "{report:?}");
+    assert_eq!(report.ok, report.attempts);
+    // A connection is ok once the server's byte arrived, which it sends after counting the
+    // accept: no wait needed.
     assert_eq!(report.ok, accepted.load(Ordering::Relaxed));
     assert!(report.latency_us.is_some());
+
+    // Open loop: exactly rate x duration connections, on the generator's own schedule.
+    let before = accepted.load(Ordering::Relaxed);
+    let report = loadgen::run_l4(loadgen::L4Config {
+        protocol: loadgen::L4Protocol::Tcp,
+        addr,
+        concurrency: 4,
+        duration: Duration::from_secs(1),
+        payload: Bytes::new(),
+        expect_reply: true,
+        rate: Some(200.0),
+        timeout: Duration::from_secs(10),
+    })
+    .await
+    .expect("run");
+    assert_eq!((report.attempts, report.ok, report.errors), (200, 200, 0));
+    assert_eq!(accepted.load(Ordering::Relaxed) - before, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,13 +507,21 @@ async fn l4_udp_rate_and_replies() {
         payload: Bytes::from_static(b"ping"),
         expect_reply: true,
         rate: Some(1000.0),
-        timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(10),
     })
     .await
     .expect("run");
     assert_eq!(report.mode, "udp");
-    let off = (report.ok as f64 - 2000.0).abs() / 2000.0;
-    assert!(off <= 0.02, "{report:?}");
+    // Exactly rate x duration datagrams, on the generator's own schedule.
+    assert_eq!((report.attempts, report.ok, report.errors), (2000, 2000, 0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while received.load(Ordering::Relaxed) < report.ok {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server got {received:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(received.load(Ordering::Relaxed), report.ok);
     assert_eq!(report.replies, report.ok);
 }

@@ -10,7 +10,7 @@ use std::{
 
 use lb_tests::{
     http_server::{self, Behaviour, TestServer},
-    lb_run::{LbRun, free_addr, http, wait_for},
+    lb_run::{LbRun, http, wait_for},
 };
 
 fn backends_file(backends: &[SocketAddr]) -> String {
@@ -26,13 +26,12 @@ fn backends_file(backends: &[SocketAddr]) -> String {
 
 /// Starts `lb run` with one --listen; returns it with (listen, admin) addresses.
 fn start(backends: &[SocketAddr]) -> (LbRun, SocketAddr, SocketAddr) {
-    let listen = free_addr();
     let lb = LbRun::start(
         "manager",
         &backends_file(backends),
-        &["--listen", &listen.to_string()],
+        &["--listen", "127.0.0.1:0"],
     );
-    let admin = lb.admin;
+    let (listen, admin) = (lb.listener("listen-1"), lb.admin);
     (lb, listen, admin)
 }
 
@@ -67,7 +66,7 @@ fn health_checks_drain_reload_and_metrics() {
     // (idempotent GETs are retried on a; b's refused connects are retried too).
     drop(b);
     let stopped = Instant::now();
-    wait_for("b down", Duration::from_secs(3), || {
+    wait_for("b down", Duration::from_secs(10), || {
         health_of(admin, b_addr) == "down"
     });
     let took = stopped.elapsed();
@@ -88,7 +87,7 @@ fn health_checks_drain_reload_and_metrics() {
 
     // b comes back on the same port: up after `rise` passing checks.
     let back = runtime.block_on(http_server::start_on(b_addr, Behaviour::default()));
-    wait_for("b up again", Duration::from_secs(3), || {
+    wait_for("b up again", Duration::from_secs(10), || {
         health_of(admin, b_addr) == "up"
     });
 
@@ -117,7 +116,7 @@ fn health_checks_drain_reload_and_metrics() {
 
     // A bad file is refused at reload: the running configuration stays, and it says why.
     std::fs::write(&lb.file, "[[pool]]\nname = 7\n").expect("write");
-    wait_for("reload rejected", Duration::from_secs(3), || {
+    wait_for("reload rejected", Duration::from_secs(10), || {
         status(admin)["config"]["reloads_failed"] == 1
     });
     let s = status(admin);
@@ -220,7 +219,7 @@ fn status_page_renders_and_shows_a_backend_going_down() {
     assert_eq!(red_pixels(&shot), 0, "nothing is down yet");
 
     drop(b);
-    wait_for("b down", Duration::from_secs(3), || {
+    wait_for("b down", Duration::from_secs(10), || {
         health_of(admin, b_addr) == "down"
     });
     let (dom, shot) = render(&chromium, &url, &lb.dir);

@@ -12,7 +12,7 @@ use std::{
 use lb_tests::{
     http_server::{self, Behaviour, TestServer},
     lb_bin,
-    lb_run::{free_addr, wait_for},
+    lb_run::{RefusedPort, admin_address, wait_for},
 };
 
 struct Lb {
@@ -29,20 +29,21 @@ impl Drop for Lb {
 }
 
 /// Starts `lb run` on `file` (written to a fresh directory) with an access log there; returns
-/// it and the admin address once it is serving.
-fn start(file: &str) -> (Lb, SocketAddr) {
+/// it, the admin address and the address of listener "main" (configured on port 0) once it is
+/// serving.
+fn start(file: &str) -> (Lb, SocketAddr, SocketAddr) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "lb-observe-{}-{}",
         std::process::id(),
-        free_addr().port()
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("lb.toml"), file).expect("write");
-    let admin = free_addr();
     let mut child = Command::new(lb_bin())
         .args(["run", "--backends"])
         .arg(dir.join("lb.toml"))
-        .args(["--admin", &admin.to_string(), "--access-log"])
+        .args(["--admin", "127.0.0.1:0", "--access-log"])
         .arg(dir.join("access.log"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -51,13 +52,19 @@ fn start(file: &str) -> (Lb, SocketAddr) {
     let stdout = child.stdout.take().expect("stdout");
     let lb = Lb { child, dir };
     let mut lines = BufReader::new(stdout).lines();
-    loop {
+    let mut main = None;
+    let admin = loop {
         let line = lines.next().expect("lb run exited").expect("read");
-        if line.starts_with("admin ") {
-            break;
+        if let Some(url) = line.strip_prefix("admin ") {
+            break admin_address(url);
         }
-    }
-    (lb, admin)
+        if let Some(addr) = line.strip_prefix("listening name=main address=") {
+            main = Some(addr.parse().expect("listener address"));
+        }
+    };
+    // Keep draining stdout so lb never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (lb, admin, main.expect("listener main"))
 }
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).
@@ -112,20 +119,20 @@ fn metrics_status_rates_and_access_log_follow_the_requests() {
         ..Behaviour::default()
     }));
     // Nothing listens here: every connection attempt is refused.
-    let dead = free_addr();
-    let listen = free_addr();
+    let dead_port = RefusedPort::new();
+    let dead = dead_port.addr;
     let file = format!(
         "[[pool]]\nname = \"web\"\nmax_fails = 0\nretries = 1\nretry_budget_min = 100\n\
          [[pool.backend]]\naddress = \"{dead}\"\n[[pool.backend]]\naddress = \"{good}\"\n\
          [[pool]]\nname = \"api\"\nmax_fails = 0\n\
          [[pool.backend]]\naddress = \"{failing}\"\n\
-         [[listener]]\nname = \"main\"\naddress = \"{listen}\"\n\
+         [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\n\
          [[route]]\nlistener = \"main\"\npath_prefix = \"/api\"\npool = \"api\"\n\
          [[route]]\nlistener = \"main\"\npool = \"web\"\n",
         good = good.addr,
         failing = failing.addr,
     );
-    let (lb, admin) = start(&file);
+    let (lb, admin, listen) = start(&file);
 
     // Route 1 (web): the dead backend's refusals are retried on the good one, so all 200.
     // Route 0 (api): the backend answers 500 (not retried). Plus one request matching nothing
@@ -307,17 +314,16 @@ fn a_recovered_backend_ramps_up_under_slow_start() {
     let a: TestServer = runtime.block_on(http_server::start(Behaviour::default()));
     let b: TestServer = runtime.block_on(http_server::start(Behaviour::default()));
     let (a_addr, b_addr) = (a.addr, b.addr);
-    let listen = free_addr();
     let file = format!(
         "[[pool]]\nname = \"web\"\nmax_fails = 0\nretries = 1\n\
          [pool.health_check]\ntype = \"http\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\n\
          rise = 2\nfall = 2\nslow_start = \"30s\"\n\
          [[pool.backend]]\naddress = \"{a_addr}\"\nweight = 10\n\
          [[pool.backend]]\naddress = \"{b_addr}\"\nweight = 10\n\
-         [[listener]]\nname = \"main\"\naddress = \"{listen}\"\n\
+         [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\n\
          [[route]]\nlistener = \"main\"\npool = \"web\"\n"
     );
-    let (lb, admin) = start(&file);
+    let (lb, admin, listen) = start(&file);
     let health = |addr: SocketAddr| -> (String, u64) {
         let s: serde_json::Value =
             serde_json::from_str(&http(admin, "/api/status", "").1).expect("status JSON");
@@ -377,16 +383,15 @@ fn a_recovered_backend_ramps_up_under_slow_start() {
 fn named_routes_label_metrics_and_the_access_log() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let good: TestServer = runtime.block_on(http_server::start(Behaviour::default()));
-    let listen = free_addr();
     let file = format!(
         "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{good}\"\n\
-         [[listener]]\nname = \"main\"\naddress = \"{listen}\"\n\
+         [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\n\
          [[route]]\nname = \"ping\"\nlistener = \"main\"\npath = \"/ping\"\n\
          respond = {{ status = 200, body = \"pong\" }}\n\
          [[route]]\nname = \"site\"\nlistener = \"main\"\npool = \"web\"\n",
         good = good.addr,
     );
-    let (lb, admin) = start(&file);
+    let (lb, admin, listen) = start(&file);
     assert_eq!(http(listen, "/ping", ""), (200, "pong".to_owned()));
     assert_eq!(http(listen, "/page", "").0, 200);
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use lb_tests::{
-    lb_run::{LbRun, free_addr, wait_for},
+    lb_run::{LbRun, wait_for},
     named_backend,
 };
 
@@ -99,9 +99,11 @@ fn rejected_reloads_change_nothing_and_good_ones_apply_fully() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let a = runtime.block_on(named_backend::start("a", Duration::ZERO));
     let b = runtime.block_on(named_backend::start("b", Duration::ZERO));
-    let (web, raw) = (free_addr(), free_addr());
-    let lb = LbRun::start("atomic", &file(a.addr, web, raw, ""), &[]);
-    assert_eq!((lb.listener("web"), lb.listener("raw")), (web, raw));
+    let any_port: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+    let lb = LbRun::start("atomic", &file(a.addr, any_port, any_port, ""), &[]);
+    // Later files name the ports they got: "the same addresses".
+    let (web, raw) = (lb.listener("web"), lb.listener("raw"));
+    assert!(web.port() != 0 && raw.port() != 0 && web != raw);
     let kinds: Vec<(String, String)> = lb.status()["listeners"]
         .as_array()
         .expect("listeners")
@@ -185,13 +187,17 @@ fn rejected_reloads_change_nothing_and_good_ones_apply_fully() {
         "pool unchanged"
     );
 
-    // A good reload: both listeners move, the pool changes.
+    // A good reload: both listeners move (to ports the kernel picks), the pool changes.
     drop(squatter);
-    let (web2, raw2) = (free_addr(), free_addr());
-    replace(&lb.file, &file(b.addr, web2, raw2, ""));
+    replace(&lb.file, &file(b.addr, any_port, any_port, ""));
     wait_for("the good reload", Duration::from_secs(10), || {
         config(&lb, "reloads_ok") == 2
     });
+    let (web2, raw2) = (
+        lb.listener_now("web").expect("web listed"),
+        lb.listener_now("raw").expect("raw listed"),
+    );
+    assert!(web2 != web && raw2 != raw && web2.port() != 0 && raw2.port() != 0);
     for addr in [web2, raw2] {
         let (status, body) = request(addr, "").expect("request");
         assert_eq!((status, body.split(' ').next()), (200, Some("b")), "{addr}");

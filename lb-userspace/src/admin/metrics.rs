@@ -46,6 +46,21 @@ pub struct RateLimitLabels {
     pub key: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub route: String,
+    pub provider: String,
+    /// ok, missing, forbidden, or why a token was invalid.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    pub provider: String,
+    /// ok or failed.
+    pub result: String,
+}
+
 /// Counters the L7 request path updates.
 #[derive(Clone)]
 pub struct L7Metrics {
@@ -54,6 +69,8 @@ pub struct L7Metrics {
     pub upstream_connect_errors: Family<BackendLabels, Counter>,
     pub retries: Family<PoolLabels, Counter>,
     pub retries_denied: Family<PoolLabels, Counter>,
+    pub auth: Family<AuthLabels, Counter>,
+    pub jwks_fetches: Family<FetchLabels, Counter>,
     pub rate_limited: Family<RateLimitLabels, Counter>,
     pub rate_limit_dry_run: Family<RateLimitLabels, Counter>,
     pub rate_limit_evictions: Family<RateLimitLabels, Counter>,
@@ -80,6 +97,8 @@ impl L7Metrics {
             rate_limit_dry_run: Family::default(),
             rate_limit_evictions: Family::default(),
             client_connections_refused: Family::default(),
+            auth: Family::default(),
+            jwks_fetches: Family::default(),
         }
     }
 }
@@ -135,6 +154,16 @@ impl Metrics {
             "client_connections_refused",
             "Connections closed at accept: their client had max_connections_per_client open",
             l7.client_connections_refused.clone(),
+        );
+        registry.register(
+            "http_auth",
+            "Authentication results of requests on routes with a jwt policy, by route, provider and result",
+            l7.auth.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "JWT key-set fetches, by provider and result",
+            l7.jwks_fetches.clone(),
         );
         registry.register_collector(Box::new(StatusCollector(status)));
         Self { registry, l7 }

@@ -88,6 +88,7 @@ use toml::Spanned;
 
 use super::{
     ConfigError, RawFile,
+    jwt_provider::{self, JwtProviderConfig, RawJwtProvider},
     listener::{self, ListenerConfig, RawListener},
     pool::{self, PoolConfig, RawPool},
     route::{self, RawRoute, RouteConfig},
@@ -98,6 +99,8 @@ pub struct L7Config {
     pub pools: Vec<PoolConfig>,
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[[jwt_provider]]` sections (named by routes' `jwt` policies).
+    pub jwt_providers: Vec<JwtProviderConfig>,
 }
 
 impl L7Config {
@@ -108,7 +111,14 @@ impl L7Config {
     /// Parses `text` (the whole backend file; this takes its L7 sections).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw = RawFile::parse(text, path)?;
-        Self::from_raw(raw.pools, raw.listeners, raw.routes, text, path)
+        Self::from_raw(
+            raw.pools,
+            raw.listeners,
+            raw.jwt_providers,
+            raw.routes,
+            text,
+            path,
+        )
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -124,17 +134,21 @@ impl L7Config {
     pub(crate) fn from_raw(
         raw_pools: Vec<Spanned<RawPool>>,
         raw_listeners: Vec<Spanned<RawListener>>,
+        raw_jwt_providers: Vec<Spanned<RawJwtProvider>>,
         raw_routes: Vec<Spanned<RawRoute>>,
         text: &str,
         path: &Path,
     ) -> Result<Self, ConfigError> {
         let pools = pool::parse(raw_pools, text, path)?;
         let listeners = listener::parse(raw_listeners, text, path)?;
-        let routes = route::parse(raw_routes, &pools, &listeners, text, path)?;
+        let jwt_providers = jwt_provider::parse(raw_jwt_providers, text, path)?;
+        let provider_names = jwt_providers.iter().map(|p| p.name.clone()).collect();
+        let routes = route::parse(raw_routes, &pools, &listeners, &provider_names, text, path)?;
         Ok(Self {
             pools,
             listeners,
             routes,
+            jwt_providers,
         })
     }
 }

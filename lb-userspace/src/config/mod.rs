@@ -23,6 +23,7 @@ use toml::Spanned;
 pub mod checks;
 mod error;
 pub mod health_check;
+pub mod jwt_provider;
 pub mod l7;
 pub mod listener;
 pub mod pool;
@@ -58,6 +59,8 @@ pub(crate) struct RawFile {
     pub listeners: Vec<Spanned<RawListener>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default, rename = "jwt_provider")]
+    pub jwt_providers: Vec<Spanned<jwt_provider::RawJwtProvider>>,
 }
 
 impl RawFile {
@@ -96,7 +99,14 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw = RawFile::parse(text, path)?;
         let pools = raw.pool_names();
-        let l7 = L7Config::from_raw(raw.pools, raw.listeners, raw.routes, text, path)?;
+        let l7 = L7Config::from_raw(
+            raw.pools,
+            raw.listeners,
+            raw.jwt_providers,
+            raw.routes,
+            text,
+            path,
+        )?;
         let mut l4 = L4Config::from_raw(raw.encap, raw.vips, &pools, text, path)?;
         for vip in &mut l4.vips {
             if let Some(pool) = vip.pool.as_ref().and_then(|name| l7.pool(name)) {

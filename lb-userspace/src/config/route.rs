@@ -97,6 +97,7 @@ pub(crate) struct RawRoute {
     pub(crate) response_headers: Option<Spanned<crate::l7::policy::headers::RawHeaderEdits>>,
     pub(crate) redirect: Option<Spanned<crate::l7::policy::redirect::RawRedirect>>,
     pub(crate) respond: Option<Spanned<crate::l7::policy::respond::RawRespond>>,
+    pub(crate) jwt: Option<Spanned<crate::l7::policy::jwt::RawJwt>>,
     #[serde(default)]
     pub(crate) rate_limit: Vec<Spanned<crate::l7::policy::rate_limit::RawRateLimit>>,
 }
@@ -107,6 +108,7 @@ pub(super) fn parse(
     raw_routes: Vec<Spanned<RawRoute>>,
     pools: &[PoolConfig],
     listeners: &[ListenerConfig],
+    jwt_providers: &HashSet<String>,
     text: &str,
     path: &Path,
 ) -> Result<Vec<RouteConfig>, ConfigError> {
@@ -146,7 +148,7 @@ pub(super) fn parse(
                 ));
             }
         }
-        let chain = crate::l7::policy::compile(&r, route_span.clone(), &err)?;
+        let chain = crate::l7::policy::compile(&r, route_span.clone(), jwt_providers, &err)?;
         let rules =
             super::route_rules::parse(&r, route_span, &names, chain.answers_itself(), text, path)?;
         let sni = stream::route_keys(&r, listeners, pools, path, text)?;

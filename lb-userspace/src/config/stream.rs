@@ -252,6 +252,7 @@ pub(super) fn route_keys(
         ),
         ("redirect", r.redirect.as_ref().map(|v| v.span())),
         ("respond", r.respond.as_ref().map(|v| v.span())),
+        ("jwt", r.jwt.as_ref().map(|v| v.span())),
         ("rate_limit", r.rate_limit.first().map(|v| v.span())),
     ];
     for (key, span) in http_only {

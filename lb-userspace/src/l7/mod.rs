@@ -33,6 +33,7 @@ mod context;
 mod forward;
 mod headers;
 mod hygiene;
+pub mod jwt;
 mod lifecycle;
 pub mod observe;
 mod pipeline;

@@ -64,6 +64,11 @@ impl Observer {
         self.flow_ids.as_ref()?(socket_peer, local)
     }
 
+    /// The live metric families (None: not observed).
+    pub(super) fn metrics(&self) -> Option<&L7Metrics> {
+        self.metrics.as_ref()
+    }
+
     pub(super) fn access_log(&self) -> Option<&AccessLog> {
         self.access_log.as_ref()
     }

@@ -108,7 +108,7 @@ impl Proxy {
         let mut req = req;
         if !route.chain.request.is_empty() {
             for policy in &route.chain.request {
-                if let Some(answer) = policy.on_request(&mut req, ctx).await {
+                if let Some(answer) = policy.on_request(&mut req, ctx, self.policy_state()).await {
                     return answer;
                 }
             }

@@ -14,6 +14,7 @@ use super::{
     config::L7Config,
     headers::request_id,
     observe::{Observer, ProxyMeters},
+    policy::PolicyState,
     pool::Pool,
     routing::Router,
     server::L7Error,
@@ -37,6 +38,8 @@ pub struct Proxy {
     observer: Arc<Observer>,
     /// This generation's metric handles.
     meters: ProxyMeters,
+    /// Policies' shared run-time state (JWT providers).
+    policy_state: PolicyState,
 }
 
 /// What a listener's requests are checked against.
@@ -126,6 +129,11 @@ impl Proxy {
                 request_ids: AtomicU64::new(0),
                 id_prefix: seed,
                 meters: observer.meters(config),
+                policy_state: PolicyState::build(
+                    config,
+                    previous.map(|p| &p.policy_state),
+                    observer.metrics(),
+                ),
                 observer,
             },
             built,
@@ -167,6 +175,10 @@ impl Proxy {
     /// The pool at `index` in the configuration.
     pub(super) fn pool_by_index(&self, index: usize) -> Option<&Pool> {
         self.pools_by_index.get(index).map(|p| &**p)
+    }
+
+    pub(super) fn policy_state(&self) -> &PolicyState {
+        &self.policy_state
     }
 
     pub(super) fn meters(&self) -> &ProxyMeters {

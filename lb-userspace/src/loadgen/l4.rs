@@ -242,10 +242,14 @@ async fn udp_task(
     } else {
         config.payload.clone()
     };
+    let mut sent = 0u64;
     while next_due(config, counters, start, end).await.is_some() {
         counters.attempts.fetch_add(1, Ordering::Relaxed);
         match socket.send(&payload).await {
-            Ok(_) => counters.ok.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => {
+                sent += 1;
+                counters.ok.fetch_add(1, Ordering::Relaxed)
+            }
             Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
         };
         if config.rate.is_none() {
@@ -254,8 +258,12 @@ async fn udp_task(
         }
     }
     if let Some((task, replies)) = receiver {
-        // Late replies still count for a moment after the last send.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Late replies still count: until every datagram this socket sent has one, or for
+        // up to `timeout` after the last send (lost ones never come).
+        let waited = Instant::now();
+        while replies.load(Ordering::Relaxed) < sent && waited.elapsed() < config.timeout {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         task.abort();
         counters
             .replies

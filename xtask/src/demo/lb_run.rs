@@ -76,13 +76,11 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
     let config_dir = ws.join("target/demo");
     std::fs::create_dir_all(&config_dir).context("creating target/demo")?;
     let config = config_dir.join("lb-run.toml");
-    std::fs::write(&config, backend_file())
-        .with_context(|| format!("writing {}", config.display()))?;
-    println!(
-        "demo: backend file {}:\n{}",
-        config.display(),
-        backend_file()
-    );
+    let jwks = config_dir.join("demo-jwks.json");
+    std::fs::write(&jwks, demo_jwks(ws)?).with_context(|| format!("writing {}", jwks.display()))?;
+    let file_text = backend_file(&jwks);
+    std::fs::write(&config, &file_text).with_context(|| format!("writing {}", config.display()))?;
+    println!("demo: backend file {}:\n{file_text}", config.display());
 
     let mut lb_run = Process::spawn(
         topo.lb
@@ -153,6 +151,7 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
     }
 
     route_policies(&topo)?;
+    jwt_route(ws, &topo)?;
 
     // 2. The story, with open-loop traffic flowing all along.
     println!(
@@ -377,7 +376,85 @@ fn name_of(address: &str) -> String {
         .map_or_else(|| address.to_owned(), |id| format!("be{id}"))
 }
 
-fn backend_file() -> String {
+/// The demo's JWT issuer and the key it signs with (a test fixture: an Ed25519 key whose
+/// public half is in tests/fixtures/jwt/public.json).
+const DEMO_ISSUER: &str = "https://demo-idp.example/";
+const DEMO_KEY: &str = "tests/fixtures/jwt/ed1.pem";
+
+/// The JWKS lb reads for the demo's provider: the fixture key's public half, kid "demo".
+fn demo_jwks(ws: &Path) -> Result<String> {
+    let public = std::fs::read(ws.join("tests/fixtures/jwt/public.json"))
+        .context("reading tests/fixtures/jwt/public.json")?;
+    let all: Value = serde_json::from_slice(&public).context("parsing public.json")?;
+    let mut key = all["ed1"].clone();
+    key["kid"] = Value::from("demo");
+    Ok(serde_json::json!({ "keys": [key] }).to_string())
+}
+
+/// A token the demo's provider accepts, for an hour, with subject `sub`.
+fn demo_token(ws: &Path, sub: &str) -> Result<String> {
+    let pem = std::fs::read(ws.join(DEMO_KEY)).context("reading the demo signing key")?;
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(&pem).context("demo signing key")?;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("demo".to_owned());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("clock")?
+        .as_secs()
+        + 3600;
+    let claims =
+        serde_json::json!({ "iss": DEMO_ISSUER, "aud": "demo-api", "sub": sub, "exp": exp });
+    jsonwebtoken::encode(&header, &claims, &key).context("signing the demo token")
+}
+
+/// A JWT-protected route, seen by curl from the client: 401 without a token, 401 with a
+/// tampered one, 200 with a valid one.
+fn jwt_route(ws: &Path, topo: &Topology) -> Result<()> {
+    println!("\ndemo: a JWT-protected route (/api/), seen by curl from the client namespace");
+    let token = demo_token(ws, "alice")?;
+    let status = |extra: &[&str]| -> Result<u16> {
+        let out = topo
+            .client
+            .command("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(extra)
+            .arg(format!("http://{VIP}/api/orders"))
+            .output()
+            .context("running curl in the client namespace")?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("curl printed no status")
+    };
+    let bearer = format!("Authorization: Bearer {token}");
+    let mut tampered = token.clone();
+    tampered.truncate(tampered.len() - 4);
+    tampered.push_str("AAAA");
+    let tampered = format!("Authorization: Bearer {tampered}");
+    for (what, extra, expected) in [
+        ("no token", vec![], 401),
+        ("a tampered token", vec!["-H", tampered.as_str()], 401),
+        ("a valid EdDSA token", vec!["-H", bearer.as_str()], 200),
+    ] {
+        let got = status(&extra)?;
+        println!("demo:   GET /api/orders with {what} -> {got}");
+        ensure!(
+            got == expected,
+            "GET /api/orders with {what}: {got}, expected {expected}"
+        );
+    }
+    Ok(())
+}
+
+fn backend_file(jwks: &Path) -> String {
     let mut text = format!(
         "# Written by `cargo xtask demo`. One pool of three HTTP backends with health checks,
 # an HTTP listener on the VIP, and the VIP in the XDP tier handed to this host's stack.
@@ -411,6 +488,19 @@ listener = \"web\"
 path_prefix = \"/old-docs\"
 redirect = {{ status = 308, path = \"/docs\" }}
 
+[[jwt_provider]]               # the demo's token issuer; its keys from a JWKS file
+name = \"demo-idp\"
+issuer = \"{DEMO_ISSUER}\"
+audiences = [\"demo-api\"]
+jwks_file = \"{jwks}\"
+
+[[route]]                      # a valid token of demo-idp required
+name = \"api\"
+listener = \"web\"
+path_prefix = \"/api\"
+pool = \"{POOL}\"
+jwt = {{ provider = \"demo-idp\", claims_to_headers = {{ \"x-user\" = \"sub\" }} }}
+
 [[route]]                      # a fixed answer, no backend involved
 name = \"ping\"
 listener = \"web\"
@@ -427,7 +517,8 @@ response_headers = {{ set = {{ \"x-served-by\" = \"lb\" }} }}
 address = \"{VIP}:80\"
 forward = \"local\"              # XDP counts and tags the flow, the L7 listener serves it
 pool = \"{POOL}\"                  # reals: the pool's backends, taken out when they are down
-"
+",
+        jwks = jwks.display()
     );
     text
 }

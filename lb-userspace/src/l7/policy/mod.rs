@@ -21,6 +21,7 @@ use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
 pub mod headers;
+pub mod jwt;
 pub mod rate_limit;
 pub mod redirect;
 pub mod respond;
@@ -34,10 +35,114 @@ pub use respond::Respond;
 /// Request phase: may answer at once instead of proxying.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestPolicy {
+    /// Authentication: a valid token of a provider, or 401/403.
+    Jwt(jwt::JwtPolicy),
     Respond(Respond),
     Redirect(Redirect),
     /// The route's `[[route.rate_limit]]`s (429 over a limit).
     RateLimit(RateLimits),
+}
+
+/// The run-time state policies share across routes, kept by each proxy generation (and
+/// carried over a reload when its settings did not change): JWT providers' keys and caches.
+#[derive(Default)]
+pub struct PolicyState {
+    jwt: std::collections::HashMap<String, std::sync::Arc<crate::l7::jwt::JwtProvider>>,
+    /// Authentication results counted by (route index, result); None: no metrics.
+    auth: Option<AuthMeters>,
+}
+
+/// `lb_http_auth_total` handles, resolved on first use per (route, result).
+struct AuthMeters {
+    family: prometheus_client::metrics::family::Family<
+        crate::admin::metrics::AuthLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// By route index: its label.
+    routes: Vec<String>,
+    cache: std::sync::RwLock<
+        std::collections::HashMap<
+            (usize, &'static str),
+            prometheus_client::metrics::counter::Counter,
+        >,
+    >,
+}
+
+impl PolicyState {
+    /// The state for `config`, keeping `previous`'s providers whose settings are unchanged.
+    pub fn build(
+        config: &crate::config::L7Config,
+        previous: Option<&PolicyState>,
+        metrics: Option<&crate::admin::metrics::L7Metrics>,
+    ) -> Self {
+        let jwt = config
+            .jwt_providers
+            .iter()
+            .map(|p| {
+                let kept = previous
+                    .and_then(|prev| prev.jwt.get(&p.name))
+                    .filter(|old| old.config == *p)
+                    .cloned();
+                let provider = kept.unwrap_or_else(|| {
+                    let fetches = metrics.map(|m| {
+                        let counter = |result: &str| {
+                            m.jwks_fetches
+                                .get_or_create(&crate::admin::metrics::FetchLabels {
+                                    provider: p.name.clone(),
+                                    result: result.to_owned(),
+                                })
+                                .clone()
+                        };
+                        (counter("ok"), counter("failed"))
+                    });
+                    crate::l7::jwt::JwtProvider::new(p.clone(), fetches)
+                });
+                (p.name.clone(), provider)
+            })
+            .collect();
+        let auth = metrics.map(|m| AuthMeters {
+            family: m.auth.clone(),
+            routes: config
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| r.label(i))
+                .collect(),
+            cache: Default::default(),
+        });
+        Self { jwt, auth }
+    }
+
+    /// Counts an authentication result of route `route` (index) against `provider`.
+    pub fn count_auth(&self, route: Option<usize>, provider: &str, result: &'static str) {
+        let (Some(auth), Some(route)) = (&self.auth, route) else {
+            return;
+        };
+        let cached = auth
+            .cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(&(route, result)).map(|c| c.inc()));
+        if cached.is_some() {
+            return;
+        }
+        let counter = auth
+            .family
+            .get_or_create(&crate::admin::metrics::AuthLabels {
+                route: auth.routes.get(route).cloned().unwrap_or_default(),
+                provider: provider.to_owned(),
+                result: result.to_owned(),
+            })
+            .clone();
+        counter.inc();
+        if let Ok(mut c) = auth.cache.write() {
+            c.insert((route, result), counter);
+        }
+    }
+
+    pub fn jwt_provider(&self, name: &str) -> Option<&std::sync::Arc<crate::l7::jwt::JwtProvider>> {
+        self.jwt.get(name)
+    }
 }
 
 impl RequestPolicy {
@@ -48,8 +153,10 @@ impl RequestPolicy {
         &self,
         req: &mut Request<Incoming>,
         ctx: &mut RequestCtx<'_>,
+        state: &PolicyState,
     ) -> Option<Response<ProxyBody>> {
         match self {
+            Self::Jwt(j) => j.on_request(req, ctx, state).await,
             Self::Respond(r) => Some(r.answer()),
             Self::Redirect(r) => {
                 Some(r.answer(&redirect::Target::of(req, ctx.scheme), ctx.conn.local))
@@ -109,10 +216,18 @@ impl RouteChain {
 pub(crate) fn compile(
     r: &RawRoute,
     route: Range<usize>,
+    jwt_providers: &std::collections::HashSet<String>,
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<RouteChain, ConfigError> {
     let mut chain = RouteChain::default();
-    // Request phase order: rate limits, then the route's own answer.
+    // Authentication first: a direct answer or redirect after it is given to callers only.
+    if let Some(raw) = &r.jwt {
+        chain
+            .request
+            .push(RequestPolicy::Jwt(jwt::compile(raw, jwt_providers, err)?));
+    }
+    // Then rate limits (claim and consumer keys see what authentication found), then
+    // the route's own answer.
     if let Some(limits) = rate_limit::compile(&r.rate_limit, err)? {
         chain.request.push(RequestPolicy::RateLimit(limits));
     }

@@ -1,0 +1,69 @@
+//! A backend that answers each request with the request headers it received (one
+//! `name: value` per line) and a `Server: echo` header, so a test sees exactly what lb sent
+//! upstream; `/hang` never answers. Plus a raw HTTP/1.1 client exchange.
+use std::{convert::Infallible, net::SocketAddr};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// A backend answering each request with the headers it received, one `name: value` per
+/// line, and a `Server: echo` header; `/hang` never answers.
+pub async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path() == "/hang" {
+                        std::future::pending::<()>().await;
+                    }
+                    let mut text = String::new();
+                    for (name, value) in req.headers() {
+                        text += &format!("{name}: {}\n", value.to_str().unwrap_or("?"));
+                    }
+                    let mut response = Response::new(Full::new(Bytes::from(text)));
+                    response
+                        .headers_mut()
+                        .insert("server", hyper::header::HeaderValue::from_static("echo"));
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One raw HTTP/1.1 exchange: (status, head lines lowercased, body).
+pub async fn exchange(proxy: SocketAddr, request: &str) -> (u16, Vec<String>, String) {
+    let mut tcp = TcpStream::connect(proxy).await.expect("connect");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines.map(str::to_ascii_lowercase).collect();
+    (status, headers, body.to_owned())
+}
+
+pub fn get(path: &str, host: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n")
+}
