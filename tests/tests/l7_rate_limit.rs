@@ -2,7 +2,8 @@
 //! exact allow/deny sequences with the 429's Retry-After and the draft-11 RateLimit fields,
 //! one budget per key, requests without the key not counted, dry run, the least recently
 //! used key evicted at `max_keys`, a request one limit rejects using no budget of another,
-//! counters kept by a reload that leaves the limit unchanged, and the metrics of all of it.
+//! counters kept by a reload that leaves the limit unchanged, a verified JWT claim as the
+//! key (authentication runs first), and the metrics of all of it.
 //! Rates are 1/h: no request here can earn budget back while the test runs, so every
 //! outcome is exact whatever the machine's speed. Also `max_connections_per_client` on http
 //! (clients named by PROXY headers) and tcp listeners.
@@ -568,6 +569,76 @@ async fn tcp_connections_beyond_max_per_client_are_closed_at_accept() {
             &metrics,
             "lb_client_connections_refused_total{listener=\"t\"}"
         ),
+        1
+    );
+}
+
+/// A token signed with the RSA fixture key `rsa1` (kid `k1`) carrying `claims`.
+fn token(claims: &serde_json::Value) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jwt");
+    let pem = std::fs::read(dir.join("rsa1.pem")).expect("rsa1.pem");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("key");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("k1".to_owned());
+    jsonwebtoken::encode(&header, claims, &key).expect("encode")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_of_the_verified_token_is_the_key() {
+    let web = backend().await;
+    // The provider's key set: the fixture's public RSA key as kid k1, from a file.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jwt");
+    let public: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("public.json")).expect("public.json"))
+            .expect("json");
+    let mut jwk = public["rsa1"].clone();
+    jwk["kid"] = serde_json::json!("k1");
+    let jwks = std::env::temp_dir().join(format!("lb-rl-jwks-{}.json", std::process::id()));
+    std::fs::write(&jwks, serde_json::json!({ "keys": [jwk] }).to_string()).expect("write");
+    let (_lb, addr, metrics) = start(&format!(
+        "{}{LISTENER}\
+         [[jwt_provider]]\nname = \"idp\"\nissuer = \"https://issuer.test/\"\njwks_file = \"{}\"\n\
+         [[route]]\nname = \"orgs\"\nlistener = \"l\"\npool = \"web\"\njwt = {{ provider = \"idp\" }}\n\
+           [[route.rate_limit]]\nname = \"per-org\"\nkey = \"claim:org.id\"\nrate = \"1/h\"\n",
+        pool(web),
+        jwks.display()
+    ))
+    .await;
+    let _ = std::fs::remove_file(&jwks);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let bearer = |sub: &str, org: Option<&str>| {
+        let mut claims =
+            serde_json::json!({ "iss": "https://issuer.test/", "sub": sub, "exp": exp });
+        if let Some(org) = org {
+            claims["org"] = serde_json::json!({ "id": org });
+        }
+        format!("Authorization: Bearer {}\r\n", token(&claims))
+    };
+    let policy = "\"per-org\";q=1;w=3600";
+    assert_eq!(
+        get(addr, "/", &bearer("u1", Some("acme"))).await,
+        allowed(policy, "\"per-org\";r=0;t=3600")
+    );
+    // Another user of the same organisation shares its budget; another organisation has
+    // its own; a token without the claim is not counted.
+    assert_eq!(
+        get(addr, "/", &bearer("u2", Some("acme"))).await,
+        limited("3600", policy, "\"per-org\";r=0;t=3600")
+    );
+    assert_eq!(
+        get(addr, "/", &bearer("u3", Some("globex"))).await.status,
+        200
+    );
+    assert_eq!(get(addr, "/", &bearer("u4", None)).await, plain(200));
+    // Authentication runs first: no token, 401, and no limit counted it.
+    assert_eq!(get(addr, "/", "").await.status, 401);
+    let labels = "{route=\"orgs\",limit=\"per-org\",key=\"claim\"}";
+    assert_eq!(
+        metric(&metrics, &format!("lb_rate_limited_total{labels}")),
         1
     );
 }
