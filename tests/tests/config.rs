@@ -272,6 +272,7 @@ fn full_example_parses_to_the_values_it_writes() {
     assert!(client_auth.ca_file.ends_with("certs/example-ca.pem"));
     assert!(!client_auth.required, "client_auth = \"optional\"");
     assert!(listener("internal").client_auth.is_none());
+    assert_eq!(public.max_connections_per_client, Some(100));
     assert_eq!(listener("internal").mode, ListenerMode::Http);
     assert!(listener("internal").tls.is_empty());
     let edge = listener("edge");
@@ -281,6 +282,8 @@ fn full_example_parses_to_the_values_it_writes() {
         (secs(600), secs(5))
     );
     assert_eq!(edge.proxy_protocol_from.len(), 1);
+    assert_eq!(edge.max_connections_per_client, Some(20));
+    assert_eq!(listener("internal").max_connections_per_client, None);
     let dns = listener("dns");
     assert_eq!(dns.mode, ListenerMode::Udp);
     assert_eq!(
@@ -321,6 +324,45 @@ fn full_example_parses_to_the_values_it_writes() {
     );
     assert!(matches!(&r[1].rewrite, Some(Rewrite::Regex(t)) if t == "/users/$2?api=${version}"));
     assert_eq!(r[1].pool, "api");
+    // r[1]'s [[route.rate_limit]]s, in file order.
+    use lb::l7::policy::rate_limit::{KeyKind, LimitSettings};
+    let limits: Vec<&LimitSettings> = r[1]
+        .chain
+        .rate_limits()
+        .expect("r[1] has rate limits")
+        .limits()
+        .iter()
+        .map(|l| &l.settings)
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            &LimitSettings {
+                name: "per-ip".into(),
+                key: KeyKind::ClientIp,
+                count: 10,
+                per_secs: 1,
+                burst: 20,
+                dry_run: false,
+                max_keys: 50_000,
+            },
+            &LimitSettings {
+                name: "1".into(),
+                key: KeyKind::Header(hyper::header::HeaderName::from_static("x-api-key")),
+                count: 600,
+                per_secs: 60,
+                burst: 1,
+                dry_run: true,
+                max_keys: 100_000,
+            },
+        ]
+    );
+    assert!(!r[1].chain.answers_itself());
+    assert!(
+        r.iter()
+            .enumerate()
+            .all(|(i, r)| i == 1 || r.chain.rate_limits().is_none())
+    );
     assert_eq!(
         (r[2].path_prefix.as_str(), r[2].strip_prefix),
         ("/static", true)
@@ -610,7 +652,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_key",
             format!("{POOL}[[listener]]\nname = \"a\"\nadress = \"127.0.0.1:80\"\n"),
-            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`",
+            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`",
         ),
         (
             "unknown_section",

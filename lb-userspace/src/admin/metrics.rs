@@ -38,6 +38,14 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+/// A route's rate limit: the route's label, the limit's name, its key kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub route: String,
+    pub limit: String,
+    pub key: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabels {
     pub route: String,
@@ -73,6 +81,15 @@ pub struct L7Metrics {
     pub auth: Family<AuthLabels, Counter>,
     pub jwt_auth: Family<JwtAuthLabels, Counter>,
     pub jwks_fetches: Family<FetchLabels, Counter>,
+    pub rate_limited: Family<RateLimitLabels, Counter>,
+    pub rate_limit_dry_run: Family<RateLimitLabels, Counter>,
+    pub rate_limit_evictions: Family<RateLimitLabels, Counter>,
+    pub client_connections_refused: Family<ListenerLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
 }
 
 impl L7Metrics {
@@ -86,6 +103,10 @@ impl L7Metrics {
             upstream_connect_errors: Family::default(),
             retries: Family::default(),
             retries_denied: Family::default(),
+            rate_limited: Family::default(),
+            rate_limit_dry_run: Family::default(),
+            rate_limit_evictions: Family::default(),
+            client_connections_refused: Family::default(),
             auth: Family::default(),
             jwt_auth: Family::default(),
             jwks_fetches: Family::default(),
@@ -124,6 +145,26 @@ impl Metrics {
             "retries_denied",
             "Retries not made because the pool's retry budget was spent",
             l7.retries_denied.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests rejected (429) by a route's rate limit, by route, limit and key kind",
+            l7.rate_limited.clone(),
+        );
+        registry.register(
+            "rate_limit_dry_run",
+            "Requests a dry-run rate limit would have rejected (they were let through)",
+            l7.rate_limit_dry_run.clone(),
+        );
+        registry.register(
+            "rate_limit_evictions",
+            "Keys a rate limit dropped (least recently used) to stay within its max_keys",
+            l7.rate_limit_evictions.clone(),
+        );
+        registry.register(
+            "client_connections_refused",
+            "Connections closed at accept: their client had max_connections_per_client open",
+            l7.client_connections_refused.clone(),
         );
         registry.register(
             "auth_results",

@@ -76,6 +76,8 @@ pub struct ListenerConfig {
     pub body_timeout: Duration,
     /// Client connections served at once; beyond, new ones wait in the kernel accept queue.
     pub max_connections: usize,
+    /// Open connections per client address (http, tcp); beyond, new ones are closed.
+    pub max_connections_per_client: Option<usize>,
     /// http (the reverse proxy) or a stream listener (tcp, udp).
     pub mode: ListenerMode,
     pub stream: StreamSettings,
@@ -106,6 +108,7 @@ pub(crate) struct RawListener {
     pub(crate) max_sessions: Option<Spanned<usize>>,
     pub(crate) client_ca: Option<Spanned<PathBuf>>,
     pub(crate) client_auth: Option<Spanned<String>>,
+    pub(crate) max_connections_per_client: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +237,15 @@ pub(super) fn parse(
             trusted_proxies: trusted_proxies(&l.trusted_proxies, text, path)?,
             body_timeout: body_timeout(&l.body_timeout, &err)?,
             max_connections: max_connections(&l.max_connections, &err)?,
+            max_connections_per_client: match &l.max_connections_per_client {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(err(
+                        n.span(),
+                        "max_connections_per_client must be at least 1".to_owned(),
+                    ));
+                }
+                n => n.as_ref().map(|n| *n.get_ref()),
+            },
             mode,
             stream,
             client_auth,

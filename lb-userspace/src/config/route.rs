@@ -101,6 +101,8 @@ pub(crate) struct RawRoute {
     pub(crate) api_key: Option<Spanned<crate::l7::policy::api_key::RawApiKey>>,
     /// Requires a verified client certificate (the listener's `client_ca`).
     pub(crate) client_cert: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(crate) rate_limit: Vec<Spanned<crate::l7::policy::rate_limit::RawRateLimit>>,
 }
 
 /// Checks and compiles the `[[route]]` sections, in file order, against the pools and

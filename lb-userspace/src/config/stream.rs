@@ -84,6 +84,19 @@ pub(super) fn listener_keys(
             ),
         ));
     }
+    if let Some(n) = l
+        .max_connections_per_client
+        .as_ref()
+        .filter(|_| mode == ListenerMode::Udp)
+    {
+        return Err(err(
+            path,
+            text,
+            n.span(),
+            "max_connections_per_client applies to http and tcp listeners (udp: max_sessions)"
+                .to_owned(),
+        ));
+    }
     if mode == ListenerMode::Udp && !l.proxy_protocol_from.is_empty() {
         return Err(err(
             path,
@@ -242,6 +255,7 @@ pub(super) fn route_keys(
         ("jwt", r.jwt.as_ref().map(|v| v.span())),
         ("api_key", r.api_key.as_ref().map(|v| v.span())),
         ("client_cert", r.client_cert.as_ref().map(|v| v.span())),
+        ("rate_limit", r.rate_limit.first().map(|v| v.span())),
     ];
     for (key, span) in http_only {
         if let Some(span) = span {

@@ -40,6 +40,8 @@ pub struct RequestCtx<'a> {
     pub connect_errors: u32,
     /// Filled only when an access log is written.
     pub access: Option<AccessRecord>,
+    /// What the route's rate limits decided (empty without limits: no allocation).
+    pub rate_limits: Vec<super::policy::rate_limit::Outcome>,
     /// What the route's authentication policy decided (counted in the metrics).
     pub auth: Option<AuthResult>,
 }
@@ -94,6 +96,7 @@ impl<'a> RequestCtx<'a> {
             connect_errors: 0,
             access: None,
             auth: None,
+            rate_limits: Vec::new(),
         }
     }
 

@@ -11,13 +11,14 @@
 //! - `hygiene.rs`: raw request-head checks hyper lacks (bare LF, Content-Length with
 //!   Transfer-Encoding).
 //! - `lifecycle.rs`: connection slots per listener (`max_connections`), graceful shutdown.
+//! - `client_limit.rs`: open connections per client (`max_connections_per_client`).
 //! - `server.rs`: listeners, accept, PROXY header, TLS, HTTP/1.1 + HTTP/2 connections.
 //! - `routing.rs`: which route a request takes (and which pool of a weighted split).
 //! - `proxy.rs`: `Proxy`, one generation of request-time state (pools, routes, metric handles).
 //! - `pipeline.rs`: the request pipeline's phases, in order; `context.rs`: `RequestCtx`.
 //! - `forward.rs`: the upstream phase (backend per attempt, timeouts, retries).
 //! - `policy/`: per-route policies compiled into each route's chain (header edits, redirect,
-//!   respond, timeout).
+//!   respond, timeout, rate limits).
 //! - `observe.rs`: what each request reports (metrics handles); `access_log.rs`: JSON lines.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `upgrade.rs`: HTTP/1.1 Upgrade (WebSocket): headers passed on, streams spliced after 101.
@@ -30,6 +31,7 @@
 pub mod access_log;
 mod body;
 pub mod client_cert;
+pub mod client_limit;
 mod context;
 mod forward;
 mod headers;

@@ -16,12 +16,16 @@ use std::{
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
+use super::policy::rate_limit::{Outcome, Verdict};
 use super::{
     access_log::AccessLog,
     config::L7Config,
     context::{AuthResult, RequestCtx},
 };
-use crate::admin::metrics::{AuthLabels, BackendLabels, L7Metrics, PoolLabels, RequestLabels};
+use crate::admin::metrics::{
+    AuthLabels, BackendLabels, L7Metrics, ListenerLabels, PoolLabels, RateLimitLabels,
+    RequestLabels,
+};
 
 /// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
 pub type FlowIdLookup = Box<dyn Fn(SocketAddr, SocketAddr) -> Option<u64> + Send + Sync>;
@@ -105,8 +109,50 @@ impl Observer {
                 }
             })
             .collect();
+        let rate_limits = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let Some(limits) = r.chain.rate_limits() else {
+                    return Vec::new();
+                };
+                limits
+                    .limits()
+                    .iter()
+                    .map(|l| {
+                        let labels = RateLimitLabels {
+                            route: r.label(i),
+                            limit: l.settings.name.clone(),
+                            key: l.settings.key.kind().to_owned(),
+                        };
+                        LimitMeters {
+                            limited: metrics.rate_limited.get_or_create_owned(&labels),
+                            dry_run: metrics.rate_limit_dry_run.get_or_create_owned(&labels),
+                            evictions: metrics.rate_limit_evictions.get_or_create_owned(&labels),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let client_refused = config
+            .listeners
+            .iter()
+            .filter(|l| l.max_connections_per_client.is_some())
+            .map(|l| {
+                let labels = ListenerLabels {
+                    listener: l.name.clone(),
+                };
+                let counter = metrics
+                    .client_connections_refused
+                    .get_or_create_owned(&labels);
+                (l.name.clone(), counter)
+            })
+            .collect();
         ProxyMeters {
             live: Some(LiveMeters {
+                rate_limits,
+                client_refused,
                 metrics: metrics.clone(),
                 pools,
                 pool_names: config.pools.iter().map(|p| p.name.clone()).collect(),
@@ -138,6 +184,13 @@ struct PoolMeters {
     connect_errors: Vec<Counter>,
 }
 
+/// One rate limit's pre-resolved counters.
+struct LimitMeters {
+    limited: Counter,
+    dry_run: Counter,
+    evictions: Counter,
+}
+
 /// (route index, pool index, backend index, status); `usize::MAX`: none (no route, no backend).
 type RequestKey = (usize, usize, usize, u16);
 
@@ -155,6 +208,10 @@ struct LiveMeters {
     requests: RwLock<HashMap<RequestKey, Counter>>,
     /// Authentication verdicts by (route index, policy, result), resolved on first use.
     auth: RwLock<HashMap<(usize, &'static str, &'static str), Counter>>,
+    /// By route index, then limit index (empty for a route without limits).
+    rate_limits: Vec<Vec<LimitMeters>>,
+    /// Listeners with `max_connections_per_client`: connections refused.
+    client_refused: HashMap<String, Counter>,
 }
 
 /// A proxy generation's metric handles; empty when the observer has no metrics.
@@ -178,6 +235,17 @@ impl ProxyMeters {
         }
     }
 
+    /// A connection of `listener` closed at accept (`max_connections_per_client`).
+    pub(super) fn client_refused(&self, listener: &str) {
+        if let Some(c) = self
+            .live
+            .as_ref()
+            .and_then(|l| l.client_refused.get(listener))
+        {
+            c.inc();
+        }
+    }
+
     /// Counts one answered request.
     pub(super) fn request(&self, listener: &str, outcome: &RequestCtx<'_>) {
         let Some(live) = &self.live else { return };
@@ -194,6 +262,11 @@ impl ProxyMeters {
             .and_then(|m| m.get(&key).map(Counter::inc));
         if cached.is_none() {
             live.resolve(listener, key).inc();
+        }
+        if !outcome.rate_limits.is_empty()
+            && let Some(route) = outcome.route_index()
+        {
+            live.rate_limits(route, &outcome.rate_limits);
         }
         if let Some(p) = outcome.pool.and_then(|p| live.pools.get(p)) {
             p.duration.observe(outcome.duration.as_secs_f64());
@@ -234,6 +307,30 @@ impl ProxyMeters {
 }
 
 impl LiveMeters {
+    /// What route `route`'s rate limits decided about one request.
+    fn rate_limits(&self, route: usize, outcomes: &[Outcome]) {
+        let Some(meters) = self.rate_limits.get(route) else {
+            return;
+        };
+        for o in outcomes {
+            let Some(m) = meters.get(o.limit) else {
+                continue;
+            };
+            match o.verdict {
+                Verdict::Allowed => {}
+                Verdict::Limited => {
+                    m.limited.inc();
+                }
+                Verdict::DryRunLimited => {
+                    m.dry_run.inc();
+                }
+            }
+            if o.evicted {
+                m.evictions.inc();
+            }
+        }
+    }
+
     /// The request counter for `key`, created (labels formatted) on first use.
     fn resolve(&self, listener: &str, key: RequestKey) -> Counter {
         let (route, pool, backend, status) = key;

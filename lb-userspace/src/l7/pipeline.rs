@@ -6,10 +6,11 @@
 //!
 //! 1. Request: the listener's limits (a declared body over `max_body_bytes`: 413), the route
 //!    (none: 404), then the route's request policies, which may answer at once (`respond`,
-//!    `redirect`; authentication and rate limits go here). Before them, the identity headers
-//!    only lb sets (`X-Consumer`, `X-Forwarded-Client-Cert`) are stripped from the request
-//!    when any route or listener of the configuration sets them, and the connection's
-//!    verified client certificate is written into `X-Forwarded-Client-Cert`.
+//!    `redirect`, `rate_limit`'s 429; authentication: `jwt`, `api_key`, `client_cert`).
+//!    Before them, the identity headers only lb sets (`X-Consumer`,
+//!    `X-Forwarded-Client-Cert`) are stripped from the request when any route or listener of
+//!    the configuration sets them, and the connection's verified client certificate is
+//!    written into `X-Forwarded-Client-Cert`.
 //! 2. Upstream selection: the route's pool (a split's by weight, passing over a pool with no
 //!    usable backend), then a backend for each attempt (`forward.rs`).
 //! 3. Upstream request: hop-by-hop headers removed, the path rewritten, X-Forwarded-* /
@@ -19,7 +20,8 @@
 //! 4. Upstream: attempts, retries within the budget, the route's `timeout` or the pool's
 //!    `request_timeout` (`forward.rs`); the backend's hop-by-hop response headers removed.
 //! 5. Response headers: the route's response policies (`response_headers`), on every
-//!    response of the route, lb's own 502/504 and direct answers included.
+//!    response of the route, lb's own 502/504 and direct answers included; then the
+//!    RateLimit fields of the route's limits that counted the request.
 //! 6. Response body: streaming transforms wrap the body here (none is built in yet: this is
 //!    where compression goes); a whole body is never buffered unless a policy asks.
 //! 7. Log: the request counted in the metrics; with an access log the body is wrapped to
@@ -82,6 +84,11 @@ impl Proxy {
         let mut response = self.proxy(req, &mut ctx).await;
         if let Some((_, route)) = ctx.route {
             response_phase(&route.chain, &mut response);
+            if !ctx.rate_limits.is_empty()
+                && let Some(limits) = route.chain.rate_limits()
+            {
+                limits.set_fields(&ctx.rate_limits, response.headers_mut());
+            }
         }
         // Phase 6 (response body) has no built-in transform yet: compression will wrap the
         // body here, before the log phase's byte counter.

@@ -112,6 +112,12 @@ impl Proxy {
                 (l.name.clone(), rules)
             })
             .collect();
+        // Rate limits whose route label, position and settings are unchanged keep their
+        // counters (the compiled config brought fresh, empty ones).
+        let mut routes = config.routes.clone();
+        if let Some(prev) = previous {
+            super::policy::rate_limit::keep_state(&mut routes, prev.router.configs());
+        }
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -120,7 +126,7 @@ impl Proxy {
             Self {
                 pools,
                 pools_by_index,
-                router: Router::new(config.routes.clone()),
+                router: Router::new(routes),
                 listeners,
                 proxy_header_errors: previous
                     .map_or_else(Default::default, |p| p.proxy_header_errors.clone()),

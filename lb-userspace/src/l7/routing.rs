@@ -130,6 +130,11 @@ impl Router {
         Self { routes }
     }
 
+    /// The routes with their indices, in file order.
+    pub fn configs(&self) -> impl Iterator<Item = (usize, &RouteConfig)> {
+        self.routes.iter().map(|r| &r.config).enumerate()
+    }
+
     /// The first route of `listener` (in file order) whose host, path, method and header
     /// conditions all hold for `req`, and the pool (of a split: the next by weight) it takes.
     pub fn route<B>(

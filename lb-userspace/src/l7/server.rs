@@ -387,6 +387,9 @@ impl RunningL7 {
             .then(|| Arc::new((l.proxy_protocol_from.clone(), l.proxy_protocol_timeout)));
         let limits = (l.max_header_bytes, l.header_timeout);
         let gate = self.lifecycle.gate(l.max_connections);
+        let per_client = l
+            .max_connections_per_client
+            .map(super::client_limit::ClientConnections::new);
         tokio::spawn(accept_loop(
             listener,
             name,
@@ -394,7 +397,7 @@ impl RunningL7 {
             trust,
             limits,
             self.proxy.clone(),
-            gate,
+            (gate, per_client),
         ))
     }
 
@@ -528,7 +531,10 @@ async fn accept_loop(
     trust: Option<ProxyTrust>,
     (max_header_bytes, header_timeout): (usize, std::time::Duration),
     proxy: Arc<ArcSwap<Proxy>>,
-    gate: ListenerGate,
+    (gate, per_client): (
+        ListenerGate,
+        Option<Arc<super::client_limit::ClientConnections>>,
+    ),
 ) {
     loop {
         let admission = gate.admit().await;
@@ -542,6 +548,7 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let (name, proxy, tls, trust) = (name.clone(), proxy.clone(), tls.clone(), trust.clone());
+        let per_client = per_client.clone();
         let phase = admission.phase();
         tokio::spawn(admission.run(async move {
             let mut peer = socket_peer;
@@ -558,6 +565,17 @@ async fn accept_loop(
                     }
                 }
             }
+            let _slot = match &per_client {
+                None => None,
+                Some(limit) => match limit.admit(peer.ip()) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        proxy.load().meters().client_refused(&name);
+                        tracing::debug!(listener = %name, %peer, "per-client connection limit");
+                        return;
+                    }
+                },
+            };
             let scheme = if tls.is_some() { "https" } else { "http" };
             let Ok(local) = tcp.local_addr() else { return };
             let flow_id = proxy.load().observer().flow_id(socket_peer, local);

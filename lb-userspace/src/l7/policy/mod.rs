@@ -23,12 +23,14 @@ use crate::config::route::RawRoute;
 pub mod api_key;
 pub mod headers;
 pub mod jwt;
+pub mod rate_limit;
 pub mod redirect;
 pub mod respond;
 pub mod timeout;
 
 pub use api_key::ApiKey;
 pub use headers::HeaderEdits;
+pub use rate_limit::RateLimits;
 pub use redirect::Redirect;
 pub use respond::Respond;
 
@@ -42,6 +44,8 @@ pub enum RequestPolicy {
     ApiKey(ApiKey),
     /// `client_cert = true`: a verified client certificate is required (else 403).
     ClientCert,
+    /// The route's `[[route.rate_limit]]`s (429 over a limit).
+    RateLimit(RateLimits),
 }
 
 /// The run-time state policies share across routes, kept by each proxy generation (and
@@ -164,6 +168,7 @@ impl RequestPolicy {
             }
             Self::ApiKey(k) => k.check(req, ctx),
             Self::ClientCert => crate::l7::client_cert::require(ctx),
+            Self::RateLimit(r) => r.check(req.headers(), ctx).await,
         }
     }
 }
@@ -196,6 +201,21 @@ impl RouteChain {
         self.request
             .iter()
             .any(|p| matches!(p, RequestPolicy::Respond(_) | RequestPolicy::Redirect(_)))
+    }
+
+    /// The route's rate limits, if it has any.
+    pub fn rate_limits(&self) -> Option<&RateLimits> {
+        self.request.iter().find_map(|p| match p {
+            RequestPolicy::RateLimit(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn rate_limits_mut(&mut self) -> Option<&mut RateLimits> {
+        self.request.iter_mut().find_map(|p| match p {
+            RequestPolicy::RateLimit(r) => Some(r),
+            _ => None,
+        })
     }
 }
 
@@ -234,6 +254,11 @@ pub(crate) fn compile(
             &inputs.jwt_providers,
             err,
         )?));
+    }
+    // Then rate limits (claim and consumer keys see what authentication found), then
+    // the route's own answer.
+    if let Some(limits) = rate_limit::compile(&r.rate_limit, err)? {
+        chain.request.push(RequestPolicy::RateLimit(limits));
     }
     match (&r.respond, &r.redirect) {
         (Some(_), Some(_)) => {

@@ -40,6 +40,8 @@ struct StreamListener {
     trust: Option<(Vec<ipnet::IpNet>, std::time::Duration)>,
     settings: StreamSettings,
     proxy: Arc<arc_swap::ArcSwap<Proxy>>,
+    /// `max_connections_per_client` (tcp).
+    per_client: Option<Arc<super::client_limit::ClientConnections>>,
 }
 
 impl StreamListener {
@@ -82,6 +84,9 @@ pub(super) fn spawn(
             .then(|| (l.proxy_protocol_from.clone(), l.proxy_protocol_timeout)),
         settings: l.stream.clone(),
         proxy,
+        per_client: l
+            .max_connections_per_client
+            .map(super::client_limit::ClientConnections::new),
     });
     match socket {
         BoundSocket::Udp(socket) => tokio::spawn(udp::serve(socket, listener)),

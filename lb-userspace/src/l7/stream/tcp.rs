@@ -54,6 +54,21 @@ async fn connection(mut tcp: TcpStream, socket_peer: SocketAddr, listener: &Stre
             }
         }
     }
+    let _slot = match &listener.per_client {
+        None => None,
+        Some(limit) => match limit.admit(client.ip()) {
+            Some(slot) => Some(slot),
+            None => {
+                listener
+                    .proxy
+                    .load()
+                    .meters()
+                    .client_refused(&listener.name);
+                tracing::debug!(listener = %listener.name, %client, "per-client connection limit");
+                return;
+            }
+        },
+    };
     let Ok(local) = tcp.local_addr() else {
         return;
     };
