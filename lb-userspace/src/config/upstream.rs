@@ -108,12 +108,21 @@ fn tls(raw: &RawPool, err: ErrAt<'_>) -> Result<Option<UpstreamTls>, ConfigError
             .as_ref()
             .map(Spanned::span)
             .or(raw.tls_server_name.as_ref().map(Spanned::span))
-            .or(raw.tls_client_cert.as_ref().map(Spanned::span))
+        {
+            return Err(err(
+                span,
+                "ca_file and tls_server_name need tls = true (or protocol = \"h2\")".into(),
+            ));
+        }
+        if let Some(span) = raw
+            .tls_client_cert
+            .as_ref()
+            .map(Spanned::span)
             .or(raw.tls_client_key.as_ref().map(Spanned::span))
         {
             return Err(err(
                 span,
-                "ca_file, tls_server_name, tls_client_cert and tls_client_key need tls = true (or protocol = \"h2\")".into(),
+                "tls_client_cert and tls_client_key need tls = true (or protocol = \"h2\")".into(),
             ));
         }
         return Ok(None);
