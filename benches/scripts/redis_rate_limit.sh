@@ -81,7 +81,7 @@ cost() { # NAME
     local after; after=$(ticks $pid)
     kill $pid; wait $pid 2>/dev/null || true
     local ok; ok=$(printf '%s' "$json" | field 'j["ok"]')
-    local p; p=$(printf '%s' "$lat" | field 'f"p50 {j[\"latency_us\"][\"p50\"]} us, p99 {j[\"latency_us\"][\"p99\"]} us, ok {j[\"ok\"]}, non-2xx {j[\"non_2xx\"]}, errors {j[\"errors\"]}"')
+    local p; p=$(printf '%s' "$lat" | field "f'p50 {j[\"latency_us\"][\"p50\"]} us, p99 {j[\"latency_us\"][\"p99\"]} us, ok {j[\"ok\"]}, non-2xx {j[\"non_2xx\"]}, errors {j[\"errors\"]}'")
     local hz; hz=$(getconf CLK_TCK)
     python3 -c "ok=$ok; t=($after-$before)/$hz; print(f'$1: open loop 2000/s: $p; closed loop {ok/5:.0f} req/s, {t*1e6/ok:.2f} us CPU/req')"
 }
