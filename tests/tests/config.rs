@@ -325,7 +325,7 @@ fn full_example_parses_to_the_values_it_writes() {
     assert!(matches!(&r[1].rewrite, Some(Rewrite::Regex(t)) if t == "/users/$2?api=${version}"));
     assert_eq!(r[1].pool, "api");
     // r[1]'s [[route.rate_limit]]s, in file order.
-    use lb::l7::policy::rate_limit::{KeyKind, LimitSettings};
+    use lb::l7::policy::rate_limit::{KeyKind, LimitSettings, shared::RedisSettings};
     let limits: Vec<&LimitSettings> = r[1]
         .chain
         .rate_limits()
@@ -345,6 +345,7 @@ fn full_example_parses_to_the_values_it_writes() {
                 burst: 20,
                 dry_run: false,
                 max_keys: 50_000,
+                redis: None,
             },
             &LimitSettings {
                 name: "1".into(),
@@ -354,6 +355,21 @@ fn full_example_parses_to_the_values_it_writes() {
                 burst: 1,
                 dry_run: true,
                 max_keys: 100_000,
+                redis: None,
+            },
+            &LimitSettings {
+                name: "cluster".into(),
+                key: KeyKind::Consumer,
+                count: 100,
+                per_secs: 1,
+                burst: 50,
+                dry_run: false,
+                max_keys: 100_000,
+                redis: Some(RedisSettings {
+                    url: "redis://127.0.0.1:6379/0".into(),
+                    timeout: std::time::Duration::from_millis(20),
+                    nodes: 3,
+                }),
             },
         ]
     );

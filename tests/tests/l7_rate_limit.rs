@@ -408,7 +408,7 @@ fn rate_limit_keys_are_checked_at_load() {
         ),
         (
             "key = \"route\"\nrat = \"1/s\"\n",
-            "rl.toml:13: unknown field `rat`, expected one of `key`, `rate`, `burst`, `dry_run`, `max_keys`, `name`",
+            "rl.toml:13: unknown field `rat`, expected one of `key`, `rate`, `burst`, `dry_run`, `max_keys`, `name`, `store`, `redis`, `redis_timeout`, `nodes`",
         ),
     ] {
         let text = format!(

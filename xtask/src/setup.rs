@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "nghttp2-client",
     "nginx-light",
     "chromium",
+    "redis-server",
 ];
 
 /// What setup found.

@@ -84,6 +84,9 @@ pub struct L7Metrics {
     pub rate_limited: Family<RateLimitLabels, Counter>,
     pub rate_limit_dry_run: Family<RateLimitLabels, Counter>,
     pub rate_limit_evictions: Family<RateLimitLabels, Counter>,
+    pub rate_limit_redis_errors: Family<RateLimitLabels, Counter>,
+    pub rate_limit_fallback: Family<RateLimitLabels, Counter>,
+    pub rate_limit_prechecked: Family<RateLimitLabels, Counter>,
     pub client_connections_refused: Family<ListenerLabels, Counter>,
 }
 
@@ -106,6 +109,9 @@ impl L7Metrics {
             rate_limited: Family::default(),
             rate_limit_dry_run: Family::default(),
             rate_limit_evictions: Family::default(),
+            rate_limit_redis_errors: Family::default(),
+            rate_limit_fallback: Family::default(),
+            rate_limit_prechecked: Family::default(),
             client_connections_refused: Family::default(),
             auth: Family::default(),
             jwt_auth: Family::default(),
@@ -160,6 +166,21 @@ impl Metrics {
             "rate_limit_evictions",
             "Keys a rate limit dropped (least recently used) to stay within its max_keys",
             l7.rate_limit_evictions.clone(),
+        );
+        registry.register(
+            "rate_limit_redis_errors",
+            "Decisions of a store = \"redis\" limit whose Redis call failed or timed out",
+            l7.rate_limit_redis_errors.clone(),
+        );
+        registry.register(
+            "rate_limit_fallback",
+            "Decisions of a store = \"redis\" limit made locally at rate/nodes (Redis unreachable)",
+            l7.rate_limit_fallback.clone(),
+        );
+        registry.register(
+            "rate_limit_prechecked",
+            "Requests a store = \"redis\" limit rejected locally from the key's last TAT, without Redis",
+            l7.rate_limit_prechecked.clone(),
         );
         registry.register(
             "client_connections_refused",

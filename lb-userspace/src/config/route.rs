@@ -151,7 +151,12 @@ pub(super) fn parse(
                 ));
             }
         }
-        let chain = crate::l7::policy::compile(&r, route_span.clone(), inputs, &err)?;
+        // The route's label: its name, or its index (`RouteConfig::label`).
+        let label = r
+            .name
+            .as_ref()
+            .map_or_else(|| routes.len().to_string(), |n| n.get_ref().clone());
+        let chain = crate::l7::policy::compile(&r, route_span.clone(), &label, inputs, &err)?;
 
         let rules =
             super::route_rules::parse(&r, route_span, &names, chain.answers_itself(), text, path)?;

@@ -16,7 +16,7 @@ use std::{
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
-use super::policy::rate_limit::{Outcome, Verdict};
+use super::policy::rate_limit::{Outcome, Verdict, store::Via};
 use super::{
     access_log::AccessLog,
     config::L7Config,
@@ -130,6 +130,15 @@ impl Observer {
                             limited: metrics.rate_limited.get_or_create_owned(&labels),
                             dry_run: metrics.rate_limit_dry_run.get_or_create_owned(&labels),
                             evictions: metrics.rate_limit_evictions.get_or_create_owned(&labels),
+                            redis: l.settings.redis.as_ref().map(|_| RedisMeters {
+                                errors: metrics
+                                    .rate_limit_redis_errors
+                                    .get_or_create_owned(&labels),
+                                fallback: metrics.rate_limit_fallback.get_or_create_owned(&labels),
+                                prechecked: metrics
+                                    .rate_limit_prechecked
+                                    .get_or_create_owned(&labels),
+                            }),
                         }
                     })
                     .collect()
@@ -189,6 +198,14 @@ struct LimitMeters {
     limited: Counter,
     dry_run: Counter,
     evictions: Counter,
+    /// A redis-backed limit's.
+    redis: Option<RedisMeters>,
+}
+
+struct RedisMeters {
+    errors: Counter,
+    fallback: Counter,
+    prechecked: Counter,
 }
 
 /// (route index, pool index, backend index, status); `usize::MAX`: none (no route, no backend).
@@ -327,6 +344,20 @@ impl LiveMeters {
             }
             if o.evicted {
                 m.evictions.inc();
+            }
+            if let Some(r) = &m.redis {
+                match o.via {
+                    Via::PreCheck => {
+                        r.prechecked.inc();
+                    }
+                    Via::Fallback { error } => {
+                        r.fallback.inc();
+                        if error {
+                            r.errors.inc();
+                        }
+                    }
+                    Via::Local | Via::Redis => {}
+                }
             }
         }
     }

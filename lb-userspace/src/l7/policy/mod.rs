@@ -233,6 +233,7 @@ pub(crate) struct PolicyInputs {
 pub(crate) fn compile(
     r: &RawRoute,
     route: Range<usize>,
+    label: &str,
     inputs: &PolicyInputs,
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<RouteChain, ConfigError> {
@@ -257,7 +258,7 @@ pub(crate) fn compile(
     }
     // Then rate limits (claim and consumer keys see what authentication found), then
     // the route's own answer.
-    if let Some(limits) = rate_limit::compile(&r.rate_limit, err)? {
+    if let Some(limits) = rate_limit::compile(&r.rate_limit, label, err)? {
         chain.request.push(RequestPolicy::RateLimit(limits));
     }
     match (&r.respond, &r.redirect) {

@@ -1,5 +1,6 @@
 //! `rate_limit`: per-route request rate limits (NGINX's `limit_req`, Envoy's `local_ratelimit`),
-//! GCRA per key (`gcra.rs`) in this process's memory (`store.rs`).
+//! GCRA per key (`gcra.rs`) in this process's memory (`store.rs`) or, with `store = "redis"`,
+//! in Redis shared by several lb processes (`shared.rs`).
 //!
 //! ```toml
 //! [[route.rate_limit]]         # several may apply; each counts on its own
@@ -9,6 +10,10 @@
 //! dry_run = false              # count and log would-be rejections, reject nothing
 //! max_keys = 100000            # keys remembered; least recently used dropped beyond
 //! name = "per-ip"              # RateLimit fields and metrics (default: its index)
+//! store = "redis"              # default "local"
+//! redis = "127.0.0.1:6379"     # host:port, /path.sock, redis://host:port/db, redis+unix:///path
+//! redis_timeout = "20ms"       # per decision; slower or failed: decided locally
+//! nodes = 3                    # while Redis is unreachable each node allows rate/nodes
 //! ```
 //!
 //! Keys: `client_ip` is `ctx.client` (the client behind `trusted_proxies`); `consumer` the
@@ -46,10 +51,12 @@ use crate::{
 };
 
 pub mod gcra;
+pub mod shared;
 pub mod store;
 
 use gcra::{Decision, Gcra, ceil_secs};
-use store::{Key, Store};
+use shared::{RedisSettings, SharedStore};
+use store::{Key, Store, Via};
 
 /// The most keys one limit may remember (~50 bytes each).
 pub const MAX_KEYS_LIMIT: i64 = 10_000_000;
@@ -133,6 +140,8 @@ pub struct LimitSettings {
     pub burst: u32,
     pub dry_run: bool,
     pub max_keys: usize,
+    /// `store = "redis"`: where and how; None: this process's memory.
+    pub redis: Option<RedisSettings>,
 }
 
 /// One compiled limit with its state.
@@ -185,6 +194,8 @@ pub struct Outcome {
     pub reset: u64,
     /// The key took the place of another (the limit was at `max_keys`).
     pub evicted: bool,
+    /// Who decided (a redis-backed limit: Redis, its pre-check or its fallback).
+    pub via: Via,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,7 +233,7 @@ impl RateLimits {
             let acquired = limit.store.acquire(&key, &limit.gcra).await;
             let verdict = match acquired.decision {
                 Decision::Allow(_) => {
-                    counted.push((index, key, acquired.now));
+                    counted.push((index, key, acquired));
                     Verdict::Allowed
                 }
                 Decision::Deny(_) if limit.settings.dry_run => Verdict::DryRunLimited,
@@ -234,9 +245,10 @@ impl RateLimits {
             outcomes.push(Outcome {
                 limit: index,
                 verdict,
-                remaining: limit.gcra.remaining(acquired.tat, acquired.now),
-                reset: ceil_secs(limit.gcra.until_full(acquired.tat, acquired.now)),
+                remaining: acquired.gcra.remaining(acquired.tat, acquired.now),
+                reset: ceil_secs(acquired.gcra.until_full(acquired.tat, acquired.now)),
                 evicted: acquired.evicted,
+                via: acquired.via,
             });
             if verdict == Verdict::DryRunLimited {
                 tracing::info!(
@@ -250,13 +262,13 @@ impl RateLimits {
         let answer = match wait {
             None => None,
             Some(wait) => {
-                for (index, key, now) in &counted {
+                for (index, key, acquired) in &counted {
                     let limit = &self.limits[*index];
-                    if let Some(tat) = limit.store.refund(key, &limit.gcra).await
+                    if let Some((tat, now)) = limit.store.refund(key, acquired).await
                         && let Some(o) = outcomes.iter_mut().find(|o| o.limit == *index)
                     {
-                        o.remaining = limit.gcra.remaining(tat, *now);
-                        o.reset = ceil_secs(limit.gcra.until_full(tat, *now));
+                        o.remaining = acquired.gcra.remaining(tat, now);
+                        o.reset = ceil_secs(acquired.gcra.until_full(tat, now));
                     }
                 }
                 Some(too_many_requests(wait))
@@ -352,11 +364,87 @@ pub(crate) struct RawRateLimit {
     dry_run: bool,
     max_keys: Option<Spanned<i64>>,
     name: Option<Spanned<String>>,
+    store: Option<Spanned<String>>,
+    redis: Option<Spanned<String>>,
+    redis_timeout: Option<Spanned<String>>,
+    nodes: Option<Spanned<i64>>,
+}
+
+const DEFAULT_REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The `store`, `redis`, `redis_timeout` and `nodes` keys: None for `store = "local"`.
+fn redis_settings(
+    r: &RawRateLimit,
+    fail: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Option<RedisSettings>, ConfigError> {
+    let redis = match &r.store {
+        None => false,
+        Some(s) if s.get_ref() == "local" => false,
+        Some(s) if s.get_ref() == "redis" => true,
+        Some(s) => {
+            return Err(fail(
+                s.span(),
+                format!("store {:?}: use \"local\" or \"redis\"", s.get_ref()),
+            ));
+        }
+    };
+    if !redis {
+        let stray = [
+            ("redis", r.redis.as_ref().map(Spanned::span)),
+            ("redis_timeout", r.redis_timeout.as_ref().map(Spanned::span)),
+            ("nodes", r.nodes.as_ref().map(Spanned::span)),
+        ];
+        if let Some((what, Some(span))) = stray.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(fail(
+                span,
+                format!("{what} applies only with store = \"redis\""),
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(address) = &r.redis else {
+        let span = r.store.as_ref().map_or(r.key.span(), Spanned::span);
+        return Err(fail(
+            span,
+            "store = \"redis\" needs redis = \"HOST:PORT\" (or a redis:// URL or socket path)"
+                .to_owned(),
+        ));
+    };
+    let url =
+        shared::redis_url(address.get_ref()).map_err(|e| fail(address.span(), e.to_string()))?;
+    let timeout = match &r.redis_timeout {
+        None => DEFAULT_REDIS_TIMEOUT,
+        Some(t) => humantime::parse_duration(t.get_ref())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                fail(
+                    t.span(),
+                    format!(
+                        "redis_timeout {:?}: a duration above 0, e.g. \"20ms\"",
+                        t.get_ref()
+                    ),
+                )
+            })?,
+    };
+    let nodes = match &r.nodes {
+        None => 1,
+        Some(n) => u32::try_from(*n.get_ref())
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| fail(n.span(), format!("nodes {} must be 1 or more", n.get_ref())))?,
+    };
+    Ok(Some(RedisSettings {
+        url,
+        timeout,
+        nodes,
+    }))
 }
 
 /// Checks and compiles a route's `[[route.rate_limit]]` tables (None when there are none).
 pub(crate) fn compile(
     raw: &[Spanned<RawRateLimit>],
+    route: &str,
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<Option<RateLimits>, ConfigError> {
     if raw.is_empty() {
@@ -422,6 +510,19 @@ pub(crate) fn compile(
         })?;
         let policy_field = HeaderValue::from_str(&format!("\"{name}\";q={count};w={per_secs}"))
             .map_err(|_| fail(r.rate.span(), format!("name {name:?} is not a field value")))?;
+        let redis = redis_settings(r, &fail)?;
+        let store = match &redis {
+            None => Store::local(max_keys),
+            Some(settings) => {
+                let shared =
+                    SharedStore::new(settings, count, per_secs, burst, route, &name, max_keys)
+                        .map_err(|e| {
+                            let span = r.store.as_ref().map_or(r.rate.span(), Spanned::span);
+                            fail(span, format!("store = \"redis\": {e}"))
+                        })?;
+                Store::Redis(std::sync::Arc::new(shared))
+            }
+        };
         let settings = LimitSettings {
             name,
             key,
@@ -430,9 +531,10 @@ pub(crate) fn compile(
             burst,
             dry_run: r.dry_run,
             max_keys,
+            redis,
         };
         limits.push(Limit {
-            store: Store::local(settings.max_keys),
+            store,
             settings,
             gcra,
             policy_field,
@@ -500,7 +602,7 @@ mod tests {
         }
         let doc: Doc = toml::from_str(text).expect("toml");
         let err = |span: Range<usize>, m: String| ConfigError::at(Path::new("t"), text, span, m);
-        compile(&doc.rate_limit, &err).map(|l| l.expect("some"))
+        compile(&doc.rate_limit, "r", &err).map(|l| l.expect("some"))
     }
 
     #[test]
@@ -523,6 +625,7 @@ mod tests {
                 burst: 1,
                 dry_run: false,
                 max_keys: 100_000,
+                redis: None,
             }
         );
         assert_eq!(
@@ -657,6 +760,38 @@ mod tests {
             (
                 "burst = 4000000000\nkey = \"route\"\nrate = \"1/h\"",
                 "is too large",
+            ),
+            (
+                "store = \"redis\"\nkey = \"route\"\nrate = \"1/s\"",
+                "store = \"redis\" needs redis =",
+            ),
+            (
+                "store = \"memcached\"\nkey = \"route\"\nrate = \"1/s\"",
+                "use \"local\" or \"redis\"",
+            ),
+            (
+                "redis = \"http://x:1\"\nstore = \"redis\"\nkey = \"route\"\nrate = \"1/s\"",
+                "redis \"http://x:1\": use host:port",
+            ),
+            (
+                "redis = \"a b:1\"\nstore = \"redis\"\nkey = \"route\"\nrate = \"1/s\"",
+                "redis \"a b:1\"",
+            ),
+            (
+                "nodes = 0\nstore = \"redis\"\nredis = \"127.0.0.1:6379\"\nkey = \"route\"\nrate = \"1/s\"",
+                "nodes 0 must be 1 or more",
+            ),
+            (
+                "redis_timeout = \"0s\"\nstore = \"redis\"\nredis = \"127.0.0.1:6379\"\nkey = \"route\"\nrate = \"1/s\"",
+                "redis_timeout \"0s\": a duration above 0",
+            ),
+            (
+                "nodes = 3\nkey = \"route\"\nrate = \"1/s\"",
+                "nodes applies only with store = \"redis\"",
+            ),
+            (
+                "store = \"redis\"\nredis = \"127.0.0.1:6379\"\nkey = \"route\"\nrate = \"2000000/s\"",
+                "above 10^6 per second",
             ),
         ] {
             let text = format!("[[rate_limit]]\n{body}\n");

@@ -1,7 +1,8 @@
-//! Where a limit keeps its per-key state. `Store` is the seam for other stores: `Local` is
-//! this process's memory (exact per process, N times the limit over N lb processes); a shared
-//! store (Redis GCRA, one script round trip) becomes another variant, which is why `acquire`
-//! is async and takes the key itself rather than its local hash.
+//! Where a limit keeps its per-key state. `Local` is this process's memory (exact per
+//! process, N times the limit over N lb processes); `Redis` (`shared.rs`) is one TAT per key
+//! in Redis shared by every lb process configured alike (one script round trip per decision,
+//! a local pre-check, and a local limit at rate/nodes while Redis is unreachable), which is
+//! why `acquire` is async and takes the key itself rather than its local hash.
 //!
 //! `LocalStore`: a TAT per key in a bounded LRU map behind one mutex (held for a map lookup
 //! and a few arithmetic operations). Keys are 64-bit SipHash values with a per-store random
@@ -17,6 +18,7 @@ use std::{
 };
 
 use super::gcra::{Decision, Gcra};
+use super::shared::SharedStore;
 
 /// What a limit counts by, taken from one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +33,23 @@ pub enum Key<'a> {
 #[derive(Clone, Debug)]
 pub enum Store {
     Local(Arc<LocalStore>),
+    Redis(Arc<SharedStore>),
+}
+
+/// Who made a decision (metrics; and where a refund must go).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// This process's memory (`store = "local"`).
+    Local,
+    /// The Redis script.
+    Redis,
+    /// A redis-backed limit's local pre-check: the key's last TAT from Redis says it is
+    /// over the limit; Redis was not asked.
+    PreCheck,
+    /// A redis-backed limit decided locally at rate/nodes because Redis is unreachable;
+    /// `error`: this decision's own Redis call failed or timed out (else Redis was already
+    /// known to be down and was not asked).
+    Fallback { error: bool },
 }
 
 /// One request's decision on one key.
@@ -43,6 +62,10 @@ pub struct Acquired {
     pub now: u64,
     /// A key was evicted to make room for this one.
     pub evicted: bool,
+    /// The parameters that decided (the limit's own; rate/nodes in a fallback), for the
+    /// RateLimit field's remaining and reset.
+    pub gcra: Gcra,
+    pub via: Via,
 }
 
 impl Store {
@@ -53,13 +76,18 @@ impl Store {
     pub async fn acquire(&self, key: &Key<'_>, gcra: &Gcra) -> Acquired {
         match self {
             Self::Local(s) => s.acquire(s.hash(key), s.now(), gcra),
+            Self::Redis(s) => s.acquire(key).await,
         }
     }
 
-    /// Gives back one allowed request of `key` (another limit rejected it); the new TAT.
-    pub async fn refund(&self, key: &Key<'_>, gcra: &Gcra) -> Option<u64> {
+    /// Gives back one allowed request of `key` (another limit rejected it) to whoever
+    /// allowed it (`acquired`): the new TAT and the clock it is on, (tat, now).
+    pub async fn refund(&self, key: &Key<'_>, acquired: &Acquired) -> Option<(u64, u64)> {
         match self {
-            Self::Local(s) => s.refund(s.hash(key), gcra),
+            Self::Local(s) => s
+                .refund(s.hash(key), &acquired.gcra)
+                .map(|tat| (tat, s.now())),
+            Self::Redis(s) => s.refund(key, acquired).await,
         }
     }
 
@@ -67,6 +95,8 @@ impl Store {
     pub fn same(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Local(a), Self::Local(b)) => Arc::ptr_eq(a, b),
+            (Self::Redis(a), Self::Redis(b)) => Arc::ptr_eq(a, b),
+            _ => false,
         }
     }
 }
@@ -88,11 +118,11 @@ impl LocalStore {
     }
 
     /// Nanoseconds since the store was made (monotonic).
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn hash(&self, key: &Key<'_>) -> u64 {
+    pub(crate) fn hash(&self, key: &Key<'_>) -> u64 {
         match key {
             Key::Ip(ip) => self.hasher.hash_one(ip),
             Key::Bytes(b) => self.hasher.hash_one(&**b),
@@ -114,6 +144,8 @@ impl LocalStore {
                     tat: *tat,
                     now,
                     evicted: false,
+                    gcra: *gcra,
+                    via: Via::Local,
                 }
             }
             None => {
@@ -128,6 +160,8 @@ impl LocalStore {
                     tat,
                     now,
                     evicted,
+                    gcra: *gcra,
+                    via: Via::Local,
                 }
             }
         }
@@ -138,6 +172,24 @@ impl LocalStore {
         let tat = lru.get(key)?;
         *tat = gcra.refund(*tat);
         Some(*tat)
+    }
+
+    /// The TAT remembered for `key` (marked most recently used).
+    pub fn peek(&self, key: u64) -> Option<u64> {
+        let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
+        lru.get(key).copied()
+    }
+
+    /// Remembers `tat` for `key`; true when another key was evicted for it.
+    pub fn put(&self, key: u64, tat: u64) -> bool {
+        let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
+        match lru.get(key) {
+            Some(t) => {
+                *t = tat;
+                false
+            }
+            None => lru.insert(key, tat),
+        }
     }
 
     /// Keys held now.
