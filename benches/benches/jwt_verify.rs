@@ -72,7 +72,10 @@ fn main() -> anyhow::Result<()> {
         let cached = runtime.block_on(async {
             let start = Instant::now();
             for _ in 0..TOKENS {
-                provider.verify(&tokens[0]).await.map_err(anyhow::Error::from)?;
+                provider
+                    .verify(&tokens[0])
+                    .await
+                    .map_err(anyhow::Error::from)?;
             }
             anyhow::Ok(start.elapsed())
         })?;
