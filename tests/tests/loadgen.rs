@@ -233,7 +233,22 @@ async fn proxy_protocol_headers_name_the_client() {
         let report = loadgen::run(cfg).await.expect("run");
         assert_eq!(report.ok, 50, "{version:?}");
         let sources = server.seen.proxy_sources.lock().expect("lock").clone();
-        assert_eq!(sources.len(), 2, "{version:?}: one header per connection");
+        // One header per connection the server accepted. (Two connection tasks run, but on a
+        // busy machine the first may take all 50 tickets before the second connects: the count
+        // of connections is the generator's scheduling, not what this test checks.)
+        let accepted = server
+            .seen
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&accepted),
+            "{version:?}: {accepted} connections"
+        );
+        assert_eq!(
+            sources.len() as u64,
+            accepted,
+            "{version:?}: one header per connection"
+        );
         assert!(
             sources
                 .iter()

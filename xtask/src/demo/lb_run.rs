@@ -152,6 +152,7 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
 
     route_policies(&topo)?;
     jwt_route(ws, &topo)?;
+    rate_limit_route(&topo)?;
 
     // 2. The story, with open-loop traffic flowing all along.
     println!(
@@ -454,6 +455,56 @@ fn jwt_route(ws: &Path, topo: &Topology) -> Result<()> {
     Ok(())
 }
 
+/// A rate limit tripping, seen by curl from the client: `/limited` allows 3 requests per
+/// client an hour; the 4th is answered 429 with Retry-After and the RateLimit fields.
+fn rate_limit_route(topo: &Topology) -> Result<()> {
+    println!("\ndemo: a rate limit (/limited: 3 per client per hour) tripping, seen by curl");
+    for n in 1..=4 {
+        let out = topo
+            .client
+            .command("curl")
+            .args(["-si", "--max-time", "5", &format!("http://{VIP}/limited")])
+            .output()
+            .context("running curl in the client namespace")?;
+        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+        let code: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("curl /limited: no status line"))?;
+        let field = |name: &str| {
+            text.lines()
+                .take_while(|l| !l.is_empty())
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                })
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let retry = field("retry-after");
+        println!(
+            "demo:   request {n} -> {code}  RateLimit: {}{}",
+            field("ratelimit"),
+            if retry.is_empty() {
+                String::new()
+            } else {
+                format!("  Retry-After: {retry}")
+            }
+        );
+        let expected = if n <= 3 { 200 } else { 429 };
+        ensure!(
+            code == expected,
+            "request {n} to /limited: {code}, expected {expected}"
+        );
+        ensure!(
+            n <= 3 || !retry.is_empty(),
+            "the 429 carries no Retry-After"
+        );
+    }
+    Ok(())
+}
+
 fn backend_file(jwks: &Path) -> String {
     let mut text = format!(
         "# Written by `cargo xtask demo`. One pool of three HTTP backends with health checks,
@@ -500,6 +551,17 @@ listener = \"web\"
 path_prefix = \"/api\"
 pool = \"{POOL}\"
 jwt = {{ provider = \"demo-idp\", claims_to_headers = {{ \"x-user\" = \"sub\" }} }}
+
+[[route]]                      # 3 requests per client per hour, then 429
+name = \"limited\"
+listener = \"web\"
+path = \"/limited\"
+respond = {{ status = 200, body = \"within the limit\\n\" }}
+  [[route.rate_limit]]
+  name = \"per-client\"
+  key = \"client_ip\"
+  rate = \"1/h\"
+  burst = 3
 
 [[route]]                      # a fixed answer, no backend involved
 name = \"ping\"
