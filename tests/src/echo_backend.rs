@@ -11,7 +11,7 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
@@ -48,10 +48,23 @@ pub async fn echo_backend() -> SocketAddr {
 
 /// One raw HTTP/1.1 exchange: (status, head lines lowercased, body).
 pub async fn exchange(proxy: SocketAddr, request: &str) -> (u16, Vec<String>, String) {
-    let mut tcp = TcpStream::connect(proxy).await.expect("connect");
-    tcp.write_all(request.as_bytes()).await.expect("write");
+    let tcp = TcpStream::connect(proxy).await.expect("connect");
+    exchange_on(tcp, request).await
+}
+
+/// `exchange` over any stream (TLS included). A failed write or read (a refused handshake, a
+/// connection closed) is status 0 with what was read.
+pub async fn exchange_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &str,
+) -> (u16, Vec<String>, String) {
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, Vec::new(), String::new());
+    }
     let mut out = Vec::new();
-    tcp.read_to_end(&mut out).await.expect("read");
+    if stream.read_to_end(&mut out).await.is_err() && out.is_empty() {
+        return (0, Vec::new(), String::new());
+    }
     let text = String::from_utf8_lossy(&out).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();

@@ -22,10 +22,11 @@ use hyper_util::{
     server::conn::auto,
 };
 use lb::l7::{self, L7Config};
+use lb_tests::echo_backend::exchange_on;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
 };
 
@@ -194,26 +195,6 @@ async fn mtls_backend(server: &Issued, ca: &Ca) -> SocketAddr {
 /// The answer to one request: (status, head lines lowercased, body); status 0 when the
 /// exchange failed (refused handshake, connection closed).
 type Answer = (u16, Vec<String>, String);
-
-async fn exchange_on<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &str) -> Answer {
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return (0, Vec::new(), String::new());
-    }
-    let mut out = Vec::new();
-    if stream.read_to_end(&mut out).await.is_err() && out.is_empty() {
-        return (0, Vec::new(), String::new());
-    }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines.map(str::to_ascii_lowercase).collect();
-    (status, headers, body.to_owned())
-}
 
 async fn http(addr: SocketAddr, request: &str) -> Answer {
     let tcp = TcpStream::connect(addr).await.expect("connect");

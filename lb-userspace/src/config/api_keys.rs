@@ -146,17 +146,8 @@ fn is_name_char(b: u8) -> bool {
 fn parse(text: &str, path: &Path) -> Result<Consumers, ConfigError> {
     let at = |span: Range<usize>, message: String| ConfigError::at(path, text, span, message);
     // toml's message names the problem, never the value (a plain key stays out of errors).
-    let raw: RawConsumersFile = toml::from_str(text).map_err(|e| {
-        at(
-            e.span().unwrap_or(0..0),
-            e.message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })?;
+    let raw: RawConsumersFile =
+        toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
     let mut entries: Vec<Consumer> = Vec::new();
     for c in raw.consumers {
         let c = c.into_inner();

@@ -33,3 +33,27 @@ impl ConfigError {
         }
     }
 }
+
+impl ConfigError {
+    /// Reads the file at `path` (an unreadable file is an error about the file as a whole).
+    pub fn read_file(path: &Path) -> Result<String, Self> {
+        std::fs::read_to_string(path).map_err(|e| Self {
+            path: path.to_owned(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        })
+    }
+
+    /// A TOML parse error of `text` (read from `path`) as `FILE:LINE: reason`. toml's reasons
+    /// can span lines ("invalid table header\nexpected ..."): one line keeps them greppable.
+    pub fn from_toml(path: &Path, text: &str, e: &toml::de::Error) -> Self {
+        let reason = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::at(path, text, e.span().unwrap_or(0..0), reason)
+    }
+}

@@ -123,11 +123,7 @@ impl L7Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_owned(),
-            line: 0,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = ConfigError::read_file(path)?;
         Self::parse(&text, path)
     }
 

@@ -72,21 +72,7 @@ impl RawFile {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            ConfigError::at(
-                path,
-                text,
-                e.span().unwrap_or(0..0),
-                // toml's reasons can span lines ("invalid table header\nexpected ..."):
-                // one line keeps `FILE:LINE: reason` greppable.
-                e.message()
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })
+        toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))
     }
 }
 
@@ -120,11 +106,7 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_owned(),
-            line: 0,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = ConfigError::read_file(path)?;
         Self::parse(&text, path)
     }
 }

@@ -114,11 +114,7 @@ struct RawReal {
 
 impl L4Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
-            path: path.to_owned(),
-            line: 0,
-            message: format!("cannot read: {err}"),
-        })?;
+        let text = ConfigError::read_file(path)?;
         Self::parse(&text, path)
     }
 
