@@ -1,6 +1,7 @@
 //! A backend that answers each request with the request headers it received (one
 //! `name: value` per line) and a `Server: echo` header, so a test sees exactly what lb sent
-//! upstream; `/hang` never answers. Plus a raw HTTP/1.1 client exchange.
+//! upstream; `/hang` never answers; a request header `X-Reply-NAME: value` becomes a
+//! `NAME: value` response header. Plus a raw HTTP/1.1 client exchange.
 use std::{convert::Infallible, net::SocketAddr};
 
 use bytes::Bytes;
@@ -32,6 +33,15 @@ pub async fn echo_backend() -> SocketAddr {
                         text += &format!("{name}: {}\n", value.to_str().unwrap_or("?"));
                     }
                     let mut response = Response::new(Full::new(Bytes::from(text)));
+                    // `X-Reply-NAME: value` asks for a `NAME: value` response header.
+                    for (name, value) in req.headers() {
+                        if let Some(reply) = name.as_str().strip_prefix("x-reply-")
+                            && let Ok(reply) =
+                                hyper::header::HeaderName::from_bytes(reply.as_bytes())
+                        {
+                            response.headers_mut().append(reply, value.clone());
+                        }
+                    }
                     response
                         .headers_mut()
                         .insert("server", hyper::header::HeaderValue::from_static("echo"));

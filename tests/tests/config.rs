@@ -374,6 +374,58 @@ fn full_example_parses_to_the_values_it_writes() {
         ]
     );
     assert!(!r[1].chain.answers_itself());
+    // r[1]'s cors: first in the request phase (before the rate limits) and in the response
+    // phase.
+    use lb::l7::policy::{
+        RequestPolicy, ResponsePolicy,
+        cors::{AllowList, OriginPattern},
+    };
+    let Some(RequestPolicy::Cors(cors)) = r[1].chain.request.first() else {
+        panic!("r[1] cors first: {:?}", r[1].chain.request);
+    };
+    assert!(matches!(
+        r[1].chain.response.as_slice(),
+        [ResponsePolicy::Cors(c)] if c == cors
+    ));
+    assert_eq!(
+        cors.origins,
+        AllowList::Only(vec![
+            OriginPattern::Exact("https://app.example.com".into()),
+            OriginPattern::Subdomain {
+                scheme: "https".into(),
+                suffix: ".example.com".into(),
+                port: None
+            },
+        ])
+    );
+    assert_eq!(
+        cors.methods,
+        AllowList::Only(vec![
+            hyper::Method::GET,
+            hyper::Method::POST,
+            hyper::Method::PUT
+        ])
+    );
+    assert_eq!(
+        cors.headers,
+        AllowList::Only(vec![
+            hyper::header::CONTENT_TYPE,
+            hyper::header::AUTHORIZATION
+        ])
+    );
+    assert_eq!(
+        cors.expose.as_ref().map(|v| v.as_bytes()),
+        Some(&b"x-request-id"[..])
+    );
+    assert!(cors.credentials);
+    assert_eq!(cors.max_age, Some(std::time::Duration::from_secs(600)));
+    assert!(r.iter().enumerate().all(|(i, r)| {
+        i == 1
+            || r.chain
+                .request
+                .iter()
+                .all(|p| !matches!(p, RequestPolicy::Cors(_)))
+    }));
     assert!(
         r.iter()
             .enumerate()
@@ -427,8 +479,9 @@ fn full_example_parses_to_the_values_it_writes() {
     let mut response = hyper::HeaderMap::new();
     response.insert("server", hyper::header::HeaderValue::from_static("x"));
     for policy in &r[0].chain.response {
-        let lb::l7::policy::ResponsePolicy::Headers(edits) = policy;
-        edits.apply(&mut response);
+        if let lb::l7::policy::ResponsePolicy::Headers(edits) = policy {
+            edits.apply(&mut response);
+        }
     }
     assert_eq!(
         response

@@ -98,6 +98,7 @@ pub(crate) struct RawRoute {
     pub(crate) redirect: Option<Spanned<crate::l7::policy::redirect::RawRedirect>>,
     pub(crate) respond: Option<Spanned<crate::l7::policy::respond::RawRespond>>,
     pub(crate) jwt: Option<Spanned<crate::l7::policy::jwt::RawJwt>>,
+    pub(crate) cors: Option<Spanned<crate::l7::policy::cors::RawCors>>,
     pub(crate) api_key: Option<Spanned<crate::l7::policy::api_key::RawApiKey>>,
     /// Requires a verified client certificate (the listener's `client_ca`).
     pub(crate) client_cert: Option<Spanned<bool>>,

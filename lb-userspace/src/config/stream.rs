@@ -253,6 +253,7 @@ pub(super) fn route_keys(
         ("redirect", r.redirect.as_ref().map(|v| v.span())),
         ("respond", r.respond.as_ref().map(|v| v.span())),
         ("jwt", r.jwt.as_ref().map(|v| v.span())),
+        ("cors", r.cors.as_ref().map(|v| v.span())),
         ("api_key", r.api_key.as_ref().map(|v| v.span())),
         ("client_cert", r.client_cert.as_ref().map(|v| v.span())),
         ("rate_limit", r.rate_limit.first().map(|v| v.span())),

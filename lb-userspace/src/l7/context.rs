@@ -44,6 +44,9 @@ pub struct RequestCtx<'a> {
     pub rate_limits: Vec<super::policy::rate_limit::Outcome>,
     /// What the route's authentication policy decided (counted in the metrics).
     pub auth: Option<AuthResult>,
+    /// The route's `cors` allowed the request's origin: the Access-Control-Allow-Origin its
+    /// response gets (None: no CORS headers).
+    pub cors: Option<hyper::header::HeaderValue>,
 }
 
 /// One authentication policy's verdict on a request.
@@ -96,6 +99,7 @@ impl<'a> RequestCtx<'a> {
             connect_errors: 0,
             access: None,
             auth: None,
+            cors: None,
             rate_limits: Vec::new(),
         }
     }

@@ -5,8 +5,9 @@
 //! through the phases.
 //!
 //! 1. Request: the listener's limits (a declared body over `max_body_bytes`: 413), the route
-//!    (none: 404), then the route's request policies, which may answer at once (`respond`,
-//!    `redirect`, `rate_limit`'s 429; authentication: `jwt`, `api_key`, `client_cert`).
+//!    (none: 404), then the route's request policies, which may answer at once (`cors`
+//!    first, answering preflights before authentication; `respond`, `redirect`,
+//!    `rate_limit`'s 429; authentication: `jwt`, `api_key`, `client_cert`).
 //!    Before them, the identity headers only lb sets (`X-Consumer`,
 //!    `X-Forwarded-Client-Cert`) are stripped from the request when any route or listener of
 //!    the configuration sets them, and the connection's verified client certificate is
@@ -19,7 +20,8 @@
 //!    streamed within the listener's limits.
 //! 4. Upstream: attempts, retries within the budget, the route's `timeout` or the pool's
 //!    `request_timeout` (`forward.rs`); the backend's hop-by-hop response headers removed.
-//! 5. Response headers: the route's response policies (`response_headers`), on every
+//! 5. Response headers: the route's response policies (`cors` for an allowed origin the
+//!    request phase noted in `ctx.cors`, then `response_headers`), on every
 //!    response of the route, lb's own 502/504 and direct answers included; then the
 //!    RateLimit fields of the route's limits that counted the request.
 //! 6. Response body: streaming transforms wrap the body here (none is built in yet: this is
@@ -43,7 +45,7 @@ use super::{
     context::RequestCtx,
     forward::{Upstream, has_body, hash_key, idempotent, upstream_target},
     headers::{client_ip, remove_hop_by_hop, set_forwarded},
-    policy::{RouteChain, UpstreamRequestPolicy},
+    policy::{ResponsePolicy, RouteChain, UpstreamRequestPolicy},
     pool::{Pool, ProxyBody},
     proxy::{ListenerRules, PoolEntry, Proxy},
     routing::{Routed, host_of},
@@ -83,7 +85,7 @@ impl Proxy {
         }
         let mut response = self.proxy(req, &mut ctx).await;
         if let Some((_, route)) = ctx.route {
-            response_phase(&route.chain, &mut response);
+            response_phase(&route.chain, ctx.cors.as_ref(), &mut response);
             if !ctx.rate_limits.is_empty()
                 && let Some(limits) = route.chain.rate_limits()
             {
@@ -295,11 +297,21 @@ fn apply_upstream_request_policies(chain: &RouteChain, parts: &mut Parts) {
     }
 }
 
-/// Phase 5: the route's response policies.
-fn response_phase(chain: &RouteChain, response: &mut Response<ProxyBody>) {
+/// Phase 5: the route's response policies (`cors`: the allowed origin's
+/// Access-Control-Allow-Origin, when the request phase found one).
+fn response_phase(
+    chain: &RouteChain,
+    cors: Option<&HeaderValue>,
+    response: &mut Response<ProxyBody>,
+) {
     for policy in &chain.response {
         match policy {
-            super::policy::ResponsePolicy::Headers(edits) => edits.apply(response.headers_mut()),
+            ResponsePolicy::Cors(c) => {
+                if let Some(origin) = cors {
+                    c.on_response(origin, response.headers_mut());
+                }
+            }
+            ResponsePolicy::Headers(edits) => edits.apply(response.headers_mut()),
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
 pub mod api_key;
+pub mod cors;
 pub mod headers;
 pub mod jwt;
 pub mod rate_limit;
@@ -29,6 +30,7 @@ pub mod respond;
 pub mod timeout;
 
 pub use api_key::ApiKey;
+pub use cors::Cors;
 pub use headers::HeaderEdits;
 pub use rate_limit::RateLimits;
 pub use redirect::Redirect;
@@ -37,6 +39,9 @@ pub use respond::Respond;
 /// Request phase: may answer at once instead of proxying.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestPolicy {
+    /// CORS: preflights answered (first, before authentication); an allowed origin noted in
+    /// `ctx.cors` for the response phase.
+    Cors(Arc<Cors>),
     /// Authentication: a valid token of a provider, or 401/403.
     Jwt(jwt::JwtPolicy),
     Respond(Respond),
@@ -161,6 +166,14 @@ impl RequestPolicy {
         state: &PolicyState,
     ) -> Option<Response<ProxyBody>> {
         match self {
+            Self::Cors(c) => match c.on_request(req.method(), req.headers()) {
+                cors::Decision::None => None,
+                cors::Decision::Allow(origin) => {
+                    ctx.cors = Some(origin);
+                    None
+                }
+                cors::Decision::Answer(answer) => Some(answer),
+            },
             Self::Jwt(j) => j.on_request(req, ctx, state).await,
             Self::Respond(r) => Some(r.answer()),
             Self::Redirect(r) => {
@@ -182,6 +195,8 @@ pub enum UpstreamRequestPolicy {
 /// Response-headers phase: edits of every response of the route (lb's own answers too).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResponsePolicy {
+    /// CORS headers on the response of an allowed actual request (`ctx.cors`).
+    Cors(Arc<Cors>),
     Headers(HeaderEdits),
 }
 
@@ -238,6 +253,14 @@ pub(crate) fn compile(
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<RouteChain, ConfigError> {
     let mut chain = RouteChain::default();
+    // CORS first: a preflight carries no credentials, so it is answered before
+    // authentication; its response-phase part runs before `response_headers` (which may
+    // then override it).
+    if let Some(raw) = &r.cors {
+        let cors = Arc::new(cors::compile(raw, err)?);
+        chain.request.push(RequestPolicy::Cors(cors.clone()));
+        chain.response.push(ResponsePolicy::Cors(cors));
+    }
     // Who the caller is, before anything answers for the route.
     if r.client_cert.as_ref().is_some_and(|c| *c.get_ref()) {
         chain.request.push(RequestPolicy::ClientCert);
