@@ -198,11 +198,16 @@ async fn actual_responses_get_cors_headers() {
         "{headers:?}"
     );
 
-    // No Origin, or one not allowed: untouched.
+    // No Origin, or one not allowed: no CORS headers, but `Vary: Origin` (the answer differs
+    // by origin, so a shared cache must keep the variants apart).
     for extra in ["", "Origin: https://evil.test\r\n"] {
         let (status, headers, _) = exchange(addr, &get("/api/x", "site.test", extra)).await;
         assert_eq!(status, 200);
-        assert!(cors_lines(&headers).is_empty(), "{extra}: {headers:?}");
+        assert_eq!(
+            cors_lines(&headers),
+            ["vary: origin"],
+            "{extra}: {headers:?}"
+        );
     }
 
     // Credentials: the origin echoed, never `*`.

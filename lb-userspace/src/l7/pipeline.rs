@@ -306,11 +306,10 @@ fn response_phase(
 ) {
     for policy in &chain.response {
         match policy {
-            ResponsePolicy::Cors(c) => {
-                if let Some(origin) = cors {
-                    c.on_response(origin, response.headers_mut());
-                }
-            }
+            ResponsePolicy::Cors(c) => match cors {
+                Some(origin) => c.on_response(origin, response.headers_mut()),
+                None => c.on_other_response(response.headers_mut()),
+            },
             ResponsePolicy::Headers(edits) => edits.apply(response.headers_mut()),
         }
     }

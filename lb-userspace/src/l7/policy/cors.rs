@@ -18,7 +18,8 @@
 //! request). Any other request with an allowed Origin goes on, and its response (the
 //! backend's or lb's own) gets Access-Control-Allow-Origin, -Allow-Credentials,
 //! -Expose-Headers and `Vary: Origin` in the response phase. No Origin, or one not allowed:
-//! nothing is added.
+//! no CORS headers, only `Vary: Origin` (unless the answer is `*` for everyone), so a shared
+//! cache keeps the variants apart.
 //!
 //! At load: `*` with `allow_credentials` is refused (browsers ignore a wildcard with
 //! credentials), as are empty lists, origins that are not `scheme://host[:port]`, and bad
@@ -296,6 +297,20 @@ impl Cors {
         }
         add_vary(h, &VARY_PREFLIGHT);
         Some(response)
+    }
+
+    /// Whether answers differ by Origin (anything but `*` without credentials): then every
+    /// response of the route says `Vary: Origin`, allowed origin or not, so a shared cache
+    /// never serves one origin's answer (with or without CORS headers) to another.
+    pub fn varies_by_origin(&self) -> bool {
+        !matches!(self.origins, AllowList::Any) || self.credentials
+    }
+
+    /// The response phase of a request without an allowed Origin.
+    pub fn on_other_response(&self, headers: &mut HeaderMap) {
+        if self.varies_by_origin() {
+            add_vary(headers, &["Origin"]);
+        }
     }
 
     /// The response phase of an allowed actual request (`origin`: what `Allow` carried).
@@ -700,6 +715,29 @@ mod tests {
         creds.on_response(&v, &mut out);
         assert_eq!(out.get_all("vary").iter().count(), 1);
         assert_eq!(out["vary"], "accept-encoding, Origin");
+    }
+
+    #[test]
+    fn only_a_wildcard_without_credentials_does_not_vary_by_origin() {
+        let cors = |origins: AllowList<OriginPattern>, credentials: bool| Cors {
+            origins,
+            methods: AllowList::Any,
+            headers: AllowList::Any,
+            credentials,
+            methods_value: None,
+            expose: None,
+            max_age: None,
+            max_age_value: None,
+        };
+        let exact = || AllowList::Only(vec![parse_origin("https://a.test").expect("origin")]);
+        assert!(!cors(AllowList::Any, false).varies_by_origin());
+        assert!(cors(AllowList::Any, true).varies_by_origin());
+        assert!(cors(exact(), false).varies_by_origin());
+        let mut headers = HeaderMap::new();
+        cors(AllowList::Any, false).on_other_response(&mut headers);
+        assert!(headers.get("vary").is_none());
+        cors(exact(), false).on_other_response(&mut headers);
+        assert_eq!(headers["vary"], "Origin");
     }
 
     #[test]
