@@ -44,6 +44,9 @@ pub struct RequestCtx<'a> {
     pub rate_limits: Vec<super::policy::rate_limit::Outcome>,
     /// What the route's authentication policy decided (counted in the metrics).
     pub auth: Option<AuthResult>,
+    /// Routes with `compress`: the encoding the request accepts (set in the request phase,
+    /// used in the response-body phase; None on other routes).
+    pub compress: Option<super::policy::compress::Negotiated>,
 }
 
 /// One authentication policy's verdict on a request.
@@ -96,6 +99,7 @@ impl<'a> RequestCtx<'a> {
             connect_errors: 0,
             access: None,
             auth: None,
+            compress: None,
             rate_limits: Vec::new(),
         }
     }

@@ -21,6 +21,7 @@ use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
 pub mod api_key;
+pub mod compress;
 pub mod headers;
 pub mod jwt;
 pub mod rate_limit;
@@ -29,6 +30,7 @@ pub mod respond;
 pub mod timeout;
 
 pub use api_key::ApiKey;
+pub use compress::Compress;
 pub use headers::HeaderEdits;
 pub use rate_limit::RateLimits;
 pub use redirect::Redirect;
@@ -193,6 +195,8 @@ pub struct RouteChain {
     pub response: Vec<ResponsePolicy>,
     /// Time to the upstream response head (None: the pool's `request_timeout`).
     pub timeout: Option<Duration>,
+    /// Response-body phase: `compress` (None: the body passes untouched).
+    pub compress: Option<Compress>,
 }
 
 impl RouteChain {
@@ -296,6 +300,11 @@ pub(crate) fn compile(
                 err,
             )?));
     }
+    chain.compress = r
+        .compress
+        .as_ref()
+        .map(|c| compress::compile(c, err))
+        .transpose()?;
     chain.timeout = r
         .timeout
         .as_ref()
