@@ -414,7 +414,12 @@ fn full_example_parses_to_the_values_it_writes() {
             [Encoding::Zstd, Encoding::Brotli, Encoding::Gzip]
         );
         assert_eq!((c.min_size(), c.level()), (1024, Level::Default));
-        for t in ["text/html", "application/json", "application/javascript", "image/svg+xml"] {
+        for t in [
+            "text/html",
+            "application/json",
+            "application/javascript",
+            "image/svg+xml",
+        ] {
             assert!(c.lists_type(t), "{t}");
         }
         assert!(!c.lists_type("application/xml"));

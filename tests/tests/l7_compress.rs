@@ -36,7 +36,11 @@ fn text(n: usize) -> Vec<u8> {
     let mut i = 0u64;
     while out.len() < n {
         out.extend_from_slice(
-            format!("line {i}: the quick brown fox jumps over the lazy dog {}\n", i * 7919 % 1000).as_bytes(),
+            format!(
+                "line {i}: the quick brown fox jumps over the lazy dog {}\n",
+                i * 7919 % 1000
+            )
+            .as_bytes(),
         );
         i += 1;
     }
@@ -92,7 +96,12 @@ fn answer(path: &str) -> Response<BackendBody> {
         "/small" => (200, "text/plain", full(text(100)), &[]),
         "/png" => (200, "image/png", full(text(5000)), &[]),
         "/none" => (200, "", full(text(5000)), &[]),
-        "/encoded" => (200, "text/plain", full(text(5000)), &[("content-encoding", "deflate")]),
+        "/encoded" => (
+            200,
+            "text/plain",
+            full(text(5000)),
+            &[("content-encoding", "deflate")],
+        ),
         "/partial" => (
             206,
             "text/plain",
@@ -119,7 +128,12 @@ fn answer(path: &str) -> Response<BackendBody> {
                 ("accept-ranges", "bytes"),
             ],
         ),
-        "/vary" => (200, "text/html", full(text(5000)), &[("vary", "accept-encoding")]),
+        "/vary" => (
+            200,
+            "text/html",
+            full(text(5000)),
+            &[("vary", "accept-encoding")],
+        ),
         "/big" => (
             200,
             "text/plain",
@@ -226,7 +240,8 @@ impl Reply {
 /// One HTTP/1.1 request (`Connection: close`), read to the end.
 async fn request(proxy: SocketAddr, method: &str, path: &str, extra: &str) -> Reply {
     let mut tcp = TcpStream::connect(proxy).await.expect("connect");
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n{extra}\r\n");
+    let head =
+        format!("{method} {path} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n{extra}\r\n");
     tcp.write_all(head.as_bytes()).await.expect("write");
     let mut out = Vec::new();
     // A cut-off response may end in a reset.
@@ -245,7 +260,11 @@ async fn request(proxy: SocketAddr, method: &str, path: &str, extra: &str) -> Re
         .unwrap_or(0);
     let headers: Vec<String> = lines.map(str::to_ascii_lowercase).collect();
     let chunked = headers.iter().any(|h| h == "transfer-encoding: chunked");
-    let (body, complete) = if chunked { dechunk(raw) } else { (raw.to_vec(), true) };
+    let (body, complete) = if chunked {
+        dechunk(raw)
+    } else {
+        (raw.to_vec(), true)
+    };
     Reply {
         status,
         headers,
@@ -302,12 +321,27 @@ async fn each_codec_decodes_to_the_original() {
     let (_lb, addr) = start(DEFAULTS).await;
     let original = text(100_000);
     for encoding in ["gzip", "br", "zstd"] {
-        let r = request(addr, "GET", "/text", &format!("Accept-Encoding: {encoding}\r\n")).await;
+        let r = request(
+            addr,
+            "GET",
+            "/text",
+            &format!("Accept-Encoding: {encoding}\r\n"),
+        )
+        .await;
         assert_eq!(r.status, 200);
-        assert_eq!(r.header("content-encoding"), Some(encoding), "{:?}", r.headers);
+        assert_eq!(
+            r.header("content-encoding"),
+            Some(encoding),
+            "{:?}",
+            r.headers
+        );
         assert_eq!(r.header("content-length"), None, "{:?}", r.headers);
         assert!(r.chunked && r.complete);
-        assert!(r.body.len() < original.len() / 3, "{encoding}: {} bytes", r.body.len());
+        assert!(
+            r.body.len() < original.len() / 3,
+            "{encoding}: {} bytes",
+            r.body.len()
+        );
         assert_eq!(r.decoded(), original, "{encoding}");
         assert_eq!(r.all("vary"), ["accept-encoding"]);
     }
@@ -354,10 +388,9 @@ async fn negotiation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_compressed() {
-    let (_lb, addr) = start(
-        "[route.compress]\nmin_size = 1000\ntypes = [\"text/*\", \"application/json\"]\n",
-    )
-    .await;
+    let (_lb, addr) =
+        start("[route.compress]\nmin_size = 1000\ntypes = [\"text/*\", \"application/json\"]\n")
+            .await;
     let gzip = "Accept-Encoding: gzip\r\n";
     for (path, extra, status) in [
         ("/small", gzip.to_owned(), 200),
@@ -414,7 +447,13 @@ async fn a_large_body_streams_and_errors_stay_errors() {
     let (_lb, addr) = start(DEFAULTS).await;
     let original = text(BIG);
     for encoding in ["zstd", "gzip", "br"] {
-        let r = request(addr, "GET", "/big", &format!("Accept-Encoding: {encoding}\r\n")).await;
+        let r = request(
+            addr,
+            "GET",
+            "/big",
+            &format!("Accept-Encoding: {encoding}\r\n"),
+        )
+        .await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-encoding"), Some(encoding));
         assert!(r.chunked && r.complete, "{encoding}: {:?}", r.headers);
@@ -428,7 +467,10 @@ async fn a_large_body_streams_and_errors_stay_errors() {
     let r = request(addr, "GET", "/broken", "Accept-Encoding: gzip\r\n").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-encoding"), Some("gzip"));
-    assert!(r.chunked && !r.complete, "a failed body must not end cleanly");
+    assert!(
+        r.chunked && !r.complete,
+        "a failed body must not end cleanly"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

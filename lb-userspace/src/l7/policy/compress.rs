@@ -541,7 +541,10 @@ mod tests {
         let v: Vec<_> = h.get_all(header::VARY).iter().collect();
         assert_eq!(v, ["Origin, Cookie, Accept-Encoding"]);
         let mut h = HeaderMap::new();
-        h.insert(header::VARY, HeaderValue::from_static("origin, accept-encoding"));
+        h.insert(
+            header::VARY,
+            HeaderValue::from_static("origin, accept-encoding"),
+        );
         add_vary(&mut h);
         assert_eq!(h[header::VARY], "origin, accept-encoding");
     }
@@ -569,7 +572,10 @@ mod tests {
     #[test]
     fn config_errors_have_the_line() {
         for (text, reason) in [
-            ("[c]\nalgorithms = [\"gzip\", \"lz4\"]\n", "unknown algorithm"),
+            (
+                "[c]\nalgorithms = [\"gzip\", \"lz4\"]\n",
+                "unknown algorithm",
+            ),
             ("[c]\nalgorithms = [\"gzip\", \"gzip\"]\n", "listed twice"),
             ("[c]\nmin_size = -1\n", "negative"),
             ("[c]\ntypes = [\"text\"]\n", "not type/subtype"),

@@ -51,11 +51,18 @@ impl CompressedBody {
             Box::pin(body.into_data_stream().map_err(io::Error::other));
         let input: Input = StreamReader::new(data);
         let encoder: Encoder = match encoding {
-            Encoding::Gzip => Box::pin(GzipEncoder::with_quality(input, codec_level(encoding, level))),
-            Encoding::Brotli => {
-                Box::pin(BrotliEncoder::with_quality(input, codec_level(encoding, level)))
-            }
-            Encoding::Zstd => Box::pin(ZstdEncoder::with_quality(input, codec_level(encoding, level))),
+            Encoding::Gzip => Box::pin(GzipEncoder::with_quality(
+                input,
+                codec_level(encoding, level),
+            )),
+            Encoding::Brotli => Box::pin(BrotliEncoder::with_quality(
+                input,
+                codec_level(encoding, level),
+            )),
+            Encoding::Zstd => Box::pin(ZstdEncoder::with_quality(
+                input,
+                codec_level(encoding, level),
+            )),
         };
         Self {
             out: ReaderStream::with_capacity(encoder, FRAME),
