@@ -12,6 +12,13 @@
 # compressing the same file (gzip on, gzip_comp_level 6 and 1) with its own worker's CPU.
 # LB_BINARY defaults to a release build of this tree (cargo build --release).
 # Needs loopback ports 19511-19513, nginx and taskset.
+#
+# Measured 2026-12 on the 2-core dev VM, lb a dev build with the codec crates at opt-level 3
+# (brotli, zlib-rs, zstd-sys, flate2, compression-codecs, async-compression), body 1 MiB of
+# log-like text (compresses to ~26-28%), lb CPU per MiB of uncompressed body:
+#   identity 0.5 ms; zstd (3) 6.4 ms, 154 MB/s; br (4) 19.8 ms, 53 MB/s; gzip (6, zlib-rs)
+#   28 ms, 37 MB/s (57 ms with flate2's default miniz_oxide); NGINX gzip 6: 41 ms, 26 MB/s;
+#   NGINX gzip 1: 7.9 ms. Output: gzip 263 KB, zstd 292 KB, br 294 KB, NGINX gzip 6 270 KB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ -n "${1:-}" ]; then

@@ -439,6 +439,7 @@ async fn compressed_headers_and_head() {
     assert_eq!(r.header("etag"), Some("w/\"v1\""));
     assert_eq!(r.header("accept-ranges"), None);
     assert_eq!(r.all("vary"), ["origin, cookie, accept-encoding"]);
+    assert_eq!(r.header("content-length"), None, "{:?}", r.headers);
     assert!(r.body.is_empty());
 }
 
@@ -495,4 +496,13 @@ async fn config_errors_name_the_line() {
             assert!(shown.contains("l7.toml:12"), "{key}: {shown}");
         }
     }
+    // A tcp route has no HTTP responses to compress.
+    let stream = "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"127.0.0.1:1\"\n\
+                  [[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\nmode = \"tcp\"\n\
+                  [[route]]\nlistener = \"t\"\npool = \"web\"\n[route.compress]\n";
+    let e = L7Config::parse(stream, Path::new("l7.toml")).expect_err("tcp compress");
+    assert!(
+        e.to_string().contains("compress applies to http routes"),
+        "{e}"
+    );
 }
