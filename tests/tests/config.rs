@@ -458,6 +458,25 @@ fn full_example_parses_to_the_values_it_writes() {
         ("health".to_owned(), "1".to_owned())
     );
     assert_eq!(r[0].chain.timeout, Some(secs(5)));
+    {
+        use lb::l7::policy::compress::{Encoding, Level};
+        let c = r[0].chain.compress.as_ref().expect("route 0 compresses");
+        assert_eq!(
+            c.algorithms(),
+            [Encoding::Zstd, Encoding::Brotli, Encoding::Gzip]
+        );
+        assert_eq!((c.min_size(), c.level()), (1024, Level::Default));
+        for t in [
+            "text/html",
+            "application/json",
+            "application/javascript",
+            "image/svg+xml",
+        ] {
+            assert!(c.lists_type(t), "{t}");
+        }
+        assert!(!c.lists_type("application/xml"));
+        assert!(r[1..].iter().all(|r| r.chain.compress.is_none()));
+    }
     assert_eq!(
         (r[0].chain.upstream_request.len(), r[0].chain.response.len()),
         (1, 1)

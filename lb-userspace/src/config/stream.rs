@@ -250,6 +250,7 @@ pub(super) fn route_keys(
             "response_headers",
             r.response_headers.as_ref().map(|v| v.span()),
         ),
+        ("compress", r.compress.as_ref().map(|v| v.span())),
         ("redirect", r.redirect.as_ref().map(|v| v.span())),
         ("respond", r.respond.as_ref().map(|v| v.span())),
         ("jwt", r.jwt.as_ref().map(|v| v.span())),

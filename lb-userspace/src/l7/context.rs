@@ -47,6 +47,9 @@ pub struct RequestCtx<'a> {
     /// The route's `cors` allowed the request's origin: the Access-Control-Allow-Origin its
     /// response gets (None: no CORS headers).
     pub cors: Option<hyper::header::HeaderValue>,
+    /// Routes with `compress`: the encoding the request accepts (set in the request phase,
+    /// used in the response-body phase; None on other routes).
+    pub compress: Option<super::policy::compress::Negotiated>,
 }
 
 /// One authentication policy's verdict on a request.
@@ -100,6 +103,7 @@ impl<'a> RequestCtx<'a> {
             access: None,
             auth: None,
             cors: None,
+            compress: None,
             rate_limits: Vec::new(),
         }
     }

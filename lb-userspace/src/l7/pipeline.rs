@@ -24,8 +24,9 @@
 //!    request phase noted in `ctx.cors`, then `response_headers`), on every
 //!    response of the route, lb's own 502/504 and direct answers included; then the
 //!    RateLimit fields of the route's limits that counted the request.
-//! 6. Response body: streaming transforms wrap the body here (none is built in yet: this is
-//!    where compression goes); a whole body is never buffered unless a policy asks.
+//! 6. Response body: streaming transforms wrap the body here: the route's `compress`
+//!    (negotiated from Accept-Encoding in the request phase, `RequestCtx::compress`); a whole
+//!    body is never buffered unless a policy asks.
 //! 7. Log: the request counted in the metrics; with an access log the body is wrapped to
 //!    count bytes out and write the line when it is done.
 use std::{borrow::Cow, net::SocketAddr};
@@ -92,8 +93,14 @@ impl Proxy {
                 limits.set_fields(&ctx.rate_limits, response.headers_mut());
             }
         }
-        // Phase 6 (response body) has no built-in transform yet: compression will wrap the
-        // body here, before the log phase's byte counter.
+        // Phase 6 (response body): compression, before the log phase's byte counter (which
+        // then counts the bytes sent). Routes without `compress` never set `ctx.compress`.
+        if let Some(negotiated) = ctx.compress.take()
+            && let Some((_, route)) = ctx.route
+            && let Some(compress) = &route.chain.compress
+        {
+            response = compress.apply(response, negotiated);
+        }
         self.log_phase(ctx, response)
     }
 
@@ -172,6 +179,9 @@ impl Proxy {
             return Step::Answer(plain(StatusCode::NOT_FOUND, "no route\n"));
         };
         ctx.route = Some((index, route));
+        if let Some(compress) = &route.chain.compress {
+            ctx.compress = Some(compress.negotiate(req));
+        }
         let trusted = rules.map_or(&[][..], |r| r.trusted_proxies.as_slice());
         ctx.client = client_ip(ctx.peer.ip(), req.headers(), trusted);
         let forwarded_host = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());

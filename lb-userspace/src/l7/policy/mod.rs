@@ -21,6 +21,7 @@ use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
 pub mod api_key;
+pub mod compress;
 pub mod cors;
 pub mod headers;
 pub mod jwt;
@@ -30,6 +31,7 @@ pub mod respond;
 pub mod timeout;
 
 pub use api_key::ApiKey;
+pub use compress::Compress;
 pub use cors::Cors;
 pub use headers::HeaderEdits;
 pub use rate_limit::RateLimits;
@@ -208,6 +210,8 @@ pub struct RouteChain {
     pub response: Vec<ResponsePolicy>,
     /// Time to the upstream response head (None: the pool's `request_timeout`).
     pub timeout: Option<Duration>,
+    /// Response-body phase: `compress` (None: the body passes untouched).
+    pub compress: Option<Compress>,
 }
 
 impl RouteChain {
@@ -319,6 +323,11 @@ pub(crate) fn compile(
                 err,
             )?));
     }
+    chain.compress = r
+        .compress
+        .as_ref()
+        .map(|c| compress::compile(c, err))
+        .transpose()?;
     chain.timeout = r
         .timeout
         .as_ref()
