@@ -245,12 +245,24 @@ async fn tcp_consistent_hash_keys_on_the_true_client_ip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_least_conn_counts_open_connections() {
     let (a, b) = (echo_backend("a").await, echo_backend("b").await);
-    let (_proxy, addr) = start(&format!(
+    let (proxy, addr) = start(&format!(
         "{}{}",
         tcp_pool("p", "algorithm = \"least_conn\"\n", &[a, b]),
         tcp_listener("")
     ))
     .await;
+    // Waits (polling; the deadline only turns a hang into a failure) until the proxy counts
+    // `n` connections open to the pool's backends.
+    let open_upstream = |n: u32| {
+        let state = proxy.pool_state("p").expect("pool p");
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while state.inflight.get(0) + state.inflight.get(1) != n {
+                assert!(std::time::Instant::now() < deadline, "never {n} open");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
     let (mut first, first_name) = open(addr).await;
     let (_second, second_name) = open(addr).await;
     assert_ne!(first_name, second_name, "the busy backend is avoided");
@@ -259,12 +271,12 @@ async fn tcp_least_conn_counts_open_connections() {
     let mut rest = Vec::new();
     within(first.read_to_end(&mut rest)).await.expect("read");
     drop(first);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    open_upstream(1).await;
     for _ in 0..3 {
-        let (_held, name) = open(addr).await;
+        let (held, name) = open(addr).await;
         assert_eq!(name, first_name);
-        drop(_held);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(held);
+        open_upstream(1).await;
     }
 }
 
@@ -287,12 +299,13 @@ async fn tcp_idle_connections_are_closed() {
     }
     let started = std::time::Instant::now();
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+    // The deadline only turns a hang into a failure; how fast lb closes is not asserted.
+    let _ = tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut rest))
         .await
-        .expect("closed within 5 s");
+        .expect("closed by the idle timeout");
     let waited = started.elapsed();
+    // lb's own timer: never before the idle timeout (less scheduling slack).
     assert!(waited >= Duration::from_millis(450), "{waited:?}");
-    assert!(waited < Duration::from_secs(3), "{waited:?}");
     assert!(rest.is_empty(), "the backend never saw EOF: no bye");
 }
 
