@@ -76,6 +76,45 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
     }
 }
 
+/// Adds `names` to Vary, each once, merged into the existing values (one line); `Vary: *`
+/// is left alone.
+pub fn add_vary(headers: &mut HeaderMap, names: &[&str]) {
+    let mut tokens: Vec<&str> = Vec::new();
+    let mut opaque = false;
+    for value in headers.get_all(header::VARY) {
+        match value.to_str() {
+            Ok(v) => tokens.extend(v.split(',').map(str::trim).filter(|t| !t.is_empty())),
+            Err(_) => opaque = true,
+        }
+    }
+    if tokens.contains(&"*") {
+        return;
+    }
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !tokens.iter().any(|t| t.eq_ignore_ascii_case(n)))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    if opaque {
+        if let Ok(v) = HeaderValue::from_str(&missing.join(", ")) {
+            headers.append(header::VARY, v);
+        }
+        return;
+    }
+    let merged = tokens
+        .iter()
+        .chain(missing.iter())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(v) = HeaderValue::from_str(&merged) {
+        headers.insert(header::VARY, v);
+    }
+}
+
 /// The client's address. A `peer` (the socket peer, or the client a PROXY header named) that
 /// is not in `trusted` is the client, whatever its X-Forwarded-For says. A trusted peer's
 /// X-Forwarded-For is walked right to left (the hop nearest to us first), skipping trusted

@@ -30,7 +30,10 @@ use hyper::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{config::ConfigError, l7::pool::ProxyBody};
+use crate::{
+    config::ConfigError,
+    l7::{headers::add_vary, pool::ProxyBody},
+};
 
 pub mod body;
 
@@ -221,7 +224,7 @@ impl Compress {
             return response;
         }
         let headers = response.headers_mut();
-        add_vary(headers);
+        add_vary(headers, &["Accept-Encoding"]);
         let Some(encoding) = negotiated.encoding else {
             return response;
         };
@@ -237,38 +240,6 @@ impl Compress {
         }
         let level = self.level;
         response.map(|b| body::CompressedBody::wrap(b, encoding, level))
-    }
-}
-
-/// Adds `Accept-Encoding` to Vary unless it is there (or Vary is `*`), merging the values
-/// into one line.
-fn add_vary(headers: &mut HeaderMap) {
-    let mut existing = Vec::new();
-    for value in headers.get_all(header::VARY) {
-        let Ok(text) = value.to_str() else {
-            // Not text: leave Vary alone and add ours as its own line.
-            headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-            return;
-        };
-        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if name == "*" || name.eq_ignore_ascii_case("accept-encoding") {
-                return;
-            }
-            existing.push(name.to_owned());
-        }
-    }
-    if existing.is_empty() {
-        headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-        return;
-    }
-    existing.push("Accept-Encoding".to_owned());
-    match HeaderValue::from_str(&existing.join(", ")) {
-        Ok(v) => {
-            headers.insert(header::VARY, v);
-        }
-        Err(_) => {
-            headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-        }
     }
 }
 
@@ -531,13 +502,13 @@ mod tests {
     #[test]
     fn vary_is_merged_once() {
         let mut h = HeaderMap::new();
-        add_vary(&mut h);
-        add_vary(&mut h);
+        add_vary(&mut h, &["Accept-Encoding"]);
+        add_vary(&mut h, &["Accept-Encoding"]);
         assert_eq!(h.get_all(header::VARY).iter().count(), 1);
         let mut h = HeaderMap::new();
         h.append(header::VARY, HeaderValue::from_static("Origin"));
         h.append(header::VARY, HeaderValue::from_static("Cookie"));
-        add_vary(&mut h);
+        add_vary(&mut h, &["Accept-Encoding"]);
         let v: Vec<_> = h.get_all(header::VARY).iter().collect();
         assert_eq!(v, ["Origin, Cookie, Accept-Encoding"]);
         let mut h = HeaderMap::new();
@@ -545,7 +516,7 @@ mod tests {
             header::VARY,
             HeaderValue::from_static("origin, accept-encoding"),
         );
-        add_vary(&mut h);
+        add_vary(&mut h, &["Accept-Encoding"]);
         assert_eq!(h[header::VARY], "origin, accept-encoding");
     }
 

@@ -35,7 +35,10 @@ use hyper::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{config::ConfigError, l7::pool::ProxyBody};
+use crate::{
+    config::ConfigError,
+    l7::{headers::add_vary, pool::ProxyBody},
+};
 
 /// An `allow_origins` entry, compiled.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -339,45 +342,6 @@ fn refused() -> Response<ProxyBody> {
     *response.status_mut() = StatusCode::FORBIDDEN;
     add_vary(response.headers_mut(), &VARY_PREFLIGHT);
     response
-}
-
-/// Adds `names` to Vary, each once, merged into the existing values (one line); `Vary: *`
-/// is left alone.
-pub fn add_vary(headers: &mut HeaderMap, names: &[&str]) {
-    let mut tokens: Vec<&str> = Vec::new();
-    let mut opaque = false;
-    for value in headers.get_all(header::VARY) {
-        match value.to_str() {
-            Ok(v) => tokens.extend(v.split(',').map(str::trim).filter(|t| !t.is_empty())),
-            Err(_) => opaque = true,
-        }
-    }
-    if tokens.contains(&"*") {
-        return;
-    }
-    let missing: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|n| !tokens.iter().any(|t| t.eq_ignore_ascii_case(n)))
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    if opaque {
-        if let Ok(v) = HeaderValue::from_str(&missing.join(", ")) {
-            headers.append(header::VARY, v);
-        }
-        return;
-    }
-    let merged = tokens
-        .iter()
-        .chain(missing.iter())
-        .copied()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Ok(v) = HeaderValue::from_str(&merged) {
-        headers.insert(header::VARY, v);
-    }
 }
 
 #[derive(Deserialize)]
