@@ -13,8 +13,6 @@ use std::{
     sync::Arc,
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::{
     Response, StatusCode,
     header::{HeaderName, HeaderValue},
@@ -26,6 +24,7 @@ use rustls::{
 };
 
 use super::{
+    answer::plain,
     context::{AuthResult, RequestCtx},
     pool::ProxyBody,
     upstream::tls::content_digest,
@@ -166,13 +165,10 @@ pub(super) fn require(ctx: &mut RequestCtx<'_>) -> Option<Response<ProxyBody>> {
     if ctx.identity.client_cert.is_some() {
         return None;
     }
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(b"client certificate required\n"))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = StatusCode::FORBIDDEN;
-    Some(response)
+    Some(plain(
+        StatusCode::FORBIDDEN,
+        "client certificate required\n",
+    ))
 }
 
 /// An XFCC value, quoted when it holds a separator.

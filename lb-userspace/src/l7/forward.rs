@@ -19,11 +19,11 @@ use hyper::{
 };
 
 use super::{
+    answer::plain,
     body::{self, BodyWatch, UpstreamBody},
     config::{HashKey, RouteConfig},
     context::RequestCtx,
     headers::remove_hop_by_hop,
-    pipeline::plain,
     pool::{Pool, ProxyBody},
     proxy::Proxy,
     routing::upstream_path,

@@ -31,8 +31,7 @@
 //!    count bytes out and write the line when it is done.
 use std::{borrow::Cow, net::SocketAddr};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::{
     Request, Response, StatusCode,
     body::{Body as _, Incoming},
@@ -42,6 +41,7 @@ use hyper::{
 
 use super::{
     access_log::{AccessRecord, CountedBody, LoggedBody},
+    answer::plain,
     body::{self, BodyWatch, UpstreamBody},
     context::RequestCtx,
     forward::{Upstream, has_body, hash_key, idempotent, upstream_target},
@@ -323,15 +323,4 @@ fn response_phase(
             ResponsePolicy::Headers(edits) => edits.apply(response.headers_mut()),
         }
     }
-}
-
-/// One of lb's own short plain-text answers.
-pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response
 }

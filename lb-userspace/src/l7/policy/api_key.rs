@@ -21,7 +21,6 @@
 use std::{ops::Range, sync::Arc};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::{
     Request, Response, StatusCode, Uri,
     body::Incoming,
@@ -31,6 +30,7 @@ use hyper::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::l7::answer::plain;
 use crate::{
     config::{ConfigError, api_keys::Consumers},
     l7::{
@@ -242,12 +242,7 @@ fn percent_decode(text: &str) -> Vec<u8> {
 }
 
 fn answer(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
+    let mut response = plain(status, text);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -26,8 +26,7 @@
 //! method or header names.
 use std::{ops::Range, time::Duration};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::{
     HeaderMap, Method, Response, StatusCode,
     header::{self, HeaderName, HeaderValue},
@@ -35,6 +34,7 @@ use hyper::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::l7::answer::plain;
 use crate::{
     config::ConfigError,
     l7::{headers::add_vary, pool::ProxyBody},
@@ -334,12 +334,7 @@ impl Cors {
 
 /// A preflight lb refuses: 403, no CORS headers (the browser blocks the real request).
 fn refused() -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(b"CORS preflight refused\n"))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = StatusCode::FORBIDDEN;
+    let mut response = plain(StatusCode::FORBIDDEN, "CORS preflight refused\n");
     add_vary(response.headers_mut(), &VARY_PREFLIGHT);
     response
 }

@@ -19,8 +19,6 @@
 //! CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) passes without one.
 use std::{collections::HashSet, ops::Range, sync::Arc};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
@@ -30,6 +28,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::PolicyState;
+use crate::l7::answer::plain;
 use crate::{
     config::ConfigError,
     l7::{
@@ -384,12 +383,7 @@ fn refuse(refusal: Refusal) -> Response<ProxyBody> {
             "insufficient scope\n",
         ),
     };
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
+    let mut response = plain(status, text);
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static(challenge),

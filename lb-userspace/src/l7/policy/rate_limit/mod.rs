@@ -36,8 +36,6 @@
 //! whole burst). Dry-run limits add no fields.
 use std::{borrow::Cow, collections::HashMap, fmt, ops::Range};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::{
     HeaderMap, Response, StatusCode,
     header::{self, HeaderName, HeaderValue},
@@ -45,6 +43,7 @@ use hyper::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::l7::answer::plain;
 use crate::{
     config::{ConfigError, RouteConfig},
     l7::{context::RequestCtx, pool::ProxyBody},
@@ -303,12 +302,7 @@ fn route_label(ctx: &RequestCtx<'_>) -> String {
 }
 
 fn too_many_requests(wait: u64) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(b"rate limited\n"))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
