@@ -18,7 +18,7 @@ use std::{ops::Range, path::Path, time::Duration};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::ConfigError;
+use super::{ConfigError, value::duration};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckKind {
@@ -65,12 +65,6 @@ impl HealthCheckConfig {
         path: &Path,
     ) -> Result<Self, ConfigError> {
         let err = |span: Range<usize>, message: String| ConfigError::at(path, text, span, message);
-        let duration = |value: &Option<Spanned<String>>, default: Duration, what: &str| {
-            value.as_ref().map_or(Ok(default), |v| {
-                humantime::parse_duration(v.get_ref())
-                    .map_err(|e| err(v.span(), format!("{what} {:?}: {e}", v.get_ref())))
-            })
-        };
         let http = |tls: bool| -> Result<CheckKind, ConfigError> {
             let check_path = match &raw.path {
                 Some(p) if !p.get_ref().starts_with('/') => {
@@ -121,12 +115,12 @@ impl HealthCheckConfig {
                 ));
             }
         };
-        let interval = duration(&raw.interval, Duration::from_secs(2), "interval")?;
+        let interval = duration(&raw.interval, Duration::from_secs(2), "interval", &err)?;
         if interval < Duration::from_millis(10) {
             let span = raw.interval.as_ref().map_or(0..0, Spanned::span);
             return Err(err(span, "interval must be at least 10ms".to_owned()));
         }
-        let timeout = duration(&raw.timeout, Duration::from_secs(1), "timeout")?;
+        let timeout = duration(&raw.timeout, Duration::from_secs(1), "timeout", &err)?;
         if timeout > interval || timeout.is_zero() {
             let span = raw
                 .timeout
@@ -156,7 +150,7 @@ impl HealthCheckConfig {
             timeout,
             rise: count(&raw.rise, 2, "rise")?,
             fall: count(&raw.fall, 3, "fall")?,
-            slow_start: duration(&raw.slow_start, Duration::ZERO, "slow_start")?,
+            slow_start: duration(&raw.slow_start, Duration::ZERO, "slow_start", &err)?,
         })
     }
 }

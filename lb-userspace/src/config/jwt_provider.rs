@@ -29,7 +29,10 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::ConfigError;
+use super::{
+    ConfigError,
+    value::{duration, positive_duration},
+};
 
 /// Where a provider's keys come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,15 +101,6 @@ pub(super) fn parse(
     path: &Path,
 ) -> Result<Vec<JwtProviderConfig>, ConfigError> {
     let err = |span: Range<usize>, message: String| ConfigError::at(path, text, span, message);
-    let duration = |value: &Option<Spanned<String>>, default: Duration, what: &str| {
-        value.as_ref().map_or(Ok(default), |v| {
-            match humantime::parse_duration(v.get_ref()) {
-                Ok(d) if d.is_zero() => Err(err(v.span(), format!("{what} must be above 0"))),
-                Ok(d) => Ok(d),
-                Err(e) => Err(err(v.span(), format!("{what} {:?}: {e}", v.get_ref()))),
-            }
-        })
-    };
     let mut names = HashSet::new();
     let mut providers = Vec::new();
     for p in raw {
@@ -190,8 +184,14 @@ pub(super) fn parse(
                 ));
             }
         };
-        let cache_min = duration(&p.cache_min, Duration::from_secs(60), "cache_min")?;
-        let cache_max = duration(&p.cache_max, Duration::from_secs(24 * 3600), "cache_max")?;
+        let cache_min =
+            positive_duration(&p.cache_min, Duration::from_secs(60), "cache_min", &err)?;
+        let cache_max = positive_duration(
+            &p.cache_max,
+            Duration::from_secs(24 * 3600),
+            "cache_max",
+            &err,
+        )?;
         if cache_min > cache_max {
             return Err(err(
                 p.cache_min.as_ref().map_or(span.clone(), Spanned::span),
@@ -205,21 +205,21 @@ pub(super) fn parse(
             algorithms,
             keys,
             ca_file: p.ca_file,
-            clock_skew: match &p.clock_skew {
-                // Zero skew is a valid choice here.
-                Some(v) if v.get_ref().trim() == "0s" || v.get_ref().trim() == "0" => {
-                    Duration::ZERO
-                }
-                other => duration(other, Duration::from_secs(60), "clock_skew")?,
-            },
+            clock_skew: duration(&p.clock_skew, Duration::from_secs(60), "clock_skew", &err)?,
             cache_min,
             cache_max,
-            refetch_cooldown: duration(
+            refetch_cooldown: positive_duration(
                 &p.refetch_cooldown,
                 Duration::from_secs(30),
                 "refetch_cooldown",
+                &err,
             )?,
-            fetch_timeout: duration(&p.fetch_timeout, Duration::from_secs(5), "fetch_timeout")?,
+            fetch_timeout: positive_duration(
+                &p.fetch_timeout,
+                Duration::from_secs(5),
+                "fetch_timeout",
+                &err,
+            )?,
         });
     }
     Ok(providers)

@@ -15,6 +15,7 @@ use toml::Spanned;
 use super::{
     ConfigError, checks,
     stream::{self, ListenerMode, StreamSettings},
+    value::{duration, positive_duration},
 };
 
 #[derive(Clone)]
@@ -120,23 +121,6 @@ pub(crate) struct RawTlsCert {
     pub(crate) server_names: Vec<String>,
 }
 
-fn body_timeout(
-    value: &Option<Spanned<String>>,
-    err: &dyn Fn(Range<usize>, String) -> ConfigError,
-) -> Result<Duration, ConfigError> {
-    let Some(v) = value else {
-        return Ok(Duration::from_secs(30));
-    };
-    match humantime::parse_duration(v.get_ref()) {
-        Ok(d) if d.is_zero() => Err(err(v.span(), "body_timeout must be above 0".to_owned())),
-        Ok(d) => Ok(d),
-        Err(e) => Err(err(
-            v.span(),
-            format!("body_timeout {:?}: {e}", v.get_ref()),
-        )),
-    }
-}
-
 /// `max_connections`: at least 1, 10000 by default.
 fn max_connections(
     value: &Option<Spanned<usize>>,
@@ -159,12 +143,6 @@ pub(super) fn parse(
     path: &Path,
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
     let err = |span: Range<usize>, message: String| ConfigError::at(path, text, span, message);
-    let duration = |value: &Option<Spanned<String>>, default: Duration, what: &str| {
-        value.as_ref().map_or(Ok(default), |v| {
-            humantime::parse_duration(v.get_ref())
-                .map_err(|e| err(v.span(), format!("{what} {:?}: {e}", v.get_ref())))
-        })
-    };
 
     let mut listeners = Vec::new();
     let mut listener_names = HashSet::new();
@@ -214,6 +192,7 @@ pub(super) fn parse(
             &l.proxy_protocol_timeout,
             Duration::from_secs(5),
             "proxy_protocol_timeout",
+            &err,
         )?;
         let max_header_bytes = match &l.max_header_bytes {
             Some(n) if *n.get_ref() < 8192 => {
@@ -233,9 +212,19 @@ pub(super) fn parse(
             proxy_protocol_timeout,
             max_header_bytes,
             max_body_bytes: l.max_body_bytes.unwrap_or(100 << 20),
-            header_timeout: duration(&l.header_timeout, Duration::from_secs(10), "header_timeout")?,
+            header_timeout: duration(
+                &l.header_timeout,
+                Duration::from_secs(10),
+                "header_timeout",
+                &err,
+            )?,
             trusted_proxies: trusted_proxies(&l.trusted_proxies, text, path)?,
-            body_timeout: body_timeout(&l.body_timeout, &err)?,
+            body_timeout: positive_duration(
+                &l.body_timeout,
+                Duration::from_secs(30),
+                "body_timeout",
+                &err,
+            )?,
             max_connections: max_connections(&l.max_connections, &err)?,
             max_connections_per_client: match &l.max_connections_per_client {
                 Some(n) if *n.get_ref() == 0 => {

@@ -32,6 +32,7 @@ pub mod route;
 pub mod route_rules;
 pub mod stream;
 pub(crate) mod upstream;
+pub mod value;
 pub mod vip;
 
 pub use error::ConfigError;

@@ -14,6 +14,7 @@ use toml::Spanned;
 use super::{
     ConfigError,
     health_check::{HealthCheckConfig, RawHealthCheck},
+    value::duration,
 };
 use crate::l7::{proxy_header::ProxyVersion, selection::Backend};
 
@@ -128,12 +129,6 @@ pub(super) fn parse(
     path: &Path,
 ) -> Result<Vec<PoolConfig>, ConfigError> {
     let err = |span: Range<usize>, message: String| ConfigError::at(path, text, span, message);
-    let duration = |value: &Option<Spanned<String>>, default: Duration, what: &str| {
-        value.as_ref().map_or(Ok(default), |v| {
-            humantime::parse_duration(v.get_ref())
-                .map_err(|e| err(v.span(), format!("{what} {:?}: {e}", v.get_ref())))
-        })
-    };
 
     let mut pools = Vec::new();
     let mut names = HashSet::new();
@@ -199,11 +194,13 @@ pub(super) fn parse(
                 &pool.connect_timeout,
                 Duration::from_secs(2),
                 "connect_timeout",
+                &err,
             )?,
             request_timeout: duration(
                 &pool.request_timeout,
                 Duration::from_secs(30),
                 "request_timeout",
+                &err,
             )?,
             retries: pool.retries,
             proxy_protocol: pool.proxy_protocol,

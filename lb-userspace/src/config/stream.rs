@@ -10,6 +10,7 @@ use super::{
     listener::{ListenerConfig, RawListener},
     pool::{HashKey, PoolConfig},
     route::{HostMatch, RawRoute},
+    value::duration,
 };
 
 /// What a listener speaks.
@@ -61,18 +62,7 @@ pub(super) fn listener_keys(
 ) -> Result<(ListenerMode, StreamSettings), ConfigError> {
     let mode = l.mode.as_ref().map_or(ListenerMode::Http, |m| *m.get_ref());
     let mode_span = || l.mode.as_ref().map_or(l.name.span(), |m| m.span());
-    let duration = |value: &Option<toml::Spanned<String>>, default: Duration, what: &str| {
-        value.as_ref().map_or(Ok(default), |v| {
-            humantime::parse_duration(v.get_ref()).map_err(|e| {
-                err(
-                    path,
-                    text,
-                    v.span(),
-                    format!("{what} {:?}: {e}", v.get_ref()),
-                )
-            })
-        })
-    };
+    let at = |span: Range<usize>, message: String| err(path, text, span, message);
     if mode != ListenerMode::Http && !l.tls.is_empty() {
         return Err(err(
             path,
@@ -173,11 +163,12 @@ pub(super) fn listener_keys(
         TCP_IDLE
     };
     let settings = StreamSettings {
-        idle_timeout: duration(&l.idle_timeout, default_idle, "idle_timeout")?,
+        idle_timeout: duration(&l.idle_timeout, default_idle, "idle_timeout", &at)?,
         client_hello_timeout: duration(
             &l.client_hello_timeout,
             Duration::from_secs(5),
             "client_hello_timeout",
+            &at,
         )?,
         max_sessions,
     };

@@ -1,19 +1,17 @@
 //! The upstream keys of a `[[pool]]` section (documented with the others in `l7.rs`):
 //! defaults and validation.
-use std::{ops::Range, time::Duration};
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::{
     ConfigError,
     pool::{PoolConfig, RawBackend, RawPool},
+    value::{ErrAt, duration},
 };
 use crate::l7::upstream::tls::{
     IdentityFile, UpstreamProtocol, UpstreamTls, client_config, client_identity,
 };
-
-/// Builds `FILE:LINE: reason` errors from a span.
-pub type ErrAt<'a> = &'a dyn Fn(Range<usize>, String) -> ConfigError;
 
 /// Fills `pool`'s upstream settings from `raw`.
 pub fn apply(raw: &RawPool, pool: &mut PoolConfig, err: ErrAt<'_>) -> Result<(), ConfigError> {
@@ -66,18 +64,6 @@ pub fn backend_caps(
             None => Ok(None),
         })
         .collect()
-}
-
-fn duration(
-    value: &Option<Spanned<String>>,
-    default: Duration,
-    what: &str,
-    err: ErrAt<'_>,
-) -> Result<Duration, ConfigError> {
-    value.as_ref().map_or(Ok(default), |v| {
-        humantime::parse_duration(v.get_ref())
-            .map_err(|e| err(v.span(), format!("{what} {:?}: {e}", v.get_ref())))
-    })
 }
 
 /// The pool's TLS client side, if it speaks HTTPS.

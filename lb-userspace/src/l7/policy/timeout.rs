@@ -15,9 +15,5 @@ pub(crate) fn compile(
     raw: &Spanned<String>,
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<Duration, ConfigError> {
-    match humantime::parse_duration(raw.get_ref()) {
-        Ok(d) if d.is_zero() => Err(err(raw.span(), "timeout must be above 0".to_owned())),
-        Ok(d) => Ok(d),
-        Err(e) => Err(err(raw.span(), format!("timeout {:?}: {e}", raw.get_ref()))),
-    }
+    crate::config::value::parse_positive_duration(raw, "timeout", err)
 }
