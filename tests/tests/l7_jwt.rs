@@ -176,6 +176,29 @@ fn provider(keys: &str, extra: &str) -> String {
     )
 }
 
+/// A JWKS server holding `keys`, an echo backend, and lb in front of it with a provider "idp"
+/// fetching from that server (plus `provider_extra` keys) and `route_jwt` as the route's policy.
+async fn lb_with_jwks(
+    keys: Vec<Value>,
+    provider_extra: &str,
+    route_jwt: &str,
+) -> (Jwks, l7::RunningL7, SocketAddr) {
+    let jwks = Jwks::default();
+    jwks.set(keys);
+    let jwks_addr = jwks.serve().await;
+    let echo = echo_backend().await;
+    let (lb, addr) = start(&file(
+        echo,
+        &provider(
+            &format!("jwks_url = \"http://{jwks_addr}/jwks.json\""),
+            provider_extra,
+        ),
+        route_jwt,
+    ))
+    .await;
+    (jwks, lb, addr)
+}
+
 async fn with_token(addr: SocketAddr, token: &str) -> (u16, Vec<String>, String) {
     exchange(
         addr,
@@ -190,16 +213,7 @@ async fn with_token(addr: SocketAddr, token: &str) -> (u16, Vec<String>, String)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_tokens_of_each_algorithm_pass_with_their_claims_upstream() {
-    let jwks = Jwks::default();
-    jwks.set(vec![jwk("rsa1", "r1"), jwk("ec1", "e1"), jwk("ed1", "d1")]);
-    let jwks_addr = jwks.serve().await;
-    let echo = echo_backend().await;
-    let (_lb, addr) = start(&file(
-        echo,
-        &provider(&format!("jwks_url = \"http://{jwks_addr}/jwks.json\""), ""),
-        "{ provider = \"idp\", claims_to_headers = { \"x-user\" = \"sub\", \"x-org\" = \"org.id\", \"x-roles\" = \"roles\" } }",
-    ))
-    .await;
+    let (jwks, _lb, addr) = lb_with_jwks(vec![jwk("rsa1", "r1"), jwk("ec1", "e1"), jwk("ed1", "d1")], "", "{ provider = \"idp\", claims_to_headers = { \"x-user\" = \"sub\", \"x-org\" = \"org.id\", \"x-roles\" = \"roles\" } }").await;
     for (key, alg, kid) in [
         ("rsa1", Algorithm::RS256, "r1"),
         ("rsa1", Algorithm::PS256, "r1"),
@@ -234,18 +248,11 @@ async fn valid_tokens_of_each_algorithm_pass_with_their_claims_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_with_rfc_6750_challenges() {
-    let jwks = Jwks::default();
-    jwks.set(vec![jwk("rsa1", "r1")]);
-    let jwks_addr = jwks.serve().await;
-    let echo = echo_backend().await;
-    let (_lb, addr) = start(&file(
-        echo,
-        &provider(
-            &format!("jwks_url = \"http://{jwks_addr}/jwks.json\""),
-            "clock_skew = \"60s\"\nrefetch_cooldown = \"1h\"\n",
-        ),
+    let (_jwks, _lb, addr) = lb_with_jwks(
+        vec![jwk("rsa1", "r1")],
+        "clock_skew = \"60s\"\nrefetch_cooldown = \"1h\"\n",
         "{ provider = \"idp\", scopes = [\"read\"], required_claims = [\"org.id\"] }",
-    ))
+    )
     .await;
     let good = mint("rsa1", Algorithm::RS256, Some("r1"), &good_claims());
     assert_eq!(with_token(addr, &good).await.0, 200);
@@ -380,18 +387,11 @@ async fn bad_tokens_are_refused_with_rfc_6750_challenges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_unknown_kid_storms_and_failed_fetches() {
-    let jwks = Jwks::default();
-    jwks.set(vec![jwk("rsa1", "k1")]);
-    let jwks_addr = jwks.serve().await;
-    let echo = echo_backend().await;
-    let (_lb, addr) = start(&file(
-        echo,
-        &provider(
-            &format!("jwks_url = \"http://{jwks_addr}/jwks.json\""),
-            "refetch_cooldown = \"1h\"\n",
-        ),
+    let (jwks, _lb, addr) = lb_with_jwks(
+        vec![jwk("rsa1", "k1")],
+        "refetch_cooldown = \"1h\"\n",
         "{ provider = \"idp\" }",
-    ))
+    )
     .await;
     let k1 = mint("rsa1", Algorithm::RS256, Some("k1"), &good_claims());
     assert_eq!(with_token(addr, &k1).await.0, 200);
@@ -417,19 +417,12 @@ async fn rotation_unknown_kid_storms_and_failed_fetches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fetch_keeps_the_last_good_keys() {
-    let jwks = Jwks::default();
-    jwks.set(vec![jwk("ec1", "e1")]);
-    let jwks_addr = jwks.serve().await;
-    let echo = echo_backend().await;
     // A cooldown of 1 ms: every unknown kid refetches (the failing server is asked).
-    let (_lb, addr) = start(&file(
-        echo,
-        &provider(
-            &format!("jwks_url = \"http://{jwks_addr}/jwks.json\""),
-            "refetch_cooldown = \"1ms\"\n",
-        ),
+    let (jwks, _lb, addr) = lb_with_jwks(
+        vec![jwk("ec1", "e1")],
+        "refetch_cooldown = \"1ms\"\n",
         "{ provider = \"idp\" }",
-    ))
+    )
     .await;
     let e1 = mint("ec1", Algorithm::ES256, Some("e1"), &good_claims());
     assert_eq!(with_token(addr, &e1).await.0, 200);
