@@ -5,6 +5,8 @@
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `POST /api/drain?pool=P&backend=ADDR` and `POST /api/undrain?...`: stop / resume new
 //!   requests and flows to a backend (existing ones finish). Answered by the manager.
+//! - `POST /api/purge?url=URL` (`&prefix=1`: every URL starting with it): removes cached
+//!   responses from the routes' caches; answers how many keys went.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
@@ -32,6 +34,11 @@ pub enum AdminCommand {
         backend: String,
         drain: bool,
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    Purge {
+        url: String,
+        prefix: bool,
+        reply: oneshot::Sender<Result<u64, String>>,
     },
 }
 
@@ -161,6 +168,31 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                     TEXT,
                     "shutting down\n".into(),
                 ),
+            }
+        }
+        (&Method::POST, "/api/purge") => {
+            let query = req.uri().query().unwrap_or_default();
+            let Some(url) = query_param(query, "url") else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    "needs ?url=SCHEME://HOST:PORT/PATH (and &prefix=1 for a prefix)\n".into(),
+                );
+            };
+            let prefix = query_param(query, "prefix").is_some_and(|v| v == "1" || v == "true");
+            let (tx, rx) = oneshot::channel();
+            let command = AdminCommand::Purge {
+                url,
+                prefix,
+                reply: tx,
+            };
+            if state.commands.send(command).await.is_err() {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "shutting down\n".into());
+            }
+            match rx.await {
+                Ok(Ok(n)) => reply(StatusCode::OK, TEXT, format!("purged {n}\n")),
+                Ok(Err(e)) => reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
+                Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "shutting down\n".into()),
             }
         }
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),

@@ -1,5 +1,5 @@
 //! `lb ctl`: the operator's side of the admin API of a running `lb run`: status tables, pools,
-//! drain / undrain. Speaks HTTP/1.1 to `--admin` (the same default as `lb run --admin`).
+//! drain / undrain, cache purge. Speaks HTTP/1.1 to `--admin` (the same default as `lb run --admin`).
 //! The status JSON is read by field name and missing numbers count as zero, so the tables keep
 //! working when the snapshot gains or loses fields.
 use std::{fmt::Write as _, net::SocketAddr, time::Duration};
@@ -35,6 +35,14 @@ enum CtlCommand {
     Drain { pool: String, backend: String },
     /// Let BACKEND of POOL take new requests and flows again.
     Undrain { pool: String, backend: String },
+    /// Remove cached responses for URL (as the cache keys it: SCHEME://HOST:PORT/PATH?QUERY,
+    /// the port the client connected to) from every route's cache.
+    Purge {
+        url: String,
+        /// Remove every URL that starts with URL instead.
+        #[arg(long)]
+        prefix: bool,
+    },
 }
 
 /// How long one API call may take (connect, request, answer).
@@ -55,6 +63,24 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 _ => status_text(&status),
             };
             print!("{text}");
+        }
+        CtlCommand::Purge { url, prefix } => {
+            let path = format!(
+                "/api/purge?url={}{}",
+                percent_encode(url),
+                if *prefix { "&prefix=1" } else { "" }
+            );
+            let body = call(args.admin, Method::POST, &path).await?;
+            let purged: u64 = body
+                .trim()
+                .strip_prefix("purged ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_default();
+            if args.json {
+                println!("{}", serde_json::json!({ "purged": purged }));
+            } else {
+                println!("purged {purged} cached key(s)");
+            }
         }
         CtlCommand::Drain { pool, backend } | CtlCommand::Undrain { pool, backend } => {
             let drain = matches!(args.command, CtlCommand::Drain { .. });

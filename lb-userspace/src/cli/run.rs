@@ -180,6 +180,9 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
                 AdminCommand::Drain { pool, backend, drain, reply } => {
                     let _ = reply.send(manager.drain(&pool, &backend, drain).await);
                 }
+                AdminCommand::Purge { url, prefix, reply } => {
+                    let _ = reply.send(manager.purge(&url, prefix));
+                }
             },
             _ = status_tick.tick() => manager.publish(),
         }

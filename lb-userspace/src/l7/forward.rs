@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{
-    Method, Request, Response, StatusCode, Uri, body::Incoming, header, http::request::Parts,
+    HeaderMap, Method, Request, Response, StatusCode, Uri, header, http::request::Parts,
     http::uri::PathAndQuery,
 };
 
@@ -182,17 +182,15 @@ pub(super) fn upstream_target(route: &RouteConfig, uri: &Uri) -> Option<PathAndQ
     PathAndQuery::from_maybe_shared(Bytes::from(target)).ok()
 }
 
-pub(super) fn hash_key(key: &HashKey, req: &Request<Incoming>, client: IpAddr) -> u64 {
+pub(super) fn hash_key(key: &HashKey, headers: &HeaderMap, client: IpAddr) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match key {
         HashKey::ClientIp => client.hash(&mut hasher),
-        HashKey::Header(name) => req
-            .headers()
+        HashKey::Header(name) => headers
             .get(name)
             .map(|v| v.as_bytes())
             .hash(&mut hasher),
-        HashKey::Cookie(name) => req
-            .headers()
+        HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -212,10 +210,9 @@ pub(super) fn idempotent(method: &Method) -> bool {
     )
 }
 
-pub(super) fn has_body(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
+pub(super) fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0")

@@ -379,6 +379,14 @@ impl Manager {
         Ok(())
     }
 
+    /// Removes cached responses for `url` (`prefix`: every URL starting with it) from every
+    /// route's cache. Returns how many keys went; an error when no route has a cache.
+    pub fn purge(&self, url: &str, prefix: bool) -> Result<u64, String> {
+        self.l7
+            .purge(url, prefix)
+            .ok_or_else(|| "no route has a cache".to_owned())
+    }
+
     /// Re-reads the backend file and applies it in place; a bad file (or a failed apply)
     /// keeps the running configuration, says why, and counts it.
     pub async fn reload(&mut self, why: &str) {
