@@ -23,7 +23,9 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, header::HeaderValue, service::service_fn};
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, header::HeaderValue, service::service_fn,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -88,14 +90,22 @@ fn answer(
             text(format!("{path} {n}")),
         ),
         "/slow" => (200, vec![cc("max-age=300")], text(format!("{path} {n}"))),
-        "/private" => (200, vec![cc("private, max-age=300")], text(format!("p {n}"))),
+        "/private" => (
+            200,
+            vec![cc("private, max-age=300")],
+            text(format!("p {n}")),
+        ),
         "/cookie" => (
             200,
             vec![cc("max-age=300"), ("set-cookie", "s=1".to_owned())],
             text(format!("c {n}")),
         ),
         "/nostore" => (200, vec![cc("no-store")], text(format!("ns {n}"))),
-        "/public" => (200, vec![cc("public, max-age=300")], text(format!("pub {n}"))),
+        "/public" => (
+            200,
+            vec![cc("public, max-age=300")],
+            text(format!("pub {n}")),
+        ),
         "/vary" => {
             let lang = req
                 .headers()
@@ -305,7 +315,10 @@ async fn what_may_not_be_shared_is_not_stored() {
     assert_eq!(status(&request(addr, "GET", "/public", auth).await), "MISS");
     assert_eq!(status(&request(addr, "GET", "/public", auth).await), "HIT");
     // `default_ttl` stores answers that state no freshness (the `/ttl` route).
-    assert_eq!(status(&request(addr, "GET", "/ttl/plain", "").await), "MISS");
+    assert_eq!(
+        status(&request(addr, "GET", "/ttl/plain", "").await),
+        "MISS"
+    );
     assert_eq!(status(&request(addr, "GET", "/ttl/plain", "").await), "HIT");
 }
 
@@ -351,7 +364,11 @@ async fn concurrent_misses_make_one_backend_request() {
         assert_eq!((r.status, status(&r)), (200, "HIT"));
         assert_eq!(body(&r), "/slow 1", "the first fetch's answer");
     }
-    assert_eq!(backend.seen("/slow"), 1, "one backend request for eight clients");
+    assert_eq!(
+        backend.seen("/slow"),
+        1,
+        "one backend request for eight clients"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

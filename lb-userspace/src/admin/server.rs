@@ -187,12 +187,20 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                 reply: tx,
             };
             if state.commands.send(command).await.is_err() {
-                return reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "shutting down\n".into());
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "shutting down\n".into(),
+                );
             }
             match rx.await {
                 Ok(Ok(n)) => reply(StatusCode::OK, TEXT, format!("purged {n}\n")),
                 Ok(Err(e)) => reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
-                Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "shutting down\n".into()),
+                Err(_) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "shutting down\n".into(),
+                ),
             }
         }
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),

@@ -186,10 +186,7 @@ pub(super) fn hash_key(key: &HashKey, headers: &HeaderMap, client: IpAddr) -> u6
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match key {
         HashKey::ClientIp => client.hash(&mut hasher),
-        HashKey::Header(name) => headers
-            .get(name)
-            .map(|v| v.as_bytes())
-            .hash(&mut hasher),
+        HashKey::Header(name) => headers.get(name).map(|v| v.as_bytes()).hash(&mut hasher),
         HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)
             .iter()

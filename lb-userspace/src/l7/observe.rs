@@ -24,8 +24,8 @@ use super::{
     context::{AuthResult, RequestCtx},
 };
 use crate::admin::metrics::{
-    AuthLabels, BackendLabels, CacheLabels, RouteLabels, L7Metrics, ListenerLabels, PoolLabels, RateLimitLabels,
-    RequestLabels,
+    AuthLabels, BackendLabels, CacheLabels, L7Metrics, ListenerLabels, PoolLabels, RateLimitLabels,
+    RequestLabels, RouteLabels,
 };
 
 /// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.

@@ -12,6 +12,8 @@
 //!    `X-Forwarded-Client-Cert`) are stripped from the request when any route or listener of
 //!    the configuration sets them, and the connection's verified client certificate is
 //!    written into `X-Forwarded-Client-Cert`.
+//!    On a route with `cache`, the cache phase follows (`cache/phase.rs`): a stored answer
+//!    may answer here; otherwise phases 2 to 4 fetch it for the cache.
 //! 2. Upstream selection: the route's pool (a split's by weight, passing over a pool with no
 //!    usable backend), then a backend for each attempt (`forward.rs`).
 //! 3. Upstream request: hop-by-hop headers removed, the path rewritten, X-Forwarded-* /

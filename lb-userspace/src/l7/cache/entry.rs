@@ -43,7 +43,9 @@ pub enum Freshness {
     Revalidating,
     /// Stale beyond that: fetched again (conditionally when it has validators); served
     /// instead of a failure while within `stale-if-error` (`usable_on_error`).
-    Stale { usable_on_error: bool },
+    Stale {
+        usable_on_error: bool,
+    },
 }
 
 impl StoredHead {
@@ -72,7 +74,12 @@ impl StoredHead {
             return None;
         }
         let directives = Directives::of(headers);
-        let mut fresh_for = policy.time_to_live(now);
+        // The freshness lifetime (the library's time to live is what is left of it after the
+        // response's Age; `age` below counts that Age again).
+        let mut fresh_for = match policy.time_to_live(now) {
+            ttl if ttl.is_zero() => ttl,
+            ttl => ttl + policy.age(now),
+        };
         let says_nothing =
             !headers.contains_key(header::CACHE_CONTROL) && !headers.contains_key(header::EXPIRES);
         if fresh_for.is_zero()
@@ -152,13 +159,6 @@ impl StoredHead {
                 usable_on_error: stale_by < self.stale_if_error,
             }
         }
-    }
-
-    /// How long past its freshness the entry stays useful (after that it is evicted).
-    pub fn lifetime(&self) -> Duration {
-        self.fresh_for
-            .saturating_sub(self.initial_age)
-            .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
     }
 
     /// The validators a conditional request sends for this entry.
@@ -283,5 +283,199 @@ impl Directives {
             }
         }
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn settings(extra: &str) -> CacheSettings {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            c: toml::Spanned<super::super::settings::RawCache>,
+        }
+        let text = format!("[c]\n{extra}");
+        let doc: Doc = toml::from_str(&text).expect("toml");
+        let err = |span: std::ops::Range<usize>, m: String| {
+            crate::config::ConfigError::at(Path::new("t"), &text, span, m)
+        };
+        super::super::settings::compile(&doc.c, &err).expect("settings")
+    }
+
+    fn request(headers: &[(&str, &str)]) -> request::Parts {
+        let mut r = hyper::Request::get("/x");
+        for (n, v) in headers {
+            r = r.header(*n, *v);
+        }
+        r.body(()).expect("request").into_parts().0
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> response::Parts {
+        let mut r = hyper::Response::builder().status(status);
+        for (n, v) in headers {
+            r = r.header(*n, *v);
+        }
+        r.body(()).expect("response").into_parts().0
+    }
+
+    fn admit(req: &[(&str, &str)], status: u16, res: &[(&str, &str)]) -> Option<StoredHead> {
+        StoredHead::admit(&settings(""), &request(req), &response(status, res))
+    }
+
+    #[test]
+    fn only_what_may_be_shared_is_admitted() {
+        let fresh = [("cache-control", "max-age=60")];
+        assert!(admit(&[], 200, &fresh).is_some());
+        assert!(admit(&[], 200, &[("expires", "Thu, 01 Jan 2099 00:00:00 GMT")]).is_some());
+        for refused in [
+            &[("cache-control", "private, max-age=60")][..],
+            &[("cache-control", "no-store")],
+            &[("cache-control", "max-age=60"), ("set-cookie", "a=1")],
+            &[("cache-control", "max-age=60"), ("vary", "*")],
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-range", "bytes 0-1/2"),
+            ],
+            // No freshness information and no default_ttl.
+            &[],
+        ] {
+            assert!(admit(&[], 200, refused).is_none(), "{refused:?}");
+        }
+        assert!(admit(&[], 206, &fresh).is_none());
+        assert!(admit(&[], 500, &fresh).is_none());
+        // Authorization: only when the response allows it.
+        let auth = [("authorization", "Bearer x")];
+        assert!(admit(&auth, 200, &fresh).is_none());
+        assert!(admit(&auth, 200, &[("cache-control", "public, max-age=60")]).is_some());
+        assert!(admit(&auth, 200, &[("cache-control", "s-maxage=60")]).is_some());
+        // The client's own no-store.
+        assert!(admit(&[("cache-control", "no-store")], 200, &fresh).is_none());
+        // default_ttl: for 200/301/302 answers that state nothing.
+        let ttl = settings("default_ttl = \"1m\"\n");
+        let head = StoredHead::admit(&ttl, &request(&[]), &response(200, &[])).expect("ttl");
+        assert_eq!(head.freshness(Instant::now()), Freshness::Fresh);
+        let nocache = response(200, &[("cache-control", "no-cache")]);
+        assert!(StoredHead::admit(&ttl, &request(&[]), &nocache).is_none());
+    }
+
+    #[test]
+    fn freshness_counts_the_age_it_arrived_with() {
+        let head =
+            admit(&[], 200, &[("cache-control", "max-age=60"), ("age", "50")]).expect("admitted");
+        let now = Instant::now();
+        assert_eq!(head.age(now).as_secs(), 50);
+        assert_eq!(head.freshness(now), Freshness::Fresh);
+        let later = now + Duration::from_secs(11);
+        assert_eq!(
+            head.freshness(later),
+            Freshness::Stale {
+                usable_on_error: false
+            }
+        );
+        assert!(
+            !head.headers.contains_key(header::AGE),
+            "Age is made per answer"
+        );
+    }
+
+    #[test]
+    fn stale_windows_from_the_response_or_the_settings() {
+        let now = Instant::now();
+        let cc = "max-age=10, stale-while-revalidate=20, stale-if-error=100";
+        let head = admit(&[], 200, &[("cache-control", cc)]).expect("admitted");
+        assert_eq!(
+            head.freshness(now + Duration::from_secs(15)),
+            Freshness::Revalidating
+        );
+        assert_eq!(
+            head.freshness(now + Duration::from_secs(50)),
+            Freshness::Stale {
+                usable_on_error: true
+            }
+        );
+        assert_eq!(
+            head.freshness(now + Duration::from_secs(200)),
+            Freshness::Stale {
+                usable_on_error: false
+            }
+        );
+        // must-revalidate forbids serving stale.
+        let strict = admit(
+            &[],
+            200,
+            &[(
+                "cache-control",
+                "max-age=10, must-revalidate, stale-if-error=100",
+            )],
+        )
+        .expect("admitted");
+        assert_eq!(
+            strict.freshness(now + Duration::from_secs(50)),
+            Freshness::Stale {
+                usable_on_error: false
+            }
+        );
+        // The settings fill in what the response does not say; a response that is never
+        // fresh is kept for them.
+        let s = settings("stale_if_error = \"1h\"\n");
+        let head = StoredHead::admit(
+            &s,
+            &request(&[]),
+            &response(200, &[("cache-control", "max-age=0")]),
+        )
+        .expect("kept for stale-if-error");
+        assert_eq!(
+            head.freshness(now),
+            Freshness::Stale {
+                usable_on_error: true
+            }
+        );
+    }
+
+    #[test]
+    fn vary_selects_the_variant_and_304_refreshes() {
+        let head = admit(
+            &[("accept-language", "de")],
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("vary", "Accept-Language"),
+                ("etag", "\"a\""),
+            ],
+        )
+        .expect("admitted");
+        let mut de = HeaderMap::new();
+        de.insert("accept-language", HeaderValue::from_static("de"));
+        let mut en = HeaderMap::new();
+        en.insert("accept-language", HeaderValue::from_static("en"));
+        assert!(head.matches(&de));
+        assert!(!head.matches(&en));
+        assert!(!head.matches(&HeaderMap::new()));
+        assert_eq!(
+            head.validators(),
+            vec![(header::IF_NONE_MATCH, HeaderValue::from_static("\"a\""))]
+        );
+        let refreshed = head
+            .refreshed(
+                &settings(""),
+                &request(&[("accept-language", "de")]),
+                &response(
+                    304,
+                    &[("cache-control", "max-age=120"), ("content-length", "0")],
+                ),
+            )
+            .expect("still storable");
+        assert_eq!(
+            refreshed.headers.get(header::CACHE_CONTROL),
+            Some(&HeaderValue::from_static("max-age=120"))
+        );
+        assert!(!refreshed.headers.contains_key(header::CONTENT_LENGTH));
+        assert_eq!(
+            refreshed.headers.get(header::ETAG),
+            head.headers.get(header::ETAG)
+        );
     }
 }

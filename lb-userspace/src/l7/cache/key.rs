@@ -58,7 +58,14 @@ mod tests {
             CacheKey::new("https", "example.com", 8080, &uri, &headers, &lang),
             CacheKey::new("http", "example.org", 8080, &uri, &headers, &lang),
             CacheKey::new("http", "example.com", 8081, &uri, &headers, &lang),
-            CacheKey::new("http", "example.com", 8080, &"/a/b".parse().expect("uri"), &headers, &lang),
+            CacheKey::new(
+                "http",
+                "example.com",
+                8080,
+                &"/a/b".parse().expect("uri"),
+                &headers,
+                &lang,
+            ),
             CacheKey::new("http", "example.com", 8080, &uri, &HeaderMap::new(), &lang),
         ];
         for o in other {

@@ -92,7 +92,14 @@ impl Proxy {
             }
             (Some(stored), Some(Freshness::Revalidating)) => {
                 if let Some(guard) = cache.locks().try_fill(&key) {
-                    self.refresh_in_background(cache, key, &parts, stored, guard, &request_of(ctx, pool_name, forwarded_host.clone()));
+                    self.refresh_in_background(
+                        cache,
+                        key,
+                        &parts,
+                        stored,
+                        guard,
+                        &request_of(ctx, pool_name, forwarded_host.clone()),
+                    );
                 }
                 return mark(serve(stored, &parts), CacheStatus::Stale, ctx);
             }
@@ -111,12 +118,12 @@ impl Proxy {
             (false, Turn::Fill(guard)) => Some(guard),
             (false, Turn::Wait(rx)) => {
                 let timeout = cache.settings.lock_timeout;
-                if !timeout.is_zero() && lock::wait(rx, timeout).await {
-                    if let Some(stored) = cache.store().get(&key, &parts.headers)
-                        && stored.head.freshness(Instant::now()) == Freshness::Fresh
-                    {
-                        return mark(serve(&stored, &parts), CacheStatus::Hit, ctx);
-                    }
+                if !timeout.is_zero()
+                    && lock::wait(rx, timeout).await
+                    && let Some(stored) = cache.store().get(&key, &parts.headers)
+                    && stored.head.freshness(Instant::now()) == Freshness::Fresh
+                {
+                    return mark(serve(&stored, &parts), CacheStatus::Hit, ctx);
                 }
                 // The fill timed out or stored nothing usable: fetch, uncached.
                 None
@@ -308,7 +315,11 @@ fn serve(stored: &Stored, request: &Parts) -> Response<ProxyBody> {
     if etag_matches(&request.headers, &headers) {
         let mut response = Response::new(empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
-        for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE, header::TRANSFER_ENCODING] {
+        for name in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_TYPE,
+            header::TRANSFER_ENCODING,
+        ] {
             headers.remove(name);
         }
         *response.headers_mut() = headers;
@@ -328,7 +339,9 @@ fn serve(stored: &Stored, request: &Parts) -> Response<ProxyBody> {
 }
 
 fn empty() -> ProxyBody {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Sets X-Cache-Status and notes the status for the metrics and the access log.

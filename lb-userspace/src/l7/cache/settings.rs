@@ -82,7 +82,9 @@ pub(crate) fn compile(
             .map_or_else(|| raw.span(), Spanned::span);
         return Err(err(
             span,
-            format!("cache: max_object_bytes ({max_object_bytes}) is above max_bytes ({max_bytes})"),
+            format!(
+                "cache: max_object_bytes ({max_object_bytes}) is above max_bytes ({max_bytes})"
+            ),
         ));
     }
     let mut key_headers = Vec::new();
@@ -109,7 +111,10 @@ pub(crate) fn compile(
     };
     let default_ttl = match duration(&r.default_ttl, "default_ttl")? {
         Some(d) if d.is_zero() => {
-            let span = r.default_ttl.as_ref().map_or_else(|| raw.span(), Spanned::span);
+            let span = r
+                .default_ttl
+                .as_ref()
+                .map_or_else(|| raw.span(), Spanned::span);
             return Err(err(
                 span,
                 "cache: default_ttl must be above 0 (leave it out to store only what the \
@@ -164,7 +169,10 @@ mod tests {
     fn config_errors_have_the_line() {
         for (text, reason) in [
             ("[c]\nmax_bytes = 0\n", "max_bytes must be above 0"),
-            ("[c]\nmax_object_bytes = -1\n", "max_object_bytes must be above 0"),
+            (
+                "[c]\nmax_object_bytes = -1\n",
+                "max_object_bytes must be above 0",
+            ),
             (
                 "[c]\nmax_bytes = 10\nmax_object_bytes = 20\n",
                 "is above max_bytes",
