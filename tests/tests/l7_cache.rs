@@ -11,12 +11,11 @@
 //! name what the cache did.
 use std::{
     collections::HashMap,
-    convert::Infallible,
     net::SocketAddr,
     path::Path,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
     time::Duration,
 };
@@ -44,7 +43,8 @@ struct Backend {
     seen: Mutex<HashMap<String, u32>>,
     /// Requests that carried If-None-Match, per target.
     conditional: Mutex<HashMap<String, u32>>,
-    failing: AtomicBool,
+    /// 0: answers; 1: `/sie` answers 500; 2: `/sie` drops the connection unanswered.
+    failing: AtomicU8,
     gate: watch::Sender<bool>,
 }
 
@@ -155,7 +155,7 @@ async fn backend() -> Arc<Backend> {
         addr: listener.local_addr().expect("addr"),
         seen: Mutex::default(),
         conditional: Mutex::default(),
-        failing: AtomicBool::new(false),
+        failing: AtomicU8::new(0),
         gate,
     });
     let shared = state.clone();
@@ -191,7 +191,11 @@ async fn backend() -> Arc<Backend> {
                             let _ = rx.wait_for(|open| *open).await;
                         }
                         let failing = state.failing.load(Ordering::SeqCst);
-                        let (status, headers, body) = answer(&path, &req, n, failing);
+                        if failing == 2 && path == "/sie" {
+                            // hyper closes the connection without an answer: lb's 502.
+                            return Err(std::io::Error::other("backend down"));
+                        }
+                        let (status, headers, body) = answer(&path, &req, n, failing == 1);
                         let mut response = Response::new(Full::new(Bytes::from(body)));
                         *response.status_mut() =
                             StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -200,7 +204,7 @@ async fn backend() -> Arc<Backend> {
                                 response.headers_mut().append(name, v);
                             }
                         }
-                        Ok::<_, Infallible>(response)
+                        Ok::<_, std::io::Error>(response)
                     }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
@@ -388,13 +392,19 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes() {
 async fn stale_if_error_covers_a_failing_backend() {
     let (_lb, addr, backend) = start().await;
     assert_eq!(status(&request(addr, "GET", "/sie", "").await), "MISS");
-    backend.failing.store(true, Ordering::SeqCst);
+    backend.failing.store(1, Ordering::SeqCst);
     // Stale: lb asks the backend, gets a 500, answers with what it stored.
     let r = until(addr, "/sie", |r| status(r) == "STALE").await;
     assert_eq!((r.status, body(&r).as_str()), (200, "sie 1"));
-    assert!(backend.seen("/sie") >= 2, "the backend was asked");
+    let asked = backend.seen("/sie");
+    assert!(asked >= 2, "the backend was asked");
+    // The backend down (no answer at all: lb's own 502): still the stored answer.
+    backend.failing.store(2, Ordering::SeqCst);
+    let r = request(addr, "GET", "/sie", "").await;
+    assert_eq!((r.status, status(&r), body(&r).as_str()), (200, "STALE", "sie 1"));
+    assert!(backend.seen("/sie") > asked, "the backend was tried");
     // The backend back: the next fetch replaces the entry.
-    backend.failing.store(false, Ordering::SeqCst);
+    backend.failing.store(0, Ordering::SeqCst);
     let r = request(addr, "GET", "/sie", "").await;
     assert_eq!(r.status, 200);
     assert_eq!(status(&r), "EXPIRED");
