@@ -401,7 +401,10 @@ async fn stale_if_error_covers_a_failing_backend() {
     // The backend down (no answer at all: lb's own 502): still the stored answer.
     backend.failing.store(2, Ordering::SeqCst);
     let r = request(addr, "GET", "/sie", "").await;
-    assert_eq!((r.status, status(&r), body(&r).as_str()), (200, "STALE", "sie 1"));
+    assert_eq!(
+        (r.status, status(&r), body(&r).as_str()),
+        (200, "STALE", "sie 1")
+    );
     assert!(backend.seen("/sie") > asked, "the backend was tried");
     // The backend back: the next fetch replaces the entry.
     backend.failing.store(0, Ordering::SeqCst);
