@@ -15,8 +15,12 @@ use serde_json::Value;
 #[derive(Args)]
 pub struct CtlArgs {
     /// Admin address of the `lb run` to talk to.
-    #[arg(long, default_value = "127.0.0.1:9900")]
+    #[arg(long, global = true, default_value = "127.0.0.1:9900")]
     admin: SocketAddr,
+    /// The admin token (the file's first line), sent as `Authorization: Bearer TOKEN`; needed
+    /// for drain, undrain and purge when `lb run` has `--admin-token-file`.
+    #[arg(long, global = true, value_name = "FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
     /// Print the API's raw answer (JSON for status and pools) instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -49,9 +53,18 @@ enum CtlCommand {
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let token = args
+        .admin_token_file
+        .as_deref()
+        .map(super::run::read_token)
+        .transpose()?;
+    let call = |method: Method, path: String| {
+        let token = token.clone();
+        async move { call(args.admin, method, &path, token.as_deref()).await }
+    };
     match &args.command {
         CtlCommand::Status | CtlCommand::Pools => {
-            let body = call(args.admin, Method::GET, "/api/status").await?;
+            let body = call(Method::GET, "/api/status".to_owned()).await?;
             if args.json {
                 println!("{body}");
                 return Ok(());
@@ -70,7 +83,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 percent_encode(url),
                 if *prefix { "&prefix=1" } else { "" }
             );
-            let body = call(args.admin, Method::POST, &path).await?;
+            let body = call(Method::POST, path).await?;
             let purged: u64 = body
                 .trim()
                 .strip_prefix("purged ")
@@ -90,7 +103,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 percent_encode(pool),
                 percent_encode(backend)
             );
-            let body = call(args.admin, Method::POST, &path).await?;
+            let body = call(Method::POST, path).await?;
             if args.json {
                 println!("{}", serde_json::json!({ "result": body.trim() }));
             } else {
@@ -105,13 +118,23 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
 }
 
 /// One request to the admin API; the body of a 2xx answer, else the API's message as error.
-async fn call(admin: SocketAddr, method: Method, path: &str) -> anyhow::Result<String> {
-    tokio::time::timeout(CALL_TIMEOUT, exchange(admin, method, path))
+async fn call(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
+    tokio::time::timeout(CALL_TIMEOUT, exchange(admin, method, path, token))
         .await
         .map_err(|_| anyhow::anyhow!("{admin}: no answer within {CALL_TIMEOUT:?}"))?
 }
 
-async fn exchange(admin: SocketAddr, method: Method, path: &str) -> anyhow::Result<String> {
+async fn exchange(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
     let tcp = tokio::net::TcpStream::connect(admin)
         .await
         .with_context(|| format!("cannot reach the admin API at {admin} (is `lb run` running?)"))?;
@@ -119,10 +142,14 @@ async fn exchange(admin: SocketAddr, method: Method, path: &str) -> anyhow::Resu
         .await
         .with_context(|| format!("{admin}: HTTP handshake"))?;
     let driver = tokio::spawn(connection);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, admin.to_string())
+        .header(hyper::header::HOST, admin.to_string());
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .with_context(|| format!("building the request for {path}"))?;
     let response = sender
