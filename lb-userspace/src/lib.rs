@@ -8,5 +8,6 @@ pub mod l7;
 pub mod loadgen;
 pub mod maglev;
 pub mod manager;
+pub mod pem;
 pub mod tls_client;
 pub mod xdp;

@@ -10,6 +10,7 @@ pub mod lb_run_netns;
 pub mod named_backend;
 pub mod netns;
 pub mod packets;
+pub mod raw_http;
 pub mod xdp_run;
 
 /// Prefix of every network namespace the tests create (`netns::sweep_stale` removes leftovers).

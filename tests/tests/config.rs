@@ -477,6 +477,21 @@ fn full_example_parses_to_the_values_it_writes() {
         assert!(!c.lists_type("application/xml"));
         assert!(r[1..].iter().all(|r| r.chain.compress.is_none()));
     }
+    {
+        let c = &r[0].chain.cache.as_ref().expect("route 0 caches").settings;
+        assert_eq!((c.max_bytes, c.max_object_bytes), (64 << 20, 1 << 20));
+        assert_eq!(
+            c.key_headers,
+            [hyper::header::HeaderName::from_static("accept-language")]
+        );
+        assert_eq!(c.lock_timeout, secs(5));
+        assert_eq!(c.default_ttl, Some(secs(60)));
+        assert_eq!(
+            (c.stale_while_revalidate, c.stale_if_error),
+            (secs(10), secs(300))
+        );
+        assert!(r[1..].iter().all(|r| r.chain.cache.is_none()));
+    }
     assert_eq!(
         (r[0].chain.upstream_request.len(), r[0].chain.response.len()),
         (1, 1)

@@ -25,10 +25,8 @@ use hyper_util::{
     server::conn::auto,
 };
 use lb::l7::{self, L7Config};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
+use lb_tests::raw_http::{Reply, request};
+use tokio::net::TcpListener;
 
 /// `n` bytes of compressible text (the same for a given `n`).
 fn text(n: usize) -> Vec<u8> {
@@ -188,116 +186,25 @@ async fn backend() -> SocketAddr {
     addr
 }
 
-struct Reply {
-    status: u16,
-    /// Lowercased `name: value` lines.
-    headers: Vec<String>,
-    /// The body as sent (de-chunked when chunked).
-    body: Vec<u8>,
-    chunked: bool,
-    /// A chunked body ended with its last chunk (not cut off).
-    complete: bool,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        let prefix = format!("{name}: ");
-        self.headers
-            .iter()
-            .find_map(|h| h.strip_prefix(prefix.as_str()))
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        let prefix = format!("{name}: ");
-        self.headers
-            .iter()
-            .filter_map(|h| h.strip_prefix(prefix.as_str()))
-            .collect()
-    }
-
-    /// The body decoded by its Content-Encoding.
-    fn decoded(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        match self.header("content-encoding") {
-            None => return self.body.clone(),
-            Some("gzip") => {
-                flate2::read::GzDecoder::new(self.body.as_slice())
-                    .read_to_end(&mut out)
-                    .expect("gzip");
-            }
-            Some("br") => {
-                brotli::Decompressor::new(self.body.as_slice(), 4096)
-                    .read_to_end(&mut out)
-                    .expect("br");
-            }
-            Some("zstd") => out = zstd::stream::decode_all(self.body.as_slice()).expect("zstd"),
-            Some(other) => panic!("unexpected encoding {other}"),
-        }
-        out
-    }
-}
-
-/// One HTTP/1.1 request (`Connection: close`), read to the end.
-async fn request(proxy: SocketAddr, method: &str, path: &str, extra: &str) -> Reply {
-    let mut tcp = TcpStream::connect(proxy).await.expect("connect");
-    let head =
-        format!("{method} {path} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n{extra}\r\n");
-    tcp.write_all(head.as_bytes()).await.expect("write");
+/// The body decoded by its Content-Encoding.
+fn decoded(reply: &Reply) -> Vec<u8> {
     let mut out = Vec::new();
-    // A cut-off response may end in a reset.
-    let _ = tcp.read_to_end(&mut out).await;
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let raw = &out[split + 4..];
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<String> = lines.map(str::to_ascii_lowercase).collect();
-    let chunked = headers.iter().any(|h| h == "transfer-encoding: chunked");
-    let (body, complete) = if chunked {
-        dechunk(raw)
-    } else {
-        (raw.to_vec(), true)
-    };
-    Reply {
-        status,
-        headers,
-        body,
-        chunked,
-        complete,
-    }
-}
-
-/// (data, whether the last chunk was seen).
-fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return (out, false);
-        };
-        let size = std::str::from_utf8(&raw[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
-        let Some(size) = size else {
-            return (out, false);
-        };
-        if size == 0 {
-            return (out, true);
+    match reply.header("content-encoding") {
+        None => return reply.body.clone(),
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(reply.body.as_slice())
+                .read_to_end(&mut out)
+                .expect("gzip");
         }
-        let start = eol + 2;
-        if raw.len() < start + size + 2 {
-            out.extend_from_slice(&raw[start.min(raw.len())..]);
-            return (out, false);
+        Some("br") => {
+            brotli::Decompressor::new(reply.body.as_slice(), 4096)
+                .read_to_end(&mut out)
+                .expect("br");
         }
-        out.extend_from_slice(&raw[start..start + size]);
-        raw = &raw[start + size + 2..];
+        Some("zstd") => out = zstd::stream::decode_all(reply.body.as_slice()).expect("zstd"),
+        Some(other) => panic!("unexpected encoding {other}"),
     }
+    out
 }
 
 async fn start(compress: &str) -> (l7::RunningL7, SocketAddr) {
@@ -342,7 +249,7 @@ async fn each_codec_decodes_to_the_original() {
             "{encoding}: {} bytes",
             r.body.len()
         );
-        assert_eq!(r.decoded(), original, "{encoding}");
+        assert_eq!(decoded(&r), original, "{encoding}");
         assert_eq!(r.all("vary"), ["accept-encoding"]);
     }
     // The route without compress is untouched.
@@ -377,7 +284,7 @@ async fn negotiation() {
         let r = request(addr, "GET", "/json", &extra).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-encoding"), want, "{accept:?}");
-        assert_eq!(r.decoded(), text(5000), "{accept:?}");
+        assert_eq!(decoded(&r), text(5000), "{accept:?}");
         // Compressible either way: caches must key on Accept-Encoding.
         assert_eq!(r.all("vary"), ["accept-encoding"], "{accept:?}");
         if want.is_none() {
@@ -425,7 +332,7 @@ async fn compressed_headers_and_head() {
     assert_eq!(r.header("etag"), Some("w/\"v1\""));
     assert_eq!(r.header("accept-ranges"), None);
     assert_eq!(r.header("content-length"), None);
-    assert_eq!(r.decoded(), text(5000));
+    assert_eq!(decoded(&r), text(5000));
 
     // Vary already naming Accept-Encoding is kept as it is.
     let r = request(addr, "GET", "/vary", "Accept-Encoding: gzip\r\n").await;
@@ -459,7 +366,7 @@ async fn a_large_body_streams_and_errors_stay_errors() {
         assert_eq!(r.header("content-encoding"), Some(encoding));
         assert!(r.chunked && r.complete, "{encoding}: {:?}", r.headers);
         assert_eq!(r.header("content-length"), None);
-        let decoded = r.decoded();
+        let decoded = decoded(&r);
         assert_eq!(decoded.len(), original.len(), "{encoding}");
         assert!(decoded == original, "{encoding}: content differs");
     }

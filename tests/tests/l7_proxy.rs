@@ -320,7 +320,7 @@ fn cert_files(names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
 async fn tls_handshake(addr: SocketAddr, name: &str, ca: &std::path::Path) -> bool {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).expect("ca");
-    for cert in rustls_pemfile_certs(&pem) {
+    for cert in pem_certs(&pem) {
         roots.add(cert).expect("add root");
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -335,7 +335,7 @@ async fn tls_handshake(addr: SocketAddr, name: &str, ca: &std::path::Path) -> bo
     connector.connect(server_name, tcp).await.is_ok()
 }
 
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+fn pem_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()

@@ -10,7 +10,7 @@ use prometheus_client::{
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -63,6 +63,19 @@ pub struct JwtAuthLabels {
     pub result: String,
 }
 
+/// A cached route's answers by what the cache did.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub route: String,
+    /// HIT, MISS, EXPIRED, STALE, REVALIDATED, BYPASS.
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabels {
     pub provider: String,
@@ -88,6 +101,9 @@ pub struct L7Metrics {
     pub rate_limit_fallback: Family<RateLimitLabels, Counter>,
     pub rate_limit_prechecked: Family<RateLimitLabels, Counter>,
     pub client_connections_refused: Family<ListenerLabels, Counter>,
+    pub cache_requests: Family<CacheLabels, Counter>,
+    pub cache_bytes: Family<RouteLabels, Gauge>,
+    pub cache_entries: Family<RouteLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -113,6 +129,9 @@ impl L7Metrics {
             rate_limit_fallback: Family::default(),
             rate_limit_prechecked: Family::default(),
             client_connections_refused: Family::default(),
+            cache_requests: Family::default(),
+            cache_bytes: Family::default(),
+            cache_entries: Family::default(),
             auth: Family::default(),
             jwt_auth: Family::default(),
             jwks_fetches: Family::default(),
@@ -201,6 +220,22 @@ impl Metrics {
             "jwks_fetches",
             "JWT key-set fetches, by provider and result",
             l7.jwks_fetches.clone(),
+        );
+        registry.register(
+            "http_cache_requests",
+            "Requests on routes with a cache, by route and what the cache did (HIT counts \
+             fresh answers only; STALE ones are apart)",
+            l7.cache_requests.clone(),
+        );
+        registry.register(
+            "http_cache_bytes",
+            "Bytes a route's cache holds (bodies and heads)",
+            l7.cache_bytes.clone(),
+        );
+        registry.register(
+            "http_cache_entries",
+            "Keys a route's cache holds",
+            l7.cache_entries.clone(),
         );
         registry.register_collector(Box::new(StatusCollector(status)));
         Self { registry, l7 }

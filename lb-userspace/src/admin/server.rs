@@ -5,6 +5,14 @@
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `POST /api/drain?pool=P&backend=ADDR` and `POST /api/undrain?...`: stop / resume new
 //!   requests and flows to a backend (existing ones finish). Answered by the manager.
+//! - `GET /healthz`: 200 while the process serves its admin API (liveness).
+//! - `GET /readyz`: 200 once listeners are bound, the configuration loaded and the XDP tier
+//!   attached (all done before this server starts), 503 from the stop signal on (draining).
+//!
+//! With a token (`lb run --admin-token-file`), the mutating endpoints (drain, undrain,
+//! purge) need `Authorization: Bearer TOKEN` (401 otherwise); reads stay open.
+//! - `POST /api/purge?url=URL` (`&prefix=1`: every URL starting with it): removes cached
+//!   responses from the routes' caches; answers how many keys went.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
@@ -33,12 +41,38 @@ pub enum AdminCommand {
         drain: bool,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    Purge {
+        url: String,
+        prefix: bool,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
 }
 
 pub struct AdminState {
     pub status: Arc<ArcSwap<Status>>,
     pub metrics: Arc<Metrics>,
     pub commands: mpsc::Sender<AdminCommand>,
+    /// Cleared when lb starts stopping (`/readyz` then answers 503).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// The bearer token mutating endpoints require (None: open).
+    pub token: Option<String>,
+}
+
+impl AdminState {
+    /// Whether `req` may change things: no token configured, or the right one presented
+    /// (compared in constant time).
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| {
+                subtle::ConstantTimeEq::ct_eq(given.trim().as_bytes(), token.as_bytes()).into()
+            })
+    }
 }
 
 /// Binds `addr` and serves until the returned task is aborted.
@@ -117,7 +151,33 @@ fn percent_decode(value: &str) -> String {
 
 async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
+    if req.method() == Method::POST {
+        if !state.authorized(&req) {
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                TEXT,
+                "this endpoint needs Authorization: Bearer TOKEN (lb ctl --admin-token-file)\n"
+                    .into(),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"lb admin\""),
+            );
+            return r;
+        }
+        if !state.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            return reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "stopping\n".into());
+        }
+    }
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        (&Method::GET, "/readyz") => {
+            if state.ready.load(std::sync::atomic::Ordering::Relaxed) {
+                reply(StatusCode::OK, TEXT, "ready\n".into())
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "stopping\n".into())
+            }
+        }
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE.into()),
         (&Method::GET, "/api/status") => match serde_json::to_string(&**state.status.load()) {
             Ok(json) => reply(StatusCode::OK, "application/json", json),
@@ -155,6 +215,39 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             }
             match rx.await {
                 Ok(Ok(())) => reply(StatusCode::OK, TEXT, "ok\n".into()),
+                Ok(Err(e)) => reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
+                Err(_) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "shutting down\n".into(),
+                ),
+            }
+        }
+        (&Method::POST, "/api/purge") => {
+            let query = req.uri().query().unwrap_or_default();
+            let Some(url) = query_param(query, "url") else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    "needs ?url=SCHEME://HOST:PORT/PATH (and &prefix=1 for a prefix)\n".into(),
+                );
+            };
+            let prefix = query_param(query, "prefix").is_some_and(|v| v == "1" || v == "true");
+            let (tx, rx) = oneshot::channel();
+            let command = AdminCommand::Purge {
+                url,
+                prefix,
+                reply: tx,
+            };
+            if state.commands.send(command).await.is_err() {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "shutting down\n".into(),
+                );
+            }
+            match rx.await {
+                Ok(Ok(n)) => reply(StatusCode::OK, TEXT, format!("purged {n}\n")),
                 Ok(Err(e)) => reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
                 Err(_) => reply(
                     StatusCode::SERVICE_UNAVAILABLE,

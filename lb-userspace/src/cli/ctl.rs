@@ -1,5 +1,5 @@
 //! `lb ctl`: the operator's side of the admin API of a running `lb run`: status tables, pools,
-//! drain / undrain. Speaks HTTP/1.1 to `--admin` (the same default as `lb run --admin`).
+//! drain / undrain, cache purge. Speaks HTTP/1.1 to `--admin` (the same default as `lb run --admin`).
 //! The status JSON is read by field name and missing numbers count as zero, so the tables keep
 //! working when the snapshot gains or loses fields.
 use std::{fmt::Write as _, net::SocketAddr, time::Duration};
@@ -15,8 +15,12 @@ use serde_json::Value;
 #[derive(Args)]
 pub struct CtlArgs {
     /// Admin address of the `lb run` to talk to.
-    #[arg(long, default_value = "127.0.0.1:9900")]
+    #[arg(long, global = true, default_value = "127.0.0.1:9900")]
     admin: SocketAddr,
+    /// The admin token (the file's first line), sent as `Authorization: Bearer TOKEN`; needed
+    /// for drain, undrain and purge when `lb run` has `--admin-token-file`.
+    #[arg(long, global = true, value_name = "FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
     /// Print the API's raw answer (JSON for status and pools) instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -35,15 +39,32 @@ enum CtlCommand {
     Drain { pool: String, backend: String },
     /// Let BACKEND of POOL take new requests and flows again.
     Undrain { pool: String, backend: String },
+    /// Remove cached responses for URL (as the cache keys it: SCHEME://HOST:PORT/PATH?QUERY,
+    /// the port the client connected to) from every route's cache.
+    Purge {
+        url: String,
+        /// Remove every URL that starts with URL instead.
+        #[arg(long)]
+        prefix: bool,
+    },
 }
 
 /// How long one API call may take (connect, request, answer).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let token = args
+        .admin_token_file
+        .as_deref()
+        .map(super::run::read_token)
+        .transpose()?;
+    let call = |method: Method, path: String| {
+        let token = token.clone();
+        async move { call(args.admin, method, &path, token.as_deref()).await }
+    };
     match &args.command {
         CtlCommand::Status | CtlCommand::Pools => {
-            let body = call(args.admin, Method::GET, "/api/status").await?;
+            let body = call(Method::GET, "/api/status".to_owned()).await?;
             if args.json {
                 println!("{body}");
                 return Ok(());
@@ -56,6 +77,24 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             };
             print!("{text}");
         }
+        CtlCommand::Purge { url, prefix } => {
+            let path = format!(
+                "/api/purge?url={}{}",
+                percent_encode(url),
+                if *prefix { "&prefix=1" } else { "" }
+            );
+            let body = call(Method::POST, path).await?;
+            let purged: u64 = body
+                .trim()
+                .strip_prefix("purged ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_default();
+            if args.json {
+                println!("{}", serde_json::json!({ "purged": purged }));
+            } else {
+                println!("purged {purged} cached key(s)");
+            }
+        }
         CtlCommand::Drain { pool, backend } | CtlCommand::Undrain { pool, backend } => {
             let drain = matches!(args.command, CtlCommand::Drain { .. });
             let path = format!(
@@ -64,7 +103,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 percent_encode(pool),
                 percent_encode(backend)
             );
-            let body = call(args.admin, Method::POST, &path).await?;
+            let body = call(Method::POST, path).await?;
             if args.json {
                 println!("{}", serde_json::json!({ "result": body.trim() }));
             } else {
@@ -79,13 +118,23 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
 }
 
 /// One request to the admin API; the body of a 2xx answer, else the API's message as error.
-async fn call(admin: SocketAddr, method: Method, path: &str) -> anyhow::Result<String> {
-    tokio::time::timeout(CALL_TIMEOUT, exchange(admin, method, path))
+async fn call(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
+    tokio::time::timeout(CALL_TIMEOUT, exchange(admin, method, path, token))
         .await
         .map_err(|_| anyhow::anyhow!("{admin}: no answer within {CALL_TIMEOUT:?}"))?
 }
 
-async fn exchange(admin: SocketAddr, method: Method, path: &str) -> anyhow::Result<String> {
+async fn exchange(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
     let tcp = tokio::net::TcpStream::connect(admin)
         .await
         .with_context(|| format!("cannot reach the admin API at {admin} (is `lb run` running?)"))?;
@@ -93,10 +142,14 @@ async fn exchange(admin: SocketAddr, method: Method, path: &str) -> anyhow::Resu
         .await
         .with_context(|| format!("{admin}: HTTP handshake"))?;
     let driver = tokio::spawn(connection);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, admin.to_string())
+        .header(hyper::header::HOST, admin.to_string());
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .with_context(|| format!("building the request for {path}"))?;
     let response = sender

@@ -18,6 +18,7 @@ pub async fn run(iface: &str, mode: AttachMode) -> anyhow::Result<()> {
         match signals.next().await {
             Event::Stop(name) => break name,
             Event::Reload => tracing::info!("SIGHUP: nothing to reload for lb decap"),
+            Event::ReopenLogs => tracing::info!("SIGUSR1: lb decap writes no log file"),
         }
     };
     tracing::info!(signal = signal_name, "detaching");

@@ -56,6 +56,7 @@ pub async fn run(
             event = signals.next() => match event {
                 Event::Stop(name) => break name,
                 Event::Reload => reload(&mut attached, &mut dataplane, config_path, "SIGHUP"),
+                Event::ReopenLogs => tracing::info!("SIGUSR1: lb l4 writes no log file"),
             },
             _ = watch_tick.tick() => {
                 if watcher.changed() {

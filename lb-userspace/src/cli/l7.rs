@@ -60,6 +60,7 @@ pub fn run(
                         break;
                     }
                     Event::Reload => reload(&mut running, config_path).await,
+                    Event::ReopenLogs => running.reopen_logs(),
                 }
             }
             let cut = running.shutdown(grace).await;

@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Admin address: status page at /, /metrics, /api/status, /api/drain.
     #[arg(long, default_value = "127.0.0.1:9900")]
     admin: SocketAddr,
+    /// Require `Authorization: Bearer TOKEN` on the admin API's mutating endpoints (drain,
+    /// undrain, purge); TOKEN is the file's first line. Reads (status, metrics) stay open.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// On SIGTERM/SIGINT, time in-flight requests get to finish.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
@@ -135,6 +139,11 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
         keep_fast_path: args.keep_fast_path,
     })
     .await?;
+    let token = match &args.admin_token_file {
+        None => None,
+        Some(path) => Some(read_token(path)?),
+    };
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (commands_tx, mut commands) = tokio::sync::mpsc::channel(16);
     let (admin, admin_task) = serve_admin(
         args.admin,
@@ -142,6 +151,8 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
             status: manager.status.clone(),
             metrics: manager.metrics.clone(),
             commands: commands_tx,
+            ready: ready.clone(),
+            token,
         }),
     )
     .await
@@ -169,6 +180,7 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
             event = signals.next() => match event {
                 Event::Stop(name) => break name,
                 Event::Reload => manager.reload("SIGHUP").await,
+                Event::ReopenLogs => manager.reopen_logs(),
             },
             _ = watch_tick.tick() => {
                 if watcher.changed() {
@@ -180,13 +192,19 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
                 AdminCommand::Drain { pool, backend, drain, reply } => {
                     let _ = reply.send(manager.drain(&pool, &backend, drain).await);
                 }
+                AdminCommand::Purge { url, prefix, reply } => {
+                    let _ = reply.send(manager.purge(&url, prefix));
+                }
             },
             _ = status_tick.tick() => manager.publish(),
         }
     };
     tracing::info!(signal = signal_name, grace = ?args.grace, "stopping");
+    // The admin API stays up through the drain: /readyz says 503, changes are refused.
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    let cut = manager.shutdown(args.grace).await;
     admin_task.abort();
-    let cut = manager.shutdown(args.grace).await?;
+    let cut = cut?;
     if cut > 0 {
         tracing::warn!(
             connections = cut,
@@ -195,4 +213,18 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
     }
     println!("stopped");
     Ok(())
+}
+
+/// The admin token in `path`: its first line, trimmed; empty is an error (an empty token
+/// would protect nothing).
+pub(super) fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the admin token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the admin token file {} is empty",
+        path.display()
+    );
+    Ok(token)
 }

@@ -1,4 +1,5 @@
-//! Shutdown and reload signals, as one stream of events.
+//! Shutdown, reload and log-reopen signals, as one stream of events. Every command installs
+//! all of them, so none of these signals ever kills lb (SIGUSR1's default action would).
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -6,6 +7,7 @@ pub struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
+    usr1: Signal,
 }
 
 pub enum Event {
@@ -13,6 +15,8 @@ pub enum Event {
     Stop(&'static str),
     /// SIGHUP: reload the configuration.
     Reload,
+    /// SIGUSR1: reopen the log files (logrotate moved them away), as NGINX does.
+    ReopenLogs,
 }
 
 impl Signals {
@@ -21,6 +25,7 @@ impl Signals {
             int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
             term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+            usr1: signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?,
         })
     }
 
@@ -29,6 +34,7 @@ impl Signals {
             _ = self.int.recv() => Event::Stop("SIGINT"),
             _ = self.term.recv() => Event::Stop("SIGTERM"),
             _ = self.hup.recv() => Event::Reload,
+            _ = self.usr1.recv() => Event::ReopenLogs,
         }
     }
 }

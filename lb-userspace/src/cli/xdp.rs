@@ -23,6 +23,7 @@ pub async fn attach(iface: &str, mode: AttachMode, stats_interval: u64) -> anyho
             event = signals.next() => match event {
                 Event::Stop(name) => break name,
                 Event::Reload => tracing::info!("SIGHUP: nothing to reload for lb xdp attach"),
+                Event::ReopenLogs => tracing::info!("SIGUSR1: lb xdp attach writes no log file"),
             },
             _ = ticker.tick(), if period.is_some() => {
                 println!("{}\n", xdp::read_stats(attached.ebpf())?);

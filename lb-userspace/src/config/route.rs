@@ -96,6 +96,7 @@ pub(crate) struct RawRoute {
     pub(crate) request_headers: Option<Spanned<crate::l7::policy::headers::RawHeaderEdits>>,
     pub(crate) response_headers: Option<Spanned<crate::l7::policy::headers::RawHeaderEdits>>,
     pub(crate) compress: Option<Spanned<crate::l7::policy::compress::RawCompress>>,
+    pub(crate) cache: Option<Spanned<crate::l7::cache::settings::RawCache>>,
     pub(crate) redirect: Option<Spanned<crate::l7::policy::redirect::RawRedirect>>,
     pub(crate) respond: Option<Spanned<crate::l7::policy::respond::RawRespond>>,
     pub(crate) jwt: Option<Spanned<crate::l7::policy::jwt::RawJwt>>,

@@ -3,7 +3,9 @@
 //!
 //! Lines go over a bounded channel to a writer thread: a request never waits on the disk.
 //! When the writer falls behind by more than `QUEUE` lines, lines are dropped and counted
-//! (`AccessLog::dropped`) rather than slowing the proxy.
+//! (`AccessLog::dropped`) rather than slowing the proxy. `AccessLog::reopen` (SIGUSR1, as
+//! logrotate expects of NGINX) has the writer close the file and open the path again, after
+//! the lines queued before it.
 use std::{
     io::{self, Write},
     net::SocketAddr,
@@ -30,31 +32,51 @@ const QUEUE: usize = 16 * 1024;
 
 /// Where access log lines go.
 pub struct AccessLog {
-    lines: SyncSender<String>,
+    lines: SyncSender<Message>,
     dropped: AtomicU64,
+}
+
+/// What the writer thread is sent.
+enum Message {
+    Line(String),
+    /// Close the file and open its path again (it was rotated away).
+    Reopen,
+}
+
+/// `-`: standard output; anything else: a file, appended to (created if missing).
+fn open_target(target: &Path) -> io::Result<Box<dyn Write + Send>> {
+    Ok(if target.as_os_str() == "-" {
+        Box::new(io::stdout())
+    } else {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(target)?,
+        )
+    })
 }
 
 impl AccessLog {
     /// `-`: standard output; anything else: a file, appended to (created if missing).
     pub fn open(target: &Path) -> io::Result<Self> {
-        let out: Box<dyn Write + Send> = if target.as_os_str() == "-" {
-            Box::new(io::stdout())
-        } else {
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(target)?,
-            )
-        };
+        let out = open_target(target)?;
         let (lines, rx) = sync_channel(QUEUE);
+        let path = target.to_owned();
         std::thread::Builder::new()
             .name("lb-access-log".into())
-            .spawn(move || write_lines(rx, out))?;
+            .spawn(move || write_lines(rx, out, &path))?;
         Ok(Self {
             lines,
             dropped: AtomicU64::new(0),
         })
+    }
+
+    /// Has the writer reopen the log's path once the lines queued so far are written (a new
+    /// file after logrotate moved the old one away). Waits for room in the queue: a reopen is
+    /// never dropped.
+    pub fn reopen(&self) {
+        let _ = self.lines.send(Message::Reopen);
     }
 
     /// Lines dropped because the writer was behind.
@@ -83,12 +105,13 @@ impl AccessLog {
             flow_id: record.flow_id.map(|id| format!("{id:016x}")),
             consumer: record.consumer.as_deref(),
             client_cert: record.client_cert.as_deref(),
+            cache: record.cache,
         };
         // Serializing plain fields cannot fail.
         let Ok(text) = serde_json::to_string(&line) else {
             return;
         };
-        match self.lines.try_send(text) {
+        match self.lines.try_send(Message::Line(text)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -97,14 +120,31 @@ impl AccessLog {
     }
 }
 
-/// Writes lines until every sender is gone; flushes whenever the queue runs empty.
-fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+/// Writes lines until every sender is gone; flushes whenever the queue runs empty. On a
+/// reopen the file at `path` is opened again; if that fails, the old one is kept (and the
+/// failure logged), so no line is lost to a bad rotation.
+fn write_lines(rx: Receiver<Message>, out: Box<dyn Write + Send>, path: &Path) {
     let mut out = io::BufWriter::new(out);
-    while let Ok(line) = rx.recv() {
-        let mut next = Some(line);
-        while let Some(line) = next {
-            if writeln!(out, "{line}").is_err() {
-                return;
+    while let Ok(message) = rx.recv() {
+        let mut next = Some(message);
+        while let Some(message) = next {
+            match message {
+                Message::Line(line) => {
+                    if writeln!(out, "{line}").is_err() {
+                        return;
+                    }
+                }
+                Message::Reopen => {
+                    if out.flush().is_err() {
+                        return;
+                    }
+                    match open_target(path) {
+                        Ok(file) => out = io::BufWriter::new(file),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), %e, "access log not reopened")
+                        }
+                    }
+                }
             }
             next = rx.try_recv().ok();
         }
@@ -143,6 +183,9 @@ struct Line<'a> {
     /// The verified client certificate's name (CN, else first SAN).
     #[serde(skip_serializing_if = "Option::is_none")]
     client_cert: Option<&'a str>,
+    /// Routes with `cache`: HIT, MISS, EXPIRED, STALE, REVALIDATED or BYPASS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<&'static str>,
 }
 
 /// How a line names its route: by `name` when the route has one, else by its index (a
@@ -174,6 +217,7 @@ pub struct AccessRecord {
     pub flow_id: Option<u64>,
     pub consumer: Option<Arc<str>>,
     pub client_cert: Option<Arc<str>>,
+    pub cache: Option<&'static str>,
 }
 
 /// A response body that counts what it sends and writes the access log line when dropped

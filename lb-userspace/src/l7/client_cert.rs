@@ -8,7 +8,6 @@
 //! When any listener verifies client certificates, every request's own copy of that header
 //! is removed (`Proxy::identity_headers`), so a client cannot forge one on any listener.
 use std::{
-    io::BufReader,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -73,8 +72,8 @@ pub fn client_auth(ca_file: &Path, required: bool) -> Result<ClientAuth, String>
     let shown = || ca_file.display().to_string();
     let bytes = std::fs::read(ca_file).map_err(|e| format!("client_ca {:?}: {e}", shown()))?;
     let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut BufReader::new(bytes.as_slice())) {
-        let cert = cert.map_err(|e| format!("client_ca {:?}: {e}", shown()))?;
+    let certs = crate::pem::certs(&bytes).map_err(|e| format!("client_ca {:?}: {e}", shown()))?;
+    for cert in certs {
         roots
             .add(cert)
             .map_err(|e| format!("client_ca {:?}: {e}", shown()))?;

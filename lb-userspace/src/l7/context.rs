@@ -50,6 +50,8 @@ pub struct RequestCtx<'a> {
     /// Routes with `compress`: the encoding the request accepts (set in the request phase,
     /// used in the response-body phase; None on other routes).
     pub compress: Option<super::policy::compress::Negotiated>,
+    /// Routes with `cache`: what the cache did (None on other routes).
+    pub cache: Option<super::cache::CacheStatus>,
 }
 
 /// One authentication policy's verdict on a request.
@@ -104,6 +106,7 @@ impl<'a> RequestCtx<'a> {
             auth: None,
             cors: None,
             compress: None,
+            cache: None,
             rate_limits: Vec::new(),
         }
     }

@@ -5,18 +5,15 @@
 //! backend not tried yet, at most `retries` times, while the pool's retry budget
 //! (`upstream/budget.rs`) has room. Everything else gets one attempt. Each attempt gets the
 //! route's `timeout`, or the pool's `request_timeout`, to the response head.
-use std::{
-    hash::{Hash, Hasher},
-    net::IpAddr,
-    time::Instant,
-};
+use std::{net::IpAddr, time::Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{
-    Method, Request, Response, StatusCode, Uri, body::Incoming, header, http::request::Parts,
+    HeaderMap, Method, Request, Response, StatusCode, Uri, header, http::request::Parts,
     http::uri::PathAndQuery,
 };
+use lb_common::hash::key_hash;
 
 use super::{
     answer::plain,
@@ -182,27 +179,33 @@ pub(super) fn upstream_target(route: &RouteConfig, uri: &Uri) -> Option<PathAndQ
     PathAndQuery::from_maybe_shared(Bytes::from(target)).ok()
 }
 
-pub(super) fn hash_key(key: &HashKey, req: &Request<Incoming>, client: IpAddr) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+/// The consistent-hash key of a request: lb-common's `key_hash` of the client's address
+/// bytes, the header's value or the cookie's value (absent: the empty value), the same on
+/// every node and build.
+pub(super) fn hash_key(key: &HashKey, headers: &HeaderMap, client: IpAddr) -> u64 {
     match key {
-        HashKey::ClientIp => client.hash(&mut hasher),
-        HashKey::Header(name) => req
-            .headers()
-            .get(name)
-            .map(|v| v.as_bytes())
-            .hash(&mut hasher),
-        HashKey::Cookie(name) => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
-            .hash(&mut hasher),
+        HashKey::ClientIp => client_ip_key(client),
+        HashKey::Header(name) => key_hash(headers.get(name).map_or(&[][..], |v| v.as_bytes())),
+        HashKey::Cookie(name) => key_hash(
+            headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map_or(&[][..], |(_, v)| v.as_bytes()),
+        ),
     }
-    hasher.finish()
+}
+
+/// A client address as a selection key (shared with the stream listeners, so a client
+/// reaches the same backend over HTTP and TCP).
+pub(crate) fn client_ip_key(client: IpAddr) -> u64 {
+    match client {
+        IpAddr::V4(v4) => key_hash(&v4.octets()),
+        IpAddr::V6(v6) => key_hash(&v6.octets()),
+    }
 }
 
 pub(super) fn idempotent(method: &Method) -> bool {
@@ -212,10 +215,9 @@ pub(super) fn idempotent(method: &Method) -> bool {
     )
 }
 
-pub(super) fn has_body(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
+pub(super) fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0")

@@ -29,8 +29,10 @@
 //! - `stream/`: tcp and udp listeners (byte-stream proxy, TLS passthrough by SNI, PROXY
 //!   header to backends, UDP sessions).
 pub mod access_log;
+
 mod answer;
 mod body;
+pub mod cache;
 pub mod client_cert;
 pub mod client_limit;
 mod context;

@@ -16,6 +16,7 @@ use std::{
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
+use super::cache::CacheStatus;
 use super::policy::rate_limit::{Outcome, Verdict, store::Via};
 use super::{
     access_log::AccessLog,
@@ -23,8 +24,8 @@ use super::{
     context::{AuthResult, RequestCtx},
 };
 use crate::admin::metrics::{
-    AuthLabels, BackendLabels, L7Metrics, ListenerLabels, PoolLabels, RateLimitLabels,
-    RequestLabels,
+    AuthLabels, BackendLabels, CacheLabels, L7Metrics, ListenerLabels, PoolLabels, RateLimitLabels,
+    RequestLabels, RouteLabels,
 };
 
 /// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
@@ -144,6 +145,32 @@ impl Observer {
                     .collect()
             })
             .collect();
+        // Routes with a cache: a counter per status (by `CacheStatus::ALL` order), and the
+        // size gauges handed to the cache itself.
+        let caches = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let cache = r.chain.cache.as_ref()?;
+                let route = RouteLabels { route: r.label(i) };
+                cache.attach_gauges(
+                    metrics.cache_bytes.get_or_create_owned(&route),
+                    metrics.cache_entries.get_or_create_owned(&route),
+                );
+                Some(
+                    CacheStatus::ALL
+                        .iter()
+                        .map(|s| {
+                            metrics.cache_requests.get_or_create_owned(&CacheLabels {
+                                route: r.label(i),
+                                status: s.as_str(),
+                            })
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
         let client_refused = config
             .listeners
             .iter()
@@ -161,6 +188,7 @@ impl Observer {
         ProxyMeters {
             live: Some(LiveMeters {
                 rate_limits,
+                caches,
                 client_refused,
                 metrics: metrics.clone(),
                 pools,
@@ -229,6 +257,8 @@ struct LiveMeters {
     rate_limits: Vec<Vec<LimitMeters>>,
     /// Listeners with `max_connections_per_client`: connections refused.
     client_refused: HashMap<String, Counter>,
+    /// By route index: routes with a cache, their counters by `CacheStatus::ALL` order.
+    caches: Vec<Option<Vec<Counter>>>,
 }
 
 /// A proxy generation's metric handles; empty when the observer has no metrics.
@@ -284,6 +314,18 @@ impl ProxyMeters {
             && let Some(route) = outcome.route_index()
         {
             live.rate_limits(route, &outcome.rate_limits);
+        }
+        if let Some(status) = outcome.cache
+            && let Some(counters) = outcome
+                .route_index()
+                .and_then(|r| live.caches.get(r))
+                .and_then(Option::as_ref)
+            && let Some(c) = CacheStatus::ALL
+                .iter()
+                .position(|s| *s == status)
+                .and_then(|i| counters.get(i))
+        {
+            c.inc();
         }
         if let Some(p) = outcome.pool.and_then(|p| live.pools.get(p)) {
             p.duration.observe(outcome.duration.as_secs_f64());

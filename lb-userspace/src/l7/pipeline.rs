@@ -12,6 +12,8 @@
 //!    `X-Forwarded-Client-Cert`) are stripped from the request when any route or listener of
 //!    the configuration sets them, and the connection's verified client certificate is
 //!    written into `X-Forwarded-Client-Cert`.
+//!    On a route with `cache`, the cache phase follows (`cache/phase.rs`): a stored answer
+//!    may answer here; otherwise phases 2 to 4 fetch it for the cache.
 //! 2. Upstream selection: the route's pool (a split's by weight, passing over a pool with no
 //!    usable backend), then a backend for each attempt (`forward.rs`).
 //! 3. Upstream request: hop-by-hop headers removed, the path rewritten, X-Forwarded-* /
@@ -29,7 +31,7 @@
 //!    body is never buffered unless a policy asks.
 //! 7. Log: the request counted in the metrics; with an access log the body is wrapped to
 //!    count bytes out and write the line when it is done.
-use std::{borrow::Cow, net::SocketAddr};
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::{
@@ -50,13 +52,13 @@ use super::{
     pool::{Pool, ProxyBody},
     proxy::{ListenerRules, PoolEntry, Proxy},
     routing::{Routed, host_of},
-    upgrade,
+    upgrade::{self, UpgradeRequest},
     upstream::ConnInfo,
 };
 use crate::config::{Algorithm, RouteConfig};
 
 /// What a phase decided: go on with `T`, or answer the client now.
-enum Step<T> {
+pub(super) enum Step<T> {
     Next(T),
     Answer(Response<ProxyBody>),
 }
@@ -65,7 +67,7 @@ impl Proxy {
     /// Answers one request that arrived on `listener` from `peer` (the true client when a PROXY
     /// header said so) over `scheme` (http or https), on the downstream connection `conn`.
     pub async fn handle(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         listener: &str,
         peer: SocketAddr,
@@ -106,7 +108,7 @@ impl Proxy {
 
     /// Phases 1 to 4: the response, from a policy, lb itself or the backend.
     async fn proxy<'a>(
-        &'a self,
+        self: &'a Arc<Self>,
         req: Request<Incoming>,
         ctx: &mut RequestCtx<'a>,
     ) -> Response<ProxyBody> {
@@ -138,6 +140,29 @@ impl Proxy {
                 }
             }
         }
+        if let Some(cache) = &route.chain.cache {
+            let request = super::cache::CacheRequest {
+                route,
+                pool_name,
+                rules,
+                forwarded_host,
+            };
+            return self.through_cache(cache, req, request, ctx).await;
+        }
+        self.upstream(req, route, pool_name, rules, forwarded_host, ctx)
+            .await
+    }
+
+    /// Phases 2 to 4 for the request as the client sent it.
+    pub(super) async fn upstream<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        route: &'a RouteConfig,
+        pool_name: &str,
+        rules: Option<&ListenerRules>,
+        forwarded_host: Option<HeaderValue>,
+        ctx: &mut RequestCtx<'a>,
+    ) -> Response<ProxyBody> {
         let Some(PoolEntry { pool, index }) = self.select_pool(route, pool_name) else {
             return plain(StatusCode::BAD_GATEWAY, "no pool\n");
         };
@@ -152,10 +177,38 @@ impl Proxy {
         self.forward(ctx, pool, *index, upstream).await
     }
 
+    /// Phases 2 to 4 for a request without a body made from `parts` (the cache's fetches).
+    pub(super) async fn upstream_without_body<'a>(
+        &'a self,
+        parts: Parts,
+        route: &'a RouteConfig,
+        pool_name: &str,
+        forwarded_host: Option<HeaderValue>,
+        ctx: &mut RequestCtx<'a>,
+    ) -> Response<ProxyBody> {
+        let Some(PoolEntry { pool, index }) = self.select_pool(route, pool_name) else {
+            return plain(StatusCode::BAD_GATEWAY, "no pool\n");
+        };
+        ctx.pool = Some(*index);
+        let head = UpstreamHead {
+            route,
+            pool,
+            forwarded_host,
+            upgrade: None,
+        };
+        let upstream = match upstream_head_phase(parts, empty_body(), None, head, ctx, || {
+            self.new_request_id()
+        }) {
+            Step::Next(upstream) => upstream,
+            Step::Answer(answer) => return answer,
+        };
+        self.forward(ctx, pool, *index, upstream).await
+    }
+
     /// Phase 1 up to the route's policies: limits, route, the client behind trusted proxies.
     /// Next: the pool the route chose, and the request's host as X-Forwarded-Host will carry
     /// it (found once, here). The route's request policies run next, in `proxy`.
-    fn request_phase<'a>(
+    pub(super) fn request_phase<'a>(
         &'a self,
         req: &Request<Incoming>,
         rules: Option<&ListenerRules>,
@@ -226,6 +279,7 @@ impl Proxy {
             None => super::access_log::RouteLabel::Index(index),
         });
         record.status = ctx.status;
+        record.cache = ctx.cache.map(super::cache::CacheStatus::as_str);
         record.retries = ctx.retries;
         record.upstream_duration = ctx.upstream_duration;
         if let Some(pool) = ctx.pool.and_then(|i| self.pool_by_index(i)) {
@@ -250,20 +304,61 @@ fn upstream_request_phase(
     ctx: &mut RequestCtx<'_>,
     new_request_id: impl FnOnce() -> HeaderValue,
 ) -> Step<Upstream> {
-    let Some(target) = upstream_target(route, req.uri()) else {
+    let mut req = req;
+    let upgrade = upgrade::take(&mut req);
+    let (parts, body) = req.into_parts();
+    // A request without a body (most GETs) needs neither the limits nor the watch.
+    let watch = (!body.is_end_stream()).then(BodyWatch::default);
+    let body: UpstreamBody = match &watch {
+        Some(watch) => body::limited(body, rules.and_then(|r| r.body_limits), watch),
+        None => empty_body(),
+    };
+    let head = UpstreamHead {
+        route,
+        pool,
+        forwarded_host,
+        upgrade,
+    };
+    upstream_head_phase(parts, body, watch, head, ctx, new_request_id)
+}
+
+/// What phase 3 needs besides the request.
+pub(super) struct UpstreamHead<'a> {
+    pub route: &'a RouteConfig,
+    pub pool: &'a Pool,
+    pub forwarded_host: Option<HeaderValue>,
+    pub upgrade: Option<UpgradeRequest>,
+}
+
+pub(super) fn empty_body() -> UpstreamBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Phase 3 on a request head and the body it sends (the cache's fetches send none).
+pub(super) fn upstream_head_phase(
+    mut parts: Parts,
+    body: UpstreamBody,
+    watch: Option<BodyWatch>,
+    head: UpstreamHead<'_>,
+    ctx: &mut RequestCtx<'_>,
+    new_request_id: impl FnOnce() -> HeaderValue,
+) -> Step<Upstream> {
+    let UpstreamHead {
+        route,
+        pool,
+        forwarded_host,
+        upgrade,
+    } = head;
+    let Some(target) = upstream_target(route, &parts.uri) else {
         return Step::Answer(plain(StatusCode::BAD_REQUEST, "bad request target\n"));
     };
     let client = ctx.client;
     // Only the consistent hash reads the key.
     let key = match pool.config.algorithm {
-        Algorithm::ConsistentHash => hash_key(&pool.config.hash_key, &req, client),
+        Algorithm::ConsistentHash => hash_key(&pool.config.hash_key, &parts.headers, client),
         _ => 0,
     };
-    let retryable = idempotent(req.method()) && !has_body(&req);
-
-    let mut req = req;
-    let upgrade = upgrade::take(&mut req);
-    let (mut parts, body) = req.into_parts();
+    let retryable = idempotent(&parts.method) && !has_body(&parts.headers);
     remove_hop_by_hop(&mut parts.headers);
     if let Some(upgrade) = &upgrade {
         upgrade.restore_headers(&mut parts.headers);
@@ -278,12 +373,7 @@ fn upstream_request_phase(
     );
     parts.version = hyper::Version::HTTP_11;
     apply_upstream_request_policies(&route.chain, &mut parts);
-    // A request without a body (most GETs) needs neither the limits nor the watch.
-    let watch = (!body.is_end_stream()).then(BodyWatch::default);
-    let mut body: UpstreamBody = match &watch {
-        Some(watch) => body::limited(body, rules.and_then(|r| r.body_limits), watch),
-        None => Empty::new().map_err(|never| match never {}).boxed(),
-    };
+    let mut body = body;
     if let Some(record) = &mut ctx.access {
         record.request_id = request_id.to_str().ok().map(str::to_owned);
         body = CountedBody::new(body, record.bytes_in.clone()).boxed();

@@ -117,6 +117,7 @@ impl Proxy {
         let mut routes = config.routes.clone();
         if let Some(prev) = previous {
             super::policy::rate_limit::keep_state(&mut routes, prev.router.configs());
+            super::cache::keep_state(&mut routes, prev.router.configs());
         }
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -167,6 +168,18 @@ impl Proxy {
 
     pub(super) fn listener_rules(&self, listener: &str) -> Option<&ListenerRules> {
         self.listeners.get(listener)
+    }
+
+    /// Purges `url` (`prefix`: every URL starting with it) from every route's cache; None
+    /// when no route has one.
+    pub fn purge(&self, url: &str, prefix: bool) -> Option<u64> {
+        let mut caches = self
+            .router
+            .configs()
+            .filter_map(|(_, r)| r.chain.cache.as_ref())
+            .peekable();
+        caches.peek()?;
+        Some(caches.map(|c| c.purge(url, prefix)).sum())
     }
 
     pub(super) fn router(&self) -> &Router {

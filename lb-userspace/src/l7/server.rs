@@ -146,6 +146,19 @@ impl RunningL7 {
             .load(Ordering::Relaxed)
     }
 
+    /// Has the access log writer reopen its file (queued lines are written first).
+    pub fn reopen_logs(&self) {
+        if let Some(log) = self.proxy.load().observer().access_log() {
+            log.reopen();
+        }
+    }
+
+    /// Purges `url` (`prefix`: every URL starting with it) from every route's cache: how many
+    /// keys went; None when no route has a cache.
+    pub fn purge(&self, url: &str, prefix: bool) -> Option<u64> {
+        self.proxy.load().purge(url, prefix)
+    }
+
     /// The live upstream state (retry counters, ...) of pool `name`.
     pub fn pool_state(&self, name: &str) -> Option<Arc<super::PoolState>> {
         self.proxy.load().pool_state(name)

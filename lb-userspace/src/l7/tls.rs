@@ -3,7 +3,7 @@
 //! resumption by cache and tickets. The certificate set can be re-read from its files and
 //! swapped in while serving (`CertReloader`): new handshakes get the new certificates,
 //! established connections keep theirs.
-use std::{collections::HashMap, fs::File, io::BufReader, path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use arc_swap::ArcSwap;
 
@@ -101,25 +101,21 @@ fn load(
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
     let open = |path: &Path| {
-        File::open(path)
-            .map(BufReader::new)
-            .map_err(|source| TlsError::Read {
-                path: path.display().to_string(),
-                source,
-            })
-    };
-    let chain = rustls_pemfile::certs(&mut open(&cert.cert)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read {
-            path: cert.cert.display().to_string(),
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
             source,
-        })?;
+        })
+    };
+    let chain = crate::pem::certs(&open(&cert.cert)?).map_err(|source| TlsError::Read {
+        path: cert.cert.display().to_string(),
+        source,
+    })?;
     if chain.is_empty() {
         return Err(TlsError::NoCert {
             path: cert.cert.display().to_string(),
         });
     }
-    let key = rustls_pemfile::private_key(&mut open(&cert.key)?)
+    let key = crate::pem::private_key(&open(&cert.key)?)
         .map_err(|source| TlsError::Read {
             path: cert.key.display().to_string(),
             source,

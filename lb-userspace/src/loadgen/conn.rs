@@ -1,6 +1,5 @@
 //! One client connection: TCP (+ PROXY header) (+ TLS) + HTTP/1.1 or HTTP/2 via hyper.
 use std::{
-    io::BufReader,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -101,11 +100,11 @@ impl Connector {
                 let path = tls.ca_file.ok_or_else(|| {
                     TargetError::Tls("https needs --cacert FILE or --insecure".into())
                 })?;
-                let file =
-                    std::fs::File::open(path).map_err(|e| TargetError::Read(path.to_owned(), e))?;
+                let certs = std::fs::read(path)
+                    .and_then(|bytes| crate::pem::certs(&bytes))
+                    .map_err(|e| TargetError::Read(path.to_owned(), e))?;
                 let mut roots = RootCertStore::empty();
-                for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
-                    let cert = cert.map_err(|e| TargetError::Read(path.to_owned(), e))?;
+                for cert in certs {
                     roots
                         .add(cert)
                         .map_err(|e| TargetError::Tls(e.to_string()))?;

@@ -379,6 +379,20 @@ impl Manager {
         Ok(())
     }
 
+    /// Reopens the access log at its path (SIGUSR1, after logrotate moved it).
+    pub fn reopen_logs(&self) {
+        self.l7.reopen_logs();
+        tracing::info!("log files reopened");
+    }
+
+    /// Removes cached responses for `url` (`prefix`: every URL starting with it) from every
+    /// route's cache. Returns how many keys went; an error when no route has a cache.
+    pub fn purge(&self, url: &str, prefix: bool) -> Result<u64, String> {
+        self.l7
+            .purge(url, prefix)
+            .ok_or_else(|| "no route has a cache".to_owned())
+    }
+
     /// Re-reads the backend file and applies it in place; a bad file (or a failed apply)
     /// keeps the running configuration, says why, and counts it.
     pub async fn reload(&mut self, why: &str) {

@@ -153,6 +153,7 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
     route_policies(&topo)?;
     jwt_route(ws, &topo)?;
     rate_limit_route(&topo)?;
+    cached_route(&topo)?;
 
     // 2. The story, with open-loop traffic flowing all along.
     println!(
@@ -505,6 +506,57 @@ fn rate_limit_route(topo: &Topology) -> Result<()> {
     Ok(())
 }
 
+/// The response cache, seen by curl: the first request for `/cached/page` is a MISS answered
+/// by one backend; the next two are HITs with that same backend's answer (round robin would
+/// have sent them elsewhere), and the backend is not asked again.
+fn cached_route(topo: &Topology) -> Result<()> {
+    println!("\ndemo: a cached route (/cached: kept an hour), seen by curl");
+    let mut first_body = None;
+    for n in 1..=3 {
+        let out = topo
+            .client
+            .command("curl")
+            .args([
+                "-si",
+                "--max-time",
+                "5",
+                &format!("http://{VIP}/cached/page"),
+            ])
+            .output()
+            .context("running curl in the client namespace")?;
+        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+        let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let code: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("curl /cached/page: no status line"))?;
+        let status = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("x-cache-status"))
+            })
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default();
+        let body = body.trim().to_owned();
+        println!("demo:   request {n} -> {code}  X-Cache-Status: {status}  body: {body}");
+        let expected = if n == 1 { "MISS" } else { "HIT" };
+        ensure!(
+            code == 200 && status == expected,
+            "request {n} to /cached/page: {code} {status:?}, expected 200 {expected}"
+        );
+        match &first_body {
+            None => first_body = Some(body),
+            Some(first) => ensure!(
+                *first == body,
+                "a HIT answered {body:?}, the stored answer was {first:?}"
+            ),
+        }
+    }
+    Ok(())
+}
+
 fn backend_file(jwks: &Path) -> String {
     let mut text = format!(
         "# Written by `cargo xtask demo`. One pool of three HTTP backends with health checks,
@@ -562,6 +614,14 @@ respond = {{ status = 200, body = \"within the limit\\n\" }}
   key = \"client_ip\"
   rate = \"1/h\"
   burst = 3
+
+[[route]]                      # answers kept an hour in lb's response cache
+name = \"cached\"
+listener = \"web\"
+path_prefix = \"/cached\"
+pool = \"{POOL}\"
+  [route.cache]
+  default_ttl = \"1h\"           # the demo backends send no Cache-Control
 
 [[route]]                      # a fixed answer, no backend involved
 name = \"ping\"

@@ -212,6 +212,9 @@ pub struct RouteChain {
     pub timeout: Option<Duration>,
     /// Response-body phase: `compress` (None: the body passes untouched).
     pub compress: Option<Compress>,
+    /// The route's response cache, between the request policies and upstream selection
+    /// (`l7/cache/`).
+    pub cache: Option<crate::l7::cache::RouteCache>,
 }
 
 impl RouteChain {
@@ -328,6 +331,11 @@ pub(crate) fn compile(
         .as_ref()
         .map(|c| compress::compile(c, err))
         .transpose()?;
+    chain.cache = r
+        .cache
+        .as_ref()
+        .map(|c| crate::l7::cache::settings::compile(c, err).map(crate::l7::cache::RouteCache::new))
+        .transpose()?;
     chain.timeout = r
         .timeout
         .as_ref()
@@ -343,6 +351,7 @@ pub(crate) fn compile(
                 r.request_headers.as_ref().map(Spanned::span),
             ),
             ("timeout", r.timeout.as_ref().map(Spanned::span)),
+            ("cache", r.cache.as_ref().map(Spanned::span)),
             (
                 "rewrite_prefix",
                 r.rewrite_prefix.as_ref().map(Spanned::span),

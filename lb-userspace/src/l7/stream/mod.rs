@@ -11,11 +11,7 @@ mod sni;
 mod tcp;
 mod udp;
 
-use std::{
-    hash::{Hash, Hasher},
-    net::IpAddr,
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
@@ -92,12 +88,4 @@ pub(super) fn spawn(
         BoundSocket::Udp(socket) => tokio::spawn(udp::serve(socket, listener)),
         BoundSocket::Tcp(socket) => tokio::spawn(tcp::accept_loop(socket, listener)),
     }
-}
-
-/// The selection key of a client: its IP address, hashed as the HTTP proxy's `client_ip`
-/// key hashes it (so a client reaches the same backend over HTTP and TCP).
-fn client_key(ip: IpAddr) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    ip.hash(&mut hasher);
-    hasher.finish()
 }

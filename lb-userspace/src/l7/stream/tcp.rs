@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::{
-    StreamListener, client_key,
+    StreamListener,
     relay::{self, RelayEnd},
     sni,
 };
@@ -121,7 +121,7 @@ async fn connection(mut tcp: TcpStream, socket_peer: SocketAddr, listener: &Stre
 /// A connection to a backend of `pool`, counted in flight for as long as the guard lives; on a
 /// failed or timed-out connect, another backend (never one tried), up to `retries` times.
 async fn connect(pool: &Pool, client: SocketAddr) -> Option<(TcpStream, InFlightGuard<'_>)> {
-    let key = client_key(client.ip());
+    let key = crate::l7::forward::client_ip_key(client.ip());
     let mut tried = Vec::new();
     for _ in 0..=pool.config.retries {
         let i = pool.pick(key, &tried)?;

@@ -16,7 +16,7 @@ use std::{
 
 use tokio::{net::UdpSocket, task::JoinHandle, time::Instant};
 
-use super::{StreamListener, client_key};
+use super::StreamListener;
 use crate::l7::{pool::Pool, selection::OwnedInFlightGuard};
 
 /// Largest datagram relayed (the UDP maximum payload).
@@ -96,7 +96,7 @@ async fn open(
     socket: &Arc<UdpSocket>,
     started: Instant,
 ) -> Option<Session> {
-    let key = client_key(client.ip());
+    let key = crate::l7::forward::client_ip_key(client.ip());
     let mut tried = Vec::new();
     for _ in 0..=pool.config.retries {
         let i = pool.pick(key, &tried)?;

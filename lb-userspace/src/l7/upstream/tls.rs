@@ -2,7 +2,6 @@
 //! `tls_server_name`, `tls_insecure`, `tls_client_cert` and `tls_client_key` keys describe (built while the file is read, so a bad
 //! CA file is a configuration error with its line).
 use std::{
-    io::BufReader,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -80,14 +79,12 @@ pub fn client_identity(
     };
     let cert_bytes = read(cert_file, IdentityFile::Cert)?;
     let key_bytes = read(key_file, IdentityFile::Key)?;
-    let chain = rustls_pemfile::certs(&mut BufReader::new(cert_bytes.as_slice()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            (
-                IdentityFile::Cert,
-                format!("{:?}: {e}", cert_file.display().to_string()),
-            )
-        })?;
+    let chain = crate::pem::certs(&cert_bytes).map_err(|e| {
+        (
+            IdentityFile::Cert,
+            format!("{:?}: {e}", cert_file.display().to_string()),
+        )
+    })?;
     if chain.is_empty() {
         return Err((
             IdentityFile::Cert,
@@ -97,7 +94,7 @@ pub fn client_identity(
             ),
         ));
     }
-    let key = rustls_pemfile::private_key(&mut BufReader::new(key_bytes.as_slice()))
+    let key = crate::pem::private_key(&key_bytes)
         .map_err(|e| {
             (
                 IdentityFile::Key,
@@ -201,9 +198,9 @@ pub fn client_config(
             .map_err(|e| format!("ca_file {:?}: {e}", path.display().to_string()))?;
         settings.ca_digest = Some(content_digest(&bytes));
         let mut roots = RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut BufReader::new(bytes.as_slice())) {
-            let cert =
-                cert.map_err(|e| format!("ca_file {:?}: {e}", path.display().to_string()))?;
+        let certs = crate::pem::certs(&bytes)
+            .map_err(|e| format!("ca_file {:?}: {e}", path.display().to_string()))?;
+        for cert in certs {
             // The system bundle has the odd certificate rustls cannot parse; skip those.
             let _ = roots.add(cert);
         }

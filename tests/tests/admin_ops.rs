@@ -1,0 +1,179 @@
+//! Operator surface of `lb run`, from outside as an operator uses it: `/healthz` and
+//! `/readyz` (503 from the stop signal on, while in-flight requests drain), the admin token on
+//! the mutating endpoints (401 without it; `lb ctl --admin-token-file` after the subcommand),
+//! and SIGUSR1 reopening the access log after logrotate moved it (lb keeps running).
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use lb_tests::{
+    echo_backend::echo_backend,
+    lb_bin,
+    lb_run::{LbRun, http, wait_for},
+};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn file(backend: SocketAddr) -> String {
+    format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{backend}\"\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\nlistener = \"l\"\npool = \"web\"\n"
+    )
+}
+
+fn signal(lb: &LbRun, name: &str) {
+    let status = Command::new("kill")
+        .args(["-s", name, &lb.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+fn in_flight(lb: &LbRun) -> u64 {
+    lb.status()["pools"][0]["backends"][0]["in_flight"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn readyz_turns_503_while_lb_drains() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(echo_backend());
+    let lb = LbRun::start("readyz", &file(backend), &["--grace", "60s"]);
+    assert_eq!(http("GET", lb.admin, "/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(
+        http("GET", lb.admin, "/readyz"),
+        (200, "ready\n".to_owned())
+    );
+    // A request the backend never answers keeps the drain going.
+    let addr = lb.listener("l");
+    let mut hung = TcpStream::connect(addr).expect("connect");
+    write!(hung, "GET /hang HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    wait_for("the request in flight", LIMIT, || in_flight(&lb) == 1);
+    signal(&lb, "TERM");
+    wait_for("/readyz 503", LIMIT, || {
+        http("GET", lb.admin, "/readyz").0 == 503
+    });
+    // Still alive and draining: changes are refused, reads still answered.
+    assert_eq!(http("GET", lb.admin, "/healthz").0, 200);
+    assert_eq!(http("POST", lb.admin, "/api/purge?url=x").0, 503);
+    drop(hung);
+}
+
+#[test]
+fn the_admin_token_guards_changes_and_lb_ctl_sends_it() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(echo_backend());
+    let dir = std::env::temp_dir().join(format!("lb-admin-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret-token\n").expect("token");
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "guess\n").expect("wrong");
+    let token_arg = token.to_string_lossy().into_owned();
+    let lb = LbRun::start("token", &file(backend), &["--admin-token-file", &token_arg]);
+    let drain = format!("/api/drain?pool=web&backend={backend}");
+    // Without the token: 401 with a Bearer challenge; reads stay open.
+    let raw = raw_post(lb.admin, &drain, None);
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{raw}"
+    );
+    assert!(raw_post(lb.admin, &drain, Some("guess")).starts_with("HTTP/1.1 401"));
+    assert_eq!(http("GET", lb.admin, "/api/status").0, 200);
+    assert_eq!(http("GET", lb.admin, "/metrics").0, 200);
+    // lb ctl: the flags after the subcommand; the wrong token is refused, the right one works.
+    let ctl = |file: &std::path::Path| {
+        Command::new(lb_bin())
+            .args(["ctl", "drain", "web", &backend.to_string()])
+            .args(["--admin", &lb.admin.to_string()])
+            .arg("--admin-token-file")
+            .arg(file)
+            .output()
+            .expect("lb ctl")
+    };
+    let refused = ctl(&wrong);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Bearer"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        lb.status()["pools"][0]["backends"][0]["health"],
+        "unchecked"
+    );
+    let done = ctl(&token);
+    assert!(done.status.success(), "{done:?}");
+    assert_eq!(lb.status()["pools"][0]["backends"][0]["health"], "draining");
+    // An empty token file is refused at start.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").expect("empty");
+    let out = Command::new(lb_bin())
+        .args([
+            "run",
+            "--backends",
+            "/nonexistent.toml",
+            "--admin-token-file",
+        ])
+        .arg(&empty)
+        .output()
+        .expect("lb run");
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigusr1_reopens_the_access_log() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(echo_backend());
+    let dir = std::env::temp_dir().join(format!("lb-reopen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("access.log");
+    let rotated = dir.join("access.log.1");
+    let log_arg = log.to_string_lossy().into_owned();
+    let lb = LbRun::start("reopen", &file(backend), &["--access-log", &log_arg]);
+    let addr = lb.listener("l");
+    let lines =
+        |path: &std::path::Path| std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
+    assert_eq!(http("GET", addr, "/before").0, 200);
+    wait_for("the first line", LIMIT, || lines(&log) == 1);
+    // logrotate's default: move the file away, then signal.
+    std::fs::rename(&log, &rotated).expect("rotate");
+    signal(&lb, "USR1");
+    wait_for("the new file", LIMIT, || log.exists());
+    assert_eq!(http("GET", addr, "/after").0, 200);
+    wait_for("the line in the new file", LIMIT, || lines(&log) == 1);
+    assert!(
+        std::fs::read_to_string(&log)
+            .expect("log")
+            .contains("/after")
+    );
+    let old = std::fs::read_to_string(&rotated).expect("rotated");
+    assert_eq!(old.lines().count(), 1);
+    assert!(old.contains("/before"));
+    // Still running (SIGUSR1's default action would have killed it).
+    assert_eq!(http("GET", lb.admin, "/healthz").0, 200);
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A POST to the admin API with an optional bearer token: the raw answer.
+fn raw_post(admin: SocketAddr, path: &str, token: Option<&str>) -> String {
+    let mut tcp = TcpStream::connect(admin).expect("connect");
+    tcp.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        tcp,
+        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    out
+}
