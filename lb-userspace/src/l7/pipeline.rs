@@ -46,7 +46,7 @@ use super::{
     context::RequestCtx,
     forward::{Upstream, has_body, hash_key, idempotent, upstream_target},
     headers::{client_ip, remove_hop_by_hop, set_forwarded},
-    policy::{ResponsePolicy, RouteChain, UpstreamRequestPolicy},
+    policy::{ResponsePolicy, RouteChain, UpstreamRequestPolicy, buffer},
     pool::{Pool, ProxyBody},
     proxy::{ListenerRules, PoolEntry, Proxy},
     routing::{Routed, host_of},
@@ -93,8 +93,14 @@ impl Proxy {
                 limits.set_fields(&ctx.rate_limits, response.headers_mut());
             }
         }
-        // Phase 6 (response body): compression, before the log phase's byte counter (which
+        // Phase 6 (response body): `buffer_response` reads the backend's body ahead of the
+        // client (first, so it is the backend's bytes it holds), then compression, before the log phase's byte counter (which
         // then counts the bytes sent). Routes without `compress` never set `ctx.compress`.
+        if let Some((_, route)) = ctx.route
+            && let Some(limit) = route.chain.buffer.response
+        {
+            response = buffer::response::read_ahead(response, limit);
+        }
         if let Some(negotiated) = ctx.compress.take()
             && let Some((_, route)) = ctx.route
             && let Some(compress) = &route.chain.compress
@@ -142,13 +148,21 @@ impl Proxy {
             return plain(StatusCode::BAD_GATEWAY, "no pool\n");
         };
         ctx.pool = Some(*index);
-        let upstream =
+        let mut upstream =
             match upstream_request_phase(req, route, pool, rules, forwarded_host, ctx, || {
                 self.new_request_id()
             }) {
                 Step::Next(upstream) => upstream,
                 Step::Answer(answer) => return answer,
             };
+        // `buffer_request`: the whole body read before a backend is picked (nothing goes
+        // upstream for a body that breaks a limit or is cut short).
+        if let Some(buffering) = &route.chain.buffer.request
+            && upstream.watch.is_some()
+            && let Err(answer) = buffer::request::buffer(&mut upstream, buffering).await
+        {
+            return answer;
+        }
         self.forward(ctx, pool, *index, upstream).await
     }
 
@@ -296,6 +310,7 @@ fn upstream_request_phase(
         target,
         key,
         retryable,
+        replay: None,
     })
 }
 

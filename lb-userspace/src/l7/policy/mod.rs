@@ -21,6 +21,7 @@ use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
 pub mod api_key;
+pub mod buffer;
 pub mod compress;
 pub mod cors;
 pub mod headers;
@@ -212,6 +213,9 @@ pub struct RouteChain {
     pub timeout: Option<Duration>,
     /// Response-body phase: `compress` (None: the body passes untouched).
     pub compress: Option<Compress>,
+    /// `buffer_request` (before the upstream phase) and `buffer_response` (response-body
+    /// phase); the default streams both ways.
+    pub buffer: buffer::Buffering,
 }
 
 impl RouteChain {
@@ -328,6 +332,7 @@ pub(crate) fn compile(
         .as_ref()
         .map(|c| compress::compile(c, err))
         .transpose()?;
+    chain.buffer = buffer::compile(r, err)?;
     chain.timeout = r
         .timeout
         .as_ref()
@@ -348,6 +353,14 @@ pub(crate) fn compile(
                 r.rewrite_prefix.as_ref().map(Spanned::span),
             ),
             ("rewrite_regex", r.rewrite_regex.as_ref().map(Spanned::span)),
+            (
+                "buffer_request",
+                r.buffer_request.as_ref().map(Spanned::span),
+            ),
+            (
+                "buffer_response",
+                r.buffer_response.as_ref().map(Spanned::span),
+            ),
         ];
         if let Some((key, Some(span))) = proxy_keys.into_iter().find(|(_, s)| s.is_some()) {
             return Err(err(
