@@ -17,14 +17,16 @@
 //! 3. Upstream request: hop-by-hop headers removed, the path rewritten, X-Forwarded-* /
 //!    X-Real-IP / X-Request-Id set, then the route's upstream-request policies
 //!    (`request_headers`), so they can override lb's own headers. The request body is
-//!    streamed within the listener's limits.
+//!    streamed within the listener's limits, or, with the route's `buffer_request`, read to
+//!    its end here before any backend is picked (`policy/buffer/request.rs`).
 //! 4. Upstream: attempts, retries within the budget, the route's `timeout` or the pool's
 //!    `request_timeout` (`forward.rs`); the backend's hop-by-hop response headers removed.
 //! 5. Response headers: the route's response policies (`cors` for an allowed origin the
 //!    request phase noted in `ctx.cors`, then `response_headers`), on every
 //!    response of the route, lb's own 502/504 and direct answers included; then the
 //!    RateLimit fields of the route's limits that counted the request.
-//! 6. Response body: streaming transforms wrap the body here: the route's `compress`
+//! 6. Response body: streaming transforms wrap the body here: the route's `buffer_response`
+//!    (read ahead of the client, `policy/buffer/response.rs`), then its `compress`
 //!    (negotiated from Accept-Encoding in the request phase, `RequestCtx::compress`); a whole
 //!    body is never buffered unless a policy asks.
 //! 7. Log: the request counted in the metrics; with an access log the body is wrapped to

@@ -6,6 +6,8 @@
 //! unit tests), one key on `RawRoute` (`config.rs`), one variant of the phase enum it belongs
 //! to, its entry in docs/CONFIG.md and docs/examples/full.toml, and an end-to-end test.
 //! A route without policies has empty phase lists: each phase is one `is_empty` check.
+//! Policies that act on bodies rather than heads are optional fields of the chain instead
+//! (`compress`, `buffer`): one check each where the body is handled.
 //!
 //! Request-phase policies are async (a key fetch, a shared counter) and see the request
 //! mutably (to take a credential off it) and the `RequestCtx`: `ctx.client` is the client
