@@ -396,6 +396,7 @@ async fn a_buffered_response_is_taken_from_the_backend_before_the_client_reads()
     let (_proxy, addr) = start(&format!(
         "[[pool]]\nname = \"web\"\nretries = 0\nmax_fails = 0\n[[pool.backend]]\naddress = \"{backend}\"\n\
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\nlistener = \"l\"\npath_prefix = \"/small\"\npool = \"web\"\nbuffer_response = \"64KiB\"\n\
          [[route]]\nlistener = \"l\"\npool = \"web\"\nbuffer_response = \"80MiB\"\n"
     ))
     .await;
@@ -415,8 +416,22 @@ async fn a_buffered_response_is_taken_from_the_backend_before_the_client_reads()
     let (status, headers, body) = read_response(&mut client).await;
     assert_eq!(status, 200, "{headers:?}");
     assert_eq!(body.len(), LEN);
-    assert!(
-        body.chunks(64 << 10)
-            .all(|c| c == &pattern(64 << 10)[..c.len()])
-    );
+    assert!(intact(&body));
+
+    // Larger than its buffer: streamed with 64 KiB read ahead, and complete.
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    client
+        .write_all(b"GET /small HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let (status, headers, body) = read_response(&mut client).await;
+    assert_eq!(status, 200, "{headers:?}");
+    assert_eq!(body.len(), LEN);
+    assert!(intact(&body));
+}
+
+/// `body` is `pattern` repeated per 64 KiB chunk, as `big_backend` writes it.
+fn intact(body: &[u8]) -> bool {
+    let chunk = pattern(64 << 10);
+    body.chunks(chunk.len()).all(|c| c == &chunk[..c.len()])
 }

@@ -262,11 +262,9 @@ mod tests {
 
     use super::*;
 
-    fn chunks(parts: &[&'static [u8]]) -> UpstreamBody {
-        let frames: Vec<Result<Frame<Bytes>, BodyError>> = parts
-            .iter()
-            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
-            .collect();
+    fn chunks(parts: &[Bytes]) -> UpstreamBody {
+        let frames: Vec<Result<Frame<Bytes>, BodyError>> =
+            parts.iter().map(|p| Ok(Frame::data(p.clone()))).collect();
         StreamBody::new(futures_util::stream::iter(frames)).boxed()
     }
 
@@ -286,9 +284,12 @@ mod tests {
     #[tokio::test]
     async fn a_small_body_stays_in_memory() {
         let buffered = Arc::new(
-            read(chunks(&[b"hello ", b"world"]), &config(64))
-                .await
-                .expect("read"),
+            read(
+                chunks(&[Bytes::from_static(b"hello "), Bytes::from_static(b"world")]),
+                &config(64),
+            )
+            .await
+            .expect("read"),
         );
         assert!(!buffered.spilled());
         assert_eq!(buffered.len(), 11);
@@ -297,15 +298,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_rest_of_a_larger_body_spills_to_a_file_and_replays_twice() {
-        let big: &'static [u8] = Box::leak(
-            (0..300_000u32)
-                .map(|i| (i % 251) as u8)
-                .collect::<Vec<_>>()
-                .into_boxed_slice(),
-        );
+        let big: Bytes = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let buffered = Arc::new(
             read(
-                chunks(&[&big[..10], &big[10..200_000], &big[200_000..]]),
+                chunks(&[
+                    big.slice(..10),
+                    big.slice(10..200_000),
+                    big.slice(200_000..),
+                ]),
                 &config(16),
             )
             .await
@@ -335,10 +335,16 @@ mod tests {
             temp_dir: Some(PathBuf::from("/nonexistent/lb-buffer-test")),
         };
         assert_eq!(
-            read(chunks(&[b"abc"]), &config).await.err(),
+            read(chunks(&[Bytes::from_static(b"abc")]), &config)
+                .await
+                .err(),
             Some(BodyError::Buffer)
         );
         // Under the threshold no file is needed.
-        assert!(read(chunks(&[b"ab"]), &config).await.is_ok());
+        assert!(
+            read(chunks(&[Bytes::from_static(b"ab")]), &config)
+                .await
+                .is_ok()
+        );
     }
 }
