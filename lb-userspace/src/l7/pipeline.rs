@@ -96,8 +96,9 @@ impl Proxy {
             }
         }
         // Phase 6 (response body): `buffer_response` reads the backend's body ahead of the
-        // client (first, so it is the backend's bytes it holds), then compression, before the log phase's byte counter (which
-        // then counts the bytes sent). Routes without `compress` never set `ctx.compress`.
+        // client (first, so it holds the backend's bytes), then compression, before the log
+        // phase's byte counter (which then counts the bytes sent). Routes without `compress`
+        // never set `ctx.compress`.
         if let Some((_, route)) = ctx.route
             && let Some(limit) = route.chain.buffer.response
         {
