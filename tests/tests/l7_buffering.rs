@@ -1,4 +1,4 @@
-//! Route buffering end to end through the in-process L7 tier, real sockets on 127.0.0.1:
+//! Route buffering end to end through `lb run` (a real lb process), real sockets on 127.0.0.1:
 //! `buffer_request` (no backend request until the whole body is in, a body over the memory
 //! threshold spilled to a temporary file and delivered intact with a Content-Length, an upload
 //! that breaks off or stalls never reaching the backend, a buffered idempotent request
@@ -8,7 +8,6 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -21,19 +20,22 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use lb::l7::{self, L7Config};
-use lb_tests::{echo_backend::exchange, lb_run::RefusedPort};
+use lb_tests::{
+    echo_backend::exchange,
+    lb_run::{LbRun, RefusedPort},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
     sync::mpsc,
 };
 
-async fn start(text: &str) -> (l7::RunningL7, SocketAddr) {
-    let config = L7Config::parse(text, Path::new("l7.toml")).expect("config");
-    let running = l7::serve(config).await.expect("serve");
-    let addr = running.listeners[0].1;
-    (running, addr)
+/// `lb run` (a real lb process) on `text`; the address of its listener `l`. Blocks briefly
+/// while lb starts (no backend is needed meanwhile).
+fn start(text: &str) -> (LbRun, SocketAddr) {
+    let lb = LbRun::start("buffering", text, &[]);
+    let addr = lb.listener("l");
+    (lb, addr)
 }
 
 /// A backend answering each request with its body, and `x-got-*` headers naming the
@@ -163,8 +165,7 @@ async fn a_slow_upload_reaches_the_backend_only_when_complete() {
         backend.addr,
         "",
         "[[route]]\nlistener = \"l\"\npath_prefix = \"/up\"\npool = \"web\"\nbuffer_request = true\n",
-    ))
-    .await;
+    ));
     let body = pattern(2000);
 
     // lb has asked for the body (100 Continue) and has half of it.
@@ -220,8 +221,7 @@ async fn a_body_over_the_memory_threshold_goes_through_a_temporary_file() {
             spill.display().to_string(),
             gone.display().to_string(),
         ),
-    ))
-    .await;
+    ));
 
     // 1 MiB, chunked in uneven pieces: it arrives whole, with a Content-Length.
     let body = pattern(1 << 20);
@@ -285,8 +285,7 @@ async fn an_upload_that_breaks_off_or_stalls_never_reaches_the_backend() {
         backend.addr,
         "body_timeout = \"200ms\"\n",
         "[[route]]\nlistener = \"l\"\npath_prefix = \"/up\"\npool = \"web\"\nbuffer_request = true\n",
-    ))
-    .await;
+    ));
 
     // Broken off: half the body, then the client's side closed. lb closes the connection.
     let mut upload = start_upload(addr, "/up", 1000).await;
@@ -317,8 +316,7 @@ async fn a_buffered_idempotent_request_is_retried_with_its_body() {
          [[route]]\nlistener = \"l\"\npath_prefix = \"/buffered\"\npool = \"web\"\nbuffer_request = true\n\
          [[route]]\nlistener = \"l\"\npool = \"web\"\n",
         refused.addr, backend.addr
-    ))
-    .await;
+    ));
     let put = |path: &str| {
         format!(
             "PUT {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
@@ -398,8 +396,7 @@ async fn a_buffered_response_is_taken_from_the_backend_before_the_client_reads()
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
          [[route]]\nlistener = \"l\"\npath_prefix = \"/small\"\npool = \"web\"\nbuffer_response = \"64KiB\"\n\
          [[route]]\nlistener = \"l\"\npool = \"web\"\nbuffer_response = \"80MiB\"\n"
-    ))
-    .await;
+    ));
     let socket = TcpSocket::new_v4().expect("socket");
     socket
         .set_recv_buffer_size(4096)
