@@ -338,15 +338,26 @@ async fn a_buffered_idempotent_request_is_retried_with_its_body() {
 }
 
 /// A raw backend answering every request on a connection with `len` bytes, then reporting
-/// that its write returned (the kernel took every byte).
-async fn big_backend(len: usize) -> (SocketAddr, mpsc::UnboundedReceiver<()>, Arc<AtomicUsize>) {
+/// that its write returned (the kernel took every byte); it counts bytes written and
+/// connections accepted.
+async fn big_backend(
+    len: usize,
+) -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<()>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = mpsc::unbounded_channel();
     let written = Arc::new(AtomicUsize::new(0));
     let progress = written.clone();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let connections = accepted.clone();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
+            connections.fetch_add(1, Ordering::SeqCst);
             let tx = tx.clone();
             let progress = progress.clone();
             tokio::spawn(async move {
@@ -381,7 +392,7 @@ async fn big_backend(len: usize) -> (SocketAddr, mpsc::UnboundedReceiver<()>, Ar
             });
         }
     });
-    (addr, rx, written)
+    (addr, rx, written, accepted)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +401,7 @@ async fn a_buffered_response_is_taken_from_the_backend_before_the_client_reads()
     // made small; the kernel's autotuned ones stay well under this), so without read-ahead
     // the backend's write could not finish before the client reads.
     const LEN: usize = 64 << 20;
-    let (backend, mut written, _progress) = big_backend(LEN).await;
+    let (backend, mut written, _progress, accepted) = big_backend(LEN).await;
     let (_proxy, addr) = start(&format!(
         "[[pool]]\nname = \"web\"\nretries = 0\nmax_fails = 0\n[[pool.backend]]\naddress = \"{backend}\"\n\
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
@@ -415,7 +426,9 @@ async fn a_buffered_response_is_taken_from_the_backend_before_the_client_reads()
     assert_eq!(body.len(), LEN);
     assert!(intact(&body));
 
-    // Larger than its buffer: streamed with 64 KiB read ahead, and complete.
+    // Larger than its buffer: streamed with 64 KiB read ahead, and complete; on the same
+    // backend connection, which the first response gave back to the pool when its body ended
+    // (before the client could read its last byte).
     let mut client = TcpStream::connect(addr).await.expect("connect");
     client
         .write_all(b"GET /small HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
@@ -425,6 +438,11 @@ async fn a_buffered_response_is_taken_from_the_backend_before_the_client_reads()
     assert_eq!(status, 200, "{headers:?}");
     assert_eq!(body.len(), LEN);
     assert!(intact(&body));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the pooled connection was reused"
+    );
 }
 
 /// `body` is `pattern` repeated per 64 KiB chunk, as `big_backend` writes it.

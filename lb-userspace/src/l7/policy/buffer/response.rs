@@ -94,7 +94,9 @@ async fn fill(
                 }
             }
         };
-        if tx.send((frame, permit)).is_err() || failed {
+        // At its end the body goes at once (as hyper's server drops a body that says it has
+        // ended), so a pooled connection is back before the client can have the last byte.
+        if tx.send((frame, permit)).is_err() || failed || body.is_end_stream() {
             return;
         }
     }
