@@ -930,6 +930,11 @@ fn bad_files_give_file_line_and_reason() {
             format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\nrespond = {{ status = 204 }}\nbuffer_response = \"1MiB\"\n"),
             "buffer_on_respond.toml:11: buffer_response on a route that answers itself (respond/redirect): remove it",
         ),
+        (
+            "buffer_on_tcp",
+            format!("{POOL}{LISTENER}mode = \"tcp\"\n[[route]]\nlistener = \"a\"\npool = \"web\"\nbuffer_request = true\n"),
+            "buffer_on_tcp.toml:12: buffer_request applies to http routes; \"a\" is a tcp listener (route tcp by sni)",
+        ),
     ];
     let mut wrong = Vec::new();
     for (name, text, expected) in &cases {

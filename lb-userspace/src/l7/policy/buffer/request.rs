@@ -41,12 +41,13 @@ pub struct Buffered {
     /// The rest, from offset 0 (an unlinked file: it goes when the last handle does).
     file: Option<Arc<std::fs::File>>,
     file_len: u64,
+    /// Memory and file together.
+    len: u64,
 }
 
 impl Buffered {
     pub fn len(&self) -> u64 {
-        let memory: usize = self.memory.iter().map(Bytes::len).sum();
-        memory as u64 + self.file_len
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -146,6 +147,7 @@ pub async fn read(
         memory,
         file,
         file_len,
+        len: in_memory as u64 + file_len,
     })
 }
 
