@@ -436,6 +436,19 @@ fn full_example_parses_to_the_values_it_writes() {
         ("/static", true)
     );
     assert!(matches!(&r[2].rewrite, Some(Rewrite::Prefix(p)) if p == "/"));
+    // Buffering: r[2] reads responses ahead, r[3] buffers request bodies; no other route.
+    assert_eq!(r[2].chain.buffer.response, Some(1 << 20));
+    assert_eq!(
+        r[3].chain.buffer.request,
+        Some(lb::l7::policy::buffer::RequestBuffering {
+            memory: 64 << 10,
+            temp_dir: Some(PathBuf::from("/tmp")),
+        })
+    );
+    assert!(r.iter().enumerate().all(|(i, r)| {
+        (i == 2 || r.chain.buffer.response.is_none())
+            && (i == 3 || r.chain.buffer.request.is_none())
+    }));
     assert_eq!(
         r[3].split,
         [
@@ -906,6 +919,36 @@ fn bad_files_give_file_line_and_reason() {
             "unreadable_certificate",
             format!("{POOL}{LISTENER}[[listener.tls]]\ncert = \"/nonexistent/site.pem\"\nkey = \"/nonexistent/site.key\"\n"),
             "unreadable_certificate.toml:9: listener \"a\": cannot read /nonexistent/site.pem: No such file or directory (os error 2)",
+        ),
+        (
+            "buffer_size",
+            format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\npool = \"web\"\nbuffer_response = \"1MB\"\n"),
+            "buffer_size.toml:11: buffer_response \"1MB\": a size such as \"64KiB\" (units: B, KiB, MiB, GiB)",
+        ),
+        (
+            "buffer_zero",
+            format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\npool = \"web\"\nbuffer_request = true\nbuffer_request_memory = \"0KiB\"\n"),
+            "buffer_zero.toml:12: buffer_request_memory must be above 0",
+        ),
+        (
+            "buffer_orphan",
+            format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\npool = \"web\"\nbuffer_request_memory = \"1MiB\"\n"),
+            "buffer_orphan.toml:11: buffer_request_memory without buffer_request = true: add it or remove buffer_request_memory",
+        ),
+        (
+            "buffer_temp_dir",
+            format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\npool = \"web\"\nbuffer_request = true\nbuffer_request_temp_dir = \"/nonexistent/tmp\"\n"),
+            "buffer_temp_dir.toml:12: buffer_request_temp_dir \"/nonexistent/tmp\": not an absolute path to a directory",
+        ),
+        (
+            "buffer_on_respond",
+            format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\nrespond = {{ status = 204 }}\nbuffer_response = \"1MiB\"\n"),
+            "buffer_on_respond.toml:11: buffer_response on a route that answers itself (respond/redirect): remove it",
+        ),
+        (
+            "buffer_on_tcp",
+            format!("{POOL}{LISTENER}mode = \"tcp\"\n[[route]]\nlistener = \"a\"\npool = \"web\"\nbuffer_request = true\n"),
+            "buffer_on_tcp.toml:12: buffer_request applies to http routes; \"a\" is a tcp listener (route tcp by sni)",
         ),
     ];
     let mut wrong = Vec::new();

@@ -106,6 +106,11 @@ pub(crate) struct RawRoute {
     pub(crate) client_cert: Option<Spanned<bool>>,
     #[serde(default)]
     pub(crate) rate_limit: Vec<Spanned<crate::l7::policy::rate_limit::RawRateLimit>>,
+    /// Request and response buffering (`crate::l7::policy::buffer`).
+    pub(crate) buffer_request: Option<Spanned<bool>>,
+    pub(crate) buffer_request_memory: Option<Spanned<String>>,
+    pub(crate) buffer_request_temp_dir: Option<Spanned<String>>,
+    pub(crate) buffer_response: Option<Spanned<String>>,
 }
 
 /// Checks and compiles the `[[route]]` sections, in file order, against the pools and

@@ -249,6 +249,14 @@ pub(super) fn route_keys(
         ("api_key", r.api_key.as_ref().map(|v| v.span())),
         ("client_cert", r.client_cert.as_ref().map(|v| v.span())),
         ("rate_limit", r.rate_limit.first().map(|v| v.span())),
+        (
+            "buffer_request",
+            r.buffer_request.as_ref().map(|v| v.span()),
+        ),
+        (
+            "buffer_response",
+            r.buffer_response.as_ref().map(|v| v.span()),
+        ),
     ];
     for (key, span) in http_only {
         if let Some(span) = span {

@@ -35,6 +35,9 @@ pub enum BodyError {
     TimedOut(Duration),
     #[error("request body malformed or cut short")]
     Client,
+    /// Request buffering (route `buffer_request`): its temporary file failed.
+    #[error("request body could not be buffered")]
+    Buffer,
 }
 
 impl BodyError {
@@ -44,6 +47,7 @@ impl BodyError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Client => StatusCode::BAD_REQUEST,
+            Self::Buffer => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Phase 4 of the pipeline: the request sent to a backend of its pool, with safe retries.
 //!
 //! Retries: a request is retried only when it is idempotent (GET, HEAD, OPTIONS, PUT, DELETE,
-//! TRACE) and has no body, on a connect error, a timeout or a 502/503 answer, each time to a
+//! TRACE) and has no body or a buffered one (route `buffer_request`, sent again from its
+//! start), on a connect error, a timeout or a 502/503 answer, each time to a
 //! backend not tried yet, at most `retries` times, while the pool's retry budget
 //! (`upstream/budget.rs`) has room. Everything else gets one attempt. Each attempt gets the
 //! route's `timeout`, or the pool's `request_timeout`, to the response head.
@@ -38,8 +39,10 @@ pub(super) struct Upstream {
     pub target: PathAndQuery,
     /// Consistent-hash key (0 for other algorithms).
     pub key: u64,
-    /// Idempotent and without a body: may be sent again.
+    /// Idempotent and without a body (or with a buffered one): may be sent again.
     pub retryable: bool,
+    /// A buffered body (route `buffer_request`): each attempt sends it from its start.
+    pub replay: Option<std::sync::Arc<super::policy::buffer::request::Buffered>>,
 }
 
 impl Proxy {
@@ -60,6 +63,7 @@ impl Proxy {
             target,
             key,
             retryable,
+            replay,
         } = upstream;
         let timeout = ctx
             .route
@@ -109,9 +113,12 @@ impl Proxy {
                 break;
             };
             head.uri = pool.upstream_uri(i, target.clone());
-            let upstream_body = body
-                .take()
-                .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
+            let upstream_body = match &replay {
+                Some(buffered) => buffered.body(),
+                None => body
+                    .take()
+                    .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
+            };
             let request = Request::from_parts(head, upstream_body);
             let sent = Instant::now();
             let result =

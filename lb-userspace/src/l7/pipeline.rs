@@ -19,14 +19,16 @@
 //! 3. Upstream request: hop-by-hop headers removed, the path rewritten, X-Forwarded-* /
 //!    X-Real-IP / X-Request-Id set, then the route's upstream-request policies
 //!    (`request_headers`), so they can override lb's own headers. The request body is
-//!    streamed within the listener's limits.
+//!    streamed within the listener's limits, or, with the route's `buffer_request`, read to
+//!    its end here before any backend is picked (`policy/buffer/request.rs`).
 //! 4. Upstream: attempts, retries within the budget, the route's `timeout` or the pool's
 //!    `request_timeout` (`forward.rs`); the backend's hop-by-hop response headers removed.
 //! 5. Response headers: the route's response policies (`cors` for an allowed origin the
 //!    request phase noted in `ctx.cors`, then `response_headers`), on every
 //!    response of the route, lb's own 502/504 and direct answers included; then the
 //!    RateLimit fields of the route's limits that counted the request.
-//! 6. Response body: streaming transforms wrap the body here: the route's `compress`
+//! 6. Response body: streaming transforms wrap the body here: the route's `buffer_response`
+//!    (read ahead of the client, `policy/buffer/response.rs`), then its `compress`
 //!    (negotiated from Accept-Encoding in the request phase, `RequestCtx::compress`); a whole
 //!    body is never buffered unless a policy asks.
 //! 7. Log: the request counted in the metrics; with an access log the body is wrapped to
@@ -48,7 +50,7 @@ use super::{
     context::RequestCtx,
     forward::{Upstream, has_body, hash_key, idempotent, upstream_target},
     headers::{client_ip, remove_hop_by_hop, set_forwarded},
-    policy::{ResponsePolicy, RouteChain, UpstreamRequestPolicy},
+    policy::{ResponsePolicy, RouteChain, UpstreamRequestPolicy, buffer},
     pool::{Pool, ProxyBody},
     proxy::{ListenerRules, PoolEntry, Proxy},
     routing::{Routed, host_of},
@@ -95,8 +97,15 @@ impl Proxy {
                 limits.set_fields(&ctx.rate_limits, response.headers_mut());
             }
         }
-        // Phase 6 (response body): compression, before the log phase's byte counter (which
-        // then counts the bytes sent). Routes without `compress` never set `ctx.compress`.
+        // Phase 6 (response body): `buffer_response` reads the backend's body ahead of the
+        // client (first, so it holds the backend's bytes), then compression, before the log
+        // phase's byte counter (which then counts the bytes sent). Routes without `compress`
+        // never set `ctx.compress`.
+        if let Some((_, route)) = ctx.route
+            && let Some(limit) = route.chain.buffer.response
+        {
+            response = buffer::response::read_ahead(response, limit);
+        }
         if let Some(negotiated) = ctx.compress.take()
             && let Some((_, route)) = ctx.route
             && let Some(compress) = &route.chain.compress
@@ -167,13 +176,21 @@ impl Proxy {
             return plain(StatusCode::BAD_GATEWAY, "no pool\n");
         };
         ctx.pool = Some(*index);
-        let upstream =
+        let mut upstream =
             match upstream_request_phase(req, route, pool, rules, forwarded_host, ctx, || {
                 self.new_request_id()
             }) {
                 Step::Next(upstream) => upstream,
                 Step::Answer(answer) => return answer,
             };
+        // `buffer_request`: the whole body read before a backend is picked (nothing goes
+        // upstream for a body that breaks a limit or is cut short).
+        if let Some(buffering) = &route.chain.buffer.request
+            && upstream.watch.is_some()
+            && let Err(answer) = buffer::request::buffer(&mut upstream, buffering).await
+        {
+            return answer;
+        }
         self.forward(ctx, pool, *index, upstream).await
     }
 
@@ -386,6 +403,7 @@ pub(super) fn upstream_head_phase(
         target,
         key,
         retryable,
+        replay: None,
     })
 }
 

@@ -6,6 +6,8 @@
 //! unit tests), one key on `RawRoute` (`config.rs`), one variant of the phase enum it belongs
 //! to, its entry in docs/CONFIG.md and docs/examples/full.toml, and an end-to-end test.
 //! A route without policies has empty phase lists: each phase is one `is_empty` check.
+//! Policies that act on bodies rather than heads are optional fields of the chain instead
+//! (`compress`, `buffer`): one check each where the body is handled.
 //!
 //! Request-phase policies are async (a key fetch, a shared counter) and see the request
 //! mutably (to take a credential off it) and the `RequestCtx`: `ctx.client` is the client
@@ -21,6 +23,7 @@ use crate::config::ConfigError;
 use crate::config::route::RawRoute;
 
 pub mod api_key;
+pub mod buffer;
 pub mod compress;
 pub mod cors;
 pub mod headers;
@@ -215,6 +218,9 @@ pub struct RouteChain {
     /// The route's response cache, between the request policies and upstream selection
     /// (`l7/cache/`).
     pub cache: Option<crate::l7::cache::RouteCache>,
+    /// `buffer_request` (before the upstream phase) and `buffer_response` (response-body
+    /// phase); the default streams both ways.
+    pub buffer: buffer::Buffering,
 }
 
 impl RouteChain {
@@ -336,6 +342,7 @@ pub(crate) fn compile(
         .as_ref()
         .map(|c| crate::l7::cache::settings::compile(c, err).map(crate::l7::cache::RouteCache::new))
         .transpose()?;
+    chain.buffer = buffer::compile(r, err)?;
     chain.timeout = r
         .timeout
         .as_ref()
@@ -357,6 +364,14 @@ pub(crate) fn compile(
                 r.rewrite_prefix.as_ref().map(Spanned::span),
             ),
             ("rewrite_regex", r.rewrite_regex.as_ref().map(Spanned::span)),
+            (
+                "buffer_request",
+                r.buffer_request.as_ref().map(Spanned::span),
+            ),
+            (
+                "buffer_response",
+                r.buffer_response.as_ref().map(Spanned::span),
+            ),
         ];
         if let Some((key, Some(span))) = proxy_keys.into_iter().find(|(_, s)| s.is_some()) {
             return Err(err(
