@@ -165,15 +165,96 @@ fn sigusr1_reopens_the_access_log() {
 
 /// A POST to the admin API with an optional bearer token: the raw answer.
 fn raw_post(admin: SocketAddr, path: &str, token: Option<&str>) -> String {
-    let mut tcp = TcpStream::connect(admin).expect("connect");
-    tcp.set_read_timeout(Some(LIMIT)).expect("timeout");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    raw(admin, "POST", path, &auth)
+}
+
+/// One request with extra header lines (each ending in CRLF): the raw answer.
+fn raw(addr: SocketAddr, method: &str, path: &str, headers: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(LIMIT)).expect("timeout");
     write!(
         tcp,
-        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\n{headers}\r\n"
     )
     .expect("write");
     let mut out = String::new();
     let _ = tcp.read_to_string(&mut out);
     out
+}
+
+/// (head, body) of a raw answer.
+fn split(raw: &str) -> (&str, &str) {
+    raw.split_once("\r\n\r\n").unwrap_or((raw, ""))
+}
+
+#[test]
+fn metrics_speak_openmetrics_and_text_004_that_promtool_accepts() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(echo_backend());
+    // Routes that make the optional families appear: a cache, a rate limit.
+    let file = format!(
+        "{}[route.cache]\ndefault_ttl = \"1h\"\n\
+         [[route]]\nname = \"limited\"\nlistener = \"l\"\npath = \"/limited\"\npool = \"web\"\n\
+         [[route.rate_limit]]\nkey = \"client_ip\"\nrate = \"1/h\"\n",
+        file(backend)
+    );
+    let lb = LbRun::start("promtool", &file, &[]);
+    let addr = lb.listener("l");
+    for path in ["/a", "/a", "/limited", "/limited"] {
+        http("GET", addr, path);
+    }
+    // The default: OpenMetrics.
+    let answer = raw(lb.admin, "GET", "/metrics", "");
+    let (head, body) = split(&answer);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    // Asked for text/plain: the 0.0.4 format, which promtool checks (lint included).
+    let answer = raw(lb.admin, "GET", "/metrics", "Accept: text/plain\r\n");
+    let (head, body) = split(&answer);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(
+        body.contains("# TYPE lb_http_requests_total counter"),
+        "{body}"
+    );
+    assert!(body.contains("lb_http_cache_requests_total{"), "{body}");
+    assert!(body.contains("lb_rate_limited_total{"), "{body}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; cargo xtask setup installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every family has its HELP and TYPE.
+    let families: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(families.len() > 10, "{body}");
+    for family in families {
+        assert!(body.contains(&format!("# HELP {family} ")), "{family}");
+    }
 }

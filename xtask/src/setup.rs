@@ -19,6 +19,8 @@ const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     "chromium",
     "redis-server",
+    // promtool, to check lb's /metrics exposition.
+    "prometheus",
 ];
 
 /// What setup found.

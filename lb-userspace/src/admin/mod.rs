@@ -4,6 +4,7 @@
 //! - `status.rs`: the snapshot the manager publishes.
 //! - `metrics.rs`: the Prometheus registry (live L7 counters + snapshot values).
 //! - `server.rs`: the HTTP endpoints. `page.html`: the status page (no external assets).
+pub mod exposition;
 pub mod metrics;
 pub mod server;
 pub mod status;

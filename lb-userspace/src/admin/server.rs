@@ -2,7 +2,8 @@
 //!
 //! - `GET /`: the status page (refreshes itself from `/api/status`).
 //! - `GET /api/status`: the latest status snapshot as JSON.
-//! - `GET /metrics`: Prometheus text exposition.
+//! - `GET /metrics`: OpenMetrics, or the Prometheus text format 0.0.4 when `Accept` asks for
+//!   `text/plain` (`exposition.rs`).
 //! - `POST /api/drain?pool=P&backend=ADDR` and `POST /api/undrain?...`: stop / resume new
 //!   requests and flows to a backend (existing ones finish). Answered by the manager.
 //! - `GET /healthz`: 200 while the process serves its admin API (liveness).
@@ -183,11 +184,19 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             Ok(json) => reply(StatusCode::OK, "application/json", json),
             Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
         },
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.render(),
-        ),
+        (&Method::GET, "/metrics") => {
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let openmetrics = state.metrics.render();
+            if super::exposition::wants_text_004(accept) {
+                let text = super::exposition::to_text_004(&openmetrics);
+                reply(StatusCode::OK, super::exposition::TEXT_004, text)
+            } else {
+                reply(StatusCode::OK, super::exposition::OPENMETRICS, openmetrics)
+            }
+        }
         (&Method::POST, path @ ("/api/drain" | "/api/undrain")) => {
             let query = req.uri().query().unwrap_or_default();
             let (Some(pool), Some(backend)) =
