@@ -190,6 +190,12 @@ async fn routes_by_host_and_path_with_prefix_strip() {
         let got = get(addr, &request("GET", host, path, "")).await;
         assert_eq!(got, (status, body.to_owned()), "{host}{path}");
     }
+    // lb's own answers say what they are.
+    let own = lb_tests::raw_http::request_to(addr, "GET", "/", "nowhere.test", "").await;
+    assert_eq!(
+        own.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,17 +1,27 @@
-//! lb's own short answers (errors, refusals by policies): a status and a fixed text body.
+//! lb's own short answers (errors, refusals by policies): a status, a fixed text body and its
+//! Content-Type, so clients and logs can tell lb's words from a backend's.
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Response, StatusCode};
+use hyper::{
+    Response, StatusCode,
+    header::{self, HeaderValue},
+};
 
 use super::pool::ProxyBody;
 
-/// `status` with `text` as its body (no other header; callers add theirs).
+pub const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+
+/// `status` with `text` as its body, `Content-Type: text/plain` (callers add their headers).
 pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    text_answer(status, Bytes::from_static(text.as_bytes()))
+}
+
+/// `status` with `text` (made at run time) as its plain-text body.
+pub fn text_answer(status: StatusCode, text: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(text).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, TEXT_PLAIN);
     response
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper::{
     Response, StatusCode,
     body::{Body, Frame, Incoming, SizeHint},
@@ -170,12 +170,7 @@ pub fn limited(body: Incoming, limits: Option<BodyLimits>, watch: &BodyWatch) ->
 /// The answer to a request whose body broke a limit before any response: the status, and the
 /// connection closed (the rest of the body is not read).
 pub fn refusal(err: BodyError) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(format!("{err}\n")))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = err.status();
+    let mut response = super::answer::text_answer(err.status(), Bytes::from(format!("{err}\n")));
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
