@@ -227,6 +227,7 @@ fn metrics_speak_openmetrics_and_text_004_that_promtool_accepts() {
     );
     assert!(body.contains("lb_http_cache_requests_total{"), "{body}");
     assert!(body.contains("lb_rate_limited_total{"), "{body}");
+    assert!(body.contains("\nlb_access_log_dropped_total 0\n"), "{body}");
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -102,6 +102,7 @@ pub struct L7Metrics {
     pub rate_limit_prechecked: Family<RateLimitLabels, Counter>,
     pub client_connections_refused: Family<ListenerLabels, Counter>,
     pub cache_requests: Family<CacheLabels, Counter>,
+    pub access_log_dropped: Counter,
     pub cache_bytes: Family<RouteLabels, Gauge>,
     pub cache_entries: Family<RouteLabels, Gauge>,
 }
@@ -130,6 +131,7 @@ impl L7Metrics {
             rate_limit_prechecked: Family::default(),
             client_connections_refused: Family::default(),
             cache_requests: Family::default(),
+            access_log_dropped: Counter::default(),
             cache_bytes: Family::default(),
             cache_entries: Family::default(),
             auth: Family::default(),
@@ -236,6 +238,11 @@ impl Metrics {
             "http_cache_entries",
             "Keys a route's cache holds",
             l7.cache_entries.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer was behind (the queue was full)",
+            l7.access_log_dropped.clone(),
         );
         registry.register_collector(Box::new(StatusCollector(status)));
         Self { registry, l7 }

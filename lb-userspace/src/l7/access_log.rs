@@ -33,7 +33,8 @@ const QUEUE: usize = 16 * 1024;
 /// Where access log lines go.
 pub struct AccessLog {
     lines: SyncSender<Message>,
-    dropped: AtomicU64,
+    /// Shared with `lb_access_log_dropped` when metrics are on (`Observer` hands it over).
+    dropped: prometheus_client::metrics::counter::Counter,
 }
 
 /// What the writer thread is sent.
@@ -68,7 +69,7 @@ impl AccessLog {
             .spawn(move || write_lines(rx, out, &path))?;
         Ok(Self {
             lines,
-            dropped: AtomicU64::new(0),
+            dropped: Default::default(),
         })
     }
 
@@ -81,7 +82,12 @@ impl AccessLog {
 
     /// Lines dropped because the writer was behind.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.get()
+    }
+
+    /// Counts dropped lines in `counter` (a registered metric) from now on.
+    pub fn count_drops_in(&mut self, counter: prometheus_client::metrics::counter::Counter) {
+        self.dropped = counter;
     }
 
     fn write(&self, record: &AccessRecord, bytes_out: u64, duration: Duration) {
@@ -114,7 +120,7 @@ impl AccessLog {
         match self.lines.try_send(Message::Line(text)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped.inc();
             }
         }
     }

@@ -57,6 +57,10 @@ impl Observer {
         access_log: Option<AccessLog>,
         flow_ids: Option<FlowIdLookup>,
     ) -> Arc<Self> {
+        let mut access_log = access_log;
+        if let (Some(m), Some(log)) = (&metrics, &mut access_log) {
+            log.count_drops_in(m.access_log_dropped.clone());
+        }
         Arc::new(Self {
             metrics,
             access_log,
