@@ -34,7 +34,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: AttachMode,
         /// Backend file (TOML) with the [[vip]] sections.
-        #[arg(long)]
+        #[arg(long, visible_alias = "backends", value_name = "FILE")]
         config: PathBuf,
         /// Print the L4 counters every this many seconds (0: only on exit).
         #[arg(long, default_value_t = 0)]
@@ -43,7 +43,7 @@ enum Command {
     /// The L7 tier: HTTP listeners, routes and upstream pools from the backend file.
     L7 {
         /// Backend file (TOML) with [[listener]], [[route]] and [[pool]] sections.
-        #[arg(long)]
+        #[arg(long, visible_alias = "backends", value_name = "FILE")]
         config: PathBuf,
         /// Worker threads (default: the CPUs this process may use). 1: a single thread does
         /// everything (tokio's current-thread scheduler).

@@ -20,7 +20,12 @@ use super::signals::{Event, Signals};
 #[derive(Args)]
 pub struct RunArgs {
     /// Backend file (TOML): pools and backends, and any further listeners, routes and VIPs.
-    #[arg(long)]
+    #[arg(
+        long = "config",
+        visible_alias = "backends",
+        value_name = "FILE",
+        default_value = "/etc/lb/lb.toml"
+    )]
     backends: PathBuf,
     /// Ingress interface for the XDP tier (none: L7 only).
     #[arg(long)]
