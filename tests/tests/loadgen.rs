@@ -540,3 +540,40 @@ async fn l4_udp_rate_and_replies() {
     assert_eq!(received.load(Ordering::Relaxed), report.ok);
     assert_eq!(report.replies, report.ok);
 }
+
+#[test]
+fn exit_status_and_argument_habits() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(http_server::start(Behaviour::default()));
+    let bench = |args: &[&str]| {
+        std::process::Command::new(lb_tests::lb_bin())
+            .arg("bench")
+            .args(args)
+            .output()
+            .expect("run lb bench")
+    };
+    // `-d 1` is one second, as wrk and oha read it.
+    let url = format!("http://{}/", server.addr);
+    let out = bench(&["-d", "1", "-c", "1", "--json", &url]);
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let seconds = json["duration_s"].as_f64().expect("duration_s");
+    // Seconds, not milliseconds or minutes.
+    assert!((0.9..30.0).contains(&seconds), "{seconds}");
+    // Every request failing is a failed run.
+    let refused = lb_tests::lb_run::RefusedPort::new();
+    let out = bench(&["-n", "5", "-c", "1", &format!("http://{}/", refused.addr)]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("every request failed"),
+        "{out:?}"
+    );
+    // HOST:PORT without a scheme: the error names the schemes.
+    let out = bench(&["-n", "1", &server.addr.to_string()]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("http://") && text.contains("tcp://") && text.contains("udp://"),
+        "{text}"
+    );
+}

@@ -17,10 +17,11 @@ pub struct BenchArgs {
     #[arg(long)]
     expect_reply: bool,
     /// Concurrent connections.
-    #[arg(short = 'c', long, default_value_t = 16)]
+    #[arg(short = 'c', long, default_value_t = 16, value_name = "N")]
     connections: usize,
-    /// Measured duration (after warm-up), e.g. 10s, 500ms, 1m.
-    #[arg(short = 'd', long, value_parser = humantime::parse_duration)]
+    /// Measured duration (after warm-up): seconds (`10`, as wrk and oha read it) or with a
+    /// unit (10s, 500ms, 1m). [default: 10s, unless -n is given]
+    #[arg(short = 'd', long, value_parser = parse_duration, value_name = "DURATION")]
     duration: Option<Duration>,
     /// Stop after this many requests instead of a duration (warm-up requests included).
     #[arg(short = 'n', long)]
@@ -74,6 +75,39 @@ pub struct BenchArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Exit with status 1 when more than this percentage of requests failed (no response or
+    /// a non-2xx one). Whatever this is, a run where every request failed exits 1.
+    #[arg(long, value_name = "PERCENT")]
+    max_error_rate: Option<f64>,
+}
+
+/// A duration as `-d` takes it: a bare number is seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.trim().parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"));
+    }
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Whether a run with `failed` of `total` requests failed passes `max_error_rate` (percent);
+/// Err says why not.
+fn check_errors(total: u64, failed: u64, max_error_rate: Option<f64>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        total == 0 || failed < total,
+        "every request failed ({failed} of {total})"
+    );
+    if let Some(max) = max_error_rate {
+        let rate = if total == 0 {
+            0.0
+        } else {
+            failed as f64 * 100.0 / total as f64
+        };
+        anyhow::ensure!(
+            rate <= max,
+            "{rate:.2}% of requests failed ({failed} of {total}), above --max-error-rate {max}%"
+        );
+    }
+    Ok(())
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -84,6 +118,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         (None, None) => Bytes::new(),
     };
+    if let Some(max) = args.max_error_rate {
+        anyhow::ensure!(
+            (0.0..=100.0).contains(&max),
+            "--max-error-rate is a percentage (0 to 100)"
+        );
+    }
     if let Some(rate) = args.rate {
         anyhow::ensure!(
             rate > 0.0 && rate.is_finite(),
@@ -135,7 +175,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         print!("{report}");
     }
-    Ok(())
+    check_errors(
+        report.requests,
+        report.errors + report.non_2xx,
+        args.max_error_rate,
+    )
 }
 
 /// `tcp://` or `udp://` target, if that is what was asked for.
@@ -183,5 +227,24 @@ fn run_l4(
     } else {
         print!("{report}");
     }
-    Ok(())
+    check_errors(report.attempts, report.errors, args.max_error_rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_error_checks() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(check_errors(0, 0, None).is_ok());
+        assert!(check_errors(10, 9, None).is_ok());
+        assert!(check_errors(10, 10, None).is_err());
+        assert!(check_errors(100, 1, Some(1.0)).is_ok());
+        assert!(check_errors(100, 2, Some(1.0)).is_err());
+    }
 }

@@ -28,7 +28,10 @@ pub enum TargetError {
     NoUrl,
     #[error("{0:?} is not a URL: {1}")]
     BadUrl(String, hyper::http::uri::InvalidUri),
-    #[error("{0:?}: only http:// and https:// URLs")]
+    #[error(
+        "{0:?}: give a scheme: http://HOST:PORT/PATH or https://... (tcp://HOST:PORT or \
+         udp://HOST:PORT for connection or datagram rates)"
+    )]
     Scheme(String),
     #[error("{0:?} has no host")]
     NoHost(String),
