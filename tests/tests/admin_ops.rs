@@ -248,6 +248,40 @@ fn metrics_speak_openmetrics_and_text_004_that_promtool_accepts() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The Grafana dashboard in docs/ queries only families lb exports (in this scrape, but
+    // for those that appear once their feature is used: the XDP tier needs --iface,
+    // authentication results an authenticating route, refusals a per-client cap).
+    let used_later = [
+        "lb_xdp_",
+        "lb_auth_results_",
+        "lb_http_jwt_auth_",
+        "lb_client_connections_refused_",
+    ];
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/grafana/lb-dashboard.json"
+    ))
+    .expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("lb_"))
+            {
+                queried += 1;
+                let family = name.strip_suffix("_bucket").unwrap_or(name);
+                assert!(
+                    used_later.iter().any(|p| family.starts_with(p))
+                        || body.contains(&format!("# TYPE {family} ")),
+                    "the dashboard queries {name}, which /metrics does not have"
+                );
+            }
+        }
+    }
+    assert!(queried > 10);
     // Every family has its HELP and TYPE.
     let families: Vec<&str> = body
         .lines()
