@@ -383,6 +383,15 @@ async fn https_listener_picks_certificates_by_sni_and_speaks_h2() {
         !tls_handshake(addr, "b.test", &cert_a).await,
         "b.test is not served cert A"
     );
+    // Plain HTTP on the TLS port: a readable 400, as NGINX answers, not a TLS alert.
+    let plain = get(addr, &request("GET", "localhost", "/", "")).await;
+    assert_eq!(
+        plain,
+        (
+            400,
+            "The plain HTTP request was sent to an HTTPS port.\n".to_owned()
+        )
+    );
 
     for version in [
         lb::loadgen::HttpVersion::Http1,

@@ -595,11 +595,17 @@ async fn accept_loop(
             // The handshake first: a verified client certificate belongs to the connection.
             let (plain, secure) = match tls {
                 None => (Some(tcp), None),
-                // A failed handshake just ends this connection.
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(stream) => (None, Some(stream)),
-                    Err(_) => return,
-                },
+                Some(acceptor) => {
+                    // Plain HTTP on the TLS port: NGINX's helpful 400, not a TLS alert.
+                    if super::tls::sent_plain_http(&mut tcp, header_timeout).await {
+                        return;
+                    }
+                    // A failed handshake just ends this connection.
+                    match acceptor.accept(tcp).await {
+                        Ok(stream) => (None, Some(stream)),
+                        Err(_) => return,
+                    }
+                }
             };
             let mut conn = super::upstream::ConnInfo::new(peer.ip(), local, flow_id);
             conn.client_cert = secure

@@ -3,7 +3,7 @@
 //! resumption by cache and tickets. The certificate set can be re-read from its files and
 //! swapped in while serving (`CertReloader`): new handshakes get the new certificates,
 //! established connections keep theirs.
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 
@@ -220,4 +220,27 @@ pub fn server_config(
         resolver,
     };
     Ok((Arc::new(config), reloader))
+}
+
+/// What NGINX says to a plain HTTP request sent to an HTTPS port.
+const PLAIN_HTTP_TEXT: &str = "The plain HTTP request was sent to an HTTPS port.\n";
+
+/// Whether the client of a TLS listener started with plain HTTP (its first byte an ASCII
+/// capital, a method's, where a TLS record starts with 0x16); if so it has been answered 400
+/// and the connection is to be closed. Waits at most `timeout` for the first byte.
+pub(super) async fn sent_plain_http(tcp: &mut tokio::net::TcpStream, timeout: Duration) -> bool {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(timeout, tcp.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) || !first[0].is_ascii_uppercase() {
+        return false;
+    }
+    use tokio::io::AsyncWriteExt as _;
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{PLAIN_HTTP_TEXT}",
+        PLAIN_HTTP_TEXT.len()
+    );
+    let _ = tcp.write_all(answer.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+    true
 }
