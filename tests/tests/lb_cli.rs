@@ -212,6 +212,25 @@ fn unknown_interface_is_a_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+#[test]
+fn without_privileges_xdp_commands_name_what_is_missing() {
+    // Every capability dropped (still uid 0, so the binary is reachable wherever the tree
+    // is): lb says which ones it needs.
+    let out = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
+        .arg(lb_bin())
+        .args(["xdp", "attach", "--iface", "lo"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs CAP_BPF and CAP_NET_ADMIN (or root)")
+            && stderr.contains("lacks CAP_BPF and CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+}
+
 /// A file under the system temp dir, removed on drop.
 struct TempFile(std::path::PathBuf);
 

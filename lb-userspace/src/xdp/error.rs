@@ -5,6 +5,11 @@ use thiserror::Error;
 /// Everything that can go wrong between the embedded object and a running XDP program.
 #[derive(Debug, Error)]
 pub enum XdpError {
+    #[error(
+        "the XDP tier needs CAP_BPF and CAP_NET_ADMIN (or root); this process lacks {}",
+        .0.join(" and ")
+    )]
+    Privilege(Vec<&'static str>),
     #[error("loading the XDP object into the kernel")]
     Load(#[source] aya::EbpfError),
     #[error("program {0} is missing from the XDP object")]

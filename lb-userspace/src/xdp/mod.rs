@@ -5,6 +5,7 @@ mod error;
 mod logs;
 mod object;
 pub mod pin;
+pub mod privilege;
 mod stats;
 
 pub use attach::{AttachMode, AttachedXdp, attach, attach_pinned, attach_program};

@@ -27,6 +27,10 @@ pub fn load_pinned(program: &'static str, dir: &Path) -> Result<Ebpf, XdpError> 
 }
 
 fn load_with(loader: &mut EbpfLoader<'_>, program: &'static str) -> Result<Ebpf, XdpError> {
+    let missing = super::privilege::missing();
+    if !missing.is_empty() {
+        return Err(XdpError::Privilege(missing));
+    }
     let mut ebpf = loader.load(object_bytes()).map_err(XdpError::Load)?;
     let prog: &mut Xdp = ebpf
         .program_mut(program)
