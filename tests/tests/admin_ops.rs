@@ -293,3 +293,39 @@ fn metrics_speak_openmetrics_and_text_004_that_promtool_accepts() {
         assert!(body.contains(&format!("# HELP {family} ")), "{family}");
     }
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    use std::io::BufRead as _;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(echo_backend());
+    let dir = std::env::temp_dir().join(format!("lb-log-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("lb.toml");
+    std::fs::write(&config, file(backend)).expect("config");
+    let mut child = Command::new(lb_bin())
+        .args([
+            "run",
+            "--log-format",
+            "json",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lb run");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut line = String::new();
+    let read = std::io::BufReader::new(stderr).read_line(&mut line);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    read.expect("a log line");
+    let object: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(object["level"], "INFO", "{line}");
+    assert_eq!(object["fields"]["message"], "lb running", "{line}");
+    assert!(object["timestamp"].is_string(), "{line}");
+}
