@@ -329,3 +329,55 @@ fn log_format_json_writes_one_object_per_line() {
     assert_eq!(object["fields"]["message"], "lb running", "{line}");
     assert!(object["timestamp"].is_string(), "{line}");
 }
+
+#[test]
+fn access_log_fields_are_chosen_by_the_operator() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(echo_backend());
+    let dir = std::env::temp_dir().join(format!("lb-log-fields-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("access.log");
+    let log_arg = log.to_string_lossy().into_owned();
+    let lb = LbRun::start(
+        "log-fields",
+        &file(backend),
+        &[
+            "--access-log",
+            &log_arg,
+            "--access-log-fields",
+            "status,path,user_agent,referer,protocol,upstream_status",
+        ],
+    );
+    let answer = raw(
+        lb.listener("l"),
+        "GET",
+        "/page",
+        "User-Agent: curl/8.5\r\nReferer: http://from.test/\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    wait_for("the line", LIMIT, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == 1)
+    });
+    let line = std::fs::read_to_string(&log).expect("log");
+    let object: serde_json::Value = serde_json::from_str(line.trim()).expect("JSON");
+    assert_eq!(object.as_object().expect("object").len(), 6, "{line}");
+    // In the log's own order.
+    assert!(
+        line.starts_with("{\"status\":200,\"path\":\"/page\",\"user_agent\""),
+        "{line}"
+    );
+    assert_eq!(object["user_agent"], "curl/8.5");
+    assert_eq!(object["referer"], "http://from.test/");
+    assert_eq!(object["protocol"], "HTTP/1.1");
+    assert_eq!(object["upstream_status"], 200);
+    drop(lb);
+    // An unknown field is refused at start, naming the known ones.
+    let out = Command::new(lb_bin())
+        .args(["run", "--admin", "127.0.0.1:0", "--access-log", &log_arg])
+        .args(["--access-log-fields", "status,colour", "--config"])
+        .arg(dir.join("missing.toml"))
+        .output()
+        .expect("lb run");
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

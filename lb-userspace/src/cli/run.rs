@@ -74,6 +74,17 @@ pub struct RunArgs {
     /// Write a JSON access log line per request to this file (`-`: standard output).
     #[arg(long)]
     access_log: Option<PathBuf>,
+    /// Only these access log fields, comma-separated, in the log's own order (default: all:
+    /// time, client, listener, route, pool, backend, status, method, host, path, bytes_in,
+    /// bytes_out, duration_ms, upstream_ms, retries, request_id, flow_id, consumer,
+    /// client_cert, cache, user_agent, referer, protocol, tls_version, sni, upstream_status).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "FIELDS",
+        requires = "access_log"
+    )]
+    access_log_fields: Vec<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -140,6 +151,7 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
         iface: args.iface.clone(),
         xdp_mode: args.xdp_mode,
         access_log: args.access_log.clone(),
+        access_log_fields: args.access_log_fields.clone(),
         pin_dir: args.pin_dir.clone(),
         keep_fast_path: args.keep_fast_path,
     })

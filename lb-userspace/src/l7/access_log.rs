@@ -33,6 +33,8 @@ const QUEUE: usize = 16 * 1024;
 /// Where access log lines go.
 pub struct AccessLog {
     lines: SyncSender<Message>,
+    /// `--access-log-fields`: only these, in `FIELDS` order (None: all).
+    fields: Option<Vec<&'static str>>,
     /// Shared with `lb_access_log_dropped` when metrics are on (`Observer` hands it over).
     dropped: prometheus_client::metrics::counter::Counter,
 }
@@ -69,8 +71,29 @@ impl AccessLog {
             .spawn(move || write_lines(rx, out, &path))?;
         Ok(Self {
             lines,
+            fields: None,
             dropped: Default::default(),
         })
+    }
+
+    /// Writes only `fields` (names from `FIELDS`; an unknown one is an error naming the
+    /// known ones).
+    pub fn with_fields(mut self, fields: &[String]) -> Result<Self, String> {
+        let mut chosen = Vec::new();
+        for name in fields {
+            let Some(known) = FIELDS.iter().find(|f| **f == name.trim()) else {
+                return Err(format!(
+                    "unknown access log field {name:?} (known: {})",
+                    FIELDS.join(", ")
+                ));
+            };
+            chosen.push(*known);
+        }
+        // The log's own order, whatever the order asked.
+        chosen.sort_by_key(|f| FIELDS.iter().position(|k| k == f));
+        chosen.dedup();
+        self.fields = Some(chosen);
+        Ok(self)
     }
 
     /// Has the writer reopen the log's path once the lines queued so far are written (a new
@@ -112,9 +135,19 @@ impl AccessLog {
             consumer: record.consumer.as_deref(),
             client_cert: record.client_cert.as_deref(),
             cache: record.cache,
+            user_agent: record.user_agent.as_deref(),
+            referer: record.referer.as_deref(),
+            protocol: record.protocol,
+            tls_version: record.tls_version,
+            sni: record.sni.as_deref(),
+            upstream_status: record.upstream_status,
         };
         // Serializing plain fields cannot fail.
-        let Ok(text) = serde_json::to_string(&line) else {
+        let text = match &self.fields {
+            None => serde_json::to_string(&line),
+            Some(fields) => serde_json::to_value(&line).map(|value| select(&value, fields)),
+        };
+        let Ok(text) = text else {
             return;
         };
         match self.lines.try_send(Message::Line(text)) {
@@ -124,6 +157,25 @@ impl AccessLog {
             }
         }
     }
+}
+
+/// The JSON object of `value`'s `fields`, in that order (absent ones left out).
+fn select(value: &serde_json::Value, fields: &[&str]) -> String {
+    let mut out = String::from("{");
+    for name in fields {
+        if let Some(v) = value.get(*name) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            // Field names are plain identifiers: no escaping needed.
+            out.push('"');
+            out.push_str(name);
+            out.push_str("\":");
+            out.push_str(&v.to_string());
+        }
+    }
+    out.push('}');
+    out
 }
 
 /// Writes lines until every sender is gone; flushes whenever the queue runs empty. On a
@@ -192,7 +244,43 @@ struct Line<'a> {
     /// Routes with `cache`: HIT, MISS, EXPIRED, STALE, REVALIDATED or BYPASS.
     #[serde(skip_serializing_if = "Option::is_none")]
     cache: Option<&'static str>,
+    user_agent: Option<&'a str>,
+    referer: Option<&'a str>,
+    protocol: &'static str,
+    tls_version: Option<&'static str>,
+    sni: Option<&'a str>,
+    upstream_status: Option<u16>,
 }
+
+/// Every field a line can have, in order (`--access-log-fields` picks among them).
+pub const FIELDS: [&str; 26] = [
+    "time",
+    "client",
+    "listener",
+    "route",
+    "pool",
+    "backend",
+    "status",
+    "method",
+    "host",
+    "path",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "upstream_ms",
+    "retries",
+    "request_id",
+    "flow_id",
+    "consumer",
+    "client_cert",
+    "cache",
+    "user_agent",
+    "referer",
+    "protocol",
+    "tls_version",
+    "sni",
+    "upstream_status",
+];
 
 /// How a line names its route: by `name` when the route has one, else by its index (a
 /// number, as before routes had names).
@@ -224,6 +312,14 @@ pub struct AccessRecord {
     pub consumer: Option<Arc<str>>,
     pub client_cert: Option<Arc<str>>,
     pub cache: Option<&'static str>,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub protocol: &'static str,
+    pub tls_version: Option<&'static str>,
+    pub sni: Option<Arc<str>>,
+    /// The last backend answer's status (none: lb answered itself or no backend answered).
+    pub upstream_status: Option<u16>,
 }
 
 /// A response body that counts what it sends and writes the access log line when dropped

@@ -32,6 +32,8 @@ pub struct RequestCtx<'a> {
     pub duration: Duration,
     /// The last attempt's time to the upstream response head.
     pub upstream_duration: Option<Duration>,
+    /// The last backend answer's status.
+    pub upstream_status: Option<u16>,
     /// Attempts after the first.
     pub retries: u32,
     /// A retry was wanted but the pool's budget refused it.
@@ -99,6 +101,7 @@ impl<'a> RequestCtx<'a> {
             status: 0,
             duration: Duration::ZERO,
             upstream_duration: None,
+            upstream_status: None,
             retries: 0,
             retry_denied: false,
             connect_errors: 0,

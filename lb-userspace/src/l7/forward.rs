@@ -132,6 +132,7 @@ impl Proxy {
             match result {
                 Ok(Ok(response)) => {
                     let status = response.status();
+                    ctx.upstream_status = Some(status.as_u16());
                     let retry_status = status == StatusCode::BAD_GATEWAY
                         || status == StatusCode::SERVICE_UNAVAILABLE;
                     if retry_status && more {

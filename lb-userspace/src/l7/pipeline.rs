@@ -85,6 +85,11 @@ impl Proxy {
                 host: host_of(&req).map(Cow::into_owned),
                 path: req.uri().path().to_owned(),
                 flow_id: conn.flow_id,
+                user_agent: header_text(&req, header::USER_AGENT),
+                referer: header_text(&req, header::REFERER),
+                protocol: protocol_name(req.version()),
+                tls_version: conn.tls.as_ref().map(|(v, _)| *v),
+                sni: conn.tls.as_ref().and_then(|(_, sni)| sni.clone()),
                 ..AccessRecord::default()
             });
         }
@@ -297,6 +302,7 @@ impl Proxy {
         });
         record.status = ctx.status;
         record.cache = ctx.cache.map(super::cache::CacheStatus::as_str);
+        record.upstream_status = ctx.upstream_status;
         record.retries = ctx.retries;
         record.upstream_duration = ctx.upstream_duration;
         if let Some(pool) = ctx.pool.and_then(|i| self.pool_by_index(i)) {
@@ -308,6 +314,24 @@ impl Proxy {
         }
         let started = ctx.started;
         response.map(|body| LoggedBody::wrap(body, started, self.observer_arc(), record))
+    }
+}
+
+/// A request header's text for the access log (None: absent or not text).
+fn header_text(req: &Request<Incoming>, name: header::HeaderName) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn protocol_name(version: hyper::Version) -> &'static str {
+    match version {
+        hyper::Version::HTTP_09 => "HTTP/0.9",
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_2 => "HTTP/2",
+        hyper::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
     }
 }
 

@@ -613,6 +613,15 @@ async fn accept_loop(
                 .and_then(|s| s.get_ref().1.peer_certificates()?.first())
                 .and_then(super::client_cert::PeerCert::from_der)
                 .map(Arc::new);
+            conn.tls = secure.as_ref().map(|s| {
+                let session = s.get_ref().1;
+                let version = match session.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                    _ => "TLS",
+                };
+                (version, session.server_name().map(Arc::from))
+            });
             let conn = Arc::new(conn);
             let service = service_fn(move |req| {
                 let (name, proxy, conn) = (name.clone(), proxy.clone(), conn.clone());

@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub xdp_mode: AttachMode,
     /// JSON access log: a file, or `-` for standard output.
     pub access_log: Option<PathBuf>,
+    /// The access log's fields (empty: all).
+    pub access_log_fields: Vec<String>,
     /// Where the XDP tier's maps and link are pinned (default: `/sys/fs/bpf/lb/<iface>`).
     pub pin_dir: Option<PathBuf>,
     /// On shutdown, leave the XDP program attached and pinned (L7 still drains).
@@ -180,8 +182,13 @@ impl Manager {
         let status = Arc::new(ArcSwap::from_pointee(Status::default()));
         let metrics = Arc::new(Metrics::new(status.clone()));
         let access_log = match options.access_log.as_ref().map(|path| {
-            l7::AccessLog::open(path)
-                .with_context(|| format!("opening the access log {}", path.display()))
+            let log = l7::AccessLog::open(path)
+                .with_context(|| format!("opening the access log {}", path.display()))?;
+            if options.access_log_fields.is_empty() {
+                return Ok(log);
+            }
+            log.with_fields(&options.access_log_fields)
+                .map_err(|e| anyhow::anyhow!("--access-log-fields: {e}"))
         }) {
             None => None,
             Some(Ok(log)) => Some(log),

@@ -22,6 +22,9 @@ pub struct ConnInfo {
     pub flow_id: Option<u64>,
     /// The client certificate the listener verified (mTLS listeners).
     pub client_cert: Option<std::sync::Arc<crate::l7::client_cert::PeerCert>>,
+    /// TLS listeners: the negotiated version (`TLSv1.3`) and the server name the client asked
+    /// for (the access log's `tls_version` and `sni`).
+    pub tls: Option<(&'static str, Option<std::sync::Arc<str>>)>,
     /// Pool name -> this connection's client for that pool.
     private: Mutex<HashMap<String, UpstreamClient>>,
 }
@@ -33,6 +36,7 @@ impl ConnInfo {
             local,
             flow_id,
             client_cert: None,
+            tls: None,
             private: Mutex::new(HashMap::new()),
         }
     }
