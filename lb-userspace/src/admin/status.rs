@@ -36,6 +36,9 @@ pub struct ListenerStatus {
 pub struct PoolStatus {
     pub name: String,
     pub algorithm: String,
+    /// The adaptive concurrency limit now (pools with `[pool.adaptive_concurrency]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive_limit: Option<u32>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -56,6 +59,12 @@ pub struct BackendStatus {
     /// a second, the status tick).
     pub requests_per_second: f64,
     pub error_rate: f64,
+    /// Pools with outlier detection: times ejected, and how long the latest ejection was
+    /// (it grows with repeated ejections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_ejection_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -65,6 +65,14 @@ pub struct RunArgs {
     /// Write a JSON access log line per request to this file (`-`: standard output).
     #[arg(long)]
     access_log: Option<PathBuf>,
+    /// Global guard: client connections on all HTTP listeners together; beyond it lb stops
+    /// accepting (they wait in the kernel's queue). The admin listener is not counted.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// Global guard: resident memory (e.g. 2GiB); above it every new request gets a 503
+    /// (Retry-After, x-lb-overloaded: memory) while the admin listener keeps answering.
+    #[arg(long, value_parser = lb::l7::overload::parse_size)]
+    max_memory: Option<u64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -133,6 +141,12 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
         access_log: args.access_log.clone(),
         pin_dir: args.pin_dir.clone(),
         keep_fast_path: args.keep_fast_path,
+        global: lb::l7::GlobalLimits {
+            max_connections: args
+                .max_connections
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            max_memory: args.max_memory,
+        },
     })
     .await?;
     let (commands_tx, mut commands) = tokio::sync::mpsc::channel(16);

@@ -83,6 +83,7 @@ impl AccessLog {
             flow_id: record.flow_id.map(|id| format!("{id:016x}")),
             consumer: record.consumer.as_deref(),
             client_cert: record.client_cert.as_deref(),
+            shed: record.shed,
         };
         // Serializing plain fields cannot fail.
         let Ok(text) = serde_json::to_string(&line) else {
@@ -143,6 +144,10 @@ struct Line<'a> {
     /// The verified client certificate's name (CN, else first SAN).
     #[serde(skip_serializing_if = "Option::is_none")]
     client_cert: Option<&'a str>,
+    /// lb answered 503 itself: the overload guard that refused the request
+    /// (`max_requests`, `adaptive_concurrency`, `memory`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shed: Option<&'static str>,
 }
 
 /// How a line names its route: by `name` when the route has one, else by its index (a
@@ -174,6 +179,8 @@ pub struct AccessRecord {
     pub flow_id: Option<u64>,
     pub consumer: Option<Arc<str>>,
     pub client_cert: Option<Arc<str>>,
+    /// The overload guard that shed the request (`Shed::reason`).
+    pub shed: Option<&'static str>,
 }
 
 /// A response body that counts what it sends and writes the access log line when dropped

@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub pin_dir: Option<PathBuf>,
     /// On shutdown, leave the XDP program attached and pinned (L7 still drains).
     pub keep_fast_path: bool,
+    /// The L7 tier's global guard (`--max-connections`, `--max-memory`).
+    pub global: l7::GlobalLimits,
 }
 
 struct XdpTier {
@@ -204,7 +206,7 @@ impl Manager {
                 }
             });
         let observer = l7::Observer::with_flow_ids(Some(metrics.l7.clone()), access_log, flow_ids);
-        let l7 = match l7::serve_observed(config.l7.clone(), observer).await {
+        let l7 = match l7::serve_guarded(config.l7.clone(), observer, options.global).await {
             Ok(l7) => l7,
             Err(err) => {
                 if let Some(x) = xdp {
@@ -435,6 +437,10 @@ impl Manager {
                         l7::Algorithm::ConsistentHash => "consistent_hash",
                     }
                     .into(),
+                    adaptive_limit: state
+                        .as_ref()
+                        .and_then(|s| s.adaptive.as_ref())
+                        .map(|a| a.limit()),
                     backends: p
                         .backends
                         .iter()
@@ -490,6 +496,11 @@ impl Manager {
                                 errors,
                                 requests_per_second: rate.per_second,
                                 error_rate: rate.error_rate,
+                                ejections: p.outlier.and(passive).map(|s| s.outlier.ejections),
+                                last_ejection_ms: p
+                                    .outlier
+                                    .and(passive)
+                                    .map(|s| s.outlier.last_ejection.as_millis() as u64),
                             }
                         })
                         .collect(),
