@@ -91,7 +91,12 @@ impl SendError {
             Self::Client(e) => {
                 let mut source = std::error::Error::source(e);
                 while let Some(err) = source {
-                    if let Some(overflow) = err.downcast_ref::<super::upstream::Overflow>() {
+                    // An io::Error's `source` skips its own inner error: look at it here.
+                    let inner = err
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(|io| io.get_ref())
+                        .map_or(err, |inner| inner as &(dyn std::error::Error + 'static));
+                    if let Some(overflow) = inner.downcast_ref::<super::upstream::Overflow>() {
                         return Some(overflow.0);
                     }
                     source = err.source();
