@@ -107,12 +107,11 @@ d = sys.argv[1]
 def ms(us): return "-" if us is None else f"{us / 1000:.1f}"
 def get(r, key, q): return (r.get(key) or {}).get(q)
 rows = {n: json.load(open(f"{d}/{n}.json")) for n in ["unloaded", "none", "breaker", "adaptive"]}
-print(f"{'run':9} {'rate':>5} {'ok/s':>6} {'refused/s':>9} {'errors':>6} "
+print(f"{'run':9} {'rate':>5} {'ok':>6} {'refused':>7} {'errors':>6} {'secs':>6} "
       f"{'ok p50':>8} {'ok p99':>8} {'refused p50':>11} {'refused p99':>11}  (ms)")
 for n, r in rows.items():
-    secs = r["duration_s"]
-    print(f"{n:9} {r['target_rate']:>5.0f} {r['ok'] / secs:>6.1f} {r['non_2xx'] / secs:>9.1f} "
-          f"{r['errors']:>6} {ms(get(r, 'latency_2xx_us', 'p50')):>8} "
+    print(f"{n:9} {r['target_rate']:>5.0f} {r['ok']:>6} {r['non_2xx']:>7} {r['errors']:>6} "
+          f"{r['duration_s']:>6.1f} {ms(get(r, 'latency_2xx_us', 'p50')):>8} "
           f"{ms(get(r, 'latency_2xx_us', 'p99')):>8} "
           f"{ms(get(r, 'latency_non_2xx_us', 'p50')):>11} {ms(get(r, 'latency_non_2xx_us', 'p99')):>11}")
 base = get(rows["unloaded"], "latency_2xx_us", "p99")

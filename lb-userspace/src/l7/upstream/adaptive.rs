@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! gradient  = clamp((min_rtt × 1.25) / sample_rtt, 0.5, 2.0)
-//! new_limit = clamp(gradient × limit (+ √limit when gradient ≥ 1), min_limit, max_limit)
+//! target    = gradient × limit (+ √limit when gradient ≥ 1)
+//! new_limit = clamp(limit + 0.2 × (target − limit), min_limit, max_limit)
 //! ```
 //!
 //! The limit does not grow while less than half of it is used (an idle pool keeps its limit).
@@ -48,6 +49,8 @@ impl Default for AdaptiveSettings {
 
 /// The limit before the first window.
 const INITIAL_LIMIT: u32 = 20;
+/// Share of each computed step the limit takes.
+const SMOOTHING: f64 = 0.2;
 /// min_rtt is re-based every this many windows.
 const MIN_RTT_WINDOWS: u32 = 100;
 
@@ -192,6 +195,9 @@ fn next_limit(
     if next > limit && f64::from(peak) < limit / 2.0 {
         next = limit;
     }
+    // Smoothed (Netflix's Gradient2 default): a window's samples answer requests admitted
+    // a window or more earlier, so full steps overshoot both ways.
+    next = limit + SMOOTHING * (next - limit);
     next.clamp(f64::from(settings.min_limit), f64::from(settings.max_limit))
 }
 
@@ -221,18 +227,19 @@ mod tests {
     #[test]
     fn the_gradient_grows_when_fast_and_shrinks_when_slow() {
         let s = AdaptiveSettings::default();
-        // At min_rtt: gradient 1.25, plus the headroom.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // At min_rtt: gradient 1.25, plus the headroom, a fifth of the way.
         let up = next_limit(20.0, ms(10), ms(10), 20, &s);
-        assert!((up - (25.0 + 20f64.sqrt())).abs() < 1e-9, "{up}");
-        // Ten times slower: halved (the floor of the gradient), no headroom.
-        assert_eq!(next_limit(20.0, ms(10), ms(100), 20, &s), 10.0);
-        // Within the 25% buffer: headroom.
+        assert!(close(up, 20.0 + 0.2 * (5.0 + 20f64.sqrt())), "{up}");
+        // Ten times slower: towards half (the floor of the gradient), no headroom.
+        assert!(close(next_limit(20.0, ms(10), ms(100), 20, &s), 18.0));
+        // Within the 25% buffer: grows.
         let near = next_limit(20.0, ms(10), ms(12), 20, &s);
         assert!(near > 20.0, "{near}");
         // Idle: no growth; bounded by min and max.
         assert_eq!(next_limit(20.0, ms(10), ms(10), 5, &s), 20.0);
         assert_eq!(next_limit(3.0, ms(10), ms(1000), 3, &s), 3.0);
-        assert_eq!(next_limit(900.0, ms(10), ms(1), 900, &s), 1000.0);
+        assert_eq!(next_limit(999.0, ms(10), ms(1), 999, &s), 1000.0);
     }
 
     #[test]
@@ -265,7 +272,7 @@ mod tests {
             a.sample(ms(10), 1, now);
         }
         // Congested windows at 100 ms: the limit falls to its minimum.
-        for _ in 0..20 {
+        for _ in 0..40 {
             now += ms(101);
             a.sample(ms(100), 20, now);
         }
