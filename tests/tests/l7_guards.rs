@@ -418,6 +418,13 @@ fn outlier_ejections_grow_with_repeats() {
         2
     );
     assert_eq!(
+        metric(
+            &lb,
+            "lb_outlier_events_total{pool=\"web\",event=\"ejected_gateway_errors\"}"
+        ),
+        2
+    );
+    assert_eq!(
         backend_status(&lb, "web", good.addr)["ejections"].as_u64(),
         Some(0)
     );

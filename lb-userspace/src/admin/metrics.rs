@@ -283,6 +283,12 @@ struct RealLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutlierLabels {
+    pool: String,
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NameLabel {
     name: String,
 }
@@ -336,6 +342,34 @@ impl Collector for StatusCollector {
                 .iter()
                 .filter_map(|(p, b)| Some((backend(p, b), b.ejections?)))
                 .collect::<Vec<_>>(),
+        )?;
+        let outlier_events: Vec<_> = status
+            .pools
+            .iter()
+            .filter_map(|p| Some((p, p.outlier?)))
+            .flat_map(|(p, o)| {
+                [
+                    ("ejected_consecutive_5xx", o.ejected_consecutive_5xx),
+                    ("ejected_gateway_errors", o.ejected_gateway_errors),
+                    ("skipped_max_ejected_percent", o.skipped_max_ejected_percent),
+                ]
+                .map(|(event, n)| {
+                    (
+                        OutlierLabels {
+                            pool: p.name.clone(),
+                            event,
+                        },
+                        n,
+                    )
+                })
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "outlier_events",
+            "Outlier detection per pool: ejections by reason, and ejections the \
+             max_ejected_percent cap refused",
+            &outlier_events,
         )?;
         gauge(
             &mut encoder,
@@ -473,6 +507,10 @@ mod tests {
                 name: "web".into(),
                 algorithm: "round_robin".into(),
                 adaptive_limit: Some(12),
+                outlier: Some(crate::admin::status::OutlierCounts {
+                    skipped_max_ejected_percent: 4,
+                    ..Default::default()
+                }),
                 backends: vec![BackendStatus {
                     address: "10.0.0.1:80".into(),
                     weight: 1,
@@ -533,6 +571,7 @@ mod tests {
             "lb_config_reloads_total{result=\"ok\"} 0",
             "lb_outlier_ejections_total{pool=\"web\",backend=\"10.0.0.1:80\"} 2",
             "lb_adaptive_concurrency_limit{pool=\"web\"} 12",
+            "lb_outlier_events_total{pool=\"web\",event=\"skipped_max_ejected_percent\"} 4",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

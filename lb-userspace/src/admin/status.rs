@@ -39,7 +39,18 @@ pub struct PoolStatus {
     /// The adaptive concurrency limit now (pools with `[pool.adaptive_concurrency]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptive_limit: Option<u32>,
+    /// Pools with outlier detection: ejections by reason, and ejections the
+    /// `max_ejected_percent` cap refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<OutlierCounts>,
     pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct OutlierCounts {
+    pub ejected_consecutive_5xx: u64,
+    pub ejected_gateway_errors: u64,
+    pub skipped_max_ejected_percent: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -441,6 +441,16 @@ impl Manager {
                         .as_ref()
                         .and_then(|s| s.adaptive.as_ref())
                         .map(|a| a.limit()),
+                    outlier: state.as_ref().and_then(|s| s.health.outlier()).map(|o| {
+                        let count = |c: &std::sync::atomic::AtomicU64| {
+                            c.load(std::sync::atomic::Ordering::Relaxed)
+                        };
+                        crate::admin::status::OutlierCounts {
+                            ejected_consecutive_5xx: count(&o.ejected_5xx),
+                            ejected_gateway_errors: count(&o.ejected_gateway),
+                            skipped_max_ejected_percent: count(&o.skipped),
+                        }
+                    }),
                     backends: p
                         .backends
                         .iter()
