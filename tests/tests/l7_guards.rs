@@ -252,8 +252,7 @@ fn in_background(
 #[test]
 fn max_requests_sheds_at_once_with_retry_after_and_counts_it() {
     let backend = Backend::start();
-    let dir_log = std::env::temp_dir().join(format!("lb-guards-log-{}", std::process::id()));
-    let log = dir_log.with_extension("jsonl");
+    let log = std::env::temp_dir().join(format!("lb-guards-{}.jsonl", std::process::id()));
     let (lb, addr) = lb_with(
         "guards-requests",
         &format!(
