@@ -605,6 +605,9 @@ fn over_max_connections_lb_stops_accepting_and_the_admin_listener_answers() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum::<u64>()
     };
+    wait_for("the status counting the open connection", PATIENCE, || {
+        lb.status()["l7_connections"].as_u64() == Some(1)
+    });
     assert_eq!(served(&lb), 1, "the second connection is not served");
     assert_eq!(backend.arrived(), 1);
     // The first client leaves: the second is accepted and answered.

@@ -386,6 +386,12 @@ impl Collector for StatusCollector {
                 })
                 .collect::<Vec<_>>(),
         )?;
+        gauge(
+            &mut encoder,
+            "l7_connections",
+            "Client connections open on the HTTP listeners (what --max-connections caps)",
+            &[(Vec::<(&str, &str)>::new(), status.l7_connections as i64)],
+        )?;
         counter(
             &mut encoder,
             "config_reloads",
@@ -571,6 +577,7 @@ mod tests {
             "lb_config_reloads_total{result=\"ok\"} 0",
             "lb_outlier_ejections_total{pool=\"web\",backend=\"10.0.0.1:80\"} 2",
             "lb_adaptive_concurrency_limit{pool=\"web\"} 12",
+            "lb_l7_connections{} 0",
             "lb_outlier_events_total{pool=\"web\",event=\"skipped_max_ejected_percent\"} 4",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

@@ -10,6 +10,8 @@ pub struct Status {
     pub uptime_seconds: f64,
     pub config: ConfigStatus,
     pub listeners: Vec<ListenerStatus>,
+    /// Client connections open on the HTTP listeners (what `--max-connections` caps).
+    pub l7_connections: u64,
     pub pools: Vec<PoolStatus>,
     pub vips: Vec<VipStatus>,
     pub xdp: Option<XdpStatus>,

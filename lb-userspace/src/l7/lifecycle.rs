@@ -59,6 +59,11 @@ impl Lifecycle {
         }
     }
 
+    /// Connections admitted and not yet ended, on every listener.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// The gate of one listener allowing `max_connections` at once.
     pub fn gate(&self, max_connections: usize) -> ListenerGate {
         ListenerGate {

@@ -147,6 +147,11 @@ impl RunningL7 {
             .load(Ordering::Relaxed)
     }
 
+    /// Client connections open on the HTTP listeners now.
+    pub fn open_connections(&self) -> u64 {
+        self.lifecycle.open_connections() as u64
+    }
+
     /// The live upstream state (retry counters, ...) of pool `name`.
     pub fn pool_state(&self, name: &str) -> Option<Arc<super::PoolState>> {
         self.proxy.load().pool_state(name)

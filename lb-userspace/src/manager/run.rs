@@ -551,6 +551,7 @@ impl Manager {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             config: self.config_status.clone(),
             listeners,
+            l7_connections: self.l7.open_connections(),
             pools,
             vips,
             xdp,
