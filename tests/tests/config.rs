@@ -16,7 +16,8 @@ use lb::{
     l4::{Forward, Protocol},
     l7::{
         Algorithm, HashKey, HeaderRule, HostMatch, ListenerMode, Rewrite, SplitTarget,
-        proxy_header::ProxyVersion, upstream::UpstreamProtocol,
+        proxy_header::ProxyVersion,
+        upstream::{AdaptiveSettings, BreakerSettings, OutlierSettings, UpstreamProtocol},
     },
 };
 use lb_tests::lb_bin;
@@ -187,6 +188,24 @@ fn full_example_parses_to_the_values_it_writes() {
         ]
     );
     assert_eq!(web.backend_max_connections, [Some(200), None, None]);
+    assert_eq!(
+        web.breaker,
+        Some(BreakerSettings {
+            max_connections: Some(512),
+            max_pending_requests: Some(64),
+            max_requests: Some(1024),
+            max_retries: Some(8),
+        })
+    );
+    assert_eq!(
+        web.adaptive,
+        Some(AdaptiveSettings {
+            min_limit: 5,
+            max_limit: 500,
+            window: Duration::from_millis(200),
+        })
+    );
+    assert_eq!(web.outlier, None);
 
     let api = pool("api");
     assert_eq!(api.algorithm, Algorithm::ConsistentHash);
@@ -198,6 +217,25 @@ fn full_example_parses_to_the_values_it_writes() {
     assert_eq!(
         (pool("stable").algorithm, pool("stable").protocol),
         (Algorithm::LeastConn, UpstreamProtocol::H2c)
+    );
+    assert_eq!(
+        pool("stable").outlier,
+        Some(OutlierSettings {
+            consecutive_5xx: 7,
+            consecutive_gateway_errors: 3,
+            base_ejection_time: secs(10),
+            max_ejection_time: secs(120),
+            max_ejected_percent: 50,
+        })
+    );
+    assert_eq!(
+        pool("stable").max_fails,
+        0,
+        "outlier_detection replaces passive ejection"
+    );
+    assert_eq!(
+        (pool("stable").breaker, pool("stable").adaptive),
+        (None, None)
     );
     assert_eq!(pool("canary").algorithm, Algorithm::P2c);
     let secure = pool("secure");
@@ -864,6 +902,46 @@ fn bad_files_give_file_line_and_reason() {
             "retry_budget",
             pool_with("retry_budget_percent = 101\n"),
             "retry_budget.toml:3: retry_budget_percent 101 is above 100",
+        ),
+        (
+            "breaker_zero",
+            pool_with("[pool.circuit_breaker]\nmax_requests = 0\n"),
+            "breaker_zero.toml:4: max_requests must be at least 1 (leave it out for no limit)",
+        ),
+        (
+            "breaker_key",
+            pool_with("[pool.circuit_breaker]\nmax_request = 5\n"),
+            "breaker_key.toml:4: unknown field `max_request`, expected one of `max_connections`, `max_pending_requests`, `max_requests`, `max_retries`",
+        ),
+        (
+            "ejected_percent",
+            pool_with("[pool.outlier_detection]\nmax_ejected_percent = 101\n"),
+            "ejected_percent.toml:4: max_ejected_percent 101 is above 100",
+        ),
+        (
+            "outlier_and_max_fails",
+            pool_with("max_fails = 2\n[pool.outlier_detection]\n"),
+            "outlier_and_max_fails.toml:3: max_fails and [pool.outlier_detection] both eject backends: use outlier_detection's consecutive_5xx / consecutive_gateway_errors",
+        ),
+        (
+            "outlier_off",
+            pool_with("[pool.outlier_detection]\nconsecutive_5xx = 0\nconsecutive_gateway_errors = 0\n"),
+            "outlier_off.toml:3: outlier_detection with consecutive_5xx = 0 and consecutive_gateway_errors = 0 never ejects: remove the section instead",
+        ),
+        (
+            "ejection_times",
+            pool_with("[pool.outlier_detection]\nbase_ejection_time = \"1m\"\nmax_ejection_time = \"10s\"\n"),
+            "ejection_times.toml:5: max_ejection_time \"10s\" is below base_ejection_time (60s)",
+        ),
+        (
+            "adaptive_limits",
+            pool_with("[pool.adaptive_concurrency]\nmin_limit = 10\nmax_limit = 5\n"),
+            "adaptive_limits.toml:5: max_limit 5 is below min_limit (10)",
+        ),
+        (
+            "adaptive_window",
+            pool_with("[pool.adaptive_concurrency]\nwindow = \"0s\"\n"),
+            "adaptive_window.toml:4: window must be above 0",
         ),
         (
             "max_header_bytes",

@@ -289,6 +289,8 @@ fn json_output_schema_is_stable() {
         "rps",
         "throughput_bytes_per_s",
         "latency_us",
+        "latency_2xx_us",
+        "latency_non_2xx_us",
         "connect_us",
         "tls_handshake_us",
     ]
@@ -301,6 +303,8 @@ fn json_output_schema_is_stable() {
         .map(str::to_owned)
         .collect();
     assert_eq!(keys(&json["latency_us"]), latency);
+    assert_eq!(json["latency_2xx_us"], json["latency_us"], "all were 2xx");
+    assert!(json["latency_non_2xx_us"].is_null());
     assert_eq!(json["requests"], 100);
     assert_eq!(json["ok"], 100);
     assert_eq!(json["mode"], "closed");

@@ -32,6 +32,15 @@ pub struct PoolLabels {
     pub pool: String,
 }
 
+/// A request an overload guard refused: its pool (empty: the global guard) and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub pool: String,
+    /// max_connections, max_pending_requests, max_requests, max_retries,
+    /// adaptive_concurrency, memory.
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     pub pool: String,
@@ -91,6 +100,7 @@ pub struct L7Metrics {
     pub upstream_connect_errors: Family<BackendLabels, Counter>,
     pub retries: Family<PoolLabels, Counter>,
     pub retries_denied: Family<PoolLabels, Counter>,
+    pub requests_shed: Family<ShedLabels, Counter>,
     pub auth: Family<AuthLabels, Counter>,
     pub jwt_auth: Family<JwtAuthLabels, Counter>,
     pub jwks_fetches: Family<FetchLabels, Counter>,
@@ -123,6 +133,7 @@ impl L7Metrics {
             upstream_connect_errors: Family::default(),
             retries: Family::default(),
             retries_denied: Family::default(),
+            requests_shed: Family::default(),
             rate_limited: Family::default(),
             rate_limit_dry_run: Family::default(),
             rate_limit_evictions: Family::default(),
@@ -172,6 +183,12 @@ impl Metrics {
             "retries_denied",
             "Retries not made because the pool's retry budget was spent",
             l7.retries_denied.clone(),
+        );
+        registry.register(
+            "requests_shed",
+            "Requests lb answered 503 itself because an overload guard refused them (reason \
+             max_retries: a retry not made), by pool (empty: the global guard) and reason",
+            l7.requests_shed.clone(),
         );
         registry.register(
             "rate_limited",
@@ -308,6 +325,12 @@ struct RealLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutlierLabels {
+    pool: String,
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NameLabel {
     name: String,
 }
@@ -352,6 +375,64 @@ impl Collector for StatusCollector {
                 .iter()
                 .map(|(p, b)| (backend(p, b), b.in_flight as i64))
                 .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "outlier_ejections",
+            "Times outlier detection ejected the backend (pools with outlier_detection)",
+            &backends
+                .iter()
+                .filter_map(|(p, b)| Some((backend(p, b), b.ejections?)))
+                .collect::<Vec<_>>(),
+        )?;
+        let outlier_events: Vec<_> = status
+            .pools
+            .iter()
+            .filter_map(|p| Some((p, p.outlier?)))
+            .flat_map(|(p, o)| {
+                [
+                    ("ejected_consecutive_5xx", o.ejected_consecutive_5xx),
+                    ("ejected_gateway_errors", o.ejected_gateway_errors),
+                    ("skipped_max_ejected_percent", o.skipped_max_ejected_percent),
+                ]
+                .map(|(event, n)| {
+                    (
+                        OutlierLabels {
+                            pool: p.name.clone(),
+                            event,
+                        },
+                        n,
+                    )
+                })
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "outlier_events",
+            "Outlier detection per pool: ejections by reason, and ejections the \
+             max_ejected_percent cap refused",
+            &outlier_events,
+        )?;
+        gauge(
+            &mut encoder,
+            "adaptive_concurrency_limit",
+            "The pool's adaptive concurrency limit now (pools with adaptive_concurrency)",
+            &status
+                .pools
+                .iter()
+                .filter_map(|p| {
+                    let labels = PoolLabels {
+                        pool: p.name.clone(),
+                    };
+                    Some((labels, i64::from(p.adaptive_limit?)))
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut encoder,
+            "l7_connections",
+            "Client connections open on the HTTP listeners (what --max-connections caps)",
+            &[(Vec::<(&str, &str)>::new(), status.l7_connections as i64)],
         )?;
         counter(
             &mut encoder,
@@ -473,6 +554,11 @@ mod tests {
             pools: vec![PoolStatus {
                 name: "web".into(),
                 algorithm: "round_robin".into(),
+                adaptive_limit: Some(12),
+                outlier: Some(crate::admin::status::OutlierCounts {
+                    skipped_max_ejected_percent: 4,
+                    ..Default::default()
+                }),
                 backends: vec![BackendStatus {
                     address: "10.0.0.1:80".into(),
                     weight: 1,
@@ -484,6 +570,8 @@ mod tests {
                     errors: 0,
                     requests_per_second: 0.0,
                     error_rate: 0.0,
+                    ejections: Some(2),
+                    last_ejection_ms: Some(60_000),
                 }],
             }],
             vips: vec![VipStatus {
@@ -529,6 +617,10 @@ mod tests {
             "lb_xdp_real_new_flows_total{vip=\"10.100.0.1:80\",protocol=\"tcp\",real=\"10.0.0.1\"} 2",
             "lb_xdp_drops_total{name=\"bad_ipv4_header\"} 4",
             "lb_config_reloads_total{result=\"ok\"} 0",
+            "lb_outlier_ejections_total{pool=\"web\",backend=\"10.0.0.1:80\"} 2",
+            "lb_adaptive_concurrency_limit{pool=\"web\"} 12",
+            "lb_l7_connections{} 0",
+            "lb_outlier_events_total{pool=\"web\",event=\"skipped_max_ejected_percent\"} 4",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -10,6 +10,8 @@ pub struct Status {
     pub uptime_seconds: f64,
     pub config: ConfigStatus,
     pub listeners: Vec<ListenerStatus>,
+    /// Client connections open on the HTTP listeners (what `--max-connections` caps).
+    pub l7_connections: u64,
     pub pools: Vec<PoolStatus>,
     pub vips: Vec<VipStatus>,
     pub xdp: Option<XdpStatus>,
@@ -36,7 +38,21 @@ pub struct ListenerStatus {
 pub struct PoolStatus {
     pub name: String,
     pub algorithm: String,
+    /// The adaptive concurrency limit now (pools with `[pool.adaptive_concurrency]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive_limit: Option<u32>,
+    /// Pools with outlier detection: ejections by reason, and ejections the
+    /// `max_ejected_percent` cap refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<OutlierCounts>,
     pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct OutlierCounts {
+    pub ejected_consecutive_5xx: u64,
+    pub ejected_gateway_errors: u64,
+    pub skipped_max_ejected_percent: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -56,6 +72,12 @@ pub struct BackendStatus {
     /// a second, the status tick).
     pub requests_per_second: f64,
     pub error_rate: f64,
+    /// Pools with outlier detection: times ejected, and how long the latest ejection was
+    /// (it grows with repeated ejections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_ejection_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -77,7 +77,8 @@ pub struct RunArgs {
     /// Only these access log fields, comma-separated, in the log's own order (default: all:
     /// time, client, listener, route, pool, backend, status, method, host, path, bytes_in,
     /// bytes_out, duration_ms, upstream_ms, retries, request_id, flow_id, consumer,
-    /// client_cert, cache, user_agent, referer, protocol, tls_version, sni, upstream_status).
+    /// client_cert, cache, shed, user_agent, referer, protocol, tls_version, sni,
+    /// upstream_status).
     #[arg(
         long,
         value_delimiter = ',',
@@ -85,6 +86,14 @@ pub struct RunArgs {
         requires = "access_log"
     )]
     access_log_fields: Vec<String>,
+    /// Global guard: client connections on all HTTP listeners together; beyond it lb stops
+    /// accepting (they wait in the kernel's queue). The admin listener is not counted.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// Global guard: resident memory (e.g. 2GiB); above it every new request gets a 503
+    /// (Retry-After, x-lb-overloaded: memory) while the admin listener keeps answering.
+    #[arg(long, value_parser = lb::l7::overload::parse_size)]
+    max_memory: Option<u64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -154,6 +163,12 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
         access_log_fields: args.access_log_fields.clone(),
         pin_dir: args.pin_dir.clone(),
         keep_fast_path: args.keep_fast_path,
+        global: lb::l7::GlobalLimits {
+            max_connections: args
+                .max_connections
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            max_memory: args.max_memory,
+        },
     })
     .await?;
     let token = match &args.admin_token_file {

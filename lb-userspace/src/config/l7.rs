@@ -24,6 +24,21 @@
 //!   [pool.health_check]          # optional: active checks (keys: see health_check.rs)
 //!   type = "http"
 //!   path = "/healthz"
+//!   [pool.circuit_breaker]       # optional caps, each optional (guards.rs); over one: 503
+//!   max_connections = 512        # upstream connections open or opening
+//!   max_pending_requests = 64    # requests waiting for a new upstream connection
+//!   max_requests = 1024          # in flight to the pool (to the response head)
+//!   max_retries = 8              # retries in flight (over it the retry is not made)
+//!   [pool.outlier_detection]     # optional; replaces max_fails / fail_timeout
+//!   consecutive_5xx = 5          # 5xx or no answer, in a row (0: off)
+//!   consecutive_gateway_errors = 5   # 502/503/504/connect/timeout in a row (0: off)
+//!   base_ejection_time = "30s"   # x times ejected (decays while healthy) ...
+//!   max_ejection_time = "300s"   # ... at most this
+//!   max_ejected_percent = 10     # never more of the pool at once (one always may)
+//!   [pool.adaptive_concurrency]  # optional: limit from live latency (gradient)
+//!   min_limit = 3
+//!   max_limit = 1000
+//!   window = "100ms"
 //!   [[pool.backend]]
 //!   address = "10.0.0.1:8080"
 //!   weight = 1                   # default 1; 0 = no new requests

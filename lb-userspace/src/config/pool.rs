@@ -1,5 +1,6 @@
 //! `[[pool]]`: backends, algorithm, timeouts, retries, health checks; the upstream keys
-//! (budget, ejection, keep-alive, protocol, TLS) are read by `upstream.rs`.
+//! (budget, ejection, keep-alive, protocol, TLS) are read by `upstream.rs`, the overload
+//! guards (circuit breaker, outlier detection, adaptive concurrency) by `guards.rs`.
 use std::{
     collections::HashSet,
     net::SocketAddr,
@@ -68,6 +69,11 @@ pub struct PoolConfig {
     pub protocol: crate::l7::upstream::UpstreamProtocol,
     /// HTTPS to the backends (None: plain TCP).
     pub tls: Option<crate::l7::upstream::UpstreamTls>,
+    /// `[pool.circuit_breaker]`, `[pool.outlier_detection]`, `[pool.adaptive_concurrency]`
+    /// (None: that guard is off). See `guards.rs`.
+    pub breaker: Option<crate::l7::upstream::BreakerSettings>,
+    pub outlier: Option<crate::l7::upstream::OutlierSettings>,
+    pub adaptive: Option<crate::l7::upstream::AdaptiveSettings>,
 }
 
 #[derive(Deserialize)]
@@ -88,7 +94,7 @@ pub(crate) struct RawPool {
     // Upstream keys, read by `upstream::config`.
     pub(crate) retry_budget_percent: Option<Spanned<u32>>,
     pub(crate) retry_budget_min: Option<u32>,
-    pub(crate) max_fails: Option<u32>,
+    pub(crate) max_fails: Option<Spanned<u32>>,
     pub(crate) fail_timeout: Option<Spanned<String>>,
     pub(crate) idle_per_backend: Option<usize>,
     pub(crate) idle_timeout: Option<Spanned<String>>,
@@ -100,6 +106,10 @@ pub(crate) struct RawPool {
     pub(crate) tls_insecure: bool,
     pub(crate) tls_client_cert: Option<Spanned<PathBuf>>,
     pub(crate) tls_client_key: Option<Spanned<PathBuf>>,
+    // Overload guards, read by `guards`.
+    pub(crate) circuit_breaker: Option<Spanned<super::guards::RawBreaker>>,
+    pub(crate) outlier_detection: Option<Spanned<super::guards::RawOutlier>>,
+    pub(crate) adaptive_concurrency: Option<Spanned<super::guards::RawAdaptive>>,
 }
 
 impl RawPool {
@@ -214,8 +224,12 @@ pub(super) fn parse(
             protocol: crate::l7::upstream::UpstreamProtocol::Http1,
             tls: None,
             health_check,
+            breaker: None,
+            outlier: None,
+            adaptive: None,
         };
         super::upstream::apply(&pool, &mut pool_config, &err)?;
+        super::guards::apply(&pool, &mut pool_config, &err)?;
         pools.push(pool_config);
     }
     Ok(pools)

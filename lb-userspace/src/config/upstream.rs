@@ -26,7 +26,7 @@ pub fn apply(raw: &RawPool, pool: &mut PoolConfig, err: ErrAt<'_>) -> Result<(),
         Some(p) => *p.get_ref(),
     };
     pool.retry_budget_min = raw.retry_budget_min.unwrap_or(3);
-    pool.max_fails = raw.max_fails.unwrap_or(3);
+    pool.max_fails = raw.max_fails.as_ref().map_or(3, |m| *m.get_ref());
     pool.fail_timeout = duration(
         &raw.fail_timeout,
         Duration::from_secs(10),

@@ -141,6 +141,7 @@ impl AccessLog {
             tls_version: record.tls_version,
             sni: record.sni.as_deref(),
             upstream_status: record.upstream_status,
+            shed: record.shed,
         };
         // Serializing plain fields cannot fail.
         let text = match &self.fields {
@@ -244,6 +245,10 @@ struct Line<'a> {
     /// Routes with `cache`: HIT, MISS, EXPIRED, STALE, REVALIDATED or BYPASS.
     #[serde(skip_serializing_if = "Option::is_none")]
     cache: Option<&'static str>,
+    /// lb answered 503 itself: the overload guard that refused the request
+    /// (`max_requests`, `adaptive_concurrency`, `memory`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shed: Option<&'static str>,
     user_agent: Option<&'a str>,
     referer: Option<&'a str>,
     protocol: &'static str,
@@ -253,7 +258,7 @@ struct Line<'a> {
 }
 
 /// Every field a line can have, in order (`--access-log-fields` picks among them).
-pub const FIELDS: [&str; 26] = [
+pub const FIELDS: [&str; 27] = [
     "time",
     "client",
     "listener",
@@ -274,6 +279,7 @@ pub const FIELDS: [&str; 26] = [
     "consumer",
     "client_cert",
     "cache",
+    "shed",
     "user_agent",
     "referer",
     "protocol",
@@ -320,6 +326,8 @@ pub struct AccessRecord {
     pub sni: Option<Arc<str>>,
     /// The last backend answer's status (none: lb answered itself or no backend answered).
     pub upstream_status: Option<u16>,
+    /// The overload guard that shed the request (`Shed::reason`).
+    pub shed: Option<&'static str>,
 }
 
 /// A response body that counts what it sends and writes the access log line when dropped

@@ -25,3 +25,24 @@ pub fn text_answer(status: StatusCode, text: Bytes) -> Response<ProxyBody> {
         .insert(header::CONTENT_TYPE, TEXT_PLAIN);
     response
 }
+
+/// The header saying lb itself shed a request (as Envoy's `x-envoy-overloaded`), naming the
+/// guard: `breaker`, `adaptive` or `memory`.
+pub const OVERLOADED: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-lb-overloaded");
+
+/// lb's 503 for a request an overload guard refused: at once, `Retry-After: 1` and
+/// `x-lb-overloaded`. (429 stays for limits the caller is responsible for: rate limits.)
+pub fn overloaded(shed: super::upstream::Shed) -> Response<ProxyBody> {
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, "overloaded\n");
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    headers.insert(
+        OVERLOADED,
+        hyper::header::HeaderValue::from_static(shed.guard()),
+    );
+    response
+}

@@ -40,6 +40,10 @@ pub struct RequestCtx<'a> {
     pub retry_denied: bool,
     /// Failed upstream connection attempts.
     pub connect_errors: u32,
+    /// An overload guard answered the request (503) itself.
+    pub shed: Option<super::upstream::Shed>,
+    /// A retry was wanted but the breaker's `max_retries` refused it.
+    pub shed_retry: Option<super::upstream::Shed>,
     /// Filled only when an access log is written.
     pub access: Option<AccessRecord>,
     /// What the route's rate limits decided (empty without limits: no allocation).
@@ -105,6 +109,8 @@ impl<'a> RequestCtx<'a> {
             retries: 0,
             retry_denied: false,
             connect_errors: 0,
+            shed: None,
+            shed_retry: None,
             access: None,
             auth: None,
             cors: None,

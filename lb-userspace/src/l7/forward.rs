@@ -6,6 +6,12 @@
 //! backend not tried yet, at most `retries` times, while the pool's retry budget
 //! (`upstream/budget.rs`) has room. Everything else gets one attempt. Each attempt gets the
 //! route's `timeout`, or the pool's `request_timeout`, to the response head.
+//!
+//! Guards (pools that configure them; others pay one branch): the pool's circuit breaker and
+//! adaptive concurrency limit admit the request first (`Pool::admit`), a retry needs room
+//! under `max_retries`, and a new upstream connection room under `max_connections` /
+//! `max_pending_requests`. Over any of them the request is answered 503 at once
+//! (`answer::overloaded`, `ctx.shed` says why) or, for a retry, the last failure stands.
 use std::{net::IpAddr, time::Instant};
 
 use bytes::Bytes;
@@ -17,7 +23,7 @@ use hyper::{
 use lb_common::hash::key_hash;
 
 use super::{
-    answer::plain,
+    answer::{overloaded, plain},
     body::{self, BodyWatch, UpstreamBody},
     config::{HashKey, RouteConfig},
     context::RequestCtx,
@@ -26,6 +32,7 @@ use super::{
     proxy::Proxy,
     routing::upstream_path,
     upgrade::UpgradeRequest,
+    upstream::Attempt,
 };
 
 /// The request as phase 3 made it, ready for its attempts.
@@ -81,6 +88,13 @@ impl Proxy {
         // answered at once allocates nothing here).
         let mut tried = Vec::new();
         let mut last = plain(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n");
+        let admission = match pool.admit() {
+            Ok(admission) => admission,
+            Err(shed) => {
+                ctx.shed = Some(shed);
+                return overloaded(shed);
+            }
+        };
         let budget = &pool.state.retry_budget;
         let _request = budget.request();
         for attempt in 0..attempts {
@@ -90,16 +104,26 @@ impl Proxy {
             let Some((i, _inflight)) = pool.acquire(key, &tried) else {
                 break;
             };
-            // A retry needs room in the pool's budget; without it the last failure stands.
+            // A retry needs room under the breaker's max_retries and in the pool's budget;
+            // without it the last failure stands.
             let _retry = match attempt {
                 0 => None,
-                _ => match budget.try_retry() {
-                    Some(permit) => Some(permit),
-                    None => {
-                        ctx.retry_denied = true;
-                        break;
+                _ => {
+                    let slot = match pool.retry_slot() {
+                        Ok(slot) => slot,
+                        Err(shed) => {
+                            ctx.shed_retry = Some(shed);
+                            break;
+                        }
+                    };
+                    match budget.try_retry() {
+                        Some(permit) => Some((permit, slot)),
+                        None => {
+                            ctx.retry_denied = true;
+                            break;
+                        }
                     }
-                },
+                }
             };
             ctx.retries = attempt;
             ctx.backend = Some(i);
@@ -125,9 +149,19 @@ impl Proxy {
                 tokio::time::timeout(timeout, pool.send(i, request, ctx.peer, ctx.conn)).await;
             ctx.upstream_duration = Some(sent.elapsed());
             let more = attempt + 1 < attempts;
+            if let Ok(Err(err)) = &result
+                && let Some(shed) = err.shed()
+            {
+                // No room for a new connection: nothing was sent, the backend is not to blame.
+                ctx.shed = Some(shed);
+                return overloaded(shed);
+            }
             pool.record(
                 i,
-                matches!(&result, Ok(Ok(r)) if !r.status().is_server_error()),
+                match &result {
+                    Ok(Ok(r)) => Attempt::Answered(r.status().as_u16()),
+                    _ => Attempt::Failed,
+                },
             );
             match result {
                 Ok(Ok(response)) => {
@@ -138,6 +172,9 @@ impl Proxy {
                     if retry_status && more {
                         last = plain(status, "upstream unavailable\n");
                         continue;
+                    }
+                    if let Some(admission) = admission {
+                        admission.answered();
                     }
                     if status == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(upgrade) = upgrade.take()
@@ -163,6 +200,13 @@ impl Proxy {
                     last = plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
                 }
             }
+        }
+        // A timeout is a latency signal too; a request that never got an answer for other
+        // reasons (connect errors) gives none.
+        if let Some(admission) = admission
+            && last.status() == StatusCode::GATEWAY_TIMEOUT
+        {
+            admission.answered();
         }
         last
     }

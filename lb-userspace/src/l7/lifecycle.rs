@@ -3,6 +3,8 @@
 //! as NGINX `worker_connections` and HAProxy `maxconn` do), and graceful shutdown: every
 //! connection is told to finish (HTTP/1.1 keep-alive connections close after their current
 //! request, HTTP/2 ones send GOAWAY), then the stragglers are dropped when the grace ends.
+//! The global guard's `max_connections` (`overload.rs`) is one more semaphore every HTTP
+//! listener's gate takes a slot of.
 use std::{
     error::Error as StdError,
     future::Future,
@@ -37,22 +39,36 @@ pub struct Lifecycle {
     phase: watch::Sender<Phase>,
     /// Connections admitted and not yet ended.
     open: Arc<AtomicUsize>,
+    /// The tier-wide connection slots (`--max-connections`), shared by every HTTP listener.
+    global: Option<Arc<Semaphore>>,
 }
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Self {
-            phase: watch::Sender::new(Phase::Serving),
-            open: Arc::default(),
-        }
+        Self::new(None)
     }
 }
 
 impl Lifecycle {
+    /// With at most `global` connections on all listeners together (None: no such limit).
+    pub fn new(global: Option<usize>) -> Self {
+        Self {
+            phase: watch::Sender::new(Phase::Serving),
+            open: Arc::default(),
+            global: global.map(|n| Arc::new(Semaphore::new(n))),
+        }
+    }
+
+    /// Connections admitted and not yet ended, on every listener.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// The gate of one listener allowing `max_connections` at once.
     pub fn gate(&self, max_connections: usize) -> ListenerGate {
         ListenerGate {
             slots: Arc::new(Semaphore::new(max_connections)),
+            global: self.global.clone(),
             phase: self.phase.subscribe(),
             open: self.open.clone(),
         }
@@ -80,6 +96,7 @@ impl Lifecycle {
 /// A listener's connection slots.
 pub struct ListenerGate {
     slots: Arc<Semaphore>,
+    global: Option<Arc<Semaphore>>,
     phase: watch::Receiver<Phase>,
     open: Arc<AtomicUsize>,
 }
@@ -89,9 +106,14 @@ impl ListenerGate {
     pub async fn admit(&self) -> Admission {
         // The semaphore is never closed.
         let permit = self.slots.clone().acquire_owned().await.ok();
+        let global = match &self.global {
+            None => None,
+            Some(global) => global.clone().acquire_owned().await.ok(),
+        };
         self.open.fetch_add(1, Ordering::Relaxed);
         Admission {
             _permit: permit,
+            _global: global,
             phase: self.phase.clone(),
             open: self.open.clone(),
         }
@@ -101,6 +123,7 @@ impl ListenerGate {
 /// One admitted connection: holds its slot and watches the phase until it ends.
 pub struct Admission {
     _permit: Option<OwnedSemaphorePermit>,
+    _global: Option<OwnedSemaphorePermit>,
     phase: watch::Receiver<Phase>,
     open: Arc<AtomicUsize>,
 }

@@ -12,6 +12,7 @@
 //!   Transfer-Encoding).
 //! - `lifecycle.rs`: connection slots per listener (`max_connections`), graceful shutdown.
 //! - `client_limit.rs`: open connections per client (`max_connections_per_client`).
+//! - `overload.rs`: the tier-wide guard (`--max-connections`, `--max-memory`).
 //! - `server.rs`: listeners, accept, PROXY header, TLS, HTTP/1.1 + HTTP/2 connections.
 //! - `routing.rs`: which route a request takes (and which pool of a weighted split).
 //! - `proxy.rs`: `Proxy`, one generation of request-time state (pools, routes, metric handles).
@@ -42,6 +43,7 @@ mod hygiene;
 pub mod jwt;
 mod lifecycle;
 pub mod observe;
+pub mod overload;
 mod pipeline;
 pub mod policy;
 mod pool;
@@ -64,6 +66,7 @@ pub use config::{
     StreamSettings,
 };
 pub use observe::Observer;
-pub use server::{L7Error, ReloadReport, RunningL7, serve, serve_observed};
+pub use overload::GlobalLimits;
+pub use server::{L7Error, ReloadReport, RunningL7, serve, serve_guarded, serve_observed};
 pub use tls::{TlsError, check_certificate};
 pub use upstream::{BackendHealth, BackendStatus, PoolState, RetryBudget, RetryCounters};

@@ -18,6 +18,7 @@ use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
 use super::cache::CacheStatus;
 use super::policy::rate_limit::{Outcome, Verdict, store::Via};
+use super::upstream::Shed;
 use super::{
     access_log::AccessLog,
     config::L7Config,
@@ -25,7 +26,7 @@ use super::{
 };
 use crate::admin::metrics::{
     AuthLabels, BackendLabels, CacheLabels, L7Metrics, ListenerLabels, PoolLabels, RateLimitLabels,
-    RequestLabels, RouteLabels,
+    RequestLabels, RouteLabels, ShedLabels,
 };
 
 /// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
@@ -99,6 +100,21 @@ impl Observer {
                     duration: metrics.request_seconds.get_or_create_owned(&pool),
                     retries: metrics.retries.get_or_create_owned(&pool),
                     retries_denied: metrics.retries_denied.get_or_create_owned(&pool),
+                    // Only pools with guards can shed (the label sets appear on first use
+                    // for them, never for the others).
+                    shed: if p.breaker.is_some() || p.adaptive.is_some() {
+                        Shed::ALL
+                            .iter()
+                            .map(|s| {
+                                metrics.requests_shed.get_or_create_owned(&ShedLabels {
+                                    pool: p.name.clone(),
+                                    reason: s.reason(),
+                                })
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                     connect_errors: p
                         .backends
                         .iter()
@@ -221,6 +237,8 @@ struct PoolMeters {
     duration: Histogram,
     retries: Counter,
     retries_denied: Counter,
+    /// Requests shed, by `Shed::index` (empty for pools without guards).
+    shed: Vec<Counter>,
     /// By backend index.
     connect_errors: Vec<Counter>,
 }
@@ -300,6 +318,18 @@ impl ProxyMeters {
     /// Counts one answered request.
     pub(super) fn request(&self, listener: &str, outcome: &RequestCtx<'_>) {
         let Some(live) = &self.live else { return };
+        // The global guard sheds before a pool is chosen.
+        if outcome.pool.is_none()
+            && let Some(shed) = outcome.shed
+        {
+            live.metrics
+                .requests_shed
+                .get_or_create(&ShedLabels {
+                    pool: String::new(),
+                    reason: shed.reason(),
+                })
+                .inc();
+        }
         let key = (
             outcome.route_index().unwrap_or(NONE),
             outcome.pool.unwrap_or(NONE),
@@ -332,6 +362,11 @@ impl ProxyMeters {
             c.inc();
         }
         if let Some(p) = outcome.pool.and_then(|p| live.pools.get(p)) {
+            for shed in [outcome.shed, outcome.shed_retry].into_iter().flatten() {
+                if let Some(c) = p.shed.get(shed.index()) {
+                    c.inc();
+                }
+            }
             p.duration.observe(outcome.duration.as_secs_f64());
             if outcome.retries > 0 {
                 p.retries.inc_by(u64::from(outcome.retries));

@@ -4,6 +4,7 @@
 //! pays one `is_empty` check per phase. `RequestCtx` (`context.rs`) carries the request
 //! through the phases.
 //!
+//! 0. Global guard: over `--max-memory`, a 503 before anything else (`overload.rs`).
 //! 1. Request: the listener's limits (a declared body over `max_body_bytes`: 413), the route
 //!    (none: 404), then the route's request policies, which may answer at once (`cors`
 //!    first, answering preflights before authentication; `respond`, `redirect`,
@@ -21,7 +22,8 @@
 //!    (`request_headers`), so they can override lb's own headers. The request body is
 //!    streamed within the listener's limits, or, with the route's `buffer_request`, read to
 //!    its end here before any backend is picked (`policy/buffer/request.rs`).
-//! 4. Upstream: attempts, retries within the budget, the route's `timeout` or the pool's
+//! 4. Upstream: the pool's guards (circuit breaker, adaptive concurrency: 503 at once when
+//!    over), attempts, retries within the budget, the route's `timeout` or the pool's
 //!    `request_timeout` (`forward.rs`); the backend's hop-by-hop response headers removed.
 //! 5. Response headers: the route's response policies (`cors` for an allowed origin the
 //!    request phase noted in `ctx.cors`, then `response_headers`), on every
@@ -126,6 +128,10 @@ impl Proxy {
         req: Request<Incoming>,
         ctx: &mut RequestCtx<'a>,
     ) -> Response<ProxyBody> {
+        if self.over_memory() {
+            ctx.shed = Some(super::upstream::Shed::Memory);
+            return super::answer::overloaded(super::upstream::Shed::Memory);
+        }
         let rules = self.listener_rules(ctx.listener);
         let (pool_name, forwarded_host) = match self.request_phase(&req, rules, ctx) {
             Step::Next(next) => next,
@@ -304,6 +310,7 @@ impl Proxy {
         record.cache = ctx.cache.map(super::cache::CacheStatus::as_str);
         record.upstream_status = ctx.upstream_status;
         record.retries = ctx.retries;
+        record.shed = ctx.shed.map(super::upstream::Shed::reason);
         record.upstream_duration = ctx.upstream_duration;
         if let Some(pool) = ctx.pool.and_then(|i| self.pool_by_index(i)) {
             record.pool = Some(pool.config.name.clone());

@@ -26,8 +26,9 @@ use super::{
         PowerOfTwoChoices, SmoothWeightedRoundRobin,
     },
     upstream::{
-        BackendHealth, BackendTraffic, ConnInfo, Http1Pool, Lease, LeasedBody, PoolSendError,
-        PoolState, RetryBudget, UpstreamConnector, UpstreamProtocol,
+        AdaptiveLimit, Admitted, Attempt, BackendHealth, BackendTraffic, Breaker, ConnInfo,
+        Http1Pool, Lease, LeasedBody, OutlierDetector, PoolSendError, PoolState, RetryBudget, Shed,
+        UpstreamConnector, UpstreamProtocol,
     },
 };
 use crate::maglev::MaglevError;
@@ -81,6 +82,44 @@ impl SendError {
             Self::Client(e) => e.is_connect(),
         }
     }
+
+    /// No connection was tried: the pool's breaker had no room for one.
+    pub fn shed(&self) -> Option<Shed> {
+        match self {
+            Self::Http1(PoolSendError::Overloaded(shed)) => Some(shed.0),
+            Self::Http1(_) => None,
+            Self::Client(e) => {
+                let mut source = std::error::Error::source(e);
+                while let Some(err) = source {
+                    // An io::Error's `source` skips its own inner error: look at it here.
+                    let inner = err
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(|io| io.get_ref())
+                        .map_or(err, |inner| inner as &(dyn std::error::Error + 'static));
+                    if let Some(overflow) = inner.downcast_ref::<super::upstream::Overflow>() {
+                        return Some(overflow.0);
+                    }
+                    source = err.source();
+                }
+                None
+            }
+        }
+    }
+}
+
+/// What the pool's guards granted one request: held until its response head.
+pub struct Admission<'a> {
+    _request: Option<super::upstream::Slot<'a>>,
+    adaptive: Option<Admitted<'a>>,
+}
+
+impl Admission<'_> {
+    /// The request got an answer (or timed out): its latency feeds the adaptive limit.
+    pub fn answered(self) {
+        if let Some(adaptive) = self.adaptive {
+            adaptive.done();
+        }
+    }
 }
 
 /// hyper-util's pooled client over lb's connector.
@@ -99,6 +138,8 @@ pub struct Pool {
     /// Each backend's `IP:PORT` as a URI authority, made once.
     authorities: Vec<Option<Authority>>,
     pub state: Arc<PoolState>,
+    /// A breaker or an adaptive limit is configured (`admit` has work to do).
+    guarded: bool,
 }
 
 impl Pool {
@@ -115,7 +156,9 @@ impl Pool {
             )),
             Algorithm::ConsistentHash => Box::new(ConsistentHash::new(backends)?),
         };
-        let connector = UpstreamConnector::new(config.connect_timeout, config.tls.clone());
+        let breaker = config.breaker.map(|b| Arc::new(Breaker::new(b)));
+        let connector = UpstreamConnector::new(config.connect_timeout, config.tls.clone())
+            .with_breaker(breaker.clone());
         let client = build_client(connector.clone(), &config);
         let plain_http1 = config.tls.is_none()
             && config.protocol == UpstreamProtocol::Http1
@@ -127,6 +170,7 @@ impl Pool {
                 config.idle_per_backend,
                 config.idle_timeout,
                 config.connect_timeout,
+                breaker.clone(),
             )
         });
         let authorities = config
@@ -136,6 +180,7 @@ impl Pool {
             .map(|b| Authority::from_maybe_shared(Bytes::from(b.addr.to_string())).ok())
             .collect();
         Ok(Self {
+            guarded: breaker.is_some() || config.adaptive.is_some(),
             http1,
             authorities,
             inflight: inflight.clone(),
@@ -151,9 +196,16 @@ impl Pool {
                     config.backends.len(),
                     config.max_fails,
                     config.fail_timeout,
+                )
+                .with_outlier(
+                    config
+                        .outlier
+                        .map(|o| OutlierDetector::new(config.backends.len(), o)),
                 ),
                 traffic: BackendTraffic::new(config.backends.len()),
                 inflight,
+                breaker,
+                adaptive: config.adaptive.map(AdaptiveLimit::new),
             }),
             config,
         })
@@ -258,14 +310,44 @@ impl Pool {
         }
     }
 
-    /// Feeds an attempt's outcome on backend `i` to passive health and the traffic totals.
-    pub fn record(&self, i: usize, ok: bool) {
+    /// Feeds an attempt's outcome on backend `i` to passive health, outlier detection and the
+    /// traffic totals.
+    pub fn record(&self, i: usize, attempt: Attempt) {
+        let ok = attempt.is_ok();
         self.state.traffic.record(i, ok);
         if ok {
             self.state.health.record_success(i);
         } else {
             self.state.health.record_failure(i);
         }
+        self.state.health.record_outlier(i, attempt);
+    }
+
+    /// The pool's guards admit one more request (`max_requests`, the adaptive limit), or say
+    /// why not. A pool without guards answers at once.
+    pub fn admit(&self) -> Result<Option<Admission<'_>>, Shed> {
+        if !self.guarded {
+            return Ok(None);
+        }
+        let request = self
+            .state
+            .breaker
+            .as_ref()
+            .map(|b| b.request())
+            .transpose()?;
+        let adaptive = match &self.state.adaptive {
+            None => None,
+            Some(limit) => Some(limit.try_admit().ok_or(Shed::Adaptive)?),
+        };
+        Ok(Some(Admission {
+            _request: request,
+            adaptive,
+        }))
+    }
+
+    /// Room for one more retry under `max_retries` (always, without a breaker).
+    pub fn retry_slot(&self) -> Result<Option<super::upstream::Slot<'_>>, Shed> {
+        self.state.breaker.as_ref().map(|b| b.retry()).transpose()
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Proxy {
     /// X-Forwarded-Client-Cert when a listener verifies client certificates): removed from
     /// every request. Empty (no cost) when nothing sets them.
     identity_headers: Vec<HeaderName>,
+    /// The global memory guard (`--max-memory`), kept across reloads.
+    memory: Option<Arc<super::overload::MemoryGuard>>,
 }
 
 /// What a listener's requests are checked against.
@@ -141,6 +143,7 @@ impl Proxy {
                 ),
                 observer,
                 identity_headers: identity_headers(config),
+                memory: previous.and_then(|p| p.memory.clone()),
             },
             built,
         ))
@@ -209,6 +212,15 @@ impl Proxy {
 
     pub(super) fn identity_headers(&self) -> &[HeaderName] {
         &self.identity_headers
+    }
+
+    pub(super) fn set_memory_guard(&mut self, memory: Option<Arc<super::overload::MemoryGuard>>) {
+        self.memory = memory;
+    }
+
+    /// The global memory guard is over its bound (false without one).
+    pub(super) fn over_memory(&self) -> bool {
+        self.memory.as_ref().is_some_and(|m| m.is_over())
     }
 }
 

@@ -18,6 +18,7 @@ use super::{
     config::{HostMatch, L7Config, ListenerConfig, ListenerMode, RouteConfig},
     hygiene::HeadGuard,
     lifecycle::{self, Lifecycle, ListenerGate},
+    overload::GlobalLimits,
     proxy::Proxy,
     tls::CertReloader,
 };
@@ -157,6 +158,11 @@ impl RunningL7 {
     /// keys went; None when no route has a cache.
     pub fn purge(&self, url: &str, prefix: bool) -> Option<u64> {
         self.proxy.load().purge(url, prefix)
+    }
+
+    /// Client connections open on the HTTP listeners now.
+    pub fn open_connections(&self) -> u64 {
+        self.lifecycle.open_connections() as u64
     }
 
     /// The live upstream state (retry counters, ...) of pool `name`.
@@ -509,11 +515,23 @@ pub async fn serve_observed(
     config: L7Config,
     observer: Arc<super::Observer>,
 ) -> Result<RunningL7, L7Error> {
+    serve_guarded(config, observer, GlobalLimits::default()).await
+}
+
+/// As `serve_observed`, under the tier-wide `limits` (`overload.rs`).
+pub async fn serve_guarded(
+    config: L7Config,
+    observer: Arc<super::Observer>,
+    limits: GlobalLimits,
+) -> Result<RunningL7, L7Error> {
+    let memory = limits.max_memory.map(super::overload::MemoryGuard::start);
+    let mut proxy = Proxy::new(&config, observer)?;
+    proxy.set_memory_guard(memory);
     let mut running = RunningL7 {
         listeners: Vec::new(),
         tasks: Vec::new(),
-        proxy: Arc::new(ArcSwap::from_pointee(Proxy::new(&config, observer)?)),
-        lifecycle: Arc::new(Lifecycle::default()),
+        proxy: Arc::new(ArcSwap::from_pointee(proxy)),
+        lifecycle: Arc::new(Lifecycle::new(limits.max_connections)),
     };
     let mut prepared = Vec::new();
     for l in &config.listeners {

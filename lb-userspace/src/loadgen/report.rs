@@ -9,6 +9,9 @@ use super::conn::TransportError;
 /// What one connection task recorded (merged at the end, read live for progress lines).
 pub struct Recording {
     pub latency: Histogram<u64>,
+    /// Latency of the non-2xx responses alone (made on the first one), so a report can tell
+    /// admitted requests from refused ones (e.g. a load shedder's 503s).
+    pub latency_non_2xx: Option<Histogram<u64>>,
     pub connect: Histogram<u64>,
     pub tls: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
@@ -27,6 +30,7 @@ impl Default for Recording {
     fn default() -> Self {
         Self {
             latency: histogram(),
+            latency_non_2xx: None,
             connect: histogram(),
             tls: histogram(),
             statuses: BTreeMap::new(),
@@ -45,6 +49,12 @@ impl Recording {
     /// A response that completed `at` into the measured time.
     pub fn response(&mut self, latency: Duration, status: u16, body_bytes: u64, at: Duration) {
         let _ = self.latency.record(micros(latency));
+        if !(200..300).contains(&status) {
+            let _ = self
+                .latency_non_2xx
+                .get_or_insert_with(histogram)
+                .record(micros(latency));
+        }
         *self.statuses.entry(status).or_insert(0) += 1;
         self.body_bytes += body_bytes;
         let second = at.as_secs() as usize;
@@ -69,6 +79,12 @@ impl Recording {
 
     pub fn merge(&mut self, other: &Recording) {
         let _ = self.latency.add(&other.latency);
+        if let Some(theirs) = &other.latency_non_2xx {
+            let _ = self
+                .latency_non_2xx
+                .get_or_insert_with(histogram)
+                .add(theirs);
+        }
         let _ = self.connect.add(&other.connect);
         let _ = self.tls.add(&other.tls);
         for (k, v) in &other.statuses {
@@ -134,6 +150,10 @@ pub struct BenchReport {
     pub rps: f64,
     pub throughput_bytes_per_s: f64,
     pub latency_us: Option<LatencySummary>,
+    /// The same, of 2xx responses only and of the others only (e.g. admitted requests and
+    /// a load shedder's 503s).
+    pub latency_2xx_us: Option<LatencySummary>,
+    pub latency_non_2xx_us: Option<LatencySummary>,
     pub connect_us: Option<LatencySummary>,
     pub tls_handshake_us: Option<LatencySummary>,
     /// (percentile, latency in µs) points for the HTML report's percentile plot.
@@ -179,6 +199,15 @@ impl BenchReport {
             rps: responses as f64 / secs,
             throughput_bytes_per_s: rec.body_bytes as f64 / secs,
             latency_us: LatencySummary::of(&rec.latency),
+            latency_2xx_us: match &rec.latency_non_2xx {
+                None => LatencySummary::of(&rec.latency),
+                Some(other) => {
+                    let mut ok = rec.latency.clone();
+                    let _ = ok.subtract(other);
+                    LatencySummary::of(&ok)
+                }
+            },
+            latency_non_2xx_us: rec.latency_non_2xx.as_ref().and_then(LatencySummary::of),
             connect_us: LatencySummary::of(&rec.connect),
             tls_handshake_us: LatencySummary::of(&rec.tls),
             percentile_curve: percentile_curve(&rec.latency),
@@ -250,8 +279,19 @@ impl fmt::Display for BenchReport {
                 .collect();
             writeln!(f, "errors: {}", s.join(" "))?;
         }
+        // Split by class only when both kinds of answer came.
+        let split = self.ok > 0 && self.non_2xx > 0;
         for (name, summary) in [
             ("latency", &self.latency_us),
+            ("  2xx", if split { &self.latency_2xx_us } else { &None }),
+            (
+                "  non-2xx",
+                if split {
+                    &self.latency_non_2xx_us
+                } else {
+                    &None
+                },
+            ),
             ("connect", &self.connect_us),
             ("tls", &self.tls_handshake_us),
         ] {

@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub pin_dir: Option<PathBuf>,
     /// On shutdown, leave the XDP program attached and pinned (L7 still drains).
     pub keep_fast_path: bool,
+    /// The L7 tier's global guard (`--max-connections`, `--max-memory`).
+    pub global: l7::GlobalLimits,
 }
 
 struct XdpTier {
@@ -211,7 +213,7 @@ impl Manager {
                 }
             });
         let observer = l7::Observer::with_flow_ids(Some(metrics.l7.clone()), access_log, flow_ids);
-        let l7 = match l7::serve_observed(config.l7.clone(), observer).await {
+        let l7 = match l7::serve_guarded(config.l7.clone(), observer, options.global).await {
             Ok(l7) => l7,
             Err(err) => {
                 if let Some(x) = xdp {
@@ -456,6 +458,20 @@ impl Manager {
                         l7::Algorithm::ConsistentHash => "consistent_hash",
                     }
                     .into(),
+                    adaptive_limit: state
+                        .as_ref()
+                        .and_then(|s| s.adaptive.as_ref())
+                        .map(|a| a.limit()),
+                    outlier: state.as_ref().and_then(|s| s.health.outlier()).map(|o| {
+                        let count = |c: &std::sync::atomic::AtomicU64| {
+                            c.load(std::sync::atomic::Ordering::Relaxed)
+                        };
+                        crate::admin::status::OutlierCounts {
+                            ejected_consecutive_5xx: count(&o.ejected_5xx),
+                            ejected_gateway_errors: count(&o.ejected_gateway),
+                            skipped_max_ejected_percent: count(&o.skipped),
+                        }
+                    }),
                     backends: p
                         .backends
                         .iter()
@@ -511,6 +527,11 @@ impl Manager {
                                 errors,
                                 requests_per_second: rate.per_second,
                                 error_rate: rate.error_rate,
+                                ejections: p.outlier.and(passive).map(|s| s.outlier.ejections),
+                                last_ejection_ms: p
+                                    .outlier
+                                    .and(passive)
+                                    .map(|s| s.outlier.last_ejection.as_millis() as u64),
                             }
                         })
                         .collect(),
@@ -551,6 +572,7 @@ impl Manager {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             config: self.config_status.clone(),
             listeners,
+            l7_connections: self.l7.open_connections(),
             pools,
             vips,
             xdp,

@@ -33,6 +33,8 @@ pub struct UpstreamConnector {
     tls: Option<UpstreamTls>,
     /// Written first on every connection this connector opens (one client's PROXY header).
     proxy_header: Option<Arc<[u8]>>,
+    /// Counts connections and pending connects against the pool's caps.
+    breaker: Option<Arc<super::Breaker>>,
 }
 
 impl UpstreamConnector {
@@ -41,7 +43,13 @@ impl UpstreamConnector {
             connect_timeout,
             tls,
             proxy_header: None,
+            breaker: None,
         }
+    }
+
+    /// The same connector, counting its connections in `breaker`.
+    pub fn with_breaker(self, breaker: Option<Arc<super::Breaker>>) -> Self {
+        Self { breaker, ..self }
     }
 
     /// The same connector, sending `header` first on each connection.
@@ -73,12 +81,23 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                 .ok_or_else(|| {
                     io::Error::new(io::ErrorKind::InvalidInput, "backend is not IP:PORT")
                 })?;
+            // Pending (counted) until connected; then the slot lives with the stream.
+            let connecting = match &this.breaker {
+                None => None,
+                Some(b) => Some(
+                    b.connect()
+                        .map_err(|shed| io::Error::other(super::breaker::Overflow(shed)))?,
+                ),
+            };
             let mut tcp = connect_tcp(addr, this.connect_timeout).await?;
             if let Some(header) = &this.proxy_header {
                 tcp.write_all(header).await?;
             }
             let Some(tls) = &this.tls else {
-                return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
+                return Ok(TokioIo::new(UpstreamStream {
+                    io: Io::Plain(tcp),
+                    _slot: connecting.map(super::breaker::Connecting::established),
+                }));
             };
             let name = tls
                 .server_name
@@ -90,7 +109,10 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                     .map_err(|_| {
                         io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
                     })??;
-            Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
+            Ok(TokioIo::new(UpstreamStream {
+                io: Io::Tls(Box::new(stream)),
+                _slot: connecting.map(super::breaker::Connecting::established),
+            }))
         })
     }
 }
@@ -105,16 +127,21 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpS
     Ok(tcp)
 }
 
-/// An upstream connection, plain or TLS.
-pub enum UpstreamStream {
+/// An upstream connection, plain or TLS, with its breaker slot (pools with a breaker).
+pub struct UpstreamStream {
+    io: Io,
+    _slot: Option<super::Counted>,
+}
+
+enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        match self {
-            Self::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+        match &self.io {
+            Io::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
                 Connected::new().negotiated_h2()
             }
             _ => Connected::new(),
@@ -128,9 +155,9 @@ impl AsyncRead for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -141,9 +168,9 @@ impl AsyncWrite for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -152,30 +179,30 @@ impl AsyncWrite for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(s) => s.is_write_vectored(),
-            Self::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

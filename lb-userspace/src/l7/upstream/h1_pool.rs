@@ -50,6 +50,9 @@ pub enum PoolSendError {
     },
     #[error("upstream request: {0}")]
     Http(#[source] hyper::Error),
+    /// The pool's circuit breaker had no room for a new connection (nothing was tried).
+    #[error(transparent)]
+    Overloaded(super::breaker::Overflow),
 }
 
 /// Plain HTTP/1.1 connections to a pool's backends.
@@ -58,6 +61,8 @@ pub struct Http1Pool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    /// Counts connections and pending connects against the pool's caps.
+    breaker: Option<Arc<super::Breaker>>,
     sweeping: AtomicBool,
     /// Handed to leases and the sweep so they can reach the stacks.
     this: Weak<Http1Pool>,
@@ -91,6 +96,7 @@ impl Http1Pool {
         max_idle: usize,
         idle_timeout: Duration,
         connect_timeout: Duration,
+        breaker: Option<Arc<super::Breaker>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
             backends: backends
@@ -104,6 +110,7 @@ impl Http1Pool {
             max_idle,
             idle_timeout,
             connect_timeout,
+            breaker,
             sweeping: AtomicBool::new(false),
             this: this.clone(),
         })
@@ -176,6 +183,14 @@ impl Http1Pool {
 
     async fn connect(&self, backend: &Backend) -> Result<SendRequest<UpstreamBody>, PoolSendError> {
         let addr = backend.addr;
+        // Pending (counted) until connected; then the slot lives with the connection.
+        let connecting = match &self.breaker {
+            None => None,
+            Some(b) => Some(
+                b.connect()
+                    .map_err(|shed| PoolSendError::Overloaded(super::breaker::Overflow(shed)))?,
+            ),
+        };
         let tcp = connect_tcp(addr, self.connect_timeout)
             .await
             .map_err(|source| PoolSendError::Connect { addr, source })?;
@@ -183,7 +198,9 @@ impl Http1Pool {
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(PoolSendError::Http)?;
+        let slot = connecting.map(super::breaker::Connecting::established);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(err) = connection.with_upgrades().await {
                 tracing::debug!(%addr, %err, "upstream connection ended");
             }
@@ -427,7 +444,13 @@ mod tests {
     }
 
     fn pool(addr: SocketAddr, max_idle: usize, idle_timeout: Duration) -> Arc<Http1Pool> {
-        Http1Pool::new(&[addr], max_idle, idle_timeout, Duration::from_secs(2))
+        Http1Pool::new(
+            &[addr],
+            max_idle,
+            idle_timeout,
+            Duration::from_secs(2),
+            None,
+        )
     }
 
     #[tokio::test]
@@ -477,6 +500,7 @@ mod tests {
             8,
             Duration::from_millis(1),
             Duration::from_secs(2),
+            None,
         );
         fetch(&pool, b.addr).await.expect("request");
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -10,17 +10,28 @@
 //! - `config.rs`: the upstream keys of `[[pool]]` (defaults, validation).
 //! - `passive.rs`: per-backend health: passive ejection, down flag for active checks.
 //! - `traffic.rs`: per-backend request and error totals (status page rates).
+//! - `breaker.rs`: the pool's circuit breaker (caps on connections, pending requests,
+//!   requests, retries) and `Shed`, why lb answered 503 itself.
+//! - `outlier.rs`: outlier detection (consecutive 5xx / gateway errors, growing ejections,
+//!   the ejected-percentage cap).
+//! - `adaptive.rs`: the adaptive concurrency limit (gradient on live latency).
+mod adaptive;
+mod breaker;
 mod budget;
 mod connector;
 mod h1_pool;
+mod outlier;
 mod passive;
 mod private;
 pub mod tls;
 mod traffic;
 
+pub use adaptive::{AdaptiveLimit, AdaptiveSettings, Admitted};
+pub use breaker::{Breaker, BreakerSettings, Counted, Overflow, Shed, Slot};
 pub use budget::{RetryBudget, RetryCounters};
 pub use connector::UpstreamConnector;
 pub use h1_pool::{Http1Pool, Lease, LeasedBody, PoolSendError};
+pub use outlier::{Attempt, OutlierDetector, OutlierSettings, OutlierStatus};
 pub use passive::{BackendHealth, BackendStatus};
 pub use private::ConnInfo;
 pub use tls::{UpstreamProtocol, UpstreamTls};
@@ -35,4 +46,7 @@ pub struct PoolState {
     pub traffic: BackendTraffic,
     /// Requests in flight per backend (the same counts selection reads).
     pub inflight: std::sync::Arc<crate::l7::selection::InFlight>,
+    /// The pool's guards, when configured.
+    pub breaker: Option<std::sync::Arc<Breaker>>,
+    pub adaptive: Option<AdaptiveLimit>,
 }

@@ -8,6 +8,9 @@
 //! Slow start: `set_ramp` (the manager, when a check brings a backend back) makes its weight
 //! factor climb from 10% to 100% over the pool's `slow_start`; selection reads
 //! `weight_factor`.
+//! Outlier detection (`outlier.rs`), when the pool has it, lives here too: an ejected
+//! backend is unavailable either way, and an active check bringing it back ends both.
+use super::outlier::{Attempt, OutlierDetector, OutlierStatus};
 use std::{
     sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -48,6 +51,8 @@ pub struct BackendStatus {
     /// Passively ejected for this much longer.
     pub ejected_for: Option<Duration>,
     pub consecutive_failures: u32,
+    /// Outlier detection's view (default when the pool has none).
+    pub outlier: OutlierStatus,
 }
 
 /// The health of a pool's backends (index as in the pool's backend list).
@@ -57,6 +62,7 @@ pub struct BackendHealth {
     max_fails: u32,
     fail_timeout: Duration,
     epoch: Instant,
+    outlier: Option<OutlierDetector>,
 }
 
 impl BackendHealth {
@@ -66,6 +72,24 @@ impl BackendHealth {
             max_fails,
             fail_timeout,
             epoch: Instant::now(),
+            outlier: None,
+        }
+    }
+
+    /// With outlier detection.
+    pub fn with_outlier(mut self, outlier: Option<OutlierDetector>) -> Self {
+        self.outlier = outlier;
+        self
+    }
+
+    pub fn outlier(&self) -> Option<&OutlierDetector> {
+        self.outlier.as_ref()
+    }
+
+    /// Feeds an attempt's outcome to outlier detection (pools with it).
+    pub fn record_outlier(&self, i: usize, attempt: Attempt) {
+        if let Some(o) = &self.outlier {
+            o.record(i, attempt);
         }
     }
 
@@ -79,6 +103,7 @@ impl BackendHealth {
         self.backends.get(i).is_some_and(|b| {
             !b.down.load(Ordering::Relaxed)
                 && b.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+                && !self.outlier.as_ref().is_some_and(|o| o.is_ejected(i))
         })
     }
 
@@ -119,6 +144,9 @@ impl BackendHealth {
             if was_down && !down {
                 b.consecutive_failures.store(0, Ordering::Relaxed);
                 b.ejected_until_ms.store(0, Ordering::Relaxed);
+                if let Some(o) = &self.outlier {
+                    o.uneject(i);
+                }
             }
         }
     }
@@ -165,10 +193,17 @@ impl BackendHealth {
         let b = self.backends.get(i)?;
         let until = b.ejected_until_ms.load(Ordering::Relaxed);
         let now = self.now_ms();
+        let outlier = self
+            .outlier
+            .as_ref()
+            .map(|o| o.status(i))
+            .unwrap_or_default();
+        let passive = (until > now).then(|| Duration::from_millis(until - now));
         Some(BackendStatus {
             down: b.down.load(Ordering::Relaxed),
-            ejected_for: (until > now).then(|| Duration::from_millis(until - now)),
+            ejected_for: passive.max(outlier.ejected_for),
             consecutive_failures: b.consecutive_failures.load(Ordering::Relaxed),
+            outlier,
         })
     }
 }
