@@ -250,12 +250,16 @@ fn metrics_speak_openmetrics_and_text_004_that_promtool_accepts() {
     );
     // The Grafana dashboard in docs/ queries only families lb exports (in this scrape, but
     // for those that appear once their feature is used: the XDP tier needs --iface,
-    // authentication results an authenticating route, refusals a per-client cap).
+    // authentication results an authenticating route, refusals a per-client cap, the pool
+    // guards their configuration).
     let used_later = [
         "lb_xdp_",
         "lb_auth_results_",
         "lb_http_jwt_auth_",
         "lb_client_connections_refused_",
+        "lb_requests_shed_",
+        "lb_adaptive_concurrency_limit",
+        "lb_outlier_ejections_",
     ];
     let dashboard = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
