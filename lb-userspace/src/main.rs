@@ -4,7 +4,7 @@ mod cli;
 use std::{io::IsTerminal as _, path::PathBuf};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use lb::xdp::AttachMode;
 use tracing_subscriber::EnvFilter;
 
@@ -79,6 +79,14 @@ enum Command {
     Ctl(cli::ctl::CtlArgs),
     /// Load generator: throughput and latency of an HTTP(S) target, closed or open loop.
     Bench(Box<cli::bench::BenchArgs>),
+    /// Print shell completions for SHELL (bash, zsh, fish, ...) to standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output.
+    #[command(hide = true)]
+    Man,
     /// Run on a real server: strip the IPIP/IP6IP6 header lb adds, so packets reach the VIP
     /// (configured on the server's `lo`).
     Decap {
@@ -134,6 +142,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // These two size their own multi-threaded runtimes.
     match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            return clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page");
+        }
         Command::Bench(args) => return cli::bench::run(*args),
         Command::L7 {
             config,
@@ -167,6 +184,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bench(_)
             | Command::L7 { .. }
             | Command::CheckConfig { .. }
+            | Command::Completions { .. }
+            | Command::Man
             | Command::Run(_) => Err(anyhow::anyhow!("this command runs on its own runtime")),
         }
     })

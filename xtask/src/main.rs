@@ -4,7 +4,9 @@
 //! - `test`: setup, build everything, fmt check, clippy (host and BPF target), all tests, and
 //!   the demo as a smoke test.
 //! - `demo`: setup, build, and run `lb` in a small namespace topology with real traffic.
+//! - `dist`: the Debian package (binary, systemd unit, default config, man page, completions).
 mod demo;
+mod dist;
 #[path = "../../tests/src/netns.rs"]
 #[allow(dead_code)]
 mod netns;
@@ -34,6 +36,8 @@ enum Cmd {
     Test,
     /// Setup, build, then run lb in a network-namespace topology with real traffic.
     Demo(demo::DemoArgs),
+    /// Build the Debian package (target/dist/lb_VERSION_ARCH.deb) and check it.
+    Dist(dist::DistArgs),
     /// The demo's HTTP backend (started by `demo` inside a backend namespace).
     #[command(hide = true)]
     DemoBackend(demo::backend::BackendArgs),
@@ -47,6 +51,7 @@ fn main() -> Result<()> {
         Cmd::Test => test::test(&ws),
         Cmd::Demo(args) => demo::demo(&ws, &args),
         Cmd::DemoBackend(args) => demo::backend::serve(&args),
+        Cmd::Dist(args) => dist::dist(&ws, &args).and_then(|deb| dist::check(&deb)),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the one command CI and newcomers run.
 use std::{path::Path, process::Command};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{is_root, run, setup};
 
@@ -41,6 +41,17 @@ pub fn test(ws: &Path) -> Result<()> {
         .env("RUSTC_BOOTSTRAP", "1")
         .env("RUSTUP_TOOLCHAIN", &toolchain.name))?;
     run(cargo().args(["test", "--workspace"]))?;
+    // The package, from the debug build just tested (gzip: the check needs no xz-small file).
+    let deb = super::dist::dist(
+        ws,
+        &super::dist::DistArgs {
+            lb: Some(ws.join("target/debug/lb")),
+            out: Some(ws.join("target/dist-check")),
+            compression: "gzip".into(),
+        },
+    )?;
+    super::dist::check(&deb)?;
+    std::fs::remove_file(&deb).with_context(|| format!("removing {}", deb.display()))?;
     // The demo checks every step it shows, so it is also the end-to-end smoke test of `lb run`
     // (XDP + L7 + health checks + admin API, about 25 s). Root only, like the other
     // privileged tests: skipped without it, except under CI=true.

@@ -203,6 +203,10 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
     }
     println!("admin http://{admin}/");
     tracing::info!(%admin, "lb running");
+    // Under systemd (Type=notify): listeners bound, configuration loaded, XDP attached.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%e, "telling systemd lb is ready");
+    }
 
     let mut signals = Signals::install()?;
     let mut watch_tick = tokio::time::interval(WATCH_PERIOD);
@@ -234,6 +238,7 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
     tracing::info!(signal = signal_name, grace = ?args.grace, "stopping");
     // The admin API stays up through the drain: /readyz says 503, changes are refused.
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let cut = manager.shutdown(args.grace).await;
     admin_task.abort();
     let cut = cut?;
