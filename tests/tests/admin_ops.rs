@@ -385,3 +385,32 @@ fn access_log_fields_are_chosen_by_the_operator() {
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn lb_run_tells_systemd_when_it_is_ready() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(echo_backend());
+    let dir = std::env::temp_dir().join(format!("lb-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("lb.toml");
+    std::fs::write(&config, file(backend)).expect("config");
+    // The socket systemd would give a Type=notify service.
+    let socket_path = dir.join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind");
+    socket.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let mut child = Command::new(lb_bin())
+        .args(["run", "--admin", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("lb run");
+    let mut buf = [0u8; 256];
+    let got = socket.recv(&mut buf);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let n = got.expect("a notification");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "READY=1");
+}
