@@ -98,8 +98,8 @@ struct Rig {
 
 /// `lb run` with four forward-proxy listeners: `fwd` (enforce; a host, a port and a CIDR
 /// denied, loopback allowed to the origin's and the refused port), `report` (the same host
-/// denial in report mode), `strict` (no rules: the defaults) and `auth` (credentials, alice
-/// only).
+/// denial in report mode), `strict` (loopback and metadata names allowed by name only, which
+/// the SSRF guard does not take) and `auth` (credentials, alice only).
 fn rig(tag: &str) -> Rig {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let origin = runtime.block_on(echo_backend());
@@ -160,6 +160,11 @@ egress_mode = "report"
 name = "strict"
 address = "127.0.0.1:0"
 mode = "forward_proxy"
+  [[listener.egress_rule]]
+  name = "by-name-only"
+  action = "allow"
+  hosts = ["localhost", "127.0.0.1", "[::ffff:127.0.0.1]", "169.254.169.254"]
+  ports = [{o}, 80]
 
 [[listener]]
 name = "auth"
@@ -334,7 +339,7 @@ fn denials_by_host_port_and_cidr_are_logged_and_counted() {
 }
 
 #[test]
-fn the_default_refuses_loopback_and_metadata_addresses() {
+fn the_ssrf_guard_refuses_loopback_and_metadata_unless_a_cidr_allows_them() {
     let rig = rig("ssrf");
     let strict = rig.lb.listener("strict");
     let o = rig.origin.port();
@@ -347,8 +352,7 @@ fn the_default_refuses_loopback_and_metadata_addresses() {
         assert_eq!(curl(strict, &["--proxytunnel"], &url).0, 403, "{url}");
         assert_eq!(curl(strict, &[], &url).1, 403, "{url}");
     }
-    // Without any rule, even CONNECT to a public address on 443 is denied (default deny),
-    // decided before any connection is made.
+    // What no rule allows is denied (default deny), decided before any connection is made.
     assert_eq!(
         raw(strict, "CONNECT 8.8.8.8:443 HTTP/1.1\r\nHost: x\r\n\r\n").0,
         403

@@ -102,6 +102,10 @@ fn rule(
         .iter()
         .map(|h| {
             let text = h.get_ref();
+            // A literal address matches a literal target (as lb prints it: IPv6 unbracketed).
+            if let Ok(ip) = text.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+                return Ok(HostMatch::Exact(ip.to_string()));
+            }
             let name = text.strip_prefix("*.").unwrap_or(text);
             if name.is_empty() || name.contains(['*', ':', '/', ' ']) {
                 return Err(err(

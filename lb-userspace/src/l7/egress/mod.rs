@@ -5,8 +5,9 @@
 //!
 //! Each request, in order: its target is parsed strictly (`target.rs`: 400, or 405 for
 //! CONNECT over HTTP/1.0); with `proxy_auth_file`, its `Proxy-Authorization: Basic` is
-//! verified (`auth.rs`: 407); lb resolves the name itself; every address gets a decision from
-//! the listener's egress rules and the SSRF guard (`policy.rs`, `guard.rs`: 403 when none may
+//! verified (`auth.rs`: 407); a name the rules deny whatever its addresses is refused (403)
+//! without being resolved; otherwise lb resolves it itself and every address gets a decision
+//! from the listener's egress rules and the SSRF guard (`policy.rs`, `guard.rs`: 403 when none may
 //! be dialed); lb dials exactly the allowed addresses, in turn, never resolving again (502
 //! when none answers); then `tunnel.rs` or `forward.rs`. Each decision is logged (tracing at
 //! info, the access log's `egress` line) and counted (`lb_egress_decisions`).
@@ -243,6 +244,26 @@ impl EgressListener {
             }
         };
         record.user = user.as_deref();
+        let ask = policy::Request {
+            target: &target,
+            user: record.user,
+            connect,
+        };
+        if let Some(decision) = self.settings.decide_before_resolving(&ask) {
+            record.decision = Some(&decision);
+            self.count(decision.verdict, &decision.rule);
+            tracing::info!(
+                listener = %self.name,
+                %client,
+                user = record.user.unwrap_or("-"),
+                method = %method,
+                target = %target.authority(),
+                decision = decision.verdict,
+                rule = %decision.rule,
+                "egress decision"
+            );
+            return self.answer(&record, StatusCode::FORBIDDEN, "egress denied by policy");
+        }
         let addresses = match resolve(&target).await {
             Ok(addresses) => addresses,
             Err(err) => {
@@ -253,11 +274,6 @@ impl EgressListener {
                     "cannot resolve the target",
                 );
             }
-        };
-        let ask = policy::Request {
-            target: &target,
-            user: record.user,
-            connect,
         };
         let decisions: Vec<(IpAddr, Decision)> = addresses
             .iter()

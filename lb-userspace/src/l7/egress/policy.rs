@@ -68,6 +68,21 @@ pub struct Decision {
 }
 
 impl EgressRule {
+    /// The conditions that do not depend on the address: host, port, user.
+    fn matches_request(&self, req: &Request<'_>) -> bool {
+        let host = self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(&req.target.host));
+        let port = if self.ports.is_empty() {
+            self.action == Action::Deny || req.target.port == if req.connect { 443 } else { 80 }
+        } else {
+            self.ports.contains(&req.target.port)
+        };
+        let user = self.users.is_empty()
+            || req
+                .user
+                .is_some_and(|u| self.users.iter().any(|name| name == u));
+        host && port && user
+    }
+
     fn matches(&self, req: &Request<'_>, addr: IpAddr, special: bool) -> bool {
         let host = self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(&req.target.host));
         let port = if self.ports.is_empty() {
@@ -93,6 +108,28 @@ impl EgressSettings {
         self.rules
             .iter()
             .any(|r| r.action == Action::Allow && r.cidrs.iter().any(|n| n.contains(&addr)))
+    }
+
+    /// The decision when it does not depend on the addresses (enforce mode only): the first
+    /// rule whose host, port and user conditions hold is a deny rule without `cidrs`, or no
+    /// rule's do. Then lb refuses without resolving the name (a denied name never reaches
+    /// the resolver: no DNS lookups as a side channel).
+    pub fn decide_before_resolving(&self, req: &Request<'_>) -> Option<Decision> {
+        if self.mode != EgressMode::Enforce {
+            return None;
+        }
+        let denied = |rule: String| Decision {
+            allowed: false,
+            verdict: "deny",
+            rule,
+        };
+        match self.rules.iter().find(|r| r.matches_request(req)) {
+            None => Some(denied("default".to_owned())),
+            Some(r) if r.action == Action::Deny && r.cidrs.is_empty() => {
+                Some(denied(r.label.clone()))
+            }
+            Some(_) => None,
+        }
     }
 
     /// The decision for dialing `addr` for `req`.
@@ -226,6 +263,33 @@ mod tests {
             (false, "deny", "ssrf:loopback".into())
         );
 
+        let ask = |host: &str, port: u16, user: Option<&str>| {
+            let t = target(host, port);
+            s.decide_before_resolving(&Request {
+                target: &t,
+                user,
+                connect: true,
+            })
+            .map(|d| d.rule)
+        };
+        assert_eq!(ask("evil.example.com", 443, None), Some("no-evil".into()));
+        assert_eq!(ask("other.org", 443, None), Some("default".into()));
+        assert_eq!(
+            ask("www.example.com", 443, None),
+            None,
+            "depends on the address"
+        );
+        assert_eq!(
+            ask("127.0.0.1", 8080, None),
+            Some("default".into()),
+            "alice's rule"
+        );
+        assert_eq!(
+            ask("127.0.0.1", 8080, Some("alice")),
+            None,
+            "the cidr rule may match"
+        );
+
         let report = EgressSettings {
             mode: EgressMode::Report,
             ..s
@@ -238,6 +302,13 @@ mod tests {
             decide(&report, "other.org", 443, "10.0.0.1", None),
             (false, "deny", "ssrf:private".into())
         );
+        let t = target("other.org", 443);
+        let before = report.decide_before_resolving(&Request {
+            target: &t,
+            user: None,
+            connect: true,
+        });
+        assert_eq!(before, None, "report mode resolves to check the guard");
         // A deny rule reported on loopback that an allow rule names: let through.
         assert_eq!(
             decide(&report, "evil.example.com", 8080, "127.0.0.1", None),
