@@ -77,6 +77,23 @@ fn raw(proxy: SocketAddr, head: &str) -> (u16, String) {
     (status, text)
 }
 
+/// As `raw`, reading until the other side closes.
+fn raw_all(proxy: SocketAddr, bytes: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(proxy).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    tcp.write_all(bytes.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
 /// The value of the metrics line that starts with `line` (0 when absent).
 fn metric(lb: &LbRun, line: &str) -> f64 {
     let metrics = http("GET", lb.admin, "/metrics").1;
@@ -249,6 +266,17 @@ fn tunnels_and_absolute_form_requests_reach_allowed_origins() {
     assert!(line.contains("\"decision\":\"allow\""), "{line}");
     assert!(line.contains("\"rule\":\"test-origins\""), "{line}");
     assert!(line.contains("\"status\":200"), "{line}");
+    // Bytes sent right behind the CONNECT head (before the 200 arrived) reach the origin.
+    let (status, text) = raw_all(
+        proxy,
+        &format!(
+            "CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\nGET /early HTTP/1.1\r\nHost: early\r\nConnection: close\r\n\r\n",
+            rig.origin
+        ),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("Connection established"), "{text}");
+    assert!(text.contains("host: early"), "the origin answered: {text}");
     // A refused origin: 502 for CONNECT and for a plain request.
     let refused = format!("http://{}/", rig.refused.addr);
     assert_eq!(curl(proxy, &["--proxytunnel"], &refused).0, 502);

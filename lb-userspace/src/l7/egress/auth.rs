@@ -85,10 +85,15 @@ pub enum AuthFailure {
     Invalid,
 }
 
+/// argon2 verifications running at once per listener: a flood of wrong passwords waits for
+/// these instead of taking every blocking thread and core.
+const VERIFYING: usize = 4;
+
 /// A listener's credentials with its cache of verified pairs.
 pub struct Authenticator {
     credentials: std::sync::Arc<Credentials>,
     verified: Mutex<HashSet<(String, [u8; 32])>>,
+    verifying: tokio::sync::Semaphore,
 }
 
 impl Authenticator {
@@ -96,6 +101,7 @@ impl Authenticator {
         Self {
             credentials,
             verified: Mutex::new(HashSet::new()),
+            verifying: tokio::sync::Semaphore::new(VERIFYING),
         }
     }
 
@@ -114,6 +120,8 @@ impl Authenticator {
         if self.verified.lock().is_ok_and(|v| v.contains(&key)) {
             return Ok(key.0);
         }
+        // The semaphore is never closed.
+        let _permit = self.verifying.acquire().await.ok();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash).is_ok_and(|h| {
                 Argon2::default()

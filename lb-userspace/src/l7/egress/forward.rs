@@ -1,6 +1,7 @@
 //! Absolute-form requests: sent to the origin lb has dialed (one connection per request) in
 //! origin form, with `Host` set from the URI, hop-by-hop and `Proxy-*` headers removed both
-//! ways (so `Proxy-Authorization` never leaves lb) and `Via: 1.1 lb` added both ways.
+//! ways (so `Proxy-Authorization` never leaves lb) and `Via: 1.1 lb` added both ways. An
+//! origin that sends no response head within 60 s is answered 502.
 use http_body_util::BodyExt;
 use hyper::{
     HeaderMap, Request, Response, Version,
@@ -13,6 +14,9 @@ use tokio::net::TcpStream;
 use super::{super::headers::remove_hop_by_hop, super::pool::ProxyBody, target::Target};
 
 const VIA: HeaderValue = HeaderValue::from_static("1.1 lb");
+
+/// Time the origin gets to answer with a response head (then 502).
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Sends `req` to `target` over `upstream` (origin-form `path`); the origin's response, ready
 /// for the client.
@@ -42,7 +46,9 @@ pub(super) async fn send(
     let headers = req.headers_mut();
     clean(headers);
     headers.insert(header::HOST, HeaderValue::from_str(&host)?);
-    let response = sender.send_request(req).await?;
+    let response = tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| "no response head in time")??;
     let (mut parts, body) = response.into_parts();
     clean(&mut parts.headers);
     Ok(Response::from_parts(parts, body.boxed()))
