@@ -6,7 +6,8 @@
 //! Proxy-* headers not forwarded); each malformed CONNECT target gets NGINX's status; a
 //! refused origin is 502; denials by host, port and CIDR are 403, logged and counted with
 //! their rule; report mode lets a denial through and says so; 407 without or with wrong
-//! credentials, through with the right ones, the user in the access log.
+//! credentials, through with the right ones, the user in the access log; a reload that
+//! changes the rules takes effect on the same address.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -461,5 +462,45 @@ fn proxy_authentication() {
             "lb_egress_decisions_total{listener=\"auth\",decision=\"unauthenticated\",rule=\"invalid\"}"
         ),
         4.0
+    );
+}
+
+#[test]
+fn a_reload_applies_new_rules() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let origin = runtime.block_on(echo_backend());
+    let file = |address: &str, allow: bool| {
+        let rule = if allow {
+            format!(
+                "  [[listener.egress_rule]]\n  name = \"origin\"\n  action = \"allow\"\n  cidrs = [\"127.0.0.0/8\"]\n  ports = [{}]\n",
+                origin.port()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[[listener]]\nname = \"fwd\"\naddress = \"{address}\"\nmode = \"forward_proxy\"\n{rule}"
+        )
+    };
+    let lb = LbRun::start("fwd-reload", &file("127.0.0.1:0", true), &[]);
+    let proxy = lb.listener("fwd");
+    let url = format!("http://{origin}/");
+    assert_eq!(curl(proxy, &["--proxytunnel"], &url).0, 200);
+    // Same address, the allow rule gone: the listener restarts with the new rules.
+    let tmp = lb.file.with_extension("tmp");
+    std::fs::write(&tmp, file(&proxy.to_string(), false)).expect("write");
+    std::fs::rename(&tmp, &lb.file).expect("rename");
+    wait_for("the reload", Duration::from_secs(20), || {
+        lb.status()["config"]["reloads_ok"].as_u64() == Some(1)
+    });
+    assert_eq!(lb.listener_now("fwd"), Some(proxy));
+    assert_eq!(curl(proxy, &["--proxytunnel"], &url).0, 403);
+    assert_eq!(
+        metric(
+            &lb,
+            "lb_egress_decisions_total{listener=\"fwd\",decision=\"deny\",rule=\"default\"}"
+        ),
+        1.0,
+        "no rule left: denied unresolved, by default"
     );
 }
