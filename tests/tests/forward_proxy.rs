@@ -504,3 +504,65 @@ fn a_reload_applies_new_rules() {
         "no rule left: denied unresolved, by default"
     );
 }
+
+#[test]
+fn https_through_connect_with_curl_and_python() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let origin = runtime.block_on(lb_tests::http_server::start(
+        lb_tests::http_server::Behaviour {
+            tls: true,
+            ..Default::default()
+        },
+    ));
+    let plain = runtime.block_on(echo_backend());
+    let file = format!(
+        "[[listener]]\nname = \"fwd\"\naddress = \"127.0.0.1:0\"\nmode = \"forward_proxy\"\n\
+         connect_http10 = true\n\
+         [[listener.egress_rule]]\nname = \"origins\"\naction = \"allow\"\n\
+         cidrs = [\"127.0.0.0/8\"]\nports = [{}, {}]\n",
+        origin.addr.port(),
+        plain.port()
+    );
+    let lb = LbRun::start("fwd-https", &file, &[]);
+    let proxy = lb.listener("fwd");
+    let ca = lb.dir.join("origin.pem");
+    std::fs::write(&ca, &origin.cert_pem).expect("write the CA");
+    let ca = ca.to_string_lossy().into_owned();
+    // The certificate is for "localhost": the client verifies it end to end through the
+    // tunnel (lb resolves the name, checks 127.0.0.1 against the rule, splices).
+    let url = format!("https://localhost:{}/", origin.addr.port());
+    let (connect, status, body) = curl(proxy, &["--cacert", &ca], &url);
+    assert_eq!((connect, status), (200, 200), "{body}");
+    // Python's urllib through the proxy: https by CONNECT (over HTTP/1.0 before Python 3.12:
+    // hence connect_http10), http in absolute form.
+    let script = format!(
+        r#"
+import ssl, urllib.request
+proxy = "http://{proxy}"
+opener = urllib.request.build_opener(
+    urllib.request.ProxyHandler({{"https": proxy, "http": proxy}}),
+    urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile="{ca}")),
+)
+print(opener.open("{url}", timeout=20).status)
+body = opener.open("http://{plain}/py", timeout=20).read().decode()
+print("via: 1.1 lb" in body)
+"#
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200\nTrue\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        metric(
+            &lb,
+            "lb_egress_decisions_total{listener=\"fwd\",decision=\"allow\",rule=\"origins\"}"
+        ),
+        3.0
+    );
+}

@@ -1,5 +1,5 @@
 //! The forward-proxy keys of `[[listener]]` (`mode = "forward_proxy"`): `egress_mode`,
-//! `[[listener.egress_rule]]` and `proxy_auth_file`, compiled into the listener's
+//! `[[listener.egress_rule]]`, `proxy_auth_file` and `connect_http10`, compiled into the listener's
 //! `EgressSettings` (semantics in `crate::l7::egress::policy`).
 use std::{ops::Range, path::Path, sync::Arc};
 
@@ -44,6 +44,10 @@ pub(super) fn listener_keys(
                 "proxy_auth_file",
                 l.proxy_auth_file.as_ref().map(|v| v.span()),
             ),
+            (
+                "connect_http10",
+                l.connect_http10.as_ref().map(|v| v.span()),
+            ),
         ];
         if let Some((key, span)) = keys.into_iter().find_map(|(k, s)| Some((k, s?))) {
             return Err(err(
@@ -78,7 +82,12 @@ pub(super) fn listener_keys(
         .as_ref()
         .map(|file| auth::load(file.get_ref()).map(Arc::new))
         .transpose()?;
-    Ok(Some(Arc::new(EgressSettings { mode, rules, auth })))
+    Ok(Some(Arc::new(EgressSettings {
+        mode,
+        rules,
+        auth,
+        connect_http10: l.connect_http10.as_ref().is_some_and(|v| *v.get_ref()),
+    })))
 }
 
 fn rule(

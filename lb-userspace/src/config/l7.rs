@@ -62,6 +62,7 @@
 //! mode = "forward_proxy"         # CONNECT tunnels + absolute-form http requests
 //! egress_mode = "enforce"        # enforce (403) | report (log, let through); SSRF guard: always
 //! proxy_auth_file = "/etc/lb/proxy-users"   # optional: user:argon2-PHC lines (407 without)
+//! connect_http10 = false         # true: serve CONNECT over HTTP/1.0 (else 405)
 //!   [[listener.egress_rule]]     # first match wins; none: denied
 //!   action = "allow"             # allow | deny
 //!   hosts = ["*.debian.org"]     # exact or *.suffix (the requested name)

@@ -116,6 +116,7 @@ pub(crate) struct RawListener {
     #[serde(default)]
     pub(crate) egress_rule: Vec<Spanned<super::egress::RawEgressRule>>,
     pub(crate) proxy_auth_file: Option<Spanned<PathBuf>>,
+    pub(crate) connect_http10: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

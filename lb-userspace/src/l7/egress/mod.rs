@@ -75,6 +75,7 @@ pub(super) fn spawn(
             mode: policy::EgressMode::Enforce,
             rules: Vec::new(),
             auth: None,
+            connect_http10: false,
         })
     });
     let listener = Arc::new(EgressListener {
@@ -201,7 +202,8 @@ impl EgressListener {
         };
         let connect = req.method() == hyper::Method::CONNECT;
         let parsed = if connect {
-            target::connect(req.version(), req.uri()).map(|t| (t, String::new()))
+            target::connect(req.version(), req.uri(), self.settings.connect_http10)
+                .map(|t| (t, String::new()))
         } else {
             target::absolute(req.method(), req.uri())
         };

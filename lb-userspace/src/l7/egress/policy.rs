@@ -45,6 +45,9 @@ pub struct EgressSettings {
     pub rules: Vec<EgressRule>,
     /// `proxy_auth_file`: Basic credentials every request must carry.
     pub auth: Option<Arc<super::auth::Credentials>>,
+    /// `connect_http10`: CONNECT over HTTP/1.0 is served (Python's http.client before 3.12
+    /// sends it) instead of 405 (NGINX's tunnel module).
+    pub connect_http10: bool,
 }
 
 /// What is asked: a target, by whom, how.
@@ -229,6 +232,7 @@ mod tests {
             mode: EgressMode::Enforce,
             rules: vec![deny, allow, local],
             auth: None,
+            connect_http10: false,
         };
         let public = "93.184.215.14";
         assert_eq!(

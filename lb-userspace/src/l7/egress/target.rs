@@ -40,9 +40,9 @@ fn bad(reason: &'static str) -> BadTarget {
     }
 }
 
-/// A CONNECT request's target.
-pub fn connect(version: Version, uri: &Uri) -> Result<Target, BadTarget> {
-    if version != Version::HTTP_11 {
+/// A CONNECT request's target; over HTTP/1.0 only when `http10` allows it.
+pub fn connect(version: Version, uri: &Uri, http10: bool) -> Result<Target, BadTarget> {
+    if version != Version::HTTP_11 && !(http10 && version == Version::HTTP_10) {
         return Err(BadTarget {
             status: 405,
             reason: "CONNECT needs HTTP/1.1",
@@ -151,7 +151,7 @@ mod tests {
 
     fn connect_text(text: &str) -> Result<Target, u16> {
         let uri: Uri = text.parse().map_err(|_| 400u16)?;
-        connect(Version::HTTP_11, &uri).map_err(|e| e.status)
+        connect(Version::HTTP_11, &uri, false).map_err(|e| e.status)
     }
 
     #[test]
@@ -183,8 +183,12 @@ mod tests {
         }
         let uri: Uri = "example.com:443".parse().expect("uri");
         assert_eq!(
-            connect(Version::HTTP_10, &uri).map_err(|e| e.status),
+            connect(Version::HTTP_10, &uri, false).map_err(|e| e.status),
             Err(405)
+        );
+        assert!(
+            connect(Version::HTTP_10, &uri, true).is_ok(),
+            "connect_http10"
         );
     }
 
