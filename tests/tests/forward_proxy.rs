@@ -267,6 +267,15 @@ fn tunnels_and_absolute_form_requests_reach_allowed_origins() {
     assert!(line.contains("\"decision\":\"allow\""), "{line}");
     assert!(line.contains("\"rule\":\"test-origins\""), "{line}");
     assert!(line.contains("\"status\":200"), "{line}");
+    // Written when the tunnel closed, with what went through it each way.
+    let line: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+    assert!(line["bytes_up"].as_u64() > Some(0), "{line}");
+    assert!(line["bytes_down"].as_u64() > Some(0), "{line}");
+    assert_eq!(
+        line["address"],
+        format!("{}", rig.origin),
+        "the address dialed"
+    );
     // Bytes sent right behind the CONNECT head (before the 200 arrived) reach the origin.
     let (status, text) = raw_all(
         proxy,
