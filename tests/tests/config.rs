@@ -16,6 +16,7 @@ use lb::{
     l4::{Forward, Protocol},
     l7::{
         Algorithm, HashKey, HeaderRule, HostMatch, ListenerMode, Rewrite, SplitTarget,
+        egress::policy::{Action, EgressMode},
         proxy_header::ProxyVersion,
         upstream::{AdaptiveSettings, BreakerSettings, OutlierSettings, UpstreamProtocol},
     },
@@ -60,7 +61,7 @@ fn every_shipped_example_passes_check_config() {
         [
             (
                 "full.toml".to_owned(),
-                "full.toml: ok: 2 vips, 4 listeners, 13 routes, 7 pools, 11 backends\n".to_owned()
+                "full.toml: ok: 2 vips, 5 listeners, 13 routes, 7 pools, 11 backends\n".to_owned()
             ),
             (
                 "minimal.toml".to_owned(),
@@ -327,6 +328,64 @@ fn full_example_parses_to_the_values_it_writes() {
     assert_eq!(
         (dns.stream.idle_timeout, dns.stream.max_sessions),
         (secs(30), 10000)
+    );
+    assert!(dns.egress.is_none());
+    let egress = listener("egress");
+    assert_eq!(egress.mode, ListenerMode::ForwardProxy);
+    assert_eq!(
+        (egress.stream.idle_timeout, egress.max_connections),
+        (secs(300), 2000)
+    );
+    let settings = egress.egress.as_ref().expect("forward_proxy settings");
+    assert_eq!(settings.mode, EgressMode::Enforce);
+    assert!(settings.connect_http10);
+    let auth = settings.auth.as_ref().expect("proxy_auth_file");
+    assert!(auth.path.ends_with("keys/proxy-users"));
+    let rules: Vec<_> = settings
+        .rules
+        .iter()
+        .map(|r| {
+            (
+                r.label.as_str(),
+                r.action,
+                r.hosts.clone(),
+                r.ports.clone(),
+                r.cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                r.users.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (
+                "no-internal-names",
+                Action::Deny,
+                vec![HostMatch::Suffix(".internal.example.com".into())],
+                vec![],
+                vec![],
+                vec![]
+            ),
+            (
+                "package-mirrors",
+                Action::Allow,
+                vec![
+                    HostMatch::Exact("deb.debian.org".into()),
+                    HostMatch::Suffix(".crates.io".into())
+                ],
+                vec![80, 443],
+                vec![],
+                vec![]
+            ),
+            (
+                "ci-to-build-net",
+                Action::Allow,
+                vec![],
+                vec![8080],
+                vec!["10.30.0.0/16".to_owned()],
+                vec!["ci".to_owned()]
+            ),
+        ]
     );
 
     // [[route]], in file order.
@@ -806,7 +865,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_key",
             format!("{POOL}[[listener]]\nname = \"a\"\nadress = \"127.0.0.1:80\"\n"),
-            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`",
+            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`, `egress_mode`, `egress_rule`, `proxy_auth_file`, `connect_http10`",
         ),
         (
             "unknown_section",
@@ -949,9 +1008,49 @@ fn bad_files_give_file_line_and_reason() {
             "max_header_bytes.toml:8: max_header_bytes 1024 is below 8192",
         ),
         (
+            "unknown_listener_mode",
+            format!("{POOL}{LISTENER}mode = \"forward\"\n"),
+            "unknown_listener_mode.toml:8: unknown variant `forward`, expected one of `http`, `tcp`, `udp`, `forward_proxy`",
+        ),
+        (
+            "egress_bad_cidr",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\n[[listener.egress_rule]]\naction = \"allow\"\ncidrs = [\"10.0.0.0/33\"]\n"),
+            "egress_bad_cidr.toml:11: egress_rule cidr \"10.0.0.0/33\" is not a network (ADDRESS/PREFIX)",
+        ),
+        (
+            "egress_bad_action",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\n[[listener.egress_rule]]\naction = \"permit\"\n"),
+            "egress_bad_action.toml:10: egress_rule action \"permit\": expected \"allow\" or \"deny\"",
+        ),
+        (
+            "egress_bad_port",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\n[[listener.egress_rule]]\naction = \"allow\"\nports = [443, 65536]\n"),
+            "egress_bad_port.toml:11: egress_rule port 65536 is not in 1..=65535",
+        ),
+        (
+            "egress_bad_mode",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\negress_mode = \"audit\"\n"),
+            "egress_bad_mode.toml:9: egress_mode \"audit\": expected \"enforce\" or \"report\"",
+        ),
+        (
+            "egress_key_on_http_listener",
+            format!("{POOL}{LISTENER}egress_mode = \"report\"\n"),
+            "egress_key_on_http_listener.toml:8: egress_mode applies to forward_proxy listeners only",
+        ),
+        (
+            "egress_bad_hash_line",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\nproxy_auth_file = \"bad-users\"\n"),
+            "bad-users:3: user \"bob\": not a PHC hash string (password hash string missing field)",
+        ),
+        (
+            "route_on_forward_proxy",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\n[[route]]\nlistener = \"a\"\npool = \"web\"\n"),
+            "route_on_forward_proxy.toml:10: \"a\" is a forward_proxy listener, which takes no routes (egress_rule instead)",
+        ),
+        (
             "http_key_on_tcp_listener",
             format!("{POOL}{LISTENER}mode = \"tcp\"\nmax_connections = 5\n"),
-            "http_key_on_tcp_listener.toml:9: max_connections applies to http listeners only",
+            "http_key_on_tcp_listener.toml:9: max_connections applies to http (and forward_proxy) listeners only",
         ),
         (
             "stream_key_on_http_listener",
@@ -1030,6 +1129,12 @@ fn bad_files_give_file_line_and_reason() {
         ),
     ];
     let mut wrong = Vec::new();
+    // proxy_auth_file's errors name its own line.
+    std::fs::write(
+        dir.join("bad-users"),
+        "# users\nalice:$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\nbob:plaintext\n",
+    )
+    .expect("write");
     for (name, text, expected) in &cases {
         let file = dir.join(format!("{name}.toml"));
         std::fs::write(&file, text).expect("write");

@@ -638,15 +638,15 @@ fn stream_config_errors_name_file_line_and_reason() {
         ),
         (
             format!("{pool}[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:1\"\nmode = \"quic\"\n"),
-            "l7.toml:6: unknown variant `quic`, expected one of `http`, `tcp`, `udp`",
+            "l7.toml:6: unknown variant `quic`, expected one of `http`, `tcp`, `udp`, `forward_proxy`",
         ),
         (
             format!("{pool}[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:1\"\nmode = \"tcp\"\nheader_timeout = \"1s\"\n"),
-            "l7.toml:7: header_timeout applies to http listeners only",
+            "l7.toml:7: header_timeout applies to http (and forward_proxy) listeners only",
         ),
         (
             format!("{pool}[[listener]]\nname = \"h\"\naddress = \"127.0.0.1:1\"\nidle_timeout = \"1m\"\n"),
-            "l7.toml:6: idle_timeout applies to tcp and udp listeners only",
+            "l7.toml:6: idle_timeout applies to tcp, udp and forward_proxy listeners only",
         ),
         (
             format!("{pool}[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:1\"\nmode = \"tcp\"\nidle_timeout = \"0s\"\n"),

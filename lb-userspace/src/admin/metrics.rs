@@ -80,6 +80,15 @@ pub struct CacheLabels {
     pub status: &'static str,
 }
 
+/// A forward-proxy decision: `allow`, `deny`, `report` or `unauthenticated`, and the rule
+/// (`default`, `ssrf:CLASS`; `missing`/`invalid` credentials).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressLabels {
+    pub listener: String,
+    pub decision: String,
+    pub rule: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
@@ -115,6 +124,7 @@ pub struct L7Metrics {
     pub access_log_dropped: Counter,
     pub cache_bytes: Family<RouteLabels, Gauge>,
     pub cache_entries: Family<RouteLabels, Gauge>,
+    pub egress_decisions: Family<EgressLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,6 +155,7 @@ impl L7Metrics {
             access_log_dropped: Counter::default(),
             cache_bytes: Family::default(),
             cache_entries: Family::default(),
+            egress_decisions: Family::default(),
             auth: Family::default(),
             jwt_auth: Family::default(),
             jwks_fetches: Family::default(),
@@ -179,6 +190,11 @@ impl Metrics {
             l7.upstream_connect_errors.clone(),
         );
         registry.register("retries", "Requests retried, by pool", l7.retries.clone());
+        registry.register(
+            "egress_decisions",
+            "Forward-proxy requests by listener, decision and the rule that made it",
+            l7.egress_decisions.clone(),
+        );
         registry.register(
             "retries_denied",
             "Retries not made because the pool's retry budget was spent",

@@ -71,6 +71,20 @@
 //! client_hello_timeout = "5s"    # tcp with sni routes: whole ClientHello within this
 //! max_sessions = 10000           # udp: client sessions at once (new clients dropped beyond)
 //!
+//! [[listener]]                   # a forward proxy (egress gateway); takes no routes
+//! name = "egress"
+//! address = "127.0.0.1:3128"
+//! mode = "forward_proxy"         # CONNECT tunnels + absolute-form http requests
+//! egress_mode = "enforce"        # enforce (403) | report (log, let through); SSRF guard: always
+//! proxy_auth_file = "/etc/lb/proxy-users"   # optional: user:argon2-PHC lines (407 without)
+//! connect_http10 = false         # true: serve CONNECT over HTTP/1.0 (else 405)
+//!   [[listener.egress_rule]]     # first match wins; none: denied
+//!   action = "allow"             # allow | deny
+//!   hosts = ["*.debian.org"]     # exact or *.suffix (the requested name)
+//!   ports = [80, 443]            # default for allow rules: 443 (CONNECT), 80 (plain http)
+//!   cidrs = ["10.30.0.0/16"]     # resolved address; non-public ones need an allow naming them
+//!   users = ["ci"]               # proxy users
+//!
 //! [[route]]                      # tcp: TLS passed through, routed by the ClientHello's SNI
 //! listener = "edge"
 //! sni = "*.example.com"          # optional: exact name or *.suffix; no sni = any / no SNI

@@ -84,6 +84,8 @@ pub struct ListenerConfig {
     pub stream: StreamSettings,
     /// HTTPS listeners: client certificates verified against `client_ca` (mTLS).
     pub client_auth: Option<crate::l7::client_cert::ClientAuth>,
+    /// forward_proxy listeners: egress rules, mode and proxy credentials.
+    pub egress: Option<std::sync::Arc<crate::l7::egress::policy::EgressSettings>>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +112,11 @@ pub(crate) struct RawListener {
     pub(crate) client_ca: Option<Spanned<PathBuf>>,
     pub(crate) client_auth: Option<Spanned<String>>,
     pub(crate) max_connections_per_client: Option<Spanned<usize>>,
+    pub(crate) egress_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) egress_rule: Vec<Spanned<super::egress::RawEgressRule>>,
+    pub(crate) proxy_auth_file: Option<Spanned<PathBuf>>,
+    pub(crate) connect_http10: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +171,7 @@ pub(super) fn parse(
         })?;
         checks::listener_address(&l, addr, &mut addresses, path, text)?;
         let (mode, stream) = stream::listener_keys(&l, path, text)?;
+        let egress = super::egress::listener_keys(&l, mode, path, text)?;
         let client_auth = client_auth(&l, &err)?;
         let tls = l
             .tls
@@ -238,6 +246,7 @@ pub(super) fn parse(
             mode,
             stream,
             client_auth,
+            egress,
         });
     }
     Ok(listeners)

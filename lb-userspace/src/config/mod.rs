@@ -10,9 +10,9 @@
 //! - `vip.rs`: `[encap]` and `[[vip]]` (the L4 tier).
 //! - `l7.rs`: the L7 sections in order: `pool.rs` (with `upstream.rs` for its upstream keys,
 //!   `health_check.rs` for `[pool.health_check]`, `guards.rs` for the overload guards),
-//!   `listener.rs` (with `stream.rs` for tcp/udp keys), `route.rs` (with `route_rules.rs`
-//!   for match/rewrite/split keys, `stream.rs` for `sni`, and the policy keys compiled by
-//!   `crate::l7::policy`).
+//!   `listener.rs` (with `stream.rs` for tcp/udp keys, `egress.rs` for forward_proxy keys),
+//!   `route.rs` (with `route_rules.rs` for match/rewrite/split keys, `stream.rs` for `sni`,
+//!   and the policy keys compiled by `crate::l7::policy`).
 //! - `checks.rs`: checks across sections (listener address clashes, literal path prefixes)
 //!   and `lb check-config`'s warnings.
 //! - `error.rs`: `ConfigError`.
@@ -23,6 +23,7 @@ use toml::Spanned;
 
 pub mod api_keys;
 pub mod checks;
+pub mod egress;
 mod error;
 pub(crate) mod guards;
 pub mod health_check;

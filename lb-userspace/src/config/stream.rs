@@ -24,6 +24,9 @@ pub enum ListenerMode {
     Tcp,
     /// Datagrams relayed per client session.
     Udp,
+    /// A forward proxy (egress gateway): CONNECT tunnels and absolute-form http requests,
+    /// checked against the listener's egress rules.
+    ForwardProxy,
 }
 
 impl ListenerMode {
@@ -32,6 +35,7 @@ impl ListenerMode {
             Self::Http => "http",
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::ForwardProxy => "forward_proxy",
         }
     }
 }
@@ -63,6 +67,14 @@ pub(super) fn listener_keys(
     let mode = l.mode.as_ref().map_or(ListenerMode::Http, |m| *m.get_ref());
     let mode_span = || l.mode.as_ref().map_or(l.name.span(), |m| m.span());
     let at = |span: Range<usize>, message: String| err(path, text, span, message);
+    if mode == ListenerMode::ForwardProxy && !l.tls.is_empty() {
+        return Err(err(
+            path,
+            text,
+            mode_span(),
+            "a forward_proxy listener is plain HTTP/1.1 (no [[listener.tls]]; clients use CONNECT for TLS)".to_owned(),
+        ));
+    }
     if mode != ListenerMode::Http && !l.tls.is_empty() {
         return Err(err(
             path,
@@ -96,34 +108,53 @@ pub(super) fn listener_keys(
                 .to_owned(),
         ));
     }
+    // (key, its span, whether forward_proxy listeners take it too)
     let http_only = [
         (
             "max_header_bytes",
             l.max_header_bytes.as_ref().map(|v| v.span()),
+            true,
         ),
-        ("max_body_bytes", l.max_body_bytes.map(|_| mode_span())),
+        (
+            "max_body_bytes",
+            l.max_body_bytes.map(|_| mode_span()),
+            false,
+        ),
         (
             "header_timeout",
             l.header_timeout.as_ref().map(|v| v.span()),
+            true,
         ),
         // Stream listeners neither cap connections nor read X-Forwarded-For: refused rather
         // than silently ignored.
         (
             "max_connections",
             l.max_connections.as_ref().map(|v| v.span()),
+            true,
         ),
         (
             "trusted_proxies",
             l.trusted_proxies.first().map(|v| v.span()),
+            false,
         ),
     ];
-    for (key, span) in http_only {
-        if let (true, Some(span)) = (mode != ListenerMode::Http, span) {
+    for (key, span, proxy_too) in http_only {
+        let refused = match mode {
+            ListenerMode::Http => false,
+            ListenerMode::ForwardProxy => !proxy_too,
+            ListenerMode::Tcp | ListenerMode::Udp => true,
+        };
+        if let (true, Some(span)) = (refused, span) {
+            let also = if proxy_too {
+                " (and forward_proxy)"
+            } else {
+                ""
+            };
             return Err(err(
                 path,
                 text,
                 span,
-                format!("{key} applies to http listeners only"),
+                format!("{key} applies to http{also} listeners only"),
             ));
         }
     }
@@ -136,12 +167,21 @@ pub(super) fn listener_keys(
         ("max_sessions", l.max_sessions.as_ref().map(|v| v.span())),
     ];
     for (key, span) in stream_only {
-        if let (ListenerMode::Http, Some(span)) = (mode, span) {
+        // Forward-proxy tunnels have an idle timeout too.
+        let proxy_too = key == "idle_timeout";
+        let refused =
+            mode == ListenerMode::Http || (mode == ListenerMode::ForwardProxy && !proxy_too);
+        if let (true, Some(span)) = (refused, span) {
+            let modes = if proxy_too {
+                "tcp, udp and forward_proxy"
+            } else {
+                "tcp and udp"
+            };
             return Err(err(
                 path,
                 text,
                 span,
-                format!("{key} applies to tcp and udp listeners only"),
+                format!("{key} applies to {modes} listeners only"),
             ));
         }
     }
@@ -214,6 +254,16 @@ pub(super) fn route_keys(
         .find(|l| l.name == *r.listener.get_ref())
         .map_or(ListenerMode::Http, |l| l.mode);
     let listener = r.listener.get_ref();
+    if mode == ListenerMode::ForwardProxy {
+        return Err(err(
+            path,
+            text,
+            r.listener.span(),
+            format!(
+                "{listener:?} is a forward_proxy listener, which takes no routes (egress_rule instead)"
+            ),
+        ));
+    }
     if let Some(sni) = r.sni.as_ref().filter(|_| mode != ListenerMode::Tcp) {
         return Err(err(
             path,

@@ -113,6 +113,16 @@ impl AccessLog {
         self.dropped = counter;
     }
 
+    /// A line of another shape (the forward proxy's `egress` lines), queued as any other.
+    pub(super) fn write_json(&self, line: &serde_json::Value) {
+        match self.lines.try_send(Message::Line(line.to_string())) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn write(&self, record: &AccessRecord, bytes_out: u64, duration: Duration) {
         let line = Line {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),

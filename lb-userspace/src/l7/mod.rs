@@ -27,6 +27,8 @@
 //! - `client_cert.rs`: client certificates (mTLS): the listener's verifier, what a verified
 //!   certificate says (`PeerCert`), `X-Forwarded-Client-Cert`.
 //! - `upstream/`: opening upstream connections, private (per-client) upstream connections.
+//! - `egress/`: forward-proxy listeners (CONNECT tunnels, absolute-form requests, egress
+//!   rules, SSRF guard, proxy authentication).
 //! - `stream/`: tcp and udp listeners (byte-stream proxy, TLS passthrough by SNI, PROXY
 //!   header to backends, UDP sessions).
 pub mod access_log;
@@ -37,6 +39,7 @@ pub mod cache;
 pub mod client_cert;
 pub mod client_limit;
 mod context;
+pub mod egress;
 mod forward;
 mod headers;
 mod hygiene;

@@ -394,6 +394,10 @@ impl RunningL7 {
         tls: Option<&(tokio_rustls::TlsAcceptor, CertReloader)>,
     ) -> tokio::task::JoinHandle<()> {
         let l = &settings.config;
+        if let (ListenerMode::ForwardProxy, BoundSocket::Tcp(listener)) = (l.mode, &socket) {
+            let gate = self.lifecycle.gate(l.max_connections);
+            return super::egress::spawn(l, listener.clone(), self.proxy.clone(), gate);
+        }
         if l.mode != ListenerMode::Http {
             return super::stream::spawn(l, &settings.stream_routes, socket, self.proxy.clone());
         }

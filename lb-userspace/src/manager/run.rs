@@ -561,6 +561,7 @@ impl Manager {
                     .map_or("http", |l| match l.mode {
                         l7::ListenerMode::Tcp => "tcp",
                         l7::ListenerMode::Udp => "udp",
+                        l7::ListenerMode::ForwardProxy => "forward_proxy",
                         l7::ListenerMode::Http if l.tls.is_empty() => "http",
                         l7::ListenerMode::Http => "https",
                     })

@@ -6,7 +6,7 @@
 //! least_conn sees HTTP requests and stream connections alike). Consistent hashing keys on
 //! the client's IP address (the true client when a trusted PROXY header named one); header and
 //! cookie keys are refused for stream routes at config load.
-mod relay;
+pub(super) mod relay;
 mod sni;
 mod tcp;
 mod udp;

@@ -1,0 +1,447 @@
+//! Forward-proxy listeners (`mode = "forward_proxy"`): an egress gateway for clients that send
+//! their outbound traffic through lb. Plain HTTP/1.1; `CONNECT host:port` opens a tunnel (lb
+//! answers 200 and splices bytes both ways), an absolute-form request (`GET http://host/p`) is
+//! sent on to the origin with `Via: 1.1 lb` and without hop-by-hop and `Proxy-*` headers.
+//!
+//! Each request, in order: its target is parsed strictly (`target.rs`: 400, or 405 for
+//! CONNECT over HTTP/1.0); with `proxy_auth_file`, its `Proxy-Authorization: Basic` is
+//! verified (`auth.rs`: 407); a name the rules deny whatever its addresses is refused (403)
+//! without being resolved; otherwise lb resolves it itself and every address gets a decision
+//! from the listener's egress rules and the SSRF guard (`policy.rs`, `guard.rs`: 403 when none may
+//! be dialed); lb dials exactly the allowed addresses, in turn, never resolving again (502
+//! when none answers); then `tunnel.rs` or `forward.rs`. Each decision is logged (tracing at
+//! info, the access log's `egress` line) and counted (`lb_egress_decisions`).
+pub mod auth;
+mod forward;
+pub mod guard;
+pub mod policy;
+pub mod target;
+mod tunnel;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, net::TcpStream, task::JoinHandle};
+
+use self::{
+    auth::{AuthFailure, Authenticator},
+    policy::{Decision, EgressSettings},
+    target::Target,
+};
+use super::{
+    config::ListenerConfig,
+    lifecycle::{ListenerGate, Phase},
+    pool::ProxyBody,
+    proxy::Proxy,
+};
+use crate::admin::metrics::EgressLabels;
+
+/// Time to open a connection to one resolved address before trying the next.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every connection of one forward-proxy listener needs.
+struct EgressListener {
+    name: Arc<str>,
+    settings: Arc<EgressSettings>,
+    auth: Option<Authenticator>,
+    /// Tunnels with no byte either way for this long are closed.
+    idle_timeout: Duration,
+    trust: Option<(Vec<ipnet::IpNet>, Duration)>,
+    per_client: Option<Arc<super::client_limit::ClientConnections>>,
+    max_header_bytes: usize,
+    header_timeout: Duration,
+    proxy: Arc<ArcSwap<Proxy>>,
+}
+
+/// Starts serving a forward-proxy listener on its bound socket; aborting the task stops it.
+pub(super) fn spawn(
+    l: &ListenerConfig,
+    socket: Arc<TcpListener>,
+    proxy: Arc<ArcSwap<Proxy>>,
+    gate: ListenerGate,
+) -> JoinHandle<()> {
+    let settings = l.egress.clone().unwrap_or_else(|| {
+        Arc::new(EgressSettings {
+            mode: policy::EgressMode::Enforce,
+            rules: Vec::new(),
+            auth: None,
+            connect_http10: false,
+        })
+    });
+    let listener = Arc::new(EgressListener {
+        name: Arc::from(l.name.as_str()),
+        auth: settings.auth.clone().map(Authenticator::new),
+        settings,
+        idle_timeout: l.stream.idle_timeout,
+        trust: (!l.proxy_protocol_from.is_empty())
+            .then(|| (l.proxy_protocol_from.clone(), l.proxy_protocol_timeout)),
+        per_client: l
+            .max_connections_per_client
+            .map(super::client_limit::ClientConnections::new),
+        max_header_bytes: l.max_header_bytes,
+        header_timeout: l.header_timeout,
+        proxy,
+    });
+    tokio::spawn(accept_loop(socket, listener, gate))
+}
+
+async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<EgressListener>, gate: ListenerGate) {
+    loop {
+        let admission = gate.admit().await;
+        let (mut tcp, socket_peer) = match socket.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(listener = %listener.name, %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let listener = listener.clone();
+        let mut phase = admission.phase();
+        tokio::spawn(
+            admission.run(async move {
+                let mut peer = socket_peer;
+                if let Some((nets, timeout)) = listener
+                    .trust
+                    .as_ref()
+                    .filter(|t| t.0.iter().any(|n| n.contains(&socket_peer.ip())))
+                {
+                    match super::proxy_header::read(&mut tcp, *timeout).await {
+                        Ok(Some(client)) => peer = client,
+                        Ok(None) => {}
+                        Err(err) => {
+                            let errors = &listener.proxy.load().proxy_header_errors;
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%socket_peer, %err, ?nets, "PROXY header rejected");
+                            return;
+                        }
+                    }
+                }
+                let _slot = match &listener.per_client {
+                    None => None,
+                    Some(limit) => match limit.admit(peer.ip()) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            listener
+                                .proxy
+                                .load()
+                                .meters()
+                                .client_refused(&listener.name);
+                            return;
+                        }
+                    },
+                };
+                let service = {
+                    let listener = listener.clone();
+                    service_fn(move |req| {
+                        let listener = listener.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(listener.handle(req, peer).await)
+                        }
+                    })
+                };
+                let connection = http1::Builder::new()
+                    .max_buf_size(listener.max_header_bytes)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(listener.header_timeout)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades();
+                tokio::pin!(connection);
+                let draining = async { phase.wait_for(|p| *p != Phase::Serving).await.is_ok() };
+                let drain = tokio::select! {
+                    _ = connection.as_mut() => return,
+                    drain = draining => drain,
+                };
+                if drain {
+                    connection.as_mut().graceful_shutdown();
+                }
+                let _ = connection.await;
+            }),
+        );
+    }
+}
+
+/// What the log and the access log say about one request.
+struct Record<'a> {
+    client: SocketAddr,
+    user: Option<&'a str>,
+    method: &'a str,
+    target: Option<&'a Target>,
+    address: Option<SocketAddr>,
+    decision: Option<&'a Decision>,
+    started: Instant,
+}
+
+impl EgressListener {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = req.method().as_str().to_owned();
+        let mut record = Record {
+            client,
+            user: None,
+            method: &method,
+            target: None,
+            address: None,
+            decision: None,
+            started,
+        };
+        let connect = req.method() == hyper::Method::CONNECT;
+        let parsed = if connect {
+            target::connect(req.version(), req.uri(), self.settings.connect_http10)
+                .map(|t| (t, String::new()))
+        } else {
+            target::absolute(req.method(), req.uri())
+        };
+        let (target, path) = match parsed {
+            Ok(parsed) => parsed,
+            Err(bad) => {
+                let status = StatusCode::from_u16(bad.status).unwrap_or(StatusCode::BAD_REQUEST);
+                tracing::debug!(listener = %self.name, %client, uri = %req.uri(), reason = bad.reason, "bad proxy request");
+                return self.answer(&record, status, bad.reason);
+            }
+        };
+        record.target = Some(&target);
+        let user = match &self.auth {
+            None => None,
+            Some(auth) => {
+                let header = req.headers().get(header::PROXY_AUTHORIZATION);
+                match auth.check(header.map(|h| h.as_bytes())).await {
+                    Ok(user) => Some(user),
+                    Err(failure) => {
+                        self.count(
+                            "unauthenticated",
+                            if failure == AuthFailure::Missing {
+                                "missing"
+                            } else {
+                                "invalid"
+                            },
+                        );
+                        let mut response = self.answer(
+                            &record,
+                            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                            "proxy authentication required",
+                        );
+                        response.headers_mut().insert(
+                            header::PROXY_AUTHENTICATE,
+                            header::HeaderValue::from_static("Basic realm=\"lb\""),
+                        );
+                        return response;
+                    }
+                }
+            }
+        };
+        record.user = user.as_deref();
+        let ask = policy::Request {
+            target: &target,
+            user: record.user,
+            connect,
+        };
+        if let Some(decision) = self.settings.decide_before_resolving(&ask) {
+            record.decision = Some(&decision);
+            self.count(decision.verdict, &decision.rule);
+            tracing::info!(
+                listener = %self.name,
+                %client,
+                user = record.user.unwrap_or("-"),
+                method = %method,
+                target = %target.authority(),
+                decision = decision.verdict,
+                rule = %decision.rule,
+                "egress decision"
+            );
+            return self.answer(&record, StatusCode::FORBIDDEN, "egress denied by policy");
+        }
+        let addresses = match resolve(&target).await {
+            Ok(addresses) => addresses,
+            Err(err) => {
+                tracing::info!(listener = %self.name, %client, target = %target.authority(), %err, "egress: cannot resolve");
+                return self.answer(
+                    &record,
+                    StatusCode::BAD_GATEWAY,
+                    "cannot resolve the target",
+                );
+            }
+        };
+        let decisions: Vec<(IpAddr, Decision)> = addresses
+            .iter()
+            .map(|&ip| (ip, self.settings.decide(&ask, ip)))
+            .collect();
+        // What the log says: the first allowed address's decision, else the first refusal.
+        let Some(shown) = decisions
+            .iter()
+            .find(|(_, d)| d.allowed)
+            .or_else(|| decisions.first())
+        else {
+            return self.answer(
+                &record,
+                StatusCode::BAD_GATEWAY,
+                "cannot resolve the target",
+            );
+        };
+        let (shown_ip, shown) = (shown.0, shown.1.clone());
+        record.decision = Some(&shown);
+        self.count(shown.verdict, &shown.rule);
+        tracing::info!(
+            listener = %self.name,
+            %client,
+            user = record.user.unwrap_or("-"),
+            method = %method,
+            target = %target.authority(),
+            address = %shown_ip,
+            decision = shown.verdict,
+            rule = %shown.rule,
+            "egress decision"
+        );
+        if !shown.allowed {
+            record.address = Some(SocketAddr::new(shown_ip, target.port));
+            return self.answer(&record, StatusCode::FORBIDDEN, "egress denied by policy");
+        }
+        let allowed = decisions
+            .iter()
+            .filter(|(_, d)| d.allowed)
+            .map(|(ip, _)| *ip);
+        let Some((upstream, address)) = dial(allowed, target.port).await else {
+            return self.answer(
+                &record,
+                StatusCode::BAD_GATEWAY,
+                "the target did not accept the connection",
+            );
+        };
+        record.address = Some(address);
+        if connect {
+            let line = self.line(&record, 200);
+            let (proxy, idle) = (self.proxy.clone(), self.idle_timeout);
+            return tunnel::open(req, upstream, idle, move |up, down| {
+                if let Some(log) = proxy.load().observer().access_log() {
+                    log.write_json(&finish(line, up, down, started));
+                }
+            });
+        }
+        match forward::send(req, upstream, &target, &path).await {
+            Ok(response) => {
+                self.log(&record, response.status().as_u16());
+                response
+            }
+            Err(err) => {
+                tracing::info!(listener = %self.name, %client, target = %target.authority(), %err, "egress: upstream failed");
+                self.answer(&record, StatusCode::BAD_GATEWAY, "the target failed")
+            }
+        }
+    }
+
+    /// A local answer (text body, connection kept), logged.
+    fn answer(&self, record: &Record<'_>, status: StatusCode, reason: &str) -> Response<ProxyBody> {
+        self.log(record, status.as_u16());
+        let mut response = Response::new(
+            Full::new(Bytes::from(format!("{reason}\n")))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain"),
+        );
+        response
+    }
+
+    fn count(&self, decision: &str, rule: &str) {
+        let proxy = self.proxy.load();
+        if let Some(metrics) = proxy.observer().metrics() {
+            metrics
+                .egress_decisions
+                .get_or_create(&EgressLabels {
+                    listener: self.name.to_string(),
+                    decision: decision.to_owned(),
+                    rule: rule.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    fn line(&self, record: &Record<'_>, status: u16) -> serde_json::Value {
+        serde_json::json!({
+            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "kind": "egress",
+            "listener": &*self.name,
+            "client": record.client,
+            "user": record.user,
+            "method": record.method,
+            "target": record.target.map(Target::authority),
+            "address": record.address,
+            "decision": record.decision.map(|d| d.verdict),
+            "rule": record.decision.map(|d| d.rule.as_str()),
+            "status": status,
+        })
+    }
+
+    fn log(&self, record: &Record<'_>, status: u16) {
+        if let Some(log) = self.proxy.load().observer().access_log() {
+            let line = self.line(record, status);
+            log.write_json(&finish(line, 0, 0, record.started));
+        }
+    }
+}
+
+/// The line with its byte counts and duration.
+fn finish(mut line: serde_json::Value, up: u64, down: u64, started: Instant) -> serde_json::Value {
+    if let Some(map) = line.as_object_mut() {
+        map.insert("bytes_up".into(), up.into());
+        map.insert("bytes_down".into(), down.into());
+        map.insert(
+            "duration_ms".into(),
+            (started.elapsed().as_secs_f64() * 1e3).into(),
+        );
+    }
+    line
+}
+
+/// The target's addresses: the literal one, or what the system resolver answers (each
+/// address once, in its order).
+async fn resolve(target: &Target) -> std::io::Result<Vec<IpAddr>> {
+    if let Some(ip) = target.ip {
+        return Ok(vec![ip]);
+    }
+    let mut out = Vec::new();
+    for addr in tokio::net::lookup_host((target.host.as_str(), target.port)).await? {
+        if !out.contains(&addr.ip()) {
+            out.push(addr.ip());
+        }
+    }
+    Ok(out)
+}
+
+/// Connects to the addresses in turn (each within `CONNECT_TIMEOUT`): exactly these, never a
+/// name resolved again.
+async fn dial(
+    addresses: impl Iterator<Item = IpAddr>,
+    port: u16,
+) -> Option<(TcpStream, SocketAddr)> {
+    for ip in addresses {
+        let addr = SocketAddr::new(ip, port);
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                return Some((tcp, addr));
+            }
+            Ok(Err(err)) => tracing::debug!(%addr, %err, "egress: connect failed"),
+            Err(_) => tracing::debug!(%addr, "egress: connect timed out"),
+        }
+    }
+    None
+}
