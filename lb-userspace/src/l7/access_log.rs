@@ -115,10 +115,15 @@ impl AccessLog {
 
     /// A line of another shape (the forward proxy's `egress` lines), queued as any other.
     pub(super) fn write_json(&self, line: &serde_json::Value) {
-        match self.lines.try_send(Message::Line(line.to_string())) {
+        self.queue(line.to_string());
+    }
+
+    /// Hands a line to the writer; with the queue full it is dropped and counted.
+    fn queue(&self, text: String) {
+        match self.lines.try_send(Message::Line(text)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped.inc();
             }
         }
     }
@@ -161,12 +166,7 @@ impl AccessLog {
         let Ok(text) = text else {
             return;
         };
-        match self.lines.try_send(Message::Line(text)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.inc();
-            }
-        }
+        self.queue(text);
     }
 }
 
