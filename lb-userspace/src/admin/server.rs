@@ -32,6 +32,7 @@ use tokio::{
 use super::{metrics::Metrics, status::Status};
 
 const PAGE: &str = include_str!("page.html");
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// A request the manager must answer.
 #[derive(Debug)]
@@ -151,7 +152,6 @@ fn percent_decode(value: &str) -> String {
 }
 
 async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
-    const TEXT: &str = "text/plain; charset=utf-8";
     if req.method() == Method::POST {
         if !state.authorized(&req) {
             let mut r = reply(
@@ -208,28 +208,16 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                     "needs ?pool=NAME&backend=ADDR:PORT\n".into(),
                 );
             };
-            let (tx, rx) = oneshot::channel();
-            let command = AdminCommand::Drain {
+            let answer = ask(state, |reply| AdminCommand::Drain {
                 pool,
                 backend,
                 drain: path == "/api/drain",
-                reply: tx,
-            };
-            if state.commands.send(command).await.is_err() {
-                return reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    TEXT,
-                    "shutting down\n".into(),
-                );
-            }
-            match rx.await {
-                Ok(Ok(())) => reply(StatusCode::OK, TEXT, "ok\n".into()),
-                Ok(Err(e)) => reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
-                Err(_) => reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    TEXT,
-                    "shutting down\n".into(),
-                ),
+                reply,
+            })
+            .await;
+            match answer {
+                Ok(()) => reply(StatusCode::OK, TEXT, "ok\n".into()),
+                Err(answer) => answer,
             }
         }
         (&Method::POST, "/api/purge") => {
@@ -242,30 +230,38 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                 );
             };
             let prefix = query_param(query, "prefix").is_some_and(|v| v == "1" || v == "true");
-            let (tx, rx) = oneshot::channel();
-            let command = AdminCommand::Purge {
-                url,
-                prefix,
-                reply: tx,
-            };
-            if state.commands.send(command).await.is_err() {
-                return reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    TEXT,
-                    "shutting down\n".into(),
-                );
-            }
-            match rx.await {
-                Ok(Ok(n)) => reply(StatusCode::OK, TEXT, format!("purged {n}\n")),
-                Ok(Err(e)) => reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
-                Err(_) => reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    TEXT,
-                    "shutting down\n".into(),
-                ),
+            let answer = ask(state, |reply| AdminCommand::Purge { url, prefix, reply }).await;
+            match answer {
+                Ok(n) => reply(StatusCode::OK, TEXT, format!("purged {n}\n")),
+                Err(answer) => answer,
             }
         }
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
+    }
+}
+
+/// Sends the manager the command `make` builds around a reply channel and waits for its
+/// answer; Err is the HTTP answer for a refusal (404 with the manager's words) or a manager
+/// that is gone (503).
+async fn ask<T>(
+    state: &AdminState,
+    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> AdminCommand,
+) -> Result<T, Response<Full<Bytes>>> {
+    let gone = || {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "shutting down\n".into(),
+        )
+    };
+    let (tx, rx) = oneshot::channel();
+    if state.commands.send(make(tx)).await.is_err() {
+        return Err(gone());
+    }
+    match rx.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n"))),
+        Err(_) => Err(gone()),
     }
 }
 

@@ -183,10 +183,10 @@ impl Proxy {
         forwarded_host: Option<HeaderValue>,
         ctx: &mut RequestCtx<'a>,
     ) -> Response<ProxyBody> {
-        let Some(PoolEntry { pool, index }) = self.select_pool(route, pool_name) else {
-            return plain(StatusCode::BAD_GATEWAY, "no pool\n");
+        let (pool, index) = match self.phase2_pool(route, pool_name, ctx) {
+            Step::Next(found) => found,
+            Step::Answer(answer) => return answer,
         };
-        ctx.pool = Some(*index);
         let mut upstream =
             match upstream_request_phase(req, route, pool, rules, forwarded_host, ctx, || {
                 self.new_request_id()
@@ -202,7 +202,7 @@ impl Proxy {
         {
             return answer;
         }
-        self.forward(ctx, pool, *index, upstream).await
+        self.forward(ctx, pool, index, upstream).await
     }
 
     /// Phases 2 to 4 for a request without a body made from `parts` (the cache's fetches).
@@ -214,10 +214,10 @@ impl Proxy {
         forwarded_host: Option<HeaderValue>,
         ctx: &mut RequestCtx<'a>,
     ) -> Response<ProxyBody> {
-        let Some(PoolEntry { pool, index }) = self.select_pool(route, pool_name) else {
-            return plain(StatusCode::BAD_GATEWAY, "no pool\n");
+        let (pool, index) = match self.phase2_pool(route, pool_name, ctx) {
+            Step::Next(found) => found,
+            Step::Answer(answer) => return answer,
         };
-        ctx.pool = Some(*index);
         let head = UpstreamHead {
             route,
             pool,
@@ -230,7 +230,7 @@ impl Proxy {
             Step::Next(upstream) => upstream,
             Step::Answer(answer) => return answer,
         };
-        self.forward(ctx, pool, *index, upstream).await
+        self.forward(ctx, pool, index, upstream).await
     }
 
     /// Phase 1 up to the route's policies: limits, route, the client behind trusted proxies.
@@ -267,6 +267,20 @@ impl Proxy {
         ctx.client = client_ip(ctx.peer.ip(), req.headers(), trusted);
         let forwarded_host = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
         Step::Next((pool, forwarded_host))
+    }
+
+    /// Phase 2: the pool (and its index, noted in `ctx`), or lb's 502 when there is none.
+    fn phase2_pool<'a>(
+        &'a self,
+        route: &RouteConfig,
+        pool_name: &str,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Step<(&'a Pool, usize)> {
+        let Some(PoolEntry { pool, index }) = self.select_pool(route, pool_name) else {
+            return Step::Answer(plain(StatusCode::BAD_GATEWAY, "no pool\n"));
+        };
+        ctx.pool = Some(*index);
+        Step::Next((pool, *index))
     }
 
     /// Phase 2's pool: the one the route chose; for a split whose choice has no usable
