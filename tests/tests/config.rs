@@ -339,6 +339,8 @@ fn full_example_parses_to_the_values_it_writes() {
     let settings = egress.egress.as_ref().expect("forward_proxy settings");
     assert_eq!(settings.mode, EgressMode::Enforce);
     assert!(settings.connect_http10);
+    assert_eq!(settings.sni_ports, [443, 8443]);
+    assert!(!settings.allow_missing_sni);
     let auth = settings.auth.as_ref().expect("proxy_auth_file");
     assert!(auth.path.ends_with("keys/proxy-users"));
     let rules: Vec<_> = settings
@@ -865,7 +867,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_key",
             format!("{POOL}[[listener]]\nname = \"a\"\nadress = \"127.0.0.1:80\"\n"),
-            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`, `egress_mode`, `egress_rule`, `proxy_auth_file`, `connect_http10`",
+            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`, `egress_mode`, `egress_rule`, `proxy_auth_file`, `connect_http10`, `sni_ports`, `allow_missing_sni`",
         ),
         (
             "unknown_section",

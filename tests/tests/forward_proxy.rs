@@ -575,3 +575,63 @@ print("via: 1.1 lb" in body)
         3.0
     );
 }
+
+#[test]
+fn tunnels_to_tls_ports_carry_only_the_connect_host_or_an_allowed_name() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let origin = runtime.block_on(lb_tests::http_server::start(
+        lb_tests::http_server::Behaviour {
+            tls: true,
+            ..Default::default()
+        },
+    ));
+    let port = origin.addr.port();
+    // openssl s_client speaks CONNECT over HTTP/1.0.
+    let file = format!(
+        "[[listener]]\nname = \"fwd\"\naddress = \"127.0.0.1:0\"\nmode = \"forward_proxy\"\n\
+         connect_http10 = true\nsni_ports = [{port}]\n\
+         [[listener.egress_rule]]\nname = \"origins\"\naction = \"allow\"\n\
+         cidrs = [\"127.0.0.0/8\"]\nports = [{port}]\n\
+         [[listener.egress_rule]]\nname = \"named\"\naction = \"allow\"\n\
+         hosts = [\"allowed.test\"]\nports = [{port}]\n"
+    );
+    let log = std::env::temp_dir().join(format!("lb-fwd-sni-{}.log", std::process::id()));
+    let lb = LbRun::start("fwd-sni", &file, &["--access-log", &log.to_string_lossy()]);
+    let proxy = lb.listener("fwd");
+    // A real TLS client through the proxy: CONNECT localhost:PORT, then a ClientHello naming
+    // `server_name` (None: none). True when the handshake completed.
+    let handshake = |server_name: Option<&str>| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-proxy", &proxy.to_string()])
+            .args(["-connect", &format!("localhost:{port}")]);
+        match server_name {
+            Some(name) => cmd.args(["-servername", name]),
+            None => cmd.arg("-noservername"),
+        };
+        let out = cmd
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("CONNECTED"), "{text}");
+        text.contains(", Cipher is TLS_")
+    };
+    assert!(handshake(Some("localhost")), "the CONNECT host itself");
+    assert!(handshake(Some("allowed.test")), "a name a rule allows");
+    // Domain fronting: CONNECT to one name, a ClientHello for another: closed.
+    assert!(!handshake(Some("evil.test")));
+    assert!(!handshake(None), "no server name at all");
+    let line = logged(&log, &["\"sni\":\"evil.test\""]);
+    assert!(line.contains("\"rule\":\"sni_mismatch\""), "{line}");
+    assert!(line.contains("\"decision\":\"deny\""), "{line}");
+    logged(&log, &["\"rule\":\"sni_missing\""]);
+    assert_eq!(
+        metric(
+            &lb,
+            "lb_egress_decisions_total{listener=\"fwd\",decision=\"deny\",rule=\"sni_mismatch\"}"
+        ),
+        1.0
+    );
+    drop(lb);
+    let _ = std::fs::remove_file(&log);
+}

@@ -1,5 +1,6 @@
 //! The forward-proxy keys of `[[listener]]` (`mode = "forward_proxy"`): `egress_mode`,
-//! `[[listener.egress_rule]]`, `proxy_auth_file` and `connect_http10`, compiled into the listener's
+//! `[[listener.egress_rule]]`, `proxy_auth_file`, `connect_http10`, `sni_ports` and
+//! `allow_missing_sni`, compiled into the listener's
 //! `EgressSettings` (semantics in `crate::l7::egress::policy`).
 use std::{ops::Range, path::Path, sync::Arc};
 
@@ -48,6 +49,11 @@ pub(super) fn listener_keys(
                 "connect_http10",
                 l.connect_http10.as_ref().map(|v| v.span()),
             ),
+            ("sni_ports", l.sni_ports.as_ref().map(|v| v.span())),
+            (
+                "allow_missing_sni",
+                l.allow_missing_sni.as_ref().map(|v| v.span()),
+            ),
         ];
         if let Some((key, span)) = keys.into_iter().find_map(|(k, s)| Some((k, s?))) {
             return Err(err(
@@ -87,6 +93,19 @@ pub(super) fn listener_keys(
         rules,
         auth,
         connect_http10: l.connect_http10.as_ref().is_some_and(|v| *v.get_ref()),
+        sni_ports: match &l.sni_ports {
+            None => vec![443],
+            Some(ports) => {
+                if let Some(zero) = ports.get_ref().iter().find(|p| **p == 0) {
+                    return Err(err(
+                        ports.span(),
+                        format!("sni_ports: port {zero} is not a port"),
+                    ));
+                }
+                ports.get_ref().clone()
+            }
+        },
+        allow_missing_sni: l.allow_missing_sni.as_ref().is_some_and(|v| *v.get_ref()),
     })))
 }
 

@@ -117,6 +117,8 @@ pub(crate) struct RawListener {
     pub(crate) egress_rule: Vec<Spanned<super::egress::RawEgressRule>>,
     pub(crate) proxy_auth_file: Option<Spanned<PathBuf>>,
     pub(crate) connect_http10: Option<Spanned<bool>>,
+    pub(crate) sni_ports: Option<Spanned<Vec<u16>>>,
+    pub(crate) allow_missing_sni: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

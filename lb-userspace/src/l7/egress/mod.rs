@@ -76,6 +76,8 @@ pub(super) fn spawn(
             rules: Vec::new(),
             auth: None,
             connect_http10: false,
+            sni_ports: vec![443],
+            allow_missing_sni: false,
         })
     });
     let listener = Arc::new(EgressListener {
@@ -326,7 +328,22 @@ impl EgressListener {
         if connect {
             let line = self.line(&record, 200);
             let (proxy, idle) = (self.proxy.clone(), self.idle_timeout);
-            return tunnel::open(req, upstream, idle, move |up, down| {
+            let sni_check: Option<tunnel::SniCheck> =
+                self.settings.sni_ports.contains(&target.port).then(|| {
+                    let settings = self.settings.clone();
+                    let (target, user) = (target.clone(), user.clone());
+                    Box::new(move |sni: Option<&str>| {
+                        let ask = policy::Request {
+                            target: &target,
+                            user: user.as_deref(),
+                            connect: true,
+                        };
+                        settings.sni_allowed(&ask, sni)
+                    }) as tunnel::SniCheck
+                });
+            let name = self.name.clone();
+            return tunnel::open(req, upstream, idle, sni_check, move |up, down, sni| {
+                let line = sni_outcome(&name, &proxy, line, &sni);
                 if let Some(log) = proxy.load().observer().access_log() {
                     log.write_json(&finish(line, up, down, started));
                 }
@@ -361,17 +378,7 @@ impl EgressListener {
     }
 
     fn count(&self, decision: &str, rule: &str) {
-        let proxy = self.proxy.load();
-        if let Some(metrics) = proxy.observer().metrics() {
-            metrics
-                .egress_decisions
-                .get_or_create(&EgressLabels {
-                    listener: self.name.to_string(),
-                    decision: decision.to_owned(),
-                    rule: rule.to_owned(),
-                })
-                .inc();
-        }
+        count(&self.name, &self.proxy, decision, rule);
     }
 
     fn line(&self, record: &Record<'_>, status: u16) -> serde_json::Value {
@@ -396,6 +403,57 @@ impl EgressListener {
             log.write_json(&finish(line, 0, 0, record.started));
         }
     }
+}
+
+/// Counts a decision in `lb_egress_decisions_total`.
+fn count(listener: &str, proxy: &ArcSwap<Proxy>, decision: &str, rule: &str) {
+    let proxy = proxy.load();
+    if let Some(metrics) = proxy.observer().metrics() {
+        metrics
+            .egress_decisions
+            .get_or_create(&EgressLabels {
+                listener: listener.to_owned(),
+                decision: decision.to_owned(),
+                rule: rule.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// A tunnel's ClientHello check in its log line (`sni`; a refusal also as its decision and
+/// rule, counted and logged).
+fn sni_outcome(
+    listener: &str,
+    proxy: &ArcSwap<Proxy>,
+    mut line: serde_json::Value,
+    sni: &tunnel::Sni,
+) -> serde_json::Value {
+    let (name, refused) = match sni {
+        tunnel::Sni::Unchecked => return line,
+        tunnel::Sni::Passed(name) => (name.clone(), None),
+        tunnel::Sni::Refused(None) => (None, Some("sni_missing")),
+        tunnel::Sni::Refused(Some(name)) => (Some(name.clone()), Some("sni_mismatch")),
+        tunnel::Sni::NoClientHello => (None, Some("no_client_hello")),
+    };
+    if let Some(map) = line.as_object_mut() {
+        map.insert("sni".into(), name.clone().into());
+        if let Some(rule) = refused {
+            map.insert("decision".into(), "deny".into());
+            map.insert("rule".into(), rule.into());
+        }
+    }
+    if let Some(rule) = refused {
+        count(listener, proxy, "deny", rule);
+        let target = line.get("target").and_then(|t| t.as_str()).unwrap_or("-");
+        tracing::info!(
+            listener,
+            target,
+            sni = name.as_deref().unwrap_or("-"),
+            rule,
+            "egress tunnel closed by its ClientHello check"
+        );
+    }
+    line
 }
 
 /// The line with its byte counts and duration.

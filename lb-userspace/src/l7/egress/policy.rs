@@ -48,6 +48,11 @@ pub struct EgressSettings {
     /// `connect_http10`: CONNECT over HTTP/1.0 is served (Python's http.client before 3.12
     /// sends it) instead of 405 (NGINX's tunnel module).
     pub connect_http10: bool,
+    /// `sni_ports` (default 443): tunnels to these ports must carry a TLS ClientHello whose
+    /// server name is the CONNECT host or a name the rules allow (domain fronting refused).
+    pub sni_ports: Vec<u16>,
+    /// `allow_missing_sni`: a ClientHello without a server name passes (else the tunnel closes).
+    pub allow_missing_sni: bool,
 }
 
 /// What is asked: a target, by whom, how.
@@ -135,6 +140,34 @@ impl EgressSettings {
         }
     }
 
+    /// Whether a tunnel to `req`'s target may carry a ClientHello naming `sni` (None: it named
+    /// none): the CONNECT host itself, or a name the rules allow by name (same port and user;
+    /// among rules with `hosts`, the first matching one decides). A rule without `hosts`
+    /// names no one, so it cannot vouch for another name: that is the fronting defence.
+    pub fn sni_allowed(&self, req: &Request<'_>, sni: Option<&str>) -> bool {
+        let Some(sni) = sni else {
+            return self.allow_missing_sni;
+        };
+        if req.target.ip.is_none() && sni.eq_ignore_ascii_case(&req.target.host) {
+            return true;
+        }
+        let named = Target {
+            host: sni.to_ascii_lowercase(),
+            ip: None,
+            port: req.target.port,
+        };
+        let ask = Request {
+            target: &named,
+            user: req.user,
+            connect: req.connect,
+        };
+        self.rules
+            .iter()
+            .filter(|r| !r.hosts.is_empty())
+            .find(|r| r.matches_request(&ask))
+            .is_some_and(|r| r.action == Action::Allow)
+    }
+
     /// The decision for dialing `addr` for `req`.
     pub fn decide(&self, req: &Request<'_>, addr: IpAddr) -> Decision {
         let class = guard::classify(addr);
@@ -219,6 +252,47 @@ mod tests {
     }
 
     #[test]
+    fn sni_is_the_connect_host_or_a_name_allowed_by_name() {
+        let mut fronts = rule("fronts", Action::Allow);
+        fronts.hosts = vec![HostMatch::parse("*.cdn.test")];
+        let mut cidrs = rule("any-name", Action::Allow);
+        cidrs.cidrs = vec!["0.0.0.0/0".parse().expect("net")];
+        let mut s = EgressSettings {
+            mode: EgressMode::Enforce,
+            rules: vec![fronts, cidrs],
+            auth: None,
+            connect_http10: false,
+            sni_ports: vec![443],
+            allow_missing_sni: false,
+        };
+        let t = target("api.example.com", 443);
+        let ask = Request {
+            target: &t,
+            user: None,
+            connect: true,
+        };
+        assert!(
+            s.sni_allowed(&ask, Some("API.example.com")),
+            "the CONNECT host"
+        );
+        assert!(s.sni_allowed(&ask, Some("img.cdn.test")), "allowed by name");
+        // A CIDR-only rule allows any name to connect, but vouches for none in a ClientHello.
+        assert!(!s.sni_allowed(&ask, Some("evil.test")));
+        assert!(!s.sni_allowed(&ask, None));
+        s.allow_missing_sni = true;
+        assert!(s.sni_allowed(&ask, None));
+        // A literal address as the CONNECT host: only names the rules allow.
+        let ip = target("192.0.2.1", 443);
+        let ask = Request {
+            target: &ip,
+            user: None,
+            connect: true,
+        };
+        assert!(!s.sni_allowed(&ask, Some("192.0.2.1")));
+        assert!(s.sni_allowed(&ask, Some("x.cdn.test")));
+    }
+
+    #[test]
     fn first_match_default_deny_ports_and_guard() {
         let mut allow = rule("web", Action::Allow);
         allow.hosts = vec![HostMatch::parse("*.example.com")];
@@ -233,6 +307,8 @@ mod tests {
             rules: vec![deny, allow, local],
             auth: None,
             connect_http10: false,
+            sni_ports: vec![443],
+            allow_missing_sni: false,
         };
         let public = "93.184.215.14";
         assert_eq!(

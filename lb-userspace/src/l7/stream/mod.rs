@@ -7,7 +7,7 @@
 //! the client's IP address (the true client when a trusted PROXY header named one); header and
 //! cookie keys are refused for stream routes at config load.
 pub(super) mod relay;
-mod sni;
+pub(super) mod sni;
 mod tcp;
 mod udp;
 

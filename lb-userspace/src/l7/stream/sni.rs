@@ -33,10 +33,33 @@ pub async fn read(
     tcp: &mut TcpStream,
     deadline: Duration,
 ) -> Result<ClientHello, ClientHelloError> {
+    read_after(tcp, Vec::new(), deadline).await
+}
+
+/// As `read`, the connection's first bytes already in `initial` (read by someone else, e.g.
+/// an HTTP server along with a CONNECT request's head).
+pub async fn read_after(
+    tcp: &mut TcpStream,
+    initial: Vec<u8>,
+    deadline: Duration,
+) -> Result<ClientHello, ClientHelloError> {
     let read = async {
         let mut acceptor = Acceptor::default();
         let mut bytes = Vec::new();
         let mut chunk = [0u8; 4096];
+        if !initial.is_empty() {
+            let mut fresh = initial.as_slice();
+            while !fresh.is_empty() {
+                match acceptor.read_tls(&mut fresh) {
+                    Ok(0) | Err(_) => return Err(ClientHelloError::TooLarge),
+                    Ok(_) => {}
+                }
+            }
+            bytes = initial.clone();
+            if let Some(hello) = accepted(&mut acceptor, &bytes)? {
+                return Ok(hello);
+            }
+        }
         loop {
             let n = tcp
                 .read(&mut chunk)
@@ -56,20 +79,33 @@ pub async fn read(
                     Ok(_) => {}
                 }
             }
-            match acceptor.accept() {
-                Ok(Some(accepted)) => {
-                    let server_name = accepted
-                        .client_hello()
-                        .server_name()
-                        .map(str::to_ascii_lowercase);
-                    return Ok(ClientHello { bytes, server_name });
-                }
-                Ok(None) => {}
-                Err((err, _alert)) => return Err(ClientHelloError::NotTls(err)),
+            if let Some(hello) = accepted(&mut acceptor, &bytes)? {
+                return Ok(hello);
             }
         }
     };
     tokio::time::timeout(deadline, read)
         .await
         .map_err(|_| ClientHelloError::Timeout)?
+}
+
+/// The ClientHello, once `acceptor` has all of it (`bytes`: everything read so far).
+fn accepted(
+    acceptor: &mut Acceptor,
+    bytes: &[u8],
+) -> Result<Option<ClientHello>, ClientHelloError> {
+    match acceptor.accept() {
+        Ok(Some(accepted)) => {
+            let server_name = accepted
+                .client_hello()
+                .server_name()
+                .map(str::to_ascii_lowercase);
+            Ok(Some(ClientHello {
+                bytes: bytes.to_vec(),
+                server_name,
+            }))
+        }
+        Ok(None) => Ok(None),
+        Err((err, _alert)) => Err(ClientHelloError::NotTls(err)),
+    }
 }
