@@ -96,12 +96,27 @@ pub struct RunArgs {
     max_memory: Option<u64>,
 }
 
+/// Spelled as in the backend file (`round_robin`); the kebab-case forms are aliases.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum AlgorithmArg {
+    #[value(name = "round_robin", alias = "round-robin")]
     RoundRobin,
+    #[value(name = "least_conn", alias = "least-conn")]
     LeastConn,
     P2c,
+    #[value(name = "consistent_hash", alias = "consistent-hash")]
     ConsistentHash,
+}
+
+impl From<AlgorithmArg> for Algorithm {
+    fn from(arg: AlgorithmArg) -> Self {
+        match arg {
+            AlgorithmArg::RoundRobin => Self::RoundRobin,
+            AlgorithmArg::LeastConn => Self::LeastConn,
+            AlgorithmArg::P2c => Self::P2c,
+            AlgorithmArg::ConsistentHash => Self::ConsistentHash,
+        }
+    }
 }
 
 /// How often the backend file is checked for changes, and the status snapshot refreshed.
@@ -133,12 +148,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .zip(args.tls_keys.iter().cloned())
             .collect(),
         proxy_protocol: args.proxy_protocol,
-        algorithm: args.algorithm.map(|a| match a {
-            AlgorithmArg::RoundRobin => Algorithm::RoundRobin,
-            AlgorithmArg::LeastConn => Algorithm::LeastConn,
-            AlgorithmArg::P2c => Algorithm::P2c,
-            AlgorithmArg::ConsistentHash => Algorithm::ConsistentHash,
-        }),
+        algorithm: args.algorithm.map(Algorithm::from),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.threads {
@@ -264,4 +274,32 @@ pub(super) fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
         path.display()
     );
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn algorithms_are_spelled_as_in_the_file_and_the_old_way() {
+        for (flag, want) in [
+            ("round_robin", Algorithm::RoundRobin),
+            ("least_conn", Algorithm::LeastConn),
+            ("least-conn", Algorithm::LeastConn),
+            ("consistent_hash", Algorithm::ConsistentHash),
+            ("p2c", Algorithm::P2c),
+        ] {
+            let args = Wrapper::try_parse_from(["lb", "--algorithm", flag]).expect(flag);
+            let got = args.run.algorithm.map(Algorithm::from);
+            assert_eq!(got, Some(want), "{flag}");
+        }
+    }
 }
