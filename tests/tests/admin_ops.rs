@@ -251,7 +251,7 @@ fn metrics_speak_openmetrics_and_text_004_that_promtool_accepts() {
     // The Grafana dashboard in docs/ queries only families lb exports (in this scrape, but
     // for those that appear once their feature is used: the XDP tier needs --iface,
     // authentication results an authenticating route, refusals a per-client cap, the pool
-    // guards their configuration).
+    // guards their configuration, tcp/udp listeners).
     let used_later = [
         "lb_xdp_",
         "lb_auth_results_",
@@ -260,6 +260,7 @@ fn metrics_speak_openmetrics_and_text_004_that_promtool_accepts() {
         "lb_requests_shed_",
         "lb_adaptive_concurrency_limit",
         "lb_outlier_ejections_",
+        "lb_stream_",
     ];
     let dashboard = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -413,4 +414,76 @@ fn lb_run_tells_systemd_when_it_is_ready() {
     let _ = std::fs::remove_dir_all(&dir);
     let n = got.expect("a notification");
     assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "READY=1");
+}
+
+#[test]
+fn tcp_and_udp_listeners_feed_metrics_and_backend_totals() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(echo_backend());
+    let refused = lb_tests::lb_run::RefusedPort::new();
+    // A udp backend that echoes each datagram.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let udp_addr = udp.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&buf[..n], from);
+        }
+    });
+    let file = format!(
+        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{backend}\"\n\
+         [[pool]]\nname = \"gone\"\nretries = 0\n[[pool.backend]]\naddress = \"{}\"\n\
+         [[pool]]\nname = \"dns\"\n[[pool.backend]]\naddress = \"{udp_addr}\"\n\
+         [[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\nmode = \"tcp\"\n\
+         [[listener]]\nname = \"down\"\naddress = \"127.0.0.1:0\"\nmode = \"tcp\"\n\
+         [[listener]]\nname = \"u\"\naddress = \"127.0.0.1:0\"\nmode = \"udp\"\n\
+         [[route]]\nlistener = \"t\"\npool = \"web\"\n\
+         [[route]]\nlistener = \"down\"\npool = \"gone\"\n\
+         [[route]]\nlistener = \"u\"\npool = \"dns\"\n",
+        refused.addr
+    );
+    let lb = LbRun::start("stream-metrics", &file, &[]);
+    // An HTTP exchange relayed byte for byte, then closed by the backend.
+    let (status, _) = http("GET", lb.listener("t"), "/through-tcp");
+    assert_eq!(status, 200);
+    // A connection with no backend to reach.
+    let mut down = TcpStream::connect(lb.listener("down")).expect("connect");
+    let mut rest = Vec::new();
+    let _ = down.read_to_end(&mut rest);
+    // A udp session.
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp client");
+    client.set_read_timeout(Some(LIMIT)).expect("timeout");
+    client.send_to(b"ping", lb.listener("u")).expect("send");
+    let mut buf = [0u8; 16];
+    let (n, _) = client.recv_from(&mut buf).expect("echo");
+    assert_eq!(&buf[..n], b"ping");
+    let value = |line: &str| -> f64 {
+        http("GET", lb.admin, "/metrics")
+            .1
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    wait_for("the relayed connection counted", LIMIT, || {
+        value("lb_stream_connections_total{listener=\"t\",outcome=\"relayed\"}") == 1.0
+    });
+    assert!(value("lb_stream_bytes_total{listener=\"t\",outcome=\"in\"}") > 0.0);
+    assert!(value("lb_stream_bytes_total{listener=\"t\",outcome=\"out\"}") > 0.0);
+    wait_for("the unreachable backend counted", LIMIT, || {
+        value("lb_stream_connections_total{listener=\"down\",outcome=\"no_backend\"}") == 1.0
+    });
+    assert_eq!(
+        value("lb_stream_sessions_total{listener=\"u\",outcome=\"started\"}"),
+        1.0
+    );
+    // The backends' own totals (status page, lb ctl status) count them too.
+    let totals = |pool: usize| {
+        let b = &lb.status()["pools"][pool]["backends"][0];
+        (b["requests"].as_u64(), b["errors"].as_u64())
+    };
+    wait_for("the backend totals", LIMIT, || {
+        totals(0) == (Some(1), Some(0)) && totals(1) == (Some(1), Some(1)) && totals(2).0 == Some(1)
+    });
 }

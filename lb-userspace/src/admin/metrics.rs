@@ -72,6 +72,15 @@ pub struct JwtAuthLabels {
     pub result: String,
 }
 
+/// A tcp/udp listener's connections or sessions by outcome, or its bytes by direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub listener: String,
+    /// relayed, no_route, no_backend, no_client_hello (tcp); started, no_route, no_backend,
+    /// session_cap (udp); in, out (bytes).
+    pub outcome: &'static str,
+}
+
 /// A cached route's answers by what the cache did.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
@@ -122,6 +131,9 @@ pub struct L7Metrics {
     pub client_connections_refused: Family<ListenerLabels, Counter>,
     pub cache_requests: Family<CacheLabels, Counter>,
     pub access_log_dropped: Counter,
+    pub stream_connections: Family<StreamLabels, Counter>,
+    pub stream_sessions: Family<StreamLabels, Counter>,
+    pub stream_bytes: Family<StreamLabels, Counter>,
     pub cache_bytes: Family<RouteLabels, Gauge>,
     pub cache_entries: Family<RouteLabels, Gauge>,
     pub egress_decisions: Family<EgressLabels, Counter>,
@@ -153,6 +165,9 @@ impl L7Metrics {
             client_connections_refused: Family::default(),
             cache_requests: Family::default(),
             access_log_dropped: Counter::default(),
+            stream_connections: Family::default(),
+            stream_sessions: Family::default(),
+            stream_bytes: Family::default(),
             cache_bytes: Family::default(),
             cache_entries: Family::default(),
             egress_decisions: Family::default(),
@@ -271,6 +286,24 @@ impl Metrics {
             "http_cache_entries",
             "Keys a route's cache holds",
             l7.cache_entries.clone(),
+        );
+        registry.register(
+            "stream_connections",
+            "Connections of tcp listeners, by listener and outcome (relayed, no_route, \
+             no_backend, no_client_hello)",
+            l7.stream_connections.clone(),
+        );
+        registry.register(
+            "stream_sessions",
+            "Client sessions of udp listeners, by listener and outcome (started, no_route, \
+             no_backend, session_cap)",
+            l7.stream_sessions.clone(),
+        );
+        registry.register(
+            "stream_bytes",
+            "Bytes relayed by tcp listeners, by listener and direction (in: from clients, out: \
+             to clients)",
+            l7.stream_bytes.clone(),
         );
         registry.register(
             "access_log_dropped",

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::admin::metrics::{
     AuthLabels, BackendLabels, CacheLabels, L7Metrics, ListenerLabels, PoolLabels, RateLimitLabels,
-    RequestLabels, RouteLabels, ShedLabels,
+    RequestLabels, RouteLabels, ShedLabels, StreamLabels,
 };
 
 /// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
@@ -302,6 +302,50 @@ impl ProxyMeters {
         {
             c.inc();
         }
+    }
+
+    /// A tcp connection of `listener` ended with `outcome` (`StreamLabels`), having relayed
+    /// `bytes_in` from the client and `bytes_out` to it.
+    pub(super) fn stream_connection(
+        &self,
+        listener: &str,
+        outcome: &'static str,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        let Some(live) = &self.live else { return };
+        let labels = |outcome| StreamLabels {
+            listener: listener.to_owned(),
+            outcome,
+        };
+        live.metrics
+            .stream_connections
+            .get_or_create(&labels(outcome))
+            .inc();
+        if bytes_in > 0 {
+            live.metrics
+                .stream_bytes
+                .get_or_create(&labels("in"))
+                .inc_by(bytes_in);
+        }
+        if bytes_out > 0 {
+            live.metrics
+                .stream_bytes
+                .get_or_create(&labels("out"))
+                .inc_by(bytes_out);
+        }
+    }
+
+    /// A udp client's first datagram on `listener` led to `outcome` (`StreamLabels`).
+    pub(super) fn stream_session(&self, listener: &str, outcome: &'static str) {
+        let Some(live) = &self.live else { return };
+        live.metrics
+            .stream_sessions
+            .get_or_create(&StreamLabels {
+                listener: listener.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// A connection of `listener` closed at accept (`max_connections_per_client`).

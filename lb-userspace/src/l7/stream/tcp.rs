@@ -72,28 +72,33 @@ async fn connection(mut tcp: TcpStream, socket_peer: SocketAddr, listener: &Stre
     let Ok(local) = tcp.local_addr() else {
         return;
     };
+    let proxy = listener.proxy.load_full();
+    let ended = |outcome, bytes_in, bytes_out| {
+        proxy
+            .meters()
+            .stream_connection(&listener.name, outcome, bytes_in, bytes_out);
+    };
     let (first_bytes, server_name) = if listener.routes_by_sni() {
         match sni::read(&mut tcp, listener.settings.client_hello_timeout).await {
             Ok(hello) => (hello.bytes, hello.server_name),
             Err(err) => {
                 tracing::debug!(listener = %listener.name, %client, %err, "no ClientHello");
-                return;
+                return ended("no_client_hello", 0, 0);
             }
         }
     } else {
         (Vec::new(), None)
     };
-    let proxy = listener.proxy.load_full();
     let Some(pool) = listener
         .route(server_name.as_deref())
         .and_then(|name| proxy.pool(name))
     else {
         tracing::debug!(listener = %listener.name, %client, sni = ?server_name, "no route");
-        return;
+        return ended("no_route", 0, 0);
     };
     let Some((mut upstream, _inflight)) = connect(pool, client).await else {
         tracing::debug!(pool = %pool.config.name, %client, "no backend reachable");
-        return;
+        return ended("no_backend", 0, 0);
     };
     // The PROXY header and the bytes already read go out before anything else.
     let mut preface = pool.config.proxy_protocol.map_or_else(Vec::new, |version| {
@@ -106,15 +111,23 @@ async fn connection(mut tcp: TcpStream, socket_peer: SocketAddr, listener: &Stre
     });
     preface.extend_from_slice(&first_bytes);
     if !preface.is_empty() && upstream.write_all(&preface).await.is_err() {
-        return;
+        return ended("relayed", 0, 0);
     }
     let name = &listener.name;
+    let early = first_bytes.len() as u64;
     match relay::relay(tcp, upstream, listener.settings.idle_timeout).await {
         RelayEnd::Done(sent, received) => {
             tracing::debug!(listener = %name, %client, sent, received, "stream done");
+            ended("relayed", sent + early, received);
         }
-        RelayEnd::Idle => tracing::debug!(listener = %name, %client, "stream idle: closed"),
-        RelayEnd::Error(err) => tracing::debug!(listener = %name, %client, %err, "stream failed"),
+        RelayEnd::Idle => {
+            tracing::debug!(listener = %name, %client, "stream idle: closed");
+            ended("relayed", early, 0);
+        }
+        RelayEnd::Error(err) => {
+            tracing::debug!(listener = %name, %client, %err, "stream failed");
+            ended("relayed", early, 0);
+        }
     }
 }
 
@@ -131,11 +144,14 @@ async fn connect(pool: &Pool, client: SocketAddr) -> Option<(TcpStream, InFlight
         match tokio::time::timeout(pool.config.connect_timeout, TcpStream::connect(backend)).await {
             Ok(Ok(upstream)) => {
                 let _ = upstream.set_nodelay(true);
+                // The backend's totals and passive health count connections here.
+                pool.record(i, crate::l7::upstream::Attempt::Connected);
                 return Some((upstream, guard));
             }
             Ok(Err(err)) => tracing::debug!(%backend, %err, "upstream connect failed"),
             Err(_) => tracing::debug!(%backend, "upstream connect timed out"),
         }
+        pool.record(i, crate::l7::upstream::Attempt::Failed);
     }
     None
 }

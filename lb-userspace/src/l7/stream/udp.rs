@@ -63,18 +63,23 @@ pub(super) async fn serve(socket: Arc<UdpSocket>, listener: Arc<StreamListener>)
             }
         };
         if !sessions.contains_key(&client) {
-            if sessions.len() >= listener.settings.max_sessions {
-                tracing::debug!(listener = %listener.name, %client, "udp session cap reached");
-                continue;
-            }
             // The live pool, as tcp connections read it.
             let proxy = listener.proxy.load_full();
+            let counted = |outcome| proxy.meters().stream_session(&listener.name, outcome);
+            if sessions.len() >= listener.settings.max_sessions {
+                tracing::debug!(listener = %listener.name, %client, "udp session cap reached");
+                counted("session_cap");
+                continue;
+            }
             let Some(pool) = listener.route(None).and_then(|name| proxy.pool(name)) else {
+                counted("no_route");
                 continue;
             };
             let Some(session) = open(pool, client, &socket, started).await else {
+                counted("no_backend");
                 continue;
             };
+            counted("started");
             sessions.insert(client, session);
         }
         if let Some(session) = sessions.get(&client) {
@@ -116,8 +121,11 @@ async fn open(
         };
         if let Err(err) = upstream.connect(backend).await {
             tracing::debug!(%backend, %err, "udp upstream connect failed");
+            pool.record(i, crate::l7::upstream::Attempt::Failed);
             continue;
         }
+        // The backend's totals count sessions.
+        pool.record(i, crate::l7::upstream::Attempt::Connected);
         let upstream = Arc::new(upstream);
         let last = Arc::new(AtomicU64::new(started.elapsed().as_millis() as u64));
         let replies = tokio::spawn(relay_replies(

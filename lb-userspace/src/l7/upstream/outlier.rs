@@ -54,12 +54,14 @@ pub enum Attempt {
     Answered(u16),
     /// No answer: connect error, timeout or broken exchange.
     Failed,
+    /// A tcp/udp listener's connection (or session) to the backend was made: a success.
+    Connected,
 }
 
 impl Attempt {
     /// Not a failure for passive health and the traffic totals: an answer below 500.
     pub fn is_ok(self) -> bool {
-        matches!(self, Self::Answered(s) if s < 500)
+        matches!(self, Self::Answered(..500) | Self::Connected)
     }
 
     fn is_5xx(self) -> bool {
