@@ -21,6 +21,12 @@ const APT_PACKAGES: &[&str] = &[
     "redis-server",
     // promtool, to check lb's /metrics exposition.
     "prometheus",
+    // The package check: systemd-analyze verify on the unit, man rendering the man page.
+    "systemd",
+    "man-db",
+    // Clients of the forward-proxy tests: openssl s_client, Python's urllib.
+    "openssl",
+    "python3",
 ];
 
 /// What setup found.
