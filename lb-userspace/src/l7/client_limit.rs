@@ -66,6 +66,28 @@ impl ClientConnections {
     }
 }
 
+/// A new connection of `client` under a listener's optional cap: Ok with the slot to hold
+/// while it lasts (None: no cap), or Err when the client is at its cap; then the refusal is
+/// counted (`lb_client_connections_refused_total`) and logged, and the caller closes.
+pub(super) fn admit_on(
+    cap: Option<&Arc<ClientConnections>>,
+    client: IpAddr,
+    listener: &str,
+    meters: &super::observe::ProxyMeters,
+) -> Result<Option<ClientSlot>, ()> {
+    let Some(cap) = cap else {
+        return Ok(None);
+    };
+    match cap.admit(client) {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            meters.client_refused(listener);
+            tracing::debug!(listener, %client, "per-client connection limit");
+            Err(())
+        }
+    }
+}
+
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut open = self

@@ -600,17 +600,12 @@ async fn accept_loop(
                     }
                 }
             }
-            let _slot = match &per_client {
-                None => None,
-                Some(limit) => match limit.admit(peer.ip()) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        proxy.load().meters().client_refused(&name);
-                        tracing::debug!(listener = %name, %peer, "per-client connection limit");
-                        return;
-                    }
-                },
+            // The generation's meters only for this check (a load guard is not for holding).
+            let admitted = {
+                let proxy = proxy.load();
+                super::client_limit::admit_on(per_client.as_ref(), peer.ip(), &name, proxy.meters())
             };
+            let Ok(_slot) = admitted else { return };
             let scheme = if tls.is_some() { "https" } else { "http" };
             let Ok(local) = tcp.local_addr() else { return };
             let flow_id = proxy.load().observer().flow_id(socket_peer, local);

@@ -130,20 +130,17 @@ async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<EgressListener>, ga
                         }
                     }
                 }
-                let _slot = match &listener.per_client {
-                    None => None,
-                    Some(limit) => match limit.admit(peer.ip()) {
-                        Some(slot) => Some(slot),
-                        None => {
-                            listener
-                                .proxy
-                                .load()
-                                .meters()
-                                .client_refused(&listener.name);
-                            return;
-                        }
-                    },
+                // The generation's meters only for this check (a load guard is not for holding).
+                let admitted = {
+                    let proxy = listener.proxy.load();
+                    super::client_limit::admit_on(
+                        listener.per_client.as_ref(),
+                        peer.ip(),
+                        &listener.name,
+                        proxy.meters(),
+                    )
                 };
+                let Ok(_slot) = admitted else { return };
                 let service = {
                     let listener = listener.clone();
                     service_fn(move |req| {

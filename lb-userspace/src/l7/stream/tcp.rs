@@ -54,21 +54,17 @@ async fn connection(mut tcp: TcpStream, socket_peer: SocketAddr, listener: &Stre
             }
         }
     }
-    let _slot = match &listener.per_client {
-        None => None,
-        Some(limit) => match limit.admit(client.ip()) {
-            Some(slot) => Some(slot),
-            None => {
-                listener
-                    .proxy
-                    .load()
-                    .meters()
-                    .client_refused(&listener.name);
-                tracing::debug!(listener = %listener.name, %client, "per-client connection limit");
-                return;
-            }
-        },
+    // The generation's meters only for this check (a load guard is not for holding).
+    let admitted = {
+        let proxy = listener.proxy.load();
+        crate::l7::client_limit::admit_on(
+            listener.per_client.as_ref(),
+            client.ip(),
+            &listener.name,
+            proxy.meters(),
+        )
     };
+    let Ok(_slot) = admitted else { return };
     let Ok(local) = tcp.local_addr() else {
         return;
     };
