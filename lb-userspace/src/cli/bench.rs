@@ -161,11 +161,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    let report = runtime
+    let mut report = runtime
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
         .block_on(loadgen::run(config))?;
+    report.meta = vec![
+        ("target".to_owned(), args.urls.join(" ")),
+        (
+            "command".to_owned(),
+            std::env::args().collect::<Vec<_>>().join(" "),
+        ),
+        (
+            "date".to_owned(),
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        ),
+        (
+            "lb version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        ),
+    ];
     if let Some(path) = &args.html {
         std::fs::write(path, loadgen::render_html(&report))
             .with_context(|| format!("writing {}", path.display()))?;

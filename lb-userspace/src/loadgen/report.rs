@@ -159,9 +159,13 @@ pub struct BenchReport {
     /// (percentile, latency in µs) points for the HTML report's percentile plot.
     #[serde(skip)]
     pub percentile_curve: Vec<(f64, u64)>,
-    /// Responses per second over the measured time, for the HTML report.
+    /// Responses per second over the measured time, for the HTML report: whole seconds only.
     #[serde(skip)]
     pub per_second: Vec<u64>,
+    /// What the HTML report says about the run (target, command, date, version), set by the
+    /// command line.
+    #[serde(skip)]
+    pub meta: Vec<(String, String)>,
 }
 
 impl BenchReport {
@@ -211,7 +215,15 @@ impl BenchReport {
             connect_us: LatencySummary::of(&rec.connect),
             tls_handshake_us: LatencySummary::of(&rec.tls),
             percentile_curve: percentile_curve(&rec.latency),
-            per_second: rec.per_second.clone(),
+            // A last, partial second would plot as a drop in the rate (50 ms of slack: the
+            // measured time of a 2 s run can end a hair before 2 s).
+            per_second: rec
+                .per_second
+                .iter()
+                .take(((secs + 0.05).floor() as usize).max(1))
+                .copied()
+                .collect(),
+            meta: Vec::new(),
         }
     }
 }
