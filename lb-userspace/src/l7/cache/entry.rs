@@ -182,7 +182,7 @@ impl StoredHead {
         request: &request::Parts,
         not_modified: &response::Parts,
     ) -> Option<Self> {
-        let mut merged = response::Parts::clone_head(self.status, &self.headers);
+        let mut merged = head_of(self.status, &self.headers);
         for name in not_modified.headers.keys() {
             if matches!(
                 name.as_str(),
@@ -209,17 +209,12 @@ impl StoredHead {
     }
 }
 
-trait CloneHead {
-    fn clone_head(status: StatusCode, headers: &HeaderMap) -> response::Parts;
-}
-
-impl CloneHead for response::Parts {
-    fn clone_head(status: StatusCode, headers: &HeaderMap) -> response::Parts {
-        let (mut parts, ()) = hyper::Response::new(()).into_parts();
-        parts.status = status;
-        parts.headers = headers.clone();
-        parts
-    }
+/// A response head with `status` and a copy of `headers`.
+fn head_of(status: StatusCode, headers: &HeaderMap) -> response::Parts {
+    let (mut parts, ()) = hyper::Response::new(()).into_parts();
+    parts.status = status;
+    parts.headers = headers.clone();
+    parts
 }
 
 /// The request headers a response's `Vary` names; None for `Vary: *` (never matches, so

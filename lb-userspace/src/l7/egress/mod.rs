@@ -26,7 +26,6 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::{
     Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
 };
@@ -252,17 +251,7 @@ impl EgressListener {
         };
         if let Some(decision) = self.settings.decide_before_resolving(&ask) {
             record.decision = Some(&decision);
-            self.count(decision.verdict, &decision.rule);
-            tracing::info!(
-                listener = %self.name,
-                %client,
-                user = record.user.unwrap_or("-"),
-                method = %method,
-                target = %target.authority(),
-                decision = decision.verdict,
-                rule = %decision.rule,
-                "egress decision"
-            );
+            self.decided(&record, None, &decision);
             return self.answer(&record, StatusCode::FORBIDDEN, "egress denied by policy");
         }
         let addresses = match resolve(&target).await {
@@ -294,18 +283,7 @@ impl EgressListener {
         };
         let (shown_ip, shown) = (shown.0, shown.1.clone());
         record.decision = Some(&shown);
-        self.count(shown.verdict, &shown.rule);
-        tracing::info!(
-            listener = %self.name,
-            %client,
-            user = record.user.unwrap_or("-"),
-            method = %method,
-            target = %target.authority(),
-            address = %shown_ip,
-            decision = shown.verdict,
-            rule = %shown.rule,
-            "egress decision"
-        );
+        self.decided(&record, Some(shown_ip), &shown);
         if !shown.allowed {
             record.address = Some(SocketAddr::new(shown_ip, target.port));
             return self.answer(&record, StatusCode::FORBIDDEN, "egress denied by policy");
@@ -361,21 +339,28 @@ impl EgressListener {
     /// A local answer (text body, connection kept), logged.
     fn answer(&self, record: &Record<'_>, status: StatusCode, reason: &str) -> Response<ProxyBody> {
         self.log(record, status.as_u16());
-        let mut response = Response::new(
-            Full::new(Bytes::from(format!("{reason}\n")))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain"),
-        );
-        response
+        super::answer::text_answer(status, Bytes::from(format!("{reason}\n")))
     }
 
     fn count(&self, decision: &str, rule: &str) {
         count(&self.name, &self.proxy, decision, rule);
+    }
+
+    /// A policy decision counted and logged (`address`: the one it was made for, when the
+    /// name was resolved first).
+    fn decided(&self, record: &Record<'_>, address: Option<IpAddr>, decision: &Decision) {
+        self.count(decision.verdict, &decision.rule);
+        tracing::info!(
+            listener = %self.name,
+            client = %record.client,
+            user = record.user.unwrap_or("-"),
+            method = %record.method,
+            target = %record.target.map_or_else(String::new, Target::authority),
+            address = %address.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            decision = decision.verdict,
+            rule = %decision.rule,
+            "egress decision"
+        );
     }
 
     fn line(&self, record: &Record<'_>, status: u16) -> serde_json::Value {

@@ -45,17 +45,10 @@ pub async fn read_after(
 ) -> Result<ClientHello, ClientHelloError> {
     let read = async {
         let mut acceptor = Acceptor::default();
-        let mut bytes = Vec::new();
+        let mut bytes = initial;
         let mut chunk = [0u8; 4096];
-        if !initial.is_empty() {
-            let mut fresh = initial.as_slice();
-            while !fresh.is_empty() {
-                match acceptor.read_tls(&mut fresh) {
-                    Ok(0) | Err(_) => return Err(ClientHelloError::TooLarge),
-                    Ok(_) => {}
-                }
-            }
-            bytes = initial.clone();
+        if !bytes.is_empty() {
+            feed(&mut acceptor, &bytes)?;
             if let Some(hello) = accepted(&mut acceptor, &bytes)? {
                 return Ok(hello);
             }
@@ -72,13 +65,7 @@ pub async fn read_after(
             if bytes.len() > MAX_CLIENT_HELLO {
                 return Err(ClientHelloError::TooLarge);
             }
-            let mut fresh = &chunk[..n];
-            while !fresh.is_empty() {
-                match acceptor.read_tls(&mut fresh) {
-                    Ok(0) | Err(_) => return Err(ClientHelloError::TooLarge),
-                    Ok(_) => {}
-                }
-            }
+            feed(&mut acceptor, &chunk[..n])?;
             if let Some(hello) = accepted(&mut acceptor, &bytes)? {
                 return Ok(hello);
             }
@@ -87,6 +74,17 @@ pub async fn read_after(
     tokio::time::timeout(deadline, read)
         .await
         .map_err(|_| ClientHelloError::Timeout)?
+}
+
+/// Hands `fresh` bytes to `acceptor` (its buffer full: a ClientHello too large to take).
+fn feed(acceptor: &mut Acceptor, mut fresh: &[u8]) -> Result<(), ClientHelloError> {
+    while !fresh.is_empty() {
+        match acceptor.read_tls(&mut fresh) {
+            Ok(0) | Err(_) => return Err(ClientHelloError::TooLarge),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The ClientHello, once `acceptor` has all of it (`bytes`: everything read so far).
