@@ -98,7 +98,7 @@ impl Proxy {
                         &parts,
                         stored,
                         guard,
-                        &request_of(ctx, pool_name, forwarded_host.clone()),
+                        &origin_of(ctx, pool_name, forwarded_host.clone()),
                     );
                 }
                 return mark(serve(stored, &parts), CacheStatus::Stale, ctx);
@@ -252,11 +252,7 @@ struct Origin {
     forwarded_host: Option<HeaderValue>,
 }
 
-fn request_of(
-    ctx: &RequestCtx<'_>,
-    pool_name: &str,
-    forwarded_host: Option<HeaderValue>,
-) -> Origin {
+fn origin_of(ctx: &RequestCtx<'_>, pool_name: &str, forwarded_host: Option<HeaderValue>) -> Origin {
     Origin {
         listener: ctx.listener.to_owned(),
         peer: ctx.peer,
