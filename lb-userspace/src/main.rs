@@ -75,8 +75,11 @@ enum Command {
         /// Backend file (TOML).
         file: PathBuf,
     },
-    /// Talk to a running `lb run` through its admin API: status, pools, drain, undrain.
+    /// Talk to a running `lb run` through its admin API: status, pools, drain, undrain, purge, upgrade.
     Ctl(cli::ctl::CtlArgs),
+    /// Hitless upgrade of a running `lb run` (as `lb ctl upgrade`): it starts the binary on
+    /// disk and hands it its listening sockets, then drains and exits once the new one is ready.
+    Upgrade(cli::ctl::UpgradeArgs),
     /// Load generator: throughput and latency of an HTTP(S) target, closed or open loop.
     Bench(Box<cli::bench::BenchArgs>),
     /// Print shell completions for SHELL (bash, zsh, fish, ...) to standard output.
@@ -119,6 +122,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let who = match cli.command {
         Command::Ctl(_) => "lb ctl",
+        Command::Upgrade(_) => "lb upgrade",
         _ => "lb",
     };
     match run(cli) {
@@ -181,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } => cli::l4::run(&iface, xdp_mode, &config, stats_interval).await,
             Command::Decap { iface, xdp_mode } => cli::decap::run(&iface, xdp_mode).await,
             Command::Ctl(args) => cli::ctl::run(args).await,
+            Command::Upgrade(args) => cli::ctl::upgrade(args).await,
             Command::Bench(_)
             | Command::L7 { .. }
             | Command::CheckConfig { .. }

@@ -154,6 +154,11 @@ impl LbRun {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Waits for the process to exit on its own (after an upgrade handed over, say).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for lb run")
+    }
 }
 
 /// The address in lb's `admin http://ADDR/` line.

@@ -11,9 +11,12 @@
 //!   attached (all done before this server starts), 503 from the stop signal on (draining).
 //!
 //! With a token (`lb run --admin-token-file`), the mutating endpoints (drain, undrain,
-//! purge) need `Authorization: Bearer TOKEN` (401 otherwise); reads stay open.
+//! purge, upgrade) need `Authorization: Bearer TOKEN` (401 otherwise); reads stay open.
 //! - `POST /api/purge?url=URL` (`&prefix=1`: every URL starting with it): removes cached
 //!   responses from the routes' caches; answers how many keys went.
+//! - `POST /api/upgrade`: hitless binary upgrade (`handover`): answers `upgraded pid N` once
+//!   the new process is ready (this one then drains and exits), or why it failed (this one
+//!   keeps serving).
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
@@ -30,6 +33,7 @@ use tokio::{
 };
 
 use super::{metrics::Metrics, status::Status};
+use crate::l7::lifecycle::{self, Lifecycle};
 
 const PAGE: &str = include_str!("page.html");
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -47,6 +51,11 @@ pub enum AdminCommand {
         url: String,
         prefix: bool,
         reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Start the binary on disk in this process's place (`handover`); the answer is the new
+    /// process's pid once it is ready.
+    Upgrade {
+        reply: oneshot::Sender<Result<u32, String>>,
     },
 }
 
@@ -77,32 +86,81 @@ impl AdminState {
     }
 }
 
-/// Binds `addr` and serves until the returned task is aborted.
-pub async fn serve_admin(
-    addr: SocketAddr,
-    state: Arc<AdminState>,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
+/// The running admin server.
+pub struct AdminServer {
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    /// The connections being served, finished gracefully by `stop`.
+    lifecycle: Arc<Lifecycle>,
+    /// A copy of the listening socket, for the next lb of an upgrade.
+    socket: std::os::fd::OwnedFd,
+}
+
+impl AdminServer {
+    /// Stops accepting, lets the answers being written finish (keep-alive connections close
+    /// after their current request) for up to `grace`, then drops what is left.
+    pub async fn stop(self, grace: std::time::Duration) {
+        self.task.abort();
+        // Awaited so the accept loop's socket (and its phase receiver) are gone first.
+        let _ = self.task.await;
+        self.lifecycle.shutdown(grace).await;
+    }
+
+    /// The listening socket for the next lb of an upgrade (`handover`).
+    pub fn handover_socket(
+        &self,
+    ) -> std::io::Result<(crate::handover::HandedSocket, std::os::fd::OwnedFd)> {
+        let socket = crate::handover::HandedSocket {
+            fd: -1,
+            transport: crate::handover::Transport::Tcp,
+            name: crate::handover::ADMIN_LISTENER.into(),
+            addr: self.addr,
+        };
+        Ok((socket, self.socket.try_clone()?))
+    }
+}
+
+/// Binds `addr` (or takes the socket the previous lb handed over for it) and serves until the
+/// returned task is aborted.
+pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<AdminServer> {
+    use std::os::fd::AsFd as _;
+    let listener = match crate::handover::inherited::take_tcp(crate::handover::ADMIN_LISTENER, addr)
+    {
+        Some(handed) => handed?,
+        None => TcpListener::bind(addr).await?,
+    };
     let bound = listener.local_addr()?;
+    let socket = listener.as_fd().try_clone_to_owned()?;
+    let lifecycle = Arc::new(Lifecycle::default());
+    let gate = lifecycle.gate(ADMIN_CONNECTIONS);
     let task = tokio::spawn(async move {
+        let builder = auto::Builder::new(TokioExecutor::new());
         loop {
+            let admission = gate.admit().await;
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let state = state.clone();
-            tokio::spawn(async move {
+            let (state, builder, phase) = (state.clone(), builder.clone(), admission.phase());
+            tokio::spawn(admission.run(async move {
                 let service = service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(answer(req, &state).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
+                lifecycle::serve(&builder, TokioIo::new(tcp), service, phase).await;
+            }));
         }
     });
-    Ok((bound, task))
+    Ok(AdminServer {
+        addr: bound,
+        task,
+        lifecycle,
+        socket,
+    })
 }
+
+/// Admin connections served at once (more wait in the kernel's queue).
+const ADMIN_CONNECTIONS: usize = 256;
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -208,7 +266,7 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                     "needs ?pool=NAME&backend=ADDR:PORT\n".into(),
                 );
             };
-            let answer = ask(state, |reply| AdminCommand::Drain {
+            let answer = ask(state, StatusCode::NOT_FOUND, |reply| AdminCommand::Drain {
                 pool,
                 backend,
                 drain: path == "/api/drain",
@@ -230,9 +288,24 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                 );
             };
             let prefix = query_param(query, "prefix").is_some_and(|v| v == "1" || v == "true");
-            let answer = ask(state, |reply| AdminCommand::Purge { url, prefix, reply }).await;
+            let answer = ask(state, StatusCode::NOT_FOUND, |reply| AdminCommand::Purge {
+                url,
+                prefix,
+                reply,
+            })
+            .await;
             match answer {
                 Ok(n) => reply(StatusCode::OK, TEXT, format!("purged {n}\n")),
+                Err(answer) => answer,
+            }
+        }
+        (&Method::POST, "/api/upgrade") => {
+            match ask(state, StatusCode::INTERNAL_SERVER_ERROR, |reply| {
+                AdminCommand::Upgrade { reply }
+            })
+            .await
+            {
+                Ok(pid) => reply(StatusCode::OK, TEXT, format!("upgraded pid {pid}\n")),
                 Err(answer) => answer,
             }
         }
@@ -241,10 +314,11 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
 }
 
 /// Sends the manager the command `make` builds around a reply channel and waits for its
-/// answer; Err is the HTTP answer for a refusal (404 with the manager's words) or a manager
-/// that is gone (503).
+/// answer; Err is the HTTP answer for a refusal (`refused` with the manager's words) or a
+/// manager that is gone (503).
 async fn ask<T>(
     state: &AdminState,
+    refused: StatusCode,
     make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> AdminCommand,
 ) -> Result<T, Response<Full<Bytes>>> {
     let gone = || {
@@ -260,7 +334,7 @@ async fn ask<T>(
     }
     match rx.await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n"))),
+        Ok(Err(e)) => Err(reply(refused, TEXT, format!("{e}\n"))),
         Err(_) => Err(gone()),
     }
 }

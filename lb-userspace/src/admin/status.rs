@@ -7,6 +7,8 @@ use serde::Serialize;
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
     pub version: &'static str,
+    /// This process (it changes with an upgrade).
+    pub pid: u32,
     pub uptime_seconds: f64,
     pub config: ConfigStatus,
     pub listeners: Vec<ListenerStatus>,

@@ -1,5 +1,5 @@
 //! `lb ctl`: the operator's side of the admin API of a running `lb run`: status tables, pools,
-//! drain / undrain, cache purge. Speaks HTTP/1.1 to `--admin` (the same default as `lb run --admin`).
+//! drain / undrain, cache purge, upgrade. Speaks HTTP/1.1 to `--admin` (the same default as `lb run --admin`).
 //! The status JSON is read by field name and missing numbers count as zero, so the tables keep
 //! working when the snapshot gains or loses fields.
 use std::{fmt::Write as _, net::SocketAddr, time::Duration};
@@ -47,6 +47,43 @@ enum CtlCommand {
         #[arg(long)]
         prefix: bool,
     },
+    /// Hitless upgrade: `lb run` starts the binary on disk with its arguments and hands it
+    /// its listening sockets; once the new process is ready the old one drains and exits.
+    /// Prints the new pid; on failure the old process keeps serving and the reason is printed.
+    Upgrade {
+        /// How long to wait for the answer (the new process's start-up included).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// `lb upgrade`: `lb ctl upgrade` under the name operators look for.
+#[derive(Args)]
+pub struct UpgradeArgs {
+    /// Admin address of the `lb run` to upgrade.
+    #[arg(long, default_value = "127.0.0.1:9900")]
+    admin: SocketAddr,
+    /// The admin token (the file's first line), when `lb run` has `--admin-token-file`.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
+    /// Print `{"pid": N}` instead of a sentence.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for the answer (the new process's start-up included).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+pub async fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
+    run(CtlArgs {
+        admin: args.admin,
+        admin_token_file: args.admin_token_file,
+        json: args.json,
+        command: CtlCommand::Upgrade {
+            timeout: args.timeout,
+        },
+    })
+    .await
 }
 
 /// How long one API call may take (connect, request, answer).
@@ -60,7 +97,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         .transpose()?;
     let call = |method: Method, path: String| {
         let token = token.clone();
-        async move { call(args.admin, method, &path, token.as_deref()).await }
+        async move { call_admin(args.admin, method, &path, token.as_deref(), CALL_TIMEOUT).await }
     };
     match &args.command {
         CtlCommand::Status | CtlCommand::Pools => {
@@ -95,6 +132,26 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 println!("purged {purged} cached key(s)");
             }
         }
+        CtlCommand::Upgrade { timeout } => {
+            let body = call_admin(
+                args.admin,
+                Method::POST,
+                "/api/upgrade",
+                token.as_deref(),
+                *timeout,
+            )
+            .await?;
+            let pid: u32 = body
+                .trim()
+                .strip_prefix("upgraded pid ")
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("{}: unexpected answer {body:?}", args.admin))?;
+            if args.json {
+                println!("{}", serde_json::json!({ "pid": pid }));
+            } else {
+                println!("upgraded: the new lb is pid {pid}; the old one drains and exits");
+            }
+        }
         CtlCommand::Drain { pool, backend } | CtlCommand::Undrain { pool, backend } => {
             let drain = matches!(args.command, CtlCommand::Drain { .. });
             let path = format!(
@@ -118,15 +175,16 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
 }
 
 /// One request to the admin API; the body of a 2xx answer, else the API's message as error.
-async fn call(
+async fn call_admin(
     admin: SocketAddr,
     method: Method,
     path: &str,
     token: Option<&str>,
+    timeout: Duration,
 ) -> anyhow::Result<String> {
-    tokio::time::timeout(CALL_TIMEOUT, exchange(admin, method, path, token))
+    tokio::time::timeout(timeout, exchange(admin, method, path, token))
         .await
-        .map_err(|_| anyhow::anyhow!("{admin}: no answer within {CALL_TIMEOUT:?}"))?
+        .map_err(|_| anyhow::anyhow!("{admin}: no answer within {timeout:?}"))?
 }
 
 async fn exchange(
@@ -171,7 +229,9 @@ async fn exchange(
     let reason = body.trim();
     match status {
         // The manager's own words: "no pool \"x\"", "pool \"web\" has no backend ...".
-        StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST if !reason.is_empty() => {
+        StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::INTERNAL_SERVER_ERROR
+            if !reason.is_empty() =>
+        {
             anyhow::bail!("{reason}")
         }
         _ => anyhow::bail!("{admin}{path}: {status}: {reason}"),
@@ -250,8 +310,9 @@ fn status_text(status: &Value) -> String {
     let config = &status["config"];
     let _ = writeln!(
         out,
-        "lb {}  up {:.0}s  config {}  reloads ok {}, rejected {}",
+        "lb {}  pid {}  up {:.0}s  config {}  reloads ok {}, rejected {}",
         text(status, "version"),
+        count(status, "pid"),
         status["uptime_seconds"].as_f64().unwrap_or(0.0),
         text(config, "path"),
         count(config, "reloads_ok"),

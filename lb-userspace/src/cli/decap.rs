@@ -19,6 +19,9 @@ pub async fn run(iface: &str, mode: AttachMode) -> anyhow::Result<()> {
             Event::Stop(name) => break name,
             Event::Reload => tracing::info!("SIGHUP: nothing to reload for lb decap"),
             Event::ReopenLogs => tracing::info!("SIGUSR1: lb decap writes no log file"),
+            Event::Upgrade => {
+                tracing::warn!("SIGUSR2: hitless upgrade is an lb run feature; lb decap ignores it")
+            }
         }
     };
     tracing::info!(signal = signal_name, "detaching");

@@ -57,6 +57,7 @@ pub async fn run(
                 Event::Stop(name) => break name,
                 Event::Reload => reload(&mut attached, &mut dataplane, config_path, "SIGHUP"),
                 Event::ReopenLogs => tracing::info!("SIGUSR1: lb l4 writes no log file"),
+                Event::Upgrade => tracing::warn!("SIGUSR2: hitless upgrade is an lb run feature; lb l4 ignores it"),
             },
             _ = watch_tick.tick() => {
                 if watcher.changed() {

@@ -61,6 +61,9 @@ pub fn run(
                     }
                     Event::Reload => reload(&mut running, config_path).await,
                     Event::ReopenLogs => running.reopen_logs(),
+                    Event::Upgrade => tracing::warn!(
+                        "SIGUSR2: hitless upgrade is an lb run feature; lb l7 ignores it"
+                    ),
                 }
             }
             let cut = running.shutdown(grace).await;

@@ -5,7 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::Args;
 use lb::{
-    admin::{AdminCommand, AdminState, serve_admin},
+    admin::{AdminCommand, AdminState, serve_admin, server::AdminServer},
+    handover::{self, Successor},
     l7::Algorithm,
     manager::{
         flags::ServiceFlags,
@@ -14,6 +15,8 @@ use lb::{
     },
     xdp::AttachMode,
 };
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::signals::{Event, Signals};
 
@@ -65,9 +68,14 @@ pub struct RunArgs {
     /// undrain, purge); TOKEN is the file's first line. Reads (status, metrics) stay open.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
-    /// On SIGTERM/SIGINT, time in-flight requests get to finish.
+    /// On SIGTERM/SIGINT, and after handing over to a new lb (upgrade), time in-flight
+    /// requests, WebSockets and tunnels get to finish.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Upgrade (`lb upgrade`, SIGUSR2): how long the new lb may take to be ready before it is
+    /// killed and this one keeps serving.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    upgrade_timeout: Duration,
     /// Worker threads (default: the CPUs this process may use).
     #[arg(long)]
     threads: Option<usize>,
@@ -138,6 +146,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.iface.is_some() || (args.pin_dir.is_none() && !args.keep_fast_path),
         "--pin-dir and --keep-fast-path are about the XDP tier: they need --iface"
     );
+    // Started by `lb upgrade`: the previous lb's listening sockets, before anything binds.
+    let handed_over = lb::handover::inherited::adopt_from_env()
+        .context("taking over the sockets of the previous lb")?;
+    if handed_over {
+        tracing::info!("started by an upgrade: serving on the previous lb's sockets");
+    }
     let flags = ServiceFlags {
         listen: args.listen.clone(),
         vips: args.vips.clone(),
@@ -187,7 +201,7 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (commands_tx, mut commands) = tokio::sync::mpsc::channel(16);
-    let (admin, admin_task) = serve_admin(
+    let admin = serve_admin(
         args.admin,
         Arc::new(AdminState {
             status: manager.status.clone(),
@@ -211,23 +225,34 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    println!("admin http://{admin}/");
-    tracing::info!(%admin, "lb running");
-    // Under systemd (Type=notify): listeners bound, configuration loaded, XDP attached.
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+    println!("admin http://{}/", admin.addr);
+    tracing::info!(admin = %admin.addr, "lb running");
+    // Listeners bound, configuration loaded, XDP attached: the lb that started this one (an
+    // upgrade) is told, and tells systemd this is its main process now; otherwise systemd
+    // (Type=notify) is told directly.
+    if !lb::handover::inherited::report_ready()
+        && let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready])
+    {
         tracing::warn!(%e, "telling systemd lb is ready");
     }
 
     let mut signals = Signals::install()?;
     let mut watch_tick = tokio::time::interval(WATCH_PERIOD);
     let mut status_tick = tokio::time::interval(STATUS_PERIOD);
-    let signal_name = loop {
+    let mut upgrade = Upgrade::new(args.upgrade_timeout);
+    let stop = loop {
         tokio::select! {
             event = signals.next() => match event {
-                Event::Stop(name) => break name,
+                Event::Stop(name) => break Stop::Signal(name),
                 Event::Reload => manager.reload("SIGHUP").await,
                 Event::ReopenLogs => manager.reopen_logs(),
+                Event::Upgrade => upgrade.start(&manager, &admin, None),
             },
+            Some(outcome) = upgrade.outcome() => {
+                if let Some(pid) = upgrade.finish(outcome) {
+                    break Stop::Upgraded(pid);
+                }
+            }
             _ = watch_tick.tick() => {
                 if watcher.changed() {
                     manager.reload("file changed").await;
@@ -241,16 +266,35 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
                 AdminCommand::Purge { url, prefix, reply } => {
                     let _ = reply.send(manager.purge(&url, prefix));
                 }
+                AdminCommand::Upgrade { reply } => upgrade.start(&manager, &admin, Some(reply)),
             },
             _ = status_tick.tick() => manager.publish(),
         }
     };
-    tracing::info!(signal = signal_name, grace = ?args.grace, "stopping");
-    // The admin API stays up through the drain: /readyz says 503, changes are refused.
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    let cut = manager.shutdown(args.grace).await;
-    admin_task.abort();
+    let cut = match stop {
+        Stop::Signal(name) => {
+            tracing::info!(signal = name, grace = ?args.grace, "stopping");
+            // The admin API stays up through the drain: /readyz says 503, changes are refused.
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            let cut = manager.shutdown(args.grace, false).await;
+            admin.stop(Duration::ZERO).await;
+            cut
+        }
+        Stop::Upgraded(pid) => {
+            tracing::info!(pid, grace = ?args.grace, "upgrade: the new lb is ready; this one stops accepting and drains");
+            println!("upgraded pid={pid}");
+            // systemd follows the new process (accepted from the main process only).
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::MainPid(pid)]) {
+                tracing::warn!(%e, "telling systemd the new main process");
+            }
+            // Both stop accepting now (the new lb serves the same sockets), the XDP tier is
+            // left to the new lb through its pins.
+            let (cut, ()) =
+                tokio::join!(manager.shutdown(args.grace, true), admin.stop(args.grace));
+            cut
+        }
+    };
     let cut = cut?;
     if cut > 0 {
         tracing::warn!(
@@ -260,6 +304,100 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
     }
     println!("stopped");
     Ok(())
+}
+
+/// Why the event loop ended.
+enum Stop {
+    /// SIGINT or SIGTERM.
+    Signal(&'static str),
+    /// A new lb (this pid) is ready on the handed-over sockets.
+    Upgraded(u32),
+}
+
+/// Where an `lb upgrade` call waits for the new process's pid, or why it failed.
+type UpgradeReply = oneshot::Sender<Result<u32, String>>;
+
+/// The upgrade in progress, if any: one at a time; everyone who asked while it ran gets its
+/// outcome.
+struct Upgrade {
+    timeout: Duration,
+    /// The new process's pid, and who waits for its outcome (the admin API's callers).
+    running: Option<(u32, Vec<UpgradeReply>)>,
+    outcome_tx: mpsc::Sender<Result<u32, String>>,
+    outcome_rx: mpsc::Receiver<Result<u32, String>>,
+}
+
+impl Upgrade {
+    fn new(timeout: Duration) -> Self {
+        let (outcome_tx, outcome_rx) = mpsc::channel(1);
+        Self {
+            timeout,
+            running: None,
+            outcome_tx,
+            outcome_rx,
+        }
+    }
+
+    /// Starts the new lb with this one's listening sockets (the admin server's too); its
+    /// readiness arrives through `outcome`. `reply` (an `lb upgrade` call) gets the outcome.
+    fn start(&mut self, manager: &Manager, admin: &AdminServer, reply: Option<UpgradeReply>) {
+        if let Some((pid, waiting)) = &mut self.running {
+            tracing::warn!(
+                pid,
+                "upgrade asked while one is in progress: waiting for that one"
+            );
+            waiting.extend(reply);
+            return;
+        }
+        let started = manager
+            .handover_sockets()
+            .and_then(|mut sockets| {
+                sockets.push(admin.handover_socket()?);
+                Ok(sockets)
+            })
+            .map_err(handover::HandoverError::Descriptors)
+            .and_then(Successor::start);
+        let successor = match started {
+            Ok(successor) => successor,
+            Err(e) => {
+                let why = format!("{:#}", anyhow::Error::from(e));
+                tracing::error!(error = %why, "upgrade failed; this lb keeps serving");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(why));
+                }
+                return;
+            }
+        };
+        let pid = successor.pid();
+        tracing::info!(pid, timeout = ?self.timeout, "upgrade: new lb started, waiting for it to be ready");
+        let (timeout, tx) = (self.timeout, self.outcome_tx.clone());
+        tokio::spawn(async move {
+            let outcome = successor
+                .ready(timeout)
+                .await
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+            let _ = tx.send(outcome).await;
+        });
+        self.running = Some((pid, reply.into_iter().collect()));
+    }
+
+    /// The outcome of the upgrade in progress (pending while none is).
+    async fn outcome(&mut self) -> Option<Result<u32, String>> {
+        self.outcome_rx.recv().await
+    }
+
+    /// Tells everyone waiting; Some(pid) when the new lb is ready and this one must go.
+    fn finish(&mut self, outcome: Result<u32, String>) -> Option<u32> {
+        let (_, waiting) = self.running.take()?;
+        match &outcome {
+            Ok(_) => {}
+            Err(why) => tracing::error!(error = %why, "upgrade failed; this lb keeps serving"),
+        }
+        for reply in waiting {
+            let _ = reply.send(outcome.clone());
+        }
+        outcome.ok()
+    }
 }
 
 /// The admin token in `path`: its first line, trimmed; empty is an error (an empty token

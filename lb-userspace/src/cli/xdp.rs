@@ -24,6 +24,7 @@ pub async fn attach(iface: &str, mode: AttachMode, stats_interval: u64) -> anyho
                 Event::Stop(name) => break name,
                 Event::Reload => tracing::info!("SIGHUP: nothing to reload for lb xdp attach"),
                 Event::ReopenLogs => tracing::info!("SIGUSR1: lb xdp attach writes no log file"),
+                Event::Upgrade => tracing::warn!("SIGUSR2: hitless upgrade is an lb run feature; lb xdp attach ignores it"),
             },
             _ = ticker.tick(), if period.is_some() => {
                 println!("{}\n", xdp::read_stats(attached.ebpf())?);

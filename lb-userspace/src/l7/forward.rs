@@ -179,7 +179,7 @@ impl Proxy {
                     if status == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(upgrade) = upgrade.take()
                     {
-                        return upgrade.splice(response.into_upgrade());
+                        return upgrade.splice(response.into_upgrade(), ctx.conn.tracker.as_ref());
                     }
                     let mut response = response.into_proxy_response();
                     remove_hop_by_hop(response.headers_mut());

@@ -4,7 +4,9 @@
 //! connection is told to finish (HTTP/1.1 keep-alive connections close after their current
 //! request, HTTP/2 ones send GOAWAY), then the stragglers are dropped when the grace ends.
 //! The global guard's `max_connections` (`overload.rs`) is one more semaphore every HTTP
-//! listener's gate takes a slot of.
+//! listener's gate takes a slot of. Connections without a slot (tcp relays, and WebSockets
+//! and tunnels once upgraded) are counted through a `Tracker`, so the graceful stop (and an
+//! upgrade's drain) gives them the grace too instead of ending with the process.
 use std::{
     error::Error as StdError,
     future::Future,
@@ -64,6 +66,14 @@ impl Lifecycle {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// For connections no slot limit applies to.
+    pub fn tracker(&self) -> Tracker {
+        Tracker {
+            phase: self.phase.subscribe(),
+            open: self.open.clone(),
+        }
+    }
+
     /// The gate of one listener allowing `max_connections` at once.
     pub fn gate(&self, max_connections: usize) -> ListenerGate {
         ListenerGate {
@@ -93,6 +103,28 @@ impl Lifecycle {
     }
 }
 
+/// Counts connections that take no listener slot (tcp relays, WebSockets and tunnels after
+/// their upgrade, which outlive the HTTP connection that started them) into the graceful
+/// stop: they get the grace, then are cut with the rest.
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    phase: watch::Receiver<Phase>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Tracker {
+    /// Counts one more connection until the returned admission is dropped (`Admission::run`).
+    pub fn admit(&self) -> Admission {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Admission {
+            _permit: None,
+            _global: None,
+            phase: self.phase.clone(),
+            open: self.open.clone(),
+        }
+    }
+}
+
 /// A listener's connection slots.
 pub struct ListenerGate {
     slots: Arc<Semaphore>,
@@ -102,6 +134,14 @@ pub struct ListenerGate {
 }
 
 impl ListenerGate {
+    /// For the connections this listener's ones turn into (upgrades, tunnels).
+    pub fn tracker(&self) -> Tracker {
+        Tracker {
+            phase: self.phase.clone(),
+            open: self.open.clone(),
+        }
+    }
+
     /// Waits for a free slot (call before accepting, so waiting clients queue in the kernel).
     pub async fn admit(&self) -> Admission {
         // The semaphore is never closed.

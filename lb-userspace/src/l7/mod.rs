@@ -44,7 +44,7 @@ mod forward;
 mod headers;
 mod hygiene;
 pub mod jwt;
-mod lifecycle;
+pub(crate) mod lifecycle;
 pub mod observe;
 pub mod overload;
 mod pipeline;

@@ -399,7 +399,14 @@ impl RunningL7 {
             return super::egress::spawn(l, listener.clone(), self.proxy.clone(), gate);
         }
         if l.mode != ListenerMode::Http {
-            return super::stream::spawn(l, &settings.stream_routes, socket, self.proxy.clone());
+            let tracker = self.lifecycle.tracker();
+            return super::stream::spawn(
+                l,
+                &settings.stream_routes,
+                socket,
+                self.proxy.clone(),
+                tracker,
+            );
         }
         let BoundSocket::Tcp(listener) = socket else {
             // `bind` gives http listeners TCP sockets.
@@ -440,6 +447,33 @@ impl RunningL7 {
         self.lifecycle.shutdown(grace).await
     }
 
+    /// Copies of the listening sockets, for the next lb of an upgrade (`handover`): the same
+    /// sockets, so connections waiting to be accepted are served by whichever process
+    /// accepts first.
+    pub fn handover_sockets(
+        &self,
+    ) -> std::io::Result<Vec<(crate::handover::HandedSocket, std::os::fd::OwnedFd)>> {
+        use std::os::fd::AsFd as _;
+
+        use crate::handover::{HandedSocket, Transport};
+        self.tasks
+            .iter()
+            .map(|t| {
+                let (transport, fd) = match &t.socket {
+                    BoundSocket::Tcp(s) => (Transport::Tcp, s.as_fd().try_clone_to_owned()?),
+                    BoundSocket::Udp(s) => (Transport::Udp, s.as_fd().try_clone_to_owned()?),
+                };
+                let socket = HandedSocket {
+                    fd: -1,
+                    transport,
+                    name: t.name.clone(),
+                    addr: t.bound,
+                };
+                Ok((socket, fd))
+            })
+            .collect()
+    }
+
     /// Re-reads every HTTPS listener's certificate and key files and swaps them in: new
     /// handshakes get them, established connections are unaffected. All or nothing: on a
     /// missing or bad file every listener keeps its certificates and the error names the file.
@@ -478,11 +512,18 @@ async fn bind(l: &ListenerConfig) -> Result<BoundSocket, L7Error> {
         addr: l.addr,
         source,
     };
+    // After an upgrade, the socket the previous lb served this listener on.
     if l.mode == ListenerMode::Udp {
-        let socket = UdpSocket::bind(l.addr).await.map_err(error)?;
+        let socket = match crate::handover::inherited::take_udp(&l.name, l.addr) {
+            Some(handed) => handed.map_err(error)?,
+            None => UdpSocket::bind(l.addr).await.map_err(error)?,
+        };
         return Ok(BoundSocket::Udp(Arc::new(socket)));
     }
-    let socket = TcpListener::bind(l.addr).await.map_err(error)?;
+    let socket = match crate::handover::inherited::take_tcp(&l.name, l.addr) {
+        Some(handed) => handed.map_err(error)?,
+        None => TcpListener::bind(l.addr).await.map_err(error)?,
+    };
     Ok(BoundSocket::Tcp(Arc::new(socket)))
 }
 
@@ -585,6 +626,7 @@ async fn accept_loop(
         let (name, proxy, tls, trust) = (name.clone(), proxy.clone(), tls.clone(), trust.clone());
         let per_client = per_client.clone();
         let phase = admission.phase();
+        let tracker = gate.tracker();
         tokio::spawn(admission.run(async move {
             let mut peer = socket_peer;
             if let Some(trust) = trust.filter(|t| t.0.iter().any(|n| n.contains(&socket_peer.ip())))
@@ -625,6 +667,7 @@ async fn accept_loop(
                 }
             };
             let mut conn = super::upstream::ConnInfo::new(peer.ip(), local, flow_id);
+            conn.tracker = Some(tracker);
             conn.client_cert = secure
                 .as_ref()
                 .and_then(|s| s.get_ref().1.peer_certificates()?.first())

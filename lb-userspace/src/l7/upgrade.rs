@@ -12,7 +12,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use super::{headers::remove_hop_by_hop, pool::ProxyBody};
+use super::{headers::remove_hop_by_hop, lifecycle::Tracker, pool::ProxyBody};
 
 /// A client request that asked to upgrade, and the client side of the upgrade.
 pub struct UpgradeRequest {
@@ -54,8 +54,13 @@ impl UpgradeRequest {
     }
 
     /// For the backend's 101: the answer for the client; once both sides have switched, a
-    /// task copies bytes both ways until either closes.
-    pub fn splice(self, mut response: Response<Incoming>) -> Response<ProxyBody> {
+    /// task copies bytes both ways until either closes (or, counted by `tracker`, the graceful
+    /// stop's grace ends).
+    pub fn splice(
+        self,
+        mut response: Response<Incoming>,
+        tracker: Option<&Tracker>,
+    ) -> Response<ProxyBody> {
         debug_assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         let backend = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
@@ -67,7 +72,7 @@ impl UpgradeRequest {
         remove_hop_by_hop(&mut parts.headers);
         set_upgrade_headers(&mut parts.headers, protocol);
         let client = self.client;
-        tokio::spawn(async move {
+        let spliced = async move {
             let (client, backend) = match tokio::try_join!(client, backend) {
                 Ok(both) => both,
                 Err(err) => {
@@ -80,7 +85,11 @@ impl UpgradeRequest {
                 Ok((up, down)) => tracing::debug!(up, down, "upgraded connection ended"),
                 Err(err) => tracing::debug!(%err, "upgraded connection failed"),
             }
-        });
+        };
+        match tracker {
+            Some(tracker) => tokio::spawn(tracker.admit().run(spliced)),
+            None => tokio::spawn(spliced),
+        };
         Response::from_parts(
             parts,
             Empty::<Bytes>::new()

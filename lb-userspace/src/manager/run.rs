@@ -570,6 +570,7 @@ impl Manager {
             .collect();
         self.status.store(Arc::new(Status {
             version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             config: self.config_status.clone(),
             listeners,
@@ -644,17 +645,25 @@ impl Manager {
         (vips, Some(xdp))
     }
 
+    /// Copies of the L7 tier's listening sockets, for the next lb of an upgrade.
+    pub fn handover_sockets(
+        &self,
+    ) -> std::io::Result<Vec<(crate::handover::HandedSocket, std::os::fd::OwnedFd)>> {
+        self.l7.handover_sockets()
+    }
+
     /// Stops: health checks end, L7 connections drain for up to `grace`, then the XDP program
-    /// is detached and its pins removed, or (`keep_fast_path`) left attached and pinned for the
-    /// next `lb`. Returns how many L7 connections were cut.
-    pub async fn shutdown(self, grace: Duration) -> anyhow::Result<usize> {
+    /// is detached and its pins removed, or (`keep_fast_path`, or `handed_over`: a new lb
+    /// took it over through the pins) left attached and pinned for the next `lb`. Returns how
+    /// many L7 connections were cut.
+    pub async fn shutdown(self, grace: Duration, handed_over: bool) -> anyhow::Result<usize> {
         for c in &self.checkers {
             c.abort();
         }
         let cut = self.l7.shutdown(grace).await;
         if let Some(x) = self.xdp {
             x.logs.abort();
-            if self.options.keep_fast_path {
+            if self.options.keep_fast_path || handed_over {
                 x.attached.leave_pinned();
             } else {
                 x.attached.detach()?;

@@ -39,7 +39,7 @@ use self::{
 };
 use super::{
     config::ListenerConfig,
-    lifecycle::{ListenerGate, Phase},
+    lifecycle::{ListenerGate, Phase, Tracker},
     pool::ProxyBody,
     proxy::Proxy,
 };
@@ -60,6 +60,8 @@ struct EgressListener {
     max_header_bytes: usize,
     header_timeout: Duration,
     proxy: Arc<ArcSwap<Proxy>>,
+    /// Counts tunnels (which outlive their CONNECT's connection) into the graceful stop.
+    tunnels: Tracker,
 }
 
 /// Starts serving a forward-proxy listener on its bound socket; aborting the task stops it.
@@ -92,6 +94,7 @@ pub(super) fn spawn(
         max_header_bytes: l.max_header_bytes,
         header_timeout: l.header_timeout,
         proxy,
+        tunnels: gate.tracker(),
     });
     tokio::spawn(accept_loop(socket, listener, gate))
 }
@@ -317,12 +320,20 @@ impl EgressListener {
                     }) as tunnel::SniCheck
                 });
             let name = self.name.clone();
-            return tunnel::open(req, upstream, idle, sni_check, move |up, down, sni| {
-                let line = sni_outcome(&name, &proxy, line, &sni);
-                if let Some(log) = proxy.load().observer().access_log() {
-                    log.write_json(&finish(line, up, down, started));
-                }
-            });
+            let tunnels = &self.tunnels;
+            return tunnel::open(
+                req,
+                upstream,
+                idle,
+                tunnels,
+                sni_check,
+                move |up, down, sni| {
+                    let line = sni_outcome(&name, &proxy, line, &sni);
+                    if let Some(log) = proxy.load().observer().access_log() {
+                        log.write_json(&finish(line, up, down, started));
+                    }
+                },
+            );
         }
         match forward::send(req, upstream, &target, &path).await {
             Ok(response) => {

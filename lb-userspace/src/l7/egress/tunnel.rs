@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use super::super::{
+    lifecycle::Tracker,
     pool::ProxyBody,
     stream::{relay, sni},
 };
@@ -37,16 +38,18 @@ pub(super) enum Sni {
 }
 
 /// The 200 answer to `req`; once hyper hands the connection over, the splice runs in its own
-/// task and `done(bytes up, bytes down, sni)` is called when it ends.
+/// task (counted by `tracker` into the graceful stop) and `done(bytes up, bytes down, sni)`
+/// is called when it ends.
 pub(super) fn open(
     req: Request<Incoming>,
     mut upstream: TcpStream,
     idle: Duration,
+    tracker: &Tracker,
     sni_check: Option<SniCheck>,
     done: impl FnOnce(u64, u64, Sni) + Send + 'static,
 ) -> Response<ProxyBody> {
     let upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
+    tokio::spawn(tracker.admit().run(async move {
         let Ok(upgraded) = upgrade.await else {
             return done(0, 0, Sni::Unchecked);
         };
@@ -83,7 +86,7 @@ pub(super) fn open(
                 done(sent, 0, sni);
             }
         }
-    });
+    }));
     let mut response = Response::new(
         Empty::<Bytes>::new()
             .map_err(|never| match never {})

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     config::{HostMatch, ListenerConfig, StreamSettings},
+    lifecycle::Tracker,
     proxy::Proxy,
     server::BoundSocket,
 };
@@ -60,12 +61,14 @@ impl StreamListener {
 }
 
 /// Starts serving a tcp or udp listener on its bound socket (`server::bind`); aborting the
-/// task stops it (the socket stays open while the caller holds it).
+/// task stops it (the socket stays open while the caller holds it). Its tcp connections are
+/// counted by `tracker` into the graceful stop.
 pub(super) fn spawn(
     l: &ListenerConfig,
     routes: &[(Option<HostMatch>, String)],
     socket: BoundSocket,
     proxy: Arc<arc_swap::ArcSwap<Proxy>>,
+    tracker: Tracker,
 ) -> JoinHandle<()> {
     let listener = Arc::new(StreamListener {
         name: Arc::from(l.name.as_str()),
@@ -86,6 +89,7 @@ pub(super) fn spawn(
     });
     match socket {
         BoundSocket::Udp(socket) => tokio::spawn(udp::serve(socket, listener)),
-        BoundSocket::Tcp(socket) => tokio::spawn(tcp::accept_loop(socket, listener)),
+        // tcp relays get the graceful stop's grace; udp sessions end with their listener.
+        BoundSocket::Tcp(socket) => tokio::spawn(tcp::accept_loop(socket, listener, tracker)),
     }
 }

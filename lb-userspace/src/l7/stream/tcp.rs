@@ -17,9 +17,13 @@ use super::{
     relay::{self, RelayEnd},
     sni,
 };
-use crate::l7::{pool::Pool, proxy_header, selection::InFlightGuard};
+use crate::l7::{lifecycle::Tracker, pool::Pool, proxy_header, selection::InFlightGuard};
 
-pub(super) async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<StreamListener>) {
+pub(super) async fn accept_loop(
+    socket: Arc<TcpListener>,
+    listener: Arc<StreamListener>,
+    tracker: Tracker,
+) {
     loop {
         let (tcp, socket_peer) = match socket.accept().await {
             Ok(conn) => conn,
@@ -30,7 +34,8 @@ pub(super) async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<StreamLi
             }
         };
         let listener = listener.clone();
-        tokio::spawn(async move { connection(tcp, socket_peer, &listener).await });
+        let relay = async move { connection(tcp, socket_peer, &listener).await };
+        tokio::spawn(tracker.admit().run(relay));
     }
 }
 

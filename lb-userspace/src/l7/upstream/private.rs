@@ -25,6 +25,9 @@ pub struct ConnInfo {
     /// TLS listeners: the negotiated version (`TLSv1.3`) and the server name the client asked
     /// for (the access log's `tls_version` and `sni`).
     pub tls: Option<(&'static str, Option<std::sync::Arc<str>>)>,
+    /// Counts what this connection turns into (a spliced WebSocket) into the graceful stop
+    /// (None: not served by a listener, e.g. a cache's background refresh).
+    pub tracker: Option<crate::l7::lifecycle::Tracker>,
     /// Pool name -> this connection's client for that pool.
     private: Mutex<HashMap<String, UpstreamClient>>,
 }
@@ -37,6 +40,7 @@ impl ConnInfo {
             flow_id,
             client_cert: None,
             tls: None,
+            tracker: None,
             private: Mutex::new(HashMap::new()),
         }
     }
