@@ -39,6 +39,47 @@ async fn request_counts_match_the_server_exactly() {
     assert_eq!(server.seen.connections.load(Ordering::Relaxed), 8);
 }
 
+/// A server that answers one request per connection, says nothing about closing, then closes
+/// (as a draining server or a keep-alive timeout does): the next request on that connection
+/// is never taken, so lb bench resends it once on a new connection and counts that apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_server_never_took_are_resent_on_a_new_connection() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = taken.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let mut cfg = config(&format!("http://{addr}/"));
+    cfg.connections = 2;
+    cfg.requests = Some(200);
+    let report = loadgen::run(cfg).await.expect("run");
+    server.abort();
+    assert_eq!((report.ok, report.errors), (200, 0), "{report:?}");
+    assert_eq!(taken.load(Ordering::SeqCst), 200);
+    assert!(report.retried > 0, "{report:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_and_resets_are_counted_never_as_successes() {
     let server = http_server::start(Behaviour {
@@ -285,6 +326,7 @@ fn json_output_schema_is_stable() {
         "non_2xx",
         "errors",
         "error_kinds",
+        "retried",
         "status",
         "rps",
         "throughput_bytes_per_s",

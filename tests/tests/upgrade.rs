@@ -30,7 +30,7 @@ use hyper_util::{
 };
 use lb_tests::{
     lb_bin,
-    lb_run::{LbRun, wait_for},
+    lb_run::{LbRun, http, wait_for},
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -82,8 +82,16 @@ async fn backend() -> Backend {
 }
 
 fn file(backend: SocketAddr) -> String {
+    file_with(&[backend])
+}
+
+fn file_with(backends: &[SocketAddr]) -> String {
+    let backends: String = backends
+        .iter()
+        .map(|b| format!("[[pool.backend]]\naddress = \"{b}\"\n"))
+        .collect();
     format!(
-        "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"{backend}\"\n\
+        "[[pool]]\nname = \"web\"\n{backends}\
          [[listener]]\nname = \"web\"\naddress = \"127.0.0.1:0\"\n\
          [[listener]]\nname = \"relay\"\naddress = \"127.0.0.1:0\"\nmode = \"tcp\"\n\
          [[route]]\nlistener = \"web\"\npool = \"web\"\n\
@@ -408,8 +416,8 @@ fn an_upgrade_under_load_refuses_resets_and_fails_nothing() {
 #[test]
 fn an_upgrade_that_cannot_start_leaves_the_old_lb_serving() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let backend = runtime.block_on(backend());
-    let good = file(backend.addr);
+    let (backend, spare) = runtime.block_on(async { (backend().await, backend().await) });
+    let good = file_with(&[backend.addr, spare.addr]);
     let lb = LbRun::start("upgrade-fails", &good, &[]);
     let web = lb.listener("web");
 
@@ -424,18 +432,28 @@ fn an_upgrade_that_cannot_start_leaves_the_old_lb_serving() {
     assert_eq!(status_pid(&lb), u64::from(lb.pid()));
     assert_eq!(runtime.block_on(close_request(web, "/")), Ok(200));
 
-    // Nothing was lost by the failed attempt: with the file fixed, the upgrade goes through.
+    // Nothing was lost by the failed attempt: with the file fixed, the upgrade goes through,
+    // and the new lb keeps the operator's drain.
     std::fs::write(&lb.file, &good).expect("write");
     wait_for("the good file reloaded", LIMIT, || {
         lb.status()["config"]["last_error"].is_null()
     });
     // (A listener on port 0 is bound anew by a reload.)
     let web = lb.listener_now("web").expect("web listener");
+    let drain = format!("/api/drain?pool=web&backend={}", spare.addr);
+    assert_eq!(http("POST", lb.admin, &drain).0, 200);
     let pid = upgrade(&lb).expect("lb upgrade");
     let _successor = KillOnDrop(pid);
     wait_for("the new lb on the admin address", LIMIT, || {
         status_pid(&lb) == u64::from(pid)
     });
+    let health: Vec<_> = lb.status()["pools"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["health"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(health, ["unchecked", "draining"]);
     assert_eq!(lb.listener_now("web"), Some(web));
     assert_eq!(runtime.block_on(close_request(web, "/")), Ok(200));
 }

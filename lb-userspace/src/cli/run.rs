@@ -187,6 +187,7 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
         access_log_fields: args.access_log_fields.clone(),
         pin_dir: args.pin_dir.clone(),
         keep_fast_path: args.keep_fast_path,
+        carried: handover::inherited::take_state(),
         global: lb::l7::GlobalLimits {
             max_connections: args
                 .max_connections
@@ -356,7 +357,7 @@ impl Upgrade {
                 Ok(sockets)
             })
             .map_err(handover::HandoverError::Descriptors)
-            .and_then(Successor::start);
+            .and_then(|sockets| Successor::start(sockets, &manager.handover_state()));
         let successor = match started {
             Ok(successor) => successor,
             Err(e) => {

@@ -10,7 +10,9 @@ use std::{
     sync::Mutex,
 };
 
-use super::{HandedSocket, HandoverError, READY, READY_ENV, SOCKETS_ENV, Transport};
+use super::{
+    HandedSocket, HandoverError, ManagerState, READY, READY_ENV, SOCKETS_ENV, STATE_ENV, Transport,
+};
 
 /// What this process was handed; None before `adopt_from_env` and when it was not started
 /// by an upgrade.
@@ -21,6 +23,8 @@ struct Inherited {
     sockets: Vec<(HandedSocket, OwnedFd)>,
     /// The pipe to the old process, written once when this one is ready.
     ready: Option<std::fs::File>,
+    /// The old process's drains and down backends, until the manager takes them.
+    state: ManagerState,
 }
 
 /// Adopts the sockets and the readiness pipe the environment names. Returns whether this
@@ -40,7 +44,15 @@ pub fn adopt_from_env() -> Result<bool, HandoverError> {
         ),
         Err(_) => None,
     };
-    let mut adopted = Inherited::default();
+    let state = match std::env::var_os(STATE_ENV) {
+        Some(text) => serde_json::from_slice(text.as_encoded_bytes())
+            .map_err(HandoverError::BadState)?,
+        None => ManagerState::default(),
+    };
+    let mut adopted = Inherited {
+        state,
+        ..Inherited::default()
+    };
     for socket in handed {
         let fd = adopt_socket(&socket)?;
         adopted.sockets.push((socket, fd));
@@ -83,6 +95,15 @@ fn adopt_socket(socket: &HandedSocket) -> Result<OwnedFd, HandoverError> {
     // (`successor.rs`); it is a socket of the right type (checked above) and nothing else in
     // this process knows the number.
     Ok(unsafe { OwnedFd::from_raw_fd(socket.fd) })
+}
+
+/// The previous lb's drains and down backends (empty when not started by an upgrade, and
+/// after the first call).
+pub fn take_state() -> ManagerState {
+    let mut slot = INHERITED.lock().unwrap_or_else(|p| p.into_inner());
+    slot.as_mut()
+        .map(|inherited| std::mem::take(&mut inherited.state))
+        .unwrap_or_default()
 }
 
 /// The handed-over socket for listener `name` on `addr`, if there is one: the one bound to

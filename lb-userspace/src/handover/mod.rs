@@ -9,9 +9,12 @@
 //!   listeners (and the admin server) that match them, and the readiness report.
 //! - `successor.rs`: the old process's side: starting the new one and waiting for it.
 //!
-//! Between the two processes travel two environment variables: `LB_HANDOVER_SOCKETS` (JSON:
-//! which descriptor is which listener) and `LB_HANDOVER_READY_FD` (the write end of a pipe on
-//! which the new process writes `ready` once listeners, configuration and the XDP tier are up).
+//! Between the two processes travel three environment variables: `LB_HANDOVER_SOCKETS` (JSON:
+//! which descriptor is which listener), `LB_HANDOVER_STATE` (JSON: the operator's drains and
+//! the backends health checks hold down, so the new process neither sends traffic to a dead
+//! backend until its checks catch up nor forgets a drain) and `LB_HANDOVER_READY_FD` (the
+//! write end of a pipe on which the new process writes `ready` once listeners, configuration
+//! and the XDP tier are up).
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +26,8 @@ pub use successor::Successor;
 
 /// Which descriptor is which listening socket.
 pub const SOCKETS_ENV: &str = "LB_HANDOVER_SOCKETS";
+/// The manager's state the new process starts from.
+pub const STATE_ENV: &str = "LB_HANDOVER_STATE";
 /// The descriptor the new process reports readiness on.
 pub const READY_ENV: &str = "LB_HANDOVER_READY_FD";
 /// What the new process writes when it is ready.
@@ -49,10 +54,21 @@ pub struct HandedSocket {
     pub addr: SocketAddr,
 }
 
+/// What the manager knows that the configuration does not say, carried to the new process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerState {
+    /// (pool, backend) drained by the operator.
+    pub drained: Vec<(String, SocketAddr)>,
+    /// (pool, backend) its health checks hold down.
+    pub down: Vec<(String, SocketAddr)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
     #[error("{SOCKETS_ENV} is not valid: {0}")]
     BadSockets(serde_json::Error),
+    #[error("{STATE_ENV} is not valid: {0}")]
+    BadState(serde_json::Error),
     #[error("{READY_ENV} is not a descriptor number: {0:?}")]
     BadReadyFd(String),
     #[error("descriptor {fd} handed over as {name} ({addr}) is not a {transport:?} socket")]

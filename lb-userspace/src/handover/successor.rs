@@ -12,7 +12,7 @@ use std::{
 
 use command_fds::{CommandFdExt as _, FdMapping};
 
-use super::{HandedSocket, HandoverError, READY, READY_ENV, SOCKETS_ENV};
+use super::{HandedSocket, HandoverError, ManagerState, READY, READY_ENV, SOCKETS_ENV, STATE_ENV};
 
 /// A new lb, started and not yet known to be ready.
 pub struct Successor {
@@ -25,8 +25,11 @@ const FIRST_FD: i32 = 3;
 
 impl Successor {
     /// Starts the new lb with `sockets` (what each is, and a descriptor for it; the number in
-    /// each `HandedSocket` is ignored and assigned here).
-    pub fn start(sockets: Vec<(HandedSocket, OwnedFd)>) -> Result<Self, HandoverError> {
+    /// each `HandedSocket` is ignored and assigned here) and the manager's `state`.
+    pub fn start(
+        sockets: Vec<(HandedSocket, OwnedFd)>,
+        state: &ManagerState,
+    ) -> Result<Self, HandoverError> {
         let path = executable()?;
         let (ready, ready_writer) = std::io::pipe().map_err(HandoverError::Descriptors)?;
         let mut handed = Vec::with_capacity(sockets.len());
@@ -45,10 +48,12 @@ impl Successor {
             child_fd: ready_fd,
         });
         let described = serde_json::to_string(&handed).map_err(HandoverError::BadSockets)?;
+        let state = serde_json::to_string(state).map_err(HandoverError::BadState)?;
         let mut command = Command::new(&path);
         command
             .args(std::env::args_os().skip(1))
             .env(SOCKETS_ENV, described)
+            .env(STATE_ENV, state)
             .env(READY_ENV, ready_fd.to_string())
             .fd_mappings(mappings)
             .map_err(|e| HandoverError::Descriptors(std::io::Error::other(e)))?;

@@ -34,6 +34,10 @@ pub enum TransportError {
     Timeout,
     /// The connection was reset or closed mid-exchange.
     Reset,
+    /// The server closed a connection that had answered before, without taking this request
+    /// (it was idle: a keep-alive timeout, a server draining, GOAWAY). The engine resends the
+    /// request once on a new connection; only that one's outcome counts.
+    IdleClosed,
     /// The peer broke the HTTP protocol.
     Protocol,
 }
@@ -49,6 +53,8 @@ enum Sender {
 /// An established connection.
 pub struct Conn {
     sender: Sender,
+    /// Responses received on it (a connection that never answered is not "idle").
+    answered: u64,
 }
 
 /// Time spent setting up a connection.
@@ -203,7 +209,13 @@ impl Connector {
                 Sender::H2(sender)
             }
         };
-        Ok((Conn { sender }, SetupTimes { connect, tls }))
+        Ok((
+            Conn {
+                sender,
+                answered: 0,
+            },
+            SetupTimes { connect, tls },
+        ))
     }
 
     /// HTTP/1.1 request number `n` (paths rotate), serialized once.
@@ -244,22 +256,37 @@ impl Conn {
         n: u64,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
+        let reused = self.answered > 0;
         let exchange = async {
             match &mut self.sender {
                 Sender::H1(c) => c.exchange(connector.serialized(n)).await,
                 Sender::H2(s) => {
-                    s.ready().await.map_err(classify)?;
-                    let response = s
-                        .send_request(connector.request(n))
-                        .await
-                        .map_err(classify)?;
+                    // Gone away since the last answer: nothing is sent.
+                    if let Err(e) = s.ready().await {
+                        return Err(if reused {
+                            TransportError::IdleClosed
+                        } else {
+                            classify(e)
+                        });
+                    }
+                    let response = match s.send_request(connector.request(n)).await {
+                        Ok(response) => response,
+                        Err(e) if reused && not_processed(&e) => {
+                            return Err(TransportError::IdleClosed);
+                        }
+                        Err(e) => return Err(classify(e)),
+                    };
                     read_response(response).await
                 }
             }
         };
-        tokio::time::timeout(timeout, exchange)
+        let result = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| TransportError::Timeout)?
+            .map_err(|_| TransportError::Timeout)?;
+        if result.is_ok() {
+            self.answered += 1;
+        }
+        result
     }
 }
 
@@ -276,6 +303,20 @@ async fn read_response(
         }
     }
     Ok(Response { status, body_bytes })
+}
+
+/// Whether an HTTP/2 request failed because the server never processed it: above the last
+/// stream id of its GOAWAY, or refused (RFC 9113 §8.7: safe to send again).
+fn not_processed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    e.is_canceled()
 }
 
 fn classify(err: hyper::Error) -> TransportError {

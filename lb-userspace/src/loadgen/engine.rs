@@ -16,7 +16,7 @@ use std::{
 
 use super::{
     HttpVersion, ProxyHeaderVersion, Target, TargetError,
-    conn::{Conn, Connector, TlsOptions},
+    conn::{Conn, Connector, TlsOptions, TransportError},
     report::{BenchReport, Recording},
 };
 
@@ -184,7 +184,23 @@ async fn connection_task(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let result = c.send(&connector, ticket, timeout).await;
+        let mut result = c.send(&connector, ticket, timeout).await;
+        if result.as_ref().err() == Some(&TransportError::IdleClosed) {
+            // The server closed the idle connection without taking the request: once more on
+            // a new connection, as HTTP clients do.
+            record(&recording, measured, |rec| rec.retried += 1);
+            result = match connector.connect().await {
+                Ok((mut c, times)) => {
+                    record(&recording, measured, |rec| {
+                        rec.setup(times.connect, times.tls)
+                    });
+                    let retried = c.send(&connector, ticket, timeout).await;
+                    conn = Some(c);
+                    retried
+                }
+                Err(kind) => Err(kind),
+            };
+        }
         let finished = Instant::now();
         // Open loop: from the due time. Closed loop: from the send (a new connection per
         // request includes its connect, as the client experiences it).

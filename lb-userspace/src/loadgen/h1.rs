@@ -41,6 +41,8 @@ pub struct H1Conn<S> {
     buf: BytesMut,
     open: bool,
     head_request: bool,
+    /// Responses read on this connection.
+    answered: u64,
 }
 
 enum BodyLength {
@@ -56,6 +58,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
             buf: BytesMut::with_capacity(16 * 1024),
             open: true,
             head_request,
+            answered: 0,
         }
     }
 
@@ -65,8 +68,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
 
     pub async fn exchange(&mut self, request: &[u8]) -> Result<Response, TransportError> {
         let result = self.exchange_inner(request).await;
-        if result.is_err() {
-            self.open = false;
+        match result {
+            Ok(_) => self.answered += 1,
+            Err(e) => {
+                self.open = false;
+                // Not one byte of answer on a connection that had answered before: the
+                // server closed it while idle, without taking this request.
+                if e == TransportError::Reset && self.answered > 0 && self.buf.is_empty() {
+                    return Err(TransportError::IdleClosed);
+                }
+            }
         }
         result
     }

@@ -16,6 +16,9 @@ pub struct Recording {
     pub tls: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
     pub errors: BTreeMap<TransportError, u64>,
+    /// Requests resent on a new connection because the server closed the kept-alive one
+    /// before taking them (as every HTTP client does; not errors).
+    pub retried: u64,
     pub body_bytes: u64,
     /// Responses completed in each second of the measured time.
     pub per_second: Vec<u64>,
@@ -35,6 +38,7 @@ impl Default for Recording {
             tls: histogram(),
             statuses: BTreeMap::new(),
             errors: BTreeMap::new(),
+            retried: 0,
             body_bytes: 0,
             per_second: Vec::new(),
         }
@@ -93,6 +97,7 @@ impl Recording {
         for (k, v) in &other.errors {
             *self.errors.entry(*k).or_insert(0) += v;
         }
+        self.retried += other.retried;
         self.body_bytes += other.body_bytes;
         if self.per_second.len() < other.per_second.len() {
             self.per_second.resize(other.per_second.len(), 0);
@@ -146,6 +151,9 @@ pub struct BenchReport {
     /// Requests that got no response (connect, TLS, timeout, reset, protocol).
     pub errors: u64,
     pub error_kinds: BTreeMap<TransportError, u64>,
+    /// Requests resent on a new connection because the server closed an idle kept-alive one
+    /// before taking them (a server draining, a keep-alive timeout): not errors.
+    pub retried: u64,
     pub status: BTreeMap<String, u64>,
     pub rps: f64,
     pub throughput_bytes_per_s: f64,
@@ -195,6 +203,7 @@ impl BenchReport {
             non_2xx: responses - ok,
             errors,
             error_kinds: rec.errors.clone(),
+            retried: rec.retried,
             status: rec
                 .statuses
                 .iter()
@@ -290,6 +299,13 @@ impl fmt::Display for BenchReport {
                 .map(|(k, v)| format!("{k:?}={v}").to_lowercase())
                 .collect();
             writeln!(f, "errors: {}", s.join(" "))?;
+        }
+        if self.retried > 0 {
+            writeln!(
+                f,
+                "retried on a new connection (the server closed an idle one): {}",
+                self.retried
+            )?;
         }
         // Split by class only when both kinds of answer came.
         let split = self.ok > 0 && self.non_2xx > 0;

@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub keep_fast_path: bool,
     /// The L7 tier's global guard (`--max-connections`, `--max-memory`).
     pub global: l7::GlobalLimits,
+    /// Drains and down backends of the lb this one replaces (an upgrade).
+    pub carried: crate::handover::ManagerState,
 }
 
 struct XdpTier {
@@ -241,7 +243,17 @@ impl Manager {
             started: Instant::now(),
             rates: Mutex::new(HashMap::new()),
         };
-        manager.start_checks();
+        let carried = std::mem::take(&mut manager.options.carried);
+        manager.drained = carried.drained.into_iter().collect();
+        manager.start_checks_from(&carried.down);
+        if !manager.drained.is_empty() || !carried.down.is_empty() {
+            tracing::info!(
+                drained = manager.drained.len(),
+                down = carried.down.len(),
+                "carried over from the previous lb"
+            );
+            manager.apply_health().await;
+        }
         manager.publish();
         Ok((manager, rx))
     }
@@ -266,6 +278,12 @@ impl Manager {
     /// (Re)starts the active checks of every pool that has them. States of backends that
     /// are still configured are kept, so a reload does not forget who is down.
     fn start_checks(&mut self) {
+        self.start_checks_from(&[]);
+    }
+
+    /// As `start_checks`; a backend with no state yet starts down when `down` lists it (the
+    /// previous lb's checks held it down), up otherwise.
+    fn start_checks_from(&mut self, down: &[BackendKey]) {
         for c in self.checkers.drain(..) {
             c.abort();
         }
@@ -279,7 +297,8 @@ impl Manager {
             for (index, backend) in pool.backends.iter().enumerate() {
                 let key = (pool.name.clone(), backend.addr);
                 let state = self.health.get(&key).cloned().unwrap_or_else(|| {
-                    Arc::new(Mutex::new(HealthState::new(check.rise, check.fall, true)))
+                    let up = !down.contains(&key);
+                    Arc::new(Mutex::new(HealthState::new(check.rise, check.fall, up)))
                 });
                 states.insert(key, state.clone());
                 targets.push(HealthTarget {
@@ -643,6 +662,20 @@ impl Manager {
             events: stats.as_ref().map(|s| named(&s.events)).unwrap_or_default(),
         };
         (vips, Some(xdp))
+    }
+
+    /// Drains and down backends, for the next lb of an upgrade.
+    pub fn handover_state(&self) -> crate::handover::ManagerState {
+        let mut drained: Vec<_> = self.drained.iter().cloned().collect();
+        drained.sort();
+        let mut down: Vec<_> = self
+            .health
+            .keys()
+            .filter(|key| !self.is_up(key))
+            .cloned()
+            .collect();
+        down.sort();
+        crate::handover::ManagerState { drained, down }
     }
 
     /// Copies of the L7 tier's listening sockets, for the next lb of an upgrade.
