@@ -45,8 +45,9 @@ pub fn adopt_from_env() -> Result<bool, HandoverError> {
         Err(_) => None,
     };
     let state = match std::env::var_os(STATE_ENV) {
-        Some(text) => serde_json::from_slice(text.as_encoded_bytes())
-            .map_err(HandoverError::BadState)?,
+        Some(text) => {
+            serde_json::from_slice(text.as_encoded_bytes()).map_err(HandoverError::BadState)?
+        }
         None => ManagerState::default(),
     };
     let mut adopted = Inherited {

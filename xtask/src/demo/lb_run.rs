@@ -34,7 +34,7 @@ use serde_json::Value;
 
 use super::{
     PREFIX, backend, hold_until_ctrl_c, port_forward,
-    process::{Echo, Process},
+    process::{Echo, Process, Successor},
     track,
 };
 use crate::{
@@ -56,7 +56,7 @@ const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const BENCH_SECONDS: u32 = 5;
 /// Step 2's open-loop traffic: long enough to outlast the story (about 12 s here).
 const STORY_RATE: u32 = 200;
-const STORY_SECONDS: u32 = 18;
+const STORY_SECONDS: u32 = 24;
 /// Each observation window of the story.
 const WINDOW: Duration = Duration::from_secs(2);
 /// After a drain, before a window starts: requests already on their way to the backend end.
@@ -157,7 +157,7 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
 
     // 2. The story, with open-loop traffic flowing all along.
     println!(
-        "\ndemo: step 2: steady traffic ({STORY_RATE} req/s for {STORY_SECONDS} s) while backends are drained, killed and restarted"
+        "\ndemo: step 2: steady traffic ({STORY_RATE} req/s for {STORY_SECONDS} s) while backends are drained, killed and restarted, and lb itself is upgraded in place"
     );
     let mut traffic = Process::spawn(
         topo.client
@@ -240,6 +240,53 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
         got_traffic(&moved, 2),
         "be2 is up again but gets no requests"
     );
+
+    // The binary replaced in place while the traffic flows: the new process takes the same
+    // listening sockets and the XDP tier's pins; the old one drains and exits.
+    println!(
+        "demo: upgrading lb in place (lb upgrade: the new process serves the same sockets and takes over the XDP pins; the old one drains and exits)"
+    );
+    let old_pid = lb_run.pid();
+    let out = topo
+        .lb
+        .command(lb)
+        .args(["upgrade", "--json", "--admin", ADMIN_IN_NS])
+        .output()
+        .context("running lb upgrade")?;
+    ensure!(
+        out.status.success(),
+        "lb upgrade failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).context("lb upgrade --json")?;
+    let new_pid = answer["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| anyhow!("lb upgrade printed no pid: {answer}"))?;
+    let mut successor = Successor::new(new_pid, "lb (upgraded)")?;
+    let pinned = lb_run.wait_for_line("pinned ", Duration::from_secs(10))?;
+    ensure!(
+        pinned.contains("reused_link=true") && pinned.contains("reused_maps=true"),
+        "the new lb did not take over the XDP tier's pins: {pinned}"
+    );
+    let status = lb_run.wait()?;
+    ensure!(
+        status.success(),
+        "the old lb exited with {status} after the upgrade"
+    );
+    ensure!(
+        admin.status()?["pid"].as_u64() == Some(u64::from(new_pid)),
+        "the admin address does not answer from the new lb (pid {new_pid})"
+    );
+    println!("demo: lb pid {old_pid} handed over to pid {new_pid} ({pinned}) and exited 0");
+    let moved = window(&topo, &admin, "after the upgrade")?;
+    for id in 1..=BACKENDS {
+        ensure!(
+            got_traffic(&moved, id),
+            "be{id} got no traffic after the upgrade"
+        );
+    }
+
     ensure!(
         traffic_started.elapsed() < Duration::from_secs(STORY_SECONDS.into()),
         "the story took longer than the traffic ran ({STORY_SECONDS} s): its windows are not trustworthy"
@@ -256,16 +303,17 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
     };
     let (requests, ok) = (count("requests")?, count("ok")?);
     println!(
-        "demo: step 2 traffic as the client saw it: {requests} requests, {ok} ok, {} non-2xx, {} transport errors, p50 {} us, p99 {} us",
+        "demo: step 2 traffic as the client saw it: {requests} requests, {ok} ok, {} non-2xx, {} transport errors ({} resent on a new connection after lb closed an idle one), p50 {} us, p99 {} us",
         count("non_2xx")?,
         count("errors")?,
+        count("retried")?,
         report["latency_us"]["p50"],
         report["latency_us"]["p99"],
     );
     ensure!(requests > 0, "lb bench sent no request during step 2");
     ensure!(
         ok == requests,
-        "the client saw {} failed requests while backends were drained and killed (retries and health checks should hide both)",
+        "the client saw {} failed requests while backends were drained and killed and lb was upgraded (retries, health checks and the socket hand-over should hide all three)",
         requests - ok.min(requests)
     );
 
@@ -299,7 +347,7 @@ pub fn demo(ws: &Path, lb: &Path, hold: bool) -> Result<()> {
         hold_until_ctrl_c();
     }
     println!("demo: stopping lb (SIGINT)");
-    lb_run.interrupt()?;
+    successor.interrupt(Duration::from_secs(15))?;
     println!(
         "demo: done in {} s; removing namespaces",
         started.elapsed().as_secs()

@@ -74,21 +74,15 @@ impl Process {
         self.lines.iter().collect()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the process to end on its own.
     pub fn wait(&mut self) -> Result<ExitStatus> {
         self.child
             .wait()
             .with_context(|| format!("waiting for {}", self.label))
-    }
-
-    /// SIGINT (what an operator's Ctrl-C sends), then waits; fails unless it exits 0.
-    pub fn interrupt(&mut self) -> Result<()> {
-        signal(&self.child, libc::SIGINT);
-        let status = self.wait()?;
-        if !status.success() {
-            bail!("{} exited with {status} after SIGINT", self.label);
-        }
-        Ok(())
     }
 
     /// SIGKILL: the process dies at once, as in a crash.
@@ -115,6 +109,73 @@ impl Drop for Process {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A process the demo did not start itself but must stop: the lb an upgrade started (a child
+/// of the old lb, which has exited). Stopped on drop like a `Process`.
+pub struct Successor {
+    pid: i32,
+    label: String,
+}
+
+impl Successor {
+    pub fn new(pid: u32, label: &str) -> Result<Self> {
+        Ok(Self {
+            pid: i32::try_from(pid).context("pid")?,
+            label: label.to_owned(),
+        })
+    }
+
+    fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks that the pid exists.
+        let exists = unsafe { libc::kill(self.pid, 0) } == 0;
+        // A zombie (exited, not yet reaped by init, its parent now) is gone.
+        let zombie =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|state| state.trim_start().starts_with('Z'))
+            });
+        exists && !zombie
+    }
+
+    /// SIGINT, then waits (up to `limit`) for it to be gone. Its exit status belongs to its
+    /// parent: its own log says how it stopped.
+    pub fn interrupt(&mut self, limit: Duration) -> Result<()> {
+        // SAFETY: plain syscall on a pid this demo learned from `lb upgrade` and checks alive.
+        unsafe { libc::kill(self.pid, libc::SIGINT) };
+        let deadline = Instant::now() + limit;
+        while self.alive() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} (pid {}) still running {limit:?} after SIGINT",
+                    self.label,
+                    self.pid
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if !self.alive() {
+            return;
+        }
+        // SAFETY: as in `interrupt`.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as in `interrupt`.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
     }
 }
 
