@@ -286,6 +286,12 @@ fn full_example_parses_to_the_values_it_writes() {
     assert!(public.tls[0].cert.ends_with("certs/example.pem"));
     assert!(public.tls[0].key.ends_with("certs/example.key"));
     assert_eq!(public.tls[0].server_names, ["example.com", "*.example.com"]);
+    assert!(
+        public.tls[0]
+            .ocsp
+            .as_ref()
+            .is_some_and(|p| p.ends_with("certs/example.ocsp.der"))
+    );
     assert_eq!(
         public.proxy_protocol_from,
         ["10.10.0.0/16".parse().expect("net")]

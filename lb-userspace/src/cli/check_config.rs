@@ -10,7 +10,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::from_file(path)?;
     for l in &config.l7.listeners {
         for cert in &l.tls {
-            for (file, line) in [(&cert.cert, cert.cert_line), (&cert.key, cert.key_line)] {
+            let ocsp = cert.ocsp.as_ref().map(|o| (o, cert.ocsp_line));
+            let files = [(&cert.cert, cert.cert_line), (&cert.key, cert.key_line)];
+            for (file, line) in files.into_iter().chain(ocsp) {
                 std::fs::File::open(file).map_err(|e| {
                     anyhow::anyhow!(
                         "{}:{line}: listener {:?}: cannot read {}: {e}",
@@ -23,7 +25,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             // What a listener start (or reload) does with them: a key file without a private
             // key, or a key that does not match its certificate, is refused there too.
             lb::l7::check_certificate(cert).map_err(|e| {
-                let line = if e.is_about_key(cert) {
+                let line = if matches!(e, lb::l7::TlsError::Ocsp { .. }) {
+                    cert.ocsp_line
+                } else if e.is_about_key(cert) {
                     cert.key_line
                 } else {
                     cert.cert_line

@@ -25,9 +25,13 @@ pub struct TlsCertConfig {
     /// SNI names it answers for (exact or `*.suffix`); the listener's first certificate also
     /// answers everything else.
     pub server_names: Vec<String>,
-    /// Lines of the `cert` and `key` keys (for `lb check-config`'s unreadable-file errors).
+    /// A DER OCSP response stapled to every handshake with this certificate (NGINX
+    /// `ssl_stapling_file`): re-read with the certificate on every reload.
+    pub ocsp: Option<PathBuf>,
+    /// Lines of the `cert`, `key` and `ocsp` keys (for `lb check-config`'s errors).
     pub cert_line: usize,
     pub key_line: usize,
+    pub ocsp_line: usize,
 }
 
 /// Without the line numbers: moving a section in the file must not restart its listener. The
@@ -35,7 +39,10 @@ pub struct TlsCertConfig {
 /// and swaps them in (`RunningL7::reload`).
 impl PartialEq for TlsCertConfig {
     fn eq(&self, other: &Self) -> bool {
-        self.cert == other.cert && self.key == other.key && self.server_names == other.server_names
+        self.cert == other.cert
+            && self.key == other.key
+            && self.server_names == other.server_names
+            && self.ocsp == other.ocsp
     }
 }
 
@@ -48,6 +55,7 @@ impl std::fmt::Debug for TlsCertConfig {
             .field("cert", &self.cert)
             .field("key", &self.key)
             .field("server_names", &self.server_names)
+            .field("ocsp", &self.ocsp)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +136,7 @@ pub(crate) struct RawTlsCert {
     pub(crate) key: Spanned<PathBuf>,
     #[serde(default)]
     pub(crate) server_names: Vec<String>,
+    pub(crate) ocsp: Option<Spanned<PathBuf>>,
 }
 
 /// `max_connections`: at least 1, 10000 by default.
@@ -181,9 +190,13 @@ pub(super) fn parse(
             .map(|t| TlsCertConfig {
                 cert_line: ConfigError::at(path, text, t.cert.span(), String::new()).line,
                 key_line: ConfigError::at(path, text, t.key.span(), String::new()).line,
+                ocsp_line: t.ocsp.as_ref().map_or(0, |o| {
+                    ConfigError::at(path, text, o.span(), String::new()).line
+                }),
                 cert: t.cert.into_inner(),
                 key: t.key.into_inner(),
                 server_names: t.server_names,
+                ocsp: t.ocsp.map(Spanned::into_inner),
             })
             .collect();
         let proxy_protocol_from = l

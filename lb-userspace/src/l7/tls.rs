@@ -33,6 +33,8 @@ pub enum TlsError {
     NoCertificates,
     #[error("{key}: the private key does not match the certificate in {cert}")]
     KeyMismatch { key: String, cert: String },
+    #[error("{path}: not an OCSP response lb can staple: {reason}")]
+    Ocsp { path: String, reason: &'static str },
     /// The key (at `path`) is unusable.
     #[error("{path}: {source}")]
     Certificate {
@@ -54,8 +56,9 @@ impl TlsError {
     }
 }
 
-/// Reads one certificate and its key as a listener would, checking that the key file holds a
-/// private key and that it matches the certificate (what `lb check-config` runs).
+/// Reads one certificate and its key (and OCSP response) as a listener would, checking that
+/// the key file holds a private key that matches the certificate and that the OCSP file is a
+/// successful response (what `lb check-config` runs).
 pub fn check_certificate(cert: &TlsCertConfig) -> Result<(), TlsError> {
     load(cert, &rustls::crypto::ring::default_provider()).map(|_| ())
 }
@@ -123,18 +126,61 @@ fn load(
         .ok_or_else(|| TlsError::NoKey {
             path: cert.key.display().to_string(),
         })?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|source| match source {
-        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-            TlsError::KeyMismatch {
-                key: cert.key.display().to_string(),
-                cert: cert.cert.display().to_string(),
-            }
+    let ocsp = match &cert.ocsp {
+        None => None,
+        Some(path) => {
+            let response = open(path)?;
+            check_ocsp_response(&response).map_err(|reason| TlsError::Ocsp {
+                path: path.display().to_string(),
+                reason,
+            })?;
+            Some(response)
         }
-        source => TlsError::Certificate {
-            path: cert.key.display().to_string(),
-            source,
-        },
-    })
+    };
+    let certified =
+        CertifiedKey::from_der(chain, key, provider).map_err(|source| match source {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                TlsError::KeyMismatch {
+                    key: cert.key.display().to_string(),
+                    cert: cert.cert.display().to_string(),
+                }
+            }
+            source => TlsError::Certificate {
+                path: cert.key.display().to_string(),
+                source,
+            },
+        })?;
+    Ok(CertifiedKey { ocsp, ..certified })
+}
+
+/// Checks the outer frame of a DER `OCSPResponse` (RFC 6960 §4.2.1: `SEQUENCE {
+/// responseStatus ENUMERATED, ... }`) and that its status is `successful` (0): stapling
+/// anything else (an error status, a PEM file, a certificate) would only make clients fail.
+/// The signature and the certificate it covers are the client's to check.
+fn check_ocsp_response(der: &[u8]) -> Result<(), &'static str> {
+    let [0x30, first, rest @ ..] = der else {
+        return Err("not DER (expected a SEQUENCE)");
+    };
+    // Definite length, short or long form.
+    let (length, body) = if *first < 0x80 {
+        (usize::from(*first), rest)
+    } else {
+        let octets = usize::from(first & 0x7f);
+        if octets == 0 || octets > 4 || rest.len() < octets {
+            return Err("bad DER length");
+        }
+        let (len, body) = rest.split_at(octets);
+        let length = len.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        (length, body)
+    };
+    if length != body.len() {
+        return Err("truncated or trailing bytes");
+    }
+    match body {
+        [0x0a, 0x01, 0, ..] => Ok(()),
+        [0x0a, 0x01, _, ..] => Err("its status is not successful"),
+        _ => Err("no response status"),
+    }
 }
 
 /// Re-reads a listener's certificate files and swaps them in.
@@ -243,4 +289,28 @@ pub(super) async fn sent_plain_http(tcp: &mut tokio::net::TcpStream, timeout: Du
     let _ = tcp.write_all(answer.as_bytes()).await;
     let _ = tcp.shutdown().await;
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_ocsp_response;
+
+    #[test]
+    fn only_successful_der_ocsp_responses_are_stapled() {
+        // SEQUENCE { ENUMERATED 0, [0] {...} } in short and long length forms.
+        assert_eq!(
+            check_ocsp_response(&[0x30, 0x05, 0x0a, 0x01, 0x00, 0xa0, 0x00]),
+            Ok(())
+        );
+        let mut long = vec![0x30, 0x81, 0x83, 0x0a, 0x01, 0x00, 0xa0, 0x7e];
+        long.extend([0u8; 0x7e]);
+        assert_eq!(check_ocsp_response(&long), Ok(()));
+        // tryLater (3), PEM text, truncated, trailing bytes, empty.
+        assert!(check_ocsp_response(&[0x30, 0x03, 0x0a, 0x01, 0x03]).is_err());
+        assert!(check_ocsp_response(b"-----BEGIN").is_err());
+        assert!(check_ocsp_response(&[0x30, 0x05, 0x0a, 0x01, 0x00]).is_err());
+        assert!(check_ocsp_response(&[0x30, 0x03, 0x0a, 0x01, 0x00, 0x00]).is_err());
+        assert!(check_ocsp_response(&[]).is_err());
+        assert!(check_ocsp_response(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
 }
