@@ -1,7 +1,8 @@
 //! HTTP/2 abuse against lb's HTTP listeners (h2c prior knowledge and h2 over TLS), with
 //! hand-built frames (an HTTP/2 client library will not send floods): control-frame floods
-//! (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, unknown types), rapid reset, CONTINUATION
-//! flood, a stream storm beyond the concurrent-stream limit and oversized header lists. Each
+//! (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, unknown types), rapid reset, CONTINUATION and
+//! empty DATA floods, a stream storm beyond the concurrent-stream limit and oversized header
+//! lists. Each
 //! attacking connection must end (GOAWAY or close) while a well-behaved HTTP/2 client on
 //! another connection is served, and the close is counted in
 //! `lb_http2_connections_closed_total`. Waits are on events (a GOAWAY, EOF, a counter),
@@ -22,6 +23,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const FLOOD: usize = 100_000;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const PRIORITY: u8 = 0x2;
 const RST_STREAM: u8 = 0x3;
@@ -460,4 +462,23 @@ async fn oversized_header_lists_are_refused() {
     eprintln!("huge header list: {ending:?}");
     assert!(ending.cut_off(), "{ending:?}");
     lb.served(false, 10).await;
+}
+
+/// Empty DATA frames that never end the stream: h2's own limit sends GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_data_flood_is_cut_off() {
+    let lb = start("empty-data").await;
+    let mut opening = opening();
+    opening.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &get_block("/hang", false, &[]),
+    ));
+    let empty = frame(DATA, 0, 1, &[]);
+    let tcp = TcpStream::connect(lb.plain).await.expect("connect");
+    let (ending, ()) = tokio::join!(attack(tcp, opening, &empty, FLOOD), lb.served(false, 20));
+    eprintln!("empty DATA flood: {ending:?}");
+    assert_eq!(ending.goaway, Some(ENHANCE_YOUR_CALM), "{ending:?}");
+    lb.wait_closed("plain", "goaway_enhance_your_calm", 1).await;
 }
