@@ -482,3 +482,57 @@ async fn an_empty_data_flood_is_cut_off() {
     assert_eq!(ending.goaway, Some(ENHANCE_YOUR_CALM), "{ending:?}");
     lb.wait_closed("plain", "goaway_enhance_your_calm", 1).await;
 }
+
+/// A chatty client that does work is not cut off: 150 requests one after another, each with 10
+/// PINGs (1500 control frames, more than the 1000 any connection gets, but earned by the
+/// requests and their responses), then it says goodbye and lb closes gracefully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_earned_by_requests_are_answered() {
+    let lb = start("chatty").await;
+    let mut tcp = TcpStream::connect(lb.plain).await.expect("connect");
+    tcp.write_all(&opening()).await.expect("write");
+    let mut acks = 0;
+    let conversation = async {
+        for i in 0..150u32 {
+            let stream = 2 * i + 1;
+            let mut turn = frame(
+                HEADERS,
+                END_STREAM | END_HEADERS,
+                stream,
+                &get_block("/chatty", false, &[]),
+            );
+            for _ in 0..10 {
+                turn.extend(frame(PING, 0, 0, &[3; 8]));
+            }
+            tcp.write_all(&turn).await.expect("write");
+            // Until the response ends (END_STREAM on a HEADERS or DATA frame of this stream).
+            let mut head = [0; 9];
+            loop {
+                tcp.read_exact(&mut head)
+                    .await
+                    .expect("lb closed a working client");
+                let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0; length];
+                tcp.read_exact(&mut payload).await.expect("payload");
+                let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+                match head[3] {
+                    PING => acks += 1,
+                    GOAWAY => panic!("GOAWAY at request {i}: {payload:?}"),
+                    DATA | HEADERS if on == stream && head[4] & END_STREAM != 0 => break,
+                    _ => {}
+                }
+            }
+        }
+        tcp.write_all(&frame(GOAWAY, 0, 0, &[0; 8]))
+            .await
+            .expect("write");
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest).await;
+    };
+    tokio::time::timeout(PATIENCE, conversation)
+        .await
+        .expect("conversation");
+    // The last PINGs' ACKs may follow the last response.
+    assert!(acks >= 1400, "{acks} PING ACKs");
+    assert_eq!(lb.closed("plain", "control_frame_flood"), 0);
+}
