@@ -187,13 +187,12 @@ impl FrameScanner {
                 bytes = &bytes[used..];
                 continue;
             }
-            let head = if self.head_len == 0 && bytes.len() >= FRAME_HEAD_LEN {
+            let head = if self.head_len == 0
+                && let Some((head, rest)) = bytes.split_first_chunk::<FRAME_HEAD_LEN>()
+            {
                 // The usual case: a whole head in this piece, read in place.
-                let (head, rest) = bytes.split_at(FRAME_HEAD_LEN);
                 bytes = rest;
-                let mut whole = [0; FRAME_HEAD_LEN];
-                whole.copy_from_slice(head);
-                FrameHead::parse(&whole)
+                FrameHead::parse(head)
             } else {
                 let used = (FRAME_HEAD_LEN - self.head_len).min(bytes.len());
                 self.head[self.head_len..self.head_len + used].copy_from_slice(&bytes[..used]);
