@@ -129,6 +129,7 @@ pub struct L7Metrics {
     pub rate_limit_fallback: Family<RateLimitLabels, Counter>,
     pub rate_limit_prechecked: Family<RateLimitLabels, Counter>,
     pub client_connections_refused: Family<ListenerLabels, Counter>,
+    pub http2_connections_closed: Family<Http2CloseLabels, Counter>,
     pub cache_requests: Family<CacheLabels, Counter>,
     pub access_log_dropped: Counter,
     pub stream_connections: Family<StreamLabels, Counter>,
@@ -142,6 +143,14 @@ pub struct L7Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Http2CloseLabels {
+    pub listener: String,
+    /// control_frame_flood (lb's guard), or goaway_<error code> (hyper's limits: rapid
+    /// reset, CONTINUATION flood, refused streams, protocol errors).
+    pub reason: &'static str,
 }
 
 impl L7Metrics {
@@ -163,6 +172,7 @@ impl L7Metrics {
             rate_limit_fallback: Family::default(),
             rate_limit_prechecked: Family::default(),
             client_connections_refused: Family::default(),
+            http2_connections_closed: Family::default(),
             cache_requests: Family::default(),
             access_log_dropped: Counter::default(),
             stream_connections: Family::default(),
@@ -255,6 +265,12 @@ impl Metrics {
             "client_connections_refused",
             "Connections closed at accept: their client had max_connections_per_client open",
             l7.client_connections_refused.clone(),
+        );
+        registry.register(
+            "http2_connections_closed",
+            "HTTP/2 client connections ended for misbehaving, by listener and reason: \
+             control_frame_flood (closed by lb), goaway_<code> (GOAWAY with that error code)",
+            l7.http2_connections_closed.clone(),
         );
         registry.register(
             "auth_results",

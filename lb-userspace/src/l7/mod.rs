@@ -10,6 +10,8 @@
 //! - `headers.rs`: hop-by-hop removal, X-Forwarded-*, X-Request-Id.
 //! - `hygiene.rs`: raw request-head checks hyper lacks (bare LF, Content-Length with
 //!   Transfer-Encoding).
+//! - `h2_guard.rs`: HTTP/2 control-frame floods hyper lacks limits for (PING, SETTINGS,
+//!   WINDOW_UPDATE, ...), watched on the raw frames; why an HTTP/2 connection was closed.
 //! - `lifecycle.rs`: connection slots per listener (`max_connections`), graceful shutdown.
 //! - `client_limit.rs`: open connections per client (`max_connections_per_client`).
 //! - `overload.rs`: the tier-wide guard (`--max-connections`, `--max-memory`).
@@ -41,6 +43,7 @@ pub mod client_limit;
 mod context;
 pub mod egress;
 mod forward;
+mod h2_guard;
 mod headers;
 mod hygiene;
 pub mod jwt;

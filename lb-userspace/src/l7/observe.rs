@@ -25,8 +25,8 @@ use super::{
     context::{AuthResult, RequestCtx},
 };
 use crate::admin::metrics::{
-    AuthLabels, BackendLabels, CacheLabels, L7Metrics, ListenerLabels, PoolLabels, RateLimitLabels,
-    RequestLabels, RouteLabels, ShedLabels, StreamLabels,
+    AuthLabels, BackendLabels, CacheLabels, Http2CloseLabels, L7Metrics, ListenerLabels,
+    PoolLabels, RateLimitLabels, RequestLabels, RouteLabels, ShedLabels, StreamLabels,
 };
 
 /// The L4 flow id of a TCP connection (client, local address), when the XDP tier tagged it.
@@ -357,6 +357,18 @@ impl ProxyMeters {
         {
             c.inc();
         }
+    }
+
+    /// An HTTP/2 connection of `listener` ended for `close` (`h2_guard.rs`).
+    pub(super) fn http2_closed(&self, listener: &str, close: super::h2_guard::H2Close) {
+        let Some(live) = &self.live else { return };
+        live.metrics
+            .http2_connections_closed
+            .get_or_create(&Http2CloseLabels {
+                listener: listener.to_owned(),
+                reason: close.label(),
+            })
+            .inc();
     }
 
     /// Counts one answered request.

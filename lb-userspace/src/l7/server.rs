@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use super::{
     config::{HostMatch, L7Config, ListenerConfig, ListenerMode, RouteConfig},
+    h2_guard::{H2Close, H2Guard},
     hygiene::HeadGuard,
     lifecycle::{self, Lifecycle, ListenerGate},
     overload::GlobalLimits,
@@ -683,6 +684,13 @@ async fn accept_loop(
                 (version, session.server_name().map(Arc::from))
             });
             let conn = Arc::new(conn);
+            let on_h2_close = {
+                let (proxy, name) = (proxy.clone(), name.clone());
+                move |close: H2Close| {
+                    proxy.load().meters().http2_closed(&name, close);
+                    tracing::debug!(listener = %name, %peer, reason = %close, "HTTP/2 connection closed");
+                }
+            };
             let service = service_fn(move |req| {
                 let (name, proxy, conn) = (name.clone(), proxy.clone(), conn.clone());
                 async move {
@@ -697,13 +705,38 @@ async fn accept_loop(
                 .max_buf_size(max_header_bytes)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout);
+            http2_limits(&mut builder, max_header_bytes);
             if let Some(tcp) = plain {
-                let tcp = HeadGuard::new(tcp, max_header_bytes);
+                let tcp = H2Guard::new(HeadGuard::new(tcp, max_header_bytes), on_h2_close);
                 lifecycle::serve(&builder, TokioIo::new(tcp), service, phase).await;
             } else if let Some(stream) = secure {
-                let stream = HeadGuard::new(stream, max_header_bytes);
+                let stream = H2Guard::new(HeadGuard::new(stream, max_header_bytes), on_h2_close);
                 lifecycle::serve(&builder, TokioIo::new(stream), service, phase).await;
             }
         }));
     }
+}
+
+/// Streams one HTTP/2 connection may have open at once: Envoy's edge recommendation (NGINX
+/// allows 128; hyper's default is 200). More are refused with RST_STREAM REFUSED_STREAM.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams a client may reset before lb accepted them, at once (rapid reset, CVE-2023-44487):
+/// then GOAWAY ENHANCE_YOUR_CALM. h2's own default, pinned.
+const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams lb may reset for the client's errors over a connection's life (refused beyond
+/// `H2_MAX_CONCURRENT_STREAMS`, malformed requests; RUSTSEC-2024-0003): then GOAWAY. A quarter
+/// of hyper's 1024, still room for a first flight opened before our SETTINGS arrived (RFC 9113
+/// lets a client assume no stream limit until then).
+const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+
+/// HTTP/2 limits hyper enforces itself, set explicitly (its defaults may change). The
+/// request-head limit is the listener's `max_header_bytes`, as for HTTP/1.1 (431 beyond).
+/// Control-frame floods, which hyper does not limit, are `H2Guard`'s.
+fn http2_limits(builder: &mut auto::Builder<TokioExecutor>, max_header_bytes: usize) {
+    builder
+        .http2()
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
 }
