@@ -20,7 +20,8 @@ RATE=${2:-500}
 cargo build --release -q -p lb-userspace --bin lb
 LB=$PWD/target/release/lb
 DIR=$(mktemp -d /tmp/lb-upgrade.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; pkill -f "$DIR/lb.toml" 2>/dev/null; nginx -p "$DIR" -c "$DIR/nginx.conf" -s stop 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
+# The lb an upgrade started is no job of this shell: found by its config path.
+trap 'set +e; kill $(jobs -p) 2>/dev/null; pkill -f "$DIR/lb.toml"; nginx -p "$DIR" -c "$DIR/nginx.conf" -s stop 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 
 cat > "$DIR/nginx.conf" <<NGINX
 daemon on;

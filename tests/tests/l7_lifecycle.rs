@@ -428,6 +428,45 @@ async fn websocket_upgrade_is_spliced_only_after_101() {
     drop(proxy);
 }
 
+/// A WebSocket outlives the HTTP connection hyper hands over: the graceful stop still counts
+/// it, gives it the grace, and cuts it when the grace ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_counts_a_spliced_websocket_and_cuts_it_after_the_grace() {
+    let echoed = Arc::new(AtomicUsize::new(0));
+    let text = config_text(upgrade_backend(echoed.clone()).await, "");
+    let config = L7Config::parse(&text, Path::new("l7.toml")).expect("config");
+    let proxy = l7::serve(config).await.expect("serve");
+    let addr = proxy.listeners[0].1;
+    let mut ws = TcpStream::connect(addr).await.expect("connect");
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let head = read_head(&mut ws).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    ws.write_all(b"ping").await.expect("write");
+    let mut back = [0u8; 4];
+    ws.read_exact(&mut back).await.expect("echo");
+    assert_eq!(&back, b"ping");
+
+    let cut = tokio::time::timeout(
+        Duration::from_secs(20),
+        proxy.shutdown(Duration::from_millis(300)),
+    )
+    .await
+    .expect("shutdown ends when the grace does");
+    assert_eq!(
+        cut, 1,
+        "the spliced WebSocket was open at the end of the grace"
+    );
+    let rest = tokio::time::timeout(Duration::from_secs(20), read_to_close(&mut ws))
+        .await
+        .expect("the WebSocket is closed");
+    assert_eq!(rest, "");
+}
+
 /// A new self-signed certificate for localhost written over `cert` and `key`; returns its PEM.
 fn write_cert(cert: &Path, key: &Path) -> String {
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
