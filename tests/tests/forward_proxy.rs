@@ -635,3 +635,42 @@ fn tunnels_to_tls_ports_carry_only_the_connect_host_or_an_allowed_name() {
     drop(lb);
     let _ = std::fs::remove_file(&log);
 }
+
+/// `lb bench -x`: each connection a CONNECT tunnel through the forward proxy (what
+/// benches/scripts/forward_proxy.sh measures tunnels per second with); credentials with
+/// `--proxy-user`; a refused CONNECT counts as a `tunnel` error.
+#[test]
+fn lb_bench_tunnels_through_the_forward_proxy() {
+    let rig = rig("bench");
+    let bench = |proxy: SocketAddr, extra: &[&str]| -> serde_json::Value {
+        let out = Command::new(lb_tests::lb_bin())
+            .args(["bench", "--json", "--no-keepalive", "-c", "4", "-n", "40"])
+            .args(["-x", &format!("http://{proxy}")])
+            .args(extra)
+            .arg(format!("http://{}/bench", rig.origin))
+            .output()
+            .expect("lb bench");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    let through = bench(rig.lb.listener("fwd"), &[]);
+    assert_eq!(
+        (through["ok"].as_u64(), through["errors"].as_u64()),
+        (Some(40), Some(0)),
+        "{through}"
+    );
+    let line = logged(
+        &rig.log,
+        &["\"method\":\"CONNECT\"", &rig.origin.to_string()],
+    );
+    assert!(line.contains("\"rule\":\"test-origins\""), "{line}");
+
+    let authed = bench(rig.lb.listener("auth"), &["--proxy-user", "alice:secret"]);
+    assert_eq!(authed["ok"].as_u64(), Some(40), "{authed}");
+    let refused = bench(rig.lb.listener("auth"), &[]);
+    assert_eq!(refused["ok"].as_u64(), Some(0), "{refused}");
+    assert_eq!(
+        refused["error_kinds"]["tunnel"].as_u64(),
+        Some(40),
+        "{refused}"
+    );
+}

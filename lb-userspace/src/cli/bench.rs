@@ -51,6 +51,13 @@ pub struct BenchArgs {
     /// Request body from a file.
     #[arg(long)]
     body_file: Option<PathBuf>,
+    /// Reach the target through this forward proxy (http://HOST:PORT), one CONNECT tunnel
+    /// per connection (as curl -x with --proxytunnel): with --no-keepalive, tunnels per second.
+    #[arg(short = 'x', long, value_name = "URL")]
+    proxy: Option<String>,
+    /// Basic credentials for the forward proxy, NAME:PASSWORD (as curl's --proxy-user).
+    #[arg(long, value_name = "NAME:PASSWORD", requires = "proxy")]
+    proxy_user: Option<String>,
     /// Send a PROXY protocol header (v1 or v2) at the start of each connection.
     #[arg(long, value_enum)]
     proxy_protocol: Option<ProxyHeaderVersion>,
@@ -133,7 +140,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(l4) = l4_target(&args.urls)? {
         return run_l4(&args, l4, body);
     }
-    let target = Target::parse(&args.urls, &args.method, &args.headers, body)?;
+    let mut target = Target::parse(&args.urls, &args.method, &args.headers, body)?;
+    target.tunnel = args
+        .proxy
+        .as_deref()
+        .map(|url| lb::loadgen::Tunnel::parse(url, args.proxy_user.as_deref()))
+        .transpose()?;
     let config = BenchConfig {
         target,
         connections: args.connections,

@@ -40,6 +40,8 @@ pub enum TransportError {
     IdleClosed,
     /// The peer broke the HTTP protocol.
     Protocol,
+    /// The forward proxy (`-x`) did not open the tunnel (its answer to CONNECT was not 200).
+    Tunnel,
 }
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -168,7 +170,12 @@ impl Connector {
 
     pub async fn connect(&self) -> Result<(Conn, SetupTimes), TransportError> {
         let start = Instant::now();
-        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(self.target.addr))
+        let dial = self
+            .target
+            .tunnel
+            .as_ref()
+            .map_or(self.target.addr, |t| t.addr);
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(dial))
             .await
             .map_err(|_| TransportError::Timeout)?
             .map_err(|_| TransportError::Connect)?;
@@ -185,6 +192,12 @@ impl Connector {
                 .await
                 .map_err(|_| TransportError::Reset)?;
         }
+        if let Some(tunnel) = &self.target.tunnel {
+            tokio::time::timeout(self.timeout, open_tunnel(&mut tcp, tunnel, &self.target))
+                .await
+                .map_err(|_| TransportError::Timeout)??;
+        }
+        // Through a forward proxy: the tunnel's set-up included.
         let connect = start.elapsed();
         let (io, tls): (Box<dyn Io>, _) = match &self.tls {
             None => (Box::new(tcp), None),
@@ -287,6 +300,50 @@ impl Conn {
             self.answered += 1;
         }
         result
+    }
+}
+
+/// CONNECT to the target through the forward proxy on `tcp`; Ok once it answered 200 (the
+/// stream is then the target's).
+async fn open_tunnel(
+    tcp: &mut TcpStream,
+    tunnel: &super::target::Tunnel,
+    target: &Target,
+) -> Result<(), TransportError> {
+    use tokio::io::AsyncReadExt as _;
+    let authority = format!("{}:{}", target.host, target.addr.port());
+    let authority = if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.addr.port())
+    } else {
+        authority
+    };
+    let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(auth) = tunnel.authorization.as_ref().and_then(|a| a.to_str().ok()) {
+        request += &format!("Proxy-Authorization: {auth}\r\n");
+    }
+    request += "\r\n";
+    tcp.write_all(request.as_bytes())
+        .await
+        .map_err(|_| TransportError::Reset)?;
+    // The answer's head, byte by byte: nothing of the tunnel may be read past it (the target
+    // speaks only after our first bytes anyway).
+    let mut head = Vec::with_capacity(128);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err(TransportError::Tunnel);
+        }
+        match tcp.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return Err(TransportError::Reset),
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(&head) {
+        Ok(httparse::Status::Complete(_)) if response.code == Some(200) => Ok(()),
+        Ok(_) => Err(TransportError::Tunnel),
+        Err(_) => Err(TransportError::Protocol),
     }
 }
 

@@ -20,4 +20,4 @@ pub use engine::{BenchConfig, LoadMode, run};
 pub use html::render as render_html;
 pub use l4::{L4Config, L4Protocol, L4Report, run_l4};
 pub use report::{BenchReport, LatencySummary};
-pub use target::{HttpVersion, ProxyHeaderVersion, Target, TargetError};
+pub use target::{HttpVersion, ProxyHeaderVersion, Target, TargetError, Tunnel};

@@ -47,6 +47,8 @@ pub enum TargetError {
     Read(PathBuf, std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0:?}: a forward proxy is http://HOST:PORT")]
+    ProxyScheme(String),
 }
 
 /// A resolved target: requests rotate over `paths`.
@@ -61,6 +63,54 @@ pub struct Target {
     pub method: Method,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+    /// Reach the target through this forward proxy, one CONNECT tunnel per connection
+    /// (`lb bench -x`, as curl's `--proxytunnel`).
+    pub tunnel: Option<Tunnel>,
+}
+
+/// A forward proxy to tunnel through.
+#[derive(Clone, Debug)]
+pub struct Tunnel {
+    pub addr: SocketAddr,
+    /// `Proxy-Authorization` sent with each CONNECT (Basic, from `--proxy-user`).
+    pub authorization: Option<HeaderValue>,
+}
+
+impl Tunnel {
+    /// The proxy of `url` (`http://HOST:PORT`), with Basic credentials `user` (`NAME:PASSWORD`).
+    pub fn parse(url: &str, user: Option<&str>) -> Result<Self, TargetError> {
+        use base64::Engine as _;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| TargetError::BadUrl(url.to_owned(), e))?;
+        if uri.scheme_str().is_some_and(|s| s != "http") {
+            return Err(TargetError::ProxyScheme(url.to_owned()));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| TargetError::NoHost(url.to_owned()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(3128);
+        let addr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| TargetError::Resolve(url.to_owned(), e))?
+            .next()
+            .ok_or_else(|| {
+                TargetError::Resolve(url.to_owned(), std::io::ErrorKind::NotFound.into())
+            })?;
+        let authorization = user
+            .map(|user| {
+                let token = base64::engine::general_purpose::STANDARD.encode(user);
+                HeaderValue::from_str(&format!("Basic {token}"))
+                    .map_err(|_| TargetError::BadHeader("--proxy-user".into()))
+            })
+            .transpose()?;
+        Ok(Self {
+            addr,
+            authorization,
+        })
+    }
 }
 
 impl Target {
@@ -139,6 +189,7 @@ impl Target {
             method,
             headers,
             body,
+            tunnel: None,
         })
     }
 }
