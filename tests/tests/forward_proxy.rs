@@ -276,6 +276,18 @@ fn tunnels_and_absolute_form_requests_reach_allowed_origins() {
         format!("{}", rig.origin),
         "the address dialed"
     );
+    // An absolute-form request's line is written when its response is over, with the body
+    // bytes each way.
+    let (_, status, body) = curl(proxy, &["--data-binary", "0123456789"], &url);
+    assert_eq!(status, 200, "{body}");
+    let line = logged(&rig.log, &["\"kind\":\"egress\"", "\"method\":\"POST\""]);
+    let line: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(line["bytes_up"].as_u64(), Some(10), "{line}");
+    assert_eq!(
+        line["bytes_down"].as_u64(),
+        Some(body.len() as u64),
+        "{line}"
+    );
     // Bytes sent right behind the CONNECT head (before the 200 arrived) reach the origin.
     let (status, text) = raw_all(
         proxy,

@@ -340,27 +340,36 @@ pub struct AccessRecord {
     pub shed: Option<&'static str>,
 }
 
-/// A response body that counts what it sends and writes the access log line when dropped
-/// (after the last frame, or when the client went away).
+/// A response body that counts what it sends and, when dropped (after the last frame, or
+/// when the client went away), hands the count to `on_end`: where access log lines are
+/// written once a response is over.
 pub struct LoggedBody {
     inner: ProxyBody,
     bytes: u64,
-    started: Instant,
-    log: Option<(Arc<super::observe::Observer>, AccessRecord)>,
+    on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
 }
 
 impl LoggedBody {
+    /// The reverse proxy's line for `record`, written through `observer`.
     pub fn wrap(
         inner: ProxyBody,
         started: Instant,
         observer: Arc<super::observe::Observer>,
         record: AccessRecord,
     ) -> ProxyBody {
+        Self::on_end(inner, move |bytes| {
+            if let Some(log) = observer.access_log() {
+                log.write(&record, bytes, started.elapsed());
+            }
+        })
+    }
+
+    /// `inner`, with `on_end(bytes sent)` called once it is over.
+    pub fn on_end(inner: ProxyBody, on_end: impl FnOnce(u64) + Send + Sync + 'static) -> ProxyBody {
         Self {
             inner,
             bytes: 0,
-            started,
-            log: Some((observer, record)),
+            on_end: Some(Box::new(on_end)),
         }
         .boxed()
     }
@@ -394,10 +403,8 @@ impl Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        if let Some((observer, record)) = self.log.take()
-            && let Some(log) = observer.access_log()
-        {
-            log.write(&record, self.bytes, self.started.elapsed());
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.bytes);
         }
     }
 }

@@ -5,7 +5,6 @@
 use http_body_util::BodyExt;
 use hyper::{
     HeaderMap, Request, Response, Version,
-    body::Incoming,
     header::{self, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
@@ -20,12 +19,16 @@ const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60)
 
 /// Sends `req` to `target` over `upstream` (origin-form `path`); the origin's response, ready
 /// for the client.
-pub(super) async fn send(
-    mut req: Request<Incoming>,
+pub(super) async fn send<B>(
+    mut req: Request<B>,
     upstream: TcpStream,
     target: &Target,
     path: &str,
-) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
     tokio::spawn(async move {

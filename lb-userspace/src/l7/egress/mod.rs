@@ -20,7 +20,10 @@ mod tunnel;
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -38,6 +41,7 @@ use self::{
     target::Target,
 };
 use super::{
+    access_log::{CountedBody, LoggedBody},
     config::ListenerConfig,
     lifecycle::{ListenerGate, Phase, Tracker},
     pool::ProxyBody,
@@ -335,10 +339,21 @@ impl EgressListener {
                 },
             );
         }
+        // The log line once the response is over, with the body bytes both ways.
+        let up = Arc::new(AtomicU64::new(0));
+        let req = req.map(|body| CountedBody::new(body, up.clone()));
         match forward::send(req, upstream, &target, &path).await {
             Ok(response) => {
-                self.log(&record, response.status().as_u16());
-                response
+                let line = self.line(&record, response.status().as_u16());
+                let (proxy, started) = (self.proxy.clone(), record.started);
+                response.map(|body| {
+                    LoggedBody::on_end(body, move |down| {
+                        if let Some(log) = proxy.load().observer().access_log() {
+                            let up = up.load(Ordering::Relaxed);
+                            log.write_json(&finish(line, up, down, started));
+                        }
+                    })
+                })
             }
             Err(err) => {
                 tracing::info!(listener = %self.name, %client, target = %target.authority(), %err, "egress: upstream failed");
@@ -358,9 +373,14 @@ impl EgressListener {
     }
 
     /// A policy decision counted and logged (`address`: the one it was made for, when the
-    /// name was resolved first).
+    /// name was resolved first). Denials (and report-mode "would deny") always reach lb's
+    /// log; routine allows only at debug level (a formatted stderr write per tunnel is a
+    /// cost on the hot path, and the access log records every decision anyway).
     fn decided(&self, record: &Record<'_>, address: Option<IpAddr>, decision: &Decision) {
         self.count(decision.verdict, &decision.rule);
+        if decision.verdict == "allow" && !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
         tracing::info!(
             listener = %self.name,
             client = %record.client,
