@@ -67,7 +67,7 @@ fn answer(query: &[u8], a_queries: &AtomicU64) -> Option<Vec<u8>> {
     let question = query.get(12..at + 4)?;
     let ours = labels.join(".") == NAME;
     let record = (ours && qtype == 1).then(|| {
-        if a_queries.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if a_queries.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
             PUBLIC
         } else {
             PRIVATE
