@@ -474,6 +474,38 @@ forward = "local"
     }
 
     #[test]
+    fn source_lists_and_limits_parse() {
+        let cfg = parse(
+            r#"
+[l4]
+flood_guard_new_flows_per_cpu = 50000
+source_new_flows_per_second = 100
+deny = ["192.0.2.0/24", "2001:db8::/32"]
+allow = ["0.0.0.0/0"]
+
+[[vip]]
+address = "10.100.0.100:80"
+deny = ["198.51.100.7", "fd00::7"]
+"#,
+        )
+        .expect("valid");
+        let net = |s: &str| s.parse::<IpNet>().expect("net");
+        assert_eq!(cfg.guard.flood_guard_new_flows_per_cpu, Some(50000));
+        assert_eq!(cfg.guard.source_new_flows, Some((100, 100)), "burst: one second");
+        assert_eq!(
+            cfg.guard.lists.deny,
+            [net("192.0.2.0/24"), net("2001:db8::/32")]
+        );
+        assert_eq!(cfg.guard.lists.allow, [net("0.0.0.0/0")]);
+        assert_eq!(
+            cfg.vips[0].lists.deny,
+            [net("198.51.100.7/32"), net("fd00::7/128")],
+            "a lone address is a host network"
+        );
+        assert!(cfg.vips[0].lists.allow.is_empty());
+    }
+
+    #[test]
     fn errors_name_file_line_and_reason() {
         let cases = [
             (
@@ -490,7 +522,7 @@ forward = "local"
             ),
             (
                 "[[vip]]\naddress = \"10.0.0.1:80\"\nbogus = 1\n",
-                "lb.toml:3: unknown field `bogus`, expected one of `address`, `protocol`, `forward`, `ring_size`, `real`, `pool`",
+                "lb.toml:3: unknown field `bogus`, expected one of `address`, `protocol`, `forward`, `ring_size`, `real`, `pool`, `deny`, `allow`",
             ),
             (
                 "[[vip]]\naddress = \"10.0.0.1:80\"\npool = \"web\"\n",
@@ -523,6 +555,30 @@ forward = "local"
             (
                 "[[vip]\n",
                 "lb.toml:1: invalid table header; expected `.`, `]]`",
+            ),
+            (
+                "[l4]\ndeny = [\"10.0.0.0/8\",\n  \"10.0.0.0/33\"]\n",
+                "lb.toml:3: deny: \"10.0.0.0/33\" is not a network (ADDRESS/PREFIX) or an address",
+            ),
+            (
+                "[[vip]]\naddress = \"10.0.0.1:80\"\nallow = [\"10.1.2.3/16\"]\n",
+                "lb.toml:3: allow: \"10.1.2.3/16\" has host bits set (the network is 10.1.0.0/16)",
+            ),
+            (
+                "[l4]\nflood_guard_new_flows_per_cpu = 0\n",
+                "lb.toml:2: flood_guard_new_flows_per_cpu must be above 0 (leave it out for no limit)",
+            ),
+            (
+                "[l4]\nsource_new_flows_burst = 5\n",
+                "lb.toml:2: source_new_flows_burst without source_new_flows_per_second",
+            ),
+            (
+                "[l4]\nsource_new_flows_per_second = 2000000000\n",
+                "lb.toml:2: source_new_flows_per_second must be at most 1000000000",
+            ),
+            (
+                "[l4]\nflood_guard = 5\n",
+                "lb.toml:2: unknown field `flood_guard`, expected one of `flood_guard_new_flows_per_cpu`, `source_new_flows_per_second`, `source_new_flows_burst`, `deny`, `allow`",
             ),
         ];
         for (text, expected) in cases {

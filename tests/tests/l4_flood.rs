@@ -1,0 +1,167 @@
+//! A SYN flood from random sources at an `encap` VIP, end to end (the DSR topology of
+//! `l4_dsr_e2e`, hping3 in the client namespace): with the flood guard on, an established
+//! flow keeps its connection-table entry and keeps working, new legitimate connections work
+//! during the flood, and the flood's flows stay out of the table.
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::{Child, Stdio},
+    thread,
+    time::Duration,
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use lb::{
+    l4::{L4Config, L4Dataplane, L4Stats, Protocol, flow_key, read_l4_stats},
+    xdp::{self, AttachMode},
+};
+use lb_common::{
+    l4::{FlowEntry, FlowKey, L4Event},
+    map_names, program_names,
+};
+use lb_tests::{
+    dsr::{DsrTopology, connect_from, get_name, serve_name},
+    netns::require_root,
+};
+
+/// New flows per second per CPU the guard lets into the table.
+const GUARD: u64 = 100;
+/// Flood flows kept out of the table before the checks run: far more than the guard admits
+/// in the seconds that takes, so most of the flood must have been kept out.
+const FLOOD_KEPT_OUT: u64 = 20_000;
+
+/// hping3, killed when dropped (the namespace's teardown kills it too).
+struct Flood(Child);
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Flood {
+    fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+fn conntrack_has(ebpf: &aya::Ebpf, flow: &FlowKey) -> (bool, usize) {
+    let map: BpfHashMap<&MapData, FlowKey, FlowEntry> = ebpf
+        .map(map_names::CONNTRACK)
+        .expect("CONNTRACK")
+        .try_into()
+        .expect("hash map");
+    let entries = map.keys().filter(Result::is_ok).count();
+    (map.get(flow, 0).is_ok(), entries)
+}
+
+#[test]
+fn a_syn_flood_does_not_evict_established_flows_with_the_flood_guard_on() {
+    if !require_root("a_syn_flood_does_not_evict_established_flows_with_the_flood_guard_on") {
+        return;
+    }
+    if std::process::Command::new("hping3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("hping3 is missing: run `cargo xtask setup`");
+    }
+    let topo = DsrTopology::build(93);
+    let vip_ip = topo.vip_ip();
+    let vip = SocketAddr::new(vip_ip, 80);
+    let client_ip = topo.client_ip();
+    let mut decaps = Vec::new();
+    for (i, real) in topo.reals.iter().enumerate() {
+        decaps.push(
+            real.run(|| {
+                xdp::attach_program(program_names::DECAP, "e0", AttachMode::Skb).expect("decap")
+            })
+            .expect("netns"),
+        );
+        let listener = real
+            .run(move || TcpListener::bind((vip_ip, 80)).expect("bind VIP"))
+            .expect("listener");
+        let name = format!("real{}", i + 1);
+        thread::spawn(move || serve_name(listener, name));
+    }
+    let mut lb = topo
+        .lb
+        .run(|| xdp::attach("l0", AttachMode::Skb).expect("attach lb_xdp"))
+        .expect("netns");
+    let mut text = format!(
+        "[l4]\nflood_guard_new_flows_per_cpu = {GUARD}\n[[vip]]\naddress = \"{vip}\"\nring_size = 1009\n"
+    );
+    for i in 0..3 {
+        text += &format!("[[vip.real]]\naddress = \"{}\"\n", topo.real_ip(i));
+    }
+    let config = L4Config::parse(&text, Path::new("flood.toml")).expect("config");
+    let mut dp = L4Dataplane::new();
+    dp.apply(lb.ebpf_mut(), &config).expect("apply");
+
+    // An established flow, before the flood.
+    let (mut established, first_real) = topo
+        .client
+        .run(move || {
+            let mut conn = connect_from(client_ip, 30000, vip).expect("connect");
+            let real = get_name(&mut conn).expect("GET");
+            (conn, real)
+        })
+        .expect("client");
+    let established_flow = flow_key(SocketAddr::new(client_ip, 30000), vip, Protocol::Tcp);
+    assert!(conntrack_has(lb.ebpf(), &established_flow).0);
+
+    let mut flood = Flood(
+        topo.client
+            .command("hping3")
+            .args(["-q", "-S", "-p", "80", "--rand-source", "-i", "u50"])
+            .arg(vip_ip.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start hping3"),
+    );
+    let stats = |lb: &xdp::AttachedXdp| -> L4Stats {
+        read_l4_stats(lb.ebpf(), &dp).expect("stats")
+    };
+    while stats(&lb).event(L4Event::FloodGuardNotInserted) < FLOOD_KEPT_OUT {
+        assert!(flood.running(), "hping3 stopped: {}", stats(&lb));
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // During the flood: the established flow still works on its real, new connections work.
+    let again = get_name(&mut established).expect("established flow during the flood");
+    assert_eq!(again, first_real);
+    let answered = topo
+        .client
+        .run(move || {
+            (0..20u16)
+                .map(|n| {
+                    connect_from(client_ip, 31000 + n, vip)
+                        .and_then(|mut conn| get_name(&mut conn))
+                        .map_err(|e| format!("connection {n}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("client");
+    assert!(flood.running(), "the flood ran throughout");
+    if let Err(e) = answered {
+        panic!("{e}; {}", stats(&lb));
+    }
+
+    // The table: the established flow's entry survived; the flood's flows stayed out (the
+    // guard's per-CPU rate admits a few hundred a second; the flood sent tens of thousands).
+    let s = stats(&lb);
+    let (kept, entries) = conntrack_has(lb.ebpf(), &established_flow);
+    assert!(kept, "established flow evicted; {s}");
+    let kept_out = s.event(L4Event::FloodGuardNotInserted);
+    let inserted = s.event(L4Event::NewFlow) - kept_out;
+    assert!(entries as u64 <= inserted, "{entries} entries, {inserted} inserted");
+    assert!(
+        inserted * 4 <= kept_out,
+        "{inserted} new flows entered the table, {kept_out} were kept out; {s}"
+    );
+    drop(flood);
+    lb.detach().expect("detach");
+}
