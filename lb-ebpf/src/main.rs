@@ -183,7 +183,8 @@ mod datapath {
     fn forward_ptb(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta, flow: &FlowKey) -> u32 {
         // The error follows the flow's real; it never creates a connection-table entry (a
         // spoofed ICMP error must not take a slot).
-        let Some(selected) = select::established(flow, meta).or_else(|| select::by_hash(flow, meta))
+        let Some(selected) =
+            select::established(flow, meta).or_else(|| select::by_hash(flow, meta))
         else {
             return xdp_action::XDP_PASS;
         };

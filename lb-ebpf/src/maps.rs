@@ -18,7 +18,8 @@ pub static PORT_STATS: PerCpuHashMap<PortKey, TrafficCounters> =
     PerCpuHashMap::with_max_entries(PORT_STATS_CAPACITY, 0);
 
 #[map(name = "PACKET_CLASSES")]
-pub static PACKET_CLASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ARRAY_CAPACITY, 0);
+pub static PACKET_CLASSES: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(COUNTER_ARRAY_CAPACITY, 0);
 
 #[map(name = "MALFORMED")]
 pub static MALFORMED: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ARRAY_CAPACITY, 0);

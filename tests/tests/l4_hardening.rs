@@ -31,7 +31,8 @@ const VIP6_IP: [u8; 16] = [0xfd, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
 const RING: u32 = 1009;
 
 fn config(guard: &str, vip4_keys: &str) -> L4Config {
-    let mut text = format!("{guard}\n[[vip]]\naddress = \"{VIP4}\"\nring_size = {RING}\n{vip4_keys}\n");
+    let mut text =
+        format!("{guard}\n[[vip]]\naddress = \"{VIP4}\"\nring_size = {RING}\n{vip4_keys}\n");
     for real in REALS4 {
         text.push_str(&format!("[[vip.real]]\naddress = \"{real}\"\n"));
     }
@@ -61,7 +62,14 @@ fn ack4(client: [u8; 4], sport: u16) -> Vec<u8> {
 }
 
 fn syn6(client: [u8; 16], sport: u16) -> Vec<u8> {
-    eth_ipv6(&[], client, VIP6_IP, &[], tcp(sport, 443, TCP_SYN, &[], b"")).0
+    eth_ipv6(
+        &[],
+        client,
+        VIP6_IP,
+        &[],
+        tcp(sport, 443, TCP_SYN, &[], b""),
+    )
+    .0
 }
 
 /// Which real Maglev gives a flow to VIP4 (all weights 1).
@@ -119,8 +127,14 @@ fn deny_and_allow_lists_drop_per_vip_and_globally_and_change_at_runtime() {
             let client6 = [0xfd, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
             // No lists: everything is forwarded; an established flow from `client` is made.
-            assert_eq!(runner.run(&syn4(client, 1000)).expect("run").action, XDP_REDIRECT);
-            assert_eq!(runner.run(&syn6(client6, 1000)).expect("run").action, XDP_REDIRECT);
+            assert_eq!(
+                runner.run(&syn4(client, 1000)).expect("run").action,
+                XDP_REDIRECT
+            );
+            assert_eq!(
+                runner.run(&syn6(client6, 1000)).expect("run").action,
+                XDP_REDIRECT
+            );
 
             // Global deny of client's /16 and one IPv6 host: both dropped, the established
             // flow too; other sources pass.
@@ -129,10 +143,22 @@ fn deny_and_allow_lists_drop_per_vip_and_globally_and_change_at_runtime() {
                 &config("[l4]\ndeny = [\"10.9.0.0/16\", \"fd99::1\"]", ""),
             )
             .expect("apply deny");
-            assert_eq!(runner.run(&ack4(client, 1000)).expect("run").action, XDP_DROP);
-            assert_eq!(runner.run(&syn4(client, 1001)).expect("run").action, XDP_DROP);
-            assert_eq!(runner.run(&syn6(client6, 1001)).expect("run").action, XDP_DROP);
-            assert_eq!(runner.run(&syn4(other, 1000)).expect("run").action, XDP_REDIRECT);
+            assert_eq!(
+                runner.run(&ack4(client, 1000)).expect("run").action,
+                XDP_DROP
+            );
+            assert_eq!(
+                runner.run(&syn4(client, 1001)).expect("run").action,
+                XDP_DROP
+            );
+            assert_eq!(
+                runner.run(&syn6(client6, 1001)).expect("run").action,
+                XDP_DROP
+            );
+            assert_eq!(
+                runner.run(&syn4(other, 1000)).expect("run").action,
+                XDP_REDIRECT
+            );
             let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
             assert_eq!(stats.event(L4Event::DenyListDropped), 3);
 
@@ -140,9 +166,18 @@ fn deny_and_allow_lists_drop_per_vip_and_globally_and_change_at_runtime() {
             // it. The global deny is gone: client now fails the allow list instead.
             dp.apply(runner.ebpf_mut(), &config("", "allow = [\"10.8.0.0/16\"]"))
                 .expect("apply allow");
-            assert_eq!(runner.run(&syn4(other, 1001)).expect("run").action, XDP_REDIRECT);
-            assert_eq!(runner.run(&syn4(client, 1002)).expect("run").action, XDP_DROP);
-            assert_eq!(runner.run(&syn6(client6, 1002)).expect("run").action, XDP_REDIRECT);
+            assert_eq!(
+                runner.run(&syn4(other, 1001)).expect("run").action,
+                XDP_REDIRECT
+            );
+            assert_eq!(
+                runner.run(&syn4(client, 1002)).expect("run").action,
+                XDP_DROP
+            );
+            assert_eq!(
+                runner.run(&syn6(client6, 1002)).expect("run").action,
+                XDP_REDIRECT
+            );
             let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
             assert_eq!(stats.event(L4Event::AllowListDropped), 1);
             assert_eq!(stats.event(L4Event::DenyListDropped), 3);
@@ -154,14 +189,24 @@ fn deny_and_allow_lists_drop_per_vip_and_globally_and_change_at_runtime() {
                 &config("[l4]\nallow = [\"10.0.0.0/8\"]", "deny = [\"10.8.1.1\"]"),
             )
             .expect("apply global allow");
-            assert_eq!(runner.run(&syn6(client6, 1003)).expect("run").action, XDP_DROP);
-            assert_eq!(runner.run(&syn4(other, 1003)).expect("run").action, XDP_DROP);
-            assert_eq!(runner.run(&syn4(client, 1003)).expect("run").action, XDP_REDIRECT);
+            assert_eq!(
+                runner.run(&syn6(client6, 1003)).expect("run").action,
+                XDP_DROP
+            );
+            assert_eq!(
+                runner.run(&syn4(other, 1003)).expect("run").action,
+                XDP_DROP
+            );
+            assert_eq!(
+                runner.run(&syn4(client, 1003)).expect("run").action,
+                XDP_REDIRECT
+            );
             let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
             assert_eq!(stats.event(L4Event::AllowListDropped), 2);
             assert_eq!(stats.event(L4Event::DenyListDropped), 4);
 
-            dp.apply(runner.ebpf_mut(), &config("", "")).expect("apply none");
+            dp.apply(runner.ebpf_mut(), &config("", ""))
+                .expect("apply none");
             for frame in [syn4(client, 1004), syn4(other, 1004), syn6(client6, 1004)] {
                 assert_eq!(runner.run(&frame).expect("run").action, XDP_REDIRECT);
             }
@@ -206,20 +251,38 @@ fn over_its_rate_a_source_opens_no_new_flows_but_keeps_its_open_ones() {
             .expect("apply");
             let client = [10, 9, 1, 1];
             for sport in 1000..1003 {
-                assert_eq!(runner.run(&syn4(client, sport)).expect("run").action, XDP_REDIRECT);
+                assert_eq!(
+                    runner.run(&syn4(client, sport)).expect("run").action,
+                    XDP_REDIRECT
+                );
             }
-            assert_eq!(runner.run(&syn4(client, 1003)).expect("run").action, XDP_DROP);
+            assert_eq!(
+                runner.run(&syn4(client, 1003)).expect("run").action,
+                XDP_DROP
+            );
             // Its established flows go on; a segment of a flow not in the table (no SYN) is
             // never charged; another source has its own allowance.
-            assert_eq!(runner.run(&ack4(client, 1000)).expect("run").action, XDP_REDIRECT);
-            assert_eq!(runner.run(&ack4(client, 2000)).expect("run").action, XDP_REDIRECT);
-            assert_eq!(runner.run(&syn4([10, 9, 1, 2], 1000)).expect("run").action, XDP_REDIRECT);
+            assert_eq!(
+                runner.run(&ack4(client, 1000)).expect("run").action,
+                XDP_REDIRECT
+            );
+            assert_eq!(
+                runner.run(&ack4(client, 2000)).expect("run").action,
+                XDP_REDIRECT
+            );
+            assert_eq!(
+                runner.run(&syn4([10, 9, 1, 2], 1000)).expect("run").action,
+                XDP_REDIRECT
+            );
             let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
             assert_eq!(stats.event(L4Event::SourceRateDropped), 1);
 
             // The limit goes at runtime: the same source opens flows again.
             dp.apply(runner.ebpf_mut(), &config("", "")).expect("apply");
-            assert_eq!(runner.run(&syn4(client, 1004)).expect("run").action, XDP_REDIRECT);
+            assert_eq!(
+                runner.run(&syn4(client, 1004)).expect("run").action,
+                XDP_REDIRECT
+            );
         },
     );
 }
@@ -258,15 +321,24 @@ fn past_the_flood_guard_rate_new_flows_are_hashed_without_entering_the_table() {
             assert_eq!(conntrack_entries(&runner), 5);
             // The first flows are established (table hits); a kept-out flow's next packet is
             // a miss again, forwarded by hash, and not rate limited (no SYN).
-            assert_eq!(runner.run(&ack4([10, 9, 0, 0], 1000)).expect("run").action, XDP_REDIRECT);
-            assert_eq!(runner.run(&ack4([10, 9, 0, 19], 1000)).expect("run").action, XDP_REDIRECT);
+            assert_eq!(
+                runner.run(&ack4([10, 9, 0, 0], 1000)).expect("run").action,
+                XDP_REDIRECT
+            );
+            assert_eq!(
+                runner.run(&ack4([10, 9, 0, 19], 1000)).expect("run").action,
+                XDP_REDIRECT
+            );
             let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
             assert_eq!(stats.event(L4Event::ConntrackHit), 1);
             assert_eq!(conntrack_entries(&runner), 5);
 
             // Guard off at runtime: new flows enter the table again.
             dp.apply(runner.ebpf_mut(), &config("", "")).expect("apply");
-            assert_eq!(runner.run(&syn4([10, 9, 1, 0], 1000)).expect("run").action, XDP_REDIRECT);
+            assert_eq!(
+                runner.run(&syn4([10, 9, 1, 0], 1000)).expect("run").action,
+                XDP_REDIRECT
+            );
             assert_eq!(conntrack_entries(&runner), 6);
         },
     );

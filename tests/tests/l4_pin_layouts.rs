@@ -33,7 +33,9 @@ use lb_tests::{
 type Layout = BTreeMap<String, [u32; 5]>;
 
 fn fixture(name: &str) -> Layout {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pins").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/pins")
+        .join(name);
     let text = std::fs::read_to_string(&path).expect("fixture");
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))

@@ -305,7 +305,10 @@ impl L4Config {
                 allow: networks(&vip.allow, "allow", &err)?,
             };
             count_entries(&lists, &mut list_entries);
-            if list_entries.iter().any(|n| *n > SOURCE_LIST_CAPACITY as usize) {
+            if list_entries
+                .iter()
+                .any(|n| *n > SOURCE_LIST_CAPACITY as usize)
+            {
                 return Err(err(
                     span,
                     format!(
@@ -358,7 +361,10 @@ fn guard_settings(
         .as_ref()
         .map(|v| positive(v, "flood_guard_new_flows_per_cpu"))
         .transpose()?;
-    let source_new_flows = match (&raw.source_new_flows_per_second, &raw.source_new_flows_burst) {
+    let source_new_flows = match (
+        &raw.source_new_flows_per_second,
+        &raw.source_new_flows_burst,
+    ) {
         (None, None) => None,
         (None, Some(burst)) => {
             return Err(err(
@@ -491,7 +497,11 @@ deny = ["198.51.100.7", "fd00::7"]
         .expect("valid");
         let net = |s: &str| s.parse::<IpNet>().expect("net");
         assert_eq!(cfg.guard.flood_guard_new_flows_per_cpu, Some(50000));
-        assert_eq!(cfg.guard.source_new_flows, Some((100, 100)), "burst: one second");
+        assert_eq!(
+            cfg.guard.source_new_flows,
+            Some((100, 100)),
+            "burst: one second"
+        );
         assert_eq!(
             cfg.guard.lists.deny,
             [net("192.0.2.0/24"), net("2001:db8::/32")]

@@ -452,10 +452,16 @@ impl L4Dataplane {
         }
         let mut stale_v4 = Vec::new();
         let mut stale_v6 = Vec::new();
-        for (name, wanted) in [(map_names::DENY_V4, &deny_v4), (map_names::ALLOW_V4, &allow_v4)] {
+        for (name, wanted) in [
+            (map_names::DENY_V4, &deny_v4),
+            (map_names::ALLOW_V4, &allow_v4),
+        ] {
             stale_v4.push((name, sync_trie(ebpf, name, wanted)?));
         }
-        for (name, wanted) in [(map_names::DENY_V6, &deny_v6), (map_names::ALLOW_V6, &allow_v6)] {
+        for (name, wanted) in [
+            (map_names::DENY_V6, &deny_v6),
+            (map_names::ALLOW_V6, &allow_v6),
+        ] {
             stale_v6.push((name, sync_trie(ebpf, name, wanted)?));
         }
         let name = map_names::L4_GUARD;
