@@ -1,7 +1,11 @@
-//! A SYN flood from random sources at an `encap` VIP, end to end (the DSR topology of
-//! `l4_dsr_e2e`, hping3 in the client namespace): with the flood guard on, an established
-//! flow keeps its connection-table entry and keeps working, new legitimate connections work
-//! during the flood, and the flood's flows stay out of the table.
+//! The L4 hardening end to end, in the DSR topology of `l4_dsr_e2e`:
+//! - a SYN flood from random sources at an `encap` VIP (hping3 in the client namespace): with
+//!   the flood guard on, an established flow keeps its connection-table entry and keeps
+//!   working, new legitimate connections work during the flood, and the flood's flows stay
+//!   out of the table;
+//! - `lb run` with a deny list in its backend file: the client is dropped and counted in
+//!   `/metrics`; the file loses the entry, a reload applies it, and the client connects, with
+//!   the same XDP program attached throughout.
 use std::{
     net::{SocketAddr, TcpListener},
     path::Path,
@@ -21,6 +25,9 @@ use lb_common::{
 };
 use lb_tests::{
     dsr::{DsrTopology, connect_from, get_name, serve_name},
+    lb_maps::attached_prog_id,
+    lb_run::http,
+    lb_run_netns::{LbRun, PinDir},
     netns::require_root,
 };
 
@@ -169,4 +176,148 @@ fn a_syn_flood_does_not_evict_established_flows_with_the_flood_guard_on() {
     );
     drop(flood);
     lb.detach().expect("detach");
+}
+
+/// A file removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Starts a decap program and a name server on each real; returns the decap attachments.
+fn serve_reals(topo: &DsrTopology) -> Vec<xdp::AttachedXdp> {
+    let vip_ip = topo.vip_ip();
+    let mut decaps = Vec::new();
+    for (i, real) in topo.reals.iter().enumerate() {
+        decaps.push(
+            real.run(|| {
+                xdp::attach_program(program_names::DECAP, "e0", AttachMode::Skb).expect("decap")
+            })
+            .expect("netns"),
+        );
+        let listener = real
+            .run(move || TcpListener::bind((vip_ip, 80)).expect("bind VIP"))
+            .expect("listener");
+        let name = format!("real{}", i + 1);
+        thread::spawn(move || serve_name(listener, name));
+    }
+    decaps
+}
+
+#[test]
+fn a_deny_list_changes_on_reload_without_reloading_the_program() {
+    if !require_root("a_deny_list_changes_on_reload_without_reloading_the_program") {
+        return;
+    }
+    let topo = DsrTopology::build(94);
+    let _decaps = serve_reals(&topo);
+    let vip = SocketAddr::new(topo.vip_ip(), 80);
+    let client_ip = topo.client_ip();
+    let backend_file = |l4: &str| {
+        let mut text = format!("{l4}\n[[vip]]\naddress = \"{vip}\"\nring_size = 1009\n");
+        for i in 0..3 {
+            text += &format!("[[vip.real]]\naddress = \"{}\"\n", topo.real_ip(i));
+        }
+        text
+    };
+    let file = TempFile(std::env::temp_dir().join(format!("lb-deny-{}.toml", std::process::id())));
+    std::fs::write(
+        &file.0,
+        backend_file(&format!(
+            "[l4]\ndeny = [\"{client_ip}\", \"2001:db8::/32\"]"
+        )),
+    )
+    .expect("write backend file");
+    let pins = PinDir::new("deny");
+    let (file_arg, pin_arg) = (file.0.display().to_string(), pins.arg());
+    let lb = LbRun::start(
+        &topo.lb,
+        [
+            "--iface",
+            "l0",
+            "--xdp-mode",
+            "skb",
+            "--backends",
+            &file_arg,
+            "--admin",
+            "127.0.0.1:9900",
+            "--pin-dir",
+            &pin_arg,
+        ],
+    );
+    let prog = attached_prog_id(&topo.lb, "l0").expect("lb_xdp attached");
+    let admin: SocketAddr = "127.0.0.1:9900".parse().expect("addr");
+    let get = |path: &'static str| topo_lb_get(&topo.lb, admin, path);
+    let denied = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("lb_xdp_events_total{name=\"deny_list_dropped\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+
+    // The client's SYNs are dropped (and counted) while the list holds it. Connect attempts
+    // run on their own (each gives up after its SYN retries); the counter says when SYNs met
+    // the list.
+    let attempt = || {
+        topo.client
+            .spawn(move || connect_from(client_ip, 32000, vip).map(|_| ()))
+            .expect("client thread")
+    };
+    let mut attempts = vec![attempt()];
+    while denied(&get("/metrics")) == 0 {
+        if attempts.iter().all(|a| a.is_finished()) {
+            assert!(
+                attempts.len() < 10,
+                "no drop counted in {} connect attempts",
+                attempts.len()
+            );
+            attempts.push(attempt());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // The file drops the client from the list; SIGHUP; the reload applies it.
+    std::fs::write(&file.0, backend_file("[l4]\ndeny = [\"2001:db8::/32\"]"))
+        .expect("rewrite backend file");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lb.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let reloads = || {
+        let status: serde_json::Value = serde_json::from_str(&get("/api/status")).expect("JSON");
+        status["config"]["reloads_ok"].as_u64().unwrap_or(0)
+    };
+    while reloads() == 0 {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let answered = topo
+        .client
+        .run(move || connect_from(client_ip, 32001, vip).and_then(|mut c| get_name(&mut c)))
+        .expect("client");
+    assert!(
+        answered.as_deref().is_ok_and(|r| r.starts_with("real")),
+        "after the reload: {answered:?}"
+    );
+    assert_eq!(
+        attached_prog_id(&topo.lb, "l0"),
+        Some(prog),
+        "the same program throughout: only maps changed"
+    );
+    // An attempt still retrying may connect now that the list lets it: either is fine.
+    for a in attempts {
+        let _ = a.join();
+    }
+    drop(lb);
+}
+
+/// GET `path` from lb's admin server in the lb namespace; the body.
+fn topo_lb_get(ns: &lb_tests::netns::Netns, admin: SocketAddr, path: &'static str) -> String {
+    let (code, body) = ns.run(move || http("GET", admin, path)).expect("netns");
+    assert_eq!(code, 200, "{path}: {body}");
+    body
 }
