@@ -89,6 +89,9 @@ pub struct L4Dataplane {
     real_addrs: HashMap<u32, (VipIdent, IpAddr)>,
     next_real_id: u32,
     aliases: HashSet<VipKey>,
+    /// What `write_guard` last wrote (settings, lists by scope): applies that change neither
+    /// (health events, L7-only reloads) skip reading the tries back.
+    guard_written: Option<(GuardConfig, Vec<(u32, SourceLists)>)>,
 }
 
 pub fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
@@ -421,11 +424,12 @@ impl L4Dataplane {
     /// Writes the `[l4]` knobs and every scope's allow/deny lists. Order keeps each packet's
     /// verdict sound: new list entries go in first, then `L4_GUARD` says which scopes have
     /// lists (so an allow list is complete before it is enforced), then stale entries go.
-    fn write_guard(&self, ebpf: &mut Ebpf, config: &L4Config) -> Result<(), L4Error> {
-        let mut scoped: Vec<(u32, &SourceLists)> = vec![(LIST_SCOPE_ALL, &config.guard.lists)];
+    fn write_guard(&mut self, ebpf: &mut Ebpf, config: &L4Config) -> Result<(), L4Error> {
+        let mut scoped: Vec<(u32, SourceLists)> =
+            vec![(LIST_SCOPE_ALL, config.guard.lists.clone())];
         for vip in &config.vips {
             if let Some(installed) = self.vips.get(&(vip.addr, vip.protocol)) {
-                scoped.push((installed.meta.index, &vip.lists));
+                scoped.push((installed.meta.index, vip.lists.clone()));
             }
         }
         let scope_bit = |scope: u32| {
@@ -436,10 +440,6 @@ impl L4Dataplane {
             }
         };
         let mut guard = guard_config(&config.guard);
-        let mut deny_v4 = HashSet::new();
-        let mut deny_v6 = HashSet::new();
-        let mut allow_v4 = HashSet::new();
-        let mut allow_v6 = HashSet::new();
         for (scope, lists) in &scoped {
             if !lists.deny.is_empty() {
                 guard.deny_scopes |= scope_bit(*scope);
@@ -447,6 +447,19 @@ impl L4Dataplane {
             if !lists.allow.is_empty() {
                 guard.allow_scopes |= scope_bit(*scope);
             }
+        }
+        if self
+            .guard_written
+            .as_ref()
+            .is_some_and(|(g, s)| *g == guard && *s == scoped)
+        {
+            return Ok(());
+        }
+        let mut deny_v4 = HashSet::new();
+        let mut deny_v6 = HashSet::new();
+        let mut allow_v4 = HashSet::new();
+        let mut allow_v6 = HashSet::new();
+        for (scope, lists) in &scoped {
             split_keys(*scope, &lists.deny, &mut deny_v4, &mut deny_v6);
             split_keys(*scope, &lists.allow, &mut allow_v4, &mut allow_v6);
         }
@@ -477,6 +490,7 @@ impl L4Dataplane {
         for (name, stale) in stale_v6 {
             remove_keys(ebpf, name, &stale)?;
         }
+        self.guard_written = Some((guard, scoped));
         Ok(())
     }
 
