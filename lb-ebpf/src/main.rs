@@ -51,7 +51,10 @@ mod datapath {
     use aya_log_ebpf::info;
     use lb_common::{
         PacketClass,
-        l4::{FlowKey, GuardConfig, L4Event, VIP_FORWARD_LOCAL, VipMeta, addr_bytes},
+        l4::{
+            FlowKey, GuardConfig, L4Event, VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_LOCAL, VipMeta,
+            addr_bytes,
+        },
         stats::IPPROTO_TCP,
     };
 
@@ -113,14 +116,16 @@ mod datapath {
         if pkt.fragment {
             count_event(L4Event::VipFragment);
         }
-        let guard = L4_GUARD.get(0).copied().unwrap_or_default();
-        if let Some(refused) = policy::refusal(&hit.flow, hit.meta.index, &guard) {
+        if hit.meta.checks & VIP_CHECK_SOURCE_LISTS != 0
+            && let Some(guard) = L4_GUARD.get(0)
+            && let Some(refused) = policy::refusal(&hit.flow, hit.meta.index, guard)
+        {
             count_event(refused);
             return xdp_action::XDP_DROP;
         }
         let selected = match select::established(&hit.flow, &hit.meta) {
             Some(selected) => selected,
-            None => match new_flow(&pkt, &hit, &guard) {
+            None => match new_flow(&pkt, &hit) {
                 Ok(selected) => selected,
                 Err(refused) => {
                     count_event(refused);
@@ -157,8 +162,9 @@ mod datapath {
     /// packets that open a flow), the Maglev pick, and the flood guard's say on whether the
     /// flow enters the table. `Err` is the drop counter.
     #[inline(always)]
-    fn new_flow(pkt: &Packet, hit: &VipHit, guard: &GuardConfig) -> Result<Selected, L4Event> {
-        if opens_flow(pkt) && !source_limit::admit(&hit.flow, guard) {
+    fn new_flow(pkt: &Packet, hit: &VipHit) -> Result<Selected, L4Event> {
+        let guard: GuardConfig = L4_GUARD.get(0).copied().unwrap_or_default();
+        if opens_flow(pkt) && !source_limit::admit(&hit.flow, &guard) {
             return Err(L4Event::SourceRateDropped);
         }
         let selected = select::by_hash(&hit.flow, &hit.meta).ok_or(L4Event::NoRealDropped)?;

@@ -1,8 +1,9 @@
 //! Allow and deny lists of client networks, checked on every packet to a VIP (so adding a
 //! network to a deny list also cuts the flows it already has). Each list is an LPM trie per
 //! family whose keys start with a scope, a VIP's index or `LIST_SCOPE_ALL`, so one trie holds
-//! every VIP's list and the global one. `GuardConfig` says which scopes have entries: a VIP
-//! with no list in force pays two bit tests, no lookup.
+//! every VIP's list and the global one. A VIP with no list in force never gets here (its
+//! `VipMeta::checks` flag is clear); otherwise `GuardConfig` says which scopes have entries,
+//! so only those are looked up.
 use lb_common::l4::{
     FAMILY_V4, FlowKey, GuardConfig, L4Event, LIST_SCOPE_ALL, LIST_SCOPE_ALL_BIT, ListKeyV4,
     ListKeyV6, addr_bytes, list_scopes,

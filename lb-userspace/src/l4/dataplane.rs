@@ -26,7 +26,8 @@ use lb_common::{
     l4::{
         EncapConfig, FAMILY_V4, FAMILY_V6, GuardConfig, LIST_SCOPE_ALL, LIST_SCOPE_ALL_BIT,
         ListKeyV4, ListKeyV6, MAX_REALS, MAX_VIPS, NO_REAL, NO_VIP, REAL_DOWN, Real,
-        VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, addr_bytes, addr_words, ring_index,
+        VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, addr_bytes,
+        addr_words, ring_index,
     },
     map_names,
 };
@@ -411,8 +412,12 @@ impl L4Dataplane {
             self.remove_vip(ebpf, ident)?;
             report.vips_removed += 1;
         }
+        let global_lists =
+            !config.guard.lists.deny.is_empty() || !config.guard.lists.allow.is_empty();
         for vip in &config.vips {
-            let (added, rebuilt) = self.apply_vip(ebpf, vip)?;
+            let lists = global_lists || !vip.lists.deny.is_empty() || !vip.lists.allow.is_empty();
+            let checks = if lists { VIP_CHECK_SOURCE_LISTS } else { 0 };
+            let (added, rebuilt) = self.apply_vip(ebpf, vip, checks)?;
             report.vips_added += usize::from(added);
             report.rings_rebuilt += usize::from(rebuilt);
         }
@@ -424,6 +429,8 @@ impl L4Dataplane {
     /// Writes the `[l4]` knobs and every scope's allow/deny lists. Order keeps each packet's
     /// verdict sound: new list entries go in first, then `L4_GUARD` says which scopes have
     /// lists (so an allow list is complete before it is enforced), then stale entries go.
+    /// (`VipMeta::checks`, written before, only makes a VIP's packets read `L4_GUARD`; its
+    /// scope bits decide.)
     fn write_guard(&mut self, ebpf: &mut Ebpf, config: &L4Config) -> Result<(), L4Error> {
         let mut scoped: Vec<(u32, SourceLists)> =
             vec![(LIST_SCOPE_ALL, config.guard.lists.clone())];
@@ -579,8 +586,13 @@ impl L4Dataplane {
         Ok(())
     }
 
-    /// Returns (added, ring rebuilt).
-    fn apply_vip(&mut self, ebpf: &mut Ebpf, vip: &VipConfig) -> Result<(bool, bool), L4Error> {
+    /// Returns (added, ring rebuilt). `checks`: the VIP's `VipMeta::checks`.
+    fn apply_vip(
+        &mut self,
+        ebpf: &mut Ebpf,
+        vip: &VipConfig,
+        checks: u8,
+    ) -> Result<(bool, bool), L4Error> {
         let ident = (vip.addr, vip.protocol);
         let added = !self.vips.contains_key(&ident);
         let index = match self.vips.get(&ident) {
@@ -655,6 +667,8 @@ impl L4Dataplane {
         let meta = VipMeta {
             index,
             forward,
+            checks,
+            _pad: [0; 2],
             ring_size: vip.ring_size,
             active_half,
         };
