@@ -41,6 +41,14 @@ fn measure() -> Result<()> {
     text.push_str("[[vip]]\naddress = \"10.100.0.200:80\"\nforward = \"local\"\n[[vip.real]]\naddress = \"127.0.0.1\"\n");
     let config = L4Config::parse(&text, Path::new("bench.toml"))?;
     L4Dataplane::new().apply(lb.ebpf_mut(), &config)?;
+    // The same VIPs with every [l4] check in force (none trips: the client is allowed and
+    // the rates are out of reach), to show what the checks cost when configured.
+    let mut hardened = XdpRunner::load(program_names::LB_XDP)?;
+    let checks = "[l4]\nflood_guard_new_flows_per_cpu = 1000000000\n\
+        source_new_flows_per_second = 1000000000\ndeny = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n\
+        allow = [\"10.0.0.0/8\"]\n";
+    let config = L4Config::parse(&format!("{checks}{text}"), Path::new("bench.toml"))?;
+    L4Dataplane::new().apply(hardened.ebpf_mut(), &config)?;
 
     let to = |dst: [u8; 4], flags| {
         eth_ipv4(
@@ -56,23 +64,29 @@ fn measure() -> Result<()> {
     // Warm the connection table for the established cases.
     lb.run(&established)?;
     lb.run(&local)?;
+    hardened.run(&established)?;
+    hardened.run(&local)?;
 
     println!(
         "per-packet cost (ns): cold = mean of {RUNS} runs at repeat=1, warm = kernel repeat x {WARM_REPEAT}; best of {ROUNDS} rounds"
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<28} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "path", "cold base", "cold lb", "cold delta", "warm base", "warm lb", "warm delta"
     );
-    // (name, frame, new flow per run, frame rewritten)
-    let cases: [(&str, &[u8], bool, bool); 4] = [
-        ("non-VIP pass", &non_vip, false, false),
-        ("established flow encap", &established, false, true),
-        ("new flow encap", &new_flow, true, true),
-        ("local hand-off", &local, false, false),
+    // (name, frame, new flow per run, frame rewritten, with the [l4] checks)
+    let cases: [(&str, &[u8], bool, bool, bool); 7] = [
+        ("non-VIP pass", &non_vip, false, false, false),
+        ("established flow encap", &established, false, true, false),
+        ("new flow encap", &new_flow, true, true, false),
+        ("local hand-off", &local, false, false, false),
+        ("established, [l4] checks", &established, false, true, true),
+        ("new flow, [l4] checks", &new_flow, true, true, true),
+        ("local hand-off, [l4] checks", &local, false, false, true),
     ];
     let mut port = 1u16;
-    for (name, frame, vary_port, rewritten) in cases {
+    for (name, frame, vary_port, rewritten, checked) in cases {
+        let lb = if checked { &mut hardened } else { &mut lb };
         let mut base_best = f64::MAX;
         let mut lb_best = f64::MAX;
         let mut warm_base = f64::MAX;
@@ -80,7 +94,7 @@ fn measure() -> Result<()> {
         for _ in 0..ROUNDS {
             base_best = base_best.min(mean_ns(&mut baseline, frame, None)?);
             let vary = vary_port.then_some((layout.l4, &mut port));
-            lb_best = lb_best.min(mean_ns(&mut lb, frame, vary)?);
+            lb_best = lb_best.min(mean_ns(lb, frame, vary)?);
             if !rewritten {
                 let base = baseline.run_repeat(frame, WARM_REPEAT)?.duration;
                 let own = lb.run_repeat(frame, WARM_REPEAT)?.duration;
@@ -96,7 +110,7 @@ fn measure() -> Result<()> {
             }
         };
         println!(
-            "{name:<26} {base_best:>10.1} {lb_best:>10.1} {:>10.1} {:>10} {:>10} {:>10}",
+            "{name:<28} {base_best:>10.1} {lb_best:>10.1} {:>10.1} {:>10} {:>10} {:>10}",
             lb_best - base_best,
             warm(warm_base),
             warm(warm_lb),
