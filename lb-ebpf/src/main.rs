@@ -52,8 +52,8 @@ mod datapath {
     use lb_common::{
         PacketClass,
         l4::{
-            FlowKey, GuardConfig, L4Event, VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_LOCAL, VipMeta,
-            addr_bytes,
+            FlowKey, GuardConfig, L4Event, VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_LOCAL,
+            VIP_FORWARD_MASK, VipMeta, addr_bytes,
         },
         stats::IPPROTO_TCP,
     };
@@ -116,7 +116,7 @@ mod datapath {
         if pkt.fragment {
             count_event(L4Event::VipFragment);
         }
-        if hit.meta.checks & VIP_CHECK_SOURCE_LISTS != 0
+        if hit.meta.forward & VIP_CHECK_SOURCE_LISTS != 0
             && let Some(guard) = L4_GUARD.get(0)
             && let Some(refused) = policy::refusal(&hit.flow, hit.meta.index, guard)
         {
@@ -140,7 +140,7 @@ mod datapath {
             selected.new_flow,
         );
 
-        if hit.meta.forward == VIP_FORWARD_LOCAL {
+        if hit.meta.forward & VIP_FORWARD_MASK == VIP_FORWARD_LOCAL {
             // Only where a flow opens: a flow the flood guard kept out of the table misses
             // on every packet, and its tag (flow id) must not change under the L7 tier.
             if selected.new_flow && opens_flow(&pkt) {
@@ -194,7 +194,7 @@ mod datapath {
         else {
             return xdp_action::XDP_PASS;
         };
-        if meta.forward == VIP_FORWARD_LOCAL {
+        if meta.forward & VIP_FORWARD_MASK == VIP_FORWARD_LOCAL {
             // The local stack owns the flow's socket and handles the error itself.
             return xdp_action::XDP_PASS;
         }

@@ -2,7 +2,7 @@
 //! network to a deny list also cuts the flows it already has). Each list is an LPM trie per
 //! family whose keys start with a scope, a VIP's index or `LIST_SCOPE_ALL`, so one trie holds
 //! every VIP's list and the global one. A VIP with no list in force never gets here (its
-//! `VipMeta::checks` flag is clear); otherwise `GuardConfig` says which scopes have entries,
+//! `VIP_CHECK_SOURCE_LISTS` bit is clear); otherwise `GuardConfig` says which scopes have entries,
 //! so only those are looked up.
 use lb_common::l4::{
     FAMILY_V4, FlowKey, GuardConfig, L4Event, LIST_SCOPE_ALL, LIST_SCOPE_ALL_BIT, ListKeyV4,

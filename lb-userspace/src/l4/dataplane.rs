@@ -429,7 +429,7 @@ impl L4Dataplane {
     /// Writes the `[l4]` knobs and every scope's allow/deny lists. Order keeps each packet's
     /// verdict sound: new list entries go in first, then `L4_GUARD` says which scopes have
     /// lists (so an allow list is complete before it is enforced), then stale entries go.
-    /// (`VipMeta::checks`, written before, only makes a VIP's packets read `L4_GUARD`; its
+    /// (`VIP_CHECK_SOURCE_LISTS` in `VipMeta::forward`, written before, only makes a VIP's packets read `L4_GUARD`; its
     /// scope bits decide.)
     fn write_guard(&mut self, ebpf: &mut Ebpf, config: &L4Config) -> Result<(), L4Error> {
         let mut scoped: Vec<(u32, SourceLists)> =
@@ -586,12 +586,12 @@ impl L4Dataplane {
         Ok(())
     }
 
-    /// Returns (added, ring rebuilt). `checks`: the VIP's `VipMeta::checks`.
+    /// Returns (added, ring rebuilt). `checks`: the check bits of the VIP's `VipMeta::forward`.
     fn apply_vip(
         &mut self,
         ebpf: &mut Ebpf,
         vip: &VipConfig,
-        checks: u8,
+        checks: u32,
     ) -> Result<(bool, bool), L4Error> {
         let ident = (vip.addr, vip.protocol);
         let added = !self.vips.contains_key(&ident);
@@ -666,9 +666,7 @@ impl L4Dataplane {
         let key = vip_key(vip.addr, vip.protocol, vip.addr.port());
         let meta = VipMeta {
             index,
-            forward,
-            checks,
-            _pad: [0; 2],
+            forward: forward | checks,
             ring_size: vip.ring_size,
             active_half,
         };
