@@ -41,6 +41,20 @@ fn measure() -> Result<()> {
     text.push_str("[[vip]]\naddress = \"10.100.0.200:80\"\nforward = \"local\"\n[[vip.real]]\naddress = \"127.0.0.1\"\n");
     let config = L4Config::parse(&text, Path::new("bench.toml"))?;
     L4Dataplane::new().apply(lb.ebpf_mut(), &config)?;
+    // The same VIPs with every [l4] check in force (none trips: the client is allowed and
+    // the rates are out of reach), to show what the checks cost when configured.
+    let mut hardened = XdpRunner::load(program_names::LB_XDP)?;
+    let checks = "[l4]\nflood_guard_new_flows_per_cpu = 1000000000\n\
+        source_new_flows_per_second = 1000000000\ndeny = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n\
+        allow = [\"10.0.0.0/8\"]\n";
+    let config = L4Config::parse(&format!("{checks}{text}"), Path::new("bench.toml"))?;
+    L4Dataplane::new().apply(hardened.ebpf_mut(), &config)?;
+    // The flood guard tripped (one new flow per second per CPU enters the table): new flows
+    // are hashed and forwarded without a connection-table insert.
+    let mut guarded = XdpRunner::load(program_names::LB_XDP)?;
+    let guard = "[l4]\nflood_guard_new_flows_per_cpu = 1\n";
+    let config = L4Config::parse(&format!("{guard}{text}"), Path::new("bench.toml"))?;
+    L4Dataplane::new().apply(guarded.ebpf_mut(), &config)?;
 
     let to = |dst: [u8; 4], flags| {
         eth_ipv4(
@@ -56,31 +70,43 @@ fn measure() -> Result<()> {
     // Warm the connection table for the established cases.
     lb.run(&established)?;
     lb.run(&local)?;
+    hardened.run(&established)?;
+    hardened.run(&local)?;
 
     println!(
         "per-packet cost (ns): cold = mean of {RUNS} runs at repeat=1, warm = kernel repeat x {WARM_REPEAT}; best of {ROUNDS} rounds"
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<28} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "path", "cold base", "cold lb", "cold delta", "warm base", "warm lb", "warm delta"
     );
-    // (name, frame, new flow per run, frame rewritten)
-    let cases: [(&str, &[u8], bool, bool); 4] = [
-        ("non-VIP pass", &non_vip, false, false),
-        ("established flow encap", &established, false, true),
-        ("new flow encap", &new_flow, true, true),
-        ("local hand-off", &local, false, false),
+    // (name, frame, new flow per run, frame rewritten, runner: 0 plain, 1 [l4] checks, 2
+    // flood guard tripped)
+    let cases: [(&str, &[u8], bool, bool, usize); 8] = [
+        ("non-VIP pass", &non_vip, false, false, 0),
+        ("established flow encap", &established, false, true, 0),
+        ("new flow encap", &new_flow, true, true, 0),
+        ("local hand-off", &local, false, false, 0),
+        ("established, [l4] checks", &established, false, true, 1),
+        ("new flow, [l4] checks", &new_flow, true, true, 1),
+        ("local hand-off, [l4] checks", &local, false, false, 1),
+        ("new flow, guard tripped", &new_flow, true, true, 2),
     ];
-    let mut port = 1u16;
-    for (name, frame, vary_port, rewritten) in cases {
+    let mut flow = 1u32;
+    for (name, frame, vary_port, rewritten, runner) in cases {
+        let lb = match runner {
+            1 => &mut hardened,
+            2 => &mut guarded,
+            _ => &mut lb,
+        };
         let mut base_best = f64::MAX;
         let mut lb_best = f64::MAX;
         let mut warm_base = f64::MAX;
         let mut warm_lb = f64::MAX;
         for _ in 0..ROUNDS {
             base_best = base_best.min(mean_ns(&mut baseline, frame, None)?);
-            let vary = vary_port.then_some((layout.l4, &mut port));
-            lb_best = lb_best.min(mean_ns(&mut lb, frame, vary)?);
+            let vary = vary_port.then_some((layout.clone(), &mut flow));
+            lb_best = lb_best.min(mean_ns(lb, frame, vary)?);
             if !rewritten {
                 let base = baseline.run_repeat(frame, WARM_REPEAT)?.duration;
                 let own = lb.run_repeat(frame, WARM_REPEAT)?.duration;
@@ -96,7 +122,7 @@ fn measure() -> Result<()> {
             }
         };
         println!(
-            "{name:<26} {base_best:>10.1} {lb_best:>10.1} {:>10.1} {:>10} {:>10} {:>10}",
+            "{name:<28} {base_best:>10.1} {lb_best:>10.1} {:>10.1} {:>10} {:>10} {:>10}",
             lb_best - base_best,
             warm(warm_base),
             warm(warm_lb),
@@ -111,18 +137,21 @@ fn measure() -> Result<()> {
 }
 
 /// Mean kernel-reported duration of `RUNS` single runs. With `vary`, each run gets a new
-/// source port (a new flow each time).
+/// source port and, past 65535 flows, a new source address: a new flow each time (ports
+/// alone would wrap and turn later rounds into table hits).
 fn mean_ns(
     runner: &mut XdpRunner,
     frame: &[u8],
-    mut vary: Option<(usize, &mut u16)>,
+    mut vary: Option<(Layout, &mut u32)>,
 ) -> Result<f64> {
     let mut input = frame.to_vec();
     let mut total = 0u128;
     for _ in 0..RUNS {
-        if let Some((l4, port)) = vary.as_mut() {
-            **port = port.wrapping_add(1).max(1);
-            input[*l4..*l4 + 2].copy_from_slice(&port.to_be_bytes());
+        if let Some((layout, flow)) = vary.as_mut() {
+            **flow += 1;
+            let [hi, lo, port_hi, port_lo] = flow.to_be_bytes();
+            input[layout.l3 + 14..layout.l3 + 16].copy_from_slice(&[hi, lo]);
+            input[layout.l4..layout.l4 + 2].copy_from_slice(&[port_hi, port_lo]);
         }
         total += runner.run(&input)?.duration.as_nanos();
     }

@@ -24,6 +24,26 @@ pub const NO_REAL: u32 = 0;
 pub const CONNTRACK_CAPACITY: u32 = 131072;
 /// LRU flow-tag table size (local VIPs).
 pub const FLOW_TAGS_CAPACITY: u32 = 65536;
+/// Networks each allow/deny trie holds (per family and list, all scopes together).
+pub const SOURCE_LIST_CAPACITY: u32 = 16384;
+/// Sources whose new-flow rate is tracked at once (LRU: the least recently seen is forgotten,
+/// which hands it a full burst again).
+pub const SOURCE_BUCKETS_CAPACITY: u32 = 65536;
+// `L4_EVENTS` has room beyond the events it counts (see `crate::COUNTER_ARRAY_CAPACITY`).
+const _: () = assert!(L4Event::COUNT <= crate::COUNTER_ARRAY_CAPACITY);
+
+/// `ListKey*::scope` of a list that applies to every VIP (a VIP's own lists use its index).
+pub const LIST_SCOPE_ALL: u32 = u32::MAX;
+/// Bit of `GuardConfig::{deny,allow}_scopes` for the lists of every VIP; bit `i` (below
+/// `MAX_VIPS`) is VIP index `i`'s own lists.
+pub const LIST_SCOPE_ALL_BIT: u64 = 1 << 63;
+const _: () = assert!(MAX_VIPS <= 63);
+
+/// The scope bits a packet to VIP index `vip_index` is checked against.
+#[inline(always)]
+pub const fn list_scopes(vip_index: u32) -> u64 {
+    1u64.wrapping_shl(vip_index) | LIST_SCOPE_ALL_BIT
+}
 
 /// Index of a ring slot in the flat `MAGLEV_RINGS` array. Each VIP owns two halves of
 /// `MAX_RING_SIZE` slots; userspace fills the inactive half, then flips `VipMeta::active_half`.
@@ -49,6 +69,16 @@ pub struct VipKey {
 pub const VIP_FORWARD_ENCAP: u32 = 0;
 /// Forwarding of a VIP: pass to this host's stack (the local L7 tier), recording a flow tag.
 pub const VIP_FORWARD_LOCAL: u32 = 1;
+/// The bits of `VipMeta::forward` that hold the forwarding; the others are checks.
+pub const VIP_FORWARD_MASK: u32 = 0xff;
+
+/// A check bit of `VipMeta::forward`: an allow or deny list (the VIP's own or every VIP's) is
+/// in force, so each packet's source is looked up. Without it a VIP packet reads no list
+/// state at all: the flag rides in the `VIPS` value the packet has already fetched. (A bit of
+/// `forward`, not a field of its own: `VIPS` values pinned by an older `lb` hold 0 or 1 there,
+/// which read as no checks; and splitting the word into byte fields measured ~8 ns slower on
+/// the established-flow path.)
+pub const VIP_CHECK_SOURCE_LISTS: u32 = 1 << 8;
 
 /// `VIPS` value.
 #[repr(C)]
@@ -56,7 +86,8 @@ pub const VIP_FORWARD_LOCAL: u32 = 1;
 pub struct VipMeta {
     /// Index into `VIP_STATS` and into `MAGLEV_RINGS` (see [`ring_index`]).
     pub index: u32,
-    /// [`VIP_FORWARD_ENCAP`] or [`VIP_FORWARD_LOCAL`].
+    /// [`VIP_FORWARD_ENCAP`] or [`VIP_FORWARD_LOCAL`] (low byte), and the checks in force
+    /// for the VIP's packets: [`VIP_CHECK_SOURCE_LISTS`].
     pub forward: u32,
     /// Prime number of ring slots in use (<= [`MAX_RING_SIZE`]).
     pub ring_size: u32,
@@ -155,6 +186,55 @@ impl Default for EncapConfig {
     }
 }
 
+/// `L4_GUARD` value (one entry): the hardening knobs userspace sets from the backend file.
+/// Every field at 0 turns its check off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// Flood guard: past this many new flows in a second on one CPU, that CPU forwards further
+    /// new flows by hash only (no connection-table entry) until the second is over.
+    pub flood_new_flows_per_cpu: u64,
+    /// Per-source limit (GCRA): nanoseconds one source's new flows are apart at the sustained
+    /// rate (1e9 / rate).
+    pub source_interval_ns: u64,
+    /// How far ahead of the sustained rate a source may run: (burst - 1) * interval.
+    pub source_tolerance_ns: u64,
+    /// Which scopes have a deny list (bits as in [`list_scopes`]); a packet whose scopes have
+    /// none skips the trie lookups.
+    pub deny_scopes: u64,
+    /// Which scopes have an allow list.
+    pub allow_scopes: u64,
+    /// Room for later knobs that keeps the pinned map's value size.
+    pub _reserved: [u64; 3],
+}
+
+/// Data of an IPv4 allow/deny trie key (after the LPM prefix length): scope (a VIP index or
+/// [`LIST_SCOPE_ALL`], big-endian so it is matched first), then the address bytes. The prefix
+/// length of an entry is 32 + the network's prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListKeyV4 {
+    pub scope: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+/// As [`ListKeyV4`], for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListKeyV6 {
+    pub scope: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// `SOURCE_BUCKETS` key: a client address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
 /// Address bytes as the words the maps hold.
 pub const fn addr_words(b: [u8; 16]) -> [u32; 4] {
     [
@@ -212,10 +292,19 @@ pub enum L4Event {
     ConntrackInsertFailed = 12,
     /// `lb_decap`: outer IPIP / IP6IP6 header stripped.
     Decapsulated = 13,
+    /// VIP packet from a source on a deny list: dropped.
+    DenyListDropped = 14,
+    /// VIP packet from a source outside the allow list in force: dropped.
+    AllowListDropped = 15,
+    /// New flow (TCP SYN, UDP table miss) from a source over its new-flow rate: dropped.
+    SourceRateDropped = 16,
+    /// New flow forwarded by hash without a connection-table entry: the flood guard's
+    /// per-CPU rate was exceeded.
+    FloodGuardNotInserted = 17,
 }
 
 impl L4Event {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 18;
     pub const ALL: [L4Event; Self::COUNT as usize] = [
         Self::ConntrackHit,
         Self::NewFlow,
@@ -231,6 +320,10 @@ impl L4Event {
         Self::MalformedDropped,
         Self::ConntrackInsertFailed,
         Self::Decapsulated,
+        Self::DenyListDropped,
+        Self::AllowListDropped,
+        Self::SourceRateDropped,
+        Self::FloodGuardNotInserted,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -249,6 +342,10 @@ impl L4Event {
             Self::MalformedDropped => "malformed_dropped",
             Self::ConntrackInsertFailed => "conntrack_insert_failed",
             Self::Decapsulated => "decapsulated",
+            Self::DenyListDropped => "deny_list_dropped",
+            Self::AllowListDropped => "allow_list_dropped",
+            Self::SourceRateDropped => "source_rate_dropped",
+            Self::FloodGuardNotInserted => "flood_guard_not_inserted",
         }
     }
 }
@@ -264,4 +361,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowTag {}
     unsafe impl aya::Pod for super::FlowCounters {}
     unsafe impl aya::Pod for super::EncapConfig {}
+    unsafe impl aya::Pod for super::GuardConfig {}
+    unsafe impl aya::Pod for super::ListKeyV4 {}
+    unsafe impl aya::Pod for super::ListKeyV6 {}
+    unsafe impl aya::Pod for super::SourceKey {}
 }

@@ -36,6 +36,19 @@ pub mod map_names {
     pub const REAL_STATS: &str = "REAL_STATS";
     /// Per-CPU array indexed by [`crate::l4::L4Event`].
     pub const L4_EVENTS: &str = "L4_EVENTS";
+    /// Array with one [`crate::l4::GuardConfig`]: flood guard, per-source limit, which lists
+    /// are in force.
+    pub const L4_GUARD: &str = "L4_GUARD";
+    /// LPM tries of client networks, keyed by [`crate::l4::ListKeyV4`] /
+    /// [`crate::l4::ListKeyV6`] after the prefix length; the value (one byte) is unused.
+    pub const DENY_V4: &str = "DENY_V4";
+    pub const DENY_V6: &str = "DENY_V6";
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    /// LRU hash: [`crate::l4::SourceKey`] -> the source's GCRA theoretical arrival time (ns).
+    pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
+    /// Per-CPU array with one flood-guard window (start, new flows in it).
+    pub const FLOOD_WINDOWS: &str = "FLOOD_WINDOWS";
 }
 
 /// Names of the XDP programs in the object file.
@@ -49,6 +62,14 @@ pub mod program_names {
     /// Returns `XDP_TX`: the benchmarks' traffic generator (live-frames test runs).
     pub const TX: &str = "lb_xdp_tx";
 }
+
+/// Capacity of the counter arrays indexed by an enum (`PACKET_CLASSES`, `MALFORMED`,
+/// `L4_EVENTS`). Larger than the enums need: a pinned map is reused only with its exact
+/// capacity, so sizing by the enum's length would make every new counter invalidate the pins
+/// of a running fast path. Raising this constant is such a layout change; avoid it.
+pub const COUNTER_ARRAY_CAPACITY: u32 = 64;
+const _: () = assert!(PacketClass::COUNT <= COUNTER_ARRAY_CAPACITY);
+const _: () = assert!(Malformed::COUNT <= COUNTER_ARRAY_CAPACITY);
 
 /// Capacity of [`map_names::PORT_STATS`]. When full, new keys are not counted per port (they are
 /// still counted in [`PacketClass::PortStatsFull`]); existing keys keep counting.

@@ -1,9 +1,12 @@
 //! lb's XDP datapath.
 //!
 //! Reads top-down like the packet's journey, in `lb_xdp` below:
-//! parse (`parse`) -> count (`counters`) -> VIP? (`vip`) -> pick a real (`select`: connection
-//! table, then Maglev ring) -> `local`: pass to the stack with a flow tag (`local`), or
-//! `encap`: IPIP/IP6IP6 to the real (`encap`) and out via the kernel FIB (`forward`).
+//! parse (`parse`) -> count (`counters`) -> VIP? (`vip`) -> source allowed? (`policy`: deny and
+//! allow lists) -> pick a real (`select`: connection table; on a miss, the per-source new-flow
+//! limit (`source_limit`), the Maglev ring, and the flood guard (`flood_guard`) deciding
+//! whether the new flow enters the table) -> `local`: pass to the stack with a flow tag
+//! (`local`), or `encap`: IPIP/IP6IP6 to the real (`encap`) and out via the kernel FIB
+//! (`forward`).
 //! ICMP "fragmentation needed" / "packet too big" about a VIP flow follows the flow (`icmp`).
 //! `lb_decap` (`decap`) is the program real servers run to undo the encapsulation.
 //!
@@ -20,6 +23,8 @@ mod decap;
 #[cfg(target_arch = "bpf")]
 mod encap;
 #[cfg(target_arch = "bpf")]
+mod flood_guard;
+#[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
 mod headers;
@@ -32,7 +37,11 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod policy;
+#[cfg(target_arch = "bpf")]
 mod select;
+#[cfg(target_arch = "bpf")]
+mod source_limit;
 #[cfg(target_arch = "bpf")]
 mod vip;
 
@@ -42,19 +51,27 @@ mod datapath {
     use aya_log_ebpf::info;
     use lb_common::{
         PacketClass,
-        l4::{FlowKey, L4Event, VIP_FORWARD_LOCAL, VipMeta, addr_bytes},
+        l4::{
+            FlowKey, GuardConfig, L4Event, VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_LOCAL,
+            VIP_FORWARD_MASK, VipMeta, addr_bytes,
+        },
+        stats::IPPROTO_TCP,
     };
 
     use crate::{
         counters::{count_class, count_event, count_flow, count_malformed, count_port},
         decap::decapsulate,
         encap::encapsulate,
+        flood_guard,
         forward::send,
         icmp,
         local::record_flow_tag,
+        maps::L4_GUARD,
         parse::{Addrs, Frame, Packet, parse},
-        select::select,
-        vip,
+        policy,
+        select::{self, Selected},
+        source_limit,
+        vip::{self, VipHit},
     };
 
     /// The datapath entry point, attached to the ingress interface.
@@ -99,9 +116,22 @@ mod datapath {
         if pkt.fragment {
             count_event(L4Event::VipFragment);
         }
-        let Some(selected) = select(&hit.flow, &hit.meta) else {
-            count_event(L4Event::NoRealDropped);
+        if hit.meta.forward & VIP_CHECK_SOURCE_LISTS != 0
+            && let Some(guard) = L4_GUARD.get(0)
+            && let Some(refused) = policy::refusal(&hit.flow, hit.meta.index, guard)
+        {
+            count_event(refused);
             return xdp_action::XDP_DROP;
+        }
+        let selected = match select::established(&hit.flow, &hit.meta) {
+            Some(selected) => selected,
+            None => match new_flow(&pkt, &hit) {
+                Ok(selected) => selected,
+                Err(refused) => {
+                    count_event(refused);
+                    return xdp_action::XDP_DROP;
+                }
+            },
         };
         count_flow(
             hit.meta.index,
@@ -110,8 +140,10 @@ mod datapath {
             selected.new_flow,
         );
 
-        if hit.meta.forward == VIP_FORWARD_LOCAL {
-            if selected.new_flow {
+        if hit.meta.forward & VIP_FORWARD_MASK == VIP_FORWARD_LOCAL {
+            // Only where a flow opens: a flow the flood guard kept out of the table misses
+            // on every packet, and its tag (flow id) must not change under the L7 tier.
+            if selected.new_flow && opens_flow(&pkt) {
                 record_flow_tag(&hit.flow, &selected);
             }
             count_event(L4Event::LocalPassed);
@@ -126,12 +158,43 @@ mod datapath {
         }
     }
 
+    /// A VIP packet whose flow is not in the connection table: the per-source limit (for
+    /// packets that open a flow), the Maglev pick, and the flood guard's say on whether the
+    /// flow enters the table. `Err` is the drop counter.
+    #[inline(always)]
+    fn new_flow(pkt: &Packet, hit: &VipHit) -> Result<Selected, L4Event> {
+        let guard: GuardConfig = L4_GUARD.get(0).copied().unwrap_or_default();
+        if opens_flow(pkt) && !source_limit::admit(&hit.flow, &guard) {
+            return Err(L4Event::SourceRateDropped);
+        }
+        let selected = select::by_hash(&hit.flow, &hit.meta).ok_or(L4Event::NoRealDropped)?;
+        if flood_guard::allows_insert(guard.flood_new_flows_per_cpu) {
+            select::remember(&hit.flow, &hit.meta, &selected);
+        } else {
+            count_event(L4Event::FloodGuardNotInserted);
+        }
+        count_event(L4Event::NewFlow);
+        Ok(selected)
+    }
+
+    /// A packet that starts a flow: a TCP SYN, or any UDP (or other) packet whose flow is not
+    /// in the table. A TCP segment without SYN that misses belongs to a flow already open
+    /// (evicted, kept out by the flood guard, or from before a restart): never rate limited.
+    #[inline(always)]
+    fn opens_flow(pkt: &Packet) -> bool {
+        pkt.proto != IPPROTO_TCP || pkt.is_tcp_syn()
+    }
+
     #[inline(always)]
     fn forward_ptb(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta, flow: &FlowKey) -> u32 {
-        let Some(selected) = select(flow, meta) else {
+        // The error follows the flow's real; it never creates a connection-table entry (a
+        // spoofed ICMP error must not take a slot).
+        let Some(selected) =
+            select::established(flow, meta).or_else(|| select::by_hash(flow, meta))
+        else {
             return xdp_action::XDP_PASS;
         };
-        if meta.forward == VIP_FORWARD_LOCAL {
+        if meta.forward & VIP_FORWARD_MASK == VIP_FORWARD_LOCAL {
             // The local stack owns the flow's socket and handles the error itself.
             return xdp_action::XDP_PASS;
         }

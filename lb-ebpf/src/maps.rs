@@ -2,13 +2,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
-    Malformed, PORT_STATS_CAPACITY, PacketClass, PortKey, TrafficCounters,
+    COUNTER_ARRAY_CAPACITY, PORT_STATS_CAPACITY, PortKey, TrafficCounters,
     l4::{
         CONNTRACK_CAPACITY, EncapConfig, FLOW_TAGS_CAPACITY, FlowCounters, FlowEntry, FlowKey,
-        FlowTag, L4Event, MAGLEV_RINGS_LEN, MAX_REALS, MAX_VIPS, Real, VipKey, VipMeta,
+        FlowTag, GuardConfig, ListKeyV4, ListKeyV6, MAGLEV_RINGS_LEN, MAX_REALS, MAX_VIPS, Real,
+        SOURCE_BUCKETS_CAPACITY, SOURCE_LIST_CAPACITY, SourceKey, VipKey, VipMeta,
     },
 };
 
@@ -17,10 +18,11 @@ pub static PORT_STATS: PerCpuHashMap<PortKey, TrafficCounters> =
     PerCpuHashMap::with_max_entries(PORT_STATS_CAPACITY, 0);
 
 #[map(name = "PACKET_CLASSES")]
-pub static PACKET_CLASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PacketClass::COUNT, 0);
+pub static PACKET_CLASSES: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(COUNTER_ARRAY_CAPACITY, 0);
 
 #[map(name = "MALFORMED")]
-pub static MALFORMED: PerCpuArray<u64> = PerCpuArray::with_max_entries(Malformed::COUNT, 0);
+pub static MALFORMED: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ARRAY_CAPACITY, 0);
 
 // ---- L4 tier (written by userspace's l4 module, read per packet) ----
 
@@ -54,7 +56,40 @@ pub static VIP_STATS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(
 pub static REAL_STATS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
 #[map(name = "L4_EVENTS")]
-pub static L4_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(L4Event::COUNT, 0);
+pub static L4_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ARRAY_CAPACITY, 0);
+
+// ---- Hardening (issue 16): source lists, per-source new-flow limit, flood guard ----
+
+#[map(name = "L4_GUARD")]
+pub static L4_GUARD: Array<GuardConfig> = Array::with_max_entries(1, 0);
+
+/// Client networks per scope (see `policy.rs`); the value byte is unused.
+#[map(name = "DENY_V4")]
+pub static DENY_V4: LpmTrie<ListKeyV4, u8> = LpmTrie::with_max_entries(SOURCE_LIST_CAPACITY, 0);
+#[map(name = "DENY_V6")]
+pub static DENY_V6: LpmTrie<ListKeyV6, u8> = LpmTrie::with_max_entries(SOURCE_LIST_CAPACITY, 0);
+#[map(name = "ALLOW_V4")]
+pub static ALLOW_V4: LpmTrie<ListKeyV4, u8> = LpmTrie::with_max_entries(SOURCE_LIST_CAPACITY, 0);
+#[map(name = "ALLOW_V6")]
+pub static ALLOW_V6: LpmTrie<ListKeyV6, u8> = LpmTrie::with_max_entries(SOURCE_LIST_CAPACITY, 0);
+
+/// Each source's GCRA theoretical arrival time (see `source_limit.rs`). One table for all
+/// CPUs, so a source's rate is its rate whichever CPU its packets land on.
+#[map(name = "SOURCE_BUCKETS")]
+pub static SOURCE_BUCKETS: LruHashMap<SourceKey, u64> =
+    LruHashMap::with_max_entries(SOURCE_BUCKETS_CAPACITY, 0);
+
+/// Each CPU's flood-guard window (see `flood_guard.rs`).
+#[map(name = "FLOOD_WINDOWS")]
+pub static FLOOD_WINDOWS: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// New flows one CPU saw since `start_ns` (`bpf_ktime_get_ns`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FloodWindow {
+    pub start_ns: u64,
+    pub new_flows: u64,
+}
 
 /// Per-CPU cache of `bpf_fib_lookup` answers per real (see `forward.rs`).
 #[map(name = "NEXTHOPS")]

@@ -1,5 +1,7 @@
 //! Target selection: the connection table first (flows stay on their real when the ring
 //! changes), then the VIP's Maglev ring for new flows and for flows whose real went down.
+//! Looking up, picking and remembering are separate steps so the checks that only concern new
+//! flows (per-source limit, flood guard) sit between them, off the established-flow path.
 use lb_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
     l4::{FlowEntry, FlowKey, L4Event, NO_REAL, REAL_DOWN, Real, VipMeta, ring_index},
@@ -17,28 +19,39 @@ pub struct Selected {
     pub hash: u32,
 }
 
+/// The flow's real from the connection table, when it has one that is still up.
 #[inline(always)]
-pub fn select(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
+pub fn established(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
     // SAFETY: values are copied out immediately.
-    let entry = unsafe { CONNTRACK.get(flow) }.copied();
+    let entry = unsafe { CONNTRACK.get(flow) }.copied()?;
     // Real 0 is never assigned; an entry naming it is treated as a miss.
-    if let Some(entry) = entry.filter(|e| e.real != NO_REAL) {
-        let live_real = REALS
-            .get(entry.real)
-            .copied()
-            .filter(|real| entry.vip == vip.index && real.flags & REAL_DOWN == 0);
-        if let Some(real) = live_real {
+    if entry.real == NO_REAL {
+        return None;
+    }
+    let live_real = REALS
+        .get(entry.real)
+        .copied()
+        .filter(|real| entry.vip == vip.index && real.flags & REAL_DOWN == 0);
+    match live_real {
+        Some(real) => {
             count_event(L4Event::ConntrackHit);
-            return Some(Selected {
+            Some(Selected {
                 real_id: entry.real,
                 real,
                 new_flow: false,
                 hash: entry.hash,
-            });
+            })
         }
-        count_event(L4Event::RealDownRehash);
+        None => {
+            count_event(L4Event::RealDownRehash);
+            None
+        }
     }
+}
 
+/// The real the VIP's Maglev ring gives the flow (not remembered: see [`remember`]).
+#[inline(always)]
+pub fn by_hash(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
     if vip.ring_size == 0 {
         return None;
     }
@@ -49,21 +62,25 @@ pub fn select(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
         return None;
     }
     let real = *REALS.get(real_id)?;
-    let entry = FlowEntry {
-        real: real_id,
-        vip: vip.index,
-        hash,
-    };
-    // LRU: inserting evicts the least recently used flow when full, so a full table degrades
-    // to pure hashing for the evicted flows, never to drops.
-    if CONNTRACK.insert(flow, entry, 0).is_err() {
-        count_event(L4Event::ConntrackInsertFailed);
-    }
-    count_event(L4Event::NewFlow);
     Some(Selected {
         real_id,
         real,
         new_flow: true,
         hash,
     })
+}
+
+/// Enters a new flow in the connection table, so it keeps its real when the ring changes.
+#[inline(always)]
+pub fn remember(flow: &FlowKey, vip: &VipMeta, selected: &Selected) {
+    let entry = FlowEntry {
+        real: selected.real_id,
+        vip: vip.index,
+        hash: selected.hash,
+    };
+    // LRU: inserting evicts the least recently used flow when full, so a full table degrades
+    // to pure hashing for the evicted flows, never to drops.
+    if CONNTRACK.insert(flow, entry, 0).is_err() {
+        count_event(L4Event::ConntrackInsertFailed);
+    }
 }

@@ -96,6 +96,17 @@ fn full_example_parses_to_the_values_it_writes() {
             .expect("v6")
             .octets()
     );
+    // [l4]
+    fn nets(list: &[impl ToString]) -> Vec<String> {
+        list.iter().map(ToString::to_string).collect()
+    }
+    assert_eq!(c.l4.guard.flood_guard_new_flows_per_cpu, Some(50000));
+    assert_eq!(c.l4.guard.source_new_flows, Some((200, 400)));
+    assert_eq!(
+        nets(&c.l4.guard.lists.deny),
+        ["192.0.2.0/24", "2001:db8:bad::/48"]
+    );
+    assert!(c.l4.guard.lists.allow.is_empty());
     let [web_vip, dns_vip] = c.l4.vips.as_slice() else {
         panic!("two vips: {:?}", c.l4.vips)
     };
@@ -127,6 +138,12 @@ fn full_example_parses_to_the_values_it_writes() {
         ),
         (Protocol::Udp, Forward::Encap, 251, None)
     );
+    assert_eq!(nets(&dns_vip.lists.deny), ["198.51.100.7/32"]);
+    assert_eq!(
+        nets(&dns_vip.lists.allow),
+        ["10.0.0.0/8", "198.51.100.0/24", "fd00::/8"]
+    );
+    assert_eq!(web_vip.lists, Default::default());
     let reals: Vec<_> = dns_vip
         .reals
         .iter()
@@ -878,7 +895,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_section",
             "[[pools]]\nname = \"web\"\n".into(),
-            "unknown_section.toml:1: unknown field `pools`, expected one of `encap`, `vip`, `pool`, `listener`, `route`, `jwt_provider`, `api_keys`",
+            "unknown_section.toml:1: unknown field `pools`, expected one of `encap`, `l4`, `vip`, `pool`, `listener`, `route`, `jwt_provider`, `api_keys`",
         ),
         (
             "missing_key",
@@ -1089,6 +1106,16 @@ fn bad_files_give_file_line_and_reason() {
             "route_to_missing_listener",
             format!("{POOL}[[route]]\nlistener = \"b\"\npool = \"web\"\n"),
             "route_to_missing_listener.toml:6: route names unknown listener \"b\"",
+        ),
+        (
+            "vip_bad_deny_network",
+            "[l4]\ndeny = [\"192.0.2.0/24\"]\n[[vip]]\naddress = \"10.0.0.1:80\"\ndeny = [\"10.0.0.0/8\",\n  \"10.0.0.0/33\"]\n".into(),
+            "vip_bad_deny_network.toml:6: deny: \"10.0.0.0/33\" is not a network (ADDRESS/PREFIX) or an address",
+        ),
+        (
+            "l4_unknown_key",
+            "[l4]\nsource_new_flows = 5\n".into(),
+            "l4_unknown_key.toml:2: unknown field `source_new_flows`, expected one of `flood_guard_new_flows_per_cpu`, `source_new_flows_per_second`, `source_new_flows_burst`, `deny`, `allow`",
         ),
         (
             "vip_to_missing_pool",

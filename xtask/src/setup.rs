@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     // Clients of the forward-proxy tests: openssl s_client, Python's urllib.
     "openssl",
     "python3",
+    // SYN floods from random sources at a VIP (l4_flood).
+    "hping3",
 ];
 
 /// What setup found.

@@ -7,7 +7,7 @@
 //! Reading order, top-down (each module uses only those below it, and the tier types its
 //! settings hold):
 //! - this file: `Config`, the whole file; `RawFile`, the document as serde reads it.
-//! - `vip.rs`: `[encap]` and `[[vip]]` (the L4 tier).
+//! - `vip.rs`: `[encap]`, `[l4]` and `[[vip]]` (the L4 tier).
 //! - `l7.rs`: the L7 sections in order: `pool.rs` (with `upstream.rs` for its upstream keys,
 //!   `health_check.rs` for `[pool.health_check]`, `guards.rs` for the overload guards),
 //!   `listener.rs` (with `stream.rs` for tcp/udp keys, `egress.rs` for forward_proxy keys),
@@ -50,12 +50,13 @@ pub use pool::{Algorithm, HashKey};
 use route::RawRoute;
 pub use route::{HostMatch, RouteConfig};
 pub use stream::{ListenerMode, StreamSettings};
-use vip::{L4Config, RawEncap, RawVip, RealConfig};
+use vip::{L4Config, RawEncap, RawL4, RawVip, RealConfig};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawFile {
     pub encap: Option<RawEncap>,
+    pub l4: Option<RawL4>,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Spanned<RawVip>>,
     #[serde(default, rename = "pool")]
@@ -100,7 +101,7 @@ impl Config {
             text,
             path,
         )?;
-        let mut l4 = L4Config::from_raw(raw.encap, raw.vips, &pools, text, path)?;
+        let mut l4 = L4Config::from_raw(raw.encap, raw.l4, raw.vips, &pools, text, path)?;
         for vip in &mut l4.vips {
             if let Some(pool) = vip.pool.as_ref().and_then(|name| l7.pool(name)) {
                 vip.reals = reals_of_pool(pool);

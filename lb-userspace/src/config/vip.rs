@@ -5,8 +5,18 @@
 //! source_v4 = "172.16.0.0"       # a /16
 //! source_v6 = "fd00::1:0:0"      # a /96
 //!
+//! [l4]                           # optional: hardening, for every VIP
+//! flood_guard_new_flows_per_cpu = 50000  # new flows/s per CPU past which new flows are
+//!                                # forwarded by hash without a connection-table entry
+//! source_new_flows_per_second = 100      # per client address; over it new flows are dropped
+//! source_new_flows_burst = 200   # default: one second's worth
+//! deny = ["192.0.2.0/24"]        # client networks dropped at every VIP
+//! allow = ["0.0.0.0/0", "::/0"]  # when non-empty, only these clients reach any VIP
+//!
 //! [[vip]]
 //! address = "10.100.0.100:80"    # VIP address and port (port 0 is reserved)
+//! deny = ["198.51.100.7"]        # per-VIP lists, on top of [l4]'s (an address is a /32, /128)
+//! allow = ["10.0.0.0/8"]
 //! protocol = "tcp"               # tcp (default) | udp
 //! forward = "encap"              # encap (default): IPIP/IP6IP6 DSR | local: this host's stack
 //! ring_size = 65537              # Maglev ring, a prime <= 65537 (default 65537)
@@ -26,7 +36,10 @@ use std::{
     path::Path,
 };
 
-use lb_common::l4::{DEFAULT_RING_SIZE, EncapConfig, MAX_REALS, MAX_RING_SIZE, MAX_VIPS};
+use ipnet::IpNet;
+use lb_common::l4::{
+    DEFAULT_RING_SIZE, EncapConfig, MAX_REALS, MAX_RING_SIZE, MAX_VIPS, SOURCE_LIST_CAPACITY,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -74,12 +87,48 @@ pub struct VipConfig {
     pub reals: Vec<RealConfig>,
     /// The L7 pool whose backends are this VIP's reals (and whose health decides `down`).
     pub pool: Option<String>,
+    /// Client networks this VIP drops / alone accepts, on top of [`GuardSettings`]' lists.
+    pub lists: SourceLists,
+}
+
+/// Allow and deny lists of client networks (host bits clear).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceLists {
+    pub deny: Vec<IpNet>,
+    /// When non-empty, clients outside it are dropped.
+    pub allow: Vec<IpNet>,
+}
+
+/// The `[l4]` section: hardening that applies to every VIP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuardSettings {
+    /// New flows per second per CPU past which new flows skip the connection table.
+    pub flood_guard_new_flows_per_cpu: Option<u64>,
+    /// (sustained new flows per second, burst) per client address.
+    pub source_new_flows: Option<(u64, u64)>,
+    pub lists: SourceLists,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct L4Config {
     pub encap: EncapConfig,
+    pub guard: GuardSettings,
     pub vips: Vec<VipConfig>,
+}
+
+/// The per-source rate's bound: its interval, 1e9 / rate ns, must be at least 1.
+const MAX_SOURCE_RATE: u64 = 1_000_000_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawL4 {
+    flood_guard_new_flows_per_cpu: Option<Spanned<u64>>,
+    source_new_flows_per_second: Option<Spanned<u64>>,
+    source_new_flows_burst: Option<Spanned<u64>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +150,10 @@ pub(crate) struct RawVip {
     #[serde(default, rename = "real")]
     reals: Vec<Spanned<RawReal>>,
     pool: Option<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -123,12 +176,13 @@ impl L4Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw = RawFile::parse(text, path)?;
         let pools = raw.pool_names();
-        Self::from_raw(raw.encap, raw.vips, &pools, text, path)
+        Self::from_raw(raw.encap, raw.l4, raw.vips, &pools, text, path)
     }
 
     /// `pool_names`: the `[[pool]]` names of the same file (a VIP may take its reals from one).
     pub(crate) fn from_raw(
         encap_section: Option<RawEncap>,
+        l4_section: Option<RawL4>,
         raw_vips: Vec<Spanned<RawVip>>,
         pool_names: &HashSet<String>,
         text: &str,
@@ -157,6 +211,14 @@ impl L4Config {
                 encap.src_v6 = addr.octets();
             }
         }
+
+        let guard = match l4_section {
+            Some(raw) => guard_settings(raw, &err)?,
+            None => GuardSettings::default(),
+        };
+        // Each trie holds every scope's networks of its list and family.
+        let mut list_entries = [0usize; 4];
+        count_entries(&guard.lists, &mut list_entries);
 
         if raw_vips.len() > MAX_VIPS as usize {
             let span = raw_vips[MAX_VIPS as usize].span();
@@ -238,6 +300,22 @@ impl L4Config {
             if reals.len() > ring_size as usize {
                 return Err(err(span, format!("vip {addr}: more reals than ring slots")));
             }
+            let lists = SourceLists {
+                deny: networks(&vip.deny, "deny", &err)?,
+                allow: networks(&vip.allow, "allow", &err)?,
+            };
+            count_entries(&lists, &mut list_entries);
+            if list_entries
+                .iter()
+                .any(|n| *n > SOURCE_LIST_CAPACITY as usize)
+            {
+                return Err(err(
+                    span,
+                    format!(
+                        "more than {SOURCE_LIST_CAPACITY} networks in one list and family (all VIPs and [l4] together)"
+                    ),
+                ));
+            }
             total_reals += reals.len();
             if total_reals >= MAX_REALS as usize {
                 return Err(err(
@@ -252,10 +330,104 @@ impl L4Config {
                 ring_size,
                 reals,
                 pool: vip.pool.map(Spanned::into_inner),
+                lists,
             });
         }
-        Ok(Self { encap, vips })
+        Ok(Self { encap, guard, vips })
     }
+}
+
+/// Adds a scope's list sizes to `counts`: deny v4, deny v6, allow v4, allow v6.
+fn count_entries(lists: &SourceLists, counts: &mut [usize; 4]) {
+    for (i, list) in [&lists.deny, &lists.allow].into_iter().enumerate() {
+        counts[2 * i] += list.iter().filter(|n| n.addr().is_ipv4()).count();
+        counts[2 * i + 1] += list.iter().filter(|n| n.addr().is_ipv6()).count();
+    }
+}
+
+fn guard_settings(
+    raw: RawL4,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<GuardSettings, ConfigError> {
+    let positive = |value: &Spanned<u64>, what: &str| match *value.get_ref() {
+        0 => Err(err(
+            value.span(),
+            format!("{what} must be above 0 (leave it out for no limit)"),
+        )),
+        n => Ok(n),
+    };
+    let flood_guard_new_flows_per_cpu = raw
+        .flood_guard_new_flows_per_cpu
+        .as_ref()
+        .map(|v| positive(v, "flood_guard_new_flows_per_cpu"))
+        .transpose()?;
+    let source_new_flows = match (
+        &raw.source_new_flows_per_second,
+        &raw.source_new_flows_burst,
+    ) {
+        (None, None) => None,
+        (None, Some(burst)) => {
+            return Err(err(
+                burst.span(),
+                "source_new_flows_burst without source_new_flows_per_second".to_owned(),
+            ));
+        }
+        (Some(rate), burst) => {
+            let per_second = positive(rate, "source_new_flows_per_second")?;
+            if per_second > MAX_SOURCE_RATE {
+                return Err(err(
+                    rate.span(),
+                    format!("source_new_flows_per_second must be at most {MAX_SOURCE_RATE}"),
+                ));
+            }
+            let burst = match burst {
+                Some(b) => positive(b, "source_new_flows_burst")?,
+                None => per_second,
+            };
+            Some((per_second, burst))
+        }
+    };
+    Ok(GuardSettings {
+        flood_guard_new_flows_per_cpu,
+        source_new_flows,
+        lists: SourceLists {
+            deny: networks(&raw.deny, "deny", err)?,
+            allow: networks(&raw.allow, "allow", err)?,
+        },
+    })
+}
+
+/// A list of networks: `ADDRESS/PREFIX` with no host bits set, or a lone address (a /32 or
+/// /128).
+fn networks(
+    list: &[Spanned<String>],
+    what: &str,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Vec<IpNet>, ConfigError> {
+    list.iter()
+        .map(|item| {
+            let text = item.get_ref().trim();
+            let net = match text.parse::<IpNet>() {
+                Ok(net) => net,
+                Err(_) => text.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+                    err(
+                        item.span(),
+                        format!("{what}: {text:?} is not a network (ADDRESS/PREFIX) or an address"),
+                    )
+                })?,
+            };
+            if net.trunc() != net {
+                return Err(err(
+                    item.span(),
+                    format!(
+                        "{what}: {text:?} has host bits set (the network is {})",
+                        net.trunc()
+                    ),
+                ));
+            }
+            Ok(net)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -308,6 +480,42 @@ forward = "local"
     }
 
     #[test]
+    fn source_lists_and_limits_parse() {
+        let cfg = parse(
+            r#"
+[l4]
+flood_guard_new_flows_per_cpu = 50000
+source_new_flows_per_second = 100
+deny = ["192.0.2.0/24", "2001:db8::/32"]
+allow = ["0.0.0.0/0"]
+
+[[vip]]
+address = "10.100.0.100:80"
+deny = ["198.51.100.7", "fd00::7"]
+"#,
+        )
+        .expect("valid");
+        let net = |s: &str| s.parse::<IpNet>().expect("net");
+        assert_eq!(cfg.guard.flood_guard_new_flows_per_cpu, Some(50000));
+        assert_eq!(
+            cfg.guard.source_new_flows,
+            Some((100, 100)),
+            "burst: one second"
+        );
+        assert_eq!(
+            cfg.guard.lists.deny,
+            [net("192.0.2.0/24"), net("2001:db8::/32")]
+        );
+        assert_eq!(cfg.guard.lists.allow, [net("0.0.0.0/0")]);
+        assert_eq!(
+            cfg.vips[0].lists.deny,
+            [net("198.51.100.7/32"), net("fd00::7/128")],
+            "a lone address is a host network"
+        );
+        assert!(cfg.vips[0].lists.allow.is_empty());
+    }
+
+    #[test]
     fn errors_name_file_line_and_reason() {
         let cases = [
             (
@@ -324,7 +532,7 @@ forward = "local"
             ),
             (
                 "[[vip]]\naddress = \"10.0.0.1:80\"\nbogus = 1\n",
-                "lb.toml:3: unknown field `bogus`, expected one of `address`, `protocol`, `forward`, `ring_size`, `real`, `pool`",
+                "lb.toml:3: unknown field `bogus`, expected one of `address`, `protocol`, `forward`, `ring_size`, `real`, `pool`, `deny`, `allow`",
             ),
             (
                 "[[vip]]\naddress = \"10.0.0.1:80\"\npool = \"web\"\n",
@@ -357,6 +565,30 @@ forward = "local"
             (
                 "[[vip]\n",
                 "lb.toml:1: invalid table header; expected `.`, `]]`",
+            ),
+            (
+                "[l4]\ndeny = [\"10.0.0.0/8\",\n  \"10.0.0.0/33\"]\n",
+                "lb.toml:3: deny: \"10.0.0.0/33\" is not a network (ADDRESS/PREFIX) or an address",
+            ),
+            (
+                "[[vip]]\naddress = \"10.0.0.1:80\"\nallow = [\"10.1.2.3/16\"]\n",
+                "lb.toml:3: allow: \"10.1.2.3/16\" has host bits set (the network is 10.1.0.0/16)",
+            ),
+            (
+                "[l4]\nflood_guard_new_flows_per_cpu = 0\n",
+                "lb.toml:2: flood_guard_new_flows_per_cpu must be above 0 (leave it out for no limit)",
+            ),
+            (
+                "[l4]\nsource_new_flows_burst = 5\n",
+                "lb.toml:2: source_new_flows_burst without source_new_flows_per_second",
+            ),
+            (
+                "[l4]\nsource_new_flows_per_second = 2000000000\n",
+                "lb.toml:2: source_new_flows_per_second must be at most 1000000000",
+            ),
+            (
+                "[l4]\nflood_guard = 5\n",
+                "lb.toml:2: unknown field `flood_guard`, expected one of `flood_guard_new_flows_per_cpu`, `source_new_flows_per_second`, `source_new_flows_burst`, `deny`, `allow`",
             ),
         ];
         for (text, expected) in cases {

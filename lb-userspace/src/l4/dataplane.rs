@@ -16,18 +16,24 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, MapError,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
 };
+use ipnet::IpNet;
 use lb_common::{
     l4::{
-        EncapConfig, FAMILY_V4, FAMILY_V6, MAX_REALS, MAX_VIPS, NO_REAL, NO_VIP, REAL_DOWN, Real,
-        VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, addr_bytes, addr_words, ring_index,
+        EncapConfig, FAMILY_V4, FAMILY_V6, GuardConfig, LIST_SCOPE_ALL, LIST_SCOPE_ALL_BIT,
+        ListKeyV4, ListKeyV6, MAX_REALS, MAX_VIPS, NO_REAL, NO_VIP, REAL_DOWN, Real,
+        VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, addr_bytes,
+        addr_words, ring_index,
     },
     map_names,
 };
 use thiserror::Error;
 
-use super::{Forward, L4Config, Protocol, VipConfig};
+use super::{Forward, GuardSettings, L4Config, Protocol, SourceLists, VipConfig};
 use crate::maglev::{self, Backend, MaglevError};
 
 /// How long a ring half stays untouched after it stopped being the active one.
@@ -84,6 +90,9 @@ pub struct L4Dataplane {
     real_addrs: HashMap<u32, (VipIdent, IpAddr)>,
     next_real_id: u32,
     aliases: HashSet<VipKey>,
+    /// What `write_guard` last wrote (settings, lists by scope): applies that change neither
+    /// (health events, L7-only reloads) skip reading the tries back.
+    guard_written: Option<(GuardConfig, Vec<(u32, SourceLists)>)>,
 }
 
 pub fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
@@ -143,6 +152,111 @@ fn ring_input(vip: &VipConfig) -> Vec<(IpAddr, u32)> {
         .iter()
         .map(|r| (r.addr, if r.down { 0 } else { r.weight }))
         .collect()
+}
+
+/// The datapath's form of the `[l4]` knobs (lists' scope bits are added by the caller).
+pub fn guard_config(settings: &GuardSettings) -> GuardConfig {
+    let (source_interval_ns, source_tolerance_ns) = match settings.source_new_flows {
+        Some((per_second, burst)) => {
+            let interval = 1_000_000_000 / per_second.max(1);
+            (interval, interval.saturating_mul(burst.saturating_sub(1)))
+        }
+        None => (0, 0),
+    };
+    GuardConfig {
+        flood_new_flows_per_cpu: settings.flood_guard_new_flows_per_cpu.unwrap_or(0),
+        source_interval_ns,
+        source_tolerance_ns,
+        ..GuardConfig::default()
+    }
+}
+
+/// A list's trie key: the scope's 32 bits, then the network.
+fn split_keys(
+    scope: u32,
+    nets: &[IpNet],
+    v4: &mut HashSet<TrieKey<ListKeyV4>>,
+    v6: &mut HashSet<TrieKey<ListKeyV6>>,
+) {
+    let scope_bytes = scope.to_be_bytes();
+    for net in nets {
+        let bits = 32 + u32::from(net.prefix_len());
+        match net {
+            IpNet::V4(n) => {
+                v4.insert(TrieKey {
+                    bits,
+                    data: ListKeyV4 {
+                        scope: scope_bytes,
+                        addr: n.network().octets(),
+                    },
+                });
+            }
+            IpNet::V6(n) => {
+                v6.insert(TrieKey {
+                    bits,
+                    data: ListKeyV6 {
+                        scope: scope_bytes,
+                        addr: n.network().octets(),
+                    },
+                });
+            }
+        }
+    }
+}
+
+/// An LPM key as userspace compares them (aya's key is packed and not `Eq`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct TrieKey<K> {
+    bits: u32,
+    data: K,
+}
+
+/// Inserts the `wanted` keys missing from trie `name`; returns the keys it holds that are not
+/// wanted (for [`remove_keys`] once the new state is in force).
+fn sync_trie<K: aya::Pod + Eq + std::hash::Hash>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    wanted: &HashSet<TrieKey<K>>,
+) -> Result<Vec<TrieKey<K>>, L4Error> {
+    let mut trie: LpmTrie<&mut MapData, K, u8> = ebpf
+        .map_mut(name)
+        .ok_or(L4Error::MissingMap(name))?
+        .try_into()
+        .map_err(map_err(name))?;
+    let present: HashSet<TrieKey<K>> = trie
+        .keys()
+        .map(|k| {
+            k.map(|k| TrieKey {
+                bits: k.prefix_len(),
+                data: k.data(),
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for key in wanted.difference(&present) {
+        trie.insert(&LpmKey::new(key.bits, key.data), 0, 0)
+            .map_err(map_err(name))?;
+    }
+    Ok(present.difference(wanted).copied().collect())
+}
+
+fn remove_keys<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    keys: &[TrieKey<K>],
+) -> Result<(), L4Error> {
+    let mut trie: LpmTrie<&mut MapData, K, u8> = ebpf
+        .map_mut(name)
+        .ok_or(L4Error::MissingMap(name))?
+        .try_into()
+        .map_err(map_err(name))?;
+    for key in keys {
+        match trie.remove(&LpmKey::new(key.bits, key.data)) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(L4Error::Map { map: name, source }),
+        }
+    }
+    Ok(())
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> L4Error {
@@ -298,13 +412,93 @@ impl L4Dataplane {
             self.remove_vip(ebpf, ident)?;
             report.vips_removed += 1;
         }
+        let global_lists =
+            !config.guard.lists.deny.is_empty() || !config.guard.lists.allow.is_empty();
         for vip in &config.vips {
-            let (added, rebuilt) = self.apply_vip(ebpf, vip)?;
+            let lists = global_lists || !vip.lists.deny.is_empty() || !vip.lists.allow.is_empty();
+            let checks = if lists { VIP_CHECK_SOURCE_LISTS } else { 0 };
+            let (added, rebuilt) = self.apply_vip(ebpf, vip, checks)?;
             report.vips_added += usize::from(added);
             report.rings_rebuilt += usize::from(rebuilt);
         }
         self.write_aliases(ebpf, config)?;
+        self.write_guard(ebpf, config)?;
         Ok(report)
+    }
+
+    /// Writes the `[l4]` knobs and every scope's allow/deny lists. Order keeps each packet's
+    /// verdict sound: new list entries go in first, then `L4_GUARD` says which scopes have
+    /// lists (so an allow list is complete before it is enforced), then stale entries go.
+    /// (`VIP_CHECK_SOURCE_LISTS` in `VipMeta::forward`, written before, only makes a VIP's packets read `L4_GUARD`; its
+    /// scope bits decide.)
+    fn write_guard(&mut self, ebpf: &mut Ebpf, config: &L4Config) -> Result<(), L4Error> {
+        let mut scoped: Vec<(u32, SourceLists)> =
+            vec![(LIST_SCOPE_ALL, config.guard.lists.clone())];
+        for vip in &config.vips {
+            if let Some(installed) = self.vips.get(&(vip.addr, vip.protocol)) {
+                scoped.push((installed.meta.index, vip.lists.clone()));
+            }
+        }
+        let scope_bit = |scope: u32| {
+            if scope == LIST_SCOPE_ALL {
+                LIST_SCOPE_ALL_BIT
+            } else {
+                1u64 << scope
+            }
+        };
+        let mut guard = guard_config(&config.guard);
+        for (scope, lists) in &scoped {
+            if !lists.deny.is_empty() {
+                guard.deny_scopes |= scope_bit(*scope);
+            }
+            if !lists.allow.is_empty() {
+                guard.allow_scopes |= scope_bit(*scope);
+            }
+        }
+        if self
+            .guard_written
+            .as_ref()
+            .is_some_and(|(g, s)| *g == guard && *s == scoped)
+        {
+            return Ok(());
+        }
+        let mut deny_v4 = HashSet::new();
+        let mut deny_v6 = HashSet::new();
+        let mut allow_v4 = HashSet::new();
+        let mut allow_v6 = HashSet::new();
+        for (scope, lists) in &scoped {
+            split_keys(*scope, &lists.deny, &mut deny_v4, &mut deny_v6);
+            split_keys(*scope, &lists.allow, &mut allow_v4, &mut allow_v6);
+        }
+        let mut stale_v4 = Vec::new();
+        let mut stale_v6 = Vec::new();
+        for (name, wanted) in [
+            (map_names::DENY_V4, &deny_v4),
+            (map_names::ALLOW_V4, &allow_v4),
+        ] {
+            stale_v4.push((name, sync_trie(ebpf, name, wanted)?));
+        }
+        for (name, wanted) in [
+            (map_names::DENY_V6, &deny_v6),
+            (map_names::ALLOW_V6, &allow_v6),
+        ] {
+            stale_v6.push((name, sync_trie(ebpf, name, wanted)?));
+        }
+        let name = map_names::L4_GUARD;
+        let mut map: Array<&mut MapData, GuardConfig> = ebpf
+            .map_mut(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        map.set(0, guard, 0).map_err(map_err(name))?;
+        for (name, stale) in stale_v4 {
+            remove_keys(ebpf, name, &stale)?;
+        }
+        for (name, stale) in stale_v6 {
+            remove_keys(ebpf, name, &stale)?;
+        }
+        self.guard_written = Some((guard, scoped));
+        Ok(())
     }
 
     fn write_encap(&self, ebpf: &mut Ebpf, encap: &EncapConfig) -> Result<(), L4Error> {
@@ -392,8 +586,13 @@ impl L4Dataplane {
         Ok(())
     }
 
-    /// Returns (added, ring rebuilt).
-    fn apply_vip(&mut self, ebpf: &mut Ebpf, vip: &VipConfig) -> Result<(bool, bool), L4Error> {
+    /// Returns (added, ring rebuilt). `checks`: the check bits of the VIP's `VipMeta::forward`.
+    fn apply_vip(
+        &mut self,
+        ebpf: &mut Ebpf,
+        vip: &VipConfig,
+        checks: u32,
+    ) -> Result<(bool, bool), L4Error> {
         let ident = (vip.addr, vip.protocol);
         let added = !self.vips.contains_key(&ident);
         let index = match self.vips.get(&ident) {
@@ -467,7 +666,7 @@ impl L4Dataplane {
         let key = vip_key(vip.addr, vip.protocol, vip.addr.port());
         let meta = VipMeta {
             index,
-            forward,
+            forward: forward | checks,
             ring_size: vip.ring_size,
             active_half,
         };

@@ -87,10 +87,12 @@ pub fn read_l4_events(ebpf: &Ebpf) -> Result<BTreeMap<&'static str, u64>, L4Erro
     let events: PerCpuArray<&MapData, u64> = per_cpu_array(ebpf, name)?;
     let mut out = BTreeMap::new();
     for event in L4Event::ALL {
-        let values = events
-            .get(&(event as u32), 0)
-            .map_err(|source| L4Error::Map { map: name, source })?;
-        out.insert(event.name(), values.iter().sum());
+        match events.get(&(event as u32), 0) {
+            Ok(values) => out.insert(event.name(), values.iter().sum()),
+            // An `L4_EVENTS` pinned by an older lb may end before the newer events.
+            Err(aya::maps::MapError::KeyNotFound) => out.insert(event.name(), 0),
+            Err(source) => return Err(L4Error::Map { map: name, source }),
+        };
     }
     Ok(out)
 }

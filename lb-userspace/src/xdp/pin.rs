@@ -22,8 +22,9 @@ const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 
 /// The maps that are pinned (and so reused by the next `lb`): all state the datapath reads or
-/// counts into. The next-hop cache and the log ring are rebuilt from scratch.
-pub const PINNED_MAPS: [&str; 12] = [
+/// counts into. The next-hop cache, the log ring, the per-source rate cells and the flood
+/// guard's windows are rebuilt from scratch (losing them costs a second of rate history).
+pub const PINNED_MAPS: [&str; 17] = [
     map_names::VIPS,
     map_names::REALS,
     map_names::MAGLEV_RINGS,
@@ -36,6 +37,20 @@ pub const PINNED_MAPS: [&str; 12] = [
     map_names::PACKET_CLASSES,
     map_names::MALFORMED,
     map_names::PORT_STATS,
+    map_names::L4_GUARD,
+    map_names::DENY_V4,
+    map_names::DENY_V6,
+    map_names::ALLOW_V4,
+    map_names::ALLOW_V6,
+];
+
+/// Counter arrays indexed by an enum. Sized `COUNTER_ARRAY_CAPACITY` (with room for new
+/// counters) since the pins had headroom; a pin from before that is smaller and still taken
+/// over (see [`check_pinned_maps`]).
+pub const COUNTER_ARRAYS: [&str; 3] = [
+    map_names::L4_EVENTS,
+    map_names::PACKET_CLASSES,
+    map_names::MALFORMED,
 ];
 
 /// The link pin's name carries the attach mode, which the kernel does not report for a link.
@@ -115,6 +130,11 @@ pub fn ensure_pin_dir(dir: &Path) -> Result<(), XdpError> {
 /// Refuses map pins this build would misread: a pinned map is reused as it is, so its type,
 /// key and value sizes, capacity and flags must be exactly what this build's object declares
 /// (an older `lb` with another layout left them: remove the directory first).
+///
+/// One exception, so pins of the layout before counter arrays had headroom can be taken over:
+/// a counter array (`COUNTER_ARRAYS`) may hold fewer entries than this build's. The datapath
+/// then finds no slot for the counters past its end (the lookup fails, nothing is written)
+/// and userspace reads them as 0; a warning names the map. Everything else must match.
 pub fn check_pinned_maps(dir: &Path) -> Result<(), XdpError> {
     let object = aya_obj::Object::parse(object_bytes()).map_err(XdpError::Object)?;
     for name in PINNED_MAPS {
@@ -142,7 +162,7 @@ pub fn check_pinned_maps(dir: &Path) -> Result<(), XdpError> {
             wanted.max_entries(),
             wanted.map_flags(),
         );
-        if got != want {
+        if got != want && !is_smaller_counter_array(name, got, want) {
             return Err(XdpError::IncompatiblePin {
                 path,
                 detail: format!(
@@ -150,8 +170,31 @@ pub fn check_pinned_maps(dir: &Path) -> Result<(), XdpError> {
                 ),
             });
         }
+        if got != want {
+            tracing::warn!(
+                map = name,
+                pinned_entries = got.3,
+                entries = want.3,
+                "pinned counter array from an older lb is smaller: the counters past its end read 0 until the pins are removed"
+            );
+        }
     }
     Ok(())
+}
+
+/// (type, key size, value size, max entries, flags) of a map.
+type MapShape = (u32, u32, u32, u32, u32);
+
+/// Whether `pinned` is counter array `name` as this build declares it (`wanted`), only with
+/// fewer entries.
+pub fn is_smaller_counter_array(name: &str, pinned: MapShape, wanted: MapShape) -> bool {
+    let (pinned_type, pinned_key, pinned_value, pinned_len, pinned_flags) = pinned;
+    let (wanted_type, wanted_key, wanted_value, wanted_len, wanted_flags) = wanted;
+    COUNTER_ARRAYS.contains(&name)
+        && (pinned_type, pinned_key, pinned_value, pinned_flags)
+            == (wanted_type, wanted_key, wanted_value, wanted_flags)
+        && pinned_len > 0
+        && pinned_len < wanted_len
 }
 
 /// Removes the pins `lb` makes in `dir` (and `dir` itself when that leaves it empty). Removing

@@ -82,10 +82,12 @@ fn read_array<const N: usize>(
         .map_err(|source| XdpError::Map { map, source })?;
     let mut out = BTreeMap::new();
     for (index, name) in (0u32..).zip(names) {
-        let per_cpu = array
-            .get(&index, 0)
-            .map_err(|source| XdpError::Map { map, source })?;
-        out.insert(name, per_cpu.iter().sum());
+        match array.get(&index, 0) {
+            Ok(per_cpu) => out.insert(name, per_cpu.iter().sum()),
+            // A counter array pinned by an older lb may end before the newer counters.
+            Err(aya::maps::MapError::KeyNotFound) => out.insert(name, 0),
+            Err(source) => return Err(XdpError::Map { map, source }),
+        };
     }
     Ok(out)
 }
