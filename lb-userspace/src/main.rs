@@ -81,7 +81,7 @@ enum Command {
     /// disk and hands it its listening sockets, then drains and exits once the new one is ready.
     Upgrade(cli::ctl::UpgradeArgs),
     /// Load generator: throughput and latency of an HTTP(S) target, closed or open loop.
-    Bench(Box<cli::bench::BenchArgs>),
+    Bench(Box<cli::bench::BenchCli>),
     /// Print shell completions for SHELL (bash, zsh, fish, ...) to standard output.
     Completions {
         #[arg(value_enum)]
@@ -155,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .render(&mut std::io::stdout())
                 .context("writing the man page");
         }
-        Command::Bench(args) => return cli::bench::run(*args),
+        Command::Bench(args) => return cli::bench::main(*args),
         Command::L7 {
             config,
             threads,

@@ -335,6 +335,9 @@ fn json_output_schema_is_stable() {
         "latency_non_2xx_us",
         "connect_us",
         "tls_handshake_us",
+        "percentile_curve",
+        "per_second",
+        "meta",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -633,4 +636,70 @@ fn exit_status_and_argument_habits() {
         text.contains("http://") && text.contains("tcp://") && text.contains("udp://"),
         "{text}"
     );
+}
+
+/// `lb bench compare A.json B.json`: two saved runs side by side with B/A ratios, and with
+/// `--html` both runs in each plot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_prints_and_plots_two_saved_runs() {
+    let server = http_server::start(Behaviour::default()).await;
+    let dir = std::env::temp_dir().join(format!("lb-bench-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let url = format!("http://{}/", server.addr);
+    for (name, connections) in [("a.json", "1"), ("b.json", "4")] {
+        let out = tokio::process::Command::new(lb_tests::lb_bin())
+            .args(["bench", "--json", "-n", "200", "-c", connections, &url])
+            .output()
+            .await
+            .expect("lb bench");
+        assert!(out.status.success(), "{out:?}");
+        std::fs::write(dir.join(name), &out.stdout).expect("save");
+    }
+    let html = dir.join("compare.html");
+    let out = tokio::process::Command::new(lb_tests::lb_bin())
+        .args(["bench", "compare"])
+        .arg(dir.join("a.json"))
+        .arg(dir.join("b.json"))
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .await
+        .expect("lb bench compare");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row: {text}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("requests ")[1..], ["200", "200", "1.00x"]);
+    assert_eq!(row("ok (2xx)")[2..], ["200", "200", "1.00x"]);
+    assert!(
+        row("latency p99").last().is_some_and(|r| r.ends_with('x')),
+        "{text}"
+    );
+    let page = std::fs::read_to_string(&html).expect("html");
+    assert_eq!(
+        page.matches("<polyline").count(),
+        4,
+        "two runs in each of two plots"
+    );
+    assert!(page.contains("a.json") && page.contains("b.json"));
+    // A file that is not a report: a clear error, exit 1.
+    let out = tokio::process::Command::new(lb_tests::lb_bin())
+        .args(["bench", "compare"])
+        .arg(&html)
+        .arg(dir.join("b.json"))
+        .output()
+        .await
+        .expect("lb bench compare");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not an lb bench --json report"),
+        "{out:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

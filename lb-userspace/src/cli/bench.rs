@@ -7,6 +7,53 @@ use lb::loadgen::{
     self, BenchConfig, HttpVersion, L4Config, L4Protocol, LoadMode, ProxyHeaderVersion, Target,
 };
 
+/// `lb bench URL...` runs a load; `lb bench compare A.json B.json` compares two saved runs.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BenchCli {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    run: BenchArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchCommand {
+    /// Two saved `--json` reports side by side: throughput, outcomes, latency percentiles and
+    /// B/A ratios; with --html, both runs in each plot.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        /// Also write the comparison as a self-contained HTML page.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
+}
+
+pub fn main(cli: BenchCli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(BenchCommand::Compare { a, b, html }) => compare(&a, &b, html.as_deref()),
+        None => run(cli.run),
+    }
+}
+
+fn compare(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    html: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use lb::loadgen::compare::{SavedRun, table};
+    let (run_a, run_b) = (SavedRun::load(a)?, SavedRun::load(b)?);
+    let (name_a, name_b) = (a.display().to_string(), b.display().to_string());
+    let text = table((&name_a, &run_a), (&name_b, &run_b));
+    print!("{text}");
+    if let Some(path) = html {
+        let page = lb::loadgen::render_comparison_html((&name_a, &run_a), (&name_b, &run_b), &text);
+        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// URL(s) to request, in rotation (same scheme, host and port). `tcp://HOST:PORT` or
@@ -117,7 +164,7 @@ fn check_errors(total: u64, failed: u64, max_error_rate: Option<f64>) -> anyhow:
     Ok(())
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+fn run(args: BenchArgs) -> anyhow::Result<()> {
     let body = match (&args.body, &args.body_file) {
         (Some(b), _) => Bytes::from(b.clone()),
         (None, Some(path)) => {

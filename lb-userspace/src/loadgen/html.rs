@@ -29,18 +29,30 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A line plot; `x_labels` are (x, text) ticks; `axes` names the x and y axes.
+/// One plot line: (x, y) points.
+type Points = Vec<(f64, f64)>;
+/// Axis ticks: (x, text).
+type Ticks = Vec<(f64, String)>;
+
+/// Colours of the series of one plot, in order (a run, or run A and run B of a comparison).
+const COLOURS: [&str; 2] = ["#1f6feb", "#d1242f"];
+
+/// A line plot of one or more named series (a legend when more than one); `x_labels` are
+/// (x, text) ticks; `axes` names the x and y axes.
 fn plot(
     title: &str,
-    points: &[(f64, f64)],
+    series: &[(&str, Points)],
     x_labels: &[(f64, String)],
     y_unit: &str,
     axes: (&str, &str),
 ) -> String {
     let mut svg = String::new();
-    let (x_max, y_max) = points.iter().fold((1e-9f64, 1e-9f64), |(xm, ym), (x, y)| {
-        (xm.max(*x), ym.max(*y))
-    });
+    let (x_max, y_max) = series
+        .iter()
+        .flat_map(|(_, points)| points)
+        .fold((1e-9f64, 1e-9f64), |(xm, ym), (x, y)| {
+            (xm.max(*x), ym.max(*y))
+        });
     let sx = |x: f64| PAD_LEFT + x / x_max * (W - PAD_LEFT - PAD);
     let sy = |y: f64| H - PAD - y / y_max * (H - 2.0 * PAD);
     let _ = write!(
@@ -82,70 +94,155 @@ fn plot(
             yy = H - PAD + 16.0
         );
     }
-    let path: Vec<String> = points
-        .iter()
-        .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-        .collect();
-    let _ = write!(
-        svg,
-        r##"<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{}"/></svg>"##,
-        path.join(" ")
-    );
+    for (i, ((name, points), colour)) in series.iter().zip(COLOURS.iter().cycle()).enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
+        let _ = write!(
+            svg,
+            r##"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"##,
+            path.join(" ")
+        );
+        if series.len() > 1 {
+            let _ = write!(
+                svg,
+                r##"<text x="{x}" y="{y}" font-size="12" fill="{colour}">{}</text>"##,
+                escape(name),
+                x = PAD_LEFT + 10.0,
+                y = PAD - 24.0 + 14.0 * i as f64
+            );
+        }
+    }
+    svg.push_str("</svg>");
     svg
 }
 
-pub fn render(report: &BenchReport) -> String {
-    let mut page = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>lb bench report</title>\
-         <style>body{font-family:sans-serif;max-width:780px;margin:2em auto;color:#222}\
-         pre{background:#f4f4f4;padding:1em;white-space:pre-wrap}td code{word-break:break-all}</style></head><body><h1>lb bench report</h1>",
-    );
-    if !report.meta.is_empty() {
-        page.push_str("<table>");
-        for (name, value) in &report.meta {
-            let _ = write!(
-                page,
-                "<tr><th align=\"left\">{}</th><td><code>{}</code></td></tr>",
-                escape(name),
-                escape(value)
-            );
-        }
-        page.push_str("</table>");
-    }
-    let _ = write!(page, "<pre>{}</pre>", escape(&report.to_string()));
-    // Percentile plot: x in "nines" so the tail gets the room it deserves.
+/// Percentile-curve points with x in "nines" (so the tail gets the room it deserves), and
+/// the x ticks up to the longest curve.
+fn percentile_points(curves: &[&[(f64, u64)]]) -> (Vec<Points>, Ticks) {
     let nines = |p: f64| -(1.0 - p / 100.0).max(1e-9).log10();
-    let points: Vec<(f64, f64)> = report
-        .percentile_curve
+    let series: Vec<Points> = curves
         .iter()
-        .map(|(p, us)| (nines(*p), *us as f64 / 1000.0))
+        .map(|curve| {
+            curve
+                .iter()
+                .map(|(p, us)| (nines(*p), *us as f64 / 1000.0))
+                .collect()
+        })
         .collect();
-    let labels: Vec<(f64, String)> = [0.0, 90.0, 99.0, 99.9, 99.99, 99.999]
+    let x_max = series
+        .iter()
+        .filter_map(|points| points.last().map(|(x, _)| *x))
+        .fold(0.0f64, f64::max);
+    let labels = [0.0, 90.0, 99.0, 99.9, 99.99, 99.999]
         .into_iter()
-        .filter(|p| points.last().is_some_and(|(x, _)| nines(*p) <= *x + 1e-9))
+        .filter(|p| nines(*p) <= x_max + 1e-9)
         .map(|p| (nines(p), format!("p{p}")))
         .collect();
+    (series, labels)
+}
+
+/// Responses-per-second points of each run, and x ticks for the longest.
+fn rate_points(runs: &[&[u64]]) -> (Vec<Points>, Ticks) {
+    let series: Vec<Points> = runs
+        .iter()
+        .map(|per_second| {
+            per_second
+                .iter()
+                .enumerate()
+                .map(|(s, n)| (s as f64, *n as f64))
+                .collect()
+        })
+        .collect();
+    let len = runs.iter().map(|r| r.len()).max().unwrap_or(0);
+    let step = (len / 10).max(1);
+    let labels = (0..len)
+        .step_by(step)
+        .map(|s| (s as f64, format!("{s}s")))
+        .collect();
+    (series, labels)
+}
+
+/// The page's head and title.
+fn page_start(title: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <style>body{{font-family:sans-serif;max-width:780px;margin:2em auto;color:#222}}\
+         pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}}td code{{word-break:break-all}}</style></head><body><h1>{title}</h1>"
+    )
+}
+
+/// A run's metadata as a table.
+fn meta_table(page: &mut String, meta: &[(String, String)]) {
+    if meta.is_empty() {
+        return;
+    }
+    page.push_str("<table>");
+    for (name, value) in meta {
+        let _ = write!(
+            page,
+            "<tr><th align=\"left\">{}</th><td><code>{}</code></td></tr>",
+            escape(name),
+            escape(value)
+        );
+    }
+    page.push_str("</table>");
+}
+
+/// `lb bench compare --html`: both runs' metadata, the comparison table, and both runs in
+/// each plot.
+pub fn render_comparison(
+    (name_a, a): (&str, &super::compare::SavedRun),
+    (name_b, b): (&str, &super::compare::SavedRun),
+    table: &str,
+) -> String {
+    let mut page = page_start("lb bench comparison");
+    for (name, run) in [(name_a, a), (name_b, b)] {
+        let _ = write!(page, "<h3>{}</h3>", escape(name));
+        meta_table(&mut page, &run.meta);
+    }
+    let _ = write!(page, "<pre>{}</pre>", escape(table));
+    let (curves, labels) = percentile_points(&[&a.percentile_curve, &b.percentile_curve]);
+    let named: Vec<(&str, Points)> = [name_a, name_b].into_iter().zip(curves).collect();
     page.push_str(&plot(
         "Latency by percentile",
-        &points,
+        &named,
         &labels,
         "ms",
         ("percentile", "latency"),
     ));
-    let rps: Vec<(f64, f64)> = report
-        .per_second
-        .iter()
-        .enumerate()
-        .map(|(s, n)| (s as f64, *n as f64))
-        .collect();
-    let step = (rps.len() / 10).max(1);
-    let labels: Vec<(f64, String)> = (0..rps.len())
-        .step_by(step)
-        .map(|s| (s as f64, format!("{s}s")))
-        .collect();
+    let (rates, labels) = rate_points(&[&a.per_second, &b.per_second]);
+    let named: Vec<(&str, Points)> = [name_a, name_b].into_iter().zip(rates).collect();
     page.push_str(&plot(
         "Requests per second",
-        &rps,
+        &named,
+        &labels,
+        "",
+        ("time (whole seconds of the run)", "responses/s"),
+    ));
+    page.push_str("</body></html>\n");
+    page
+}
+
+pub fn render(report: &BenchReport) -> String {
+    let mut page = page_start("lb bench report");
+    meta_table(&mut page, &report.meta);
+    let _ = write!(page, "<pre>{}</pre>", escape(&report.to_string()));
+    let (mut curves, labels) = percentile_points(&[&report.percentile_curve]);
+    let points = curves.pop().unwrap_or_default();
+    page.push_str(&plot(
+        "Latency by percentile",
+        &[("latency", points)],
+        &labels,
+        "ms",
+        ("percentile", "latency"),
+    ));
+    let (mut rates, labels) = rate_points(&[&report.per_second]);
+    let rps = rates.pop().unwrap_or_default();
+    page.push_str(&plot(
+        "Requests per second",
+        &[("responses/s", rps)],
         &labels,
         "",
         ("time (whole seconds of the run)", "responses/s"),

@@ -164,15 +164,13 @@ pub struct BenchReport {
     pub latency_non_2xx_us: Option<LatencySummary>,
     pub connect_us: Option<LatencySummary>,
     pub tls_handshake_us: Option<LatencySummary>,
-    /// (percentile, latency in µs) points for the HTML report's percentile plot.
-    #[serde(skip)]
+    /// (percentile, latency in µs) points for the HTML report's percentile plot (and for
+    /// `lb bench compare` from a saved `--json` report).
     pub percentile_curve: Vec<(f64, u64)>,
     /// Responses per second over the measured time, for the HTML report: whole seconds only.
-    #[serde(skip)]
     pub per_second: Vec<u64>,
     /// What the HTML report says about the run (target, command, date, version), set by the
     /// command line.
-    #[serde(skip)]
     pub meta: Vec<(String, String)>,
 }
 
