@@ -79,7 +79,11 @@ fn full_example() -> Config {
     let text = std::fs::read_to_string(&path).expect("read full.toml");
     let certs = format!("\"{}/certs/", dir.display());
     let keys = format!("\"{}/keys/", dir.display());
-    let text = text.replace("\"certs/", &certs).replace("\"keys/", &keys);
+    let errors = format!("\"{}/errors/", dir.display());
+    let text = text
+        .replace("\"certs/", &certs)
+        .replace("\"keys/", &keys)
+        .replace("\"errors/", &errors);
     Config::parse(&text, &path).expect("full.toml parses")
 }
 
@@ -309,6 +313,14 @@ fn full_example_parses_to_the_values_it_writes() {
             .as_ref()
             .is_some_and(|p| p.ends_with("certs/example.ocsp.der"))
     );
+    let pages = public.error_pages.as_ref().expect("error_pages");
+    for status in [502, 504] {
+        let page = pages.get(status).expect("a page");
+        assert!(page.path.ends_with("errors/502.html"));
+        assert_eq!(page.content_type, "text/html; charset=utf-8");
+        assert!(page.body.starts_with(b"<!doctype html>"));
+    }
+    assert!(pages.get(503).is_none());
     assert_eq!(
         public.proxy_protocol_from,
         ["10.10.0.0/16".parse().expect("net")]
@@ -890,7 +902,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_key",
             format!("{POOL}[[listener]]\nname = \"a\"\nadress = \"127.0.0.1:80\"\n"),
-            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`, `egress_mode`, `egress_rule`, `proxy_auth_file`, `connect_http10`, `sni_ports`, `allow_missing_sni`",
+            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`, `egress_mode`, `egress_rule`, `error_pages`, `proxy_auth_file`, `connect_http10`, `sni_ports`, `allow_missing_sni`",
         ),
         (
             "unknown_section",
@@ -1131,6 +1143,21 @@ fn bad_files_give_file_line_and_reason() {
             "unreadable_certificate",
             format!("{POOL}{LISTENER}[[listener.tls]]\ncert = \"/nonexistent/site.pem\"\nkey = \"/nonexistent/site.key\"\n"),
             "unreadable_certificate.toml:9: listener \"a\": cannot read /nonexistent/site.pem: No such file or directory (os error 2)",
+        ),
+        (
+            "error_page_status",
+            format!("{POOL}{LISTENER}error_pages = {{ 200 = \"/etc/hostname\" }}\n"),
+            "error_page_status.toml:8: error_pages: \"200\" is not an error status (400 to 599)",
+        ),
+        (
+            "error_page_file",
+            format!("{POOL}{LISTENER}[[route]]\nlistener = \"a\"\npool = \"web\"\nerror_pages = {{ 502 = \"/nonexistent/502.html\" }}\n"),
+            "error_page_file.toml:11: error_pages: cannot read /nonexistent/502.html: No such file or directory (os error 2)",
+        ),
+        (
+            "error_pages_on_tcp",
+            format!("{POOL}{LISTENER}mode = \"tcp\"\nerror_pages = {{ 502 = \"/etc/hostname\" }}\n"),
+            "error_pages_on_tcp.toml:9: error_pages: only http listeners answer with pages",
         ),
         (
             "buffer_size",

@@ -216,3 +216,52 @@ fn policy_keys_are_checked_at_load() {
         "{err}"
     );
 }
+
+/// `error_pages` on a listener and a route: lb's own 502 gets the listener's page (with its
+/// Content-Type), a route's page wins over it, a backend's own error (a 500 the listener has a
+/// page for) passes untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_pages_replace_lb_answers_only() {
+    let failing = lb_tests::http_server::start(lb_tests::http_server::Behaviour {
+        fail_every: 1,
+        ..Default::default()
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("lb-error-pages-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (listener_page, route_page) = (dir.join("502.html"), dir.join("route.json"));
+    std::fs::write(&listener_page, "<h1>down for a moment</h1>").expect("page");
+    std::fs::write(&route_page, "{\"error\":\"upstream\"}").expect("page");
+    let (_proxy, addr) = start(&format!(
+        "[[pool]]\nname = \"failing\"\nretries = 0\nmax_fails = 0\n[[pool.backend]]\naddress = \"{}\"\n\
+         [[pool]]\nname = \"dead\"\nretries = 0\nmax_fails = 0\n[[pool.backend]]\naddress = \"127.0.0.1:1\"\n\
+         {LISTENER}error_pages = {{ 502 = \"{page}\", 500 = \"{page}\" }}\n\
+         [[route]]\nlistener = \"l\"\npath_prefix = \"/api\"\npool = \"dead\"\n\
+           error_pages = {{ 502 = \"{}\" }}\n\
+         [[route]]\nlistener = \"l\"\npath_prefix = \"/down\"\npool = \"dead\"\n\
+         [[route]]\nlistener = \"l\"\npool = \"failing\"\n",
+        failing.addr,
+        route_page.display(),
+        page = listener_page.display(),
+    ))
+    .await;
+    let (status, headers, body) = exchange(addr, &get("/down", "site.test", "")).await;
+    assert_eq!((status, body.as_str()), (502, "<h1>down for a moment</h1>"));
+    assert!(
+        headers.contains(&"content-type: text/html; charset=utf-8".to_owned()),
+        "{headers:?}"
+    );
+    let (status, headers, body) = exchange(addr, &get("/api/x", "site.test", "")).await;
+    assert_eq!((status, body.as_str()), (502, "{\"error\":\"upstream\"}"));
+    assert!(
+        headers.contains(&"content-type: application/json".to_owned()),
+        "{headers:?}"
+    );
+    let (status, _, body) = exchange(addr, &get("/", "site.test", "")).await;
+    assert_eq!(status, 500);
+    assert!(
+        !body.contains("down for a moment"),
+        "the backend's own answer: {body}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

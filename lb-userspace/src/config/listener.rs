@@ -94,6 +94,8 @@ pub struct ListenerConfig {
     pub client_auth: Option<crate::l7::client_cert::ClientAuth>,
     /// forward_proxy listeners: egress rules, mode and proxy credentials.
     pub egress: Option<std::sync::Arc<crate::l7::egress::policy::EgressSettings>>,
+    /// http listeners: bodies for lb's own answers by status (a route's win).
+    pub error_pages: Option<std::sync::Arc<crate::l7::policy::error_pages::ErrorPages>>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +125,7 @@ pub(crate) struct RawListener {
     pub(crate) egress_mode: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) egress_rule: Vec<Spanned<super::egress::RawEgressRule>>,
+    pub(crate) error_pages: Option<Spanned<crate::l7::policy::error_pages::RawErrorPages>>,
     pub(crate) proxy_auth_file: Option<Spanned<PathBuf>>,
     pub(crate) connect_http10: Option<Spanned<bool>>,
     pub(crate) sni_ports: Option<Spanned<Vec<u16>>>,
@@ -227,6 +230,16 @@ pub(super) fn parse(
             Some(n) => *n.get_ref(),
             None => 64 * 1024,
         };
+        let error_pages = match &l.error_pages {
+            Some(raw) if mode != ListenerMode::Http => {
+                return Err(err(
+                    raw.span(),
+                    "error_pages: only http listeners answer with pages".to_owned(),
+                ));
+            }
+            Some(raw) => Some(crate::l7::policy::error_pages::compile(raw, &err)?),
+            None => None,
+        };
         listeners.push(ListenerConfig {
             name,
             addr,
@@ -262,6 +275,7 @@ pub(super) fn parse(
             stream,
             client_auth,
             egress,
+            error_pages,
         });
     }
     Ok(listeners)

@@ -111,6 +111,7 @@ pub(crate) struct RawRoute {
     pub(crate) buffer_request_memory: Option<Spanned<String>>,
     pub(crate) buffer_request_temp_dir: Option<Spanned<String>>,
     pub(crate) buffer_response: Option<Spanned<String>>,
+    pub(crate) error_pages: Option<Spanned<crate::l7::policy::error_pages::RawErrorPages>>,
 }
 
 /// Checks and compiles the `[[route]]` sections, in file order, against the pools and

@@ -23,6 +23,10 @@ pub fn text_answer(status: StatusCode, text: Bytes) -> Response<ProxyBody> {
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, TEXT_PLAIN);
+    // lb's own words: custom error pages may replace them (`policy/error_pages.rs`).
+    response
+        .extensions_mut()
+        .insert(super::policy::error_pages::LbAnswer);
     response
 }
 

@@ -96,6 +96,13 @@ impl Proxy {
             });
         }
         let mut response = self.proxy(req, &mut ctx).await;
+        let route_pages = ctx.route.and_then(|(_, r)| r.chain.error_pages.as_deref());
+        let listener_pages = self
+            .listener_rules(ctx.listener)
+            .and_then(|r| r.error_pages.as_deref());
+        if route_pages.is_some() || listener_pages.is_some() {
+            super::policy::error_pages::apply([route_pages, listener_pages], &mut response);
+        }
         if let Some((_, route)) = ctx.route {
             response_phase(&route.chain, ctx.cors.as_ref(), &mut response);
             if !ctx.rate_limits.is_empty()

@@ -56,6 +56,8 @@ pub(super) struct ListenerRules {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Streamed request body limits.
     pub body_limits: Option<BodyLimits>,
+    /// Bodies for lb's own answers by status.
+    pub error_pages: Option<Arc<super::policy::error_pages::ErrorPages>>,
 }
 
 pub(super) struct PoolEntry {
@@ -110,6 +112,7 @@ impl Proxy {
                     max_body: l.max_body_bytes,
                     trusted_proxies: l.trusted_proxies.clone(),
                     body_limits: body_limits.get(&l.name).copied(),
+                    error_pages: l.error_pages.clone(),
                 };
                 (l.name.clone(), rules)
             })

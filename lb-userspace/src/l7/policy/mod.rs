@@ -26,6 +26,7 @@ pub mod api_key;
 pub mod buffer;
 pub mod compress;
 pub mod cors;
+pub mod error_pages;
 pub mod headers;
 pub mod jwt;
 pub mod rate_limit;
@@ -221,6 +222,8 @@ pub struct RouteChain {
     /// `buffer_request` (before the upstream phase) and `buffer_response` (response-body
     /// phase); the default streams both ways.
     pub buffer: buffer::Buffering,
+    /// Bodies for lb's own answers by status (over the listener's).
+    pub error_pages: Option<Arc<error_pages::ErrorPages>>,
 }
 
 impl RouteChain {
@@ -266,6 +269,9 @@ pub(crate) fn compile(
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<RouteChain, ConfigError> {
     let mut chain = RouteChain::default();
+    if let Some(raw) = &r.error_pages {
+        chain.error_pages = Some(error_pages::compile(raw, err)?);
+    }
     // CORS first: a preflight carries no credentials, so it is answered before
     // authentication; its response-phase part runs before `response_headers` (which may
     // then override it).
