@@ -1,5 +1,5 @@
-//! Absolute-form requests: sent to the origin lb has dialed (one connection per request) in
-//! origin form, with `Host` set from the URI, hop-by-hop and `Proxy-*` headers removed both
+//! Absolute-form requests, and requests inside an inspected tunnel (over TLS): sent to the
+//! origin lb has dialed (one connection per request) in origin form, with `Host` set from the URI, hop-by-hop and `Proxy-*` headers removed both
 //! ways (so `Proxy-Authorization` never leaves lb) and `Via: 1.1 lb` added both ways. An
 //! origin that sends no response head within 60 s is answered 502.
 use http_body_util::BodyExt;
@@ -9,7 +9,7 @@ use hyper::{
     header::{self, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{super::headers::remove_hop_by_hop, super::pool::ProxyBody, target::Target};
 
@@ -19,13 +19,18 @@ const VIA: HeaderValue = HeaderValue::from_static("1.1 lb");
 const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Sends `req` to `target` over `upstream` (origin-form `path`); the origin's response, ready
-/// for the client.
-pub(super) async fn send(
+/// for the client. `Host` is the target, its port left out when it is the scheme's
+/// `default_port` (80 for http, 443 inside an inspected tunnel).
+pub(super) async fn send<S>(
     mut req: Request<Incoming>,
-    upstream: TcpStream,
+    upstream: S,
     target: &Target,
     path: &str,
-) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>> {
+    default_port: u16,
+) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
     tokio::spawn(async move {
@@ -35,7 +40,7 @@ pub(super) async fn send(
     });
     *req.uri_mut() = path.parse()?;
     *req.version_mut() = Version::HTTP_11;
-    let host = if target.port == 80 {
+    let host = if target.port == default_port {
         match target.ip {
             Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
             _ => target.host.clone(),
