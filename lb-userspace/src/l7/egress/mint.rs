@@ -196,3 +196,57 @@ fn chains_to(leaf: &CertifiedKey, ca: &CertificateDer<'static>) -> bool {
         )
         .is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaves_chain_to_the_ca_are_cached_and_a_wrong_key_is_refused() {
+        let dir = std::env::temp_dir().join(format!("lb-mint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mint test CA");
+        let ca = params.self_signed(&key).expect("ca");
+        let other = KeyPair::generate().expect("key");
+        let (cert, good, bad) = (dir.join("ca.pem"), dir.join("ca.key"), dir.join("o.key"));
+        std::fs::write(&cert, ca.pem()).expect("write");
+        std::fs::write(&good, key.serialize_pem()).expect("write");
+        std::fs::write(&bad, other.serialize_pem()).expect("write");
+        let minter = Minter::load(&cert, &good);
+        let wrong = Minter::load(&cert, &bad);
+        let _ = std::fs::remove_dir_all(&dir);
+        let minter = minter.expect("the CA and its key");
+        assert!(matches!(wrong, Err(MintError::File { .. })), "{wrong:?}");
+        let leaf = minter.leaf("www.example.com").expect("leaf");
+        assert_eq!(leaf.cert.len(), 2, "the leaf, then the CA");
+        assert_eq!(leaf.cert[1], minter.ca_der);
+        // Verified for its own name against the CA alone.
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new({
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(minter.ca_der.clone()).expect("root");
+                roots
+            }),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        let name = rustls::pki_types::ServerName::try_from("www.example.com").expect("name");
+        verifier
+            .verify_server_cert(
+                &leaf.cert[0],
+                &[],
+                &name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .expect("the leaf verifies for its name");
+        let again = minter.leaf("www.example.com").expect("leaf");
+        assert!(Arc::ptr_eq(&leaf, &again), "cached per name");
+    }
+}
