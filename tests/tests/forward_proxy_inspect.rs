@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use lb_tests::lb_run::{LbRun, wait_for};
+use lb_tests::lb_run::{LbRun, http, wait_for};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::net::TcpListener;
 
@@ -216,6 +216,13 @@ inspect_ca_file = "{origin_roots}"
     let line = logged(&log, &["\"path\":\"/secret/key\""]);
     assert_eq!(line["rule"], "no-secrets", "{line}");
     assert_eq!(line["status"], 403, "{line}");
+    let metrics = http("GET", lb.admin, "/metrics").1;
+    assert!(
+        metrics.contains(
+            "lb_egress_decisions_total{listener=\"fwd\",decision=\"deny\",rule=\"no-secrets\"} 1"
+        ),
+        "{metrics}"
+    );
 
     // Not listed (a literal address is never inspected): spliced, the origin's own
     // certificate, which lb's CA does not vouch for.

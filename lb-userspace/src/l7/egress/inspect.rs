@@ -183,13 +183,16 @@ async fn serve(
     .map_err(|_| InspectError::HandshakeTimeout)?
     .map_err(InspectError::Handshake)?;
     let tunnel = Arc::new(tunnel);
+    let (max_header_bytes, header_timeout) = (listener.max_header_bytes, listener.header_timeout);
     let service = service_fn(move |req| {
         let (listener, tunnel) = (listener.clone(), tunnel.clone());
         async move { Ok::<_, std::convert::Infallible>(listener.inspected(req, &tunnel).await) }
     });
+    // The listener's own head limits, as for the requests outside the tunnel.
     let _ = http1::Builder::new()
+        .max_buf_size(max_header_bytes)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(tls), service)
         .await;
     Ok(())

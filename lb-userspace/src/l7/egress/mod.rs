@@ -496,6 +496,7 @@ impl EgressListener {
             user = record.user.unwrap_or("-"),
             method = %record.method,
             target = %record.target.map_or_else(String::new, Target::authority),
+            path = record.path.unwrap_or("-"),
             address = %address.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             decision = decision.verdict,
             rule = %decision.rule,
