@@ -4,9 +4,10 @@
 //! `localhost` and `127.0.0.1`, and a self-signed origin nobody trusts. Shown: a request to an
 //! inspected name verifies against lb's CA only (the certificate was minted for the name),
 //! reaches the origin and is logged with its method, path and bytes; a path a rule denies is
-//! 403 inside the tunnel; a name not listed is spliced (the client sees the origin's own
-//! certificate); an origin whose certificate lb cannot verify is 502. Files go to a private
-//! directory removed at the end, also when an assertion fails.
+//! 403 inside the tunnel; a ClientHello naming another host closes the tunnel; a name not
+//! listed is spliced (the client sees the origin's own certificate); an origin whose
+//! certificate lb cannot verify is 502. Files go to a private directory removed at the end,
+//! also when an assertion fails.
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -171,6 +172,7 @@ fn inspected_names_are_terminated_checked_per_path_and_logged_others_spliced() {
 name = "fwd"
 address = "127.0.0.1:0"
 mode = "forward_proxy"
+connect_http10 = true
 inspect_hosts = ["localhost"]
 inspect_ca_cert = "{lb_ca}"
 inspect_ca_key = "{lb_ca_key}"
@@ -236,6 +238,26 @@ inspect_ca_file = "{origin_roots}"
         status, 0,
         "lb's CA does not verify the origin's own certificate"
     );
+
+    // A ClientHello for another name than the CONNECT host: closed before any certificate is
+    // minted for it (openssl s_client sends CONNECT over HTTP/1.0, hence connect_http10).
+    let out = Command::new("openssl")
+        .args(["s_client", "-proxy", &proxy.to_string()])
+        .args([
+            "-connect",
+            &format!("localhost:{o}"),
+            "-servername",
+            "evil.test",
+        ])
+        .args(["-CAfile", &lb_ca])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CONNECTED"), "{text}");
+    assert!(!text.contains(", Cipher is TLS_"), "no handshake: {text}");
+    let line = logged(&log, &["\"sni\":\"evil.test\""]);
+    assert_eq!(line["rule"], "sni_mismatch", "{line}");
 
     // An origin lb cannot verify: 502 to the request.
     let (connect, status, body, verbose) = curl(proxy, &lb_ca, &format!("https://localhost:{u}/"));

@@ -16,7 +16,7 @@ use crate::l7::{
         mint::Minter,
         policy::{Action, EgressMode, EgressRule, EgressSettings, PathMatch},
     },
-    upstream::tls::{UpstreamProtocol, client_config, content_digest},
+    upstream::tls::{UpstreamProtocol, client_config},
 };
 
 #[derive(Deserialize)]
@@ -208,18 +208,16 @@ fn inspection(
             format!("inspect_{e}"),
         )
     })?;
-    let mut ca_bytes = std::fs::read(cert.get_ref()).unwrap_or_default();
-    ca_bytes.extend(std::fs::read(key.get_ref()).unwrap_or_default());
     Ok(Some(Inspection {
         hosts,
-        minter,
         origins: tokio_rustls::TlsConnector::from(config),
         inputs: InspectionInputs {
             ca_cert: cert.get_ref().clone(),
             ca_key: key.get_ref().clone(),
-            ca_digest: content_digest(&ca_bytes),
+            ca_digest: minter.digest(),
             origin_roots,
         },
+        minter,
     }))
 }
 

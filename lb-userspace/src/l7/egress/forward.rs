@@ -1,7 +1,8 @@
 //! Absolute-form requests, and requests inside an inspected tunnel (over TLS): sent to the
-//! origin lb has dialed (one connection per request) in origin form, with `Host` set from the URI, hop-by-hop and `Proxy-*` headers removed both
-//! ways (so `Proxy-Authorization` never leaves lb) and `Via: 1.1 lb` added both ways. An
-//! origin that sends no response head within 60 s is answered 502.
+//! origin lb has dialed (one connection per request) in origin form, with `Host` set from the
+//! target, hop-by-hop and `Proxy-*` headers removed both ways (so `Proxy-Authorization` never
+//! leaves lb) and `Via: 1.1 lb` added both ways. An origin that sends no response head within
+//! 60 s is answered 502.
 use http_body_util::BodyExt;
 use hyper::{
     HeaderMap, Request, Response, Version,

@@ -34,6 +34,8 @@ pub enum MintError {
     Key(#[from] rustls::Error),
     #[error("{0:?} is not a name a certificate can be made for")]
     Name(String),
+    #[error("no random serial number: the system's random source failed")]
+    Random,
 }
 
 /// The inspection CA and what it has minted.
@@ -48,6 +50,8 @@ pub struct Minter {
     ca_der: CertificateDer<'static>,
     cache: moka::sync::Cache<String, Arc<CertifiedKey>>,
     random: SystemRandom,
+    /// Of the certificate and key files as read (a reload that rewrote them is a change).
+    digest: u64,
 }
 
 impl std::fmt::Debug for Minter {
@@ -111,6 +115,9 @@ impl Minter {
                 .time_to_live(CACHE_TTL)
                 .build(),
             random: SystemRandom::new(),
+            digest: crate::l7::upstream::tls::content_digest(
+                format!("{cert_pem}{key_pem}").as_bytes(),
+            ),
         };
         // A leaf that verifies against the CA certificate proves the key is the CA's.
         let probe = minter.make("lb-inspect.invalid")?;
@@ -124,6 +131,11 @@ impl Minter {
             ));
         }
         Ok(minter)
+    }
+
+    /// A digest of the CA certificate and key files as read.
+    pub fn digest(&self) -> u64 {
+        self.digest
     }
 
     /// The certificate for `name` (lowercase DNS name), from the cache or minted now.
@@ -156,7 +168,7 @@ impl Minter {
         let mut serial = [0u8; 16];
         self.random
             .fill(&mut serial)
-            .map_err(|_| MintError::Name(name.to_owned()))?;
+            .map_err(|_| MintError::Random)?;
         serial[0] &= 0x7f;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params.signed_by(&self.leaf_key, &self.issuer, &self.issuer_key)?;

@@ -5,11 +5,12 @@
 //! authenticated proxy user), `paths` (the request's path: see `PathMatch`; known for plain
 //! http requests and for requests inside an inspected tunnel; a tunnel, before any request,
 //! is matched by an allow rule with `paths` only when it will be inspected, so every request
-//! in it is checked again, and by no deny rule with `paths`). The decision is made per resolved address: an address the SSRF
-//! guard classifies as non-public is matched only by allow rules whose `cidrs` contain it
-//! (and by any deny rule); one no rule matches is refused as `ssrf:CLASS`. `report` mode lets
-//! through what the rules would deny (logged as `report`), except non-public addresses no
-//! allow rule's `cidrs` name: the SSRF guard is enforced in both modes.
+//! in it is checked again, and by no deny rule with `paths`). The decision is made per
+//! resolved address: an address the SSRF guard classifies as non-public is matched only by
+//! allow rules whose `cidrs` contain it (and by any deny rule); one no rule matches is refused
+//! as `ssrf:CLASS`. `report` mode lets through what the rules would deny (logged as
+//! `report`), except non-public addresses no allow rule's `cidrs` name: the SSRF guard is
+//! enforced in both modes.
 use std::{net::IpAddr, sync::Arc};
 
 use super::{guard, target::Target};
