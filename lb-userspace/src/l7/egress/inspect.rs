@@ -27,7 +27,11 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::{
-    super::{lifecycle::Tracker, pool::ProxyBody, stream::sni},
+    super::{
+        lifecycle::{Phase, Tracker},
+        pool::ProxyBody,
+        stream::sni,
+    },
     EgressListener,
     mint::Minter,
     target::Target,
@@ -113,7 +117,9 @@ pub(super) fn open(
     done: impl FnOnce(Sni) + Send + 'static,
 ) -> Response<ProxyBody> {
     let upgrade = hyper::upgrade::on(req);
-    tokio::spawn(tracker.admit().run(async move {
+    let admission = tracker.admit();
+    let phase = admission.phase();
+    tokio::spawn(admission.run(async move {
         let Ok(upgraded) = upgrade.await else {
             return done(Sni::NoClientHello);
         };
@@ -136,7 +142,7 @@ pub(super) fn open(
         }
         done(Sni::Passed(hello.server_name.clone()));
         let (name, client_addr) = (tunnel.target.authority(), tunnel.client);
-        if let Err(err) = serve(client, hello.bytes, listener, tunnel, &inspection).await {
+        if let Err(err) = serve(client, hello.bytes, listener, tunnel, &inspection, phase).await {
             tracing::debug!(target = %name, client = %client_addr, %err, "inspected tunnel ended");
         }
     }));
@@ -161,6 +167,7 @@ async fn serve(
     listener: Arc<EgressListener>,
     tunnel: Tunnel,
     inspection: &Inspection,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
 ) -> Result<(), InspectError> {
     let leaf = inspection.minter.leaf(&tunnel.target.host)?;
     let mut config =
@@ -189,12 +196,22 @@ async fn serve(
         async move { Ok::<_, std::convert::Infallible>(listener.inspected(req, &tunnel).await) }
     });
     // The listener's own head limits, as for the requests outside the tunnel.
-    let _ = http1::Builder::new()
+    let connection = http1::Builder::new()
         .max_buf_size(max_header_bytes)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    // A graceful stop lets the request in flight finish, then closes (as outside tunnels).
+    let draining = async { phase.wait_for(|p| *p != Phase::Serving).await.is_ok() };
+    let drain = tokio::select! {
+        _ = connection.as_mut() => return Ok(()),
+        drain = draining => drain,
+    };
+    if drain {
+        connection.as_mut().graceful_shutdown();
+    }
+    let _ = connection.await;
     Ok(())
 }
 
