@@ -201,6 +201,7 @@ inspect_ca_file = "{origin_roots}"
     assert!(verbose.contains("subject: CN=localhost"), "{verbose}");
     let line = logged(&log, &["\"method\":\"GET\"", "\"path\":\"/hello?x=1\""]);
     assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["inspected"], true, "{line}");
     assert_eq!(line["rule"], "origins", "{line}");
     assert_eq!(line["target"], format!("localhost:{o}"), "{line}");
     assert_eq!(

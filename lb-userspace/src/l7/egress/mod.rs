@@ -188,6 +188,8 @@ struct Record<'a> {
     target: Option<&'a Target>,
     /// The request's path (absolute-form and inspected requests).
     path: Option<&'a str>,
+    /// An inspected tunnel, or a request inside one (the line says `"inspected":true`).
+    inspected: bool,
     address: Option<SocketAddr>,
     decision: Option<&'a Decision>,
     started: Instant,
@@ -207,6 +209,7 @@ impl EgressListener {
             method: &method,
             target: None,
             path: None,
+            inspected: false,
             address: None,
             decision: None,
             started,
@@ -326,10 +329,8 @@ impl EgressListener {
         };
         record.address = Some(address);
         if let Some(inspection) = inspection {
-            let mut line = self.line(&record, 200);
-            if let Some(map) = line.as_object_mut() {
-                map.insert("inspected".into(), true.into());
-            }
+            record.inspected = true;
+            let line = self.line(&record, 200);
             let (name, proxy) = (self.name.clone(), self.proxy.clone());
             let tunnel = inspect::Tunnel {
                 client,
@@ -408,6 +409,7 @@ impl EgressListener {
             method: &method,
             target: Some(&tunnel.target),
             path: Some(&path),
+            inspected: true,
             address: Some(tunnel.address),
             decision: None,
             started: Instant::now(),
@@ -505,7 +507,7 @@ impl EgressListener {
     }
 
     fn line(&self, record: &Record<'_>, status: u16) -> serde_json::Value {
-        serde_json::json!({
+        let mut line = serde_json::json!({
             "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             "kind": "egress",
             "listener": &*self.name,
@@ -518,7 +520,13 @@ impl EgressListener {
             "decision": record.decision.map(|d| d.verdict),
             "rule": record.decision.map(|d| d.rule.as_str()),
             "status": status,
-        })
+        });
+        if record.inspected
+            && let Some(map) = line.as_object_mut()
+        {
+            map.insert("inspected".into(), true.into());
+        }
+        line
     }
 
     fn log(&self, record: &Record<'_>, status: u16) {
