@@ -16,7 +16,7 @@ use lb::{
     l4::{Forward, Protocol},
     l7::{
         Algorithm, HashKey, HeaderRule, HostMatch, ListenerMode, Rewrite, SplitTarget,
-        egress::policy::{Action, EgressMode},
+        egress::policy::{Action, EgressMode, PathMatch},
         proxy_header::ProxyVersion,
         upstream::{AdaptiveSettings, BreakerSettings, OutlierSettings, UpstreamProtocol},
     },
@@ -422,7 +422,34 @@ fn full_example_parses_to_the_values_it_writes() {
                 vec!["10.30.0.0/16".to_owned()],
                 vec!["ci".to_owned()]
             ),
+            (
+                "api-read-only",
+                Action::Allow,
+                vec![HostMatch::Suffix(".api.example.com".into())],
+                vec![],
+                vec![],
+                vec![]
+            ),
         ]
+    );
+    assert_eq!(
+        settings.rules[3].paths,
+        [
+            PathMatch::Prefix("/v1/".into()),
+            PathMatch::Exact("/health".into())
+        ]
+    );
+    assert!(settings.rules[..3].iter().all(|r| r.paths.is_empty()));
+    let inspect = settings.inspect.as_ref().expect("inspect_hosts");
+    assert_eq!(
+        inspect.hosts,
+        [HostMatch::Suffix(".api.example.com".into())]
+    );
+    assert!(inspect.inputs.ca_cert.ends_with("certs/inspect-ca.pem"));
+    assert!(inspect.inputs.ca_key.ends_with("certs/inspect-ca.key"));
+    assert_eq!(
+        inspect.inputs.origin_roots.ca_file.as_deref(),
+        Some(examples_dir().join("certs/example-ca.pem").as_path())
     );
 
     // [[route]], in file order.
@@ -902,7 +929,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_key",
             format!("{POOL}[[listener]]\nname = \"a\"\nadress = \"127.0.0.1:80\"\n"),
-            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`, `egress_mode`, `egress_rule`, `error_pages`, `proxy_auth_file`, `connect_http10`, `sni_ports`, `allow_missing_sni`",
+            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`, `egress_mode`, `egress_rule`, `error_pages`, `proxy_auth_file`, `connect_http10`, `sni_ports`, `allow_missing_sni`, `inspect_hosts`, `inspect_ca_cert`, `inspect_ca_key`, `inspect_ca_file`",
         ),
         (
             "unknown_section",
@@ -1080,6 +1107,41 @@ fn bad_files_give_file_line_and_reason() {
             "bad-users:3: user \"bob\": not a PHC hash string (password hash string missing field)",
         ),
         (
+            "egress_bad_path",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\n[[listener.egress_rule]]\naction = \"allow\"\npaths = [\"/a\", \"v1/*\"]\n"),
+            "egress_bad_path.toml:11: egress_rule path \"v1/*\": expected /exact or /prefix* (no query)",
+        ),
+        (
+            "inspect_without_ca",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\ninspect_hosts = [\"*.example.com\"]\n"),
+            "inspect_without_ca.toml:9: inspect_hosts needs inspect_ca_cert and inspect_ca_key (the CA that signs the certificates lb shows clients)",
+        ),
+        (
+            "inspect_address",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\ninspect_hosts = [\"10.0.0.1\"]\n"),
+            "inspect_address.toml:9: inspect_hosts \"10.0.0.1\": expected a name or *.suffix (addresses are not inspected)",
+        ),
+        (
+            "inspect_ca_without_hosts",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\ninspect_ca_file = \"roots.pem\"\n"),
+            "inspect_ca_without_hosts.toml:9: inspect_ca_file is for TLS inspection, which needs inspect_hosts",
+        ),
+        (
+            "inspect_key_on_http_listener",
+            format!("{POOL}{LISTENER}inspect_hosts = [\"a.example\"]\n"),
+            "inspect_key_on_http_listener.toml:8: inspect_hosts applies to forward_proxy listeners only",
+        ),
+        (
+            "inspect_ca_not_a_ca",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\ninspect_hosts = [\"a.example\"]\ninspect_ca_cert = \"leaf.pem\"\ninspect_ca_key = \"leaf.key\"\n"),
+            "inspect_ca_not_a_ca.toml:10: TLS inspection CA: \"leaf.pem\": is not a CA certificate (basicConstraints CA:TRUE)",
+        ),
+        (
+            "inspect_ca_wrong_key",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\ninspect_hosts = [\"a.example\"]\ninspect_ca_cert = \"ca.pem\"\ninspect_ca_key = \"leaf.key\"\n"),
+            "inspect_ca_wrong_key.toml:11: TLS inspection CA: \"leaf.key\": is not the key of the certificate in \"ca.pem\"",
+        ),
+        (
             "route_on_forward_proxy",
             format!("{POOL}{LISTENER}mode = \"forward_proxy\"\n[[route]]\nlistener = \"a\"\npool = \"web\"\n"),
             "route_on_forward_proxy.toml:10: \"a\" is a forward_proxy listener, which takes no routes (egress_rule instead)",
@@ -1190,6 +1252,19 @@ fn bad_files_give_file_line_and_reason() {
             "buffer_on_tcp.toml:12: buffer_request applies to http routes; \"a\" is a tcp listener (route tcp by sni)",
         ),
     ];
+    // TLS inspection: a CA and its key, a leaf certificate and its (other) key.
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let leaf = rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).expect("leaf");
+    for (name, text) in [
+        ("ca.pem", ca.pem()),
+        ("leaf.pem", leaf.cert.pem()),
+        ("leaf.key", leaf.key_pair.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), text).expect("write");
+    }
     let mut wrong = Vec::new();
     // proxy_auth_file's errors name its own line.
     std::fs::write(

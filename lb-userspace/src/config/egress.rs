@@ -1,6 +1,7 @@
 //! The forward-proxy keys of `[[listener]]` (`mode = "forward_proxy"`): `egress_mode`,
-//! `[[listener.egress_rule]]`, `proxy_auth_file`, `connect_http10`, `sni_ports` and
-//! `allow_missing_sni`, compiled into the listener's
+//! `[[listener.egress_rule]]`, `proxy_auth_file`, `connect_http10`, `sni_ports`,
+//! `allow_missing_sni` and the TLS inspection keys (`inspect_hosts`, `inspect_ca_cert`,
+//! `inspect_ca_key`, `inspect_ca_file`), compiled into the listener's
 //! `EgressSettings` (semantics in `crate::l7::egress::policy`).
 use std::{ops::Range, path::Path, sync::Arc};
 
@@ -8,9 +9,14 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, HostMatch, ListenerMode, listener::RawListener};
-use crate::l7::egress::{
-    auth,
-    policy::{Action, EgressMode, EgressRule, EgressSettings},
+use crate::l7::{
+    egress::{
+        auth,
+        inspect::{Inspection, InspectionInputs},
+        mint::Minter,
+        policy::{Action, EgressMode, EgressRule, EgressSettings, PathMatch},
+    },
+    upstream::tls::{UpstreamProtocol, client_config},
 };
 
 #[derive(Deserialize)]
@@ -26,6 +32,8 @@ pub(crate) struct RawEgressRule {
     cidrs: Vec<Spanned<String>>,
     #[serde(default)]
     users: Vec<String>,
+    #[serde(default)]
+    paths: Vec<Spanned<String>>,
 }
 
 /// The listener's egress settings: Some for forward-proxy listeners (no rules: everything is
@@ -53,6 +61,19 @@ pub(super) fn listener_keys(
             (
                 "allow_missing_sni",
                 l.allow_missing_sni.as_ref().map(|v| v.span()),
+            ),
+            ("inspect_hosts", l.inspect_hosts.as_ref().map(|v| v.span())),
+            (
+                "inspect_ca_cert",
+                l.inspect_ca_cert.as_ref().map(|v| v.span()),
+            ),
+            (
+                "inspect_ca_key",
+                l.inspect_ca_key.as_ref().map(|v| v.span()),
+            ),
+            (
+                "inspect_ca_file",
+                l.inspect_ca_file.as_ref().map(|v| v.span()),
             ),
         ];
         if let Some((key, span)) = keys.into_iter().find_map(|(k, s)| Some((k, s?))) {
@@ -106,7 +127,102 @@ pub(super) fn listener_keys(
             }
         },
         allow_missing_sni: l.allow_missing_sni.as_ref().is_some_and(|v| *v.get_ref()),
+        inspect: inspection(l, &err)?.map(Arc::new),
     })))
+}
+
+/// `inspect_hosts` with the CA that mints their certificates and the roots origins are
+/// verified against. The hosts need the CA; the CA and roots keys need hosts.
+fn inspection(
+    l: &RawListener,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Option<Inspection>, ConfigError> {
+    let Some(hosts) = &l.inspect_hosts else {
+        let stray = [
+            (
+                "inspect_ca_cert",
+                l.inspect_ca_cert.as_ref().map(|v| v.span()),
+            ),
+            (
+                "inspect_ca_key",
+                l.inspect_ca_key.as_ref().map(|v| v.span()),
+            ),
+            (
+                "inspect_ca_file",
+                l.inspect_ca_file.as_ref().map(|v| v.span()),
+            ),
+        ];
+        if let Some((key, span)) = stray.into_iter().find_map(|(k, s)| Some((k, s?))) {
+            return Err(err(
+                span,
+                format!("{key} is for TLS inspection, which needs inspect_hosts"),
+            ));
+        }
+        return Ok(None);
+    };
+    let hosts = hosts
+        .get_ref()
+        .iter()
+        .map(|h| {
+            let text = h.get_ref();
+            let name = text.strip_prefix("*.").unwrap_or(text);
+            if name.is_empty()
+                || name.contains(['*', ':', '/', ' ', '[', ']'])
+                || name.parse::<std::net::IpAddr>().is_ok()
+            {
+                return Err(err(
+                    h.span(),
+                    format!("inspect_hosts {text:?}: expected a name or *.suffix (addresses are not inspected)"),
+                ));
+            }
+            Ok(HostMatch::parse(text))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (Some(cert), Some(key)) = (&l.inspect_ca_cert, &l.inspect_ca_key) else {
+        return Err(err(
+            hosts_span(l),
+            "inspect_hosts needs inspect_ca_cert and inspect_ca_key (the CA that signs the certificates lb shows clients)".to_owned(),
+        ));
+    };
+    let minter = Minter::load(cert.get_ref(), key.get_ref()).map_err(|e| {
+        let span = match &e {
+            crate::l7::egress::mint::MintError::File { path, .. }
+                if std::path::Path::new(path) == cert.get_ref().as_path() =>
+            {
+                cert.span()
+            }
+            _ => key.span(),
+        };
+        err(span, format!("TLS inspection CA: {e}"))
+    })?;
+    let ca_file = l.inspect_ca_file.as_ref();
+    let (config, origin_roots) = client_config(
+        UpstreamProtocol::Http1,
+        ca_file.map(|f| f.get_ref().as_path()),
+        false,
+        None,
+    )
+    .map_err(|e| {
+        err(
+            ca_file.map_or_else(|| hosts_span(l), |f| f.span()),
+            format!("inspect_{e}"),
+        )
+    })?;
+    Ok(Some(Inspection {
+        hosts,
+        origins: tokio_rustls::TlsConnector::from(config),
+        inputs: InspectionInputs {
+            ca_cert: cert.get_ref().clone(),
+            ca_key: key.get_ref().clone(),
+            ca_digest: minter.digest(),
+            origin_roots,
+        },
+        minter,
+    }))
+}
+
+fn hosts_span(l: &RawListener) -> Range<usize> {
+    l.inspect_hosts.as_ref().map_or(0..0, |h| h.span())
 }
 
 fn rule(
@@ -171,6 +287,21 @@ fn rule(
                 })
         })
         .collect::<Result<_, _>>()?;
+    let paths = r
+        .paths
+        .iter()
+        .map(|p| {
+            let text = p.get_ref();
+            let body = text.strip_suffix('*').unwrap_or(text);
+            if !body.starts_with('/') || body.contains(['*', '?', '#', ' ']) {
+                return Err(err(
+                    p.span(),
+                    format!("egress_rule path {text:?}: expected /exact or /prefix* (no query)"),
+                ));
+            }
+            Ok(PathMatch::parse(text))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(EgressRule {
         label: r.name.clone().unwrap_or_else(|| format!("rule#{}", i + 1)),
         action,
@@ -178,5 +309,6 @@ fn rule(
         ports,
         cidrs,
         users: r.users.clone(),
+        paths,
     })
 }

@@ -78,12 +78,16 @@
 //! egress_mode = "enforce"        # enforce (403) | report (log, let through); SSRF guard: always
 //! proxy_auth_file = "/etc/lb/proxy-users"   # optional: user:argon2-PHC lines (407 without)
 //! connect_http10 = false         # true: serve CONNECT over HTTP/1.0 (else 405)
+//! inspect_hosts = ["*.api.example.com"]  # optional TLS inspection of these names, with:
+//! inspect_ca_cert = "/etc/lb/inspect-ca.pem"  # the CA that mints their certificates
+//! inspect_ca_key = "/etc/lb/inspect-ca.key"   # its key (keep it private)
 //!   [[listener.egress_rule]]     # first match wins; none: denied
 //!   action = "allow"             # allow | deny
 //!   hosts = ["*.debian.org"]     # exact or *.suffix (the requested name)
 //!   ports = [80, 443]            # default for allow rules: 443 (CONNECT), 80 (plain http)
 //!   cidrs = ["10.30.0.0/16"]     # resolved address; non-public ones need an allow naming them
 //!   users = ["ci"]               # proxy users
+//!   paths = ["/v1/*"]            # plain http and inspected requests: /exact or /prefix*
 //!
 //! [[route]]                      # tcp: TLS passed through, routed by the ClientHello's SNI
 //! listener = "edge"

@@ -130,6 +130,10 @@ pub(crate) struct RawListener {
     pub(crate) connect_http10: Option<Spanned<bool>>,
     pub(crate) sni_ports: Option<Spanned<Vec<u16>>>,
     pub(crate) allow_missing_sni: Option<Spanned<bool>>,
+    pub(crate) inspect_hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) inspect_ca_cert: Option<Spanned<PathBuf>>,
+    pub(crate) inspect_ca_key: Option<Spanned<PathBuf>>,
+    pub(crate) inspect_ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]

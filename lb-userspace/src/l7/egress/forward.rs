@@ -1,14 +1,15 @@
-//! Absolute-form requests: sent to the origin lb has dialed (one connection per request) in
-//! origin form, with `Host` set from the URI, hop-by-hop and `Proxy-*` headers removed both
-//! ways (so `Proxy-Authorization` never leaves lb) and `Via: 1.1 lb` added both ways. An
-//! origin that sends no response head within 60 s is answered 502.
+//! Absolute-form requests, and requests inside an inspected tunnel (over TLS): sent to the
+//! origin lb has dialed (one connection per request) in origin form, with `Host` set from the
+//! target, hop-by-hop and `Proxy-*` headers removed both ways (so `Proxy-Authorization` never
+//! leaves lb) and `Via: 1.1 lb` added both ways. An origin that sends no response head within
+//! 60 s is answered 502.
 use http_body_util::BodyExt;
 use hyper::{
     HeaderMap, Request, Response, Version,
     header::{self, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{super::headers::remove_hop_by_hop, super::pool::ProxyBody, target::Target};
 
@@ -18,16 +19,19 @@ const VIA: HeaderValue = HeaderValue::from_static("1.1 lb");
 const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Sends `req` to `target` over `upstream` (origin-form `path`); the origin's response, ready
-/// for the client.
-pub(super) async fn send<B>(
+/// for the client. `Host` is the target, its port left out when it is the scheme's
+/// `default_port` (80 for http, 443 inside an inspected tunnel).
+pub(super) async fn send<B, S>(
     mut req: Request<B>,
-    upstream: TcpStream,
+    upstream: S,
     target: &Target,
     path: &str,
+    default_port: u16,
 ) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>>
 where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
@@ -38,7 +42,7 @@ where
     });
     *req.uri_mut() = path.parse()?;
     *req.version_mut() = Version::HTTP_11;
-    let host = if target.port == 80 {
+    let host = if target.port == default_port {
         match target.ip {
             Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
             _ => target.host.clone(),

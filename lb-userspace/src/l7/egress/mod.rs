@@ -10,10 +10,15 @@
 //! from the listener's egress rules and the SSRF guard (`policy.rs`, `guard.rs`: 403 when none may
 //! be dialed); lb dials exactly the allowed addresses, in turn, never resolving again (502
 //! when none answers); then `tunnel.rs` or `forward.rs`. Each decision is logged (tracing at
-//! info, the access log's `egress` line) and counted (`lb_egress_decisions`).
+//! info, the access log's `egress` line) and counted (`lb_egress_decisions`). A CONNECT to a
+//! name in `inspect_hosts` goes to `inspect.rs` instead of `tunnel.rs`: lb terminates its TLS
+//! with a leaf from `mint.rs` and each request in it takes the steps of `inspected` (its
+//! path decided, logged like an absolute-form request, sent on by `forward.rs` over TLS).
 pub mod auth;
 mod forward;
 pub mod guard;
+pub mod inspect;
+pub mod mint;
 pub mod policy;
 pub mod target;
 mod tunnel;
@@ -83,6 +88,7 @@ pub(super) fn spawn(
             connect_http10: false,
             sni_ports: vec![443],
             allow_missing_sni: false,
+            inspect: None,
         })
     });
     let listener = Arc::new(EgressListener {
@@ -183,6 +189,10 @@ struct Record<'a> {
     user: Option<&'a str>,
     method: &'a str,
     target: Option<&'a Target>,
+    /// The request's path (absolute-form and inspected requests).
+    path: Option<&'a str>,
+    /// An inspected tunnel, or a request inside one (the line says `"inspected":true`).
+    inspected: bool,
     address: Option<SocketAddr>,
     decision: Option<&'a Decision>,
     started: Instant,
@@ -201,6 +211,8 @@ impl EgressListener {
             user: None,
             method: &method,
             target: None,
+            path: None,
+            inspected: false,
             address: None,
             decision: None,
             started,
@@ -221,6 +233,16 @@ impl EgressListener {
             }
         };
         record.target = Some(&target);
+        // The path rules see the path without its query.
+        let rule_path = (!connect).then(|| path.split('?').next().unwrap_or_default());
+        if !connect {
+            record.path = Some(&path);
+        }
+        let inspection = self
+            .settings
+            .inspect
+            .clone()
+            .filter(|i| connect && i.covers(&target));
         let user = match &self.auth {
             None => None,
             Some(auth) => {
@@ -255,6 +277,8 @@ impl EgressListener {
             target: &target,
             user: record.user,
             connect,
+            path: rule_path,
+            inspected: inspection.is_some(),
         };
         if let Some(decision) = self.settings.decide_before_resolving(&ask) {
             record.decision = Some(&decision);
@@ -307,6 +331,25 @@ impl EgressListener {
             );
         };
         record.address = Some(address);
+        if let Some(inspection) = inspection {
+            record.inspected = true;
+            let line = self.line(&record, 200);
+            let (name, proxy) = (self.name.clone(), self.proxy.clone());
+            let tunnel = inspect::Tunnel {
+                client,
+                user: user.clone(),
+                target: target.clone(),
+                address,
+                dialed: tokio::sync::Mutex::new(Some(upstream)),
+            };
+            let tunnels = &self.tunnels;
+            return inspect::open(req, self.clone(), tunnel, inspection, tunnels, move |sni| {
+                let line = sni_outcome(&name, &proxy, line, &sni);
+                if let Some(log) = proxy.load().observer().access_log() {
+                    log.write_json(&finish(line, 0, 0, started));
+                }
+            });
+        }
         if connect {
             let line = self.line(&record, 200);
             let (proxy, idle) = (self.proxy.clone(), self.idle_timeout);
@@ -319,6 +362,8 @@ impl EgressListener {
                             target: &target,
                             user: user.as_deref(),
                             connect: true,
+                            path: None,
+                            inspected: false,
                         };
                         settings.sni_allowed(&ask, sni)
                     }) as tunnel::SniCheck
@@ -339,27 +384,107 @@ impl EgressListener {
                 },
             );
         }
-        // The log line once the response is over, with the body bytes both ways.
         let up = Arc::new(AtomicU64::new(0));
         let req = req.map(|body| CountedBody::new(body, up.clone()));
-        match forward::send(req, upstream, &target, &path).await {
-            Ok(response) => {
-                let line = self.line(&record, response.status().as_u16());
-                let (proxy, started) = (self.proxy.clone(), record.started);
-                response.map(|body| {
-                    LoggedBody::on_end(body, move |down| {
-                        if let Some(log) = proxy.load().observer().access_log() {
-                            let up = up.load(Ordering::Relaxed);
-                            log.write_json(&finish(line, up, down, started));
-                        }
-                    })
-                })
-            }
+        match forward::send(req, upstream, &target, &path, 80).await {
+            Ok(response) => self.logged_at_end(&record, response, up),
             Err(err) => {
                 tracing::info!(listener = %self.name, %client, target = %target.authority(), %err, "egress: upstream failed");
                 self.answer(&record, StatusCode::BAD_GATEWAY, "the target failed")
             }
         }
+    }
+
+    /// A request inside an inspected tunnel: decided again with its path for the address the
+    /// CONNECT reached, then sent to the origin over TLS (`inspect::origin`); logged like an
+    /// absolute-form request, with its path.
+    async fn inspected(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        tunnel: &inspect::Tunnel,
+    ) -> Response<ProxyBody> {
+        let method = req.method().as_str().to_owned();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let mut record = Record {
+            client: tunnel.client,
+            user: tunnel.user.as_deref(),
+            method: &method,
+            target: Some(&tunnel.target),
+            path: Some(&path),
+            inspected: true,
+            address: Some(tunnel.address),
+            decision: None,
+            started: Instant::now(),
+        };
+        // Origin form only: the tunnel's host is the only one it may reach.
+        if req.method() == hyper::Method::CONNECT
+            || req.uri().scheme().is_some()
+            || req.uri().authority().is_some()
+        {
+            return self.answer(
+                &record,
+                StatusCode::BAD_REQUEST,
+                "an inspected tunnel carries origin-form requests",
+            );
+        }
+        let ask = policy::Request {
+            target: &tunnel.target,
+            user: record.user,
+            connect: true,
+            path: Some(req.uri().path()),
+            inspected: true,
+        };
+        let decision = self.settings.decide(&ask, tunnel.address.ip());
+        record.decision = Some(&decision);
+        self.decided(&record, Some(tunnel.address.ip()), &decision);
+        if !decision.allowed {
+            return self.answer(&record, StatusCode::FORBIDDEN, "egress denied by policy");
+        }
+        let Some(inspection) = self.settings.inspect.as_ref() else {
+            return self.answer(&record, StatusCode::BAD_GATEWAY, "inspection is off");
+        };
+        let upstream = match inspect::origin(tunnel, inspection).await {
+            Ok(upstream) => upstream,
+            Err(err) => {
+                tracing::info!(listener = %self.name, client = %tunnel.client, target = %tunnel.target.authority(), %err, "egress: inspected origin failed");
+                return self.answer(&record, StatusCode::BAD_GATEWAY, "the target failed");
+            }
+        };
+        let up = Arc::new(AtomicU64::new(0));
+        let req = req.map(|body| CountedBody::new(body, up.clone()));
+        match forward::send(req, upstream, &tunnel.target, &path, 443).await {
+            Ok(response) => self.logged_at_end(&record, response, up),
+            Err(err) => {
+                tracing::info!(listener = %self.name, client = %tunnel.client, target = %tunnel.target.authority(), %err, "egress: upstream failed");
+                self.answer(&record, StatusCode::BAD_GATEWAY, "the target failed")
+            }
+        }
+    }
+
+    /// `response`, whose access log line is written once it is over, with the request body
+    /// bytes `up` counted and the response body bytes sent.
+    fn logged_at_end(
+        &self,
+        record: &Record<'_>,
+        response: Response<ProxyBody>,
+        up: Arc<AtomicU64>,
+    ) -> Response<ProxyBody> {
+        if self.proxy.load().observer().access_log().is_none() {
+            return response;
+        }
+        let line = self.line(record, response.status().as_u16());
+        let (proxy, started) = (self.proxy.clone(), record.started);
+        response.map(|body| {
+            LoggedBody::on_end(body, move |down| {
+                if let Some(log) = proxy.load().observer().access_log() {
+                    let up = up.load(Ordering::Relaxed);
+                    log.write_json(&finish(line, up, down, started));
+                }
+            })
+        })
     }
 
     /// A local answer (text body, connection kept), logged.
@@ -387,6 +512,7 @@ impl EgressListener {
             user = record.user.unwrap_or("-"),
             method = %record.method,
             target = %record.target.map_or_else(String::new, Target::authority),
+            path = record.path.unwrap_or("-"),
             address = %address.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             decision = decision.verdict,
             rule = %decision.rule,
@@ -395,7 +521,7 @@ impl EgressListener {
     }
 
     fn line(&self, record: &Record<'_>, status: u16) -> serde_json::Value {
-        serde_json::json!({
+        let mut line = serde_json::json!({
             "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             "kind": "egress",
             "listener": &*self.name,
@@ -403,11 +529,18 @@ impl EgressListener {
             "user": record.user,
             "method": record.method,
             "target": record.target.map(Target::authority),
+            "path": record.path,
             "address": record.address,
             "decision": record.decision.map(|d| d.verdict),
             "rule": record.decision.map(|d| d.rule.as_str()),
             "status": status,
-        })
+        });
+        if record.inspected
+            && let Some(map) = line.as_object_mut()
+        {
+            map.insert("inspected".into(), true.into());
+        }
+        line
     }
 
     fn log(&self, record: &Record<'_>, status: u16) {

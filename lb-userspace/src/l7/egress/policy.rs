@@ -2,11 +2,15 @@
 //! default deny. A rule matches when every condition it has holds: `hosts` (the requested
 //! name, exact or `*.suffix`), `ports` (without: 443 for CONNECT, 80 for plain http, for
 //! allow rules; any port for deny rules), `cidrs` (the resolved address), `users` (the
-//! authenticated proxy user). The decision is made per resolved address: an address the SSRF
-//! guard classifies as non-public is matched only by allow rules whose `cidrs` contain it
-//! (and by any deny rule); one no rule matches is refused as `ssrf:CLASS`. `report` mode lets
-//! through what the rules would deny (logged as `report`), except non-public addresses no
-//! allow rule's `cidrs` name: the SSRF guard is enforced in both modes.
+//! authenticated proxy user), `paths` (the request's path: see `PathMatch`; known for plain
+//! http requests and for requests inside an inspected tunnel; a tunnel, before any request,
+//! is matched by an allow rule with `paths` only when it will be inspected, so every request
+//! in it is checked again, and by no deny rule with `paths`). The decision is made per
+//! resolved address: an address the SSRF guard classifies as non-public is matched only by
+//! allow rules whose `cidrs` contain it (and by any deny rule); one no rule matches is refused
+//! as `ssrf:CLASS`. `report` mode lets through what the rules would deny (logged as
+//! `report`), except non-public addresses no allow rule's `cidrs` name: the SSRF guard is
+//! enforced in both modes.
 use std::{net::IpAddr, sync::Arc};
 
 use super::{guard, target::Target};
@@ -36,6 +40,32 @@ pub struct EgressRule {
     pub ports: Vec<u16>,
     pub cidrs: Vec<ipnet::IpNet>,
     pub users: Vec<String>,
+    pub paths: Vec<PathMatch>,
+}
+
+/// A `paths` entry: an exact path, or with a trailing `*` a prefix (`/api/*`, `/v1*`). Matched
+/// against the request's path without its query, as sent (not decoded or normalised: a rule
+/// for `/admin/*` does not see `/%61dmin/`; list deny rules for both or prefer allow lists).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PathMatch {
+    pub fn parse(text: &str) -> Self {
+        match text.strip_suffix('*') {
+            Some(prefix) => Self::Prefix(prefix.to_owned()),
+            None => Self::Exact(text.to_owned()),
+        }
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(exact) => path == exact,
+            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
+        }
+    }
 }
 
 /// A forward-proxy listener's settings (compared on reload).
@@ -53,6 +83,9 @@ pub struct EgressSettings {
     pub sni_ports: Vec<u16>,
     /// `allow_missing_sni`: a ClientHello without a server name passes (else the tunnel closes).
     pub allow_missing_sni: bool,
+    /// `inspect_hosts` and the inspection CA: CONNECT tunnels to these names are terminated
+    /// and their requests checked one by one (`inspect.rs`).
+    pub inspect: Option<Arc<super::inspect::Inspection>>,
 }
 
 /// What is asked: a target, by whom, how.
@@ -61,6 +94,11 @@ pub struct Request<'a> {
     pub user: Option<&'a str>,
     /// CONNECT (else a plain http request).
     pub connect: bool,
+    /// The request's path (no query), when there is one: plain http, or a request inside an
+    /// inspected tunnel; None for the CONNECT itself.
+    pub path: Option<&'a str>,
+    /// The tunnel will be inspected (each request in it decided with its path).
+    pub inspected: bool,
 }
 
 /// The outcome for one address.
@@ -88,7 +126,18 @@ impl EgressRule {
             || req
                 .user
                 .is_some_and(|u| self.users.iter().any(|name| name == u));
-        host && port && user
+        host && port && user && self.matches_path(req)
+    }
+
+    /// The `paths` condition (see the module comment for a request without a path).
+    fn matches_path(&self, req: &Request<'_>) -> bool {
+        if self.paths.is_empty() {
+            return true;
+        }
+        match req.path {
+            Some(path) => self.paths.iter().any(|p| p.matches(path)),
+            None => self.action == Action::Allow && req.inspected,
+        }
     }
 
     fn matches(&self, req: &Request<'_>, addr: IpAddr, special: bool) -> bool {
@@ -106,7 +155,7 @@ impl EgressRule {
         // A non-public address takes an allow rule that names it.
         let guarded =
             !special || self.action == Action::Deny || self.cidrs.iter().any(|n| n.contains(&addr));
-        host && port && cidr && user && guarded
+        host && port && cidr && user && guarded && self.matches_path(req)
     }
 }
 
@@ -160,6 +209,8 @@ impl EgressSettings {
             target: &named,
             user: req.user,
             connect: req.connect,
+            path: None,
+            inspected: false,
         };
         self.rules
             .iter()
@@ -221,6 +272,7 @@ mod tests {
             ports: Vec::new(),
             cidrs: Vec::new(),
             users: Vec::new(),
+            paths: Vec::new(),
         }
     }
 
@@ -245,6 +297,8 @@ mod tests {
                 target: &t,
                 user,
                 connect: true,
+                path: None,
+                inspected: false,
             },
             addr.parse().expect("address"),
         );
@@ -264,12 +318,15 @@ mod tests {
             connect_http10: false,
             sni_ports: vec![443],
             allow_missing_sni: false,
+            inspect: None,
         };
         let t = target("api.example.com", 443);
         let ask = Request {
             target: &t,
             user: None,
             connect: true,
+            path: None,
+            inspected: false,
         };
         assert!(
             s.sni_allowed(&ask, Some("API.example.com")),
@@ -287,6 +344,8 @@ mod tests {
             target: &ip,
             user: None,
             connect: true,
+            path: None,
+            inspected: false,
         };
         assert!(!s.sni_allowed(&ask, Some("192.0.2.1")));
         assert!(s.sni_allowed(&ask, Some("x.cdn.test")));
@@ -309,6 +368,7 @@ mod tests {
             connect_http10: false,
             sni_ports: vec![443],
             allow_missing_sni: false,
+            inspect: None,
         };
         let public = "93.184.215.14";
         assert_eq!(
@@ -349,6 +409,8 @@ mod tests {
                 target: &t,
                 user,
                 connect: true,
+                path: None,
+                inspected: false,
             })
             .map(|d| d.rule)
         };
@@ -387,6 +449,8 @@ mod tests {
             target: &t,
             user: None,
             connect: true,
+            path: None,
+            inspected: false,
         });
         assert_eq!(before, None, "report mode resolves to check the guard");
         // A deny rule reported on loopback that an allow rule names: let through.
@@ -394,5 +458,45 @@ mod tests {
             decide(&report, "evil.example.com", 8080, "127.0.0.1", None),
             (true, "report", "no-evil".into())
         );
+    }
+
+    #[test]
+    fn path_rules_bind_requests_and_open_only_inspected_tunnels() {
+        let mut secret = rule("no-secret", Action::Deny);
+        secret.paths = vec![PathMatch::parse("/secret*")];
+        let mut api = rule("api-only", Action::Allow);
+        api.hosts = vec![HostMatch::parse("api.example.com")];
+        api.paths = vec![PathMatch::parse("/v1/*"), PathMatch::parse("/health")];
+        let s = EgressSettings {
+            mode: EgressMode::Enforce,
+            rules: vec![secret, api],
+            auth: None,
+            connect_http10: false,
+            sni_ports: vec![443],
+            allow_missing_sni: false,
+            inspect: None,
+        };
+        let t = target("api.example.com", 443);
+        let ask = |path: Option<&'static str>, inspected: bool| {
+            let d = s.decide(
+                &Request {
+                    target: &t,
+                    user: None,
+                    connect: true,
+                    path,
+                    inspected,
+                },
+                "93.184.215.14".parse().expect("address"),
+            );
+            (d.allowed, d.rule)
+        };
+        // The tunnel: opened by the path rule only when its requests will be checked.
+        assert_eq!(ask(None, true), (true, "api-only".into()));
+        assert_eq!(ask(None, false), (false, "default".into()));
+        // Its requests.
+        assert_eq!(ask(Some("/v1/users"), true), (true, "api-only".into()));
+        assert_eq!(ask(Some("/health"), true), (true, "api-only".into()));
+        assert_eq!(ask(Some("/healthz"), true), (false, "default".into()));
+        assert_eq!(ask(Some("/secret/x"), true), (false, "no-secret".into()));
     }
 }
