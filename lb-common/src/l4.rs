@@ -265,7 +265,7 @@ pub const fn addr_bytes(w: [u32; 4]) -> [u8; 16] {
 pub enum L4Event {
     /// VIP packet whose flow was in the connection table.
     ConntrackHit = 0,
-    /// VIP packet that started a new flow (table miss).
+    /// VIP packet that started a new flow: a TCP SYN or a UDP packet that missed the table.
     NewFlow = 1,
     /// Flow found in the table with a real that is down or removed: chosen again.
     RealDownRehash = 2,
@@ -301,10 +301,14 @@ pub enum L4Event {
     /// New flow forwarded by hash without a connection-table entry: the flood guard's
     /// per-CPU rate was exceeded.
     FloodGuardNotInserted = 17,
+    /// A TCP segment without SYN whose flow was not in the table (its entry evicted, its
+    /// real drained or down, kept out by the flood guard, or from before a restart): hashed
+    /// again and remembered, not counted as a new flow.
+    MidFlowRehash = 18,
 }
 
 impl L4Event {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const ALL: [L4Event; Self::COUNT as usize] = [
         Self::ConntrackHit,
         Self::NewFlow,
@@ -324,6 +328,7 @@ impl L4Event {
         Self::AllowListDropped,
         Self::SourceRateDropped,
         Self::FloodGuardNotInserted,
+        Self::MidFlowRehash,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -346,6 +351,7 @@ impl L4Event {
             Self::AllowListDropped => "allow_list_dropped",
             Self::SourceRateDropped => "source_rate_dropped",
             Self::FloodGuardNotInserted => "flood_guard_not_inserted",
+            Self::MidFlowRehash => "mid_flow_rehash",
         }
     }
 }

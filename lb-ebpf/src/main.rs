@@ -164,16 +164,24 @@ mod datapath {
     #[inline(always)]
     fn new_flow(pkt: &Packet, hit: &VipHit) -> Result<Selected, L4Event> {
         let guard: GuardConfig = L4_GUARD.get(0).copied().unwrap_or_default();
-        if opens_flow(pkt) && !source_limit::admit(&hit.flow, &guard) {
+        let opens = opens_flow(pkt);
+        if opens && !source_limit::admit(&hit.flow, &guard) {
             return Err(L4Event::SourceRateDropped);
         }
-        let selected = select::by_hash(&hit.flow, &hit.meta).ok_or(L4Event::NoRealDropped)?;
+        let mut selected = select::by_hash(&hit.flow, &hit.meta).ok_or(L4Event::NoRealDropped)?;
         if flood_guard::allows_insert(guard.flood_new_flows_per_cpu) {
             select::remember(&hit.flow, &hit.meta, &selected);
         } else {
             count_event(L4Event::FloodGuardNotInserted);
         }
-        count_event(L4Event::NewFlow);
+        // A segment of a flow already open is hashed again, not counted as a new flow (the
+        // VIP's and real's new-flow counters stay a count of flows that opened).
+        if opens {
+            count_event(L4Event::NewFlow);
+        } else {
+            count_event(L4Event::MidFlowRehash);
+            selected.new_flow = false;
+        }
         Ok(selected)
     }
 

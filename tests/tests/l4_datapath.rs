@@ -101,6 +101,45 @@ fn non_vip_traffic_is_passed_untouched() {
     });
 }
 
+/// A TCP segment without SYN whose flow is not in the table (evicted, its real gone, from
+/// before a restart) is hashed to the same real and remembered, but counted as a re-hash, not
+/// as a new flow (issue 18: the demo's "new flows" were twice its SYNs).
+#[test]
+fn mid_flow_misses_are_rehashes_not_new_flows() {
+    run_in_fib_netns("mid_flow_misses_are_rehashes_not_new_flows", || {
+        let reals = [(REALS4[0], 1), (REALS4[1], 1)];
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(
+            runner.ebpf_mut(),
+            &config(&vip_config(1009, &reals.map(|(a, w)| (a, w, false)))),
+        )
+        .expect("apply");
+        let vip: SocketAddr = VIP4.parse().expect("vip");
+        let segment = |sport: u16, flags: u8| {
+            eth_ipv4(
+                &[],
+                &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+                tcp(sport, 80, flags, &[], b"data"),
+            )
+            .0
+        };
+        // An ACK of a flow the table never saw, twice: the first re-hashed and remembered,
+        // the second a table hit.
+        for _ in 0..2 {
+            let res = runner.run(&segment(41000, TCP_ACK)).expect("run");
+            assert_eq!(res.action, XDP_REDIRECT);
+        }
+        let res = runner.run(&segment(41001, TCP_SYN)).expect("run");
+        assert_eq!(res.action, XDP_REDIRECT);
+        let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
+        assert_eq!(stats.event(L4Event::MidFlowRehash), 1);
+        assert_eq!(stats.event(L4Event::ConntrackHit), 1);
+        assert_eq!(stats.event(L4Event::NewFlow), 1);
+        assert_eq!(stats.vip(vip).new_flows, 1, "only the SYN opened a flow");
+    });
+}
+
 #[test]
 fn ipv4_encap_is_byte_exact_with_valid_checksums() {
     run_in_fib_netns("ipv4_encap_is_byte_exact_with_valid_checksums", || {
