@@ -25,7 +25,7 @@ pub enum Violation {
     ContentLengthAndTransferEncoding,
 }
 
-const BAD_REQUEST: &[u8] =
+pub(crate) const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n";
 
 /// Where the scanner is in the client's byte stream.
@@ -130,6 +130,18 @@ impl HeadScanner {
             bytes = &bytes[used..];
         }
         Ok(())
+    }
+}
+
+impl HeadScanner {
+    /// Bytes held while following the framing (a partial head, chunk-size or trailer line).
+    pub(crate) fn buffered(&self) -> usize {
+        match &self.framing {
+            Framing::Head(bytes) | Framing::ChunkSize(bytes) | Framing::Trailers(bytes) => {
+                bytes.len()
+            }
+            Framing::Body(_) | Framing::ChunkData(_) | Framing::Unwatched => 0,
+        }
     }
 }
 
@@ -275,6 +287,13 @@ impl<S> HeadGuard<S> {
             scanner: HeadScanner::new(max_head),
             refused: false,
         }
+    }
+}
+
+impl<S> HeadGuard<S> {
+    /// The wrapped stream (the fuzz target reads what the guard wrote to it).
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
     }
 }
 
