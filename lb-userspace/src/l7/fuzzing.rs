@@ -562,7 +562,8 @@ mod tests {
     #[test]
     fn seed_corpora_keep_their_invariants() {
         let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-        let targets: [(&str, fn(&[u8])); 9] = [
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 9] = [
             ("proxy_header", super::proxy_header),
             ("head_guard", super::head_guard),
             ("client_hello", super::client_hello),
