@@ -495,8 +495,17 @@ pub fn forward_target(data: &[u8]) {
         Version::HTTP_10
     };
     let http10 = shape & 2 != 0;
+    // Brackets hold an IPv6 address (RFC 3986 IP-literal), never a name.
+    let bracketed = uri.authority().is_some_and(|a| a.as_str().contains('['));
     if let Ok(t) = target::connect(version, &uri, http10) {
         check_target(&t);
+        if bracketed {
+            assert!(
+                matches!(t.ip, Some(IpAddr::V6(_))),
+                "brackets around {:?}",
+                t.host
+            );
+        }
         let again: Uri = t.authority().parse().expect("an authority parses as a URI");
         assert_eq!(
             target::connect(Version::HTTP_11, &again, false),
@@ -506,6 +515,13 @@ pub fn forward_target(data: &[u8]) {
     }
     if let Ok((t, path)) = target::absolute(&Method::GET, &uri) {
         check_target(&t);
+        if bracketed {
+            assert!(
+                matches!(t.ip, Some(IpAddr::V6(_))),
+                "brackets around {:?}",
+                t.host
+            );
+        }
         assert!(path.starts_with('/'), "origin-form path {path:?}");
         let again: Uri = format!("http://{}{path}", t.authority())
             .parse()
