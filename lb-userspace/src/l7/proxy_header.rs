@@ -260,6 +260,26 @@ mod tests {
     }
 
     #[test]
+    fn parse_names_both_addresses_or_none() {
+        let parsed = parse(b"PROXY TCP6 2001:db8::1 2001:db8::2 40000 443\r\n").expect("valid");
+        assert_eq!(
+            parsed,
+            Some(ProxiedAddresses {
+                source: "[2001:db8::1]:40000".parse().expect("addr"),
+                destination: "[2001:db8::2]:443".parse().expect("addr"),
+            })
+        );
+        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(None));
+        let mut local = V2_SIGNATURE.to_vec();
+        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        assert_eq!(parse(&local), Ok(None));
+        assert_eq!(
+            parse(b"PROXY TCP4 1.2.3.4\r\n"),
+            Err(ProxyHeaderError::Invalid)
+        );
+    }
+
+    #[test]
     fn encoded_headers_parse_back_with_the_flow_id_tlv() {
         let client: SocketAddr = "203.0.113.9:40000".parse().expect("addr");
         let dest: SocketAddr = "10.0.0.1:443".parse().expect("addr");

@@ -133,3 +133,43 @@ fn accepted(
         Err((err, _alert)) => Err(ClientHelloError::NotTls(err)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello from `openssl s_client -servername Example.COM` (the fuzz seed, after
+    /// its shape byte).
+    const HELLO: &[u8] =
+        include_bytes!("../../../../fuzz/corpus/client_hello/seed-tls13-sni-whole");
+
+    #[test]
+    fn a_hello_in_any_number_of_reads_names_its_server_in_lowercase() {
+        let hello = &HELLO[1..];
+        for initial in [0, 1, 5, 100, hello.len()] {
+            let mut reader = ClientHelloReader::new(hello[..initial].to_vec());
+            let mut outcome = reader.push(&[]).expect("a valid start");
+            for byte in &hello[initial..] {
+                assert!(outcome.is_none(), "complete before its last byte");
+                outcome = reader.push(&[*byte]).expect("a valid hello");
+            }
+            let read = outcome.expect("complete");
+            assert_eq!(read.server_name.as_deref(), Some("example.com"));
+            assert_eq!(read.bytes, hello);
+        }
+    }
+
+    #[test]
+    fn not_tls_and_too_large_are_refused() {
+        let mut reader = ClientHelloReader::new(Vec::new());
+        assert!(matches!(
+            reader.push(b"GET / HTTP/1.1\r\n\r\n"),
+            Err(ClientHelloError::NotTls(_))
+        ));
+        let mut reader = ClientHelloReader::new(vec![0x16, 3, 1, 0xff, 0xff]);
+        assert!(matches!(
+            reader.push(&[0; MAX_CLIENT_HELLO]),
+            Err(ClientHelloError::TooLarge)
+        ));
+    }
+}
