@@ -318,43 +318,11 @@ const FUZZ_ISSUER: &str = "https://issuer.fuzz.invalid/";
 /// text as a token) verified against a static key set; an accepted token has our issuer and
 /// an `exp`, and its claims print as header text. The bytes are also read as a JWKS.
 pub fn jwt(data: &[u8]) {
-    static PROVIDER: OnceLock<(tokio::runtime::Runtime, Arc<crate::l7::jwt::JwtProvider>)> =
-        OnceLock::new();
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let algorithms = [
-        jsonwebtoken::Algorithm::EdDSA,
-        jsonwebtoken::Algorithm::ES256,
-    ];
-    let _ = crate::l7::jwt::KeySet::parse(text, &algorithms);
-    let (runtime, provider) = PROVIDER.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
-        let provider = crate::l7::jwt::JwtProvider::new(
-            JwtProviderConfig {
-                name: "fuzz".into(),
-                issuer: FUZZ_ISSUER.into(),
-                audiences: vec!["api".into()],
-                algorithms: algorithms.to_vec(),
-                keys: KeySource::File {
-                    path: "fuzz-jwks.json".into(),
-                    jwks: FUZZ_JWKS.into(),
-                },
-                ca_file: None,
-                clock_skew: std::time::Duration::from_secs(60),
-                cache_min: std::time::Duration::from_secs(60),
-                cache_max: std::time::Duration::from_secs(3600),
-                refetch_cooldown: std::time::Duration::from_secs(30),
-                fetch_timeout: std::time::Duration::from_secs(1),
-            },
-            None,
-        );
-        assert_eq!(provider.key_count(), 1, "the fuzz JWKS has one key");
-        (runtime, provider)
-    });
+    let _ = crate::l7::jwt::KeySet::parse(text, &JWT_ALGORITHMS);
+    let (runtime, provider) = jwt_provider();
     let token = jwt_policy::bearer(text).unwrap_or(text);
     if let Some(token) = jwt_policy::bearer(text) {
         assert!(
@@ -374,6 +342,44 @@ pub fn jwt(data: &[u8]) {
     for value in claims.values() {
         let _ = jwt_policy::claim_text(value);
     }
+}
+
+const JWT_ALGORITHMS: [jsonwebtoken::Algorithm; 2] = [
+    jsonwebtoken::Algorithm::EdDSA,
+    jsonwebtoken::Algorithm::ES256,
+];
+
+/// The JWT target's provider (`FUZZ_JWKS`) and the runtime its verifications run on.
+fn jwt_provider() -> &'static (tokio::runtime::Runtime, Arc<crate::l7::jwt::JwtProvider>) {
+    static PROVIDER: OnceLock<(tokio::runtime::Runtime, Arc<crate::l7::jwt::JwtProvider>)> =
+        OnceLock::new();
+    PROVIDER.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+        let provider = crate::l7::jwt::JwtProvider::new(
+            JwtProviderConfig {
+                name: "fuzz".into(),
+                issuer: FUZZ_ISSUER.into(),
+                audiences: vec!["api".into()],
+                algorithms: JWT_ALGORITHMS.to_vec(),
+                keys: KeySource::File {
+                    path: "fuzz-jwks.json".into(),
+                    jwks: FUZZ_JWKS.into(),
+                },
+                ca_file: None,
+                clock_skew: std::time::Duration::from_secs(60),
+                cache_min: std::time::Duration::from_secs(60),
+                cache_max: std::time::Duration::from_secs(3600),
+                refetch_cooldown: std::time::Duration::from_secs(30),
+                fetch_timeout: std::time::Duration::from_secs(1),
+            },
+            None,
+        );
+        assert_eq!(provider.key_count(), 1, "the fuzz JWKS has one key");
+        (runtime, provider)
+    })
 }
 
 /// API keys (`api_key` policy): from the header (one value) or the query parameter (one,
@@ -573,6 +579,24 @@ pub fn proxy_authorization(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    /// The JWT seeds reach the accepting path (where the target's claims checks are).
+    #[test]
+    fn the_signed_seed_token_verifies_and_the_others_do_not() {
+        let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/jwt");
+        let (runtime, provider) = super::jwt_provider();
+        for (seed, valid) in [
+            ("seed-valid", true),
+            ("seed-nokid", true),
+            ("seed-expired", false),
+            ("seed-otheriss", false),
+            ("seed-none", false),
+        ] {
+            let token = std::fs::read_to_string(corpus.join(seed)).expect("a seed token");
+            let verified = runtime.block_on(provider.verify(token.trim()));
+            assert_eq!(verified.is_ok(), valid, "{seed}: {verified:?}");
+        }
+    }
 
     /// Every committed seed (and any crash input saved next to them) through its target.
     #[test]
