@@ -1,12 +1,16 @@
 //! `cargo xtask <command>`: everything a fresh machine needs, in one place.
 //!
-//! - `setup`: idempotent install of the eBPF toolchain pieces and the Debian packages.
-//! - `test`: setup, build everything, fmt check, clippy (host and BPF target), all tests, and
-//!   the demo as a smoke test.
+//! - `setup`: idempotent install of the eBPF toolchain pieces, cargo-fuzz, cargo-deny and the
+//!   Debian packages.
+//! - `test`: setup, build everything, fmt check, clippy (host and BPF target), all tests, a few
+//!   seconds of each fuzz target, cargo deny (bans, licenses, sources), and the demo as a
+//!   smoke test.
 //! - `demo`: setup, build, and run `lb` in a small namespace topology with real traffic.
 //! - `dist`: the Debian package (binary, systemd unit, default config, man page, completions).
+//! - `fuzz`: the cargo-fuzz targets in `fuzz/`, for as long as asked.
 mod demo;
 mod dist;
+mod fuzz;
 #[path = "../../tests/src/netns.rs"]
 #[allow(dead_code)]
 mod netns;
@@ -30,7 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building and testing need (rust-src, bpf-linker, Debian packages).
+    /// Install what building and testing need (rust-src, bpf-linker, cargo-fuzz, cargo-deny,
+    /// Debian packages).
     Setup,
     /// Setup, then build everything and run fmt --check, clippy -D warnings, all tests and the demo.
     Test,
@@ -38,6 +43,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Build the Debian package (target/dist/lb_VERSION_ARCH.deb) and check it.
     Dist(dist::DistArgs),
+    /// Setup, then run the fuzz targets in fuzz/ (one, or all in turn) for --seconds each.
+    Fuzz(fuzz::FuzzArgs),
     /// The demo's HTTP backend (started by `demo` inside a backend namespace).
     #[command(hide = true)]
     DemoBackend(demo::backend::BackendArgs),
@@ -51,6 +58,7 @@ fn main() -> Result<()> {
         Cmd::Test => test::test(&ws),
         Cmd::Demo(args) => demo::demo(&ws, &args),
         Cmd::DemoBackend(args) => demo::backend::serve(&args),
+        Cmd::Fuzz(args) => fuzz::fuzz(&ws, &args),
         Cmd::Dist(args) => dist::dist(&ws, &args).and_then(|deb| dist::check(&deb)),
     }
 }

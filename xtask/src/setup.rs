@@ -42,6 +42,10 @@ pub fn setup(ws: &Path) -> Result<Toolchain> {
     eprintln!("setup: rust toolchain {toolchain}");
     rust_src(&toolchain)?;
     bpf_linker(ws, &toolchain)?;
+    // cargo-fuzz builds with this same toolchain and RUSTC_BOOTSTRAP=1 (see fuzz.rs), as the
+    // XDP object is built: it needs no nightly of its own.
+    cargo_tool(&toolchain, "fuzz", "cargo-fuzz")?;
+    cargo_tool(&toolchain, "deny", "cargo-deny")?;
     apt_packages()?;
     eprintln!("setup: done");
     Ok(Toolchain { name: toolchain })
@@ -145,6 +149,23 @@ fn bpf_linker(ws: &Path, toolchain: &str) -> Result<()> {
     let _ = fs::remove_file(&tmp);
     symlink(&key, &tmp).context("creating the bpf-linker/current link")?;
     fs::rename(&tmp, &current).context("switching bpf-linker/current")?;
+    Ok(())
+}
+
+/// Installs the cargo subcommand `cargo SUBCOMMAND` from the crate `krate` when it is missing.
+fn cargo_tool(toolchain: &str, subcommand: &str, krate: &str) -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["run", toolchain, "cargo", subcommand, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        eprintln!("setup: {krate} already installed");
+        return Ok(());
+    }
+    eprintln!("setup: installing {krate} (a few minutes)");
+    run(Command::new("rustup").args(["run", toolchain, "cargo", "install", "--locked", krate]))
+        .with_context(|| format!("installing {krate}"))?;
+    eprintln!("setup: installed {krate}");
     Ok(())
 }
 

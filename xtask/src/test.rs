@@ -41,6 +41,8 @@ pub fn test(ws: &Path) -> Result<()> {
         .env("RUSTC_BOOTSTRAP", "1")
         .env("RUSTUP_TOOLCHAIN", &toolchain.name))?;
     run(cargo().args(["test", "--workspace"]))?;
+    super::fuzz::smoke(ws, &toolchain)?;
+    run(cargo().args(["deny", "check", "bans", "licenses", "sources"]))?;
     // The package, from the debug build just tested (gzip: the check needs no xz-small file).
     let deb = super::dist::dist(
         ws,

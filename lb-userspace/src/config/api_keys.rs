@@ -143,7 +143,7 @@ fn is_name_char(b: u8) -> bool {
 }
 
 /// Parses a consumers file (errors: that file's `FILE:LINE`).
-fn parse(text: &str, path: &Path) -> Result<Consumers, ConfigError> {
+pub(crate) fn parse(text: &str, path: &Path) -> Result<Consumers, ConfigError> {
     let at = |span: Range<usize>, message: String| ConfigError::at(path, text, span, message);
     // toml's message names the problem, never the value (a plain key stays out of errors).
     let raw: RawConsumersFile =

@@ -25,8 +25,11 @@ pub enum Violation {
     ContentLengthAndTransferEncoding,
 }
 
-const BAD_REQUEST: &[u8] =
+pub(crate) const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n";
+
+/// Longest chunk-size line (with extensions) followed; a longer one ends the watch.
+const MAX_CHUNK_SIZE_LINE: usize = 1024;
 
 /// Where the scanner is in the client's byte stream.
 #[derive(Debug)]
@@ -92,14 +95,17 @@ impl HeadScanner {
                     used
                 }
                 Framing::ChunkSize(line) => {
-                    let Some(end) = bytes.iter().position(|b| *b == b'\n') else {
-                        line.extend_from_slice(bytes);
-                        if line.len() > 1024 {
-                            self.framing = Framing::Unwatched;
-                        }
+                    let end = bytes.iter().position(|b| *b == b'\n');
+                    let used = end.map_or(bytes.len(), |end| end + 1);
+                    line.extend_from_slice(&bytes[..used]);
+                    // The same limit whether the line came in one read or several.
+                    if line.len() > MAX_CHUNK_SIZE_LINE {
+                        self.framing = Framing::Unwatched;
                         return Ok(());
-                    };
-                    line.extend_from_slice(&bytes[..=end]);
+                    }
+                    if end.is_none() {
+                        return Ok(());
+                    }
                     self.framing = match httparse::parse_chunk_size(line) {
                         Ok(httparse::Status::Complete((_, 0))) => Framing::Trailers(Vec::new()),
                         Ok(httparse::Status::Complete((_, size))) => {
@@ -108,7 +114,7 @@ impl HeadScanner {
                         // hyper refuses this chunk itself.
                         _ => Framing::Unwatched,
                     };
-                    end + 1
+                    used
                 }
                 Framing::ChunkData(remaining) => {
                     let used = skip(remaining, bytes);
@@ -130,6 +136,18 @@ impl HeadScanner {
             bytes = &bytes[used..];
         }
         Ok(())
+    }
+}
+
+impl HeadScanner {
+    /// Bytes held while following the framing (a partial head, chunk-size or trailer line).
+    pub(crate) fn buffered(&self) -> usize {
+        match &self.framing {
+            Framing::Head(bytes) | Framing::ChunkSize(bytes) | Framing::Trailers(bytes) => {
+                bytes.len()
+            }
+            Framing::Body(_) | Framing::ChunkData(_) | Framing::Unwatched => 0,
+        }
     }
 }
 
@@ -278,6 +296,13 @@ impl<S> HeadGuard<S> {
     }
 }
 
+impl<S> HeadGuard<S> {
+    /// The wrapped stream (the fuzz target reads what the guard wrote to it).
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadGuard<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -423,6 +448,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Found by the head_guard fuzz target: a chunk-size line over the limit ended the watch
+    /// when it came in several reads, but was followed when it came in one.
+    #[test]
+    fn a_long_chunk_size_line_is_judged_the_same_in_any_split() {
+        let mut stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=".to_vec();
+        stream.extend(std::iter::repeat_n(b'y', 2000));
+        stream.extend_from_slice(b"\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\nHost: x\n\n");
+        let mut whole = HeadScanner::new(65536);
+        let mut bytewise = HeadScanner::new(65536);
+        assert_eq!(whole.feed(&stream), Ok(()));
+        assert_eq!(stream.iter().try_for_each(|b| bytewise.feed(&[*b])), Ok(()));
+        assert_eq!(format!("{whole:?}"), format!("{bytewise:?}"));
+        assert!(matches!(whole.framing, Framing::Unwatched));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub mod client_limit;
 mod context;
 pub mod egress;
 mod forward;
+/// Entry points for the fuzz targets (`fuzz/`), each checking its parser's invariants.
+#[doc(hidden)]
+pub mod fuzzing;
 mod h2_guard;
 mod headers;
 mod hygiene;

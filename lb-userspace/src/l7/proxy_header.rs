@@ -10,7 +10,7 @@
 //! flow tag) as a PP2_TYPE_UNIQUE_ID TLV. The proxy-protocol crate has no TLV support, so the
 //! TLV is appended to its encoding and the v2 length field raised to match.
 use std::{
-    net::{SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{SocketAddr, SocketAddrV6},
     time::Duration,
 };
 
@@ -120,7 +120,7 @@ pub enum ProxyHeaderError {
 
 /// How many bytes the header at the start of `buf` takes, once enough has arrived; `Ok(None)`
 /// means "need more".
-fn header_len(buf: &[u8]) -> Result<Option<usize>, ProxyHeaderError> {
+pub fn header_len(buf: &[u8]) -> Result<Option<usize>, ProxyHeaderError> {
     if buf.len() >= 12 && buf[..12] == V2_SIGNATURE[..] {
         if buf.len() < 16 {
             return Ok(None);
@@ -144,6 +144,61 @@ fn header_len(buf: &[u8]) -> Result<Option<usize>, ProxyHeaderError> {
         None if buf.len() >= 107 => Err(ProxyHeaderError::Invalid),
         None => Ok(None),
     }
+}
+
+/// The addresses a PROXY header names: the true client and the address it connected to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxiedAddresses {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+/// Parses one whole header (`header_len` bytes); `None` for a v2 LOCAL, v1 UNKNOWN or unix
+/// socket header (no IP addresses to use).
+pub fn parse(header: &[u8]) -> Result<Option<ProxiedAddresses>, ProxyHeaderError> {
+    let mut rest = header;
+    let parsed = proxy_protocol::parse(&mut rest).map_err(|_| ProxyHeaderError::Invalid)?;
+    // Only the address and port travel in a header.
+    let ipv6 = |a: SocketAddrV6| SocketAddr::V6(SocketAddrV6::new(*a.ip(), a.port(), 0, 0));
+    Ok(match parsed {
+        ProxyHeader::Version1 {
+            addresses:
+                version1::ProxyAddresses::Ipv4 {
+                    source,
+                    destination,
+                },
+        }
+        | ProxyHeader::Version2 {
+            addresses:
+                version2::ProxyAddresses::Ipv4 {
+                    source,
+                    destination,
+                },
+            ..
+        } => Some(ProxiedAddresses {
+            source: SocketAddr::V4(source),
+            destination: SocketAddr::V4(destination),
+        }),
+        ProxyHeader::Version1 {
+            addresses:
+                version1::ProxyAddresses::Ipv6 {
+                    source,
+                    destination,
+                },
+        }
+        | ProxyHeader::Version2 {
+            addresses:
+                version2::ProxyAddresses::Ipv6 {
+                    source,
+                    destination,
+                },
+            ..
+        } => Some(ProxiedAddresses {
+            source: ipv6(source),
+            destination: ipv6(destination),
+        }),
+        _ => None,
+    })
 }
 
 /// Reads exactly one PROXY header from `tcp`; returns the client address it carries (`None`
@@ -172,33 +227,7 @@ pub async fn read(
         tcp.read_exact(&mut header)
             .await
             .map_err(|_| ProxyHeaderError::Closed)?;
-        let parsed =
-            proxy_protocol::parse(&mut header.as_slice()).map_err(|_| ProxyHeaderError::Invalid)?;
-        Ok(match parsed {
-            ProxyHeader::Version1 {
-                addresses: version1::ProxyAddresses::Ipv4 { source, .. },
-            }
-            | ProxyHeader::Version2 {
-                addresses: version2::ProxyAddresses::Ipv4 { source, .. },
-                ..
-            } => Some(SocketAddr::V4(SocketAddrV4::new(
-                *source.ip(),
-                source.port(),
-            ))),
-            ProxyHeader::Version1 {
-                addresses: version1::ProxyAddresses::Ipv6 { source, .. },
-            }
-            | ProxyHeader::Version2 {
-                addresses: version2::ProxyAddresses::Ipv6 { source, .. },
-                ..
-            } => Some(SocketAddr::V6(SocketAddrV6::new(
-                *source.ip(),
-                source.port(),
-                0,
-                0,
-            ))),
-            _ => None,
-        })
+        Ok(parse(&header)?.map(|addresses| addresses.source))
     };
     tokio::time::timeout(deadline, read)
         .await
@@ -228,6 +257,26 @@ mod tests {
         assert_eq!(header_len(&v2), Ok(Some(28)));
         assert_eq!(header_len(&V2_SIGNATURE[..5]), Ok(None));
         assert_eq!(header_len(&[b'P'; 120]), Err(ProxyHeaderError::Invalid));
+    }
+
+    #[test]
+    fn parse_names_both_addresses_or_none() {
+        let parsed = parse(b"PROXY TCP6 2001:db8::1 2001:db8::2 40000 443\r\n").expect("valid");
+        assert_eq!(
+            parsed,
+            Some(ProxiedAddresses {
+                source: "[2001:db8::1]:40000".parse().expect("addr"),
+                destination: "[2001:db8::2]:443".parse().expect("addr"),
+            })
+        );
+        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(None));
+        let mut local = V2_SIGNATURE.to_vec();
+        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        assert_eq!(parse(&local), Ok(None));
+        assert_eq!(
+            parse(b"PROXY TCP4 1.2.3.4\r\n"),
+            Err(ProxyHeaderError::Invalid)
+        );
     }
 
     #[test]

@@ -156,7 +156,7 @@ fn digest(user: &str, password: &str) -> [u8; 32] {
 }
 
 /// `Basic base64(user:password)`.
-fn basic(header: &[u8]) -> Option<(String, String)> {
+pub(crate) fn basic(header: &[u8]) -> Option<(String, String)> {
     let text = std::str::from_utf8(header).ok()?.trim();
     let (scheme, token) = text.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {

@@ -1,7 +1,7 @@
 //! Request targets of a forward proxy, parsed strictly (as NGINX's tunnel module): CONNECT
 //! takes `host:port` only (no scheme, userinfo, path, query or fragment; a port in 1..=65535);
 //! other methods take the absolute form `http://host[:port]/path`.
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use hyper::{Method, Uri, Version};
 
@@ -95,6 +95,10 @@ fn authority_parts(authority: &str) -> Result<(&str, Option<&str>), BadTarget> {
     }
     if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or(bad("unclosed IPv6 address"))?;
+        // An IP-literal (RFC 3986 3.2.2): `[example.com]` is not a way to write a name.
+        if host.parse::<Ipv6Addr>().is_err() {
+            return Err(bad("no IPv6 address in the brackets"));
+        }
         return match after {
             "" => Ok((host, None)),
             _ => after
@@ -178,6 +182,9 @@ mod tests {
             "example.com:",
             "exa mple.com:443",
             "[::1:443",
+            // Found by the forward_target fuzz target: names and IPv4 in brackets.
+            "[mm]:21",
+            "[1.2.3.4]:443",
         ] {
             assert_eq!(connect_text(bad), Err(400), "{bad}");
         }
@@ -203,7 +210,12 @@ mod tests {
         let uri: Uri = "http://example.com".parse().expect("uri");
         let (t, path) = absolute(&Method::GET, &uri).expect("valid");
         assert_eq!((t.port, path.as_str()), (80, "/"));
-        for bad in ["/path", "https://example.com/", "http://u@example.com/"] {
+        for bad in [
+            "/path",
+            "https://example.com/",
+            "http://u@example.com/",
+            "http://[example.com]/",
+        ] {
             let uri: Uri = bad.parse().expect("uri");
             assert!(absolute(&Method::GET, &uri).is_err(), "{bad}");
         }

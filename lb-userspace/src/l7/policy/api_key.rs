@@ -22,7 +22,7 @@ use std::{ops::Range, sync::Arc};
 
 use bytes::Bytes;
 use hyper::{
-    Request, Response, StatusCode, Uri,
+    HeaderMap, Request, Response, StatusCode, Uri,
     body::Incoming,
     header::{self, HeaderName, HeaderValue},
     http::uri::PathAndQuery,
@@ -54,7 +54,7 @@ pub struct ApiKey {
 }
 
 /// Where the key was found.
-enum Found<'a> {
+pub(crate) enum Found<'a> {
     Header(&'a [u8]),
     /// The decoded value.
     Query(Vec<u8>),
@@ -106,7 +106,12 @@ impl ApiKey {
             policy: "api_key",
             result,
         };
-        let found = match self.credential(req) {
+        let found = match credential(
+            req.headers(),
+            self.header.as_ref(),
+            req.uri().query(),
+            self.query.as_deref(),
+        ) {
             Ok(Some(found)) => found,
             Ok(None) => {
                 ctx.auth = Some(outcome("missing"));
@@ -151,33 +156,6 @@ impl ApiKey {
         None
     }
 
-    /// The key: the header's (one value only), else the query parameter's (one only).
-    /// Err: given more than once.
-    fn credential<'a>(&self, req: &'a Request<Incoming>) -> Result<Option<Found<'a>>, ()> {
-        if let Some(name) = &self.header {
-            let mut values = req.headers().get_all(name).iter();
-            if let Some(first) = values.next() {
-                if values.next().is_some() {
-                    return Err(());
-                }
-                let key = first.as_bytes().trim_ascii();
-                return Ok((!key.is_empty()).then_some(Found::Header(key)));
-            }
-        }
-        let (Some(param), Some(query)) = (&self.query, req.uri().query()) else {
-            return Ok(None);
-        };
-        let mut values = query_values(query, param);
-        let Some(first) = values.next() else {
-            return Ok(None);
-        };
-        if values.next().is_some() {
-            return Err(());
-        }
-        let key = percent_decode(first);
-        Ok((!key.is_empty()).then_some(Found::Query(key)))
-    }
-
     /// Takes the key's parameter out of the request's query.
     fn remove_query(&self, req: &mut Request<Incoming>) {
         let (Some(param), Some(query)) = (&self.query, req.uri().query()) else {
@@ -202,6 +180,38 @@ impl ApiKey {
             *req.uri_mut() = uri;
         }
     }
+}
+
+/// The key: the `header`'s (one value only), else the `param` of the `query` (one only).
+/// Err: given more than once.
+pub(crate) fn credential<'a>(
+    headers: &'a HeaderMap,
+    header: Option<&HeaderName>,
+    query: Option<&str>,
+    param: Option<&str>,
+) -> Result<Option<Found<'a>>, ()> {
+    if let Some(name) = header {
+        let mut values = headers.get_all(name).iter();
+        if let Some(first) = values.next() {
+            if values.next().is_some() {
+                return Err(());
+            }
+            let key = first.as_bytes().trim_ascii();
+            return Ok((!key.is_empty()).then_some(Found::Header(key)));
+        }
+    }
+    let (Some(param), Some(query)) = (param, query) else {
+        return Ok(None);
+    };
+    let mut values = query_values(query, param);
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    let key = percent_decode(first);
+    Ok((!key.is_empty()).then_some(Found::Query(key)))
 }
 
 fn pair_name(pair: &str) -> &str {

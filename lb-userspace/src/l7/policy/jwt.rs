@@ -310,7 +310,7 @@ impl JwtPolicy {
 }
 
 /// The token of an `Authorization: Bearer <token>` value.
-fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -338,7 +338,7 @@ fn lookup<'a>(claims: &'a Claims, path: &[String]) -> Option<&'a serde_json::Val
 
 /// A claim as header text: strings as they are, numbers and booleans printed, arrays joined
 /// with ",", objects as JSON.
-fn claim_text(value: &serde_json::Value) -> Option<String> {
+pub(crate) fn claim_text(value: &serde_json::Value) -> Option<String> {
     use serde_json::Value;
     match value {
         Value::Null => None,

@@ -44,14 +44,10 @@ pub async fn read_after(
     deadline: Duration,
 ) -> Result<ClientHello, ClientHelloError> {
     let read = async {
-        let mut acceptor = Acceptor::default();
-        let mut bytes = initial;
+        let mut reader = ClientHelloReader::new(initial);
         let mut chunk = [0u8; 4096];
-        if !bytes.is_empty() {
-            feed(&mut acceptor, &bytes)?;
-            if let Some(hello) = accepted(&mut acceptor, &bytes)? {
-                return Ok(hello);
-            }
+        if let Some(hello) = reader.push(&[])? {
+            return Ok(hello);
         }
         loop {
             let n = tcp
@@ -61,12 +57,7 @@ pub async fn read_after(
             if n == 0 {
                 return Err(ClientHelloError::Closed);
             }
-            bytes.extend_from_slice(&chunk[..n]);
-            if bytes.len() > MAX_CLIENT_HELLO {
-                return Err(ClientHelloError::TooLarge);
-            }
-            feed(&mut acceptor, &chunk[..n])?;
-            if let Some(hello) = accepted(&mut acceptor, &bytes)? {
+            if let Some(hello) = reader.push(&chunk[..n])? {
                 return Ok(hello);
             }
         }
@@ -74,6 +65,41 @@ pub async fn read_after(
     tokio::time::timeout(deadline, read)
         .await
         .map_err(|_| ClientHelloError::Timeout)?
+}
+
+/// The bytes of a connection's start, as they arrive, until they hold a whole ClientHello (no
+/// I/O here: `read_after` brings the bytes).
+pub struct ClientHelloReader {
+    acceptor: Acceptor,
+    /// Every byte so far (replayed to the backend).
+    bytes: Vec<u8>,
+    /// How many of `bytes` the acceptor has.
+    fed: usize,
+}
+
+impl ClientHelloReader {
+    /// A reader whose first bytes are `initial` (may be empty; taken without a copy).
+    pub fn new(initial: Vec<u8>) -> Self {
+        Self {
+            acceptor: Acceptor::default(),
+            bytes: initial,
+            fed: 0,
+        }
+    }
+
+    /// Appends `fresh` (may be empty) to the bytes read; the ClientHello once it is whole.
+    pub fn push(&mut self, fresh: &[u8]) -> Result<Option<ClientHello>, ClientHelloError> {
+        self.bytes.extend_from_slice(fresh);
+        if self.bytes.len() > MAX_CLIENT_HELLO {
+            return Err(ClientHelloError::TooLarge);
+        }
+        feed(&mut self.acceptor, &self.bytes[self.fed..])?;
+        self.fed = self.bytes.len();
+        if self.bytes.is_empty() {
+            return Ok(None);
+        }
+        accepted(&mut self.acceptor, &self.bytes)
+    }
 }
 
 /// Hands `fresh` bytes to `acceptor` (its buffer full: a ClientHello too large to take).
@@ -105,5 +131,45 @@ fn accepted(
         }
         Ok(None) => Ok(None),
         Err((err, _alert)) => Err(ClientHelloError::NotTls(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello from `openssl s_client -servername Example.COM` (the fuzz seed, after
+    /// its shape byte).
+    const HELLO: &[u8] =
+        include_bytes!("../../../../fuzz/corpus/client_hello/seed-tls13-sni-whole");
+
+    #[test]
+    fn a_hello_in_any_number_of_reads_names_its_server_in_lowercase() {
+        let hello = &HELLO[1..];
+        for initial in [0, 1, 5, 100, hello.len()] {
+            let mut reader = ClientHelloReader::new(hello[..initial].to_vec());
+            let mut outcome = reader.push(&[]).expect("a valid start");
+            for byte in &hello[initial..] {
+                assert!(outcome.is_none(), "complete before its last byte");
+                outcome = reader.push(&[*byte]).expect("a valid hello");
+            }
+            let read = outcome.expect("complete");
+            assert_eq!(read.server_name.as_deref(), Some("example.com"));
+            assert_eq!(read.bytes, hello);
+        }
+    }
+
+    #[test]
+    fn not_tls_and_too_large_are_refused() {
+        let mut reader = ClientHelloReader::new(Vec::new());
+        assert!(matches!(
+            reader.push(b"GET / HTTP/1.1\r\n\r\n"),
+            Err(ClientHelloError::NotTls(_))
+        ));
+        let mut reader = ClientHelloReader::new(vec![0x16, 3, 1, 0xff, 0xff]);
+        assert!(matches!(
+            reader.push(&[0; MAX_CLIENT_HELLO]),
+            Err(ClientHelloError::TooLarge)
+        ));
     }
 }

@@ -1,0 +1,3 @@
+#![no_main]
+// Invariants: lb::l7::fuzzing::forward_target.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lb::l7::fuzzing::forward_target(data));
