@@ -13,7 +13,8 @@
 //! 3. the flood stops; once the counters stand still: the table's entry count, whether the
 //!    established flow's entry survived and whether it still answers, on the same real.
 //!
-//! Reported: packets hping3 put on c0 per second (the sender's rate: when it matches the
+//! Reported: packets put on c0 per second (hping3's, plus the legitimate client's ~100 pps;
+//! the sender's rate: when it matches the
 //! VIP's packet rate the sender, not the XDP tier, is the bottleneck), VIP packets the XDP
 //! tier counted per second, new flows inserted into and kept out of the table, the table's
 //! entries and capacity, the legitimate success rate, the established flow afterwards.
@@ -293,11 +294,12 @@ fn measure(label: &str, guard: Option<u64>, subnet: u8) -> Result<Row> {
     let mut dp = L4Dataplane::new();
     dp.apply(lb.ebpf_mut(), &config)?;
 
-    // The established flow, before the flood.
-    // Opened from the flood's CPU: the XDP program runs on the sending CPU (veth), and the
-    // table keeps one LRU list per CPU, so the entry lands in the list the flood churns (as
-    // it would with RSS spreading a flood over every CPU). From another CPU it would be out
-    // of the flood's reach whatever the guard.
+    // The established flow, before the flood, opened from the flood's CPU: veth runs the
+    // receiver's XDP program on the sending CPU as a rule, and the table keeps one LRU list
+    // per CPU, so the entry lands in the list the flood churns (as it would with RSS
+    // spreading a flood over every CPU). Not strictly: some flood packets are handled on the
+    // other CPU (the table fills past one CPU's share in some rounds), so whether the
+    // unguarded flood evicts this entry varies from round to round.
     let (mut established, first_real) = topo.client.run(move || -> Result<_> {
         let mut set = nix::sched::CpuSet::new();
         set.set(FLOOD_CPU.parse()?)?;
