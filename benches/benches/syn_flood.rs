@@ -402,7 +402,10 @@ fn measure(label: &str, guard: Option<u64>, subnet: u8) -> Result<Row> {
         secs,
         sent: tx_after - tx_before,
         vip_packets: after.vip(vip).packets - before.vip(vip).packets,
-        new_flows: after.vip(vip).new_flows - before.vip(vip).new_flows,
+        // Table misses: flows that opened, and segments of flows whose entry was missing
+        // (both pass the guard).
+        new_flows: after.vip(vip).new_flows - before.vip(vip).new_flows
+            + delta(L4Event::MidFlowRehash),
         kept_out: delta(L4Event::FloodGuardNotInserted),
         insert_failed: delta(L4Event::ConntrackInsertFailed),
         forwarded: [
