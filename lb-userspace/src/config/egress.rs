@@ -63,20 +63,12 @@ pub(super) fn listener_keys(
                 l.allow_missing_sni.as_ref().map(|v| v.span()),
             ),
             ("inspect_hosts", l.inspect_hosts.as_ref().map(|v| v.span())),
-            (
-                "inspect_ca_cert",
-                l.inspect_ca_cert.as_ref().map(|v| v.span()),
-            ),
-            (
-                "inspect_ca_key",
-                l.inspect_ca_key.as_ref().map(|v| v.span()),
-            ),
-            (
-                "inspect_ca_file",
-                l.inspect_ca_file.as_ref().map(|v| v.span()),
-            ),
         ];
-        if let Some((key, span)) = keys.into_iter().find_map(|(k, s)| Some((k, s?))) {
+        if let Some((key, span)) = keys
+            .into_iter()
+            .chain(inspect_ca_keys(l))
+            .find_map(|(k, s)| Some((k, s?)))
+        {
             return Err(err(
                 span,
                 format!("{key} applies to forward_proxy listeners only"),
@@ -138,21 +130,10 @@ fn inspection(
     err: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<Option<Inspection>, ConfigError> {
     let Some(hosts) = &l.inspect_hosts else {
-        let stray = [
-            (
-                "inspect_ca_cert",
-                l.inspect_ca_cert.as_ref().map(|v| v.span()),
-            ),
-            (
-                "inspect_ca_key",
-                l.inspect_ca_key.as_ref().map(|v| v.span()),
-            ),
-            (
-                "inspect_ca_file",
-                l.inspect_ca_file.as_ref().map(|v| v.span()),
-            ),
-        ];
-        if let Some((key, span)) = stray.into_iter().find_map(|(k, s)| Some((k, s?))) {
+        if let Some((key, span)) = inspect_ca_keys(l)
+            .into_iter()
+            .find_map(|(k, s)| Some((k, s?)))
+        {
             return Err(err(
                 span,
                 format!("{key} is for TLS inspection, which needs inspect_hosts"),
@@ -311,4 +292,22 @@ fn rule(
         users: r.users.clone(),
         paths,
     })
+}
+
+/// The inspection CA keys a listener has: (key, where it is written).
+fn inspect_ca_keys(l: &RawListener) -> [(&'static str, Option<Range<usize>>); 3] {
+    [
+        (
+            "inspect_ca_cert",
+            l.inspect_ca_cert.as_ref().map(|v| v.span()),
+        ),
+        (
+            "inspect_ca_key",
+            l.inspect_ca_key.as_ref().map(|v| v.span()),
+        ),
+        (
+            "inspect_ca_file",
+            l.inspect_ca_file.as_ref().map(|v| v.span()),
+        ),
+    ]
 }

@@ -9,8 +9,6 @@
 //! Everything else, names not listed and literal addresses, is spliced as before.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use rustls::{
@@ -146,17 +144,7 @@ pub(super) fn open(
             tracing::debug!(target = %name, client = %client_addr, %err, "inspected tunnel ended");
         }
     }));
-    let mut response = Response::new(
-        Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    response
-        .extensions_mut()
-        .insert(hyper::ext::ReasonPhrase::from_static(
-            b"Connection established",
-        ));
-    response
+    super::tunnel::established()
 }
 
 /// Terminates the client's TLS (its ClientHello already read into `hello`) and serves its

@@ -87,6 +87,11 @@ pub(super) fn open(
             }
         }
     }));
+    established()
+}
+
+/// The answer that opens a tunnel: 200 with NGINX's and Squid's reason phrase, no body.
+pub(super) fn established() -> Response<ProxyBody> {
     let mut response = Response::new(
         Empty::<Bytes>::new()
             .map_err(|never| match never {})
