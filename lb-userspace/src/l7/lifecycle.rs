@@ -214,7 +214,30 @@ pub async fn serve<I, S, B>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     TokioExecutor: HttpServerConnExec<S::Future, B>,
 {
+    // The same steps as `drive`, written out: passing the auto builder's connection (it
+    // borrows the builder) through a generic async fn defeats rustc's proof that the
+    // accept loop's task is Send ("implementation of Send is not general enough").
     let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let draining = async { phase.wait_for(|p| *p != Phase::Serving).await.is_ok() };
+    let drain = tokio::select! {
+        _ = connection.as_mut() => return,
+        drain = draining => drain,
+    };
+    if drain {
+        connection.as_mut().graceful_shutdown();
+    }
+    let _ = connection.await;
+}
+
+/// Drives a hyper server connection (any builder's) until it ends; once the phase leaves
+/// `Serving`, `graceful_shutdown` tells it to finish (HTTP/1.1: after the current request;
+/// HTTP/2: GOAWAY). The forward proxy's connections (plain and inspected) go through it.
+pub async fn drive<C: Future>(
+    connection: C,
+    mut phase: watch::Receiver<Phase>,
+    graceful_shutdown: fn(std::pin::Pin<&mut C>),
+) {
     tokio::pin!(connection);
     let draining = async { phase.wait_for(|p| *p != Phase::Serving).await.is_ok() };
     let drain = tokio::select! {
@@ -223,7 +246,7 @@ pub async fn serve<I, S, B>(
     };
     // Not draining: the `Lifecycle` is gone and no one will ever ask to.
     if drain {
-        connection.as_mut().graceful_shutdown();
+        graceful_shutdown(connection.as_mut());
     }
     let _ = connection.await;
 }

@@ -26,7 +26,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::{
     super::{
-        lifecycle::{Phase, Tracker},
+        lifecycle::{self, Phase, Tracker},
         pool::ProxyBody,
         stream::sni,
     },
@@ -155,7 +155,7 @@ async fn serve(
     listener: Arc<EgressListener>,
     tunnel: Tunnel,
     inspection: &Inspection,
-    mut phase: tokio::sync::watch::Receiver<Phase>,
+    phase: tokio::sync::watch::Receiver<Phase>,
 ) -> Result<(), InspectError> {
     let leaf = inspection.minter.leaf(&tunnel.target.host)?;
     let mut config =
@@ -189,17 +189,8 @@ async fn serve(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(connection);
     // A graceful stop lets the request in flight finish, then closes (as outside tunnels).
-    let draining = async { phase.wait_for(|p| *p != Phase::Serving).await.is_ok() };
-    let drain = tokio::select! {
-        _ = connection.as_mut() => return Ok(()),
-        drain = draining => drain,
-    };
-    if drain {
-        connection.as_mut().graceful_shutdown();
-    }
-    let _ = connection.await;
+    lifecycle::drive(connection, phase, |c| c.graceful_shutdown()).await;
     Ok(())
 }
 

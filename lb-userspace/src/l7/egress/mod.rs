@@ -48,7 +48,7 @@ use self::{
 use super::{
     access_log::{CountedBody, LoggedBody},
     config::ListenerConfig,
-    lifecycle::{ListenerGate, Phase, Tracker},
+    lifecycle::{self, ListenerGate, Tracker},
     pool::ProxyBody,
     proxy::Proxy,
 };
@@ -122,7 +122,7 @@ async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<EgressListener>, ga
         };
         let _ = tcp.set_nodelay(true);
         let listener = listener.clone();
-        let mut phase = admission.phase();
+        let phase = admission.phase();
         tokio::spawn(
             admission.run(async move {
                 let mut peer = socket_peer;
@@ -168,16 +168,7 @@ async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<EgressListener>, ga
                     .header_read_timeout(listener.header_timeout)
                     .serve_connection(TokioIo::new(tcp), service)
                     .with_upgrades();
-                tokio::pin!(connection);
-                let draining = async { phase.wait_for(|p| *p != Phase::Serving).await.is_ok() };
-                let drain = tokio::select! {
-                    _ = connection.as_mut() => return,
-                    drain = draining => drain,
-                };
-                if drain {
-                    connection.as_mut().graceful_shutdown();
-                }
-                let _ = connection.await;
+                lifecycle::drive(connection, phase, |c| c.graceful_shutdown()).await;
             }),
         );
     }
