@@ -190,6 +190,28 @@ fn meta_table(page: &mut String, meta: &[(String, String)]) {
     page.push_str("</table>");
 }
 
+/// The latency-by-percentile and requests-per-second plots, one series per run `names`.
+fn push_plots(page: &mut String, names: &[&str], curves: &[&[(f64, u64)]], rates: &[&[u64]]) {
+    let (curves, labels) = percentile_points(curves);
+    let named: Vec<(&str, Points)> = names.iter().copied().zip(curves).collect();
+    page.push_str(&plot(
+        "Latency by percentile",
+        &named,
+        &labels,
+        "ms",
+        ("percentile", "latency"),
+    ));
+    let (rates, labels) = rate_points(rates);
+    let named: Vec<(&str, Points)> = names.iter().copied().zip(rates).collect();
+    page.push_str(&plot(
+        "Requests per second",
+        &named,
+        &labels,
+        "",
+        ("time (whole seconds of the run)", "responses/s"),
+    ));
+}
+
 /// `lb bench compare --html`: both runs' metadata, the comparison table, and both runs in
 /// each plot.
 pub fn render_comparison(
@@ -203,24 +225,12 @@ pub fn render_comparison(
         meta_table(&mut page, &run.meta);
     }
     let _ = write!(page, "<pre>{}</pre>", escape(table));
-    let (curves, labels) = percentile_points(&[&a.percentile_curve, &b.percentile_curve]);
-    let named: Vec<(&str, Points)> = [name_a, name_b].into_iter().zip(curves).collect();
-    page.push_str(&plot(
-        "Latency by percentile",
-        &named,
-        &labels,
-        "ms",
-        ("percentile", "latency"),
-    ));
-    let (rates, labels) = rate_points(&[&a.per_second, &b.per_second]);
-    let named: Vec<(&str, Points)> = [name_a, name_b].into_iter().zip(rates).collect();
-    page.push_str(&plot(
-        "Requests per second",
-        &named,
-        &labels,
-        "",
-        ("time (whole seconds of the run)", "responses/s"),
-    ));
+    push_plots(
+        &mut page,
+        &[name_a, name_b],
+        &[&a.percentile_curve, &b.percentile_curve],
+        &[&a.per_second, &b.per_second],
+    );
     page.push_str("</body></html>\n");
     page
 }
@@ -229,24 +239,12 @@ pub fn render(report: &BenchReport) -> String {
     let mut page = page_start("lb bench report");
     meta_table(&mut page, &report.meta);
     let _ = write!(page, "<pre>{}</pre>", escape(&report.to_string()));
-    let (mut curves, labels) = percentile_points(&[&report.percentile_curve]);
-    let points = curves.pop().unwrap_or_default();
-    page.push_str(&plot(
-        "Latency by percentile",
-        &[("latency", points)],
-        &labels,
-        "ms",
-        ("percentile", "latency"),
-    ));
-    let (mut rates, labels) = rate_points(&[&report.per_second]);
-    let rps = rates.pop().unwrap_or_default();
-    page.push_str(&plot(
-        "Requests per second",
-        &[("responses/s", rps)],
-        &labels,
-        "",
-        ("time (whole seconds of the run)", "responses/s"),
-    ));
+    push_plots(
+        &mut page,
+        &["responses"],
+        &[&report.percentile_curve],
+        &[&report.per_second],
+    );
     page.push_str("</body></html>\n");
     page
 }
