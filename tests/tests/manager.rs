@@ -358,3 +358,96 @@ fn status_page_shows_traffic_and_a_backend_going_down_and_back() {
     println!("screenshots in {}", lb.dir.display());
     drop((a, back));
 }
+
+/// A directory of the test's own, removed even when the test fails.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lb-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// HTTP status of a GET over TLS (curl, certificate not verified: it is self-signed).
+fn https_status(addr: SocketAddr) -> String {
+    let out = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{addr}/"))
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn tls_cert_applies_to_the_listen_it_follows() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(http_server::start(Behaviour::default()));
+    let dir = TempDir::new("tls-flags");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (cert_path, key_path) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    let (cert_arg, key_arg) = (
+        cert_path.to_string_lossy().into_owned(),
+        key_path.to_string_lossy().into_owned(),
+    );
+
+    // Plain on the first --listen, HTTPS on the second: the certificate follows it.
+    let lb = LbRun::start(
+        "tls-flags",
+        &backends_file(&[backend.addr]),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert_arg,
+            "--tls-key",
+            &key_arg,
+        ],
+    );
+    let (plain, secure) = (lb.listener("listen-1"), lb.listener("listen-2"));
+    assert_eq!(http("GET", plain, "/").0, 200, "listen-1 speaks plain HTTP");
+    assert_eq!(https_status(secure), "200", "listen-2 speaks HTTPS");
+    assert_eq!(
+        http("GET", secure, "/").0,
+        400,
+        "plain HTTP on the TLS listener gets NGINX's 400"
+    );
+    let kinds: Vec<String> = status(lb.admin)["listeners"]
+        .as_array()
+        .expect("listeners")
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(kinds, ["http", "https"]);
+    drop(lb);
+
+    // A certificate before any --listen belongs to none: refused, saying where it goes.
+    let file = dir.0.join("lb.toml");
+    std::fs::write(&file, backends_file(&[backend.addr])).expect("write file");
+    let out = Command::new(lb_tests::lb_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .args(["--tls-cert", &cert_arg, "--tls-key", &key_arg])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .output()
+        .expect("run lb");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("comes before any --listen: put it after the --listen it is for"),
+        "{stderr}"
+    );
+    drop(backend);
+}
