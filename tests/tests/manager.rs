@@ -451,3 +451,42 @@ fn tls_cert_applies_to_the_listen_it_follows() {
     );
     drop(backend);
 }
+
+#[test]
+fn status_counts_tcp_listener_connections_and_bytes() {
+    use std::io::{Read, Write};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(http_server::start(Behaviour::default()));
+    let file = format!(
+        "[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"{}\"\n\
+         [[listener]]\nname = \"relay\"\naddress = \"127.0.0.1:0\"\nmode = \"tcp\"\n\
+         [[route]]\nlistener = \"relay\"\npool = \"p\"\n",
+        backend.addr
+    );
+    let lb = LbRun::start("manager-tcp", &file, &[]);
+    let relay = lb.listener("relay");
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut received = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = std::net::TcpStream::connect(relay).expect("connect");
+        tcp.write_all(request).expect("write");
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).expect("read");
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+        received.push(answer.len() as u64);
+    }
+    let (bytes_in, bytes_out) = (3 * request.len() as u64, received.iter().sum::<u64>());
+    wait_for("relay bytes in the status", Duration::from_secs(10), || {
+        let s = status(lb.admin);
+        let t = s["listeners"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["name"] == "relay"))
+            .map(|l| l["traffic"].clone())
+            .unwrap_or_default();
+        count(&t["bytes_in"]) == bytes_in
+            && count(&t["bytes_out"]) == bytes_out
+            && count(&t["peak"]) >= 1
+            && count(&t["current"]) == 0
+    });
+    drop(backend);
+}

@@ -35,7 +35,8 @@ pub struct ListenerStatus {
     pub address: String,
     /// http, https, tcp, udp, forward_proxy
     pub kind: String,
-    /// HTTP listeners: connections (current, peak), answers, bytes, latency, trend.
+    /// HTTP listeners: connections (current, peak), answers, bytes, latency, trend; tcp
+    /// listeners: connections and bytes (added when each relay ends).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficView>,
 }

@@ -617,7 +617,7 @@ impl Manager {
                         l7::ListenerMode::Http if l.tls.is_empty() => "http",
                         l7::ListenerMode::Http => "https",
                     });
-                let traffic = matches!(kind, "http" | "https").then(|| {
+                let traffic = matches!(kind, "http" | "https" | "tcp").then(|| {
                     histories.traffic_view(
                         TrafficKey::Listener(name.clone()),
                         now,
