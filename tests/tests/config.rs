@@ -11,7 +11,10 @@ use std::{
 };
 
 use lb::{
-    config::Config,
+    config::{
+        Config,
+        discovery::{DiscoveryConfig, DiscoverySource},
+    },
     health::CheckKind,
     l4::{Forward, Protocol},
     l7::{
@@ -260,6 +263,30 @@ fn full_example_parses_to_the_values_it_writes() {
         (None, None)
     );
     assert_eq!(pool("canary").algorithm, Algorithm::P2c);
+    assert_eq!(
+        pool("api").discovery,
+        Some(DiscoveryConfig {
+            source: DiscoverySource::Dns {
+                name: "api.example.internal".into(),
+                port: 9000
+            },
+            resolver: None,
+            refresh: secs(30),
+            weight: 2,
+        })
+    );
+    assert_eq!(
+        pool("canary").discovery,
+        Some(DiscoveryConfig {
+            source: DiscoverySource::DnsSrv {
+                name: "_http._tcp.canary.example.internal".into()
+            },
+            resolver: Some("10.0.0.2:53".parse().expect("addr")),
+            refresh: secs(10),
+            weight: 1,
+        })
+    );
+    assert_eq!(pool("web").discovery, None);
     let secure = pool("secure");
     let secure_tls = secure.tls.as_ref().expect("tls = true");
     assert_eq!(

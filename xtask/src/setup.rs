@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     // SYN floods from random sources at a VIP (l4_flood).
     "hping3",
+    // The DNS server backend discovery is tested against (discovery).
+    "dnsmasq-base",
 ];
 
 /// What setup found.
