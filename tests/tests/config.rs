@@ -286,6 +286,16 @@ fn full_example_parses_to_the_values_it_writes() {
             weight: 1,
         })
     );
+    assert_eq!(
+        pool("stable").discovery.as_ref().map(|d| &d.source),
+        Some(&DiscoverySource::Etcd {
+            endpoints: vec![
+                hyper::Uri::from_static("http://10.0.0.5:2379"),
+                hyper::Uri::from_static("http://10.0.0.6:2379")
+            ],
+            prefix: "/lb/stable/".into()
+        })
+    );
     assert_eq!(pool("web").discovery, None);
     let secure = pool("secure");
     let secure_tls = secure.tls.as_ref().expect("tls = true");

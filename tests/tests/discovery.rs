@@ -259,3 +259,144 @@ fn dns_discovery_fills_pools_follows_changes_and_keeps_the_last_good_set() {
     }
     drop((first, second, srv_backend));
 }
+
+/// etcd (Debian's etcd-server) on loopback ports with a data directory of its own; killed
+/// and removed on drop.
+struct Etcd {
+    child: Child,
+    dir: PathBuf,
+    client: SocketAddr,
+}
+
+impl Etcd {
+    fn start() -> Self {
+        assert!(
+            Path::new("/usr/bin/etcd").is_file(),
+            "etcd is needed (Debian's etcd-server; cargo xtask setup installs it)"
+        );
+        let dir = std::env::temp_dir().join(format!("lb-etcd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (client_port, peer_port) = (free_port(), free_port());
+        let client: SocketAddr = ([127, 0, 0, 1], client_port).into();
+        let mut child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg(format!("--listen-client-urls=http://{client}"))
+            .arg(format!("--advertise-client-urls=http://{client}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=default=http://127.0.0.1:{peer_port}"
+            ))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start etcd");
+        let log = lines(child.stderr.take().expect("stderr"));
+        let etcd = Self { child, dir, client };
+        // Ready: etcd says it serves client requests.
+        loop {
+            let line = log
+                .recv_timeout(Duration::from_secs(30))
+                .expect("etcd never said it was ready");
+            if line.contains("ready to serve client requests") {
+                break;
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || while log.recv().is_ok() {});
+        etcd
+    }
+
+    /// POST to etcd's v3 HTTP API.
+    fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let body = body.to_string();
+        let mut tcp = std::net::TcpStream::connect(self.client).expect("connect etcd");
+        write!(
+            tcp,
+            "POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let json = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(json).unwrap_or_else(|_| panic!("etcd answer: {answer}"))
+    }
+
+    fn put(&self, key: &str, value: &str) {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        self.call(
+            "/v3/kv/put",
+            serde_json::json!({"key": b64(key), "value": b64(value)}),
+        );
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn etcd_discovery_watches_a_prefix_and_keeps_the_last_good_set() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let a = runtime.block_on(http_server::start(Behaviour::default()));
+    let b = runtime.block_on(http_server::start(Behaviour::default()));
+    let etcd = Etcd::start();
+    etcd.put("/lb/web/a", &a.addr.to_string());
+    // A key outside the prefix is not the pool's.
+    etcd.put("/lb/webshop/x", "10.9.9.9:80");
+    let file = format!(
+        "[[pool]]\nname = \"web\"\nretries = 0\n\
+         [pool.discovery]\netcd_prefix = \"/lb/web/\"\netcd_endpoints = [\"http://{}\"]\n\
+         [[listener]]\nname = \"web\"\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\nlistener = \"web\"\npool = \"web\"\n",
+        etcd.client
+    );
+    let lb = LbRun::start("discovery-etcd", &file, &[]);
+    let s = status(lb.admin);
+    assert_eq!(backends(&s, "web"), [(a.addr.to_string(), 1)], "{s}");
+    assert_eq!(pool(&s, "web")["discovery"]["source"], "etcd /lb/web/");
+    assert_eq!(http("GET", lb.listener("web"), "/").0, 200);
+
+    // A new key is watched in: b joins with the weight its value gives.
+    etcd.put(
+        "/lb/web/b",
+        &format!("{{\"address\": \"{}\", \"weight\": 3}}", b.addr),
+    );
+    wait_for("b discovered from etcd", Duration::from_secs(15), || {
+        backends(&status(lb.admin), "web").len() == 2
+    });
+    assert!(backends(&status(lb.admin), "web").contains(&(b.addr.to_string(), 3)));
+    let before = b.seen.requests.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        assert_eq!(http("GET", lb.listener("web"), "/").0, 200);
+    }
+    assert!(b.seen.requests.load(Ordering::Relaxed) > before);
+
+    // A bad value: the read fails naming the key, the last good set stays.
+    etcd.put("/lb/web/c", "not-an-address");
+    wait_for("bad value reported", Duration::from_secs(15), || {
+        pool(&status(lb.admin), "web")["discovery"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("key \"/lb/web/c\""))
+    });
+    assert_eq!(backends(&status(lb.admin), "web").len(), 2);
+
+    // etcd goes away: still the last good set, still serving.
+    drop(etcd);
+    for _ in 0..5 {
+        assert_eq!(http("GET", lb.listener("web"), "/").0, 200);
+    }
+    assert_eq!(backends(&status(lb.admin), "web").len(), 2);
+    drop((a, b));
+}

@@ -1,4 +1,4 @@
-//! The `[pool.discovery]` section: a pool's backends found in DNS, besides (or instead of)
+//! The `[pool.discovery]` section: a pool's backends found in DNS or etcd, besides (or instead of)
 //! the `[[pool.backend]]` list.
 //!
 //! ```toml
@@ -9,6 +9,8 @@
 //! refresh = "30s"                  # ask again at least this often; sooner when the
 //!                                  # answer's TTL ends (never more than once a second)
 //! weight = 1                       # the weight of A/AAAA backends (default 1)
+//! # etcd_prefix = "/lb/web/"       # or the keys under a prefix in etcd, watched; each value
+//! # etcd_endpoints = ["http://10.0.0.5:2379"]  # ADDRESS:PORT or {"address", "weight", "backup"}
 //! ```
 //!
 //! What is found goes through the same path as a reload of the file (health checks, drains,
@@ -28,6 +30,22 @@ pub enum DiscoverySource {
     /// SRV records of `name`: each target's addresses on the record's port, with its weight
     /// (records of the lowest priority value are the backends; higher values are backups).
     DnsSrv { name: String },
+    /// The keys under `prefix` in etcd (each value `ADDRESS:PORT`, or a JSON object with
+    /// `address`, `weight`, `backup`), watched; `endpoints` tried in turn.
+    Etcd {
+        endpoints: Vec<hyper::Uri>,
+        prefix: String,
+    },
+}
+
+impl std::fmt::Display for DiscoverySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dns { name, port } => write!(f, "dns {name}:{port}"),
+            Self::DnsSrv { name } => write!(f, "dns_srv {name}"),
+            Self::Etcd { prefix, .. } => write!(f, "etcd {prefix}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +57,9 @@ pub struct DiscoveryConfig {
     pub weight: u32,
 }
 
+/// etcd's own default client URL.
+const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
+
 /// Answers are never asked for more often than this, whatever their TTL (0 included).
 pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 
@@ -47,6 +68,8 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 pub(crate) struct RawDiscovery {
     dns: Option<Spanned<String>>,
     dns_srv: Option<Spanned<String>>,
+    etcd_prefix: Option<Spanned<String>>,
+    etcd_endpoints: Option<Spanned<Vec<String>>>,
     resolver: Option<Spanned<String>>,
     refresh: Option<Spanned<String>>,
     weight: Option<Spanned<u32>>,
@@ -61,51 +84,96 @@ impl DiscoveryConfig {
         let err = |span: Range<usize>, message: String| ConfigError::at(path, text, span, message);
         let section = raw.span();
         let raw = raw.into_inner();
-        let source = match (&raw.dns, &raw.dns_srv) {
-            (Some(dns), None) => {
-                let (name, port) = dns
-                    .get_ref()
-                    .rsplit_once(':')
-                    .and_then(|(name, port)| Some((name, port.parse::<u16>().ok()?)))
-                    .filter(|(name, port)| valid_name(name) && *port != 0)
-                    .ok_or_else(|| {
-                        err(
-                            dns.span(),
-                            format!(
-                                "dns {:?}: expected NAME:PORT (a DNS name and a port 1-65535)",
-                                dns.get_ref()
-                            ),
-                        )
-                    })?;
-                DiscoverySource::Dns {
-                    name: name.to_owned(),
-                    port,
-                }
+        let given: Vec<Range<usize>> = [
+            raw.dns.as_ref().map(Spanned::span),
+            raw.dns_srv.as_ref().map(Spanned::span),
+            raw.etcd_prefix.as_ref().map(Spanned::span),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if given.len() > 1 {
+            return Err(err(
+                given[1].clone(),
+                "discovery takes one of dns, dns_srv and etcd_prefix".to_owned(),
+            ));
+        }
+        if let (Some(endpoints), None) = (&raw.etcd_endpoints, &raw.etcd_prefix) {
+            return Err(err(
+                endpoints.span(),
+                "etcd_endpoints needs etcd_prefix".to_owned(),
+            ));
+        }
+        let source = if let Some(dns) = &raw.dns {
+            let (name, port) = dns
+                .get_ref()
+                .rsplit_once(':')
+                .and_then(|(name, port)| Some((name, port.parse::<u16>().ok()?)))
+                .filter(|(name, port)| valid_name(name) && *port != 0)
+                .ok_or_else(|| {
+                    err(
+                        dns.span(),
+                        format!(
+                            "dns {:?}: expected NAME:PORT (a DNS name and a port 1-65535)",
+                            dns.get_ref()
+                        ),
+                    )
+                })?;
+            DiscoverySource::Dns {
+                name: name.to_owned(),
+                port,
             }
-            (None, Some(srv)) => {
-                if !valid_name(srv.get_ref()) {
-                    return Err(err(
-                        srv.span(),
-                        format!("dns_srv {:?} is not a DNS name", srv.get_ref()),
-                    ));
-                }
-                DiscoverySource::DnsSrv {
-                    name: srv.get_ref().clone(),
-                }
-            }
-            (Some(_), Some(srv)) => {
+        } else if let Some(srv) = &raw.dns_srv {
+            if !valid_name(srv.get_ref()) {
                 return Err(err(
                     srv.span(),
-                    "discovery takes one of dns and dns_srv".to_owned(),
+                    format!("dns_srv {:?} is not a DNS name", srv.get_ref()),
                 ));
             }
-            (None, None) => {
+            DiscoverySource::DnsSrv {
+                name: srv.get_ref().clone(),
+            }
+        } else if let Some(prefix) = &raw.etcd_prefix {
+            if prefix.get_ref().is_empty() {
                 return Err(err(
-                    section,
-                    "[pool.discovery] needs dns = \"NAME:PORT\" or dns_srv = \"_service._tcp.NAME\""
-                        .to_owned(),
+                    prefix.span(),
+                    "etcd_prefix must not be empty (it would take every key)".to_owned(),
                 ));
             }
+            let endpoints = match &raw.etcd_endpoints {
+                None => vec![hyper::Uri::from_static(DEFAULT_ETCD)],
+                Some(list) if list.get_ref().is_empty() => {
+                    return Err(err(
+                        list.span(),
+                        "etcd_endpoints must list at least one endpoint".to_owned(),
+                    ));
+                }
+                Some(list) => list
+                    .get_ref()
+                    .iter()
+                    .map(|e| {
+                        e.parse::<hyper::Uri>()
+                            .ok()
+                            .filter(|u| u.scheme_str() == Some("http") && u.host().is_some())
+                            .ok_or_else(|| {
+                                err(
+                                    list.span(),
+                                    format!("etcd endpoint {e:?}: expected http://HOST:PORT"),
+                                )
+                            })
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            DiscoverySource::Etcd {
+                endpoints,
+                prefix: prefix.get_ref().clone(),
+            }
+        } else {
+            return Err(err(
+                section,
+                "[pool.discovery] needs dns = \"NAME:PORT\", dns_srv = \"_service._tcp.NAME\" or etcd_prefix = \"/KEY/PREFIX/\""
+                    .to_owned(),
+            ));
         };
         let resolver = raw
             .resolver
@@ -193,6 +261,14 @@ mod tests {
             }
         );
         assert_eq!(c.resolver, Some("127.0.0.1:5353".parse().expect("addr")));
+        let c = parse("etcd_prefix = \"/lb/web/\"\n").expect("parses");
+        assert_eq!(
+            c.source,
+            DiscoverySource::Etcd {
+                endpoints: vec![hyper::Uri::from_static("http://127.0.0.1:2379")],
+                prefix: "/lb/web/".into()
+            }
+        );
     }
 
     #[test]

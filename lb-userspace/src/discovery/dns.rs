@@ -11,7 +11,7 @@ use hickory_resolver::{
     name_server::TokioConnectionProvider,
 };
 
-use crate::config::discovery::{DiscoveryConfig, DiscoverySource};
+use crate::config::discovery::DiscoveryConfig;
 use crate::l7::selection::Backend;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,70 +45,64 @@ pub fn resolver(config: &DiscoveryConfig) -> Result<TokioResolver, DnsError> {
     Ok(builder.build())
 }
 
-/// The backends `source` names now, sorted, and how long the answer is valid (its TTL).
+/// What is asked.
+pub enum Query<'a> {
+    /// A and AAAA records of `name`, each address on `port`.
+    Ip { name: &'a str, port: u16 },
+    /// SRV records of `name`.
+    Srv { name: &'a str },
+}
+
+/// The backends `query` names now, sorted, and how long the answer is valid (its TTL).
 /// An answer without addresses is an error: the caller keeps its last good set.
 pub async fn lookup(
     resolver: &TokioResolver,
-    source: &DiscoverySource,
+    query: &Query<'_>,
     weight: u32,
 ) -> Result<(Vec<Backend>, Duration), DnsError> {
     let now = Instant::now();
+    let failed = |name: &str| {
+        let name = name.to_owned();
+        move |source| DnsError::Lookup { name, source }
+    };
     let mut backends = Vec::new();
-    let valid_until =
-        match source {
-            DiscoverySource::Dns { name, port } => {
-                let ips =
-                    resolver
-                        .lookup_ip(name.as_str())
-                        .await
-                        .map_err(|source| DnsError::Lookup {
-                            name: name.clone(),
-                            source,
-                        })?;
+    let valid_until = match *query {
+        Query::Ip { name, port } => {
+            let ips = resolver.lookup_ip(name).await.map_err(failed(name))?;
+            backends.extend(ips.iter().map(|ip| Backend {
+                addr: SocketAddr::new(ip, port),
+                weight,
+                backup: false,
+            }));
+            ips.valid_until()
+        }
+        Query::Srv { name } => {
+            let records = resolver.srv_lookup(name).await.map_err(failed(name))?;
+            let mut valid_until = records.as_lookup().valid_until();
+            // RFC 2782: the lowest priority value is used first; the others are backups.
+            let first = records.iter().map(|r| r.priority()).min();
+            for record in records.iter() {
+                let target = record.target().to_utf8();
+                let ips = resolver
+                    .lookup_ip(target.as_str())
+                    .await
+                    .map_err(failed(&target))?;
+                valid_until = valid_until.min(ips.valid_until());
                 backends.extend(ips.iter().map(|ip| Backend {
-                    addr: SocketAddr::new(ip, *port),
-                    weight,
-                    backup: false,
+                    addr: SocketAddr::new(ip, record.port()),
+                    // Weight 0 means "rarely" in RFC 2782; lb's weights start at 1.
+                    weight: u32::from(record.weight()).max(1),
+                    backup: Some(record.priority()) != first,
                 }));
-                ips.valid_until()
             }
-            DiscoverySource::DnsSrv { name } => {
-                let records = resolver.srv_lookup(name.as_str()).await.map_err(|source| {
-                    DnsError::Lookup {
-                        name: name.clone(),
-                        source,
-                    }
-                })?;
-                let mut valid_until = records.as_lookup().valid_until();
-                // RFC 2782: the lowest priority value is used first; the others are backups.
-                let first = records.iter().map(|r| r.priority()).min();
-                for record in records.iter() {
-                    let target = record.target().to_utf8();
-                    let ips = resolver
-                        .lookup_ip(target.as_str())
-                        .await
-                        .map_err(|source| DnsError::Lookup {
-                            name: target.clone(),
-                            source,
-                        })?;
-                    valid_until = valid_until.min(ips.valid_until());
-                    backends.extend(ips.iter().map(|ip| Backend {
-                        addr: SocketAddr::new(ip, record.port()),
-                        // Weight 0 means "rarely" in RFC 2782; lb's weights start at 1.
-                        weight: u32::from(record.weight()).max(1),
-                        backup: Some(record.priority()) != first,
-                    }));
-                }
-                valid_until
-            }
-        };
+            valid_until
+        }
+    };
     backends.sort_by_key(|b| (b.backup, b.addr));
     backends.dedup_by_key(|b| b.addr);
     if backends.is_empty() {
-        let name = match source {
-            DiscoverySource::Dns { name, .. } | DiscoverySource::DnsSrv { name } => name.clone(),
-        };
-        return Err(DnsError::Empty(name));
+        let (Query::Ip { name, .. } | Query::Srv { name }) = *query;
+        return Err(DnsError::Empty(name.to_owned()));
     }
     Ok((backends, valid_until.saturating_duration_since(now)))
 }

@@ -146,14 +146,7 @@ impl Discoveries {
         let (config, _) = self.tasks.get(pool)?;
         let found = self.found.get(pool);
         Some(DiscoveryStatus {
-            source: match &config.source {
-                crate::config::discovery::DiscoverySource::Dns { name, port } => {
-                    format!("dns {name}:{port}")
-                }
-                crate::config::discovery::DiscoverySource::DnsSrv { name } => {
-                    format!("dns_srv {name}")
-                }
-            },
+            source: config.source.to_string(),
             backends: found.map_or(0, |f| f.backends.len()),
             seconds_since_update: found
                 .and_then(|f| f.updated)
