@@ -286,9 +286,24 @@ mod tests {
             ),
             (
                 "dns = \"a:1\"\ndns_srv = \"b\"\n",
-                "lb.toml:3: discovery takes one of dns and dns_srv",
+                "lb.toml:3: discovery takes one of dns, dns_srv and etcd_prefix",
             ),
-            ("weight = 2\n", "needs dns = \"NAME:PORT\" or dns_srv"),
+            (
+                "weight = 2\n",
+                "needs dns = \"NAME:PORT\", dns_srv = \"_service._tcp.NAME\" or etcd_prefix",
+            ),
+            (
+                "etcd_endpoints = [\"http://a:1\"]\n",
+                "lb.toml:2: etcd_endpoints needs etcd_prefix",
+            ),
+            (
+                "etcd_prefix = \"/p/\"\netcd_endpoints = [\"https://a:1\"]\n",
+                "lb.toml:3: etcd endpoint \"https://a:1\": expected http://HOST:PORT",
+            ),
+            (
+                "etcd_prefix = \"\"\n",
+                "lb.toml:2: etcd_prefix must not be empty",
+            ),
             (
                 "dns = \"a:1\"\nrefresh = \"100ms\"\n",
                 "lb.toml:3: refresh must be at least 1s",
