@@ -254,6 +254,17 @@ fn dns_discovery_fills_pools_follows_changes_and_keeps_the_last_good_set() {
     );
     let s = status(lb.admin);
     assert_eq!(backends(&s, "web").len(), 2, "last good set kept: {s}");
+    let pools = Command::new(lb_tests::lb_bin())
+        .args(["ctl", "--admin", &lb.admin.to_string(), "pools"])
+        .output()
+        .expect("lb ctl pools");
+    let pools = String::from_utf8_lossy(&pools.stdout);
+    assert!(
+        pools.contains(&format!(
+            "dns web.test:{port} (failing, last good set kept:"
+        )),
+        "{pools}"
+    );
     for _ in 0..10 {
         assert_eq!(http("GET", lb.listener("web"), "/").0, 200);
     }
