@@ -4,8 +4,9 @@
 #
 #   benches/scripts/newcomer.sh [REPO]      (default: this checkout; needs root)
 #
-# The toolchain is the one `cargo xtask setup` put on this machine (its own time is printed
-# too, a re-run when everything is there); the build starts from an empty target directory.
+# The Rust toolchain and Debian packages are the machine's; the clone starts with no
+# bpf-linker (dist builds it for the checkout, as `cargo xtask setup` would) and an empty
+# target directory.
 # No systemd runs here, so the unit's start is reproduced with what it configures: the
 # unit's ExecStartPre and ExecStart lines, run as an unprivileged user (nobody) with exactly
 # the unit's capability set (ambient + bounding: CAP_BPF CAP_NET_ADMIN CAP_NET_BIND_SERVICE)
@@ -24,10 +25,6 @@ since() { echo "$(now) - $1" | bc; }
 step() { printf '%-58s %7.1f s\n' "$1" "$2"; }
 
 t=$(now)
-cargo xtask setup >/dev/null 2>&1
-step "cargo xtask setup (already set up: a re-run)" "$(since "$t")"
-
-t=$(now)
 git clone -q "$REPO" "$DIR/src"
 step "git clone" "$(since "$t")"
 
@@ -35,7 +32,7 @@ t=$(now)
 (cd "$DIR/src" && cargo xtask dist --out "$DIR/out" >"$DIR/dist.log" 2>&1) ||
     { grep -m5 -B2 -A8 -E "^error|panicked" "$DIR/dist.log" || tail -40 "$DIR/dist.log"; exit 1; }
 DEB=$(ls "$DIR"/out/*.deb)
-step "cargo xtask dist (release build from empty target)" "$(since "$t")"
+step "cargo xtask dist (bpf-linker, release build: empty target)" "$(since "$t")"
 
 t=$(now)
 ROOT=$DIR/root

@@ -32,6 +32,8 @@ pub fn dist(ws: &Path, args: &DistArgs) -> Result<PathBuf> {
     let lb = match &args.lb {
         Some(lb) => lb.clone(),
         None => {
+            // A fresh clone has no bpf-linker yet (the XDP object needs it).
+            super::setup::build_tools(ws)?;
             run(Command::new(env!("CARGO")).current_dir(ws).args([
                 "build",
                 "--release",

@@ -41,10 +41,7 @@ pub struct Toolchain {
 }
 
 pub fn setup(ws: &Path) -> Result<Toolchain> {
-    let toolchain = current_toolchain()?;
-    eprintln!("setup: rust toolchain {toolchain}");
-    rust_src(&toolchain)?;
-    bpf_linker(ws, &toolchain)?;
+    let toolchain = build_tools(ws)?;
     // cargo-fuzz builds with this same toolchain and RUSTC_BOOTSTRAP=1 (see fuzz.rs), as the
     // XDP object is built: it needs no nightly of its own.
     cargo_tool(&toolchain, "fuzz", "cargo-fuzz")?;
@@ -52,6 +49,16 @@ pub fn setup(ws: &Path) -> Result<Toolchain> {
     apt_packages()?;
     eprintln!("setup: done");
     Ok(Toolchain { name: toolchain })
+}
+
+/// What building lb itself needs (the XDP object): rust-src and this checkout's bpf-linker.
+/// `cargo xtask dist` runs just this, so a fresh clone packages without the test tools.
+pub fn build_tools(ws: &Path) -> Result<String> {
+    let toolchain = current_toolchain()?;
+    eprintln!("setup: rust toolchain {toolchain}");
+    rust_src(&toolchain)?;
+    bpf_linker(ws, &toolchain)?;
+    Ok(toolchain)
 }
 
 /// The toolchain cargo is running us with (rustup sets RUSTUP_TOOLCHAIN for its proxies).
