@@ -3,9 +3,10 @@
 //! which must name the CONNECT host (or none, with `allow_missing_sni`), then terminates the
 //! client's TLS itself with a leaf for that host minted by `mint.rs` (ALPN http/1.1 only) and
 //! serves HTTP/1.1 on the decrypted stream. Each request is decided again with its path
-//! (`EgressListener::inspected` in `mod.rs`) and sent on over a new TLS connection to the
-//! address the CONNECT was allowed to reach, the origin's certificate verified for the CONNECT
-//! host against `inspect_ca_file` or the system bundle (untrusted: 502 to that request).
+//! (`EgressListener::inspected` in `mod.rs`) and sent on (`exchange.rs`) over TLS to the
+//! address the CONNECT was allowed to reach (a kept connection or a new one, `origin_tls`),
+//! the origin's certificate verified for the CONNECT host against `inspect_ca_file` or the
+//! system bundle (untrusted: 502 to that request).
 //! Everything else, names not listed and literal addresses, is spliced as before.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -83,7 +84,8 @@ impl Inspection {
 }
 
 /// One inspected tunnel: who opened it, to what, and the connection dialed for the CONNECT
-/// (used by the first request; later ones dial the same address again).
+/// (used by the first request that needs a new connection; later ones dial the same address
+/// again).
 pub(super) struct Tunnel {
     pub client: SocketAddr,
     pub user: Option<String>,
@@ -194,27 +196,15 @@ async fn serve(
     Ok(())
 }
 
-/// The TLS connection to the origin for one request: the CONNECT's own connection for the
-/// first, a new one to the same address after; the certificate verified for the CONNECT
-/// host.
-pub(super) async fn origin(
-    tunnel: &Tunnel,
+/// TLS to an inspected origin over `tcp`, its certificate verified for `host` (the CONNECT
+/// host) against `inspect_ca_file` or the system bundle.
+pub(super) async fn origin_tls(
     inspection: &Inspection,
+    host: &str,
+    tcp: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, OriginError> {
-    let tcp = match tunnel.dialed.lock().await.take() {
-        Some(tcp) => tcp,
-        None => {
-            let tcp =
-                tokio::time::timeout(super::CONNECT_TIMEOUT, TcpStream::connect(tunnel.address))
-                    .await
-                    .map_err(|_| OriginError::Connect(std::io::ErrorKind::TimedOut.into()))?
-                    .map_err(OriginError::Connect)?;
-            let _ = tcp.set_nodelay(true);
-            tcp
-        }
-    };
-    let name = ServerName::try_from(tunnel.target.host.clone())
-        .map_err(|_| OriginError::Name(tunnel.target.host.clone()))?;
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|_| OriginError::Name(host.to_owned()))?;
     tokio::time::timeout(HANDSHAKE_TIMEOUT, inspection.origins.connect(name, tcp))
         .await
         .map_err(|_| OriginError::Tls(std::io::ErrorKind::TimedOut.into()))?
@@ -223,8 +213,6 @@ pub(super) async fn origin(
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum OriginError {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
     #[error("TLS to the origin (its certificate verified for the CONNECT host): {0}")]
     Tls(std::io::Error),
     #[error("{0:?} is not a TLS server name")]

@@ -4,21 +4,27 @@
 //! sent on to the origin with `Via: 1.1 lb` and without hop-by-hop and `Proxy-*` headers.
 //!
 //! Each request, in order: its target is parsed strictly (`target.rs`: 400, or 405 for
-//! CONNECT over HTTP/1.0); with `proxy_auth_file`, its `Proxy-Authorization: Basic` is
-//! verified (`auth.rs`: 407); a name the rules deny whatever its addresses is refused (403)
-//! without being resolved; otherwise lb resolves it itself and every address gets a decision
-//! from the listener's egress rules and the SSRF guard (`policy.rs`, `guard.rs`: 403 when none may
-//! be dialed); lb dials exactly the allowed addresses, in turn, never resolving again (502
-//! when none answers); then `tunnel.rs` or `forward.rs`. Each decision is logged (tracing at
-//! info, the access log's `egress` line) and counted (`lb_egress_decisions`). A CONNECT to a
-//! name in `inspect_hosts` goes to `inspect.rs` instead of `tunnel.rs`: lb terminates its TLS
-//! with a leaf from `mint.rs` and each request in it takes the steps of `inspected` (its
-//! path decided, logged like an absolute-form request, sent on by `forward.rs` over TLS).
+//! CONNECT over HTTP/1.0); with `proxy_auth_file` or `proxy_jwt_provider`, its
+//! `Proxy-Authorization` (Basic or Bearer) is verified (`identity.rs`: 407); a name the rules
+//! deny whatever its addresses is refused (403) without being resolved; otherwise lb resolves
+//! it itself and every address gets a decision from the listener's egress rules and the SSRF
+//! guard (`policy.rs`, `guard.rs`: 403 when none may be dialed). A CONNECT then dials exactly
+//! the allowed addresses, in turn, never resolving again (502 when none answers), and goes to
+//! `tunnel.rs`; an absolute-form request goes to `exchange.rs` with its allowed addresses
+//! (the listener's cache, else a kept origin connection to one of them or a new one). Each
+//! decision is logged (tracing at info, the access log's `egress` line) and counted
+//! (`lb_egress_decisions`). A CONNECT to a name in `inspect_hosts` goes to `inspect.rs`
+//! instead of `tunnel.rs`: lb terminates its TLS with a leaf from `mint.rs` and each request
+//! in it takes the steps of `inspected` (its path decided, logged like an absolute-form
+//! request, sent on by `exchange.rs` over TLS).
 pub mod auth;
+mod exchange;
 mod forward;
 pub mod guard;
+mod identity;
 pub mod inspect;
 pub mod mint;
+mod origins;
 pub mod policy;
 pub mod target;
 mod tunnel;
@@ -41,12 +47,13 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, net::TcpStream, task::JoinHandle};
 
 use self::{
-    auth::{AuthFailure, Authenticator},
+    identity::Identities,
+    origins::Origins,
     policy::{Decision, EgressSettings},
     target::Target,
 };
 use super::{
-    access_log::{CountedBody, LoggedBody},
+    access_log::LoggedBody,
     config::ListenerConfig,
     lifecycle::{self, ListenerGate, Tracker},
     pool::ProxyBody,
@@ -61,7 +68,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 struct EgressListener {
     name: Arc<str>,
     settings: Arc<EgressSettings>,
-    auth: Option<Authenticator>,
+    /// `proxy_auth_file`, `proxy_jwt_provider`: who requests must prove they are.
+    identities: Identities,
+    /// Kept connections to origins (absolute-form and inspected requests).
+    origins: Arc<Origins>,
+    /// `lb_egress_cache_requests_total` by `CacheStatus::ALL` order, with a cache and metrics.
+    cache_counters: Vec<prometheus_client::metrics::counter::Counter>,
     /// Tunnels with no byte either way for this long are closed.
     idle_timeout: Duration,
     trust: Option<(Vec<ipnet::IpNet>, Duration)>,
@@ -89,11 +101,16 @@ pub(super) fn spawn(
             sni_ports: vec![443],
             allow_missing_sni: false,
             inspect: None,
+            cache: None,
+            jwt: None,
         })
     });
+    let cache_counters = exchange::cache_meters(&l.name, &settings, &proxy);
     let listener = Arc::new(EgressListener {
         name: Arc::from(l.name.as_str()),
-        auth: settings.auth.clone().map(Authenticator::new),
+        identities: identity::identities(&settings),
+        origins: Arc::default(),
+        cache_counters,
         settings,
         idle_timeout: l.stream.idle_timeout,
         trust: (!l.proxy_protocol_from.is_empty())
@@ -186,6 +203,9 @@ struct Record<'a> {
     inspected: bool,
     address: Option<SocketAddr>,
     decision: Option<&'a Decision>,
+    /// What the listener's cache did (with `[listener.cache]`, absolute-form and inspected
+    /// requests).
+    cache: Option<super::cache::CacheStatus>,
     started: Instant,
 }
 
@@ -206,6 +226,7 @@ impl EgressListener {
             inspected: false,
             address: None,
             decision: None,
+            cache: None,
             started,
         };
         let connect = req.method() == hyper::Method::CONNECT;
@@ -234,34 +255,27 @@ impl EgressListener {
             .inspect
             .clone()
             .filter(|i| connect && i.covers(&target));
-        let user = match &self.auth {
-            None => None,
-            Some(auth) => {
-                let header = req.headers().get(header::PROXY_AUTHORIZATION);
-                match auth.check(header.map(|h| h.as_bytes())).await {
-                    Ok(user) => Some(user),
-                    Err(failure) => {
-                        self.count(
-                            "unauthenticated",
-                            if failure == AuthFailure::Missing {
-                                "missing"
-                            } else {
-                                "invalid"
-                            },
-                        );
-                        let mut response = self.answer(
-                            &record,
-                            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                            "proxy authentication required",
-                        );
-                        response.headers_mut().insert(
-                            header::PROXY_AUTHENTICATE,
-                            header::HeaderValue::from_static("Basic realm=\"lb\""),
-                        );
-                        return response;
+        let user = if self.identities.required() {
+            let header = req.headers().get(header::PROXY_AUTHORIZATION);
+            match self.identities.check(header, &self.proxy).await {
+                Ok(user) => Some(user),
+                Err(refused) => {
+                    self.count("unauthenticated", refused.rule);
+                    let mut response = self.answer(
+                        &record,
+                        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                        "proxy authentication required",
+                    );
+                    for challenge in self.identities.challenges(refused) {
+                        response
+                            .headers_mut()
+                            .append(header::PROXY_AUTHENTICATE, challenge);
                     }
+                    return response;
                 }
             }
+        } else {
+            None
         };
         record.user = user.as_deref();
         let ask = policy::Request {
@@ -314,6 +328,10 @@ impl EgressListener {
             .iter()
             .filter(|(_, d)| d.allowed)
             .map(|(ip, _)| *ip);
+        if !connect {
+            let origin = exchange::Origin::plain(&target, &path, allowed);
+            return self.exchange(req, record, origin, None).await;
+        }
         let Some((upstream, address)) = dial(allowed, target.port).await else {
             return self.answer(
                 &record,
@@ -341,53 +359,42 @@ impl EgressListener {
                 }
             });
         }
-        if connect {
-            let line = self.line(&record, 200);
-            let (proxy, idle) = (self.proxy.clone(), self.idle_timeout);
-            let sni_check: Option<tunnel::SniCheck> =
-                self.settings.sni_ports.contains(&target.port).then(|| {
-                    let settings = self.settings.clone();
-                    let (target, user) = (target.clone(), user.clone());
-                    Box::new(move |sni: Option<&str>| {
-                        let ask = policy::Request {
-                            target: &target,
-                            user: user.as_deref(),
-                            connect: true,
-                            path: None,
-                            inspected: false,
-                        };
-                        settings.sni_allowed(&ask, sni)
-                    }) as tunnel::SniCheck
-                });
-            let name = self.name.clone();
-            let tunnels = &self.tunnels;
-            return tunnel::open(
-                req,
-                upstream,
-                idle,
-                tunnels,
-                sni_check,
-                move |up, down, sni| {
-                    let line = sni_outcome(&name, &proxy, line, &sni);
-                    if let Some(log) = proxy.load().observer().access_log() {
-                        log.write_json(&finish(line, up, down, started));
-                    }
-                },
-            );
-        }
-        let up = Arc::new(AtomicU64::new(0));
-        let req = req.map(|body| CountedBody::new(body, up.clone()));
-        match forward::send(req, upstream, &target, &path, 80).await {
-            Ok(response) => self.logged_at_end(&record, response, up),
-            Err(err) => {
-                tracing::info!(listener = %self.name, %client, target = %target.authority(), %err, "egress: upstream failed");
-                self.answer(&record, StatusCode::BAD_GATEWAY, "the target failed")
-            }
-        }
+        let line = self.line(&record, 200);
+        let (proxy, idle) = (self.proxy.clone(), self.idle_timeout);
+        let sni_check: Option<tunnel::SniCheck> =
+            self.settings.sni_ports.contains(&target.port).then(|| {
+                let settings = self.settings.clone();
+                let (target, user) = (target.clone(), user.clone());
+                Box::new(move |sni: Option<&str>| {
+                    let ask = policy::Request {
+                        target: &target,
+                        user: user.as_deref(),
+                        connect: true,
+                        path: None,
+                        inspected: false,
+                    };
+                    settings.sni_allowed(&ask, sni)
+                }) as tunnel::SniCheck
+            });
+        let name = self.name.clone();
+        let tunnels = &self.tunnels;
+        tunnel::open(
+            req,
+            upstream,
+            idle,
+            tunnels,
+            sni_check,
+            move |up, down, sni| {
+                let line = sni_outcome(&name, &proxy, line, &sni);
+                if let Some(log) = proxy.load().observer().access_log() {
+                    log.write_json(&finish(line, up, down, started));
+                }
+            },
+        )
     }
 
     /// A request inside an inspected tunnel: decided again with its path for the address the
-    /// CONNECT reached, then sent to the origin over TLS (`inspect::origin`); logged like an
+    /// CONNECT reached, then answered by `exchange` (over TLS to that address); logged like an
     /// absolute-form request, with its path.
     async fn inspected(
         self: Arc<Self>,
@@ -408,6 +415,7 @@ impl EgressListener {
             inspected: true,
             address: Some(tunnel.address),
             decision: None,
+            cache: None,
             started: Instant::now(),
         };
         // Origin form only: the tunnel's host is the only one it may reach.
@@ -434,25 +442,9 @@ impl EgressListener {
         if !decision.allowed {
             return self.answer(&record, StatusCode::FORBIDDEN, "egress denied by policy");
         }
-        let Some(inspection) = self.settings.inspect.as_ref() else {
-            return self.answer(&record, StatusCode::BAD_GATEWAY, "inspection is off");
-        };
-        let upstream = match inspect::origin(tunnel, inspection).await {
-            Ok(upstream) => upstream,
-            Err(err) => {
-                tracing::info!(listener = %self.name, client = %tunnel.client, target = %tunnel.target.authority(), %err, "egress: inspected origin failed");
-                return self.answer(&record, StatusCode::BAD_GATEWAY, "the target failed");
-            }
-        };
-        let up = Arc::new(AtomicU64::new(0));
-        let req = req.map(|body| CountedBody::new(body, up.clone()));
-        match forward::send(req, upstream, &tunnel.target, &path, 443).await {
-            Ok(response) => self.logged_at_end(&record, response, up),
-            Err(err) => {
-                tracing::info!(listener = %self.name, client = %tunnel.client, target = %tunnel.target.authority(), %err, "egress: upstream failed");
-                self.answer(&record, StatusCode::BAD_GATEWAY, "the target failed")
-            }
-        }
+        let origin = exchange::Origin::inspected(&tunnel.target, &path, tunnel.address);
+        self.exchange(req, record, origin, Some(&tunnel.dialed))
+            .await
     }
 
     /// `response`, whose access log line is written once it is over, with the request body
@@ -526,10 +518,13 @@ impl EgressListener {
             "rule": record.decision.map(|d| d.rule.as_str()),
             "status": status,
         });
-        if record.inspected
-            && let Some(map) = line.as_object_mut()
-        {
-            map.insert("inspected".into(), true.into());
+        if let Some(map) = line.as_object_mut() {
+            if record.inspected {
+                map.insert("inspected".into(), true.into());
+            }
+            if let Some(cache) = record.cache {
+                map.insert("cache".into(), cache.as_str().into());
+            }
         }
         line
     }

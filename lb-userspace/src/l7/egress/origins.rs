@@ -1,0 +1,248 @@
+//! Keep-alive connections to origins, per forward-proxy listener: idle HTTP/1.1 connections
+//! kept by (the exact address dialed, the Host they carried, TLS or not). A request takes one
+//! only for an address its own egress decision allowed (the key holds the dialed address, so
+//! a pooled connection never reaches an address the request did not check), and only for
+//! the same Host and TLS-ness (an inspected tunnel's connection was verified for its host).
+//!
+//! - A connection goes back when its response body is dropped (read to the end or not: hyper
+//!   closes one whose body was cut short, and a closed sender is never kept).
+//! - At most `MAX_IDLE_PER_KEY` per key and `MAX_KEYS` keys; a connection idle for
+//!   `IDLE_TIMEOUT` is closed when next seen (checkout, or a sweep when the map is full).
+//! - A request that never left (the origin had just closed the idle connection) is tried on
+//!   the next connection.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::{
+    Request, Response,
+    body::{Body, Frame, Incoming, SizeHint},
+    client::conn::http1::{self, SendRequest},
+};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What requests to origins carry (the client's body, counted; or nothing).
+pub(super) type OriginBody = BoxBody<Bytes, BoxError>;
+
+/// Idle connections kept per key.
+const MAX_IDLE_PER_KEY: usize = 4;
+/// Keys kept at once (distinct origin address + host pairs with idle connections).
+const MAX_KEYS: usize = 1024;
+/// An idle connection older than this is closed instead of used (below the usual origin
+/// keep-alive timeouts, so lb rarely sends into a connection the origin is closing).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which connections a request may use.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct OriginKey {
+    /// The address dialed (one the request's decision allowed).
+    pub addr: SocketAddr,
+    /// The Host the requests on it carry (an inspected connection: the name verified).
+    pub host: String,
+    pub tls: bool,
+}
+
+struct Idle {
+    sender: SendRequest<OriginBody>,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct Origins {
+    idle: Mutex<HashMap<OriginKey, Vec<Idle>>>,
+}
+
+/// A connection in use by one exchange: back to the pool when dropped (with the response
+/// body), unless closed.
+struct Lease {
+    pool: Weak<Origins>,
+    key: OriginKey,
+    sender: Option<SendRequest<OriginBody>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
+            pool.checkin(std::mem::replace(&mut self.key, empty_key()), sender);
+        }
+    }
+}
+
+fn empty_key() -> OriginKey {
+    OriginKey {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        host: String::new(),
+        tls: false,
+    }
+}
+
+/// A response, the address it came from, and its connection.
+pub(super) struct Sent {
+    pub response: Response<Incoming>,
+    pub addr: SocketAddr,
+    lease: Lease,
+}
+
+impl Sent {
+    /// The response, its body returning the connection to the pool when dropped.
+    pub fn into_response(self) -> Response<LeasedBody> {
+        let lease = self.lease;
+        self.response.map(|body| LeasedBody {
+            body,
+            _lease: lease,
+        })
+    }
+}
+
+impl Origins {
+    /// Sends `req` on an idle connection of the first of `keys` that has one, else on the
+    /// connection `connect` opens (its key says where it went).
+    pub async fn send<F, Fut, E>(
+        self: &Arc<Self>,
+        keys: &[OriginKey],
+        mut req: Request<OriginBody>,
+        connect: F,
+    ) -> Result<Sent, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(OriginKey, SendRequest<OriginBody>), E>>,
+        E: From<hyper::Error>,
+    {
+        for key in keys {
+            while let Some(mut sender) = self.checkout(key) {
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                match sender.try_send_request(req).await {
+                    Ok(response) => {
+                        return Ok(Sent {
+                            response,
+                            addr: key.addr,
+                            lease: self.lease(key.clone(), sender),
+                        });
+                    }
+                    Err(mut failed) => match failed.take_message() {
+                        // Not sent: the connection was going away. The next one gets it.
+                        Some(unsent) => req = unsent,
+                        None => return Err(E::from(failed.into_error())),
+                    },
+                }
+            }
+        }
+        let (key, mut sender) = connect().await?;
+        let response = sender.send_request(req).await.map_err(E::from)?;
+        Ok(Sent {
+            response,
+            addr: key.addr,
+            lease: self.lease(key, sender),
+        })
+    }
+
+    fn lease(self: &Arc<Self>, key: OriginKey, sender: SendRequest<OriginBody>) -> Lease {
+        Lease {
+            pool: Arc::downgrade(self),
+            key,
+            sender: Some(sender),
+        }
+    }
+
+    /// The most recently used open connection for `key`, younger than the idle timeout.
+    fn checkout(&self, key: &OriginKey) -> Option<SendRequest<OriginBody>> {
+        let mut idle = lock(&self.idle);
+        let stack = idle.get_mut(key)?;
+        let mut found = None;
+        while let Some(conn) = stack.pop() {
+            if conn.since.elapsed() >= IDLE_TIMEOUT {
+                // The rest are older still.
+                stack.clear();
+                break;
+            }
+            if !conn.sender.is_closed() {
+                found = Some(conn.sender);
+                break;
+            }
+        }
+        if stack.is_empty() {
+            idle.remove(key);
+        }
+        found
+    }
+
+    fn checkin(&self, key: OriginKey, sender: SendRequest<OriginBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if !idle.contains_key(&key) && idle.len() >= MAX_KEYS {
+            idle.retain(|_, stack| {
+                stack.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+                !stack.is_empty()
+            });
+            if idle.len() >= MAX_KEYS {
+                return;
+            }
+        }
+        let stack = idle.entry(key).or_default();
+        if stack.len() < MAX_IDLE_PER_KEY {
+            stack.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// An HTTP/1.1 client connection over `io`, its connection task spawned.
+pub(super) async fn handshake<S>(io: S) -> Result<SendRequest<OriginBody>, hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%err, "egress origin connection");
+        }
+    });
+    Ok(sender)
+}
+
+/// A response body that returns its connection to the pool when dropped.
+pub(super) struct LeasedBody {
+    body: Incoming,
+    _lease: Lease,
+}
+
+impl Body for LeasedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Nothing panics while the map is locked, so a poisoned one is still sound.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
