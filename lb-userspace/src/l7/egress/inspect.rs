@@ -10,7 +10,7 @@
 //! Everything else, names not listed and literal addresses, is spliced as before.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use rustls::{
     ServerConfig,
@@ -180,17 +180,13 @@ async fn serve(
     .map_err(|_| InspectError::HandshakeTimeout)?
     .map_err(InspectError::Handshake)?;
     let tunnel = Arc::new(tunnel);
-    let (max_header_bytes, header_timeout) = (listener.max_header_bytes, listener.header_timeout);
+    // The listener's own head limits, as for the requests outside the tunnel.
+    let http = listener.http.clone();
     let service = service_fn(move |req| {
         let (listener, tunnel) = (listener.clone(), tunnel.clone());
         async move { Ok::<_, std::convert::Infallible>(listener.inspected(req, &tunnel).await) }
     });
-    // The listener's own head limits, as for the requests outside the tunnel.
-    let connection = http1::Builder::new()
-        .max_buf_size(max_header_bytes)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(tls), service);
+    let connection = http.serve_connection(TokioIo::new(tls), service);
     // A graceful stop lets the request in flight finish, then closes (as outside tunnels).
     lifecycle::drive(connection, phase, |c| c.graceful_shutdown()).await;
     Ok(())
