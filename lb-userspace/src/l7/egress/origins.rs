@@ -7,7 +7,10 @@
 //! - A connection goes back when its response body is dropped (read to the end or not: hyper
 //!   closes one whose body was cut short, and a closed sender is never kept).
 //! - At most `MAX_IDLE_PER_KEY` per key and `MAX_KEYS` keys; a connection idle for
-//!   `IDLE_TIMEOUT` is closed when next seen (checkout, or a sweep when the map is full).
+//!   `IDLE_TIMEOUT` is closed when next seen: at checkout, or by the sweep a checkin makes at
+//!   most once per `IDLE_TIMEOUT` (or when the map is full). No task of its own: a listener
+//!   without traffic keeps at most what it had (origins close their side after their own
+//!   keep-alive timeout, which closes ours).
 //! - A request that never left (the origin had just closed the idle connection) is tried on
 //!   the next connection.
 use std::{
@@ -59,7 +62,25 @@ struct Idle {
 
 #[derive(Default)]
 pub(super) struct Origins {
-    idle: Mutex<HashMap<OriginKey, Vec<Idle>>>,
+    idle: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    by_key: HashMap<OriginKey, Vec<Idle>>,
+    /// When the last sweep ran (None: never).
+    swept: Option<Instant>,
+}
+
+impl Kept {
+    /// Drops closed and expired connections, and keys left without any.
+    fn sweep(&mut self) {
+        self.by_key.retain(|_, stack| {
+            stack.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+            !stack.is_empty()
+        });
+        self.swept = Some(Instant::now());
+    }
 }
 
 /// A connection in use by one exchange: back to the pool when dropped (with the response
@@ -158,7 +179,8 @@ impl Origins {
 
     /// The most recently used open connection for `key`, younger than the idle timeout.
     fn checkout(&self, key: &OriginKey) -> Option<SendRequest<OriginBody>> {
-        let mut idle = lock(&self.idle);
+        let mut kept = lock(&self.idle);
+        let idle = &mut kept.by_key;
         let stack = idle.get_mut(key)?;
         let mut found = None;
         while let Some(conn) = stack.pop() {
@@ -182,17 +204,15 @@ impl Origins {
         if sender.is_closed() {
             return;
         }
-        let mut idle = lock(&self.idle);
-        if !idle.contains_key(&key) && idle.len() >= MAX_KEYS {
-            idle.retain(|_, stack| {
-                stack.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
-                !stack.is_empty()
-            });
-            if idle.len() >= MAX_KEYS {
-                return;
-            }
+        let mut kept = lock(&self.idle);
+        let full = !kept.by_key.contains_key(&key) && kept.by_key.len() >= MAX_KEYS;
+        if full || kept.swept.is_none_or(|at| at.elapsed() >= IDLE_TIMEOUT) {
+            kept.sweep();
         }
-        let stack = idle.entry(key).or_default();
+        if !kept.by_key.contains_key(&key) && kept.by_key.len() >= MAX_KEYS {
+            return;
+        }
+        let stack = kept.by_key.entry(key).or_default();
         if stack.len() < MAX_IDLE_PER_KEY {
             stack.push(Idle {
                 sender,
@@ -245,4 +265,104 @@ impl Body for LeasedBody {
 /// Nothing panics while the map is locked, so a poisoned one is still sound.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::{server::conn::http1 as server, service::service_fn};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A loopback origin answering "ok"; counts the connections it accepted.
+    async fn origin() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = server::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn key(addr: SocketAddr, host: &str) -> OriginKey {
+        OriginKey {
+            addr,
+            host: host.to_owned(),
+            tls: false,
+        }
+    }
+
+    /// One GET to `keys`, dialing `dial` when nothing is kept; whether it dialed.
+    async fn get(pool: &Arc<Origins>, keys: &[OriginKey], dial: OriginKey) -> bool {
+        let req = Request::get("/")
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .expect("request");
+        let dialed = std::cell::Cell::new(false);
+        let sent = pool
+            .send(keys, req, || async {
+                dialed.set(true);
+                let tcp = TcpStream::connect(dial.addr)
+                    .await
+                    .expect("origin reachable");
+                Ok::<_, hyper::Error>((dial, handshake(tcp).await?))
+            })
+            .await
+            .expect("sent");
+        // Read to the end: the connection goes back when the body is dropped.
+        let body = sent
+            .into_response()
+            .into_body()
+            .collect()
+            .await
+            .expect("body");
+        assert_eq!(body.to_bytes(), "ok");
+        dialed.get()
+    }
+
+    #[tokio::test]
+    async fn kept_connections_serve_only_their_own_address_and_host() {
+        let (a, accepted_a) = origin().await;
+        let (b, accepted_b) = origin().await;
+        let pool = Arc::new(Origins::default());
+        assert!(
+            get(&pool, &[key(a, "x")], key(a, "x")).await,
+            "nothing kept yet"
+        );
+        // The same address and Host: the kept connection.
+        assert!(!get(&pool, &[key(a, "x")], key(a, "x")).await);
+        assert_eq!(accepted_a.load(Ordering::SeqCst), 1);
+        // Another address allowed (not A): A's connection is not used.
+        assert!(get(&pool, &[key(b, "x")], key(b, "x")).await);
+        assert_eq!(accepted_b.load(Ordering::SeqCst), 1);
+        // The same address with another Host: not shared either.
+        assert!(get(&pool, &[key(a, "y")], key(a, "y")).await);
+        assert_eq!(accepted_a.load(Ordering::SeqCst), 2);
+        // With several allowed, a kept connection to any of them serves.
+        assert!(!get(&pool, &[key(b, "z"), key(a, "y")], key(b, "z")).await);
+        assert_eq!(
+            accepted_a.load(Ordering::SeqCst) + accepted_b.load(Ordering::SeqCst),
+            3
+        );
+    }
 }
