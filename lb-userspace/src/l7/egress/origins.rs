@@ -12,7 +12,9 @@
 //!   without traffic keeps at most what it had (origins close their side after their own
 //!   keep-alive timeout, which closes ours).
 //! - A request that never left (the origin had just closed the idle connection) is tried on
-//!   the next connection.
+//!   the next connection; so is a GET or HEAD without a body that failed on a kept connection
+//!   before any response head (the origin closed it as lb sent: replaying it is safe), once,
+//!   on a new one.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -23,9 +25,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper::{
-    Request, Response,
+    Method, Request, Response,
     body::{Body, Frame, Incoming, SizeHint},
     client::conn::http1::{self, SendRequest},
 };
@@ -139,11 +141,22 @@ impl Origins {
         Fut: Future<Output = Result<(OriginKey, SendRequest<OriginBody>), E>>,
         E: From<hyper::Error>,
     {
-        for key in keys {
+        'kept: for key in keys {
             while let Some(mut sender) = self.checkout(key) {
                 if sender.ready().await.is_err() {
                     continue;
                 }
+                // What a replay needs, for a request that may be replayed (no body, safe).
+                let replay = (matches!(*req.method(), Method::GET | Method::HEAD)
+                    && req.body().is_end_stream())
+                .then(|| {
+                    let mut head = Request::new(());
+                    *head.method_mut() = req.method().clone();
+                    *head.uri_mut() = req.uri().clone();
+                    *head.version_mut() = req.version();
+                    *head.headers_mut() = req.headers().clone();
+                    head
+                });
                 match sender.try_send_request(req).await {
                     Ok(response) => {
                         return Ok(Sent {
@@ -152,10 +165,16 @@ impl Origins {
                             lease: self.lease(key.clone(), sender),
                         });
                     }
-                    Err(mut failed) => match failed.take_message() {
+                    Err(mut failed) => match (failed.take_message(), replay) {
                         // Not sent: the connection was going away. The next one gets it.
-                        Some(unsent) => req = unsent,
-                        None => return Err(E::from(failed.into_error())),
+                        (Some(unsent), _) => req = unsent,
+                        // Sent, and the connection closed under it: a new one gets it.
+                        (None, Some(head)) => {
+                            tracing::debug!(addr = %key.addr, err = %failed.into_error(), "egress: kept origin connection failed, sending again");
+                            req = head.map(|()| empty());
+                            break 'kept;
+                        }
+                        (None, None) => return Err(E::from(failed.into_error())),
                     },
                 }
             }
@@ -222,6 +241,12 @@ impl Origins {
     }
 }
 
+fn empty() -> OriginBody {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// An HTTP/1.1 client connection over `io`, its connection task spawned.
 pub(super) async fn handshake<S>(io: S) -> Result<SendRequest<OriginBody>, hyper::Error>
 where
@@ -277,8 +302,9 @@ mod tests {
 
     use super::*;
 
-    /// A loopback origin answering "ok"; counts the connections it accepted.
-    async fn origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A loopback origin answering "ok"; counts the connections it accepted. With `one_answer`,
+    /// each connection answers its first request and is closed, unanswered, on its second.
+    async fn origin_with(one_answer: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -287,18 +313,41 @@ mod tests {
             while let Ok((tcp, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let service = service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
+                    let served = Arc::new(AtomicUsize::new(0));
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    let stop = std::sync::Mutex::new(Some(stop));
+                    let service = service_fn(move |_req| {
+                        let n = served.fetch_add(1, Ordering::SeqCst);
+                        if one_answer
+                            && n > 0
+                            && let Some(stop) = stop.lock().expect("lock").take()
+                        {
+                            let _ = stop.send(());
+                        }
+                        async move {
+                            if one_answer && n > 0 {
+                                std::future::pending::<()>().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"ok"),
+                            )))
+                        }
                     });
-                    let _ = server::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
+                    let connection =
+                        server::Builder::new().serve_connection(TokioIo::new(tcp), service);
+                    // The second request: the connection is dropped (closed) unanswered.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stopped => {}
+                    }
                 });
             }
         });
         (addr, accepted)
+    }
+
+    async fn origin() -> (SocketAddr, Arc<AtomicUsize>) {
+        origin_with(false).await
     }
 
     fn key(addr: SocketAddr, host: &str) -> OriginKey {
@@ -364,5 +413,18 @@ mod tests {
             accepted_a.load(Ordering::SeqCst) + accepted_b.load(Ordering::SeqCst),
             3
         );
+    }
+
+    #[tokio::test]
+    async fn a_get_the_origin_drops_on_a_kept_connection_goes_again_on_a_new_one() {
+        let (a, accepted) = origin_with(true).await;
+        let pool = Arc::new(Origins::default());
+        assert!(get(&pool, &[key(a, "x")], key(a, "x")).await);
+        // Taken from the pool, sent, dropped by the origin: sent again on a new connection.
+        assert!(
+            get(&pool, &[key(a, "x")], key(a, "x")).await,
+            "dialed again"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
