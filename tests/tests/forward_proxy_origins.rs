@@ -5,7 +5,8 @@
 //! `lb_egress_cache_requests_total`), a `no-store` one is fetched every time, two origins
 //! with the same path are never mixed; the egress decision comes before the cache (a user
 //! the rules deny, and the SSRF guard once a reload took the loopback allow away, get 403
-//! for a stored URL), and a reload that keeps the cache settings keeps what was stored.
+//! for a stored URL), a reload that keeps the cache settings keeps what was stored, and
+//! `lb ctl purge` removes a URL from it.
 //! Without a cache, two requests on one client connection reach the origin on one
 //! connection (keep-alive to origins).
 use std::{
@@ -304,6 +305,17 @@ fn cacheable_gets_are_served_from_the_cache_after_the_egress_decision() {
     assert_eq!((status, body.as_str()), (200, "one /fresh 1"), "{head}");
     assert!(head.contains("x-cache-status: hit"), "{head}");
     assert_eq!(one.seen("/fresh"), 2, "the ?x=2 fetch only");
+
+    // `lb ctl purge` reaches listeners' caches: the key's URL is the target's.
+    let out = Command::new(lb_tests::lb_bin())
+        .args(["ctl", "--admin", &lb.admin.to_string(), "purge", &fresh])
+        .output()
+        .expect("lb ctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("purged 1"), "{out:?}");
+    let (status, head, body) = curl(proxy, "alice", &fresh);
+    assert_eq!((status, body.as_str()), (200, "one /fresh 3"), "{head}");
+    assert!(head.contains("x-cache-status: miss"), "{head}");
 }
 
 #[test]
