@@ -488,6 +488,16 @@ fn full_example_parses_to_the_values_it_writes() {
         inspect.inputs.origin_roots.ca_file.as_deref(),
         Some(examples_dir().join("certs/example-ca.pem").as_path())
     );
+    let jwt = settings.jwt.as_ref().expect("proxy_jwt_provider");
+    assert_eq!(
+        (jwt.provider.as_str(), jwt.claim.as_slice()),
+        ("idp", &["email".to_owned()][..])
+    );
+    let cache = &settings.cache.as_ref().expect("[listener.cache]").settings;
+    assert_eq!(
+        (cache.max_bytes, cache.max_object_bytes, cache.default_ttl),
+        (256 << 20, 64 << 20, Some(secs(600)))
+    );
 
     // [[route]], in file order.
     let r = &c.l7.routes;
@@ -966,7 +976,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_key",
             format!("{POOL}[[listener]]\nname = \"a\"\nadress = \"127.0.0.1:80\"\n"),
-            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`, `egress_mode`, `egress_rule`, `error_pages`, `proxy_auth_file`, `connect_http10`, `sni_ports`, `allow_missing_sni`, `inspect_hosts`, `inspect_ca_cert`, `inspect_ca_key`, `inspect_ca_file`",
+            "unknown_key.toml:7: unknown field `adress`, expected one of `name`, `address`, `tls`, `proxy_protocol_from`, `proxy_protocol_timeout`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `trusted_proxies`, `body_timeout`, `max_connections`, `mode`, `idle_timeout`, `client_hello_timeout`, `max_sessions`, `client_ca`, `client_auth`, `max_connections_per_client`, `egress_mode`, `egress_rule`, `error_pages`, `proxy_auth_file`, `connect_http10`, `sni_ports`, `allow_missing_sni`, `inspect_hosts`, `inspect_ca_cert`, `inspect_ca_key`, `inspect_ca_file`, `cache`, `proxy_jwt_provider`, `proxy_jwt_claim`",
         ),
         (
             "unknown_section",
@@ -1177,6 +1187,26 @@ fn bad_files_give_file_line_and_reason() {
             "inspect_ca_wrong_key",
             format!("{POOL}{LISTENER}mode = \"forward_proxy\"\ninspect_hosts = [\"a.example\"]\ninspect_ca_cert = \"ca.pem\"\ninspect_ca_key = \"leaf.key\"\n"),
             "inspect_ca_wrong_key.toml:11: TLS inspection CA: \"leaf.key\": is not the key of the certificate in \"ca.pem\"",
+        ),
+        (
+            "cache_on_http_listener",
+            format!("{POOL}{LISTENER}[listener.cache]\nmax_bytes = 10\n"),
+            "cache_on_http_listener.toml:8: cache applies to forward_proxy listeners only",
+        ),
+        (
+            "egress_cache_bad_size",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\n[listener.cache]\nmax_bytes = 0\n"),
+            "egress_cache_bad_size.toml:10: cache: max_bytes must be above 0 (bytes)",
+        ),
+        (
+            "proxy_jwt_unknown_provider",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\nproxy_jwt_provider = \"idp\"\n"),
+            "proxy_jwt_unknown_provider.toml:9: proxy_jwt_provider \"idp\": no [[jwt_provider]] has that name",
+        ),
+        (
+            "proxy_jwt_claim_alone",
+            format!("{POOL}{LISTENER}mode = \"forward_proxy\"\nproxy_jwt_claim = \"email\"\n"),
+            "proxy_jwt_claim_alone.toml:9: proxy_jwt_claim needs proxy_jwt_provider",
         ),
         (
             "route_on_forward_proxy",

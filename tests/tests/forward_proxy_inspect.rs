@@ -6,14 +6,18 @@
 //! reaches the origin and is logged with its method, path and bytes; a path a rule denies is
 //! 403 inside the tunnel; a ClientHello naming another host closes the tunnel; a name not
 //! listed is spliced (the client sees the origin's own certificate); an origin whose
-//! certificate lb cannot verify is 502. Files go to a private directory removed at the end,
+//! certificate lb cannot verify is 502; with `[listener.cache]`, a repeated GET inside
+//! inspected tunnels is answered from the cache. Files go to a private directory removed at the end,
 //! also when an assertion fails.
 use std::{
     convert::Infallible,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -75,8 +79,9 @@ impl Ca {
     }
 }
 
-/// An HTTPS origin on 127.0.0.1 with `cert`, answering `origin saw METHOD PATH`.
-async fn https_origin(cert: &rcgen::Certificate, key: &KeyPair) -> SocketAddr {
+/// An HTTPS origin on 127.0.0.1 with `cert`, answering `origin saw METHOD PATH`, and the
+/// count of requests it answered.
+async fn https_origin(cert: &rcgen::Certificate, key: &KeyPair) -> (SocketAddr, Arc<AtomicU64>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -88,16 +93,22 @@ async fn https_origin(cert: &rcgen::Certificate, key: &KeyPair) -> SocketAddr {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let answered = Arc::new(AtomicU64::new(0));
+    let count = answered.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let count = count.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let body = format!("origin saw {} {}", req.method(), req.uri());
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                let service = service_fn(move |req: Request<Incoming>| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let body = format!("origin saw {} {}", req.method(), req.uri());
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
@@ -105,7 +116,7 @@ async fn https_origin(cert: &rcgen::Certificate, key: &KeyPair) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, answered)
 }
 
 /// What curl saw through `proxy`: (CONNECT status, final status, body, curl's stderr).
@@ -158,9 +169,9 @@ fn inspected_names_are_terminated_checked_per_path_and_logged_others_spliced() {
     let inspect_ca = Ca::new("lb test inspection CA");
     let origin_ca = Ca::new("origin test CA");
     let (origin_cert, origin_key) = origin_ca.issue(&["localhost", "127.0.0.1"]);
-    let origin = runtime.block_on(https_origin(&origin_cert, &origin_key));
+    let (origin, _) = runtime.block_on(https_origin(&origin_cert, &origin_key));
     let stranger = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
-    let untrusted = runtime.block_on(https_origin(&stranger.cert, &stranger.key_pair));
+    let (untrusted, _) = runtime.block_on(https_origin(&stranger.cert, &stranger.key_pair));
     let lb_ca = dir.write("inspect-ca.pem", &inspect_ca.cert.pem());
     let lb_ca_key = dir.write("inspect-ca.key", &inspect_ca.key.serialize_pem());
     let origin_roots = dir.write("origin-ca.pem", &origin_ca.cert.pem());
@@ -263,5 +274,67 @@ inspect_ca_file = "{origin_roots}"
     // An origin lb cannot verify: 502 to the request.
     let (connect, status, body, verbose) = curl(proxy, &lb_ca, &format!("https://localhost:{u}/"));
     assert_eq!((connect, status), (200, 502), "{body}\n{verbose}");
+    drop(lb);
+}
+
+#[test]
+fn gets_inside_inspected_tunnels_are_cached() {
+    let dir = TempDir::new("cache");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let inspect_ca = Ca::new("lb test inspection CA");
+    let origin_ca = Ca::new("origin test CA");
+    let (origin_cert, origin_key) = origin_ca.issue(&["localhost"]);
+    let (origin, answered) = runtime.block_on(https_origin(&origin_cert, &origin_key));
+    let lb_ca = dir.write("inspect-ca.pem", &inspect_ca.cert.pem());
+    let lb_ca_key = dir.write("inspect-ca.key", &inspect_ca.key.serialize_pem());
+    let origin_roots = dir.write("origin-ca.pem", &origin_ca.cert.pem());
+    let log = dir.0.join("access.log");
+    let o = origin.port();
+    // The origin says nothing about freshness: default_ttl makes its 200s storable.
+    let file = format!(
+        r#"
+[[listener]]
+name = "fwd"
+address = "127.0.0.1:0"
+mode = "forward_proxy"
+inspect_hosts = ["localhost"]
+inspect_ca_cert = "{lb_ca}"
+inspect_ca_key = "{lb_ca_key}"
+inspect_ca_file = "{origin_roots}"
+  [listener.cache]
+  default_ttl = "1m"
+  [[listener.egress_rule]]
+  name = "origin"
+  action = "allow"
+  cidrs = ["127.0.0.0/8"]
+  ports = [{o}]
+"#
+    );
+    let lb = LbRun::start(
+        "inspect-cache",
+        &file,
+        &["--access-log", &log.to_string_lossy()],
+    );
+    let proxy = lb.listener("fwd");
+    let url = format!("https://localhost:{o}/pkg.deb");
+    for (n, status) in [(1, "MISS"), (2, "HIT")] {
+        let (connect, code, body, verbose) = curl(proxy, &lb_ca, &url);
+        assert_eq!((connect, code), (200, 200), "{body}\n{verbose}");
+        assert_eq!(body, "origin saw GET /pkg.deb");
+        let header = format!("x-cache-status: {status}");
+        assert!(
+            verbose
+                .to_ascii_lowercase()
+                .contains(&header.to_ascii_lowercase()),
+            "request {n}: {verbose}"
+        );
+    }
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        1,
+        "the second came from the cache"
+    );
+    let line = logged(&log, &["\"path\":\"/pkg.deb\"", "\"cache\":\"HIT\""]);
+    assert_eq!(line["inspected"], true, "{line}");
     drop(lb);
 }

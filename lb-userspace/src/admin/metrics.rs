@@ -98,6 +98,14 @@ pub struct EgressLabels {
     pub rule: String,
 }
 
+/// A forward-proxy listener's cacheable requests by what its cache did.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressCacheLabels {
+    pub listener: String,
+    /// HIT, MISS, EXPIRED, STALE, REVALIDATED, BYPASS.
+    pub status: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
@@ -138,6 +146,9 @@ pub struct L7Metrics {
     pub cache_bytes: Family<RouteLabels, Gauge>,
     pub cache_entries: Family<RouteLabels, Gauge>,
     pub egress_decisions: Family<EgressLabels, Counter>,
+    pub egress_cache_requests: Family<EgressCacheLabels, Counter>,
+    pub egress_cache_bytes: Family<ListenerLabels, Gauge>,
+    pub egress_cache_entries: Family<ListenerLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -181,6 +192,9 @@ impl L7Metrics {
             cache_bytes: Family::default(),
             cache_entries: Family::default(),
             egress_decisions: Family::default(),
+            egress_cache_requests: Family::default(),
+            egress_cache_bytes: Family::default(),
+            egress_cache_entries: Family::default(),
             auth: Family::default(),
             jwt_auth: Family::default(),
             jwks_fetches: Family::default(),
@@ -219,6 +233,21 @@ impl Metrics {
             "egress_decisions",
             "Forward-proxy requests by listener, decision and the rule that made it",
             l7.egress_decisions.clone(),
+        );
+        registry.register(
+            "egress_cache_requests",
+            "Cacheable forward-proxy requests on listeners with a cache, by what the cache did",
+            l7.egress_cache_requests.clone(),
+        );
+        registry.register(
+            "egress_cache_bytes",
+            "Bytes a forward-proxy listener's cache holds (bodies and heads)",
+            l7.egress_cache_bytes.clone(),
+        );
+        registry.register(
+            "egress_cache_entries",
+            "Keys a forward-proxy listener's cache holds",
+            l7.egress_cache_entries.clone(),
         );
         registry.register(
             "retries_denied",

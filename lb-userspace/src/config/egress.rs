@@ -1,9 +1,10 @@
 //! The forward-proxy keys of `[[listener]]` (`mode = "forward_proxy"`): `egress_mode`,
 //! `[[listener.egress_rule]]`, `proxy_auth_file`, `connect_http10`, `sni_ports`,
-//! `allow_missing_sni` and the TLS inspection keys (`inspect_hosts`, `inspect_ca_cert`,
-//! `inspect_ca_key`, `inspect_ca_file`), compiled into the listener's
-//! `EgressSettings` (semantics in `crate::l7::egress::policy`).
-use std::{ops::Range, path::Path, sync::Arc};
+//! `allow_missing_sni`, the TLS inspection keys (`inspect_hosts`, `inspect_ca_cert`,
+//! `inspect_ca_key`, `inspect_ca_file`), `[listener.cache]`, `proxy_jwt_provider` and
+//! `proxy_jwt_claim`, compiled into the listener's `EgressSettings` (semantics in
+//! `crate::l7::egress::policy`).
+use std::{collections::HashSet, ops::Range, path::Path, sync::Arc};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -14,7 +15,7 @@ use crate::l7::{
         auth,
         inspect::{Inspection, InspectionInputs},
         mint::Minter,
-        policy::{Action, EgressMode, EgressRule, EgressSettings, PathMatch},
+        policy::{Action, EgressMode, EgressRule, EgressSettings, PathMatch, ProxyJwt},
     },
     upstream::tls::{UpstreamProtocol, client_config},
 };
@@ -41,6 +42,7 @@ pub(crate) struct RawEgressRule {
 pub(super) fn listener_keys(
     l: &RawListener,
     mode: ListenerMode,
+    jwt_providers: &HashSet<String>,
     path: &Path,
     text: &str,
 ) -> Result<Option<Arc<EgressSettings>>, ConfigError> {
@@ -63,6 +65,15 @@ pub(super) fn listener_keys(
                 l.allow_missing_sni.as_ref().map(|v| v.span()),
             ),
             ("inspect_hosts", l.inspect_hosts.as_ref().map(|v| v.span())),
+            ("cache", l.cache.as_ref().map(|v| v.span())),
+            (
+                "proxy_jwt_provider",
+                l.proxy_jwt_provider.as_ref().map(|v| v.span()),
+            ),
+            (
+                "proxy_jwt_claim",
+                l.proxy_jwt_claim.as_ref().map(|v| v.span()),
+            ),
         ];
         if let Some((key, span)) = keys
             .into_iter()
@@ -120,7 +131,61 @@ pub(super) fn listener_keys(
         },
         allow_missing_sni: l.allow_missing_sni.as_ref().is_some_and(|v| *v.get_ref()),
         inspect: inspection(l, &err)?.map(Arc::new),
+        cache: l
+            .cache
+            .as_ref()
+            .map(|raw| crate::l7::cache::settings::compile(raw, &err))
+            .transpose()?
+            .map(crate::l7::cache::RouteCache::new),
+        jwt: proxy_jwt(l, jwt_providers, &err)?,
     })))
+}
+
+/// `proxy_jwt_provider` (a `[[jwt_provider]]` name) and `proxy_jwt_claim` (default `sub`;
+/// needs the provider).
+fn proxy_jwt(
+    l: &RawListener,
+    providers: &HashSet<String>,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Option<ProxyJwt>, ConfigError> {
+    let Some(provider) = &l.proxy_jwt_provider else {
+        if let Some(claim) = &l.proxy_jwt_claim {
+            return Err(err(
+                claim.span(),
+                "proxy_jwt_claim needs proxy_jwt_provider".to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    if !providers.contains(provider.get_ref()) {
+        return Err(err(
+            provider.span(),
+            format!(
+                "proxy_jwt_provider {:?}: no [[jwt_provider]] has that name",
+                provider.get_ref()
+            ),
+        ));
+    }
+    let claim = match &l.proxy_jwt_claim {
+        None => vec!["sub".to_owned()],
+        Some(c) => {
+            let parts: Vec<String> = c.get_ref().split('.').map(str::to_owned).collect();
+            if parts.iter().any(String::is_empty) {
+                return Err(err(
+                    c.span(),
+                    format!(
+                        "proxy_jwt_claim {:?}: expected a claim name or dotted path",
+                        c.get_ref()
+                    ),
+                ));
+            }
+            parts
+        }
+    };
+    Ok(Some(ProxyJwt {
+        provider: provider.get_ref().clone(),
+        claim,
+    }))
 }
 
 /// `inspect_hosts` with the CA that mints their certificates and the roots origins are

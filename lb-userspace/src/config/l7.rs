@@ -81,6 +81,10 @@
 //! inspect_hosts = ["*.api.example.com"]  # optional TLS inspection of these names, with:
 //! inspect_ca_cert = "/etc/lb/inspect-ca.pem"  # the CA that mints their certificates
 //! inspect_ca_key = "/etc/lb/inspect-ca.key"   # its key (keep it private)
+//! proxy_jwt_provider = "idp"     # optional: Proxy-Authorization: Bearer tokens of this provider
+//! proxy_jwt_claim = "sub"        # the claim that names the user (default sub)
+//!   [listener.cache]             # optional: cacheable GETs through the proxy, after the
+//!   max_bytes = 268435456        # egress decision ([route.cache] keys)
 //!   [[listener.egress_rule]]     # first match wins; none: denied
 //!   action = "allow"             # allow | deny
 //!   hosts = ["*.debian.org"]     # exact or *.suffix (the requested name)
@@ -171,14 +175,16 @@ impl L7Config {
         path: &Path,
     ) -> Result<Self, ConfigError> {
         let pools = pool::parse(raw_pools, text, path)?;
-        let listeners = listener::parse(raw_listeners, text, path)?;
+        // Providers before listeners: a forward proxy's `proxy_jwt_provider` names one.
         let jwt_providers = jwt_provider::parse(raw_jwt_providers, text, path)?;
+        let provider_names = jwt_providers.iter().map(|p| p.name.clone()).collect();
+        let listeners = listener::parse(raw_listeners, &provider_names, text, path)?;
         let err = |span, message| ConfigError::at(path, text, span, message);
         let inputs = crate::l7::policy::PolicyInputs {
             consumers: raw_api_keys
                 .map(|raw| super::api_keys::load(&raw, &err).map(std::sync::Arc::new))
                 .transpose()?,
-            jwt_providers: jwt_providers.iter().map(|p| p.name.clone()).collect(),
+            jwt_providers: provider_names,
         };
         let routes = route::parse(raw_routes, &pools, &listeners, &inputs, text, path)?;
         Ok(Self {

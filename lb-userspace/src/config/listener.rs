@@ -134,6 +134,9 @@ pub(crate) struct RawListener {
     pub(crate) inspect_ca_cert: Option<Spanned<PathBuf>>,
     pub(crate) inspect_ca_key: Option<Spanned<PathBuf>>,
     pub(crate) inspect_ca_file: Option<Spanned<PathBuf>>,
+    pub(crate) cache: Option<Spanned<crate::l7::cache::settings::RawCache>>,
+    pub(crate) proxy_jwt_provider: Option<Spanned<String>>,
+    pub(crate) proxy_jwt_claim: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +167,7 @@ fn max_connections(
 /// Checks and compiles the `[[listener]]` sections, in file order.
 pub(super) fn parse(
     raw_listeners: Vec<Spanned<RawListener>>,
+    jwt_providers: &HashSet<String>,
     text: &str,
     path: &Path,
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
@@ -189,7 +193,7 @@ pub(super) fn parse(
         })?;
         checks::listener_address(&l, addr, &mut addresses, path, text)?;
         let (mode, stream) = stream::listener_keys(&l, path, text)?;
-        let egress = super::egress::listener_keys(&l, mode, path, text)?;
+        let egress = super::egress::listener_keys(&l, mode, jwt_providers, path, text)?;
         let client_auth = client_auth(&l, &err)?;
         let tls = l
             .tls

@@ -157,10 +157,20 @@ impl RunningL7 {
         }
     }
 
-    /// Purges `url` (`prefix`: every URL starting with it) from every route's cache: how many
-    /// keys went; None when no route has a cache.
+    /// Purges `url` (`prefix`: every URL starting with it) from every route's cache and every
+    /// forward-proxy listener's: how many keys went; None when nothing has a cache.
     pub fn purge(&self, url: &str, prefix: bool) -> Option<u64> {
-        self.proxy.load().purge(url, prefix)
+        let routes = self.proxy.load().purge(url, prefix);
+        let listeners = self
+            .tasks
+            .iter()
+            .filter_map(|t| t.settings.config.egress.as_ref()?.cache.as_ref())
+            .map(|cache| cache.purge(url, prefix))
+            .reduce(|a, b| a + b);
+        match (routes, listeners) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        }
     }
 
     /// Client connections open on the HTTP listeners now.
@@ -261,8 +271,10 @@ impl RunningL7 {
                 },
             };
             let tls = tls_config(l)?;
+            let mut settings = ListenerSettings::new(l, l.addr, &config.routes);
+            self.keep_egress_cache(&mut settings);
             prepared.push(Starting {
-                settings: ListenerSettings::new(l, l.addr, &config.routes),
+                settings,
                 socket,
                 tls,
             });
@@ -387,6 +399,25 @@ impl RunningL7 {
             }
         }
         Err(error)
+    }
+
+    /// A restarted forward-proxy listener keeps the store of its cache when the cache settings
+    /// are unchanged (a reload of its rules does not empty it).
+    fn keep_egress_cache(&self, settings: &mut ListenerSettings) {
+        let Some(previous) = self
+            .tasks
+            .iter()
+            .find(|t| t.name == settings.config.name)
+            .and_then(|t| t.settings.config.egress.as_ref()?.cache.as_ref())
+        else {
+            return;
+        };
+        if let Some(egress) = settings.config.egress.as_mut()
+            && egress.cache.is_some()
+            && let Some(cache) = Arc::make_mut(egress).cache.as_mut()
+        {
+            cache.keep_from(previous);
+        }
     }
 
     /// Starts serving `socket` with `settings`.

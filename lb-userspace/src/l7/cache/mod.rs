@@ -1,9 +1,10 @@
 //! `cache`: a route's response cache, in memory, bounded in bytes (RFC 9111).
 //!
 //! It runs in the pipeline between the request policies (so only requests they let through
-//! ever see a stored response) and upstream selection (`phase.rs`): a GET or HEAD without a
-//! body is looked up by its key (`key.rs`: scheme, host, port, path, query, `key_headers`)
-//! and `Vary` (`entry.rs`). Fresh: answered from the store (HIT; the client's own
+//! ever see a stored response) and upstream selection (`phase.rs`), and in forward-proxy
+//! listeners after the egress decision (`crate::l7::egress`); both drive `flow.rs`, which
+//! decides and never fetches. A GET or HEAD without a body is looked up by its key
+//! (`key.rs`: scheme, host, port, path, query, `key_headers`) and `Vary` (`entry.rs`). Fresh: answered from the store (HIT; the client's own
 //! If-None-Match may get a 304). Stale within `stale-while-revalidate`: answered (STALE)
 //! while one background fetch refreshes it. Otherwise fetched: concurrent misses for a key
 //! coalesce behind the first (`lock.rs`), a stale entry with validators is revalidated
@@ -28,6 +29,7 @@ use crate::config::RouteConfig;
 
 pub mod entry;
 mod fill;
+pub(in crate::l7) mod flow;
 pub mod key;
 pub mod lock;
 mod phase;
@@ -127,6 +129,16 @@ impl RouteCache {
         }
     }
 
+    /// Takes `previous`'s store when the settings are the same (a reload that left them alone
+    /// keeps what was stored). Whether it did.
+    pub fn keep_from(&mut self, previous: &RouteCache) -> bool {
+        let same = self.settings == previous.settings;
+        if same {
+            self.state = previous.state.clone();
+        }
+        same
+    }
+
     /// Removes the entries for `url` (`prefix`: every URL starting with it).
     pub fn purge(&self, url: &str, prefix: bool) -> u64 {
         let n = self.state.store.purge(url, prefix);
@@ -169,11 +181,9 @@ pub fn keep_state<'p>(
     for (i, route) in routes.iter_mut().enumerate() {
         let label = route.label(i);
         if let Some(cache) = route.chain.cache.as_mut()
-            && let Some((_, prev)) = old
-                .iter()
-                .find(|(l, c)| *l == label && c.settings == cache.settings)
+            && let Some((_, prev)) = old.iter().find(|(l, _)| *l == label)
+            && cache.keep_from(prev)
         {
-            cache.state = prev.state.clone();
             kept += 1;
         }
     }

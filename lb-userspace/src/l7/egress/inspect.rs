@@ -3,13 +3,14 @@
 //! which must name the CONNECT host (or none, with `allow_missing_sni`), then terminates the
 //! client's TLS itself with a leaf for that host minted by `mint.rs` (ALPN http/1.1 only) and
 //! serves HTTP/1.1 on the decrypted stream. Each request is decided again with its path
-//! (`EgressListener::inspected` in `mod.rs`) and sent on over a new TLS connection to the
-//! address the CONNECT was allowed to reach, the origin's certificate verified for the CONNECT
-//! host against `inspect_ca_file` or the system bundle (untrusted: 502 to that request).
+//! (`EgressListener::inspected` in `mod.rs`) and sent on (`exchange.rs`) over TLS to the
+//! address the CONNECT was allowed to reach (a kept connection or a new one, `origin_tls`),
+//! the origin's certificate verified for the CONNECT host against `inspect_ca_file` or the
+//! system bundle (untrusted: 502 to that request).
 //! Everything else, names not listed and literal addresses, is spliced as before.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use rustls::{
     ServerConfig,
@@ -83,7 +84,8 @@ impl Inspection {
 }
 
 /// One inspected tunnel: who opened it, to what, and the connection dialed for the CONNECT
-/// (used by the first request; later ones dial the same address again).
+/// (used by the first request that needs a new connection; later ones dial the same address
+/// again).
 pub(super) struct Tunnel {
     pub client: SocketAddr,
     pub user: Option<String>,
@@ -178,43 +180,27 @@ async fn serve(
     .map_err(|_| InspectError::HandshakeTimeout)?
     .map_err(InspectError::Handshake)?;
     let tunnel = Arc::new(tunnel);
-    let (max_header_bytes, header_timeout) = (listener.max_header_bytes, listener.header_timeout);
+    // The listener's own head limits, as for the requests outside the tunnel.
+    let http = listener.http.clone();
     let service = service_fn(move |req| {
         let (listener, tunnel) = (listener.clone(), tunnel.clone());
         async move { Ok::<_, std::convert::Infallible>(listener.inspected(req, &tunnel).await) }
     });
-    // The listener's own head limits, as for the requests outside the tunnel.
-    let connection = http1::Builder::new()
-        .max_buf_size(max_header_bytes)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(tls), service);
+    let connection = http.serve_connection(TokioIo::new(tls), service);
     // A graceful stop lets the request in flight finish, then closes (as outside tunnels).
     lifecycle::drive(connection, phase, |c| c.graceful_shutdown()).await;
     Ok(())
 }
 
-/// The TLS connection to the origin for one request: the CONNECT's own connection for the
-/// first, a new one to the same address after; the certificate verified for the CONNECT
-/// host.
-pub(super) async fn origin(
-    tunnel: &Tunnel,
+/// TLS to an inspected origin over `tcp`, its certificate verified for `host` (the CONNECT
+/// host) against `inspect_ca_file` or the system bundle.
+pub(super) async fn origin_tls(
     inspection: &Inspection,
+    host: &str,
+    tcp: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, OriginError> {
-    let tcp = match tunnel.dialed.lock().await.take() {
-        Some(tcp) => tcp,
-        None => {
-            let tcp =
-                tokio::time::timeout(super::CONNECT_TIMEOUT, TcpStream::connect(tunnel.address))
-                    .await
-                    .map_err(|_| OriginError::Connect(std::io::ErrorKind::TimedOut.into()))?
-                    .map_err(OriginError::Connect)?;
-            let _ = tcp.set_nodelay(true);
-            tcp
-        }
-    };
-    let name = ServerName::try_from(tunnel.target.host.clone())
-        .map_err(|_| OriginError::Name(tunnel.target.host.clone()))?;
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|_| OriginError::Name(host.to_owned()))?;
     tokio::time::timeout(HANDSHAKE_TIMEOUT, inspection.origins.connect(name, tcp))
         .await
         .map_err(|_| OriginError::Tls(std::io::ErrorKind::TimedOut.into()))?
@@ -223,8 +209,6 @@ pub(super) async fn origin(
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum OriginError {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
     #[error("TLS to the origin (its certificate verified for the CONNECT host): {0}")]
     Tls(std::io::Error),
     #[error("{0:?} is not a TLS server name")]

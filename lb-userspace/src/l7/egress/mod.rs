@@ -4,21 +4,27 @@
 //! sent on to the origin with `Via: 1.1 lb` and without hop-by-hop and `Proxy-*` headers.
 //!
 //! Each request, in order: its target is parsed strictly (`target.rs`: 400, or 405 for
-//! CONNECT over HTTP/1.0); with `proxy_auth_file`, its `Proxy-Authorization: Basic` is
-//! verified (`auth.rs`: 407); a name the rules deny whatever its addresses is refused (403)
-//! without being resolved; otherwise lb resolves it itself and every address gets a decision
-//! from the listener's egress rules and the SSRF guard (`policy.rs`, `guard.rs`: 403 when none may
-//! be dialed); lb dials exactly the allowed addresses, in turn, never resolving again (502
-//! when none answers); then `tunnel.rs` or `forward.rs`. Each decision is logged (tracing at
-//! info, the access log's `egress` line) and counted (`lb_egress_decisions`). A CONNECT to a
-//! name in `inspect_hosts` goes to `inspect.rs` instead of `tunnel.rs`: lb terminates its TLS
-//! with a leaf from `mint.rs` and each request in it takes the steps of `inspected` (its
-//! path decided, logged like an absolute-form request, sent on by `forward.rs` over TLS).
+//! CONNECT over HTTP/1.0); with `proxy_auth_file` or `proxy_jwt_provider`, its
+//! `Proxy-Authorization` (Basic or Bearer) is verified (`identity.rs`: 407); a name the rules
+//! deny whatever its addresses is refused (403) without being resolved; otherwise lb resolves
+//! it itself and every address gets a decision from the listener's egress rules and the SSRF
+//! guard (`policy.rs`, `guard.rs`: 403 when none may be dialed). A CONNECT then dials exactly
+//! the allowed addresses, in turn, never resolving again (502 when none answers), and goes to
+//! `tunnel.rs`; an absolute-form request goes to `exchange.rs` with its allowed addresses
+//! (the listener's cache, else a kept origin connection to one of them or a new one). Each
+//! decision is logged (tracing at info, the access log's `egress` line) and counted
+//! (`lb_egress_decisions`). A CONNECT to a name in `inspect_hosts` goes to `inspect.rs`
+//! instead of `tunnel.rs`: lb terminates its TLS with a leaf from `mint.rs` and each request
+//! in it takes the steps of `inspected` (its path decided, logged like an absolute-form
+//! request, sent on by `exchange.rs` over TLS).
 pub mod auth;
+mod exchange;
 mod forward;
 pub mod guard;
+mod identity;
 pub mod inspect;
 pub mod mint;
+mod origins;
 pub mod policy;
 pub mod target;
 mod tunnel;
@@ -38,15 +44,17 @@ use hyper::{
     Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
 };
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use tokio::{net::TcpListener, net::TcpStream, task::JoinHandle};
 
 use self::{
-    auth::{AuthFailure, Authenticator},
+    identity::Identities,
+    origins::Origins,
     policy::{Decision, EgressSettings},
     target::Target,
 };
 use super::{
-    access_log::{CountedBody, LoggedBody},
+    access_log::LoggedBody,
     config::ListenerConfig,
     lifecycle::{self, ListenerGate, Tracker},
     pool::ProxyBody,
@@ -61,13 +69,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 struct EgressListener {
     name: Arc<str>,
     settings: Arc<EgressSettings>,
-    auth: Option<Authenticator>,
+    /// `proxy_auth_file`, `proxy_jwt_provider`: who requests must prove they are.
+    identities: Identities,
+    /// Kept connections to origins (absolute-form and inspected requests).
+    origins: Arc<Origins>,
+    /// `lb_egress_cache_requests_total` by `CacheStatus::ALL` order, with a cache and metrics.
+    cache_counters: Vec<Counter>,
+    /// `lb_egress_decisions_total` of this listener.
+    decisions: Arc<DecisionMeters>,
     /// Tunnels with no byte either way for this long are closed.
     idle_timeout: Duration,
     trust: Option<(Vec<ipnet::IpNet>, Duration)>,
     per_client: Option<Arc<super::client_limit::ClientConnections>>,
-    max_header_bytes: usize,
-    header_timeout: Duration,
+    /// The HTTP/1.1 server settings every connection is served with (made once: a builder
+    /// per connection allocated its timer each time).
+    http: http1::Builder,
     proxy: Arc<ArcSwap<Proxy>>,
     /// Counts tunnels (which outlive their CONNECT's connection) into the graceful stop.
     tunnels: Tracker,
@@ -89,11 +105,18 @@ pub(super) fn spawn(
             sni_ports: vec![443],
             allow_missing_sni: false,
             inspect: None,
+            cache: None,
+            jwt: None,
         })
     });
+    let cache_counters = exchange::cache_meters(&l.name, &settings, &proxy);
+    let decisions = Arc::new(DecisionMeters::new(&l.name, &proxy));
     let listener = Arc::new(EgressListener {
         name: Arc::from(l.name.as_str()),
-        auth: settings.auth.clone().map(Authenticator::new),
+        identities: identity::identities(&settings),
+        origins: Arc::default(),
+        cache_counters,
+        decisions,
         settings,
         idle_timeout: l.stream.idle_timeout,
         trust: (!l.proxy_protocol_from.is_empty())
@@ -101,8 +124,13 @@ pub(super) fn spawn(
         per_client: l
             .max_connections_per_client
             .map(super::client_limit::ClientConnections::new),
-        max_header_bytes: l.max_header_bytes,
-        header_timeout: l.header_timeout,
+        http: {
+            let mut http = http1::Builder::new();
+            http.max_buf_size(l.max_header_bytes)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(l.header_timeout);
+            http
+        },
         proxy,
         tunnels: gate.tracker(),
     });
@@ -110,6 +138,9 @@ pub(super) fn spawn(
 }
 
 async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<EgressListener>, gate: ListenerGate) {
+    // Set once on the listening socket, TCP_NODELAY is inherited by every accepted one
+    // (Linux): one system call per tunnel fewer. Set per connection only if this failed.
+    let inherited = socket2::SockRef::from(&*socket).set_nodelay(true).is_ok();
     loop {
         let admission = gate.admit().await;
         let (mut tcp, socket_peer) = match socket.accept().await {
@@ -120,7 +151,9 @@ async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<EgressListener>, ga
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
+        if !inherited {
+            let _ = tcp.set_nodelay(true);
+        }
         let listener = listener.clone();
         let phase = admission.phase();
         tokio::spawn(
@@ -162,10 +195,8 @@ async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<EgressListener>, ga
                         }
                     })
                 };
-                let connection = http1::Builder::new()
-                    .max_buf_size(listener.max_header_bytes)
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(listener.header_timeout)
+                let connection = listener
+                    .http
                     .serve_connection(TokioIo::new(tcp), service)
                     .with_upgrades();
                 lifecycle::drive(connection, phase, |c| c.graceful_shutdown()).await;
@@ -186,6 +217,9 @@ struct Record<'a> {
     inspected: bool,
     address: Option<SocketAddr>,
     decision: Option<&'a Decision>,
+    /// What the listener's cache did (with `[listener.cache]`, absolute-form and inspected
+    /// requests).
+    cache: Option<super::cache::CacheStatus>,
     started: Instant,
 }
 
@@ -206,6 +240,7 @@ impl EgressListener {
             inspected: false,
             address: None,
             decision: None,
+            cache: None,
             started,
         };
         let connect = req.method() == hyper::Method::CONNECT;
@@ -234,34 +269,28 @@ impl EgressListener {
             .inspect
             .clone()
             .filter(|i| connect && i.covers(&target));
-        let user = match &self.auth {
-            None => None,
-            Some(auth) => {
-                let header = req.headers().get(header::PROXY_AUTHORIZATION);
-                match auth.check(header.map(|h| h.as_bytes())).await {
-                    Ok(user) => Some(user),
-                    Err(failure) => {
-                        self.count(
-                            "unauthenticated",
-                            if failure == AuthFailure::Missing {
-                                "missing"
-                            } else {
-                                "invalid"
-                            },
-                        );
-                        let mut response = self.answer(
-                            &record,
-                            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                            "proxy authentication required",
-                        );
-                        response.headers_mut().insert(
-                            header::PROXY_AUTHENTICATE,
-                            header::HeaderValue::from_static("Basic realm=\"lb\""),
-                        );
-                        return response;
+        let user = if self.identities.required() {
+            let header = req.headers().get(header::PROXY_AUTHORIZATION);
+            // Boxed for the same reason (argon2 or a JWT key fetch inside).
+            match Box::pin(self.identities.check(header, &self.proxy)).await {
+                Ok(user) => Some(user),
+                Err(refused) => {
+                    self.count("unauthenticated", refused.rule);
+                    let mut response = self.answer(
+                        &record,
+                        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                        "proxy authentication required",
+                    );
+                    for challenge in self.identities.challenges(refused) {
+                        response
+                            .headers_mut()
+                            .append(header::PROXY_AUTHENTICATE, challenge);
                     }
+                    return response;
                 }
             }
+        } else {
+            None
         };
         record.user = user.as_deref();
         let ask = policy::Request {
@@ -303,9 +332,9 @@ impl EgressListener {
                 "cannot resolve the target",
             );
         };
-        let (shown_ip, shown) = (shown.0, shown.1.clone());
-        record.decision = Some(&shown);
-        self.decided(&record, Some(shown_ip), &shown);
+        let (shown_ip, shown) = (shown.0, &shown.1);
+        record.decision = Some(shown);
+        self.decided(&record, Some(shown_ip), shown);
         if !shown.allowed {
             record.address = Some(SocketAddr::new(shown_ip, target.port));
             return self.answer(&record, StatusCode::FORBIDDEN, "egress denied by policy");
@@ -314,6 +343,12 @@ impl EgressListener {
             .iter()
             .filter(|(_, d)| d.allowed)
             .map(|(ip, _)| *ip);
+        if !connect {
+            let origin = exchange::Origin::plain(&target, &path, allowed);
+            // Boxed: its state (cache, origin pool, forwarding) would otherwise sit in every
+            // request's future, and be moved with it, CONNECT tunnels' included.
+            return Box::pin(self.exchange(req, record, origin, None)).await;
+        }
         let Some((upstream, address)) = dial(allowed, target.port).await else {
             return self.answer(
                 &record,
@@ -324,8 +359,9 @@ impl EgressListener {
         record.address = Some(address);
         if let Some(inspection) = inspection {
             record.inspected = true;
-            let line = self.line(&record, 200);
-            let (name, proxy) = (self.name.clone(), self.proxy.clone());
+            let line = self.opening_line(&record);
+            let (meters, proxy) = (self.decisions.clone(), self.proxy.clone());
+            let logged_target = target.clone();
             let tunnel = inspect::Tunnel {
                 client,
                 user: user.clone(),
@@ -335,59 +371,52 @@ impl EgressListener {
             };
             let tunnels = &self.tunnels;
             return inspect::open(req, self.clone(), tunnel, inspection, tunnels, move |sni| {
-                let line = sni_outcome(&name, &proxy, line, &sni);
-                if let Some(log) = proxy.load().observer().access_log() {
+                let line = sni_outcome(&meters, Some(&logged_target), line, &sni);
+                if let (Some(line), Some(log)) = (line, proxy.load().observer().access_log()) {
                     log.write_json(&finish(line, 0, 0, started));
                 }
             });
         }
-        if connect {
-            let line = self.line(&record, 200);
-            let (proxy, idle) = (self.proxy.clone(), self.idle_timeout);
-            let sni_check: Option<tunnel::SniCheck> =
-                self.settings.sni_ports.contains(&target.port).then(|| {
-                    let settings = self.settings.clone();
-                    let (target, user) = (target.clone(), user.clone());
-                    Box::new(move |sni: Option<&str>| {
-                        let ask = policy::Request {
-                            target: &target,
-                            user: user.as_deref(),
-                            connect: true,
-                            path: None,
-                            inspected: false,
-                        };
-                        settings.sni_allowed(&ask, sni)
-                    }) as tunnel::SniCheck
-                });
-            let name = self.name.clone();
-            let tunnels = &self.tunnels;
-            return tunnel::open(
-                req,
-                upstream,
-                idle,
-                tunnels,
-                sni_check,
-                move |up, down, sni| {
-                    let line = sni_outcome(&name, &proxy, line, &sni);
-                    if let Some(log) = proxy.load().observer().access_log() {
-                        log.write_json(&finish(line, up, down, started));
-                    }
-                },
-            );
-        }
-        let up = Arc::new(AtomicU64::new(0));
-        let req = req.map(|body| CountedBody::new(body, up.clone()));
-        match forward::send(req, upstream, &target, &path, 80).await {
-            Ok(response) => self.logged_at_end(&record, response, up),
-            Err(err) => {
-                tracing::info!(listener = %self.name, %client, target = %target.authority(), %err, "egress: upstream failed");
-                self.answer(&record, StatusCode::BAD_GATEWAY, "the target failed")
-            }
-        }
+        // The tunnel's access log line, made now (what the CONNECT was) only when it will be
+        // written: a tunnel without an access log builds no JSON.
+        let line = self.opening_line(&record);
+        let (proxy, idle) = (self.proxy.clone(), self.idle_timeout);
+        let checks_sni = self.settings.sni_ports.contains(&target.port);
+        // Named in the log when the ClientHello check refuses the tunnel.
+        let logged_target = checks_sni.then(|| target.clone());
+        let sni_check: Option<tunnel::SniCheck> = checks_sni.then(|| {
+            let settings = self.settings.clone();
+            let (target, user) = (target.clone(), user.clone());
+            Box::new(move |sni: Option<&str>| {
+                let ask = policy::Request {
+                    target: &target,
+                    user: user.as_deref(),
+                    connect: true,
+                    path: None,
+                    inspected: false,
+                };
+                settings.sni_allowed(&ask, sni)
+            }) as tunnel::SniCheck
+        });
+        let meters = self.decisions.clone();
+        let tunnels = &self.tunnels;
+        tunnel::open(
+            req,
+            upstream,
+            idle,
+            tunnels,
+            sni_check,
+            move |up, down, sni| {
+                let line = sni_outcome(&meters, logged_target.as_ref(), line, &sni);
+                if let (Some(line), Some(log)) = (line, proxy.load().observer().access_log()) {
+                    log.write_json(&finish(line, up, down, started));
+                }
+            },
+        )
     }
 
     /// A request inside an inspected tunnel: decided again with its path for the address the
-    /// CONNECT reached, then sent to the origin over TLS (`inspect::origin`); logged like an
+    /// CONNECT reached, then answered by `exchange` (over TLS to that address); logged like an
     /// absolute-form request, with its path.
     async fn inspected(
         self: Arc<Self>,
@@ -408,6 +437,7 @@ impl EgressListener {
             inspected: true,
             address: Some(tunnel.address),
             decision: None,
+            cache: None,
             started: Instant::now(),
         };
         // Origin form only: the tunnel's host is the only one it may reach.
@@ -434,25 +464,9 @@ impl EgressListener {
         if !decision.allowed {
             return self.answer(&record, StatusCode::FORBIDDEN, "egress denied by policy");
         }
-        let Some(inspection) = self.settings.inspect.as_ref() else {
-            return self.answer(&record, StatusCode::BAD_GATEWAY, "inspection is off");
-        };
-        let upstream = match inspect::origin(tunnel, inspection).await {
-            Ok(upstream) => upstream,
-            Err(err) => {
-                tracing::info!(listener = %self.name, client = %tunnel.client, target = %tunnel.target.authority(), %err, "egress: inspected origin failed");
-                return self.answer(&record, StatusCode::BAD_GATEWAY, "the target failed");
-            }
-        };
-        let up = Arc::new(AtomicU64::new(0));
-        let req = req.map(|body| CountedBody::new(body, up.clone()));
-        match forward::send(req, upstream, &tunnel.target, &path, 443).await {
-            Ok(response) => self.logged_at_end(&record, response, up),
-            Err(err) => {
-                tracing::info!(listener = %self.name, client = %tunnel.client, target = %tunnel.target.authority(), %err, "egress: upstream failed");
-                self.answer(&record, StatusCode::BAD_GATEWAY, "the target failed")
-            }
-        }
+        let origin = exchange::Origin::inspected(&tunnel.target, &path, tunnel.address);
+        self.exchange(req, record, origin, Some(&tunnel.dialed))
+            .await
     }
 
     /// `response`, whose access log line is written once it is over, with the request body
@@ -485,7 +499,7 @@ impl EgressListener {
     }
 
     fn count(&self, decision: &str, rule: &str) {
-        count(&self.name, &self.proxy, decision, rule);
+        self.decisions.count(decision, rule);
     }
 
     /// A policy decision counted and logged (`address`: the one it was made for, when the
@@ -511,6 +525,16 @@ impl EgressListener {
         );
     }
 
+    /// A tunnel's line (status 200) when the access log is on.
+    fn opening_line(&self, record: &Record<'_>) -> Option<serde_json::Value> {
+        self.proxy
+            .load()
+            .observer()
+            .access_log()
+            .is_some()
+            .then(|| self.line(record, 200))
+    }
+
     fn line(&self, record: &Record<'_>, status: u16) -> serde_json::Value {
         let mut line = serde_json::json!({
             "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -526,10 +550,13 @@ impl EgressListener {
             "rule": record.decision.map(|d| d.rule.as_str()),
             "status": status,
         });
-        if record.inspected
-            && let Some(map) = line.as_object_mut()
-        {
-            map.insert("inspected".into(), true.into());
+        if let Some(map) = line.as_object_mut() {
+            if record.inspected {
+                map.insert("inspected".into(), true.into());
+            }
+            if let Some(cache) = record.cache {
+                map.insert("cache".into(), cache.as_str().into());
+            }
         }
         line
     }
@@ -542,50 +569,90 @@ impl EgressListener {
     }
 }
 
-/// Counts a decision in `lb_egress_decisions_total`.
-fn count(listener: &str, proxy: &ArcSwap<Proxy>, decision: &str, rule: &str) {
-    let proxy = proxy.load();
-    if let Some(metrics) = proxy.observer().metrics() {
-        metrics
-            .egress_decisions
+/// A listener's `lb_egress_decisions_total` counters, each found in the family once: the
+/// family's lookup builds three owned labels and hashes them, which every tunnel would
+/// otherwise pay. Few (decision, rule) pairs exist per listener (its rules, the SSRF classes,
+/// the authentication failures); past `MAX_KNOWN` they are looked up each time.
+struct DecisionMeters {
+    listener: String,
+    /// None: no metrics.
+    family: Option<prometheus_client::metrics::family::Family<EgressLabels, Counter>>,
+    known: std::sync::RwLock<Vec<(String, String, Counter)>>,
+}
+
+const MAX_KNOWN: usize = 256;
+
+impl DecisionMeters {
+    fn new(listener: &str, proxy: &ArcSwap<Proxy>) -> Self {
+        Self {
+            listener: listener.to_owned(),
+            family: proxy
+                .load()
+                .observer()
+                .metrics()
+                .map(|m| m.egress_decisions.clone()),
+            known: std::sync::RwLock::default(),
+        }
+    }
+
+    /// Counts one decision.
+    fn count(&self, decision: &str, rule: &str) {
+        let Some(family) = &self.family else {
+            return;
+        };
+        let found = self.known.read().ok().and_then(|known| {
+            known
+                .iter()
+                .find(|(d, r, _)| d == decision && r == rule)
+                .map(|(_, _, c)| c.inc())
+        });
+        if found.is_some() {
+            return;
+        }
+        let counter = family
             .get_or_create(&EgressLabels {
-                listener: listener.to_owned(),
+                listener: self.listener.clone(),
                 decision: decision.to_owned(),
                 rule: rule.to_owned(),
             })
-            .inc();
+            .clone();
+        counter.inc();
+        if let Ok(mut known) = self.known.write()
+            && known.len() < MAX_KNOWN
+        {
+            known.push((decision.to_owned(), rule.to_owned(), counter));
+        }
     }
 }
 
-/// A tunnel's ClientHello check in its log line (`sni`; a refusal also as its decision and
-/// rule, counted and logged).
+/// A tunnel's ClientHello check in its log line, when there is one (`sni`; a refusal also
+/// as its decision and rule), a refusal counted and logged.
 fn sni_outcome(
-    listener: &str,
-    proxy: &ArcSwap<Proxy>,
-    mut line: serde_json::Value,
+    meters: &DecisionMeters,
+    target: Option<&Target>,
+    mut line: Option<serde_json::Value>,
     sni: &tunnel::Sni,
-) -> serde_json::Value {
+) -> Option<serde_json::Value> {
     let (name, refused) = match sni {
         tunnel::Sni::Unchecked => return line,
-        tunnel::Sni::Passed(name) => (name.clone(), None),
+        tunnel::Sni::Passed(name) => (name.as_deref(), None),
         tunnel::Sni::Refused(None) => (None, Some("sni_missing")),
-        tunnel::Sni::Refused(Some(name)) => (Some(name.clone()), Some("sni_mismatch")),
+        tunnel::Sni::Refused(Some(name)) => (Some(name.as_str()), Some("sni_mismatch")),
         tunnel::Sni::NoClientHello => (None, Some("no_client_hello")),
     };
-    if let Some(map) = line.as_object_mut() {
-        map.insert("sni".into(), name.clone().into());
+    if let Some(map) = line.as_mut().and_then(|l| l.as_object_mut()) {
+        map.insert("sni".into(), name.into());
         if let Some(rule) = refused {
             map.insert("decision".into(), "deny".into());
             map.insert("rule".into(), rule.into());
         }
     }
     if let Some(rule) = refused {
-        count(listener, proxy, "deny", rule);
-        let target = line.get("target").and_then(|t| t.as_str()).unwrap_or("-");
+        meters.count("deny", rule);
         tracing::info!(
-            listener,
-            target,
-            sni = name.as_deref().unwrap_or("-"),
+            listener = %meters.listener,
+            target = %target.map_or_else(|| "-".to_owned(), Target::authority),
+            sni = name.unwrap_or("-"),
             rule,
             "egress tunnel closed by its ClientHello check"
         );

@@ -86,6 +86,20 @@ pub struct EgressSettings {
     /// `inspect_hosts` and the inspection CA: CONNECT tunnels to these names are terminated
     /// and their requests checked one by one (`inspect.rs`).
     pub inspect: Option<Arc<super::inspect::Inspection>>,
+    /// `[listener.cache]`: cacheable GETs through the proxy answered from the shared
+    /// response cache (after the egress decision).
+    pub cache: Option<crate::l7::cache::RouteCache>,
+    /// `proxy_jwt_provider`: `Proxy-Authorization: Bearer` tokens of this provider, the
+    /// identity read from `claim`.
+    pub jwt: Option<ProxyJwt>,
+}
+
+/// Proxy identities from JWTs: the `[[jwt_provider]]` that verifies them and the claim that
+/// names the user (a dotted path, e.g. `["sub"]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyJwt {
+    pub provider: String,
+    pub claim: Vec<String>,
 }
 
 /// What is asked: a target, by whom, how.
@@ -319,6 +333,8 @@ mod tests {
             sni_ports: vec![443],
             allow_missing_sni: false,
             inspect: None,
+            cache: None,
+            jwt: None,
         };
         let t = target("api.example.com", 443);
         let ask = Request {
@@ -369,6 +385,8 @@ mod tests {
             sni_ports: vec![443],
             allow_missing_sni: false,
             inspect: None,
+            cache: None,
+            jwt: None,
         };
         let public = "93.184.215.14";
         assert_eq!(
@@ -475,6 +493,8 @@ mod tests {
             sni_ports: vec![443],
             allow_missing_sni: false,
             inspect: None,
+            cache: None,
+            jwt: None,
         };
         let t = target("api.example.com", 443);
         let ask = |path: Option<&'static str>, inspected: bool| {

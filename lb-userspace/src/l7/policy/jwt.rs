@@ -327,7 +327,7 @@ fn is_preflight<B>(req: &Request<B>) -> bool {
 }
 
 /// The value at a dotted path (`org.id`) of the claims.
-fn lookup<'a>(claims: &'a Claims, path: &[String]) -> Option<&'a serde_json::Value> {
+pub(crate) fn lookup<'a>(claims: &'a Claims, path: &[String]) -> Option<&'a serde_json::Value> {
     let (first, rest) = path.split_first()?;
     let mut value = claims.get(first)?;
     for part in rest {

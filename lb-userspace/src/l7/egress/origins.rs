@@ -1,0 +1,430 @@
+//! Keep-alive connections to origins, per forward-proxy listener: idle HTTP/1.1 connections
+//! kept by (the exact address dialed, the Host they carried, TLS or not). A request takes one
+//! only for an address its own egress decision allowed (the key holds the dialed address, so
+//! a pooled connection never reaches an address the request did not check), and only for
+//! the same Host and TLS-ness (an inspected tunnel's connection was verified for its host).
+//!
+//! - A connection goes back when its response body is dropped (read to the end or not: hyper
+//!   closes one whose body was cut short, and a closed sender is never kept).
+//! - At most `MAX_IDLE_PER_KEY` per key and `MAX_KEYS` keys; a connection idle for
+//!   `IDLE_TIMEOUT` is closed when next seen: at checkout, or by the sweep a checkin makes at
+//!   most once per `IDLE_TIMEOUT` (or when the map is full). No task of its own: a listener
+//!   without traffic keeps at most what it had (origins close their side after their own
+//!   keep-alive timeout, which closes ours).
+//! - A request that never left (the origin had just closed the idle connection) is tried on
+//!   the next connection; so is a GET or HEAD without a body that failed on a kept connection
+//!   before any response head (the origin closed it as lb sent: replaying it is safe), once,
+//!   on a new one.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, combinators::BoxBody};
+use hyper::{
+    Method, Request, Response,
+    body::{Body, Frame, Incoming, SizeHint},
+    client::conn::http1::{self, SendRequest},
+};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What requests to origins carry (the client's body, counted; or nothing).
+pub(super) type OriginBody = BoxBody<Bytes, BoxError>;
+
+/// Idle connections kept per key.
+const MAX_IDLE_PER_KEY: usize = 4;
+/// Keys kept at once (distinct origin address + host pairs with idle connections).
+const MAX_KEYS: usize = 1024;
+/// An idle connection older than this is closed instead of used (below the usual origin
+/// keep-alive timeouts, so lb rarely sends into a connection the origin is closing).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which connections a request may use.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct OriginKey {
+    /// The address dialed (one the request's decision allowed).
+    pub addr: SocketAddr,
+    /// The Host the requests on it carry (an inspected connection: the name verified).
+    pub host: String,
+    pub tls: bool,
+}
+
+struct Idle {
+    sender: SendRequest<OriginBody>,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct Origins {
+    idle: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    by_key: HashMap<OriginKey, Vec<Idle>>,
+    /// When the last sweep ran (None: never).
+    swept: Option<Instant>,
+}
+
+impl Kept {
+    /// Drops closed and expired connections, and keys left without any.
+    fn sweep(&mut self) {
+        self.by_key.retain(|_, stack| {
+            stack.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+            !stack.is_empty()
+        });
+        self.swept = Some(Instant::now());
+    }
+}
+
+/// A connection in use by one exchange: back to the pool when dropped (with the response
+/// body), unless closed.
+struct Lease {
+    pool: Weak<Origins>,
+    key: OriginKey,
+    sender: Option<SendRequest<OriginBody>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
+            pool.checkin(std::mem::replace(&mut self.key, empty_key()), sender);
+        }
+    }
+}
+
+fn empty_key() -> OriginKey {
+    OriginKey {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        host: String::new(),
+        tls: false,
+    }
+}
+
+/// A response, the address it came from, and its connection.
+pub(super) struct Sent {
+    pub response: Response<Incoming>,
+    pub addr: SocketAddr,
+    lease: Lease,
+}
+
+impl Sent {
+    /// The response, its body returning the connection to the pool when dropped.
+    pub fn into_response(self) -> Response<LeasedBody> {
+        let lease = self.lease;
+        self.response.map(|body| LeasedBody {
+            body,
+            _lease: lease,
+        })
+    }
+}
+
+impl Origins {
+    /// Sends `req` on an idle connection of the first of `keys` that has one, else on the
+    /// connection `connect` opens (its key says where it went).
+    pub async fn send<F, Fut, E>(
+        self: &Arc<Self>,
+        keys: &[OriginKey],
+        mut req: Request<OriginBody>,
+        connect: F,
+    ) -> Result<Sent, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(OriginKey, SendRequest<OriginBody>), E>>,
+        E: From<hyper::Error>,
+    {
+        'kept: for key in keys {
+            while let Some(mut sender) = self.checkout(key) {
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                // What a replay needs, for a request that may be replayed (no body, safe).
+                let replay = (matches!(*req.method(), Method::GET | Method::HEAD)
+                    && req.body().is_end_stream())
+                .then(|| {
+                    let mut head = Request::new(());
+                    *head.method_mut() = req.method().clone();
+                    *head.uri_mut() = req.uri().clone();
+                    *head.version_mut() = req.version();
+                    *head.headers_mut() = req.headers().clone();
+                    head
+                });
+                match sender.try_send_request(req).await {
+                    Ok(response) => {
+                        return Ok(Sent {
+                            response,
+                            addr: key.addr,
+                            lease: self.lease(key.clone(), sender),
+                        });
+                    }
+                    Err(mut failed) => match (failed.take_message(), replay) {
+                        // Not sent: the connection was going away. The next one gets it.
+                        (Some(unsent), _) => req = unsent,
+                        // Sent, and the connection closed under it: a new one gets it.
+                        (None, Some(head)) => {
+                            tracing::debug!(addr = %key.addr, err = %failed.into_error(), "egress: kept origin connection failed, sending again");
+                            req = head.map(|()| empty());
+                            break 'kept;
+                        }
+                        (None, None) => return Err(E::from(failed.into_error())),
+                    },
+                }
+            }
+        }
+        let (key, mut sender) = connect().await?;
+        let response = sender.send_request(req).await.map_err(E::from)?;
+        Ok(Sent {
+            response,
+            addr: key.addr,
+            lease: self.lease(key, sender),
+        })
+    }
+
+    fn lease(self: &Arc<Self>, key: OriginKey, sender: SendRequest<OriginBody>) -> Lease {
+        Lease {
+            pool: Arc::downgrade(self),
+            key,
+            sender: Some(sender),
+        }
+    }
+
+    /// The most recently used open connection for `key`, younger than the idle timeout.
+    fn checkout(&self, key: &OriginKey) -> Option<SendRequest<OriginBody>> {
+        let mut kept = lock(&self.idle);
+        let idle = &mut kept.by_key;
+        let stack = idle.get_mut(key)?;
+        let mut found = None;
+        while let Some(conn) = stack.pop() {
+            if conn.since.elapsed() >= IDLE_TIMEOUT {
+                // The rest are older still.
+                stack.clear();
+                break;
+            }
+            if !conn.sender.is_closed() {
+                found = Some(conn.sender);
+                break;
+            }
+        }
+        if stack.is_empty() {
+            idle.remove(key);
+        }
+        found
+    }
+
+    fn checkin(&self, key: OriginKey, sender: SendRequest<OriginBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut kept = lock(&self.idle);
+        let full = !kept.by_key.contains_key(&key) && kept.by_key.len() >= MAX_KEYS;
+        if full || kept.swept.is_none_or(|at| at.elapsed() >= IDLE_TIMEOUT) {
+            kept.sweep();
+        }
+        if !kept.by_key.contains_key(&key) && kept.by_key.len() >= MAX_KEYS {
+            return;
+        }
+        let stack = kept.by_key.entry(key).or_default();
+        if stack.len() < MAX_IDLE_PER_KEY {
+            stack.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+fn empty() -> OriginBody {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An HTTP/1.1 client connection over `io`, its connection task spawned.
+pub(super) async fn handshake<S>(io: S) -> Result<SendRequest<OriginBody>, hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%err, "egress origin connection");
+        }
+    });
+    Ok(sender)
+}
+
+/// A response body that returns its connection to the pool when dropped.
+pub(super) struct LeasedBody {
+    body: Incoming,
+    _lease: Lease,
+}
+
+impl Body for LeasedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Nothing panics while the map is locked, so a poisoned one is still sound.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::{server::conn::http1 as server, service::service_fn};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A loopback origin answering "ok"; counts the connections it accepted. With `one_answer`,
+    /// each connection answers its first request and is closed, unanswered, on its second.
+    async fn origin_with(one_answer: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let served = Arc::new(AtomicUsize::new(0));
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    let stop = std::sync::Mutex::new(Some(stop));
+                    let service = service_fn(move |_req| {
+                        let n = served.fetch_add(1, Ordering::SeqCst);
+                        if one_answer
+                            && n > 0
+                            && let Some(stop) = stop.lock().expect("lock").take()
+                        {
+                            let _ = stop.send(());
+                        }
+                        async move {
+                            if one_answer && n > 0 {
+                                std::future::pending::<()>().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"ok"),
+                            )))
+                        }
+                    });
+                    let connection =
+                        server::Builder::new().serve_connection(TokioIo::new(tcp), service);
+                    // The second request: the connection is dropped (closed) unanswered.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stopped => {}
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn origin() -> (SocketAddr, Arc<AtomicUsize>) {
+        origin_with(false).await
+    }
+
+    fn key(addr: SocketAddr, host: &str) -> OriginKey {
+        OriginKey {
+            addr,
+            host: host.to_owned(),
+            tls: false,
+        }
+    }
+
+    /// One GET to `keys`, dialing `dial` when nothing is kept; whether it dialed.
+    async fn get(pool: &Arc<Origins>, keys: &[OriginKey], dial: OriginKey) -> bool {
+        let req = Request::get("/")
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .expect("request");
+        let dialed = std::cell::Cell::new(false);
+        let sent = pool
+            .send(keys, req, || async {
+                dialed.set(true);
+                let tcp = TcpStream::connect(dial.addr)
+                    .await
+                    .expect("origin reachable");
+                Ok::<_, hyper::Error>((dial, handshake(tcp).await?))
+            })
+            .await
+            .expect("sent");
+        // Read to the end: the connection goes back when the body is dropped.
+        let body = sent
+            .into_response()
+            .into_body()
+            .collect()
+            .await
+            .expect("body");
+        assert_eq!(body.to_bytes(), "ok");
+        dialed.get()
+    }
+
+    #[tokio::test]
+    async fn kept_connections_serve_only_their_own_address_and_host() {
+        let (a, accepted_a) = origin().await;
+        let (b, accepted_b) = origin().await;
+        let pool = Arc::new(Origins::default());
+        assert!(
+            get(&pool, &[key(a, "x")], key(a, "x")).await,
+            "nothing kept yet"
+        );
+        // The same address and Host: the kept connection.
+        assert!(!get(&pool, &[key(a, "x")], key(a, "x")).await);
+        assert_eq!(accepted_a.load(Ordering::SeqCst), 1);
+        // Another address allowed (not A): A's connection is not used.
+        assert!(get(&pool, &[key(b, "x")], key(b, "x")).await);
+        assert_eq!(accepted_b.load(Ordering::SeqCst), 1);
+        // The same address with another Host: not shared either.
+        assert!(get(&pool, &[key(a, "y")], key(a, "y")).await);
+        assert_eq!(accepted_a.load(Ordering::SeqCst), 2);
+        // With several allowed, a kept connection to any of them serves.
+        assert!(!get(&pool, &[key(b, "z"), key(a, "y")], key(b, "z")).await);
+        assert_eq!(
+            accepted_a.load(Ordering::SeqCst) + accepted_b.load(Ordering::SeqCst),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn a_get_the_origin_drops_on_a_kept_connection_goes_again_on_a_new_one() {
+        let (a, accepted) = origin_with(true).await;
+        let pool = Arc::new(Origins::default());
+        assert!(get(&pool, &[key(a, "x")], key(a, "x")).await);
+        // Taken from the pool, sent, dropped by the origin: sent again on a new connection.
+        assert!(
+            get(&pool, &[key(a, "x")], key(a, "x")).await,
+            "dialed again"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+}
