@@ -2,9 +2,10 @@
 //!
 //! Reads top-down like the packet's journey, in `lb_xdp` below:
 //! parse (`parse`) -> count (`counters`) -> VIP? (`vip`) -> source allowed? (`policy`: deny and
-//! allow lists) -> pick a real (`select`: connection table; on a miss, the per-source new-flow
-//! limit (`source_limit`), the Maglev ring, and the flood guard (`flood_guard`) deciding
-//! whether the new flow enters the table) -> `local`: pass to the stack with a flow tag
+//! allow lists) -> pick a real (`select`: connection table, never for a TCP SYN; on a miss,
+//! the per-source new-flow limit (`source_limit`), the Maglev ring, for a TCP segment without
+//! SYN the VIP's previous ring (`second_chance`), and the flood guard (`flood_guard`)
+//! deciding whether the flow enters the table) -> `local`: pass to the stack with a flow tag
 //! (`local`), or `encap`: IPIP/IP6IP6 to the real (`encap`) and out via the kernel FIB
 //! (`forward`).
 //! ICMP "fragmentation needed" / "packet too big" about a VIP flow follows the flow (`icmp`).
@@ -39,6 +40,8 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod policy;
 #[cfg(target_arch = "bpf")]
+mod second_chance;
+#[cfg(target_arch = "bpf")]
 mod select;
 #[cfg(target_arch = "bpf")]
 mod source_limit;
@@ -68,7 +71,7 @@ mod datapath {
         local::record_flow_tag,
         maps::L4_GUARD,
         parse::{Addrs, Frame, Packet, parse},
-        policy,
+        policy, second_chance,
         select::{self, Selected},
         source_limit,
         vip::{self, VipHit},
@@ -123,7 +126,14 @@ mod datapath {
             count_event(refused);
             return xdp_action::XDP_DROP;
         }
-        let selected = match select::established(&hit.flow, &hit.meta) {
+        // A SYN opens a new connection even when its 5-tuple has an entry (a reused port):
+        // it takes the current ring, like on every other node, and replaces the entry.
+        let known = if pkt.is_tcp_syn() {
+            None
+        } else {
+            select::established(&hit.flow, &hit.meta)
+        };
+        let selected = match known {
             Some(selected) => selected,
             None => match new_flow(&pkt, &hit) {
                 Ok(selected) => selected,
@@ -158,9 +168,10 @@ mod datapath {
         }
     }
 
-    /// A VIP packet whose flow is not in the connection table: the per-source limit (for
-    /// packets that open a flow), the Maglev pick, and the flood guard's say on whether the
-    /// flow enters the table. `Err` is the drop counter.
+    /// A VIP packet whose flow is not in the connection table (or a SYN): the per-source
+    /// limit (for packets that open a flow), the Maglev pick (the previous ring's for a
+    /// segment of a flow already open, when it differs), and the flood guard's say on whether
+    /// the flow enters the table. `Err` is the drop counter.
     #[inline(always)]
     fn new_flow(pkt: &Packet, hit: &VipHit) -> Result<Selected, L4Event> {
         let guard: GuardConfig = L4_GUARD.get(0).copied().unwrap_or_default();
@@ -168,18 +179,31 @@ mod datapath {
         if opens && !source_limit::admit(&hit.flow, &guard) {
             return Err(L4Event::SourceRateDropped);
         }
-        let mut selected = select::by_hash(&hit.flow, &hit.meta).ok_or(L4Event::NoRealDropped)?;
+        let current = select::by_hash(&hit.flow, &hit.meta);
+        let second_chance = match &current {
+            Some(current) if !opens => second_chance::previous_real(&hit.meta, current),
+            _ => None,
+        };
+        let used_previous = second_chance.is_some();
+        let mut selected = second_chance.or(current).ok_or(L4Event::NoRealDropped)?;
         if flood_guard::allows_insert(guard.flood_new_flows_per_cpu) {
             select::remember(&hit.flow, &hit.meta, &selected);
         } else {
             count_event(L4Event::FloodGuardNotInserted);
+            if pkt.is_tcp_syn() {
+                select::forget(&hit.flow);
+            }
         }
         // A segment of a flow already open is hashed again, not counted as a new flow (the
         // VIP's and real's new-flow counters stay a count of flows that opened).
         if opens {
             count_event(L4Event::NewFlow);
         } else {
-            count_event(L4Event::MidFlowRehash);
+            count_event(if used_previous {
+                L4Event::PreviousRing
+            } else {
+                L4Event::MidFlowRehash
+            });
             selected.new_flow = false;
         }
         Ok(selected)
