@@ -1,0 +1,346 @@
+//! Several lb nodes behind one ECMP router must agree on every flow (issue 17). Here each
+//! node is its own copy of the datapath (its own maps, loaded next to the others) run on
+//! golden packets with BPF_PROG_TEST_RUN, in a namespace whose FIB reaches the reals: moving a
+//! flow "to another node" is sending its next packet to another copy.
+//!
+//! What is proved: nodes given the same reals build the same tables (same ring hash, whatever
+//! the order reals are listed in); a SYN that reuses an earlier 5-tuple goes where the current
+//! ring says on every node, even on the node whose table remembers the earlier connection;
+//! after a change of reals, segments of flows opened before it reach their old real on a
+//! node that never saw them (second chance on the previous ring), unless the window is off;
+//! an idle entry expires.
+use std::{net::SocketAddr, path::Path};
+
+use lb::l4::{L4Config, L4Dataplane, Protocol, flow_key, read_l4_stats};
+use lb_common::{
+    l4::{CONNTRACK_IDLE_TICKS, FlowEntry, FlowKey, L4Event, conntrack_tick},
+    map_names, program_names,
+};
+use lb_tests::{
+    fib,
+    netns::require_root,
+    packets::*,
+    xdp_run::{XDP_REDIRECT, XdpRunner},
+};
+
+const REALS4: [&str; 3] = fib::REALS4;
+const VIP4: &str = "10.100.0.100:80";
+const VIP_IP: [u8; 4] = [10, 100, 0, 100];
+/// Flows per scenario: enough that every real and every changed ring slot gets some.
+const FLOWS: u16 = 400;
+
+fn config(reals: &[&str], extra_l4: &str) -> L4Config {
+    let mut text = format!("[l4]\n{extra_l4}\n[[vip]]\naddress = \"{VIP4}\"\nring_size = 1009\n");
+    for addr in reals {
+        text.push_str(&format!("[[vip.real]]\naddress = \"{addr}\"\n"));
+    }
+    L4Config::parse(&text, Path::new("cluster.toml")).expect("test config")
+}
+
+/// One lb node: its own datapath and maps.
+struct Node {
+    runner: XdpRunner,
+    dp: L4Dataplane,
+}
+
+impl Node {
+    fn new(config: &L4Config) -> Self {
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let mut dp = L4Dataplane::new();
+        dp.apply(runner.ebpf_mut(), config).expect("apply");
+        Self { runner, dp }
+    }
+
+    fn apply(&mut self, config: &L4Config) {
+        self.dp
+            .apply(self.runner.ebpf_mut(), config)
+            .expect("apply");
+    }
+
+    /// The real a client segment is sent to (outer IPv4 destination).
+    fn send(&mut self, client: [u8; 4], sport: u16, flags: u8) -> [u8; 4] {
+        let (frame, _) = eth_ipv4(
+            &[],
+            &Ipv4Opts::new(client, VIP_IP),
+            tcp(sport, 80, flags, &[], b"data"),
+        );
+        let res = self.runner.run(&frame).expect("run");
+        assert_eq!(
+            res.action, XDP_REDIRECT,
+            "flow {client:?}:{sport} {flags:#x}"
+        );
+        [res.frame[30], res.frame[31], res.frame[32], res.frame[33]]
+    }
+
+    fn event(&self, event: L4Event) -> u64 {
+        read_l4_stats(self.runner.ebpf(), &self.dp)
+            .expect("stats")
+            .event(event)
+    }
+
+    fn ring_hash(&self) -> Option<u64> {
+        self.dp.ring_hash(vip(), Protocol::Tcp)
+    }
+}
+
+fn vip() -> SocketAddr {
+    VIP4.parse().expect("vip")
+}
+
+/// Flow `i`'s client address and port (spread over addresses and ports).
+fn client(i: u16) -> ([u8; 4], u16) {
+    ([10, 0, (i / 200) as u8, (i % 200) as u8 + 1], 20000 + i)
+}
+
+fn run_in_fib_netns(test: &'static str, body: impl FnOnce() + Send + 'static) {
+    if !require_root(test) {
+        return;
+    }
+    let ns = fib::fib_netns();
+    ns.run(body).expect("test body");
+}
+
+#[test]
+fn nodes_with_the_same_reals_build_the_same_ring_in_any_order() {
+    run_in_fib_netns(
+        "nodes_with_the_same_reals_build_the_same_ring_in_any_order",
+        || {
+            let a = Node::new(&config(&REALS4, ""));
+            let reversed: Vec<&str> = REALS4.iter().rev().copied().collect();
+            let b = Node::new(&config(&reversed, ""));
+            let fewer = Node::new(&config(&REALS4[..2], ""));
+            assert!(a.ring_hash().is_some());
+            assert_eq!(
+                a.ring_hash(),
+                b.ring_hash(),
+                "order of reals does not matter"
+            );
+            assert_ne!(a.ring_hash(), fewer.ring_hash());
+            // And the tables are the same in fact: every flow goes to the same real.
+            let (mut a, mut b) = (a, b);
+            for i in 0..FLOWS {
+                let (c, p) = client(i);
+                assert_eq!(a.send(c, p, TCP_SYN), b.send(c, p, TCP_SYN), "flow {i}");
+            }
+        },
+    );
+}
+
+/// Issue 17's first broken case: after a real was added, a SYN reusing an earlier
+/// connection's 5-tuple went to that connection's real on the node whose table still held it,
+/// and by the new ring everywhere else.
+#[test]
+fn a_syn_reusing_a_5_tuple_takes_the_current_ring_on_every_node() {
+    run_in_fib_netns(
+        "a_syn_reusing_a_5_tuple_takes_the_current_ring_on_every_node",
+        || {
+            let before = config(&REALS4[..2], "");
+            let after = config(&REALS4, "");
+            let mut nodes: Vec<Node> = (0..3).map(|_| Node::new(&before)).collect();
+            // Connections opened (and acknowledged) on node 0.
+            let mut first = Vec::new();
+            for i in 0..FLOWS {
+                let (c, p) = client(i);
+                let real = nodes[0].send(c, p, TCP_SYN);
+                assert_eq!(nodes[0].send(c, p, TCP_ACK), real);
+                first.push(real);
+            }
+            for node in &mut nodes {
+                node.apply(&after);
+            }
+            let mut moved = 0;
+            for (i, old) in (0..FLOWS).zip(&first) {
+                let (c, p) = client(i);
+                // Node 0 remembers the earlier connection; nodes 1 and 2 never saw it.
+                let on_0 = nodes[0].send(c, p, TCP_SYN);
+                let on_1 = nodes[1].send(c, p, TCP_SYN);
+                let on_2 = nodes[2].send(c, p, TCP_SYN);
+                assert_eq!((on_0, on_0), (on_1, on_2), "flow {i}: nodes disagree");
+                // The new connection's entry replaced the old one on node 0.
+                assert_eq!(nodes[0].send(c, p, TCP_ACK), on_0, "flow {i}");
+                moved += usize::from(on_0 != *old);
+            }
+            // The added real took its share: about a third of the reused 5-tuples changed real
+            // (a bound loose enough for any hash, tight enough to show the ring changed).
+            assert!(
+                moved > usize::from(FLOWS) / 6 && moved < usize::from(FLOWS) / 2,
+                "{moved} of {FLOWS} reused 5-tuples moved to the new real"
+            );
+            assert_eq!(
+                nodes[0].event(L4Event::ConntrackHit),
+                2 * u64::from(FLOWS),
+                "SYNs never read the table: only the ACKs hit"
+            );
+        },
+    );
+}
+
+/// Issue 17's second broken case: flows opened before a change of reals and later moved by
+/// ECMP to a node that never saw them were hashed on the new ring. With the previous ring
+/// kept, each reaches its old real; with `previous_ring_window = "0s"` they do not.
+#[test]
+fn flows_moved_to_a_node_that_never_saw_them_keep_their_real_after_a_change() {
+    run_in_fib_netns(
+        "flows_moved_to_a_node_that_never_saw_them_keep_their_real_after_a_change",
+        || {
+            let mut origin = Node::new(&config(&REALS4[..2], ""));
+            let mut opened = Vec::new();
+            for i in 0..FLOWS {
+                let (c, p) = client(i);
+                opened.push(origin.send(c, p, TCP_SYN));
+            }
+            // The current ring's real of each flow, from a node that only knows the new reals.
+            let mut reference = Node::new(&config(&REALS4, ""));
+            let current: Vec<[u8; 4]> = (0..FLOWS)
+                .map(|i| {
+                    let (c, p) = client(i);
+                    reference.send(c, p, TCP_SYN)
+                })
+                .collect();
+            let differs = opened.iter().zip(&current).filter(|(o, c)| o != c).count() as u64;
+            assert!(
+                differs > 0,
+                "the change moved some of the flows' ring slots"
+            );
+            for window in ["", "previous_ring_window = \"0s\""] {
+                // Another node, present all along: it went through the same change.
+                let mut other = Node::new(&config(&REALS4[..2], window));
+                let before_hash = other.ring_hash();
+                other.apply(&config(&REALS4, window));
+                assert_ne!(other.ring_hash(), before_hash);
+                assert_eq!(other.ring_hash(), reference.ring_hash());
+                let mut kept = 0u64;
+                for (i, old) in (0..FLOWS).zip(&opened) {
+                    let (c, p) = client(i);
+                    let got = other.send(c, p, TCP_ACK);
+                    kept += u64::from(got == *old);
+                    // Remembered: the flow's next segments stay with the real it was sent to.
+                    assert_eq!(other.send(c, p, TCP_ACK), got, "flow {i}");
+                }
+                let all = u64::from(FLOWS);
+                if window.is_empty() {
+                    assert_eq!(kept, all, "every moved flow kept its real");
+                    assert_eq!(other.event(L4Event::PreviousRing), differs);
+                    assert_eq!(other.event(L4Event::MidFlowRehash), all - differs);
+                } else {
+                    assert_eq!(kept, all - differs, "no second chance without a window");
+                    assert_eq!(other.event(L4Event::PreviousRing), 0);
+                    assert_eq!(other.event(L4Event::MidFlowRehash), all);
+                }
+            }
+        },
+    );
+}
+
+/// Every flow, not a sample: all flows opened before the change keep their real on a node that
+/// never saw them, and SYNs on that node still follow the current ring.
+#[test]
+fn second_chance_covers_every_moved_flow_and_never_a_syn() {
+    run_in_fib_netns(
+        "second_chance_covers_every_moved_flow_and_never_a_syn",
+        || {
+            let before = config(&REALS4[..2], "");
+            let after = config(&REALS4, "");
+            let mut origin = Node::new(&before);
+            let mut other = Node::new(&before);
+            let mut reference = Node::new(&after);
+            other.apply(&after);
+            let mut differs = 0;
+            for i in 0..FLOWS {
+                let (c, p) = client(i);
+                let old = origin.send(c, p, TCP_SYN);
+                let current = reference.send(c, p, TCP_SYN);
+                differs += u64::from(old != current);
+                assert_eq!(other.send(c, p, TCP_ACK), old, "flow {i} kept its real");
+                // A new connection on the same 5-tuple: the current ring, and it replaces the
+                // second-chance entry.
+                assert_eq!(other.send(c, p, TCP_SYN), current, "flow {i}'s SYN");
+                assert_eq!(other.send(c, p, TCP_ACK), current, "flow {i}'s next ACK");
+            }
+            assert!(differs > 0);
+            assert_eq!(other.event(L4Event::PreviousRing), differs);
+        },
+    );
+}
+
+/// A real removed takes no flows, old or new: the previous ring's word for it is ignored (its
+/// flows take the current ring), while flows of the reals that stay keep theirs (Maglev moves
+/// a few slots between remaining reals too).
+#[test]
+fn the_previous_ring_never_sends_to_a_removed_real() {
+    run_in_fib_netns("the_previous_ring_never_sends_to_a_removed_real", || {
+        let mut origin = Node::new(&config(&REALS4, ""));
+        let mut other = Node::new(&config(&REALS4, ""));
+        other.apply(&config(&REALS4[..2], ""));
+        let mut reference = Node::new(&config(&REALS4[..2], ""));
+        let gone: [u8; 4] = REALS4[2]
+            .parse::<std::net::Ipv4Addr>()
+            .expect("ip")
+            .octets();
+        let (mut on_gone, mut second_chances) = (0, 0);
+        for i in 0..FLOWS {
+            let (c, p) = client(i);
+            let old = origin.send(c, p, TCP_SYN);
+            let current = reference.send(c, p, TCP_SYN);
+            let got = other.send(c, p, TCP_ACK);
+            if old == gone {
+                on_gone += 1;
+                assert_eq!(got, current, "flow {i} of the removed real");
+            } else {
+                assert_eq!(got, old, "flow {i} kept its real");
+                second_chances += u64::from(old != current);
+            }
+        }
+        assert!(on_gone > 0);
+        assert_eq!(other.event(L4Event::PreviousRing), second_chances);
+    });
+}
+
+/// A connection-table entry idle past the timeout is a miss (its flow is hashed again), one
+/// used recently is a hit. The entry's stamp is set back rather than waited out.
+#[test]
+fn idle_entries_expire() {
+    run_in_fib_netns("idle_entries_expire", || {
+        let mut node = Node::new(&config(&REALS4, ""));
+        let (c, p) = client(1);
+        let real = node.send(c, p, TCP_SYN);
+        let flow: FlowKey = flow_key(SocketAddr::from((c, p)), vip(), Protocol::Tcp);
+        let mut table: aya::maps::HashMap<&mut aya::maps::MapData, FlowKey, FlowEntry> = node
+            .runner
+            .ebpf_mut()
+            .map_mut(map_names::CONNTRACK)
+            .expect("CONNTRACK")
+            .try_into()
+            .expect("hash map");
+        let entry = table.get(&flow, 0).expect("entry");
+        assert_eq!(entry.vip, 0);
+        assert_eq!(
+            entry.hash,
+            lb_common::hash::flow_hash(&flow, lb_common::hash::FLOW_HASH_SEED)
+        );
+        let now = conntrack_tick(monotonic_ns());
+        let stale = FlowEntry {
+            seen: now.wrapping_sub(CONNTRACK_IDLE_TICKS + 2),
+            ..entry
+        };
+        table.insert(flow, stale, 0).expect("insert");
+        assert_eq!(node.send(c, p, TCP_ACK), real);
+        assert_eq!(node.event(L4Event::ConntrackExpired), 1);
+        assert_eq!(node.event(L4Event::MidFlowRehash), 1);
+        // Re-stamped on the re-hash: the next segment hits.
+        let hits = node.event(L4Event::ConntrackHit);
+        assert_eq!(node.send(c, p, TCP_ACK), real);
+        assert_eq!(node.event(L4Event::ConntrackHit), hits + 1);
+    });
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the one we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
