@@ -8,17 +8,22 @@
 //! ring says on every node, even on the node whose table remembers the earlier connection;
 //! after a change of reals, segments of flows opened before it reach their old real on a
 //! node that never saw them (second chance on the previous ring), unless the window is off;
-//! an idle entry expires.
+//! an idle entry expires; a restart keeps the ring and the previous ring.
 use std::{net::SocketAddr, path::Path};
 
-use lb::l4::{L4Config, L4Dataplane, Protocol, flow_key, read_l4_stats};
+use aya::maps::{Array, MapData};
+use lb::{
+    l4::{L4Config, L4Dataplane, Protocol, flow_key, read_l4_stats},
+    xdp::{self, AttachMode, AttachedXdp},
+};
 use lb_common::{
-    l4::{CONNTRACK_IDLE_TICKS, FlowEntry, FlowKey, L4Event, conntrack_tick},
+    l4::{CONNTRACK_IDLE_TICKS, FlowEntry, FlowKey, L4Event, PrevRing, conntrack_tick},
     map_names, program_names,
 };
 use lb_tests::{
-    fib,
-    netns::require_root,
+    NETNS_PREFIX, fib,
+    lb_run_netns::PinDir,
+    netns::{Netns, VethEnd, require_root, veth_pair},
     packets::*,
     xdp_run::{XDP_REDIRECT, XdpRunner},
 };
@@ -343,4 +348,93 @@ fn monotonic_ns() -> u64 {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A restarted `lb` (pins kept) finds each VIP's pinned ring equal to what its config builds:
+/// it writes no ring and flips nothing, so the previous ring and its window survive; a
+/// real change after the restart then makes the ring it replaces the previous one, as usual.
+#[test]
+fn a_restart_keeps_the_ring_and_the_previous_ring() {
+    if !require_root("a_restart_keeps_the_ring_and_the_previous_ring") {
+        return;
+    }
+    let a = Netns::new(NETNS_PREFIX, "cra").expect("netns");
+    let b = Netns::new(NETNS_PREFIX, "crb").expect("netns");
+    veth_pair(
+        VethEnd {
+            ns: &a,
+            name: "a0",
+            addrs: &["10.8.0.1/24"],
+        },
+        VethEnd {
+            ns: &b,
+            name: "b0",
+            addrs: &["10.8.0.2/24"],
+        },
+    )
+    .expect("veth");
+    let pins = PinDir::new("cluster-restart");
+    let dir = pins.path.clone();
+    let attach = |dir: &Path| {
+        let dir = dir.to_owned();
+        a.run(move || xdp::attach_pinned("a0", AttachMode::Skb, &dir))
+            .expect("thread in netns")
+            .expect("attach with pins")
+    };
+    let prev = |attached: &AttachedXdp| -> PrevRing {
+        let map: Array<&MapData, PrevRing> = attached
+            .ebpf()
+            .map(map_names::PREV_RINGS)
+            .expect("PREV_RINGS")
+            .try_into()
+            .expect("array");
+        map.get(&0, 0).expect("entry")
+    };
+
+    let mut first = attach(&dir);
+    let mut dp = L4Dataplane::new();
+    dp.apply(first.ebpf_mut(), &config(&REALS4[..2], ""))
+        .expect("apply");
+    assert_eq!(
+        prev(&first),
+        PrevRing::default(),
+        "no change yet: no previous ring"
+    );
+    let report = dp
+        .apply(first.ebpf_mut(), &config(&REALS4, ""))
+        .expect("apply");
+    assert_eq!(report.rings_rebuilt, 1);
+    let kept = prev(&first);
+    assert_eq!(kept.ring_size, 1009);
+    assert!(kept.until_ns > monotonic_ns(), "window open: {kept:?}");
+    let hash = dp.ring_hash(vip(), Protocol::Tcp);
+    first.leave_pinned();
+
+    let mut second = attach(&dir);
+    assert!(second.reused_maps());
+    let mut dp = L4Dataplane::recover(second.ebpf_mut()).expect("recover");
+    assert_eq!(dp.ring_hash(vip(), Protocol::Tcp), None, "not checked yet");
+    let report = dp
+        .apply(second.ebpf_mut(), &config(&REALS4, ""))
+        .expect("apply");
+    assert_eq!(
+        report.rings_rebuilt, 0,
+        "the pinned ring already holds the table"
+    );
+    assert_eq!(dp.ring_hash(vip(), Protocol::Tcp), hash);
+    assert_eq!(
+        prev(&second),
+        kept,
+        "the previous ring and its window survive"
+    );
+
+    // The next change retires the kept previous ring and makes the live one previous.
+    let report = dp
+        .apply(second.ebpf_mut(), &config(&REALS4[1..], ""))
+        .expect("apply");
+    assert_eq!(report.rings_rebuilt, 1);
+    let next = prev(&second);
+    assert_eq!(next.half, 1 - kept.half);
+    assert!(next.until_ns > kept.until_ns);
+    second.detach().expect("detach");
 }

@@ -459,7 +459,7 @@ impl L4Dataplane {
             };
             let unchanged = installed.ring_input.as_ref() == Some(&ring_input(vip))
                 && installed.meta.ring_size == vip.ring_size;
-            if unchanged || !installed.prev_until.is_some_and(|t| t > now) {
+            if unchanged || installed.prev_until.is_none_or(|t| t <= now) {
                 continue;
             }
             Self::write_prev(ebpf, installed.meta.index, PrevRing::default())?;
