@@ -1,27 +1,42 @@
-//! Several lb nodes behind one ECMP router must agree on every flow (issue 17). Here each
+//! Several lb nodes behind one ECMP router must agree on every flow (issue 17). First each
 //! node is its own copy of the datapath (its own maps, loaded next to the others) run on
 //! golden packets with BPF_PROG_TEST_RUN, in a namespace whose FIB reaches the reals: moving a
-//! flow "to another node" is sending its next packet to another copy.
+//! flow "to another node" is sending its next packet to another copy. Then the real thing
+//! (`lb_tests::cluster`): a client namespace, a router with a multipath route to the VIP over
+//! three node namespaces each running the datapath on its interface, and three reals running
+//! `lb_decap`, with real TCP connections.
 //!
 //! What is proved: nodes given the same reals build the same tables (same ring hash, whatever
 //! the order reals are listed in); a SYN that reuses an earlier 5-tuple goes where the current
 //! ring says on every node, even on the node whose table remembers the earlier connection;
 //! after a change of reals, segments of flows opened before it reach their old real on a
 //! node that never saw them (second chance on the previous ring), unless the window is off;
-//! an idle entry expires; a restart keeps the ring and the previous ring.
-use std::{net::SocketAddr, path::Path};
+//! an idle entry expires; a restart keeps the ring and the previous ring. Through the
+//! topology: (a) connections reusing 5-tuples after a real was added go where the current ring
+//! says through every node; (b) long connections opened before the change keep their real
+//! when the router moves them to nodes that never saw them; (c) and when a node dies.
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    thread,
+};
 
 use aya::maps::{Array, MapData};
 use lb::{
-    l4::{L4Config, L4Dataplane, Protocol, flow_key, read_l4_stats},
+    l4::{L4Config, L4Dataplane, Protocol, addr16, flow_key, read_l4_stats},
+    maglev::{self, Backend},
     xdp::{self, AttachMode, AttachedXdp},
 };
 use lb_common::{
+    hash::flow_hash,
     l4::{CONNTRACK_IDLE_TICKS, FlowEntry, FlowKey, L4Event, PrevRing, conntrack_tick},
     map_names, program_names,
 };
 use lb_tests::{
-    NETNS_PREFIX, fib,
+    NETNS_PREFIX,
+    cluster::{ClusterTopology, NODES},
+    dsr::{connect_from, get_name, serve_name},
+    fib,
     lb_run_netns::PinDir,
     netns::{Netns, VethEnd, require_root, veth_pair},
     packets::*,
@@ -437,4 +452,262 @@ fn a_restart_keeps_the_ring_and_the_previous_ring() {
     assert_eq!(next.half, 1 - kept.half);
     assert!(next.until_ns > kept.until_ns);
     second.detach().expect("detach");
+}
+
+// ---- The topology: client -> ECMP router -> 3 lb nodes (XDP) -> 3 reals (lb_decap) ----
+
+/// Connections per topology scenario.
+const TCP_FLOWS: u16 = 300;
+
+/// The ECMP topology with a datapath attached on each node and `lb_decap` plus an HTTP server
+/// naming itself on each real. A node is `None` once killed.
+struct Cluster {
+    topo: ClusterTopology,
+    _decaps: Vec<AttachedXdp>,
+    nodes: Vec<Option<(AttachedXdp, L4Dataplane)>>,
+}
+
+impl Cluster {
+    fn build(subnet: u8) -> Self {
+        let topo = ClusterTopology::build(subnet);
+        let vip_ip = topo.vip_ip();
+        let mut decaps = Vec::new();
+        for (i, real) in topo.reals.iter().enumerate() {
+            decaps.push(
+                real.run(|| {
+                    xdp::attach_program(program_names::DECAP, "e0", AttachMode::Skb).expect("decap")
+                })
+                .expect("decap in real netns"),
+            );
+            let listener = real
+                .run(move || TcpListener::bind((vip_ip, 80)).expect("bind VIP"))
+                .expect("listener");
+            let name = format!("real{}", i + 1);
+            thread::spawn(move || serve_name(listener, name));
+        }
+        let nodes = topo
+            .nodes
+            .iter()
+            .map(|node| {
+                let attached = node
+                    .run(|| xdp::attach("i0", AttachMode::Skb).expect("attach lb_xdp"))
+                    .expect("attach in node netns");
+                Some((attached, L4Dataplane::new()))
+            })
+            .collect();
+        Self {
+            topo,
+            _decaps: decaps,
+            nodes,
+        }
+    }
+
+    fn vip(&self) -> SocketAddr {
+        SocketAddr::new(self.topo.vip_ip(), 80)
+    }
+
+    fn config(&self, reals: &[usize]) -> L4Config {
+        let mut text = format!("[[vip]]\naddress = \"{}\"\nring_size = 65537\n", self.vip());
+        for &i in reals {
+            text.push_str(&format!(
+                "[[vip.real]]\naddress = \"{}\"\n",
+                self.topo.real_ip(i)
+            ));
+        }
+        L4Config::parse(&text, Path::new("cluster.toml")).expect("config")
+    }
+
+    /// The same reals on every live node (as one config pushed to all of them).
+    fn apply(&mut self, reals: &[usize]) {
+        let config = self.config(reals);
+        let mut hashes = Vec::new();
+        for (attached, dp) in self.nodes.iter_mut().flatten() {
+            dp.apply(attached.ebpf_mut(), &config).expect("apply");
+            hashes.push(dp.ring_hash(config.vips[0].addr, Protocol::Tcp));
+        }
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    }
+
+    /// Which real the current ring gives each of `ports`' flows ("realN").
+    fn predicted(&self, reals: &[usize], ports: &[u16]) -> Vec<String> {
+        let backends: Vec<Backend> = reals
+            .iter()
+            .map(|&i| Backend {
+                key: addr16(self.topo.real_ip(i)).0,
+                weight: 1,
+            })
+            .collect();
+        let table = maglev::build(&backends, 65537).expect("maglev");
+        ports
+            .iter()
+            .map(|&port| {
+                let flow = flow_key(
+                    SocketAddr::new(self.topo.client_ip(), port),
+                    self.vip(),
+                    Protocol::Tcp,
+                );
+                let slot = flow_hash(&flow, lb_common::hash::FLOW_HASH_SEED) % 65537;
+                format!("real{}", reals[table[slot as usize].expect("owned")] + 1)
+            })
+            .collect()
+    }
+
+    /// Opens a connection from each port and makes one request on it: (connection, real).
+    fn open(&self, ports: &[u16]) -> Vec<(TcpStream, String)> {
+        let (client_ip, vip) = (self.topo.client_ip(), self.vip());
+        let ports = ports.to_vec();
+        self.topo
+            .client
+            .run(move || {
+                ports
+                    .iter()
+                    .map(|&port| {
+                        let mut conn = connect_from(client_ip, port, vip)
+                            .unwrap_or_else(|e| panic!("connect from port {port}: {e}"));
+                        let name = get_name(&mut conn)
+                            .unwrap_or_else(|e| panic!("first request from port {port}: {e}"));
+                        (conn, name)
+                    })
+                    .collect()
+            })
+            .expect("client")
+    }
+
+    /// A request on each connection: the flows whose answer did not come from their real.
+    fn broken(conns: &mut [(TcpStream, String)]) -> Vec<String> {
+        conns
+            .iter_mut()
+            .filter_map(|(conn, real)| match get_name(conn) {
+                Ok(name) if name == *real => None,
+                other => Some(format!(
+                    "{:?} (was on {real}): {other:?}",
+                    conn.local_addr()
+                )),
+            })
+            .collect()
+    }
+
+    fn event(&self, node: usize, event: L4Event) -> u64 {
+        let (attached, dp) = self.nodes[node].as_ref().expect("live node");
+        read_l4_stats(attached.ebpf(), dp)
+            .expect("stats")
+            .event(event)
+    }
+
+    /// Node `k` dies: the router stops sending to it (`route_to` are the nodes left), its
+    /// link goes down and its program is gone.
+    fn kill(&mut self, k: usize, route_to: &[usize]) {
+        self.topo.route_vip(route_to);
+        self.topo.nodes[k]
+            .ip(&["link", "set", "i0", "down"])
+            .expect("link down");
+        if let Some((attached, _)) = self.nodes[k].take() {
+            attached.detach().expect("detach");
+        }
+    }
+}
+
+/// Closes with a RST (SO_LINGER 0), so the client keeps no TIME_WAIT and may reuse the 5-tuple
+/// at once, as a client behind a NAT or one reusing ports does.
+fn reset(conn: TcpStream) {
+    let socket = socket2::Socket::from(conn);
+    socket
+        .set_linger(Some(std::time::Duration::ZERO))
+        .expect("linger");
+}
+
+/// (a) After a real was added, new connections reusing the 5-tuples of earlier ones go where
+/// the current ring says, through every node, although the node each lands on (ECMP is
+/// deterministic on the 5-tuple) still holds the earlier connection's entry.
+#[test]
+fn reused_5_tuples_follow_the_current_ring_through_every_node() {
+    if !require_root("reused_5_tuples_follow_the_current_ring_through_every_node") {
+        return;
+    }
+    let mut cluster = Cluster::build(95);
+    cluster.apply(&[0, 1]);
+    let ports: Vec<u16> = (0..TCP_FLOWS).map(|n| 30000 + n).collect();
+    let first = cluster.open(&ports);
+    let first_reals: Vec<String> = first.iter().map(|(_, r)| r.clone()).collect();
+    assert_eq!(first_reals, cluster.predicted(&[0, 1], &ports));
+    for (conn, _) in first {
+        reset(conn);
+    }
+    cluster.apply(&[0, 1, 2]);
+    let again = cluster.open(&ports);
+    let again_reals: Vec<String> = again.iter().map(|(_, r)| r.clone()).collect();
+    let predicted = cluster.predicted(&[0, 1, 2], &ports);
+    let wrong: Vec<String> = (0..ports.len())
+        .filter(|&i| again_reals[i] != predicted[i])
+        .map(|i| format!("port {}: {} not {}", ports[i], again_reals[i], predicted[i]))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {TCP_FLOWS}: {wrong:?}",
+        wrong.len()
+    );
+    let moved = (0..ports.len())
+        .filter(|&i| again_reals[i] != first_reals[i])
+        .count();
+    assert!(moved > 0, "the added real took some reused 5-tuples");
+    for k in 0..NODES {
+        assert!(
+            cluster.event(k, L4Event::NewFlow) > 0,
+            "ECMP used node {k}: every node took part"
+        );
+    }
+}
+
+/// (b) and (c): 300 long-lived connections opened before a real was added keep their real
+/// when the router drops one node (plain multipath: flows move between the others too, to
+/// nodes that never saw them: second chance) and when another node is then killed.
+#[test]
+fn long_flows_keep_their_real_through_a_change_of_reals_and_node_failures() {
+    if !require_root("long_flows_keep_their_real_through_a_change_of_reals_and_node_failures") {
+        return;
+    }
+    let mut cluster = Cluster::build(96);
+    cluster.apply(&[0, 1]);
+    let ports: Vec<u16> = (0..TCP_FLOWS).map(|n| 40000 + n).collect();
+    let mut conns = cluster.open(&ports);
+    let reals: Vec<String> = conns.iter().map(|(_, r)| r.clone()).collect();
+    let on_new_ring = cluster.predicted(&[0, 1, 2], &ports);
+    let would_move = (0..ports.len())
+        .filter(|&i| reals[i] != on_new_ring[i])
+        .count();
+    assert!(
+        would_move > 0,
+        "the added real takes some of these flows' slots"
+    );
+
+    cluster.apply(&[0, 1, 2]);
+    assert_eq!(
+        Cluster::broken(&mut conns),
+        Vec::<String>::new(),
+        "after the change"
+    );
+
+    // Node 3 leaves the route (drained): its flows, and some of the others, move.
+    cluster.topo.route_vip(&[0, 1]);
+    let broken = Cluster::broken(&mut conns);
+    assert!(
+        broken.is_empty(),
+        "node 3 left: {} broke: {broken:?}",
+        broken.len()
+    );
+
+    // Node 1 dies: everything goes through node 2.
+    let second_chances_on_1 = cluster.event(0, L4Event::PreviousRing);
+    cluster.kill(0, &[1]);
+    let broken = Cluster::broken(&mut conns);
+    assert!(
+        broken.is_empty(),
+        "node 1 died: {} broke: {broken:?}",
+        broken.len()
+    );
+    let second_chances = second_chances_on_1 + cluster.event(1, L4Event::PreviousRing);
+    assert!(
+        second_chances > 0,
+        "flows reached nodes that never saw them and were sent by the previous ring"
+    );
 }
