@@ -37,7 +37,8 @@ use lb_tests::{
     cluster::{ClusterTopology, NODES},
     dsr::{connect_from, get_name, serve_name},
     fib,
-    lb_run_netns::PinDir,
+    lb_run::http,
+    lb_run_netns::{LbRun, PinDir},
     netns::{Netns, VethEnd, require_root, veth_pair},
     packets::*,
     xdp_run::{XDP_REDIRECT, XdpRunner},
@@ -710,4 +711,132 @@ fn long_flows_keep_their_real_through_a_change_of_reals_and_node_failures() {
         second_chances > 0,
         "flows reached nodes that never saw them and were sent by the previous ring"
     );
+}
+
+/// `lb run` on each node of the topology (its own namespace, XDP on its interface, its own
+/// pins), from backend files listing the reals in different orders: every node reports the
+/// same ring hash in `/api/status` and `/metrics`, and connections through the router reach
+/// the real the shared table gives, whichever node ECMP picks.
+#[test]
+fn lb_run_nodes_report_the_same_ring_hash_and_agree_on_flows() {
+    if !require_root("lb_run_nodes_report_the_same_ring_hash_and_agree_on_flows") {
+        return;
+    }
+    let topo = ClusterTopology::build(97);
+    let vip = SocketAddr::new(topo.vip_ip(), 80);
+    let vip_ip = topo.vip_ip();
+    let mut decaps = Vec::new();
+    for (i, real) in topo.reals.iter().enumerate() {
+        decaps.push(
+            real.run(|| {
+                xdp::attach_program(program_names::DECAP, "e0", AttachMode::Skb).expect("decap")
+            })
+            .expect("decap in real netns"),
+        );
+        let listener = real
+            .run(move || TcpListener::bind((vip_ip, 80)).expect("bind VIP"))
+            .expect("listener");
+        let name = format!("real{}", i + 1);
+        thread::spawn(move || serve_name(listener, name));
+    }
+    let mut runs = Vec::new();
+    let mut files = Vec::new();
+    let mut pins = Vec::new();
+    for (k, node) in topo.nodes.iter().enumerate() {
+        let order: Vec<usize> = if k == 2 { vec![2, 1, 0] } else { vec![0, 1, 2] };
+        let mut text = format!("[[vip]]\naddress = \"{vip}\"\nring_size = 65537\n");
+        for i in order {
+            text += &format!("[[vip.real]]\naddress = \"{}\"\n", topo.real_ip(i));
+        }
+        let file = TempFile(
+            std::env::temp_dir().join(format!("lb-cluster-{}-{k}.toml", std::process::id())),
+        );
+        std::fs::write(&file.0, text).expect("write backend file");
+        let pin = PinDir::new(&format!("cluster{k}"));
+        runs.push(LbRun::start(
+            node,
+            [
+                "--iface",
+                "i0",
+                "--xdp-mode",
+                "skb",
+                "--backends",
+                &file.0.display().to_string(),
+                "--admin",
+                "127.0.0.1:9900",
+                "--pin-dir",
+                &pin.arg(),
+            ],
+        ));
+        files.push(file);
+        pins.push(pin);
+    }
+    let admin: SocketAddr = "127.0.0.1:9900".parse().expect("addr");
+    let mut hashes = Vec::new();
+    for node in &topo.nodes {
+        let (status, metrics) = node
+            .run(move || {
+                (
+                    http("GET", admin, "/api/status"),
+                    http("GET", admin, "/metrics"),
+                )
+            })
+            .expect("admin in node netns");
+        assert_eq!(status.0, 200, "{status:?}");
+        let status: serde_json::Value = serde_json::from_str(&status.1).expect("status JSON");
+        let hash = status["vips"][0]["ring_hash"]
+            .as_str()
+            .unwrap_or_else(|| panic!("ring_hash in {status}"))
+            .to_owned();
+        assert_eq!(hash.len(), 16, "{hash}");
+        let line =
+            format!("lb_xdp_vip_ring_hash{{vip=\"{vip}\",protocol=\"tcp\",hash=\"{hash}\"}} 1");
+        assert!(metrics.1.contains(&line), "{line} in\n{}", metrics.1);
+        hashes.push(hash);
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+
+    // The table the hash stands for is the one every node forwards by.
+    let backends: Vec<Backend> = (0..3)
+        .map(|i| Backend {
+            key: addr16(topo.real_ip(i)).0,
+            weight: 1,
+        })
+        .collect();
+    let table = maglev::build(&backends, 65537).expect("maglev");
+    let client_ip = topo.client_ip();
+    let ports: Vec<u16> = (0..TCP_FLOWS).map(|n| 50000 + n).collect();
+    let predicted: Vec<String> = ports
+        .iter()
+        .map(|&port| {
+            let flow = flow_key(SocketAddr::new(client_ip, port), vip, Protocol::Tcp);
+            let slot = flow_hash(&flow, lb_common::hash::FLOW_HASH_SEED) % 65537;
+            format!("real{}", table[slot as usize].expect("owned") + 1)
+        })
+        .collect();
+    let observed: Vec<String> = topo
+        .client
+        .run(move || {
+            ports
+                .iter()
+                .map(|&port| {
+                    let mut conn = connect_from(client_ip, port, vip).expect("connect");
+                    get_name(&mut conn).unwrap_or_else(|e| format!("failed: {e}"))
+                })
+                .collect()
+        })
+        .expect("client");
+    assert_eq!(observed, predicted);
+    for run in runs {
+        run.stop(std::time::Duration::from_secs(10));
+    }
+}
+
+/// A file removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
