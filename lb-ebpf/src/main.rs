@@ -219,11 +219,13 @@ mod datapath {
 
     #[inline(always)]
     fn forward_ptb(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta, flow: &FlowKey) -> u32 {
-        // The error follows the flow's real; it never creates a connection-table entry (a
+        // The error follows the flow's real (from the table, else as a segment of an open
+        // flow: the previous ring's word first); it never creates a connection-table entry (a
         // spoofed ICMP error must not take a slot).
-        let Some(selected) =
-            select::established(flow, meta).or_else(|| select::by_hash(flow, meta))
-        else {
+        let Some(selected) = select::established(flow, meta).or_else(|| {
+            let current = select::by_hash(flow, meta)?;
+            Some(second_chance::previous_real(meta, &current).unwrap_or(current))
+        }) else {
             return xdp_action::XDP_PASS;
         };
         if meta.forward & VIP_FORWARD_MASK == VIP_FORWARD_LOCAL {
