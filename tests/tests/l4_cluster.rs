@@ -430,8 +430,13 @@ fn a_restart_keeps_the_ring_and_the_previous_ring() {
     assert!(second.reused_maps());
     let mut dp = L4Dataplane::recover(second.ebpf_mut()).expect("recover");
     assert_eq!(dp.ring_hash(vip(), Protocol::Tcp), None, "not checked yet");
-    let report = dp
-        .apply(second.ebpf_mut(), &config(&REALS4, ""))
+    // As `lb run` applies: asynchronously (which retires changing VIPs' previous rings first).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let report = runtime
+        .block_on(dp.apply_async(second.ebpf_mut(), &config(&REALS4, "")))
         .expect("apply");
     assert_eq!(
         report.rings_rebuilt, 0,
@@ -445,8 +450,8 @@ fn a_restart_keeps_the_ring_and_the_previous_ring() {
     );
 
     // The next change retires the kept previous ring and makes the live one previous.
-    let report = dp
-        .apply(second.ebpf_mut(), &config(&REALS4[1..], ""))
+    let report = runtime
+        .block_on(dp.apply_async(second.ebpf_mut(), &config(&REALS4[1..], "")))
         .expect("apply");
     assert_eq!(report.rings_rebuilt, 1);
     let next = prev(&second);

@@ -121,6 +121,10 @@ pub struct GuardSettings {
 /// are the ones the previous ring sends astray).
 pub const DEFAULT_PREVIOUS_RING_WINDOW: Duration = Duration::from_secs(300);
 
+/// Longest `[l4] previous_ring_window`: past a day, flows opened after a change that move
+/// between nodes (which the previous ring misroutes) outnumber those from before it.
+pub const MAX_PREVIOUS_RING_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 impl Default for GuardSettings {
     fn default() -> Self {
         Self {
@@ -418,13 +422,28 @@ fn guard_settings(
             deny: networks(&raw.deny, "deny", err)?,
             allow: networks(&raw.allow, "allow", err)?,
         },
-        previous_ring_window: duration(
-            &raw.previous_ring_window,
-            DEFAULT_PREVIOUS_RING_WINDOW,
-            "previous_ring_window",
-            err,
-        )?,
+        previous_ring_window: previous_ring_window(&raw.previous_ring_window, err)?,
     })
+}
+
+/// `[l4] previous_ring_window`: at most [`MAX_PREVIOUS_RING_WINDOW`].
+fn previous_ring_window(
+    value: &Option<Spanned<String>>,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    let window = duration(
+        value,
+        DEFAULT_PREVIOUS_RING_WINDOW,
+        "previous_ring_window",
+        err,
+    )?;
+    match value {
+        Some(v) if window > MAX_PREVIOUS_RING_WINDOW => Err(err(
+            v.span(),
+            "previous_ring_window must be at most 24h".to_owned(),
+        )),
+        _ => Ok(window),
+    }
 }
 
 /// A list of networks: `ADDRESS/PREFIX` with no host bits set, or a lone address (a /32 or
@@ -617,6 +636,10 @@ deny = ["198.51.100.7", "fd00::7"]
             (
                 "[l4]\nsource_new_flows_per_second = 2000000000\n",
                 "lb.toml:2: source_new_flows_per_second must be at most 1000000000",
+            ),
+            (
+                "[l4]\nprevious_ring_window = \"2days\"\n",
+                "lb.toml:2: previous_ring_window must be at most 24h",
             ),
             (
                 "[l4]\nprevious_ring_window = \"soon\"\n",

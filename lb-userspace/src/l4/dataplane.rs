@@ -433,7 +433,8 @@ impl L4Dataplane {
                 let installed = self.vips.get(&(vip.addr, vip.protocol))?;
                 let unchanged = installed.ring_input.as_ref() == Some(&ring_input(vip))
                     && installed.meta.ring_size == vip.ring_size;
-                if unchanged {
+                // A ring found in pins usually holds the table already (see `apply_vip`).
+                if unchanged || installed.ring_input.is_none() {
                     return None;
                 }
                 // A previous ring still in use is cleared first; its half is then idle for
@@ -459,7 +460,13 @@ impl L4Dataplane {
             };
             let unchanged = installed.ring_input.as_ref() == Some(&ring_input(vip))
                 && installed.meta.ring_size == vip.ring_size;
-            if unchanged || installed.prev_until.is_none_or(|t| t <= now) {
+            // A ring found in pins (after a restart) is left to `apply_vip`: it usually holds
+            // the table already, and then its previous ring must keep its window; when it does
+            // not, `apply_vip` retires the previous ring itself (waiting out the grace).
+            if unchanged
+                || installed.ring_input.is_none()
+                || installed.prev_until.is_none_or(|t| t <= now)
+            {
                 continue;
             }
             Self::write_prev(ebpf, installed.meta.index, PrevRing::default())?;
@@ -808,7 +815,8 @@ impl L4Dataplane {
         // The ring just replaced becomes the previous ring, for its window.
         if let Some(p) = previous.filter(|_| rebuilt && !window.is_zero()) {
             let prev = PrevRing {
-                until_ns: monotonic_ns().saturating_add(window.as_nanos() as u64),
+                until_ns: monotonic_ns()
+                    .saturating_add(u64::try_from(window.as_nanos()).unwrap_or(u64::MAX)),
                 ring_size: p.meta.ring_size,
                 half: p.meta.active_half,
             };
