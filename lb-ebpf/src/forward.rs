@@ -9,7 +9,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::l4::{FAMILY_V4, L4Event};
@@ -28,12 +28,11 @@ const NEXTHOP_TTL_NS: u64 = 100_000_000;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Returns the XDP verdict for an encapsulated frame to real `real_id`.
+/// Returns the XDP verdict for an encapsulated frame to real `real_id`. `now`: the packet's
+/// coarse clock reading (`bpf_ktime_get_coarse_ns`, read once per packet by the caller).
 #[inline(always)]
-pub fn send(ctx: &XdpContext, outer: &Outer, real_id: u32) -> u32 {
+pub fn send(ctx: &XdpContext, outer: &Outer, real_id: u32, now: u64) -> u32 {
     let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(cache) = NEXTHOPS.get_ptr_mut(real_id) else {
         return xdp_action::XDP_DROP;
     };

@@ -50,7 +50,9 @@ mod vip;
 
 #[cfg(target_arch = "bpf")]
 mod datapath {
-    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
+    };
     use aya_log_ebpf::info;
     use lb_common::{
         PacketClass,
@@ -126,16 +128,20 @@ mod datapath {
             count_event(refused);
             return xdp_action::XDP_DROP;
         }
+        // One clock reading per VIP packet: entry stamps, the previous ring's window and the
+        // next-hop cache all use it.
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
         // A SYN opens a new connection even when its 5-tuple has an entry (a reused port):
         // it takes the current ring, like on every other node, and replaces the entry.
         let known = if pkt.is_tcp_syn() {
             None
         } else {
-            select::established(&hit.flow, &hit.meta)
+            select::established(&hit.flow, &hit.meta, now)
         };
         let selected = match known {
             Some(selected) => selected,
-            None => match new_flow(&pkt, &hit) {
+            None => match new_flow(&pkt, &hit, now) {
                 Ok(selected) => selected,
                 Err(refused) => {
                     count_event(refused);
@@ -160,7 +166,7 @@ mod datapath {
             return xdp_action::XDP_PASS;
         }
         match encapsulate(&ctx, &pkt, &selected.real, selected.hash) {
-            Some(outer) => send(&ctx, &outer, selected.real_id),
+            Some(outer) => send(&ctx, &outer, selected.real_id, now),
             None => {
                 count_event(L4Event::EncapFailedDropped);
                 xdp_action::XDP_DROP
@@ -173,7 +179,7 @@ mod datapath {
     /// segment of a flow already open, when it differs), and the flood guard's say on whether
     /// the flow enters the table. `Err` is the drop counter.
     #[inline(always)]
-    fn new_flow(pkt: &Packet, hit: &VipHit) -> Result<Selected, L4Event> {
+    fn new_flow(pkt: &Packet, hit: &VipHit, now: u64) -> Result<Selected, L4Event> {
         let guard: GuardConfig = L4_GUARD.get(0).copied().unwrap_or_default();
         let opens = opens_flow(pkt);
         if opens && !source_limit::admit(&hit.flow, &guard) {
@@ -181,13 +187,13 @@ mod datapath {
         }
         let current = select::by_hash(&hit.flow, &hit.meta);
         let second_chance = match &current {
-            Some(current) if !opens => second_chance::previous_real(&hit.meta, current),
+            Some(current) if !opens => second_chance::previous_real(&hit.meta, current, now),
             _ => None,
         };
         let used_previous = second_chance.is_some();
         let mut selected = second_chance.or(current).ok_or(L4Event::NoRealDropped)?;
         if flood_guard::allows_insert(guard.flood_new_flows_per_cpu) {
-            select::remember(&hit.flow, &hit.meta, &selected);
+            select::remember(&hit.flow, &hit.meta, &selected, now);
         } else {
             count_event(L4Event::FloodGuardNotInserted);
             if pkt.is_tcp_syn() {
@@ -222,9 +228,11 @@ mod datapath {
         // The error follows the flow's real (from the table, else as a segment of an open
         // flow: the previous ring's word first); it never creates a connection-table entry (a
         // spoofed ICMP error must not take a slot).
-        let Some(selected) = select::established(flow, meta).or_else(|| {
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let Some(selected) = select::established(flow, meta, now).or_else(|| {
             let current = select::by_hash(flow, meta)?;
-            Some(second_chance::previous_real(meta, &current).unwrap_or(current))
+            Some(second_chance::previous_real(meta, &current, now).unwrap_or(current))
         }) else {
             return xdp_action::XDP_PASS;
         };
@@ -234,7 +242,7 @@ mod datapath {
         }
         count_event(L4Event::IcmpPtbForwarded);
         match encapsulate(ctx, pkt, &selected.real, selected.hash) {
-            Some(outer) => send(ctx, &outer, selected.real_id),
+            Some(outer) => send(ctx, &outer, selected.real_id, now),
             None => {
                 count_event(L4Event::EncapFailedDropped);
                 xdp_action::XDP_DROP

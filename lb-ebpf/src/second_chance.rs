@@ -14,7 +14,6 @@
 //! here within the window: that flow would have kept its real only with the backend's help
 //! (GLB's real servers forward what they have no socket for to the secondary). Outside the
 //! window, flows from before the change that move nodes take the current ring.
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::l4::{REAL_DOWN, VipMeta, ring_index};
 
 use crate::{
@@ -24,15 +23,14 @@ use crate::{
 
 /// The flow's real on the VIP's previous ring, when that ring is still kept and names another
 /// live real of this VIP than `current` (the current ring's pick, whose hash it reuses).
+/// `now_ns`: the packet's coarse clock reading.
 #[inline(always)]
-pub fn previous_real(vip: &VipMeta, current: &Selected) -> Option<Selected> {
+pub fn previous_real(vip: &VipMeta, current: &Selected, now_ns: u64) -> Option<Selected> {
     let prev = PREV_RINGS.get(vip.index)?;
     if prev.ring_size == 0 {
         return None;
     }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if now >= prev.until_ns {
+    if now_ns >= prev.until_ns {
         return None;
     }
     let slot = current.hash % prev.ring_size;

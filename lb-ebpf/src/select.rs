@@ -5,7 +5,6 @@
 //! A TCP SYN never reads the table (Katran's rule): it opens a new connection, which must go
 //! where the current ring says on every node, even when its 5-tuple is reused from an earlier
 //! connection whose entry is still here.
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
     l4::{
@@ -26,17 +25,10 @@ pub struct Selected {
     pub hash: u32,
 }
 
-/// The connection table's clock, in `FlowEntry::seen` ticks.
-#[inline(always)]
-fn now_tick() -> u16 {
-    // SAFETY: plain helper call.
-    conntrack_tick(unsafe { bpf_ktime_get_coarse_ns() })
-}
-
 /// The flow's real from the connection table, when it has one that is still up and the
-/// entry has not gone idle past the timeout.
+/// entry has not gone idle past the timeout. `now_ns`: the packet's coarse clock reading.
 #[inline(always)]
-pub fn established(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
+pub fn established(flow: &FlowKey, vip: &VipMeta, now_ns: u64) -> Option<Selected> {
     let slot = CONNTRACK.get_ptr_mut(flow)?;
     // SAFETY: a live element of the table; copied out at once (another CPU may rewrite it,
     // which at worst gives a torn stamp, repaired by the next packet).
@@ -45,7 +37,7 @@ pub fn established(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
     if entry.real == NO_REAL {
         return None;
     }
-    let now = now_tick();
+    let now = conntrack_tick(now_ns);
     if conntrack_expired(entry.seen, now) {
         count_event(L4Event::ConntrackExpired);
         return None;
@@ -107,12 +99,12 @@ pub fn live(real_id: u32, hash: u32) -> Option<Selected> {
 /// Enters a flow in the connection table (replacing any entry of the same 5-tuple), so it
 /// keeps its real when the ring changes.
 #[inline(always)]
-pub fn remember(flow: &FlowKey, vip: &VipMeta, selected: &Selected) {
+pub fn remember(flow: &FlowKey, vip: &VipMeta, selected: &Selected, now_ns: u64) {
     let entry = FlowEntry {
         real: selected.real_id,
         // VIP indices are below MAX_VIPS (32).
         vip: vip.index as u16,
-        seen: now_tick(),
+        seen: conntrack_tick(now_ns),
         hash: selected.hash,
     };
     // LRU: inserting evicts the least recently used flow when full, so a full table degrades
