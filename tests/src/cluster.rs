@@ -148,6 +148,45 @@ impl ClusterTopology {
         self.router.ip(&args).expect("VIP route");
     }
 
+    /// As [`Self::route_vip`], through a resilient nexthop group (`ip nexthop ... type
+    /// resilient`): removing a node moves only its own flows, as good routers do. Node `k`'s
+    /// nexthop is id `k + 1`, the group id 100.
+    pub fn route_vip_resilient(&self, nodes: &[usize]) {
+        for &k in nodes {
+            let id = (k + 1).to_string();
+            let via = self.node_ip(k).to_string();
+            let dev = format!("n{}", k + 1);
+            self.router
+                .ip(&["nexthop", "replace", "id", &id, "via", &via, "dev", &dev])
+                .expect("nexthop");
+        }
+        let group = nodes
+            .iter()
+            .map(|k| (k + 1).to_string())
+            .collect::<Vec<_>>()
+            .join("/");
+        self.router
+            .ip(&[
+                "nexthop",
+                "replace",
+                "id",
+                "100",
+                "group",
+                &group,
+                "type",
+                "resilient",
+                "buckets",
+                "128",
+                "idle_timer",
+                "0",
+            ])
+            .expect("resilient group");
+        let vip = format!("{}/32", self.vip_ip());
+        self.router
+            .ip(&["route", "replace", &vip, "nhid", "100"])
+            .expect("VIP route");
+    }
+
     pub fn vip_ip(&self) -> IpAddr {
         IpAddr::from([10, self.subnet, 100, 100])
     }

@@ -602,8 +602,12 @@ impl Cluster {
 
     /// Node `k` dies: the router stops sending to it (`route_to` are the nodes left), its
     /// link goes down and its program is gone.
-    fn kill(&mut self, k: usize, route_to: &[usize]) {
-        self.topo.route_vip(route_to);
+    fn kill(&mut self, k: usize, route_to: &[usize], resilient: bool) {
+        if resilient {
+            self.topo.route_vip_resilient(route_to);
+        } else {
+            self.topo.route_vip(route_to);
+        }
         self.topo.nodes[k]
             .ip(&["link", "set", "i0", "down"])
             .expect("link down");
@@ -665,14 +669,35 @@ fn reused_5_tuples_follow_the_current_ring_through_every_node() {
 }
 
 /// (b) and (c): 300 long-lived connections opened before a real was added keep their real
-/// when the router drops one node (plain multipath: flows move between the others too, to
-/// nodes that never saw them: second chance) and when another node is then killed.
+/// when the router drops one node (flows move to nodes that never saw them: second chance)
+/// and when another node is then killed. With a plain multipath route (removing a node also
+/// moves flows between the others) and with a resilient nexthop group (only its own move).
 #[test]
 fn long_flows_keep_their_real_through_a_change_of_reals_and_node_failures() {
     if !require_root("long_flows_keep_their_real_through_a_change_of_reals_and_node_failures") {
         return;
     }
-    let mut cluster = Cluster::build(96);
+    long_flows_through_changes(96, false);
+}
+
+#[test]
+fn long_flows_keep_their_real_behind_a_resilient_nexthop_group() {
+    if !require_root("long_flows_keep_their_real_behind_a_resilient_nexthop_group") {
+        return;
+    }
+    long_flows_through_changes(98, true);
+}
+
+fn long_flows_through_changes(subnet: u8, resilient: bool) {
+    let mut cluster = Cluster::build(subnet);
+    let route = |cluster: &Cluster, nodes: &[usize]| {
+        if resilient {
+            cluster.topo.route_vip_resilient(nodes);
+        } else {
+            cluster.topo.route_vip(nodes);
+        }
+    };
+    route(&cluster, &[0, 1, 2]);
     cluster.apply(&[0, 1]);
     let ports: Vec<u16> = (0..TCP_FLOWS).map(|n| 40000 + n).collect();
     let mut conns = cluster.open(&ports);
@@ -693,8 +718,8 @@ fn long_flows_keep_their_real_through_a_change_of_reals_and_node_failures() {
         "after the change"
     );
 
-    // Node 3 leaves the route (drained): its flows, and some of the others, move.
-    cluster.topo.route_vip(&[0, 1]);
+    // Node 3 leaves the route (drained): its flows (and, plain, some others) move.
+    route(&cluster, &[0, 1]);
     let broken = Cluster::broken(&mut conns);
     assert!(
         broken.is_empty(),
@@ -704,7 +729,7 @@ fn long_flows_keep_their_real_through_a_change_of_reals_and_node_failures() {
 
     // Node 1 dies: everything goes through node 2.
     let second_chances_on_1 = cluster.event(0, L4Event::PreviousRing);
-    cluster.kill(0, &[1]);
+    cluster.kill(0, &[1], resilient);
     let broken = Cluster::broken(&mut conns);
     assert!(
         broken.is_empty(),
