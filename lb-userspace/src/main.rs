@@ -4,7 +4,7 @@ mod cli;
 use std::{io::IsTerminal as _, path::PathBuf};
 
 use anyhow::Context as _;
-use clap::{CommandFactory as _, Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use lb::xdp::AttachMode;
 use tracing_subscriber::EnvFilter;
 
@@ -119,7 +119,13 @@ enum XdpCommand {
 /// Errors are printed as one line with their causes (`lb: FILE:LINE: reason`), without a
 /// backtrace even when RUST_BACKTRACE is set: they describe the operator's input, not a bug.
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Which --listen each --tls-cert follows is a matter of position, which clap's derived
+    // fields do not keep.
+    if let (Command::Run(args), Some(("run", run))) = (&mut cli.command, matches.subcommand()) {
+        args.bind_certs_to_listeners(run);
+    }
     let who = match cli.command {
         Command::Ctl(_) => "lb ctl",
         Command::Upgrade(_) => "lb upgrade",

@@ -663,6 +663,9 @@ mod tests {
                     error_rate: 0.0,
                     ejections: Some(2),
                     last_ejection_ms: Some(60_000),
+                    configured_weight: 1,
+                    check: None,
+                    traffic: Default::default(),
                 }],
             }],
             vips: vec![VipStatus {
@@ -673,6 +676,9 @@ mod tests {
                 bytes: 700,
                 new_flows: 2,
                 ring_hash: Some("c602dd0c36d3a5dc".into()),
+                packets_per_second: 0.0,
+                bytes_per_second: 0.0,
+                trend: Vec::new(),
                 reals: vec![RealStatus {
                     address: "10.0.0.1".into(),
                     weight: 1,
@@ -680,6 +686,8 @@ mod tests {
                     packets: 7,
                     bytes: 700,
                     new_flows: 2,
+                    packets_per_second: 0.0,
+                    bytes_per_second: 0.0,
                 }],
             }],
             xdp: Some(XdpStatus {

@@ -14,6 +14,7 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     /// Client connections open on the HTTP listeners (what `--max-connections` caps).
     pub l7_connections: u64,
+    pub routes: Vec<RouteStatus>,
     pub pools: Vec<PoolStatus>,
     pub vips: Vec<VipStatus>,
     pub xdp: Option<XdpStatus>,
@@ -32,8 +33,56 @@ pub struct ConfigStatus {
 pub struct ListenerStatus {
     pub name: String,
     pub address: String,
-    /// http, https, tcp, udp
+    /// http, https, tcp, udp, forward_proxy
     pub kind: String,
+    /// HTTP listeners: connections (current, peak), answers, bytes, latency, trend; tcp
+    /// listeners: connections and bytes (added when each relay ends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteStatus {
+    /// Its name, or its index in the file when unnamed.
+    pub name: String,
+    pub listener: String,
+    /// The pool it sends to (the first of a split).
+    pub pool: Option<String>,
+    /// Answers, latency and trend (current/peak and bytes are the listeners' and backends').
+    pub traffic: TrafficView,
+}
+
+/// What the status page shows of one listener, route or backend: totals since start, the
+/// last second's rate, latency percentiles over the last minute, a trend line.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TrafficView {
+    /// Open connections (listeners) or requests in flight (backends) now, and the most at once.
+    pub current: u64,
+    pub peak: u64,
+    pub answers: crate::l7::traffic::Classes,
+    /// Request bytes (from clients, to backends) and response bytes, as on the wire (TLS
+    /// records included upstream); HAProxy's "bytes in/out". Routes have none.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub answers_per_second: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Answers per second, oldest first, one value per status tick (about a second), up to
+    /// a minute.
+    pub trend: Vec<f64>,
+}
+
+/// A backend's active health checks.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckStatus {
+    /// passed, failed, or pending (no check yet).
+    pub last_result: &'static str,
+    pub last_reason: Option<String>,
+    pub last_duration_ms: f64,
+    pub seconds_since_change: f64,
+    pub downtime_seconds: f64,
+    pub checks: u64,
+    pub failures: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,7 +109,10 @@ pub struct OutlierCounts {
 #[derive(Clone, Debug, Serialize)]
 pub struct BackendStatus {
     pub address: String,
+    /// The effective weight now (slow start ramps it up after a backend came back; 0 down),
+    /// and the configured one.
     pub weight: u32,
+    pub configured_weight: u32,
     pub backup: bool,
     /// up, down, draining, ejected (passive), unchecked (no active checks)
     pub health: String,
@@ -80,6 +132,10 @@ pub struct BackendStatus {
     pub ejections: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_ejection_ms: Option<u64>,
+    /// Pools with active health checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckStatus>,
+    pub traffic: TrafficView,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -93,6 +149,11 @@ pub struct VipStatus {
     /// Hash of the VIP's live Maglev table by real address, 16 hex digits: nodes given the
     /// same reals, weights and ring size show the same value. `None` until built or checked.
     pub ring_hash: Option<String>,
+    /// Over the last status tick.
+    pub packets_per_second: f64,
+    pub bytes_per_second: f64,
+    /// Packets per second, oldest first, up to a minute.
+    pub trend: Vec<f64>,
     pub reals: Vec<RealStatus>,
 }
 
@@ -104,6 +165,8 @@ pub struct RealStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    pub packets_per_second: f64,
+    pub bytes_per_second: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -49,12 +49,16 @@ pub struct RunArgs {
     /// An HTTP(S) listener for the pool named "default" (or the file's only pool) (repeatable).
     #[arg(long)]
     listen: Vec<SocketAddr>,
-    /// Certificate chain (PEM) for the --listen listeners: HTTPS (repeatable, with --tls-key).
+    /// Certificate chain (PEM) making the --listen it follows HTTPS (repeatable: several on
+    /// one listener are chosen by SNI, the first is the default; with --tls-key).
     #[arg(long = "tls-cert")]
     tls_certs: Vec<PathBuf>,
     /// Private key (PEM) for the --tls-cert of the same position.
     #[arg(long = "tls-key")]
     tls_keys: Vec<PathBuf>,
+    /// For each --tls-cert, the --listen it follows on the command line (None: none before it).
+    #[arg(skip)]
+    cert_listeners: Vec<Option<usize>>,
     /// The --listen listeners expect a PROXY v1/v2 header from every client.
     #[arg(long)]
     proxy_protocol: bool,
@@ -131,13 +135,51 @@ impl From<AlgorithmArg> for Algorithm {
 const WATCH_PERIOD: Duration = Duration::from_millis(200);
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
 
+impl RunArgs {
+    /// Binds each --tls-cert to the --listen before it on the command line (`matches`: this
+    /// subcommand's), as NGINX binds `ssl_certificate` to its server.
+    pub fn bind_certs_to_listeners(&mut self, matches: &clap::ArgMatches) {
+        let positions = |id: &str| -> Vec<usize> {
+            matches
+                .indices_of(id)
+                .map(|i| i.collect())
+                .unwrap_or_default()
+        };
+        let listens = positions("listen");
+        self.cert_listeners = positions("tls_certs")
+            .into_iter()
+            .map(|cert| listens.iter().rposition(|listen| *listen < cert))
+            .collect();
+    }
+
+    /// (listener index, certificate, key) of every --tls-cert.
+    fn listener_certs(&self) -> anyhow::Result<Vec<(usize, PathBuf, PathBuf)>> {
+        anyhow::ensure!(
+            self.tls_certs.len() == self.tls_keys.len(),
+            "--tls-cert and --tls-key come in pairs ({} certificates, {} keys)",
+            self.tls_certs.len(),
+            self.tls_keys.len()
+        );
+        self.tls_certs
+            .iter()
+            .zip(&self.tls_keys)
+            .enumerate()
+            .map(|(n, (cert, key))| {
+                let listener = self.cert_listeners.get(n).copied().flatten();
+                let listener = listener.with_context(|| {
+                    format!(
+                        "--tls-cert {} comes before any --listen: put it after the --listen it is for",
+                        cert.display()
+                    )
+                })?;
+                Ok((listener, cert.clone(), key.clone()))
+            })
+            .collect()
+    }
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.tls_certs.len() == args.tls_keys.len(),
-        "--tls-cert and --tls-key come in pairs ({} certificates, {} keys)",
-        args.tls_certs.len(),
-        args.tls_keys.len()
-    );
+    let tls = args.listener_certs()?;
     anyhow::ensure!(
         args.vips.is_empty() || args.iface.is_some(),
         "--vip needs --iface (the interface the XDP tier attaches to)"
@@ -155,12 +197,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let flags = ServiceFlags {
         listen: args.listen.clone(),
         vips: args.vips.clone(),
-        tls: args
-            .tls_certs
-            .iter()
-            .cloned()
-            .zip(args.tls_keys.iter().cloned())
-            .collect(),
+        tls,
         proxy_protocol: args.proxy_protocol,
         algorithm: args.algorithm.map(Algorithm::from),
     };

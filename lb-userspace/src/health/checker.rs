@@ -57,11 +57,13 @@ pub fn spawn_checker(
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
+                    let began = Instant::now();
                     let result = probe(&config.kind, target.addr, config.timeout)
                         .await
                         .map_err(|e| e.to_string());
+                    let took = began.elapsed();
                     let transition = match target.state.lock() {
-                        Ok(mut state) => state.observe(result.clone(), Instant::now()),
+                        Ok(mut state) => state.observe_timed(result.clone(), took, Instant::now()),
                         Err(_) => return,
                     };
                     let up = match transition {

@@ -24,6 +24,28 @@ pub struct HealthState {
     pub last_error: Option<String>,
     pub checks: u64,
     pub failures: u64,
+    /// The latest check: passed or not, its error, how long it took.
+    last_check: Option<(bool, Option<String>, Duration)>,
+    /// When the state last changed (or was created).
+    changed_at: Instant,
+    /// Time spent down before the current period, and when the current down period began.
+    downtime: Duration,
+    down_since: Option<Instant>,
+}
+
+/// One backend's check history as the status page shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckDetail {
+    /// The latest check passed (None: not checked yet).
+    pub passed: Option<bool>,
+    /// Why the latest check failed.
+    pub reason: Option<String>,
+    pub duration: Duration,
+    pub since_change: Duration,
+    /// Down time in total, the current down period included.
+    pub downtime: Duration,
+    pub checks: u64,
+    pub failures: u64,
 }
 
 impl HealthState {
@@ -37,6 +59,36 @@ impl HealthState {
             last_error: None,
             checks: 0,
             failures: 0,
+            last_check: None,
+            changed_at: Instant::now(),
+            downtime: Duration::ZERO,
+            down_since: (!up).then(Instant::now),
+        }
+    }
+
+    /// Records one check result that took `took` at `now`.
+    pub fn observe_timed(
+        &mut self,
+        result: Result<(), String>,
+        took: Duration,
+        now: Instant,
+    ) -> Transition {
+        self.last_check = Some((result.is_ok(), result.as_ref().err().cloned(), took));
+        self.observe(result, now)
+    }
+
+    pub fn detail(&self, now: Instant) -> CheckDetail {
+        let current_down = self
+            .down_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        CheckDetail {
+            passed: self.last_check.as_ref().map(|c| c.0),
+            reason: self.last_check.as_ref().and_then(|c| c.1.clone()),
+            duration: self.last_check.as_ref().map_or(Duration::ZERO, |c| c.2),
+            since_change: now.saturating_duration_since(self.changed_at),
+            downtime: self.downtime + current_down,
+            checks: self.checks,
+            failures: self.failures,
         }
     }
 
@@ -65,12 +117,18 @@ impl HealthState {
         if self.up && self.streak >= self.fall {
             self.up = false;
             self.streak = 0;
+            self.changed_at = now;
+            self.down_since = Some(now);
             Transition::WentDown
         } else if !self.up && self.streak >= self.rise {
             self.up = true;
             self.streak = 0;
             self.up_since = Some(now);
             self.last_error = None;
+            self.changed_at = now;
+            if let Some(since) = self.down_since.take() {
+                self.downtime += now.saturating_duration_since(since);
+            }
             Transition::CameUp
         } else {
             Transition::None
@@ -96,6 +154,27 @@ impl HealthState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detail_keeps_the_last_check_and_the_downtime() {
+        let start = Instant::now();
+        let mut s = HealthState::new(1, 1, true);
+        let took = Duration::from_millis(3);
+        s.observe_timed(Err("refused".into()), took, start);
+        let later = start + Duration::from_secs(5);
+        let d = s.detail(later);
+        assert_eq!(d.passed, Some(false));
+        assert_eq!(d.reason.as_deref(), Some("refused"));
+        assert_eq!(d.duration, took);
+        assert_eq!(d.downtime, Duration::from_secs(5));
+        assert_eq!(d.since_change, Duration::from_secs(5));
+        s.observe_timed(Ok(()), took, later);
+        let d = s.detail(later + Duration::from_secs(10));
+        assert_eq!((d.passed, d.reason), (Some(true), None));
+        assert_eq!(d.downtime, Duration::from_secs(5), "closed period only");
+        assert_eq!(d.since_change, Duration::from_secs(10));
+        assert_eq!((d.checks, d.failures), (2, 1));
+    }
 
     #[test]
     fn falls_after_fall_failures_and_rises_after_rise_successes() {

@@ -156,12 +156,13 @@ impl Proxy {
                 ctx.shed = Some(shed);
                 return overloaded(shed);
             }
-            pool.record(
+            pool.record_timed(
                 i,
                 match &result {
                     Ok(Ok(r)) => Attempt::Answered(r.status().as_u16()),
                     _ => Attempt::Failed,
                 },
+                sent.elapsed(),
             );
             match result {
                 Ok(Ok(response)) => {

@@ -23,6 +23,8 @@
 //! - `policy/`: per-route policies compiled into each route's chain (header edits, redirect,
 //!   respond, timeout, rate limits).
 //! - `observe.rs`: what each request reports (metrics handles); `access_log.rs`: JSON lines.
+//! - `traffic.rs`: the status page's totals per listener, route and backend (answers by
+//!   class, latency histogram, bytes, current and peak); `counted_io.rs`: a connection's bytes.
 //! - `proxy_header.rs`: PROXY v1/v2 headers from trusted peers.
 //! - `upgrade.rs`: HTTP/1.1 Upgrade (WebSocket): headers passed on, streams spliced after 101.
 //! - `tls.rs`: HTTPS listeners (SNI certificate choice, ALPN, resumption).
@@ -41,6 +43,7 @@ pub mod cache;
 pub mod client_cert;
 pub mod client_limit;
 mod context;
+mod counted_io;
 pub mod egress;
 mod forward;
 /// Entry points for the fuzz targets (`fuzz/`), each checking its parser's invariants.
@@ -63,6 +66,7 @@ pub mod selection;
 mod server;
 mod stream;
 mod tls;
+pub mod traffic;
 mod upgrade;
 pub mod upstream;
 

@@ -18,6 +18,7 @@ use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
 use super::cache::CacheStatus;
 use super::policy::rate_limit::{Outcome, Verdict, store::Via};
+use super::traffic::{TrafficRegistry, TrafficStats};
 use super::upstream::Shed;
 use super::{
     access_log::AccessLog,
@@ -37,6 +38,8 @@ pub type FlowIdLookup = Box<dyn Fn(SocketAddr, SocketAddr) -> Option<u64> + Send
 #[derive(Default)]
 pub struct Observer {
     metrics: Option<L7Metrics>,
+    /// The status page's totals (kept with the metrics: only an observed tier has them).
+    traffic: Option<TrafficRegistry>,
     access_log: Option<AccessLog>,
     flow_ids: Option<FlowIdLookup>,
 }
@@ -63,6 +66,7 @@ impl Observer {
             log.count_drops_in(m.access_log_dropped.clone());
         }
         Arc::new(Self {
+            traffic: metrics.as_ref().map(|_| TrafficRegistry::default()),
             metrics,
             access_log,
             flow_ids,
@@ -73,6 +77,16 @@ impl Observer {
     /// not a PROXY header's: the datapath saw the packets).
     pub fn flow_id(&self, socket_peer: SocketAddr, local: SocketAddr) -> Option<u64> {
         self.flow_ids.as_ref()?(socket_peer, local)
+    }
+
+    /// Listener `name`'s totals (None: not observed).
+    pub(super) fn listener_traffic(&self, name: &str) -> Option<Arc<TrafficStats>> {
+        self.traffic.as_ref().map(|t| t.listener(name))
+    }
+
+    /// The status page's totals of listeners and routes (None: not observed).
+    pub fn traffic(&self) -> Option<&TrafficRegistry> {
+        self.traffic.as_ref()
     }
 
     /// The live metric families (None: not observed).
@@ -225,6 +239,15 @@ impl Observer {
                     .enumerate()
                     .map(|(i, r)| r.label(i))
                     .collect(),
+                route_traffic: match &self.traffic {
+                    Some(t) => config
+                        .routes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| t.route(&r.label(i)))
+                        .collect(),
+                    None => Vec::new(),
+                },
                 requests: RwLock::default(),
                 auth: RwLock::default(),
             }),
@@ -272,6 +295,8 @@ struct LiveMeters {
     route_listeners: Vec<String>,
     /// By route index: its name, or its index.
     route_labels: Vec<String>,
+    /// By route index: the status page's totals.
+    route_traffic: Vec<Arc<TrafficStats>>,
     requests: RwLock<HashMap<RequestKey, Counter>>,
     /// Authentication verdicts by (route index, policy, result), resolved on first use.
     auth: RwLock<HashMap<(usize, &'static str, &'static str), Counter>>,
@@ -374,6 +399,15 @@ impl ProxyMeters {
     /// Counts one answered request.
     pub(super) fn request(&self, listener: &str, outcome: &RequestCtx<'_>) {
         let Some(live) = &self.live else { return };
+        if let Some(t) = &outcome.conn.traffic {
+            t.answered(outcome.status, outcome.duration);
+        }
+        if let Some(t) = outcome
+            .route_index()
+            .and_then(|r| live.route_traffic.get(r))
+        {
+            t.answered(outcome.status, outcome.duration);
+        }
         // The global guard sheds before a pool is chosen.
         if outcome.pool.is_none()
             && let Some(shed) = outcome.shed

@@ -3,7 +3,7 @@
 //! (`upstream/h1_pool.rs`), hyper-util's pooled client for TLS and HTTP/2 ones. Pools that
 //! send a PROXY header use one hyper-util client per downstream connection instead (see
 //! `upstream/private.rs`).
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -157,16 +157,26 @@ impl Pool {
             Algorithm::ConsistentHash => Box::new(ConsistentHash::new(backends)?),
         };
         let breaker = config.breaker.map(|b| Arc::new(Breaker::new(b)));
+        let traffic = BackendTraffic::new(config.backends.len());
+        let backend_traffic = |i: usize| (config.backends[i].addr, traffic.stats(i));
         let connector = UpstreamConnector::new(config.connect_timeout, config.tls.clone())
-            .with_breaker(breaker.clone());
+            .with_breaker(breaker.clone())
+            .with_traffic(
+                (0..config.backends.len())
+                    .filter_map(|i| {
+                        let (addr, stats) = backend_traffic(i);
+                        Some((addr, stats?))
+                    })
+                    .collect(),
+            );
         let client = build_client(connector.clone(), &config);
         let plain_http1 = config.tls.is_none()
             && config.protocol == UpstreamProtocol::Http1
             && config.proxy_protocol.is_none();
         let http1 = plain_http1.then(|| {
-            let addrs: Vec<SocketAddr> = config.backends.iter().map(|b| b.addr).collect();
+            let backends: Vec<_> = (0..config.backends.len()).map(backend_traffic).collect();
             Http1Pool::new(
-                &addrs,
+                &backends,
                 config.idle_per_backend,
                 config.idle_timeout,
                 config.connect_timeout,
@@ -202,7 +212,7 @@ impl Pool {
                         .outlier
                         .map(|o| OutlierDetector::new(config.backends.len(), o)),
                 ),
-                traffic: BackendTraffic::new(config.backends.len()),
+                traffic,
                 inflight,
                 breaker,
                 adaptive: config.adaptive.map(AdaptiveLimit::new),
@@ -302,7 +312,9 @@ impl Pool {
         loop {
             let i = self.pick_skipping(key, tried, &full)?;
             let guard = self.inflight.start(i);
-            if self.cap(i).is_some_and(|cap| self.inflight.get(i) > cap) {
+            let in_flight = self.inflight.get(i);
+            self.state.traffic.in_flight(i, u64::from(in_flight));
+            if self.cap(i).is_some_and(|cap| in_flight > cap) {
                 full.push(i);
                 continue;
             }
@@ -313,8 +325,17 @@ impl Pool {
     /// Feeds an attempt's outcome on backend `i` to passive health, outlier detection and the
     /// traffic totals.
     pub fn record(&self, i: usize, attempt: Attempt) {
+        self.record_timed(i, attempt, Duration::ZERO);
+    }
+
+    /// As `record`, for an HTTP attempt that took `latency` to its answer's head.
+    pub fn record_timed(&self, i: usize, attempt: Attempt, latency: Duration) {
         let ok = attempt.is_ok();
-        self.state.traffic.record(i, ok);
+        let answered = match attempt {
+            Attempt::Answered(status) => Some(status),
+            Attempt::Failed | Attempt::Connected => None,
+        };
+        self.state.traffic.record(i, ok, answered, latency);
         if ok {
             self.state.health.record_success(i);
         } else {

@@ -16,12 +16,14 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use super::{
     config::{HostMatch, L7Config, ListenerConfig, ListenerMode, RouteConfig},
+    counted_io::CountedIo,
     h2_guard::{H2Close, H2Guard},
     hygiene::HeadGuard,
     lifecycle::{self, Lifecycle, ListenerGate},
     overload::GlobalLimits,
     proxy::Proxy,
     tls::CertReloader,
+    traffic::OpenConnection,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +166,24 @@ impl RunningL7 {
     /// Client connections open on the HTTP listeners now.
     pub fn open_connections(&self) -> u64 {
         self.lifecycle.open_connections() as u64
+    }
+
+    /// Listener `name`'s status-page totals (None: not observed, or no traffic yet).
+    pub fn listener_traffic(&self, name: &str) -> Option<super::traffic::TrafficSnapshot> {
+        self.proxy
+            .load()
+            .observer()
+            .traffic()?
+            .listener_snapshot(name)
+    }
+
+    /// Route `label`'s status-page totals (None: not observed).
+    pub fn route_traffic(&self, label: &str) -> Option<super::traffic::TrafficSnapshot> {
+        self.proxy
+            .load()
+            .observer()
+            .traffic()?
+            .route_snapshot(label)
     }
 
     /// The live upstream state (retry counters, ...) of pool `name`.
@@ -613,6 +633,7 @@ async fn accept_loop(
         Option<Arc<super::client_limit::ClientConnections>>,
     ),
 ) {
+    let traffic = proxy.load().observer().listener_traffic(&name);
     loop {
         let admission = gate.admit().await;
         let (mut tcp, socket_peer) = match listener.accept().await {
@@ -628,7 +649,9 @@ async fn accept_loop(
         let per_client = per_client.clone();
         let phase = admission.phase();
         let tracker = gate.tracker();
+        let traffic = traffic.clone();
         tokio::spawn(admission.run(async move {
+            let _open = traffic.clone().map(OpenConnection::new);
             let mut peer = socket_peer;
             if let Some(trust) = trust.filter(|t| t.0.iter().any(|n| n.contains(&socket_peer.ip())))
             {
@@ -669,6 +692,7 @@ async fn accept_loop(
             };
             let mut conn = super::upstream::ConnInfo::new(peer.ip(), local, flow_id);
             conn.tracker = Some(tracker);
+            conn.traffic = traffic.clone();
             conn.client_cert = secure
                 .as_ref()
                 .and_then(|s| s.get_ref().1.peer_certificates()?.first())
@@ -708,9 +732,11 @@ async fn accept_loop(
             http2_limits(&mut builder, max_header_bytes);
             if let Some(tcp) = plain {
                 let tcp = H2Guard::new(HeadGuard::new(tcp, max_header_bytes), on_h2_close);
+                let tcp = CountedIo::client(tcp, traffic);
                 lifecycle::serve(&builder, TokioIo::new(tcp), service, phase).await;
             } else if let Some(stream) = secure {
                 let stream = H2Guard::new(HeadGuard::new(stream, max_header_bytes), on_h2_close);
+                let stream = CountedIo::client(stream, traffic);
                 lifecycle::serve(&builder, TokioIo::new(stream), service, phase).await;
             }
         }));

@@ -288,7 +288,29 @@ pub(super) async fn sent_plain_http(tcp: &mut tokio::net::TcpStream, timeout: Du
     );
     let _ = tcp.write_all(answer.as_bytes()).await;
     let _ = tcp.shutdown().await;
+    linger(tcp, timeout).await;
     true
+}
+
+/// What a lingering close reads of a client's unread request at most.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Reads what the client is still sending (its request) until it closes, `LINGER_BYTES` or
+/// `timeout`, as NGINX's lingering close does: closing a socket with unread data makes the
+/// kernel send a reset, which can destroy the answer before the client has read it.
+async fn linger(tcp: &mut tokio::net::TcpStream, timeout: Duration) {
+    use tokio::io::AsyncReadExt as _;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //!
 //! The flags serve the file's pool named `default`, or its only pool. They become:
 //! - per `--listen ADDR:PORT`: a `[[listener]]` named `listen-N` (HTTPS with the `--tls-cert`
-//!   certificates, the first being the default; PROXY headers accepted from any source with
+//!   certificates that follow it on the command line, the first being the default; PROXY
+//!   headers accepted from any source with
 //!   `--proxy-protocol`) and a catch-all `[[route]]` to the pool, after the file's own routes;
 //! - per `--vip ADDR:PORT[/tcp|udp]`: a `[[vip]]` taking its reals from the pool, forwarded to
 //!   this host's stack (`local`) when lb also listens here, else encapsulated to the backends.
@@ -20,7 +21,8 @@ pub struct ServiceFlags {
     pub listen: Vec<SocketAddr>,
     /// `ADDR:PORT` or `ADDR:PORT/tcp|udp`.
     pub vips: Vec<String>,
-    pub tls: Vec<(PathBuf, PathBuf)>,
+    /// (index of the --listen it follows, certificate, key).
+    pub tls: Vec<(usize, PathBuf, PathBuf)>,
     pub proxy_protocol: bool,
     pub algorithm: Option<Algorithm>,
 }
@@ -37,8 +39,11 @@ impl ServiceFlags {
     /// The sections these flags add for `pool`.
     fn sections(&self, pool: &str) -> Result<String, String> {
         let mut out = String::from("\n# --- from command-line flags ---\n");
-        if !self.tls.is_empty() && self.listen.is_empty() {
-            return Err("--tls-cert needs --listen".into());
+        if let Some((_, cert, _)) = self.tls.iter().find(|t| t.0 >= self.listen.len()) {
+            return Err(format!(
+                "--tls-cert {} must follow the --listen it is for",
+                cert.display()
+            ));
         }
         for (i, addr) in self.listen.iter().enumerate() {
             let name = format!("listen-{}", i + 1);
@@ -50,7 +55,7 @@ impl ServiceFlags {
             if self.proxy_protocol {
                 out += "proxy_protocol_from = [\"0.0.0.0/0\", \"::/0\"]\n";
             }
-            for (cert, key) in &self.tls {
+            for (_, cert, key) in self.tls.iter().filter(|t| t.0 == i) {
                 out += &format!(
                     "[[listener.tls]]\ncert = {}\nkey = {}\n",
                     quoted(&cert.to_string_lossy()),
@@ -184,6 +189,32 @@ mod tests {
         assert_eq!(c.l4.vips[0].forward, Forward::Local);
         assert_eq!(c.l4.vips[1].protocol, crate::l4::Protocol::Udp);
         assert_eq!(c.l4.vips[0].reals.len(), 1, "reals come from the pool");
+    }
+
+    #[test]
+    fn certificates_go_to_the_listen_they_follow() {
+        let flags = ServiceFlags {
+            listen: vec![
+                "127.0.0.1:80".parse().expect("addr"),
+                "127.0.0.1:443".parse().expect("addr"),
+            ],
+            tls: vec![(1, "c.pem".into(), "k.pem".into())],
+            ..ServiceFlags::default()
+        };
+        let sections = flags.sections("web").expect("sections");
+        let (plain, tls) = sections
+            .split_once("name = \"listen-2\"")
+            .expect("two listeners");
+        assert!(!plain.contains("[[listener.tls]]"), "{sections}");
+        assert!(tls.contains("cert = \"c.pem\""), "{sections}");
+        let orphan = ServiceFlags {
+            tls: vec![(0, "c.pem".into(), "k.pem".into())],
+            ..ServiceFlags::default()
+        };
+        assert_eq!(
+            orphan.sections("web").expect_err("no listen"),
+            "--tls-cert c.pem must follow the --listen it is for"
+        );
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! - `flags.rs`: single-service command-line flags turned into backend-file sections.
 //! - `watch.rs`: noticing backend-file changes.
+//! - `history.rs`: the last minute of traffic samples (rates, trend lines, percentiles).
 //! - `run.rs`: the manager: configuration, tiers, health into both tiers, drains, reloads,
 //!   the status snapshot.
 pub mod flags;
+mod history;
 pub mod run;
 pub mod watch;

@@ -13,12 +13,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
 use super::flags::{self, ServiceFlags};
+use super::history::{Histories, PacketKey, PacketTotals, TrafficKey};
 use crate::{
     admin::{
         metrics::Metrics,
         status::{
-            BackendStatus, ConfigStatus, ListenerStatus, PoolStatus, RealStatus, Status, VipStatus,
-            XdpStatus,
+            BackendStatus, CheckStatus, ConfigStatus, ListenerStatus, PoolStatus, RealStatus,
+            RouteStatus, Status, VipStatus, XdpStatus,
         },
     },
     config::Config,
@@ -71,6 +72,8 @@ pub struct Manager {
     started: Instant,
     /// Per backend: the traffic totals at the last rate sample, and the rates then computed.
     rates: Mutex<HashMap<BackendKey, RateSample>>,
+    /// The last minute of samples behind the status page's rates, trends and percentiles.
+    histories: Mutex<Histories>,
 }
 
 /// A backend's traffic totals at one moment and the rates over the period that ended there.
@@ -242,6 +245,7 @@ impl Manager {
             metrics,
             started: Instant::now(),
             rates: Mutex::new(HashMap::new()),
+            histories: Mutex::new(Histories::default()),
         };
         let carried = std::mem::take(&mut manager.options.carried);
         manager.drained = carried.drained.into_iter().collect();
@@ -461,6 +465,10 @@ impl Manager {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut sampled = HashMap::new();
+        let mut histories = self
+            .histories
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let pools = self
             .config
             .l7
@@ -514,6 +522,32 @@ impl Manager {
                             let last_error = checked
                                 .filter(|_| health == "down")
                                 .and_then(|s| s.lock().ok().and_then(|s| s.last_error.clone()));
+                            let check = checked
+                                .and_then(|s| s.lock().ok().map(|s| s.detail(now)))
+                                .map(|d| CheckStatus {
+                                    last_result: match d.passed {
+                                        None => "pending",
+                                        Some(true) => "passed",
+                                        Some(false) => "failed",
+                                    },
+                                    last_reason: d.reason,
+                                    last_duration_ms: d.duration.as_secs_f64() * 1000.0,
+                                    seconds_since_change: d.since_change.as_secs_f64(),
+                                    downtime_seconds: d.downtime.as_secs_f64(),
+                                    checks: d.checks,
+                                    failures: d.failures,
+                                });
+                            let in_flight =
+                                state.as_ref().map_or(0, |s| u64::from(s.inflight.get(i)));
+                            let traffic = histories.traffic_view(
+                                TrafficKey::Backend(p.name.clone(), b.addr),
+                                now,
+                                state
+                                    .as_ref()
+                                    .map(|s| s.traffic.snapshot(i))
+                                    .unwrap_or_default(),
+                                Some(in_flight),
+                            );
                             let weight = checked
                                 .and_then(|s| s.lock().ok())
                                 .zip(p.health_check.as_ref())
@@ -536,12 +570,11 @@ impl Manager {
                             BackendStatus {
                                 address: b.addr.to_string(),
                                 weight: weight.round() as u32,
+                                configured_weight: b.weight,
                                 backup: b.backup,
                                 health: health.into(),
                                 last_error,
-                                in_flight: state
-                                    .as_ref()
-                                    .map_or(0, |s| u64::from(s.inflight.get(i))),
+                                in_flight,
                                 requests,
                                 errors,
                                 requests_per_second: rate.per_second,
@@ -551,6 +584,8 @@ impl Manager {
                                     .outlier
                                     .and(passive)
                                     .map(|s| s.outlier.last_ejection.as_millis() as u64),
+                                check,
+                                traffic,
                             }
                         })
                         .collect(),
@@ -562,16 +597,14 @@ impl Manager {
         drop(rates);
         let (vips, xdp) = match &self.xdp {
             None => (Vec::new(), None),
-            Some(x) => self.xdp_status(x),
+            Some(x) => self.xdp_status(x, now, &mut histories),
         };
         let listeners = self
             .l7
             .listeners
             .iter()
-            .map(|(name, addr)| ListenerStatus {
-                name: name.clone(),
-                address: addr.to_string(),
-                kind: self
+            .map(|(name, addr)| {
+                let kind = self
                     .config
                     .l7
                     .listeners
@@ -583,10 +616,46 @@ impl Manager {
                         l7::ListenerMode::ForwardProxy => "forward_proxy",
                         l7::ListenerMode::Http if l.tls.is_empty() => "http",
                         l7::ListenerMode::Http => "https",
-                    })
-                    .into(),
+                    });
+                let traffic = matches!(kind, "http" | "https" | "tcp").then(|| {
+                    histories.traffic_view(
+                        TrafficKey::Listener(name.clone()),
+                        now,
+                        self.l7.listener_traffic(name).unwrap_or_default(),
+                        None,
+                    )
+                });
+                ListenerStatus {
+                    name: name.clone(),
+                    address: addr.to_string(),
+                    kind: kind.into(),
+                    traffic,
+                }
             })
             .collect();
+        let routes = self
+            .config
+            .l7
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let label = r.label(i);
+                RouteStatus {
+                    traffic: histories.traffic_view(
+                        TrafficKey::Route(label.clone()),
+                        now,
+                        self.l7.route_traffic(&label).unwrap_or_default(),
+                        None,
+                    ),
+                    name: label,
+                    listener: r.listener.clone(),
+                    pool: Some(r.pool.clone()).filter(|p| !p.is_empty()),
+                }
+            })
+            .collect();
+        histories.forget_unseen();
+        drop(histories);
         self.status.store(Arc::new(Status {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
@@ -594,13 +663,19 @@ impl Manager {
             config: self.config_status.clone(),
             listeners,
             l7_connections: self.l7.open_connections(),
+            routes,
             pools,
             vips,
             xdp,
         }));
     }
 
-    fn xdp_status(&self, x: &XdpTier) -> (Vec<VipStatus>, Option<XdpStatus>) {
+    fn xdp_status(
+        &self,
+        x: &XdpTier,
+        now: Instant,
+        histories: &mut Histories,
+    ) -> (Vec<VipStatus>, Option<XdpStatus>) {
         let ebpf = x.attached.ebpf();
         let stats = read_l4_stats(ebpf, &x.dataplane).ok();
         let host = xdp::read_stats(ebpf).ok();
@@ -611,7 +686,21 @@ impl Manager {
             .iter()
             .map(|v| {
                 let c = stats.as_ref().map(|s| s.vip(v.addr)).unwrap_or_default();
+                let vip_rates = histories.packet_rates(
+                    PacketKey {
+                        vip: v.addr.to_string(),
+                        real: None,
+                    },
+                    now,
+                    PacketTotals {
+                        packets: c.packets,
+                        bytes: c.bytes,
+                    },
+                );
                 VipStatus {
+                    packets_per_second: vip_rates.packets_per_second,
+                    bytes_per_second: vip_rates.bytes_per_second,
+                    trend: vip_rates.trend,
                     address: v.addr.to_string(),
                     protocol: format!("{:?}", v.protocol).to_lowercase(),
                     forward: format!("{:?}", v.forward).to_lowercase(),
@@ -639,7 +728,20 @@ impl Manager {
                                         .any(|b| self.serves(&(pool.name.clone(), b.addr)))
                                 },
                             );
+                            let real_rates = histories.packet_rates(
+                                PacketKey {
+                                    vip: v.addr.to_string(),
+                                    real: Some(r.addr.to_string()),
+                                },
+                                now,
+                                PacketTotals {
+                                    packets: rc.packets,
+                                    bytes: rc.bytes,
+                                },
+                            );
                             RealStatus {
+                                packets_per_second: real_rates.packets_per_second,
+                                bytes_per_second: real_rates.bytes_per_second,
                                 address: r.addr.to_string(),
                                 weight: r.weight,
                                 up,

@@ -17,13 +17,21 @@ use super::{
     relay::{self, RelayEnd},
     sni,
 };
-use crate::l7::{lifecycle::Tracker, pool::Pool, proxy_header, selection::InFlightGuard};
+use crate::l7::{
+    lifecycle::Tracker, pool::Pool, proxy_header, selection::InFlightGuard, traffic::OpenConnection,
+};
 
 pub(super) async fn accept_loop(
     socket: Arc<TcpListener>,
     listener: Arc<StreamListener>,
     tracker: Tracker,
 ) {
+    // The status page's connections and bytes of this listener.
+    let traffic = listener
+        .proxy
+        .load()
+        .observer()
+        .listener_traffic(&listener.name);
     loop {
         let (tcp, socket_peer) = match socket.accept().await {
             Ok(conn) => conn,
@@ -34,13 +42,20 @@ pub(super) async fn accept_loop(
             }
         };
         let listener = listener.clone();
-        let relay = async move { connection(tcp, socket_peer, &listener).await };
+        let open = traffic.clone().map(OpenConnection::new);
+        let relay = async move { connection(tcp, socket_peer, &listener, open).await };
         tokio::spawn(tracker.admit().run(relay));
     }
 }
 
-/// One client connection, from accept to the end of its relay.
-async fn connection(mut tcp: TcpStream, socket_peer: SocketAddr, listener: &StreamListener) {
+/// One client connection, from accept to the end of its relay (`open`: counted open on the
+/// status page until then; its bytes are added when the relay ends).
+async fn connection(
+    mut tcp: TcpStream,
+    socket_peer: SocketAddr,
+    listener: &StreamListener,
+    open: Option<OpenConnection>,
+) {
     let _ = tcp.set_nodelay(true);
     let mut client = socket_peer;
     if let Some((_, deadline)) = listener
@@ -78,6 +93,9 @@ async fn connection(mut tcp: TcpStream, socket_peer: SocketAddr, listener: &Stre
         proxy
             .meters()
             .stream_connection(&listener.name, outcome, bytes_in, bytes_out);
+        if let Some(open) = &open {
+            open.stats().add_bytes(bytes_in, bytes_out);
+        }
     };
     let (first_bytes, server_name) = if listener.routes_by_sni() {
         match sni::read(&mut tcp, listener.settings.client_hello_timeout).await {

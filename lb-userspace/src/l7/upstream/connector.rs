@@ -2,6 +2,7 @@
 //! timeout and no Nagle delay, then the PROXY header when the pool sends one, then TLS for
 //! HTTPS pools (ALPN h2 tells the client to speak HTTP/2).
 use std::{
+    collections::HashMap,
     future::Future,
     io,
     net::SocketAddr,
@@ -23,6 +24,7 @@ use tokio::{
 };
 use tokio_rustls::client::TlsStream;
 
+use super::super::{counted_io::CountedIo, traffic::TrafficStats};
 use super::tls::UpstreamTls;
 
 /// A `tower_service::Service<Uri>` the legacy client calls for each new connection; the URI's
@@ -35,6 +37,8 @@ pub struct UpstreamConnector {
     proxy_header: Option<Arc<[u8]>>,
     /// Counts connections and pending connects against the pool's caps.
     breaker: Option<Arc<super::Breaker>>,
+    /// Each backend's totals, which its connections count their bytes in.
+    traffic: Option<Arc<HashMap<SocketAddr, Arc<TrafficStats>>>>,
 }
 
 impl UpstreamConnector {
@@ -44,6 +48,15 @@ impl UpstreamConnector {
             tls,
             proxy_header: None,
             breaker: None,
+            traffic: None,
+        }
+    }
+
+    /// The same connector, its connections counting bytes in their backend's totals.
+    pub fn with_traffic(self, traffic: HashMap<SocketAddr, Arc<TrafficStats>>) -> Self {
+        Self {
+            traffic: Some(Arc::new(traffic)),
+            ..self
         }
     }
 
@@ -89,7 +102,9 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                         .map_err(|shed| io::Error::other(super::breaker::Overflow(shed)))?,
                 ),
             };
-            let mut tcp = connect_tcp(addr, this.connect_timeout).await?;
+            let tcp = connect_tcp(addr, this.connect_timeout).await?;
+            let stats = this.traffic.as_ref().and_then(|t| t.get(&addr).cloned());
+            let mut tcp = CountedIo::upstream(tcp, stats);
             if let Some(header) = &this.proxy_header {
                 tcp.write_all(header).await?;
             }
@@ -133,9 +148,10 @@ pub struct UpstreamStream {
     _slot: Option<super::Counted>,
 }
 
+/// Bytes are counted on the TCP stream (what went over the wire, TLS records included).
 enum Io {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(CountedIo<TcpStream>),
+    Tls(Box<TlsStream<CountedIo<TcpStream>>>),
 }
 
 impl Connection for UpstreamStream {

@@ -37,7 +37,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 
 use super::connector::connect_tcp;
-use crate::l7::body::UpstreamBody;
+use crate::l7::{body::UpstreamBody, counted_io::CountedIo, traffic::TrafficStats};
 
 /// Why a request through the pool failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,8 @@ pub struct Http1Pool {
 
 struct Backend {
     addr: SocketAddr,
+    /// The backend's totals, which its connections count their bytes in.
+    traffic: Option<Arc<TrafficStats>>,
     /// The Host header for requests without one (hyper-util's rule: the port only when it is
     /// not 80).
     host: HeaderValue,
@@ -91,8 +93,9 @@ pub struct Lease {
 }
 
 impl Http1Pool {
+    /// `backends`: each backend's address and the totals its connections count bytes in.
     pub fn new(
-        backends: &[SocketAddr],
+        backends: &[(SocketAddr, Option<Arc<TrafficStats>>)],
         max_idle: usize,
         idle_timeout: Duration,
         connect_timeout: Duration,
@@ -101,8 +104,9 @@ impl Http1Pool {
         Arc::new_cyclic(|this| Self {
             backends: backends
                 .iter()
-                .map(|addr| Backend {
+                .map(|(addr, traffic)| Backend {
                     addr: *addr,
+                    traffic: traffic.clone(),
                     host: host_value(*addr),
                     idle: Mutex::new(Vec::new()),
                 })
@@ -194,6 +198,7 @@ impl Http1Pool {
         let tcp = connect_tcp(addr, self.connect_timeout)
             .await
             .map_err(|source| PoolSendError::Connect { addr, source })?;
+        let tcp = CountedIo::upstream(tcp, backend.traffic.clone());
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(tcp))
             .await
@@ -445,7 +450,7 @@ mod tests {
 
     fn pool(addr: SocketAddr, max_idle: usize, idle_timeout: Duration) -> Arc<Http1Pool> {
         Http1Pool::new(
-            &[addr],
+            &[(addr, None)],
             max_idle,
             idle_timeout,
             Duration::from_secs(2),
@@ -496,7 +501,7 @@ mod tests {
         assert_eq!(b.accepted.load(Ordering::SeqCst), 2);
         // Found expired at checkout (before any sweep ran): not used either.
         let pool = Http1Pool::new(
-            &[b.addr],
+            &[(b.addr, None)],
             8,
             Duration::from_millis(1),
             Duration::from_secs(2),

@@ -28,6 +28,8 @@ pub struct ConnInfo {
     /// Counts what this connection turns into (a spliced WebSocket) into the graceful stop
     /// (None: not served by a listener, e.g. a cache's background refresh).
     pub tracker: Option<crate::l7::lifecycle::Tracker>,
+    /// The listener's status-page totals its answers are counted in (None: not observed).
+    pub traffic: Option<std::sync::Arc<crate::l7::traffic::TrafficStats>>,
     /// Pool name -> this connection's client for that pool.
     private: Mutex<HashMap<String, UpstreamClient>>,
 }
@@ -41,6 +43,7 @@ impl ConnInfo {
             client_cert: None,
             tls: None,
             tracker: None,
+            traffic: None,
             private: Mutex::new(HashMap::new()),
         }
     }
