@@ -284,6 +284,62 @@ fn second_chance_covers_every_moved_flow_and_never_a_syn() {
     );
 }
 
+/// The same over IPv6 (IP6IP6): flows opened when the VIP had one real keep it on a node that
+/// never saw them after a second real joined; SYNs take the current ring.
+#[test]
+fn second_chance_works_for_ipv6_flows() {
+    run_in_fib_netns("second_chance_works_for_ipv6_flows", || {
+        let v6_config = |reals: &[&str]| {
+            let mut text = "[[vip]]\naddress = \"[fd64::100]:443\"\nring_size = 1009\n".to_owned();
+            for addr in reals {
+                text.push_str(&format!("[[vip.real]]\naddress = \"{addr}\"\n"));
+            }
+            L4Config::parse(&text, Path::new("cluster6.toml")).expect("config")
+        };
+        let vip6: std::net::Ipv6Addr = "fd64::100".parse().expect("vip");
+        let send = |node: &mut Node, port: u16, flags: u8| -> [u8; 16] {
+            let (frame, _) = eth_ipv6(
+                &[],
+                V6_CLIENT,
+                vip6.octets(),
+                &[],
+                tcp(port, 443, flags, &[], b"data"),
+            );
+            let res = node.runner.run(&frame).expect("run");
+            assert_eq!(res.action, XDP_REDIRECT, "port {port} {flags:#x}");
+            res.frame[38..54].try_into().expect("outer dst")
+        };
+        let old_real: [u8; 16] = fib::REALS6[0]
+            .parse::<std::net::Ipv6Addr>()
+            .expect("ip")
+            .octets();
+        let mut other = Node::new(&v6_config(&fib::REALS6[..1]));
+        other.apply(&v6_config(&fib::REALS6));
+        let mut reference = Node::new(&v6_config(&fib::REALS6));
+        let mut moved = 0;
+        for i in 0..FLOWS {
+            let port = 20000 + i;
+            let current = send(&mut reference, port, TCP_SYN);
+            moved += u64::from(current != old_real);
+            assert_eq!(
+                send(&mut other, port, TCP_ACK),
+                old_real,
+                "flow {i} kept its real"
+            );
+        }
+        assert!(moved > 0);
+        assert_eq!(other.event(L4Event::PreviousRing), moved);
+        // A new connection on one of those 5-tuples takes the current ring.
+        let port = (0..FLOWS)
+            .map(|i| 20000 + i)
+            .find(|&p| send(&mut reference, p, TCP_SYN) != old_real)
+            .expect("a flow the new real owns");
+        let current = send(&mut reference, port, TCP_SYN);
+        assert_eq!(send(&mut other, port, TCP_SYN), current);
+        assert_eq!(send(&mut other, port, TCP_ACK), current);
+    });
+}
+
 /// A real removed takes no flows, old or new: the previous ring's word for it is ignored (its
 /// flows take the current ring), while flows of the reals that stay keep theirs (Maglev moves
 /// a few slots between remaining reals too).
