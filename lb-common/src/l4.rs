@@ -160,10 +160,18 @@ pub const fn conntrack_tick(now_ns: u64) -> u16 {
     if tick == 0 { 1 } else { tick }
 }
 
+/// Ticks a stamp may be ahead of a reader's clock: another CPU may stamp the entry with a
+/// later tick between this packet's clock reading and its lookup. Such an entry is fresh, not
+/// 65535 ticks old.
+pub const CONNTRACK_TICK_SKEW: u16 = 16;
+
 /// Whether an entry stamped `seen` has gone idle longer than the timeout at tick `now`.
+/// (Ticks wrap after ~19.5 h: an entry idle that long, within the skew, reads as fresh; the
+/// LRU has long reclaimed such entries on a busy table.)
 #[inline(always)]
 pub const fn conntrack_expired(seen: u16, now: u16) -> bool {
-    seen != 0 && now.wrapping_sub(seen) > CONNTRACK_IDLE_TICKS
+    let age = now.wrapping_sub(seen);
+    seen != 0 && age > CONNTRACK_IDLE_TICKS && age <= u16::MAX - CONNTRACK_TICK_SKEW
 }
 
 /// `PREV_RINGS` value, by VIP index: the ring the VIP had before its last change, for
@@ -428,4 +436,38 @@ mod pod {
     unsafe impl aya::Pod for super::ListKeyV4 {}
     unsafe impl aya::Pod for super::ListKeyV6 {}
     unsafe impl aya::Pod for super::SourceKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_entries_expire_after_the_idle_timeout_only() {
+        let now = conntrack_tick(5_000 * 1_000_000_000);
+        assert!(!conntrack_expired(now, now));
+        assert!(!conntrack_expired(
+            now.wrapping_sub(CONNTRACK_IDLE_TICKS),
+            now
+        ));
+        assert!(conntrack_expired(
+            now.wrapping_sub(CONNTRACK_IDLE_TICKS + 1),
+            now
+        ));
+        assert!(
+            !conntrack_expired(0, now),
+            "0: stamped by an earlier build, fresh"
+        );
+        // Stamped by another CPU a tick after this packet read the clock: fresh.
+        assert!(!conntrack_expired(now.wrapping_add(1), now));
+        assert!(!conntrack_expired(
+            now.wrapping_add(CONNTRACK_TICK_SKEW),
+            now
+        ));
+        // Ticks never stamp 0, even where the clock's tick is 0 modulo 2^16.
+        assert_eq!(conntrack_tick(0), 1);
+        assert_eq!(conntrack_tick(1 << (CONNTRACK_TICK_SHIFT + 16)), 1);
+        // The timeout in ticks covers 900 s.
+        assert!(u64::from(CONNTRACK_IDLE_TICKS) << CONNTRACK_TICK_SHIFT >= 900_000_000_000);
+    }
 }
