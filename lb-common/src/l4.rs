@@ -359,16 +359,19 @@ pub enum L4Event {
     /// again and remembered, not counted as a new flow.
     MidFlowRehash = 18,
     /// A TCP segment without SYN whose flow was not in the table, sent to the real of the
-    /// VIP's previous ring (which differs from the current ring's): a second chance for a
-    /// flow opened before a change of reals (see `PrevRing`). Counted instead of
-    /// `MidFlowRehash`.
+    /// VIP's previous ring (which differs from the current ring's) wrapped around the packet
+    /// for the current ring's real: a second chance (see `PrevRing`). Counted per packet
+    /// (such flows are not remembered), instead of `MidFlowRehash`.
     PreviousRing = 19,
     /// A connection-table entry idle past `CONNTRACK_IDLE_TIMEOUT_S`: treated as a miss.
     ConntrackExpired = 20,
+    /// `lb_decap`: a second chance (wrapped twice) whose connection this host does not have,
+    /// sent on to the other real.
+    SecondChanceForwarded = 21,
 }
 
 impl L4Event {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
     pub const ALL: [L4Event; Self::COUNT as usize] = [
         Self::ConntrackHit,
         Self::NewFlow,
@@ -391,6 +394,7 @@ impl L4Event {
         Self::MidFlowRehash,
         Self::PreviousRing,
         Self::ConntrackExpired,
+        Self::SecondChanceForwarded,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -416,6 +420,7 @@ impl L4Event {
             Self::MidFlowRehash => "mid_flow_rehash",
             Self::PreviousRing => "previous_ring",
             Self::ConntrackExpired => "conntrack_expired",
+            Self::SecondChanceForwarded => "second_chance_forwarded",
         }
     }
 }

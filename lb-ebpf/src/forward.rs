@@ -87,6 +87,37 @@ pub fn send(ctx: &XdpContext, outer: &Outer, real_id: u32, now: u64) -> u32 {
     }
 }
 
+/// Sends a packet on from a real (a second chance this host has no connection for, see
+/// `decap.rs`), without the per-real cache. The FIB answers only where forwarding is enabled
+/// on the interface (`bpf_fib_lookup` checks it); otherwise the packet goes back to the
+/// neighbour it came from (MACs swapped, XDP_TX): the router or load balancer that reached
+/// this real reaches the other one too.
+#[inline(always)]
+pub fn send_on(ctx: &XdpContext, outer: &Outer, came_from: [u8; 6], to_us: [u8; 6]) -> u32 {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let hop = lookup(ctx, outer, ingress);
+    let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    match hop {
+        Some(hop) => {
+            eth.dst = hop.dmac;
+            eth.src = hop.smac;
+            if hop.egress == ingress {
+                xdp_action::XDP_TX
+            } else {
+                // SAFETY: plain helper call.
+                unsafe { bpf_redirect(hop.egress, 0) as u32 }
+            }
+        }
+        None => {
+            eth.dst = came_from;
+            eth.src = to_us;
+            xdp_action::XDP_TX
+        }
+    }
+}
+
 /// Asks the kernel FIB for egress and MACs toward the outer destination.
 #[inline(always)]
 fn lookup(ctx: &XdpContext, outer: &Outer, ingress: u32) -> Option<NextHop> {

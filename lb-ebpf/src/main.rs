@@ -66,7 +66,7 @@ mod datapath {
     use crate::{
         counters::{count_class, count_event, count_flow, count_malformed, count_port},
         decap::decapsulate,
-        encap::encapsulate,
+        encap::{encapsulate, wrap_again},
         flood_guard,
         forward::send,
         icmp,
@@ -165,7 +165,14 @@ mod datapath {
             count_event(L4Event::LocalPassed);
             return xdp_action::XDP_PASS;
         }
-        match encapsulate(&ctx, &pkt, &selected.real, selected.hash) {
+        // A second chance goes to the previous ring's real wrapped around the packet for the
+        // current ring's real (see second_chance.rs).
+        let outer = match selected.fallback {
+            Some(fallback) => encapsulate(&ctx, &pkt, &fallback, selected.hash)
+                .and_then(|inner| wrap_again(&ctx, &inner, &selected.real, selected.hash)),
+            None => encapsulate(&ctx, &pkt, &selected.real, selected.hash),
+        };
+        match outer {
             Some(outer) => send(&ctx, &outer, selected.real_id, now),
             None => {
                 count_event(L4Event::EncapFailedDropped);
@@ -192,7 +199,10 @@ mod datapath {
         };
         let used_previous = second_chance.is_some();
         let mut selected = second_chance.or(current).ok_or(L4Event::NoRealDropped)?;
-        if flood_guard::allows_insert(guard.flood_new_flows_per_cpu) {
+        if used_previous {
+            // Which of the two reals has the connection is decided on the real: nothing to
+            // remember here.
+        } else if flood_guard::allows_insert(guard.flood_new_flows_per_cpu) {
             select::remember(&hit.flow, &hit.meta, &selected, now);
         } else {
             count_event(L4Event::FloodGuardNotInserted);

@@ -7,13 +7,15 @@
 //! of this node's table either belongs to a flow this node never saw (moved here by ECMP
 //! after a node failed or left), or to one whose entry expired or was evicted. When such a
 //! flow's previous-ring real differs from its current-ring real and is still up, the flow most
-//! likely opened on the previous ring: it is sent there, over the usual encapsulation, and
-//! remembered. SYNs and other protocols always take the current ring.
-//!
-//! The guess is wrong for a flow that opened after the change on another node and then moved
-//! here within the window: that flow would have kept its real only with the backend's help
-//! (GLB's real servers forward what they have no socket for to the secondary). Outside the
-//! window, flows from before the change that move nodes take the current ring.
+//! likely opened on the previous ring, but it may also have opened after the change on
+//! another node and moved here since. So it is sent to the previous ring's real wrapped twice
+//! (GLB's second chance): the outer header to the previous ring's real, the one inside to the
+//! current ring's. The previous ring's real (`lb_decap`, `decap.rs`) delivers it when the
+//! connection is its own, else forwards it, one header less, to the current ring's real. Such
+//! a flow is not remembered (this node cannot know which of the two has it): each of its
+//! packets takes this path until the window ends. SYNs and other protocols always take the
+//! current ring. Outside the window, flows from before the change that move nodes take the
+//! current ring.
 use lb_common::l4::{REAL_DOWN, VipMeta, ring_index};
 
 use crate::{
@@ -22,7 +24,8 @@ use crate::{
 };
 
 /// The flow's real on the VIP's previous ring, when that ring is still kept and names another
-/// live real of this VIP than `current` (the current ring's pick, whose hash it reuses).
+/// live real of this VIP than `current` (the current ring's pick, whose hash it reuses), with
+/// `current`'s real as its fallback.
 /// `now_ns`: the packet's coarse clock reading.
 #[inline(always)]
 pub fn previous_real(vip: &VipMeta, current: &Selected, now_ns: u64) -> Option<Selected> {
@@ -44,5 +47,8 @@ pub fn previous_real(vip: &VipMeta, current: &Selected, now_ns: u64) -> Option<S
     if picked.real.flags & REAL_DOWN != 0 || u32::from(picked.real.vip) != vip.index {
         return None;
     }
-    Some(picked)
+    Some(Selected {
+        fallback: Some(current.real),
+        ..picked
+    })
 }

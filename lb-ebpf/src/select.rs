@@ -23,6 +23,9 @@ pub struct Selected {
     pub real: Real,
     pub new_flow: bool,
     pub hash: u32,
+    /// A second chance's other real: `real` forwards the packet there unless the connection
+    /// is its own (see `second_chance.rs`).
+    pub fallback: Option<Real>,
 }
 
 /// The flow's real from the connection table, when it has one that is still up and the
@@ -60,6 +63,7 @@ pub fn established(flow: &FlowKey, vip: &VipMeta, now_ns: u64) -> Option<Selecte
                 real,
                 new_flow: false,
                 hash: entry.hash,
+                fallback: None,
             })
         }
         None => {
@@ -93,6 +97,7 @@ pub fn live(real_id: u32, hash: u32) -> Option<Selected> {
         real,
         new_flow: true,
         hash,
+        fallback: None,
     })
 }
 

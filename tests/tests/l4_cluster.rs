@@ -23,7 +23,7 @@ use std::{
 
 use aya::maps::{Array, MapData};
 use lb::{
-    l4::{L4Config, L4Dataplane, Protocol, addr16, flow_key, read_l4_stats},
+    l4::{L4Config, L4Dataplane, Protocol, addr16, flow_key, read_l4_events, read_l4_stats},
     maglev::{self, Backend},
     xdp::{self, AttachMode, AttachedXdp},
 };
@@ -80,6 +80,11 @@ impl Node {
 
     /// The real a client segment is sent to (outer IPv4 destination).
     fn send(&mut self, client: [u8; 4], sport: u16, flags: u8) -> [u8; 4] {
+        self.send_frame(client, sport, flags).0
+    }
+
+    /// As `send`, with the frame sent.
+    fn send_frame(&mut self, client: [u8; 4], sport: u16, flags: u8) -> ([u8; 4], Vec<u8>) {
         let (frame, _) = eth_ipv4(
             &[],
             &Ipv4Opts::new(client, VIP_IP),
@@ -90,7 +95,10 @@ impl Node {
             res.action, XDP_REDIRECT,
             "flow {client:?}:{sport} {flags:#x}"
         );
-        [res.frame[30], res.frame[31], res.frame[32], res.frame[33]]
+        (
+            [res.frame[30], res.frame[31], res.frame[32], res.frame[33]],
+            res.frame,
+        )
     }
 
     fn event(&self, event: L4Event) -> u64 {
@@ -231,17 +239,30 @@ fn flows_moved_to_a_node_that_never_saw_them_keep_their_real_after_a_change() {
                 assert_ne!(other.ring_hash(), before_hash);
                 assert_eq!(other.ring_hash(), reference.ring_hash());
                 let mut kept = 0u64;
-                for (i, old) in (0..FLOWS).zip(&opened) {
+                for (i, (old, now)) in (0..FLOWS).zip(opened.iter().zip(&current)) {
                     let (c, p) = client(i);
-                    let got = other.send(c, p, TCP_ACK);
+                    let (got, frame) = other.send_frame(c, p, TCP_ACK);
                     kept += u64::from(got == *old);
-                    // Remembered: the flow's next segments stay with the real it was sent to.
+                    if window.is_empty() && old != now {
+                        // Wrapped twice: to the previous ring's real, and inside to the
+                        // current ring's (which gets it if the previous one has no such
+                        // connection).
+                        assert_eq!(frame[23], 4, "flow {i}: IPIP");
+                        assert_eq!(frame[14 + 20 + 9], 4, "flow {i}: IPIP inside");
+                        assert_eq!(frame[14 + 20 + 16..14 + 20 + 20], now[..], "flow {i}");
+                    }
+                    // The flow's next segments go the same way (remembered, or not
+                    // remembered and decided again the same way).
                     assert_eq!(other.send(c, p, TCP_ACK), got, "flow {i}");
                 }
                 let all = u64::from(FLOWS);
                 if window.is_empty() {
                     assert_eq!(kept, all, "every moved flow kept its real");
-                    assert_eq!(other.event(L4Event::PreviousRing), differs);
+                    assert_eq!(
+                        other.event(L4Event::PreviousRing),
+                        2 * differs,
+                        "per packet: second chances are not remembered"
+                    );
                     assert_eq!(other.event(L4Event::MidFlowRehash), all - differs);
                 } else {
                     assert_eq!(kept, all - differs, "no second chance without a window");
@@ -796,6 +817,57 @@ fn long_flows_through_changes(subnet: u8, resilient: bool) {
     assert!(
         second_chances > 0,
         "flows reached nodes that never saw them and were sent by the previous ring"
+    );
+}
+
+/// Both kinds of flow the previous ring must tell apart, moved within its window: connections
+/// opened before a real was added and connections opened after it, all moved to nodes that
+/// never saw them when a node leaves the route. None breaks: the moved packets go to the
+/// previous ring's real with the current ring's inside, and the reals settle it (the one
+/// without the connection forwards the packet to the other).
+#[test]
+fn flows_opened_before_and_after_a_change_keep_their_real_when_moved_within_the_window() {
+    if !require_root(
+        "flows_opened_before_and_after_a_change_keep_their_real_when_moved_within_the_window",
+    ) {
+        return;
+    }
+    let mut cluster = Cluster::build(89);
+    cluster.apply(&[0, 1]);
+    let before: Vec<u16> = (0..TCP_FLOWS / 2).map(|n| 40000 + n).collect();
+    let mut conns = cluster.open(&before);
+    cluster.apply(&[0, 1, 2]);
+    let after: Vec<u16> = (TCP_FLOWS / 2..TCP_FLOWS).map(|n| 40000 + n).collect();
+    let opened_after = cluster.open(&after);
+    let after_reals: Vec<String> = opened_after.iter().map(|(_, r)| r.clone()).collect();
+    assert_eq!(after_reals, cluster.predicted(&[0, 1, 2], &after));
+    conns.extend(opened_after);
+
+    cluster.topo.route_vip(&[0, 1]);
+    let broken = Cluster::broken(&mut conns);
+    assert!(
+        broken.is_empty(),
+        "node 3 left: {} broke: {broken:?}",
+        broken.len()
+    );
+    let second_chances: u64 = (0..2)
+        .map(|k| cluster.event(k, L4Event::PreviousRing))
+        .sum();
+    let forwarded: u64 = cluster
+        ._decaps
+        .iter()
+        .map(|d| {
+            read_l4_events(d.ebpf())
+                .expect("events")
+                .get(L4Event::SecondChanceForwarded.name())
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(second_chances > 0, "moved flows took the second chance");
+    assert!(
+        forwarded > 0,
+        "reals forwarded the flows opened after the change to the current ring's real"
     );
 }
 

@@ -13,7 +13,8 @@
 //! deny = ["192.0.2.0/24"]        # client networks dropped at every VIP
 //! allow = ["0.0.0.0/0", "::/0"]  # when non-empty, only these clients reach any VIP
 //! previous_ring_window = "5m"    # after a change of reals, TCP segments of flows no entry
-//!                                # knows go where the previous ring says ("0s": never)
+//!                                # knows get a second chance on the previous ring's real
+//!                                # ("0s": never)
 //!
 //! [[vip]]
 //! address = "10.100.0.100:80"    # VIP address and port (port 0 is reserved)
@@ -117,12 +118,12 @@ pub struct GuardSettings {
 
 /// Default of `[l4] previous_ring_window`: long enough for the flows that were open at a
 /// change of reals and then move between nodes (a node failing, drained, or coming back
-/// within minutes), short enough that few flows opened after the change move within it (those
-/// are the ones the previous ring sends astray).
+/// within minutes), short enough that the extra hop through the previous ring's real, which
+/// such moved flows take while it lasts, does not linger.
 pub const DEFAULT_PREVIOUS_RING_WINDOW: Duration = Duration::from_secs(300);
 
-/// Longest `[l4] previous_ring_window`: past a day, flows opened after a change that move
-/// between nodes (which the previous ring misroutes) outnumber those from before it.
+/// Longest `[l4] previous_ring_window`: past a day, the flows from before a change are long
+/// gone, and every moved flow would still make the extra hop through the previous ring's real.
 pub const MAX_PREVIOUS_RING_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for GuardSettings {
