@@ -41,7 +41,7 @@ use lb_tests::{
     lb_run_netns::{LbRun, PinDir},
     netns::{Netns, VethEnd, require_root, veth_pair},
     packets::*,
-    xdp_run::{XDP_REDIRECT, XdpRunner},
+    xdp_run::{XDP_PASS, XDP_REDIRECT, XDP_TX, XdpRunner},
 };
 
 const REALS4: [&str; 3] = fib::REALS4;
@@ -359,6 +359,90 @@ fn second_chance_works_for_ipv6_flows() {
         assert_eq!(send(&mut other, port, TCP_SYN), current);
         assert_eq!(send(&mut other, port, TCP_ACK), current);
     });
+}
+
+/// `lb_decap` on the previous ring's real settles a second chance: with no socket for the
+/// client's connection, or only the VIP's listener, it sends the packet on, one header less,
+/// to the inner header's real (through the FIB here; the topology tests cover the way back
+/// to the sender, on reals that do not forward); with the connection established on this
+/// host it strips both headers and delivers.
+#[test]
+fn a_real_keeps_a_second_chance_only_when_the_connection_is_its_own() {
+    run_in_fib_netns(
+        "a_real_keeps_a_second_chance_only_when_the_connection_is_its_own",
+        || {
+            let mut other = Node::new(&config(&REALS4[..2], ""));
+            other.apply(&config(&REALS4, ""));
+            let mut reference = Node::new(&config(&REALS4, ""));
+            let mut origin = Node::new(&config(&REALS4[..2], ""));
+            // A client port whose flow changed real with the change (so it is wrapped twice).
+            let client_ip = [10, 0, 0, 1];
+            let port = (20000..30000)
+                .find(|&p| {
+                    origin.send(client_ip, p, TCP_SYN) != reference.send(client_ip, p, TCP_SYN)
+                })
+                .expect("a flow whose slot changed");
+            let (original, _) = eth_ipv4(
+                &[],
+                &Ipv4Opts::new(client_ip, VIP_IP),
+                tcp(port, 80, TCP_ACK, &[], b"data"),
+            );
+            let (_, wrapped) = other.send_frame(client_ip, port, TCP_ACK);
+            assert_eq!(wrapped.len(), original.len() + 40, "two headers");
+            let mut decap = XdpRunner::load(program_names::DECAP).expect("load decap");
+            // The current ring's real, named by the header inside.
+            let inner_real =
+                std::net::IpAddr::from([wrapped[50], wrapped[51], wrapped[52], wrapped[53]]);
+            let sent_on = |res: &lb_tests::xdp_run::RunResult| {
+                // This namespace's FIB reaches the reals: the packet goes to the inner
+                // header's real's MAC.
+                assert!(
+                    [XDP_TX, XDP_REDIRECT].contains(&res.action),
+                    "{}",
+                    res.action
+                );
+                assert_eq!(
+                    res.frame[..6],
+                    fib::real_mac(inner_real),
+                    "to the other real"
+                );
+                assert_eq!(res.frame[6..12], fib::LB_MAC);
+                assert_eq!(res.frame[12..14], [0x08, 0x00]);
+                assert_eq!(res.frame[14..], wrapped[34..], "one header less");
+            };
+            // No socket at all.
+            sent_on(&decap.run(&wrapped).expect("decap"));
+            // The VIP's listener only: not this connection.
+            let sh = |args: &[&str]| {
+                let status = std::process::Command::new("ip")
+                    .args(args)
+                    .status()
+                    .expect("ip");
+                assert!(status.success(), "ip {args:?}");
+            };
+            sh(&["link", "set", "lo", "up"]);
+            sh(&["addr", "add", "10.100.0.100/32", "dev", "lo"]);
+            sh(&["addr", "add", "10.0.0.1/32", "dev", "lo"]);
+            let listener = TcpListener::bind("10.100.0.100:80").expect("listen");
+            sent_on(&decap.run(&wrapped).expect("decap"));
+            // The connection itself, established here.
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            socket
+                .bind(&SocketAddr::from((client_ip, port)).into())
+                .expect("bind client");
+            socket
+                .connect(&SocketAddr::from((VIP_IP, 80)).into())
+                .expect("connect");
+            let (_accepted, _) = listener.accept().expect("accept");
+            let res = decap.run(&wrapped).expect("decap");
+            assert_eq!(res.action, XDP_PASS, "delivered");
+            assert_eq!(res.frame[14..], original[14..], "both headers gone");
+            assert_eq!(res.frame[12..14], [0x08, 0x00]);
+            let events = read_l4_events(decap.ebpf()).expect("events");
+            assert_eq!(events.get(L4Event::SecondChanceForwarded.name()), Some(&2));
+        },
+    );
 }
 
 /// A real removed takes no flows, old or new: the previous ring's word for it is ignored (its
