@@ -33,7 +33,7 @@ step "git clone" "$(since "$t")"
 
 t=$(now)
 (cd "$DIR/src" && cargo xtask dist --out "$DIR/out" >"$DIR/dist.log" 2>&1) ||
-    { tail -20 "$DIR/dist.log"; exit 1; }
+    { grep -m5 -B2 -A8 -E "^error|panicked" "$DIR/dist.log" || tail -40 "$DIR/dist.log"; exit 1; }
 DEB=$(ls "$DIR"/out/*.deb)
 step "cargo xtask dist (release build from empty target)" "$(since "$t")"
 

@@ -2,6 +2,7 @@
 //! integration tests and benchmarks use it directly.
 pub mod admin;
 pub mod config;
+pub mod discovery;
 pub mod handover;
 pub mod health;
 pub mod l4;

@@ -11,7 +11,10 @@ use std::{
 };
 
 use lb::{
-    config::Config,
+    config::{
+        Config,
+        discovery::{DiscoveryConfig, DiscoverySource},
+    },
     health::CheckKind,
     l4::{Forward, Protocol},
     l7::{
@@ -264,6 +267,40 @@ fn full_example_parses_to_the_values_it_writes() {
         (None, None)
     );
     assert_eq!(pool("canary").algorithm, Algorithm::P2c);
+    assert_eq!(
+        pool("api").discovery,
+        Some(DiscoveryConfig {
+            source: DiscoverySource::Dns {
+                name: "api.example.internal".into(),
+                port: 9000
+            },
+            resolver: None,
+            refresh: secs(30),
+            weight: 2,
+        })
+    );
+    assert_eq!(
+        pool("canary").discovery,
+        Some(DiscoveryConfig {
+            source: DiscoverySource::DnsSrv {
+                name: "_http._tcp.canary.example.internal".into()
+            },
+            resolver: Some("10.0.0.2:53".parse().expect("addr")),
+            refresh: secs(10),
+            weight: 1,
+        })
+    );
+    assert_eq!(
+        pool("stable").discovery.as_ref().map(|d| &d.source),
+        Some(&DiscoverySource::Etcd {
+            endpoints: vec![
+                hyper::Uri::from_static("http://10.0.0.5:2379"),
+                hyper::Uri::from_static("http://10.0.0.6:2379")
+            ],
+            prefix: "/lb/stable/".into()
+        })
+    );
+    assert_eq!(pool("web").discovery, None);
     let secure = pool("secure");
     let secure_tls = secure.tls.as_ref().expect("tls = true");
     assert_eq!(

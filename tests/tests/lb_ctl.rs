@@ -71,7 +71,7 @@ fn ctl_status_drain_undrain_and_errors() {
     let pools = ctl(admin, &["pools"]);
     assert_eq!(
         String::from_utf8_lossy(&pools.stdout),
-        "POOL  ALGORITHM    BACKENDS  SERVING\nweb   round_robin  2         2\n"
+        "POOL  ALGORITHM    BACKENDS  SERVING  DISCOVERY\nweb   round_robin  2         2        -\n"
     );
     let json = ctl(admin, &["--json", "status"]);
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("--json is JSON");

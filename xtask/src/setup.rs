@@ -29,6 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     // SYN floods from random sources at a VIP (l4_flood).
     "hping3",
+    // The DNS server and the etcd backend discovery is tested against (discovery).
+    "dnsmasq-base",
+    "etcd-server",
 ];
 
 /// What setup found.

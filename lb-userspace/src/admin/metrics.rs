@@ -644,6 +644,7 @@ mod tests {
         let status = Arc::new(ArcSwap::from_pointee(Status {
             pools: vec![PoolStatus {
                 name: "web".into(),
+                discovery: None,
                 algorithm: "round_robin".into(),
                 adaptive_limit: Some(12),
                 outlier: Some(crate::admin::status::OutlierCounts {

@@ -97,6 +97,24 @@ pub struct PoolStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier: Option<OutlierCounts>,
     pub backends: Vec<BackendStatus>,
+    /// Pools with `[pool.discovery]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// A pool's backend discovery.
+#[derive(Clone, Debug, Serialize)]
+pub struct DiscoveryStatus {
+    /// `dns NAME:PORT` or `dns_srv NAME`.
+    pub source: String,
+    /// Backends in the last good answer.
+    pub backends: usize,
+    /// Since the set last changed (None: no good answer yet).
+    pub seconds_since_update: Option<f64>,
+    /// Why the latest lookup failed (the last good set stays).
+    pub last_error: Option<String>,
+    pub updates: u64,
+    pub failures: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]

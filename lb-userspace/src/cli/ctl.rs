@@ -294,15 +294,30 @@ fn pools_table(status: &Value) -> String {
                 .iter()
                 .filter(|b| matches!(b["health"].as_str(), Some("up" | "unchecked")))
                 .count();
+            let discovery = &p["discovery"];
+            let discovery = match (
+                discovery["source"].as_str(),
+                discovery["last_error"].as_str(),
+            ) {
+                (None, _) => "-".to_owned(),
+                (Some(source), None) => source.to_owned(),
+                (Some(source), Some(err)) => {
+                    format!("{source} (failing, last good set kept: {err})")
+                }
+            };
             vec![
                 text(p, "name").to_owned(),
                 text(p, "algorithm").to_owned(),
                 backends.len().to_string(),
                 serving.to_string(),
+                discovery,
             ]
         })
         .collect();
-    table(&["POOL", "ALGORITHM", "BACKENDS", "SERVING"], &rows)
+    table(
+        &["POOL", "ALGORITHM", "BACKENDS", "SERVING", "DISCOVERY"],
+        &rows,
+    )
 }
 
 fn status_text(status: &Value) -> String {
@@ -507,7 +522,7 @@ mod tests {
         assert!(text.contains("packets: passed 3"), "{text}");
         assert_eq!(
             pools_table(&status),
-            "POOL  ALGORITHM    BACKENDS  SERVING\nweb   round_robin  2         1\n"
+            "POOL  ALGORITHM    BACKENDS  SERVING  DISCOVERY\nweb   round_robin  2         1        -\n"
         );
     }
 }

@@ -215,7 +215,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
     // Stamped before the first read, so a change during start-up is seen.
     let mut watcher = FileWatcher::new(args.backends.clone());
-    let (mut manager, mut health_events) = Manager::start(RunOptions {
+    let (mut manager, mut events) = Manager::start(RunOptions {
         backends: args.backends.clone(),
         flags,
         iface: args.iface.clone(),
@@ -296,7 +296,8 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
                     manager.reload("file changed").await;
                 }
             }
-            Some(event) = health_events.recv() => manager.on_health(&event).await,
+            Some(event) = events.health.recv() => manager.on_health(&event).await,
+            Some(found) = events.discovery.recv() => manager.on_discovered(found).await,
             Some(command) = commands.recv() => match command {
                 AdminCommand::Drain { pool, backend, drain, reply } => {
                     let _ = reply.send(manager.drain(&pool, &backend, drain).await);

@@ -1,6 +1,7 @@
 //! Checks across `[[listener]]` and `[[route]]` sections that `lb run` and `lb check-config`
 //! share (both parse through here): two listeners on one address, glob characters in
-//! `path_prefix`; and the warnings only `lb check-config` prints (a pool with no backends).
+//! `path_prefix`; and the warnings only `lb check-config` prints (a pool with no backends
+//! and no discovery).
 use std::{net::SocketAddr, path::Path};
 
 use toml::Spanned;
@@ -86,7 +87,8 @@ pub fn warnings(text: &str, path: &Path) -> Vec<String> {
     raw.pools
         .iter()
         .map(Spanned::get_ref)
-        .filter(|p| p.backends.is_empty())
+        // A discovered pool's backends come from DNS.
+        .filter(|p| p.backends.is_empty() && p.discovery.is_none())
         .map(|p| {
             let at = ConfigError::at(path, text, p.name.span(), String::new());
             format!(

@@ -9,7 +9,8 @@
 //! - this file: `Config`, the whole file; `RawFile`, the document as serde reads it.
 //! - `vip.rs`: `[encap]`, `[l4]` and `[[vip]]` (the L4 tier).
 //! - `l7.rs`: the L7 sections in order: `pool.rs` (with `upstream.rs` for its upstream keys,
-//!   `health_check.rs` for `[pool.health_check]`, `guards.rs` for the overload guards),
+//!   `health_check.rs` for `[pool.health_check]`, `discovery.rs` for `[pool.discovery]`,
+//!   `guards.rs` for the overload guards),
 //!   `listener.rs` (with `stream.rs` for tcp/udp keys, `egress.rs` for forward_proxy keys),
 //!   `route.rs` (with `route_rules.rs` for match/rewrite/split keys, `stream.rs` for `sni`,
 //!   and the policy keys compiled by `crate::l7::policy`).
@@ -23,6 +24,7 @@ use toml::Spanned;
 
 pub mod api_keys;
 pub mod checks;
+pub mod discovery;
 pub mod egress;
 mod error;
 pub(crate) mod guards;

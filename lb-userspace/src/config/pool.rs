@@ -52,6 +52,9 @@ pub struct PoolConfig {
     pub proxy_protocol: Option<ProxyVersion>,
     /// Active health checks of the backends (none: backends count as up).
     pub health_check: Option<HealthCheckConfig>,
+    /// `[pool.discovery]`: more backends from DNS (the manager adds what it finds to
+    /// `backends`; a file's pool as parsed holds only its listed ones).
+    pub discovery: Option<super::discovery::DiscoveryConfig>,
     /// Retries in flight may be at most this percentage of requests in flight ...
     pub retry_budget_percent: u32,
     /// ... but this many concurrent retries are always allowed.
@@ -89,6 +92,7 @@ pub(crate) struct RawPool {
     pub(crate) retries: u32,
     pub(crate) proxy_protocol: Option<ProxyVersion>,
     pub(crate) health_check: Option<RawHealthCheck>,
+    pub(crate) discovery: Option<Spanned<super::discovery::RawDiscovery>>,
     #[serde(default, rename = "backend")]
     pub(crate) backends: Vec<Spanned<RawBackend>>,
     // Upstream keys, read by `upstream::config`.
@@ -195,6 +199,11 @@ pub(super) fn parse(
             .take()
             .map(|raw| HealthCheckConfig::from_raw(raw, text, path))
             .transpose()?;
+        let discovery = pool
+            .discovery
+            .take()
+            .map(|raw| super::discovery::DiscoveryConfig::from_raw(raw, text, path))
+            .transpose()?;
         let mut pool_config = PoolConfig {
             name,
             algorithm: pool.algorithm,
@@ -224,6 +233,7 @@ pub(super) fn parse(
             protocol: crate::l7::upstream::UpstreamProtocol::Http1,
             tls: None,
             health_check,
+            discovery,
             breaker: None,
             outlier: None,
             adaptive: None,

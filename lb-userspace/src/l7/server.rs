@@ -87,8 +87,8 @@ impl BoundSocket {
 /// configuration's is kept as it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct ListenerSettings {
-    /// The listener's configuration, with its bound address (a listener on port 0 that is
-    /// given its actual port next time is unchanged).
+    /// The listener's configuration, with its bound address (a listener on port 0 is
+    /// unchanged when the next configuration says port 0 again, or its actual port).
     pub config: ListenerConfig,
     /// tcp/udp listeners: their routes, (sni, pool) in file order (empty for http listeners,
     /// whose routes live in the proxy).
@@ -207,11 +207,18 @@ impl RunningL7 {
         let mut kept = vec![false; self.tasks.len()];
         let mut starting = Vec::new();
         for l in &config.listeners {
-            let wanted = ListenerSettings::new(l, l.addr, &config.routes);
+            // A listener on port 0 keeps the port it was given when nothing else changed.
+            let wanted = |t: &ListenerTask| {
+                let addr = match l.addr.port() == 0 && l.addr.ip() == t.bound.ip() {
+                    true => t.bound,
+                    false => l.addr,
+                };
+                ListenerSettings::new(l, addr, &config.routes)
+            };
             match self
                 .tasks
                 .iter()
-                .position(|t| t.name == l.name && t.settings == wanted)
+                .position(|t| t.name == l.name && t.settings == wanted(t))
             {
                 Some(i) => kept[i] = true,
                 None => starting.push(l),

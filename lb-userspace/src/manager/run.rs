@@ -12,6 +12,7 @@ use std::{
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
+use super::discovered::{Discoveries, FIRST_ANSWER_WAIT};
 use super::flags::{self, ServiceFlags};
 use super::history::{Histories, PacketKey, PacketTotals, TrafficKey};
 use crate::{
@@ -23,6 +24,7 @@ use crate::{
         },
     },
     config::Config,
+    discovery::Discovered,
     health::{HealthEvent, HealthState, HealthTarget, spawn_checker},
     l4::{FlowTags, L4Dataplane, read_l4_stats},
     l7::{self, RunningL7},
@@ -31,6 +33,13 @@ use crate::{
 
 /// One backend of one pool.
 type BackendKey = (String, SocketAddr);
+
+/// What the manager's event loop feeds back in: health transitions (`on_health`) and
+/// discovery reports (`on_discovered`).
+pub struct Receivers {
+    pub health: mpsc::UnboundedReceiver<HealthEvent>,
+    pub discovery: mpsc::UnboundedReceiver<Discovered>,
+}
 
 pub struct RunOptions {
     pub backends: PathBuf,
@@ -59,7 +68,11 @@ struct XdpTier {
 
 pub struct Manager {
     options: RunOptions,
+    /// The backend file (and flags) as parsed ...
+    file_config: Config,
+    /// ... and what the tiers run: the file's with the discovered backends added.
     config: Config,
+    discoveries: Discoveries,
     l7: RunningL7,
     xdp: Option<XdpTier>,
     health: HashMap<BackendKey, Arc<Mutex<HealthState>>>,
@@ -177,11 +190,24 @@ impl Manager {
     /// Reads the backend file (refusing a bad one), attaches the XDP tier when asked, starts
     /// the L7 listeners and the health checks. Health transitions arrive on the returned
     /// receiver; pass them to `on_health`.
-    pub async fn start(
-        options: RunOptions,
-    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<HealthEvent>)> {
+    pub async fn start(options: RunOptions) -> anyhow::Result<(Self, Receivers)> {
         use anyhow::Context as _;
-        let config = flags::load(&options.backends, &options.flags)?;
+        let file_config = flags::load(&options.backends, &options.flags)?;
+        // Discovered pools are filled before anything serves (bounded: a silent DNS server
+        // must not keep lb from starting; its pools fill when it answers).
+        let (discovery_tx, mut discovery_rx) = mpsc::unbounded_channel();
+        let mut discoveries = Discoveries::new(discovery_tx);
+        discoveries.sync(&file_config);
+        let deadline = tokio::time::Instant::now() + FIRST_ANSWER_WAIT;
+        while discoveries.waiting() > 0 {
+            match tokio::time::timeout_at(deadline, discovery_rx.recv()).await {
+                Ok(Some(found)) => {
+                    discoveries.record(found);
+                }
+                _ => break,
+            }
+        }
+        let config = discoveries.apply(&file_config);
         let xdp = match &options.iface {
             None => None,
             Some(iface) => Some(XdpTier::start(iface, &options, &config)?),
@@ -234,7 +260,9 @@ impl Manager {
                 ..ConfigStatus::default()
             },
             options,
+            file_config,
             config,
+            discoveries,
             l7,
             xdp,
             health: HashMap::new(),
@@ -259,7 +287,32 @@ impl Manager {
             manager.apply_health().await;
         }
         manager.publish();
-        Ok((manager, rx))
+        Ok((
+            manager,
+            Receivers {
+                health: rx,
+                discovery: discovery_rx,
+            },
+        ))
+    }
+
+    /// A pool's discovery reported: a changed set is applied like a reload (pools rebuilt
+    /// with the new backends, health checks, drains, VIP reals), all or nothing.
+    pub async fn on_discovered(&mut self, found: Discovered) {
+        if self.discoveries.record(found) {
+            let config = self.discoveries.apply(&self.file_config);
+            match self.l7.reload(&config.l7).await {
+                Ok(_) => {
+                    self.config = config;
+                    self.start_checks();
+                    self.apply_health().await;
+                }
+                Err(err) => {
+                    tracing::error!(error = %format!("{:#}", anyhow::Error::from(err)), "applying discovered backends");
+                }
+            }
+        }
+        self.publish();
     }
 
     pub fn listeners(&self) -> &[(String, SocketAddr)] {
@@ -449,8 +502,13 @@ impl Manager {
     /// listeners it keeps included), so config, health states and drains stay the running
     /// tier's.
     async fn try_reload(&mut self) -> anyhow::Result<()> {
-        let config = flags::load(&self.options.backends, &self.options.flags)?;
+        let file_config = flags::load(&self.options.backends, &self.options.flags)?;
+        let config = self.discoveries.apply(&file_config);
         self.l7.reload(&config.l7).await?;
+        // Pools whose discovery settings changed get a new task (and their backends when
+        // it answers); the others keep theirs.
+        self.discoveries.sync(&file_config);
+        self.file_config = file_config;
         self.config = config;
         self.start_checks();
         self.apply_health().await;
@@ -478,6 +536,7 @@ impl Manager {
                 let state = self.l7.pool_state(&p.name);
                 PoolStatus {
                     name: p.name.clone(),
+                    discovery: self.discoveries.status(&p.name, now),
                     algorithm: match p.algorithm {
                         l7::Algorithm::RoundRobin => "round_robin",
                         l7::Algorithm::LeastConn => "least_conn",
@@ -799,6 +858,8 @@ impl Manager {
         for c in &self.checkers {
             c.abort();
         }
+        let mut discoveries = self.discoveries;
+        discoveries.stop();
         let cut = self.l7.shutdown(grace).await;
         if let Some(x) = self.xdp {
             x.logs.abort();
