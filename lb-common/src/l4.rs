@@ -131,10 +131,63 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
     pub real: u32,
-    pub vip: u32,
+    /// The VIP's index. (A `u32` in pins of earlier builds, always below [`MAX_VIPS`]: on a
+    /// little-endian host its low half is this field and its high half, 0, is `seen`.)
+    pub vip: u16,
+    /// When the flow last had a packet, in [`conntrack_tick`]s (wrapping); 0 = not known
+    /// (an entry written by an earlier build), taken as fresh and stamped on its next packet.
+    pub seen: u16,
     /// The flow's hash, kept so established packets need not hash again (it also picks the
     /// outer source address).
     pub hash: u32,
+}
+
+/// How long a connection-table entry stays valid without packets: 900 s, IPVS's timeout for
+/// established TCP. An expired entry is a miss, so its flow's next packet is hashed again
+/// (the previous ring still gets a say: see [`PrevRing`]); the LRU reclaims the slot.
+pub const CONNTRACK_IDLE_TIMEOUT_S: u64 = 900;
+/// One tick of `FlowEntry::seen`: 2^30 ns (about 1.07 s), a shift of the coarse clock.
+pub const CONNTRACK_TICK_SHIFT: u32 = 30;
+/// [`CONNTRACK_IDLE_TIMEOUT_S`] in ticks, rounded up.
+pub const CONNTRACK_IDLE_TICKS: u16 =
+    ((CONNTRACK_IDLE_TIMEOUT_S * 1_000_000_000).div_ceil(1 << CONNTRACK_TICK_SHIFT)) as u16;
+const _: () = assert!((CONNTRACK_IDLE_TICKS as u32) < u16::MAX as u32 / 2);
+
+/// The `FlowEntry::seen` stamp for monotonic time `now_ns`: never 0 (which means unknown).
+#[inline(always)]
+pub const fn conntrack_tick(now_ns: u64) -> u16 {
+    let tick = (now_ns >> CONNTRACK_TICK_SHIFT) as u16;
+    if tick == 0 { 1 } else { tick }
+}
+
+/// Ticks a stamp may be ahead of a reader's clock: another CPU may stamp the entry with a
+/// later tick between this packet's clock reading and its lookup. Such an entry is fresh, not
+/// 65535 ticks old.
+pub const CONNTRACK_TICK_SKEW: u16 = 16;
+
+/// Whether an entry stamped `seen` has gone idle longer than the timeout at tick `now`.
+/// (Ticks wrap after ~19.5 h: an entry idle that long, within the skew, reads as fresh; the
+/// LRU has long reclaimed such entries on a busy table.)
+#[inline(always)]
+pub const fn conntrack_expired(seen: u16, now: u16) -> bool {
+    let age = now.wrapping_sub(seen);
+    seen != 0 && age > CONNTRACK_IDLE_TICKS && age <= u16::MAX - CONNTRACK_TICK_SKEW
+}
+
+/// `PREV_RINGS` value, by VIP index: the ring the VIP had before its last change, for
+/// second chances (a TCP segment without SYN whose flow is not in this node's table is sent
+/// where that ring says, when it says another real than the current ring: the flow most
+/// likely opened before the change, on this node or on another one behind the same ECMP).
+/// All zero = none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrevRing {
+    /// Monotonic time (`CLOCK_MONOTONIC`, ns) after which the previous ring is no longer used.
+    pub until_ns: u64,
+    /// Its prime size (0 = no previous ring).
+    pub ring_size: u32,
+    /// The VIP's ring half that holds it (the one not live).
+    pub half: u32,
 }
 
 /// What the datapath records for each new flow to a `local` VIP, for the L7 tier's PROXY
@@ -305,10 +358,20 @@ pub enum L4Event {
     /// real drained or down, kept out by the flood guard, or from before a restart): hashed
     /// again and remembered, not counted as a new flow.
     MidFlowRehash = 18,
+    /// A TCP segment without SYN whose flow was not in the table, sent to the real of the
+    /// VIP's previous ring (which differs from the current ring's) wrapped around the packet
+    /// for the current ring's real: a second chance (see `PrevRing`). Counted per packet
+    /// (such flows are not remembered), instead of `MidFlowRehash`.
+    PreviousRing = 19,
+    /// A connection-table entry idle past `CONNTRACK_IDLE_TIMEOUT_S`: treated as a miss.
+    ConntrackExpired = 20,
+    /// `lb_decap`: a second chance (wrapped twice) whose connection this host does not have,
+    /// sent on to the other real.
+    SecondChanceForwarded = 21,
 }
 
 impl L4Event {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 22;
     pub const ALL: [L4Event; Self::COUNT as usize] = [
         Self::ConntrackHit,
         Self::NewFlow,
@@ -329,6 +392,9 @@ impl L4Event {
         Self::SourceRateDropped,
         Self::FloodGuardNotInserted,
         Self::MidFlowRehash,
+        Self::PreviousRing,
+        Self::ConntrackExpired,
+        Self::SecondChanceForwarded,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -352,6 +418,9 @@ impl L4Event {
             Self::SourceRateDropped => "source_rate_dropped",
             Self::FloodGuardNotInserted => "flood_guard_not_inserted",
             Self::MidFlowRehash => "mid_flow_rehash",
+            Self::PreviousRing => "previous_ring",
+            Self::ConntrackExpired => "conntrack_expired",
+            Self::SecondChanceForwarded => "second_chance_forwarded",
         }
     }
 }
@@ -364,6 +433,7 @@ mod pod {
     unsafe impl aya::Pod for super::Real {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::PrevRing {}
     unsafe impl aya::Pod for super::FlowTag {}
     unsafe impl aya::Pod for super::FlowCounters {}
     unsafe impl aya::Pod for super::EncapConfig {}
@@ -371,4 +441,38 @@ mod pod {
     unsafe impl aya::Pod for super::ListKeyV4 {}
     unsafe impl aya::Pod for super::ListKeyV6 {}
     unsafe impl aya::Pod for super::SourceKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_entries_expire_after_the_idle_timeout_only() {
+        let now = conntrack_tick(5_000 * 1_000_000_000);
+        assert!(!conntrack_expired(now, now));
+        assert!(!conntrack_expired(
+            now.wrapping_sub(CONNTRACK_IDLE_TICKS),
+            now
+        ));
+        assert!(conntrack_expired(
+            now.wrapping_sub(CONNTRACK_IDLE_TICKS + 1),
+            now
+        ));
+        assert!(
+            !conntrack_expired(0, now),
+            "0: stamped by an earlier build, fresh"
+        );
+        // Stamped by another CPU a tick after this packet read the clock: fresh.
+        assert!(!conntrack_expired(now.wrapping_add(1), now));
+        assert!(!conntrack_expired(
+            now.wrapping_add(CONNTRACK_TICK_SKEW),
+            now
+        ));
+        // Ticks never stamp 0, even where the clock's tick is 0 modulo 2^16.
+        assert_eq!(conntrack_tick(0), 1);
+        assert_eq!(conntrack_tick(1 << (CONNTRACK_TICK_SHIFT + 16)), 1);
+        // The timeout in ticks covers 900 s.
+        assert!(u64::from(CONNTRACK_IDLE_TICKS) << CONNTRACK_TICK_SHIFT >= 900_000_000_000);
+    }
 }

@@ -27,6 +27,8 @@ pub mod map_names {
     pub const MAGLEV_RINGS: &str = "MAGLEV_RINGS";
     /// LRU hash with per-CPU LRU lists: [`crate::l4::FlowKey`] -> [`crate::l4::FlowEntry`].
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// Array indexed by VIP index: [`crate::l4::PrevRing`], the ring before the last change.
+    pub const PREV_RINGS: &str = "PREV_RINGS";
     /// LRU hash: [`crate::l4::FlowKey`] -> [`crate::l4::FlowTag`] (local VIPs).
     pub const FLOW_TAGS: &str = "FLOW_TAGS";
     /// Array with one [`crate::l4::EncapConfig`].

@@ -25,12 +25,39 @@ pub struct Outer {
 /// decides the egress). Returns `None` if the frame could not be grown.
 #[inline(always)]
 pub fn encapsulate(ctx: &XdpContext, pkt: &Packet, real: &Real, hash: u32) -> Option<Outer> {
+    let inner_v4 = matches!(pkt.addrs, Addrs::V4 { .. });
+    wrap_ip(ctx, pkt.l3_off, pkt.ip_len, inner_v4, real, hash)
+}
+
+/// Wraps an already encapsulated packet once more, in a header to `real` (a second chance:
+/// `real` delivers the packet if the connection is its own, else strips this header and
+/// sends the rest on to the real `first` is addressed to; see `decap.rs`).
+#[inline(always)]
+pub fn wrap_again(ctx: &XdpContext, first: &Outer, real: &Real, hash: u32) -> Option<Outer> {
+    wrap_ip(
+        ctx,
+        size_of::<EthHdr>(),
+        usize::from(first.total_len),
+        first.family == FAMILY_V4,
+        real,
+        hash,
+    )
+}
+
+/// The IP packet at `l3_off` (`ip_len` bytes, IPv4 when `inner_v4`) behind a new outer header
+/// to `real`, right after the Ethernet header.
+#[inline(always)]
+fn wrap_ip(
+    ctx: &XdpContext,
+    l3_off: usize,
+    ip_len: usize,
+    inner_v4: bool,
+    real: &Real,
+    hash: u32,
+) -> Option<Outer> {
     let eth: &mut EthHdr = header_mut(ctx, 0)?;
     let (orig_dst_mac, orig_src_mac) = (eth.dst, eth.src);
-    let inner_proto = match pkt.addrs {
-        Addrs::V4 { .. } => IPPROTO_IPIP,
-        Addrs::V6 { .. } => IPPROTO_IPV6,
-    };
+    let inner_proto = if inner_v4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
     let config = ENCAP_CONFIG.get(0).copied().unwrap_or(EncapConfig {
         src_v4: [172, 16, 0, 0],
         src_v6: [0; 16],
@@ -41,11 +68,11 @@ pub fn encapsulate(ctx: &XdpContext, pkt: &Packet, real: &Real, hash: u32) -> Op
     } else {
         size_of::<Ipv6Hdr>()
     };
-    let total_len = pkt.ip_len + outer_len;
+    let total_len = ip_len + outer_len;
     if total_len > 0xffff {
         return None;
     }
-    let delta = pkt.l3_off as i32 - (size_of::<EthHdr>() + outer_len) as i32;
+    let delta = l3_off as i32 - (size_of::<EthHdr>() + outer_len) as i32;
     // SAFETY: helper call on the context the kernel gave us.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
         return None;
@@ -89,7 +116,7 @@ pub fn encapsulate(ctx: &XdpContext, pkt: &Packet, real: &Real, hash: u32) -> Op
             u32::from_ne_bytes(hash_bytes),
         ];
         ip.version_tc_flow = 0x6000_0000u32.to_be();
-        ip.payload_len = (pkt.ip_len as u16).to_be();
+        ip.payload_len = (ip_len as u16).to_be();
         ip.next_header = inner_proto;
         ip.hop_limit = 64;
         ip.src = src;

@@ -9,7 +9,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::l4::{FAMILY_V4, L4Event};
@@ -28,12 +28,11 @@ const NEXTHOP_TTL_NS: u64 = 100_000_000;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Returns the XDP verdict for an encapsulated frame to real `real_id`.
+/// Returns the XDP verdict for an encapsulated frame to real `real_id`. `now`: the packet's
+/// coarse clock reading (`bpf_ktime_get_coarse_ns`, read once per packet by the caller).
 #[inline(always)]
-pub fn send(ctx: &XdpContext, outer: &Outer, real_id: u32) -> u32 {
+pub fn send(ctx: &XdpContext, outer: &Outer, real_id: u32, now: u64) -> u32 {
     let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(cache) = NEXTHOPS.get_ptr_mut(real_id) else {
         return xdp_action::XDP_DROP;
     };
@@ -85,6 +84,37 @@ pub fn send(ctx: &XdpContext, outer: &Outer, real_id: u32) -> u32 {
         count_event(L4Event::EncapRedirect);
         // SAFETY: plain helper call.
         unsafe { bpf_redirect(hop.egress, 0) as u32 }
+    }
+}
+
+/// Sends a packet on from a real (a second chance this host has no connection for, see
+/// `decap.rs`), without the per-real cache. The FIB answers only where forwarding is enabled
+/// on the interface (`bpf_fib_lookup` checks it); otherwise the packet goes back to the
+/// neighbour it came from (MACs swapped, XDP_TX): the router or load balancer that reached
+/// this real reaches the other one too.
+#[inline(always)]
+pub fn send_on(ctx: &XdpContext, outer: &Outer, came_from: [u8; 6], to_us: [u8; 6]) -> u32 {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let hop = lookup(ctx, outer, ingress);
+    let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    match hop {
+        Some(hop) => {
+            eth.dst = hop.dmac;
+            eth.src = hop.smac;
+            if hop.egress == ingress {
+                xdp_action::XDP_TX
+            } else {
+                // SAFETY: plain helper call.
+                unsafe { bpf_redirect(hop.egress, 0) as u32 }
+            }
+        }
+        None => {
+            eth.dst = came_from;
+            eth.src = to_us;
+            xdp_action::XDP_TX
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Reads top-down like the packet's journey, in `lb_xdp` below:
 //! parse (`parse`) -> count (`counters`) -> VIP? (`vip`) -> source allowed? (`policy`: deny and
-//! allow lists) -> pick a real (`select`: connection table; on a miss, the per-source new-flow
-//! limit (`source_limit`), the Maglev ring, and the flood guard (`flood_guard`) deciding
-//! whether the new flow enters the table) -> `local`: pass to the stack with a flow tag
+//! allow lists) -> pick a real (`select`: connection table, never for a TCP SYN; on a miss,
+//! the per-source new-flow limit (`source_limit`), the Maglev ring, for a TCP segment without
+//! SYN the VIP's previous ring (`second_chance`), and the flood guard (`flood_guard`)
+//! deciding whether the flow enters the table) -> `local`: pass to the stack with a flow tag
 //! (`local`), or `encap`: IPIP/IP6IP6 to the real (`encap`) and out via the kernel FIB
 //! (`forward`).
 //! ICMP "fragmentation needed" / "packet too big" about a VIP flow follows the flow (`icmp`).
@@ -39,6 +40,8 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod policy;
 #[cfg(target_arch = "bpf")]
+mod second_chance;
+#[cfg(target_arch = "bpf")]
 mod select;
 #[cfg(target_arch = "bpf")]
 mod source_limit;
@@ -47,7 +50,9 @@ mod vip;
 
 #[cfg(target_arch = "bpf")]
 mod datapath {
-    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
+    };
     use aya_log_ebpf::info;
     use lb_common::{
         PacketClass,
@@ -61,14 +66,14 @@ mod datapath {
     use crate::{
         counters::{count_class, count_event, count_flow, count_malformed, count_port},
         decap::decapsulate,
-        encap::encapsulate,
+        encap::{encapsulate, wrap_again},
         flood_guard,
         forward::send,
         icmp,
         local::record_flow_tag,
         maps::L4_GUARD,
         parse::{Addrs, Frame, Packet, parse},
-        policy,
+        policy, second_chance,
         select::{self, Selected},
         source_limit,
         vip::{self, VipHit},
@@ -123,9 +128,20 @@ mod datapath {
             count_event(refused);
             return xdp_action::XDP_DROP;
         }
-        let selected = match select::established(&hit.flow, &hit.meta) {
+        // One clock reading per VIP packet: entry stamps, the previous ring's window and the
+        // next-hop cache all use it.
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        // A SYN opens a new connection even when its 5-tuple has an entry (a reused port):
+        // it takes the current ring, like on every other node, and replaces the entry.
+        let known = if pkt.is_tcp_syn() {
+            None
+        } else {
+            select::established(&hit.flow, &hit.meta, now)
+        };
+        let selected = match known {
             Some(selected) => selected,
-            None => match new_flow(&pkt, &hit) {
+            None => match new_flow(&pkt, &hit, now) {
                 Ok(selected) => selected,
                 Err(refused) => {
                     count_event(refused);
@@ -149,8 +165,15 @@ mod datapath {
             count_event(L4Event::LocalPassed);
             return xdp_action::XDP_PASS;
         }
-        match encapsulate(&ctx, &pkt, &selected.real, selected.hash) {
-            Some(outer) => send(&ctx, &outer, selected.real_id),
+        // A second chance goes to the previous ring's real wrapped around the packet for the
+        // current ring's real (see second_chance.rs).
+        let outer = match selected.fallback {
+            Some(fallback) => encapsulate(&ctx, &pkt, &fallback, selected.hash)
+                .and_then(|inner| wrap_again(&ctx, &inner, &selected.real, selected.hash)),
+            None => encapsulate(&ctx, &pkt, &selected.real, selected.hash),
+        };
+        match outer {
+            Some(outer) => send(&ctx, &outer, selected.real_id, now),
             None => {
                 count_event(L4Event::EncapFailedDropped);
                 xdp_action::XDP_DROP
@@ -158,28 +181,45 @@ mod datapath {
         }
     }
 
-    /// A VIP packet whose flow is not in the connection table: the per-source limit (for
-    /// packets that open a flow), the Maglev pick, and the flood guard's say on whether the
-    /// flow enters the table. `Err` is the drop counter.
+    /// A VIP packet whose flow is not in the connection table (or a SYN): the per-source
+    /// limit (for packets that open a flow), the Maglev pick (the previous ring's for a
+    /// segment of a flow already open, when it differs), and the flood guard's say on whether
+    /// the flow enters the table. `Err` is the drop counter.
     #[inline(always)]
-    fn new_flow(pkt: &Packet, hit: &VipHit) -> Result<Selected, L4Event> {
+    fn new_flow(pkt: &Packet, hit: &VipHit, now: u64) -> Result<Selected, L4Event> {
         let guard: GuardConfig = L4_GUARD.get(0).copied().unwrap_or_default();
         let opens = opens_flow(pkt);
         if opens && !source_limit::admit(&hit.flow, &guard) {
             return Err(L4Event::SourceRateDropped);
         }
-        let mut selected = select::by_hash(&hit.flow, &hit.meta).ok_or(L4Event::NoRealDropped)?;
-        if flood_guard::allows_insert(guard.flood_new_flows_per_cpu) {
-            select::remember(&hit.flow, &hit.meta, &selected);
+        let current = select::by_hash(&hit.flow, &hit.meta);
+        let second_chance = match &current {
+            Some(current) if !opens => second_chance::previous_real(&hit.meta, current, now),
+            _ => None,
+        };
+        let used_previous = second_chance.is_some();
+        let mut selected = second_chance.or(current).ok_or(L4Event::NoRealDropped)?;
+        if used_previous {
+            // Which of the two reals has the connection is decided on the real: nothing to
+            // remember here.
+        } else if flood_guard::allows_insert(guard.flood_new_flows_per_cpu) {
+            select::remember(&hit.flow, &hit.meta, &selected, now);
         } else {
             count_event(L4Event::FloodGuardNotInserted);
+            if pkt.is_tcp_syn() {
+                select::forget(&hit.flow);
+            }
         }
         // A segment of a flow already open is hashed again, not counted as a new flow (the
         // VIP's and real's new-flow counters stay a count of flows that opened).
         if opens {
             count_event(L4Event::NewFlow);
         } else {
-            count_event(L4Event::MidFlowRehash);
+            count_event(if used_previous {
+                L4Event::PreviousRing
+            } else {
+                L4Event::MidFlowRehash
+            });
             selected.new_flow = false;
         }
         Ok(selected)
@@ -195,11 +235,15 @@ mod datapath {
 
     #[inline(always)]
     fn forward_ptb(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta, flow: &FlowKey) -> u32 {
-        // The error follows the flow's real; it never creates a connection-table entry (a
+        // The error follows the flow's real (from the table, else as a segment of an open
+        // flow: the previous ring's word first); it never creates a connection-table entry (a
         // spoofed ICMP error must not take a slot).
-        let Some(selected) =
-            select::established(flow, meta).or_else(|| select::by_hash(flow, meta))
-        else {
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let Some(selected) = select::established(flow, meta, now).or_else(|| {
+            let current = select::by_hash(flow, meta)?;
+            Some(second_chance::previous_real(meta, &current, now).unwrap_or(current))
+        }) else {
             return xdp_action::XDP_PASS;
         };
         if meta.forward & VIP_FORWARD_MASK == VIP_FORWARD_LOCAL {
@@ -208,7 +252,7 @@ mod datapath {
         }
         count_event(L4Event::IcmpPtbForwarded);
         match encapsulate(ctx, pkt, &selected.real, selected.hash) {
-            Some(outer) => send(ctx, &outer, selected.real_id),
+            Some(outer) => send(ctx, &outer, selected.real_id, now),
             None => {
                 count_event(L4Event::EncapFailedDropped);
                 xdp_action::XDP_DROP

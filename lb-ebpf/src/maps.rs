@@ -8,8 +8,8 @@ use lb_common::{
     COUNTER_ARRAY_CAPACITY, PORT_STATS_CAPACITY, PortKey, TrafficCounters,
     l4::{
         CONNTRACK_CAPACITY, EncapConfig, FLOW_TAGS_CAPACITY, FlowCounters, FlowEntry, FlowKey,
-        FlowTag, GuardConfig, ListKeyV4, ListKeyV6, MAGLEV_RINGS_LEN, MAX_REALS, MAX_VIPS, Real,
-        SOURCE_BUCKETS_CAPACITY, SOURCE_LIST_CAPACITY, SourceKey, VipKey, VipMeta,
+        FlowTag, GuardConfig, ListKeyV4, ListKeyV6, MAGLEV_RINGS_LEN, MAX_REALS, MAX_VIPS,
+        PrevRing, Real, SOURCE_BUCKETS_CAPACITY, SOURCE_LIST_CAPACITY, SourceKey, VipKey, VipMeta,
     },
 };
 
@@ -34,6 +34,11 @@ pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
 
 #[map(name = "MAGLEV_RINGS")]
 pub static MAGLEV_RINGS: Array<u32> = Array::with_max_entries(MAGLEV_RINGS_LEN, 0);
+
+/// Each VIP's ring before its last change, for second chances (see `second_chance.rs`); the
+/// ring itself is the VIP's idle half of `MAGLEV_RINGS`.
+#[map(name = "PREV_RINGS")]
+pub static PREV_RINGS: Array<PrevRing> = Array::with_max_entries(MAX_VIPS, 0);
 
 /// One table seen by every CPU, with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): eviction and
 /// insertion stay CPU-local like a per-CPU map, but a flow is found whichever CPU its next

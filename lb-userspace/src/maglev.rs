@@ -6,6 +6,11 @@
 //! accumulated credit reaches the largest weight, so over the fill it claims slots in
 //! proportion to its weight (Katran's weighted variant works the same way). Removing one of N
 //! equal backends moves about 1/N of the slots.
+//!
+//! The table depends on nothing but the backends' keys and weights and the table size: not on
+//! the order the backends are listed in (turns go by key order), not on the process or build
+//! (fixed hash seeds, no `RandomState`). Nodes given the same reals, weights and ring size
+//! build byte-identical tables; [`table_hash`] lets them show it.
 use lb_common::hash::addr_hash;
 use thiserror::Error;
 
@@ -33,9 +38,12 @@ pub fn build(backends: &[Backend], size: u32) -> Result<Vec<Option<usize>>, Magl
     if !is_prime(size) {
         return Err(MaglevError::NotPrime(size));
     }
-    let live: Vec<usize> = (0..backends.len())
+    let mut live: Vec<usize> = (0..backends.len())
         .filter(|&i| backends[i].weight > 0)
         .collect();
+    // Turns by key, so a file (or a discovery source) listing the same reals in another
+    // order gives the same table.
+    live.sort_by_key(|&i| backends[i].key);
     if live.len() > size as usize {
         return Err(MaglevError::TooSmall {
             size,
@@ -98,6 +106,22 @@ pub fn build(backends: &[Backend], size: u32) -> Result<Vec<Option<usize>>, Magl
     }
 }
 
+/// A fingerprint of a table by backend key: FNV-1a (64 bits) over each slot's key (16 zero
+/// bytes for an empty slot). `keys[i]` is the key of the backend whose index `table` holds.
+/// A fixed algorithm, so nodes and builds that agree on the table print the same value.
+pub fn table_hash(table: &[Option<usize>], keys: &[[u8; 16]]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    for slot in table {
+        let key = slot.and_then(|i| keys.get(i)).copied().unwrap_or([0; 16]);
+        for byte in key {
+            h = (h ^ u64::from(byte)).wrapping_mul(PRIME);
+        }
+    }
+    h
+}
+
 pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
@@ -139,6 +163,39 @@ mod tests {
     /// The smallest prime >= n.
     fn prime_at_least(n: u32) -> u32 {
         (n..).find(|&p| is_prime(p)).expect("a prime exists")
+    }
+
+    #[test]
+    fn the_table_ignores_the_order_backends_are_listed_in() {
+        let forward: Vec<_> = (0..7).map(|i| backend(i, 1 + i % 3)).collect();
+        let mut reversed = forward.clone();
+        reversed.reverse();
+        let keys = |b: &[Backend]| b.iter().map(|b| b.key).collect::<Vec<_>>();
+        let a = build(&forward, 1009).expect("table");
+        let b = build(&reversed, 1009).expect("table");
+        // Same backend in every slot (indices differ: they point into each input).
+        let owners = |t: &[Option<usize>], b: &[Backend]| -> Vec<Option<[u8; 16]>> {
+            t.iter().map(|s| s.map(|i| b[i].key)).collect()
+        };
+        assert_eq!(owners(&a, &forward), owners(&b, &reversed));
+        assert_eq!(
+            table_hash(&a, &keys(&forward)),
+            table_hash(&b, &keys(&reversed))
+        );
+        let fewer = build(&forward[..6], 1009).expect("table");
+        assert_ne!(
+            table_hash(&a, &keys(&forward)),
+            table_hash(&fewer, &keys(&forward[..6]))
+        );
+    }
+
+    #[test]
+    fn table_hash_is_pinned() {
+        // Pinned: operators compare this value across nodes and versions of lb.
+        let backends: Vec<_> = (0..3).map(|i| backend(i, 1)).collect();
+        let table = build(&backends, 13).expect("table");
+        let keys: Vec<_> = backends.iter().map(|b| b.key).collect();
+        assert_eq!(table_hash(&table, &keys), 0xc602_dd0c_36d3_a5dc);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Shared test support for lb: the network-namespace rig, frame builders, and a
 //! BPF_PROG_TEST_RUN harness for the XDP datapath.
+pub mod cluster;
 pub mod dsr;
 pub mod echo_backend;
 pub mod fib;

@@ -114,6 +114,10 @@ fn full_example_parses_to_the_values_it_writes() {
         ["192.0.2.0/24", "2001:db8:bad::/48"]
     );
     assert!(c.l4.guard.lists.allow.is_empty());
+    assert_eq!(
+        c.l4.guard.previous_ring_window,
+        std::time::Duration::from_secs(600)
+    );
     let [web_vip, dns_vip] = c.l4.vips.as_slice() else {
         panic!("two vips: {:?}", c.l4.vips)
     };
@@ -1256,7 +1260,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "l4_unknown_key",
             "[l4]\nsource_new_flows = 5\n".into(),
-            "l4_unknown_key.toml:2: unknown field `source_new_flows`, expected one of `flood_guard_new_flows_per_cpu`, `source_new_flows_per_second`, `source_new_flows_burst`, `deny`, `allow`",
+            "l4_unknown_key.toml:2: unknown field `source_new_flows`, expected one of `flood_guard_new_flows_per_cpu`, `source_new_flows_per_second`, `source_new_flows_burst`, `deny`, `allow`, `previous_ring_window`",
         ),
         (
             "vip_to_missing_pool",

@@ -19,10 +19,13 @@ use std::{
 
 use aya::maps::{MapData, MapInfo, PerCpuArray, PerCpuValues};
 use lb::{
-    l4::{L4Config, L4Dataplane, read_l4_events},
+    l4::{L4Config, L4Dataplane, Protocol, read_l4_events},
     xdp::{self, AttachMode, XdpError, pin::PINNED_MAPS},
 };
-use lb_common::{l4::L4Event, map_names};
+use lb_common::{
+    l4::{FlowEntry, FlowKey, L4Event, PrevRing},
+    map_names,
+};
 use lb_tests::{
     NETNS_PREFIX,
     lb_run_netns::PinDir,
@@ -171,6 +174,109 @@ fn pins_of_the_layout_before_counter_headroom_are_taken_over() {
     for name in PINNED_MAPS {
         assert!(dir.join(name).exists(), "{name} pinned");
     }
+    attached.detach().expect("detach");
+}
+
+/// The layout before issue 17 (no `PREV_RINGS`; connection-table values with a `u32` VIP
+/// index where the idle stamp now is): taken over, `PREV_RINGS` joins the old pins, an entry
+/// the old datapath wrote reads as this build's (its stamp 0: not known, fresh), and a change
+/// of reals on the taken-over maps keeps the previous ring.
+#[test]
+fn pins_of_the_layout_before_previous_rings_are_taken_over() {
+    if !require_root("pins_of_the_layout_before_previous_rings_are_taken_over") {
+        return;
+    }
+    let (a, _b, pins) = rig("prev");
+    let dir = pins.path.clone();
+    std::fs::create_dir_all(&dir).expect("pin dir");
+    let layout = fixture("layout-eb3b8ad.txt");
+    assert!(!layout.contains_key(map_names::PREV_RINGS));
+    for (name, shape) in &layout {
+        create_pinned(&dir, name, *shape);
+    }
+    let flow = FlowKey {
+        src: [u32::from_ne_bytes([10, 7, 0, 9]), 0, 0, 0],
+        dst: [u32::from_ne_bytes([10, 9, 0, 1]), 0, 0, 0],
+        src_port: 40000,
+        dst_port: 80,
+        proto: 6,
+        family: 4,
+        _pad: [0; 2],
+    };
+    {
+        // The old value: real 1, VIP index 3 as a u32, hash.
+        let mut old = [0u8; 12];
+        old[..4].copy_from_slice(&1u32.to_ne_bytes());
+        old[4..8].copy_from_slice(&3u32.to_ne_bytes());
+        old[8..].copy_from_slice(&0x1234_5678u32.to_ne_bytes());
+        let map = MapData::from_pin(dir.join(map_names::CONNTRACK)).expect("CONNTRACK");
+        let mut table: aya::maps::HashMap<MapData, FlowKey, [u8; 12]> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("lru hash");
+        table.insert(flow, old, 0).expect("insert");
+    }
+    let taken = a
+        .run({
+            let dir = dir.clone();
+            move || -> Result<_, XdpError> {
+                let mut attached = xdp::attach_pinned("a0", AttachMode::Skb, &dir)?;
+                let mut dp = L4Dataplane::recover(attached.ebpf_mut()).expect("recover");
+                let vip = |reals: &str| {
+                    L4Config::parse(
+                        &format!("[[vip]]\naddress = \"10.9.0.1:80\"\nring_size = 1009\n{reals}"),
+                        Path::new("pin.toml"),
+                    )
+                    .expect("config")
+                };
+                let one = "[[vip.real]]\naddress = \"10.1.0.1\"\n";
+                dp.apply(attached.ebpf_mut(), &vip(one)).expect("apply");
+                dp.apply(
+                    attached.ebpf_mut(),
+                    &vip(&format!("{one}[[vip.real]]\naddress = \"10.1.0.2\"\n")),
+                )
+                .expect("apply");
+                let index = dp
+                    .vip_index("10.9.0.1:80".parse().expect("vip"), Protocol::Tcp)
+                    .expect("index");
+                let prev: aya::maps::Array<&MapData, PrevRing> = attached
+                    .ebpf()
+                    .map(map_names::PREV_RINGS)
+                    .expect("PREV_RINGS")
+                    .try_into()
+                    .expect("array");
+                let prev = prev.get(&index, 0).expect("entry");
+                let table: aya::maps::HashMap<&MapData, FlowKey, FlowEntry> = attached
+                    .ebpf()
+                    .map(map_names::CONNTRACK)
+                    .expect("CONNTRACK")
+                    .try_into()
+                    .expect("hash map");
+                let entry = table.get(&flow, 0).expect("old entry");
+                Ok((attached.reused_maps(), prev, entry, attached))
+            }
+        })
+        .expect("thread in netns");
+    let (reused, prev, entry, attached) = taken.expect("this build takes over the layout's pins");
+    assert!(reused);
+    assert_eq!(
+        entry,
+        FlowEntry {
+            real: 1,
+            vip: 3,
+            seen: 0,
+            hash: 0x1234_5678
+        }
+    );
+    assert_eq!(
+        prev.ring_size, 1009,
+        "the ring before the change is kept: {prev:?}"
+    );
+    for (name, shape) in &layout {
+        assert_eq!(pinned_shape(&dir.join(name)), *shape, "{name} kept");
+    }
+    assert!(
+        dir.join(map_names::PREV_RINGS).exists(),
+        "PREV_RINGS pinned"
+    );
     attached.detach().expect("detach");
 }
 

@@ -149,7 +149,8 @@ fn pinned_state_is_taken_over_with_the_same_ids() {
     let flow = flow_key("10.7.0.9:40000".parse().expect("addr"), vip1, Protocol::Tcp);
     let entry = FlowEntry {
         real: real1,
-        vip: dp.vip_index(vip1, Protocol::Tcp).expect("index"),
+        vip: dp.vip_index(vip1, Protocol::Tcp).expect("index") as u16,
+        seen: 0,
         hash: 0x1234_5678,
     };
     conntrack(&mut first)

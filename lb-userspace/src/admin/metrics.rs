@@ -412,6 +412,13 @@ struct VipLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RingLabels {
+    vip: String,
+    protocol: String,
+    hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RealLabels {
     vip: String,
     protocol: String,
@@ -566,6 +573,25 @@ impl Collector for StatusCollector {
                 .map(|v| (vip(v), v.new_flows))
                 .collect::<Vec<_>>(),
         )?;
+        gauge(
+            &mut encoder,
+            "xdp_vip_ring_hash",
+            "Always 1; the label hash is the VIP's live Maglev table hashed by real address (nodes that agree show the same)",
+            &vips
+                .iter()
+                .filter_map(|v| {
+                    let hash = v.ring_hash.clone()?;
+                    Some((
+                        RingLabels {
+                            vip: v.address.clone(),
+                            protocol: v.protocol.clone(),
+                            hash,
+                        },
+                        1,
+                    ))
+                })
+                .collect::<Vec<_>>(),
+        )?;
         let reals: Vec<_> = vips
             .iter()
             .flat_map(|v| {
@@ -679,6 +705,7 @@ mod tests {
                 packets: 7,
                 bytes: 700,
                 new_flows: 2,
+                ring_hash: Some("c602dd0c36d3a5dc".into()),
                 packets_per_second: 0.0,
                 bytes_per_second: 0.0,
                 trend: Vec::new(),
@@ -717,6 +744,7 @@ mod tests {
             "lb_backend_up{pool=\"web\",backend=\"10.0.0.1:80\"} 0",
             "lb_backend_in_flight{pool=\"web\",backend=\"10.0.0.1:80\"} 3",
             "lb_xdp_vip_packets_total{vip=\"10.100.0.1:80\",protocol=\"tcp\"} 7",
+            "lb_xdp_vip_ring_hash{vip=\"10.100.0.1:80\",protocol=\"tcp\",hash=\"c602dd0c36d3a5dc\"} 1",
             "lb_xdp_real_new_flows_total{vip=\"10.100.0.1:80\",protocol=\"tcp\",real=\"10.0.0.1\"} 2",
             "lb_xdp_drops_total{name=\"bad_ipv4_header\"} 4",
             "lb_config_reloads_total{result=\"ok\"} 0",

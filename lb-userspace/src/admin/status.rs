@@ -164,6 +164,9 @@ pub struct VipStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Hash of the VIP's live Maglev table by real address, 16 hex digits: nodes given the
+    /// same reals, weights and ring size show the same value. `None` until built or checked.
+    pub ring_hash: Option<String>,
     /// Over the last status tick.
     pub packets_per_second: f64,
     pub bytes_per_second: f64,

@@ -400,6 +400,7 @@ fn status_text(status: &Value) -> String {
                 count(v, "packets").to_string(),
                 count(v, "bytes").to_string(),
                 count(v, "new_flows").to_string(),
+                v["ring_hash"].as_str().unwrap_or("-").to_owned(),
             ]);
             for r in list(v, "reals") {
                 rows.push(vec![
@@ -415,6 +416,7 @@ fn status_text(status: &Value) -> String {
                     count(r, "packets").to_string(),
                     count(r, "bytes").to_string(),
                     count(r, "new_flows").to_string(),
+                    String::new(),
                 ]);
             }
         }
@@ -428,6 +430,7 @@ fn status_text(status: &Value) -> String {
                 "PACKETS",
                 "BYTES",
                 "NEW-FLOWS",
+                "RING-HASH",
             ],
             &rows,
         );
@@ -481,7 +484,8 @@ mod tests {
                 { "address": "10.0.0.2:80", "health": "draining", "backup": true }
             ]}],
             "vips": [{ "address": "10.100.0.1:80", "protocol": "tcp", "forward": "local",
-                       "packets": 5, "reals": [{ "address": "10.0.0.1", "weight": 1, "up": true }] }],
+                       "packets": 5, "ring_hash": "c602dd0c36d3a5dc",
+                       "reals": [{ "address": "10.0.0.1", "weight": 1, "up": true }] }],
             "xdp": { "iface": "eth0", "mode": "skb", "classes": [["passed", 3]], "drops": [],
                      "events": [] }
         });
@@ -509,6 +513,11 @@ mod tests {
         );
         assert!(web[1].contains("draining (backup)"), "{text}");
         assert!(text.contains("real 10.0.0.1"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("10.100.0.1:80/tcp") && l.ends_with("c602dd0c36d3a5dc")),
+            "{text}"
+        );
         assert!(text.contains("xdp on eth0 (skb mode)"), "{text}");
         assert!(text.contains("packets: passed 3"), "{text}");
         assert_eq!(

@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 use anyhow::Context as _;
 use lb::{
     config::Config,
-    l4::{L4Dataplane, read_l4_stats},
+    l4::{L4Config, L4Dataplane, read_l4_stats},
     xdp::{self, AttachMode, AttachedXdp},
 };
 
@@ -38,6 +38,7 @@ pub async fn run(
         mode = attached.mode(),
         vips = config.vips.len(),
         ?report,
+        rings = ring_hashes(&dataplane, &config),
         "L4 tier running"
     );
     println!(
@@ -83,6 +84,21 @@ pub async fn run(
     Ok(())
 }
 
+/// Each VIP's ring hash, `ADDR/PROTO=HASH` (compare across nodes: docs/SCALE-OUT.md).
+fn ring_hashes(dataplane: &L4Dataplane, config: &L4Config) -> String {
+    config
+        .vips
+        .iter()
+        .map(|v| {
+            let hash = dataplane
+                .ring_hash(v.addr, v.protocol)
+                .map_or_else(|| "-".to_owned(), |h| format!("{h:016x}"));
+            format!("{}/{:?}={hash}", v.addr, v.protocol).to_lowercase()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Applies the file again; a bad file keeps the running configuration and says why.
 fn reload(attached: &mut AttachedXdp, dataplane: &mut L4Dataplane, path: &Path, why: &str) {
     let config = match Config::from_file(path) {
@@ -94,7 +110,12 @@ fn reload(attached: &mut AttachedXdp, dataplane: &mut L4Dataplane, path: &Path, 
     };
     match dataplane.apply(attached.ebpf_mut(), &config) {
         Ok(report) => {
-            tracing::info!(why, ?report, "configuration reloaded");
+            tracing::info!(
+                why,
+                ?report,
+                rings = ring_hashes(dataplane, &config),
+                "configuration reloaded"
+            );
             println!(
                 "reloaded vips={} rings_rebuilt={}",
                 config.vips.len(),

@@ -12,6 +12,9 @@
 //! source_new_flows_burst = 200   # default: one second's worth
 //! deny = ["192.0.2.0/24"]        # client networks dropped at every VIP
 //! allow = ["0.0.0.0/0", "::/0"]  # when non-empty, only these clients reach any VIP
+//! previous_ring_window = "5m"    # after a change of reals, TCP segments of flows no entry
+//!                                # knows get a second chance on the previous ring's real
+//!                                # ("0s": never)
 //!
 //! [[vip]]
 //! address = "10.100.0.100:80"    # VIP address and port (port 0 is reserved)
@@ -34,6 +37,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
     path::Path,
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -43,7 +47,7 @@ use lb_common::l4::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, RawFile};
+use super::{ConfigError, RawFile, value::duration};
 use crate::maglev::is_prime;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -99,14 +103,38 @@ pub struct SourceLists {
     pub allow: Vec<IpNet>,
 }
 
-/// The `[l4]` section: hardening that applies to every VIP.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The `[l4]` section: hardening and ring changes, for every VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuardSettings {
     /// New flows per second per CPU past which new flows skip the connection table.
     pub flood_guard_new_flows_per_cpu: Option<u64>,
     /// (sustained new flows per second, burst) per client address.
     pub source_new_flows: Option<(u64, u64)>,
     pub lists: SourceLists,
+    /// How long a VIP's previous ring keeps sending TCP segments of flows that miss the
+    /// connection table after its reals changed (zero: never).
+    pub previous_ring_window: Duration,
+}
+
+/// Default of `[l4] previous_ring_window`: long enough for the flows that were open at a
+/// change of reals and then move between nodes (a node failing, drained, or coming back
+/// within minutes), short enough that the extra hop through the previous ring's real, which
+/// such moved flows take while it lasts, does not linger.
+pub const DEFAULT_PREVIOUS_RING_WINDOW: Duration = Duration::from_secs(300);
+
+/// Longest `[l4] previous_ring_window`: past a day, the flows from before a change are long
+/// gone, and every moved flow would still make the extra hop through the previous ring's real.
+pub const MAX_PREVIOUS_RING_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        Self {
+            flood_guard_new_flows_per_cpu: None,
+            source_new_flows: None,
+            lists: SourceLists::default(),
+            previous_ring_window: DEFAULT_PREVIOUS_RING_WINDOW,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +157,7 @@ pub(crate) struct RawL4 {
     deny: Vec<Spanned<String>>,
     #[serde(default)]
     allow: Vec<Spanned<String>>,
+    previous_ring_window: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -394,7 +423,28 @@ fn guard_settings(
             deny: networks(&raw.deny, "deny", err)?,
             allow: networks(&raw.allow, "allow", err)?,
         },
+        previous_ring_window: previous_ring_window(&raw.previous_ring_window, err)?,
     })
+}
+
+/// `[l4] previous_ring_window`: at most [`MAX_PREVIOUS_RING_WINDOW`].
+fn previous_ring_window(
+    value: &Option<Spanned<String>>,
+    err: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    let window = duration(
+        value,
+        DEFAULT_PREVIOUS_RING_WINDOW,
+        "previous_ring_window",
+        err,
+    )?;
+    match value {
+        Some(v) if window > MAX_PREVIOUS_RING_WINDOW => Err(err(
+            v.span(),
+            "previous_ring_window must be at most 24h".to_owned(),
+        )),
+        _ => Ok(window),
+    }
 }
 
 /// A list of networks: `ADDRESS/PREFIX` with no host bits set, or a lone address (a /32 or
@@ -488,6 +538,7 @@ flood_guard_new_flows_per_cpu = 50000
 source_new_flows_per_second = 100
 deny = ["192.0.2.0/24", "2001:db8::/32"]
 allow = ["0.0.0.0/0"]
+previous_ring_window = "90s"
 
 [[vip]]
 address = "10.100.0.100:80"
@@ -507,6 +558,7 @@ deny = ["198.51.100.7", "fd00::7"]
             [net("192.0.2.0/24"), net("2001:db8::/32")]
         );
         assert_eq!(cfg.guard.lists.allow, [net("0.0.0.0/0")]);
+        assert_eq!(cfg.guard.previous_ring_window, Duration::from_secs(90));
         assert_eq!(
             cfg.vips[0].lists.deny,
             [net("198.51.100.7/32"), net("fd00::7/128")],
@@ -587,8 +639,16 @@ deny = ["198.51.100.7", "fd00::7"]
                 "lb.toml:2: source_new_flows_per_second must be at most 1000000000",
             ),
             (
+                "[l4]\nprevious_ring_window = \"2days\"\n",
+                "lb.toml:2: previous_ring_window must be at most 24h",
+            ),
+            (
+                "[l4]\nprevious_ring_window = \"soon\"\n",
+                "lb.toml:2: previous_ring_window \"soon\": expected number at 0",
+            ),
+            (
                 "[l4]\nflood_guard = 5\n",
-                "lb.toml:2: unknown field `flood_guard`, expected one of `flood_guard_new_flows_per_cpu`, `source_new_flows_per_second`, `source_new_flows_burst`, `deny`, `allow`",
+                "lb.toml:2: unknown field `flood_guard`, expected one of `flood_guard_new_flows_per_cpu`, `source_new_flows_per_second`, `source_new_flows_burst`, `deny`, `allow`, `previous_ring_window`",
             ),
         ];
         for (text, expected) in cases {

@@ -8,6 +8,15 @@
 //! `apply` waits out what is left of that grace by blocking its thread (for `lb l4` and
 //! tests); `apply_async` (the manager, on its async runtime) awaits it with a tokio timer
 //! first, so the runtime keeps serving meanwhile.
+//!
+//! The half that went idle is also the VIP's previous ring: `PREV_RINGS` points the datapath
+//! at it for `[l4] previous_ring_window` after the flip (second chances, see
+//! `lb-ebpf/src/second_chance.rs`). Before that half is rewritten, the pointer is cleared and
+//! the grace period starts again from there.
+//!
+//! Tables are the same on every node given the same reals, weights and ring size (see
+//! `maglev`); real ids are not (they are this node's), so the ring hash each VIP reports is
+//! taken over the table of real addresses, not over the map's ids.
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
@@ -25,7 +34,7 @@ use ipnet::IpNet;
 use lb_common::{
     l4::{
         EncapConfig, FAMILY_V4, FAMILY_V6, GuardConfig, LIST_SCOPE_ALL, LIST_SCOPE_ALL_BIT,
-        ListKeyV4, ListKeyV6, MAX_REALS, MAX_VIPS, NO_REAL, NO_VIP, REAL_DOWN, Real,
+        ListKeyV4, ListKeyV6, MAX_REALS, MAX_VIPS, NO_REAL, NO_VIP, PrevRing, REAL_DOWN, Real,
         VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, addr_bytes,
         addr_words, ring_index,
     },
@@ -38,6 +47,9 @@ use crate::maglev::{self, Backend, MaglevError};
 
 /// How long a ring half stays untouched after it stopped being the active one.
 const RING_GRACE: Duration = Duration::from_millis(50);
+/// Added to a previous ring's window before its half is taken as unread: the datapath's
+/// coarse clock and userspace's `Instant` need not agree to the millisecond.
+const PREV_RING_SLACK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum L4Error {
@@ -79,6 +91,11 @@ struct InstalledVip {
     ring_input: Option<Vec<(IpAddr, u32)>>,
     reals: HashSet<IpAddr>,
     flipped_at: Option<Instant>,
+    /// Until when the datapath may read the idle half as the previous ring (`PREV_RINGS`).
+    prev_until: Option<Instant>,
+    /// Hash of the active table by real address ([`maglev::table_hash`]); `None` for a ring
+    /// found in pinned maps until the first apply.
+    ring_hash: Option<u64>,
 }
 
 /// Userspace owner of the L4 maps. Ids are stable across applies: a VIP keeps its index and a
@@ -144,6 +161,22 @@ fn key_addr(family: u8, words: [u32; 4]) -> Option<IpAddr> {
         FAMILY_V6 => Some(IpAddr::from(bytes)),
         _ => None,
     }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of the datapath's `bpf_ktime_get_coarse_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the one we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// What a VIP's ring is built from: (real address, effective weight; 0 when down).
@@ -294,6 +327,8 @@ impl L4Dataplane {
                 continue;
             };
             by_index.insert(meta.index, ident);
+            let prev = Self::read_prev(ebpf, meta.index)?;
+            let left = Duration::from_nanos(prev.until_ns.saturating_sub(monotonic_ns()));
             dp.vips.insert(
                 ident,
                 InstalledVip {
@@ -302,6 +337,9 @@ impl L4Dataplane {
                     ring_input: None,
                     reals: HashSet::new(),
                     flipped_at: None,
+                    prev_until: (prev.ring_size != 0 && !left.is_zero())
+                        .then(|| Instant::now() + left + PREV_RING_SLACK),
+                    ring_hash: None,
                 },
             );
         }
@@ -352,6 +390,12 @@ impl L4Dataplane {
         self.real_ids.get(&((vip, protocol), real)).copied()
     }
 
+    /// The hash of a VIP's live table by real address (equal on nodes that agree), once this
+    /// process has built or checked it.
+    pub fn ring_hash(&self, addr: SocketAddr, protocol: Protocol) -> Option<u64> {
+        self.vips.get(&(addr, protocol)).and_then(|v| v.ring_hash)
+    }
+
     /// Installed VIPs with their stats index, for reporting.
     pub fn installed_vips(&self) -> Vec<(SocketAddr, Protocol, u32)> {
         let mut out: Vec<_> = self
@@ -372,6 +416,7 @@ impl L4Dataplane {
         config: &L4Config,
     ) -> Result<ApplyReport, L4Error> {
         let wait = self.grace_remaining(config);
+        self.retire_previous_rings(ebpf, config)?;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -386,13 +431,69 @@ impl L4Dataplane {
             .iter()
             .filter_map(|vip| {
                 let installed = self.vips.get(&(vip.addr, vip.protocol))?;
-                let at = installed.flipped_at?;
                 let unchanged = installed.ring_input.as_ref() == Some(&ring_input(vip))
                     && installed.meta.ring_size == vip.ring_size;
-                (!unchanged).then(|| RING_GRACE.saturating_sub(at.elapsed()))
+                // A ring found in pins usually holds the table already (see `apply_vip`).
+                if unchanged || installed.ring_input.is_none() {
+                    return None;
+                }
+                // A previous ring still in use is cleared first; its half is then idle for
+                // a whole grace period.
+                if installed.prev_until.is_some_and(|t| t > Instant::now()) {
+                    return Some(RING_GRACE);
+                }
+                let at = installed.flipped_at?;
+                Some(RING_GRACE.saturating_sub(at.elapsed()))
             })
             .max()
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// Stops the datapath reading, as a previous ring, the idle half of every VIP whose ring
+    /// `config` changes (that half is about to be rewritten); the grace period of each starts
+    /// now.
+    fn retire_previous_rings(&mut self, ebpf: &mut Ebpf, config: &L4Config) -> Result<(), L4Error> {
+        let now = Instant::now();
+        for vip in &config.vips {
+            let Some(installed) = self.vips.get_mut(&(vip.addr, vip.protocol)) else {
+                continue;
+            };
+            let unchanged = installed.ring_input.as_ref() == Some(&ring_input(vip))
+                && installed.meta.ring_size == vip.ring_size;
+            // A ring found in pins (after a restart) is left to `apply_vip`: it usually holds
+            // the table already, and then its previous ring must keep its window; when it does
+            // not, `apply_vip` retires the previous ring itself (waiting out the grace).
+            if unchanged
+                || installed.ring_input.is_none()
+                || installed.prev_until.is_none_or(|t| t <= now)
+            {
+                continue;
+            }
+            Self::write_prev(ebpf, installed.meta.index, PrevRing::default())?;
+            installed.prev_until = None;
+            installed.flipped_at = Some(now);
+        }
+        Ok(())
+    }
+
+    fn read_prev(ebpf: &Ebpf, index: u32) -> Result<PrevRing, L4Error> {
+        let name = map_names::PREV_RINGS;
+        let map: Array<&MapData, PrevRing> = ebpf
+            .map(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        map.get(&index, 0).map_err(map_err(name))
+    }
+
+    fn write_prev(ebpf: &mut Ebpf, index: u32, prev: PrevRing) -> Result<(), L4Error> {
+        let name = map_names::PREV_RINGS;
+        let mut map: Array<&mut MapData, PrevRing> = ebpf
+            .map_mut(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        map.set(index, prev, 0).map_err(map_err(name))
     }
 
     /// Makes the maps say what `config` says. On error the maps may hold part of the change,
@@ -412,12 +513,13 @@ impl L4Dataplane {
             self.remove_vip(ebpf, ident)?;
             report.vips_removed += 1;
         }
+        let window = config.guard.previous_ring_window;
         let global_lists =
             !config.guard.lists.deny.is_empty() || !config.guard.lists.allow.is_empty();
         for vip in &config.vips {
             let lists = global_lists || !vip.lists.deny.is_empty() || !vip.lists.allow.is_empty();
             let checks = if lists { VIP_CHECK_SOURCE_LISTS } else { 0 };
-            let (added, rebuilt) = self.apply_vip(ebpf, vip, checks)?;
+            let (added, rebuilt) = self.apply_vip(ebpf, vip, checks, window)?;
             report.vips_added += usize::from(added);
             report.rings_rebuilt += usize::from(rebuilt);
         }
@@ -567,6 +669,8 @@ impl L4Dataplane {
         let Some(vip) = self.vips.remove(&ident) else {
             return Ok(());
         };
+        // The index may go to another VIP, which must not inherit this one's previous ring.
+        Self::write_prev(ebpf, vip.meta.index, PrevRing::default())?;
         match Self::vips_map(ebpf)?.remove(&vip.key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(source) => {
@@ -586,12 +690,14 @@ impl L4Dataplane {
         Ok(())
     }
 
-    /// Returns (added, ring rebuilt). `checks`: the check bits of the VIP's `VipMeta::forward`.
+    /// Returns (added, ring rebuilt). `checks`: the check bits of the VIP's `VipMeta::forward`;
+    /// `window`: how long the ring it replaces stays the previous ring.
     fn apply_vip(
         &mut self,
         ebpf: &mut Ebpf,
         vip: &VipConfig,
         checks: u32,
+        window: Duration,
     ) -> Result<(bool, bool), L4Error> {
         let ident = (vip.addr, vip.protocol);
         let added = !self.vips.contains_key(&ident);
@@ -625,17 +731,12 @@ impl L4Dataplane {
         let unchanged_ring = previous.is_some_and(|p| {
             p.ring_input.as_ref() == Some(&ring_input) && p.meta.ring_size == vip.ring_size
         });
+        let mut prev_until = previous.and_then(|p| p.prev_until);
+        let mut ring_hash = previous.and_then(|p| p.ring_hash);
         let (active_half, flipped_at, rebuilt) = if unchanged_ring {
             let p = previous.expect("checked above");
             (p.meta.active_half, p.flipped_at, false)
         } else {
-            let half = previous.map_or(0, |p| 1 - p.meta.active_half);
-            if let Some(at) = previous.and_then(|p| p.flipped_at) {
-                let since = at.elapsed();
-                if since < RING_GRACE {
-                    std::thread::sleep(RING_GRACE - since);
-                }
-            }
             let backends: Vec<Backend> = ring_input
                 .iter()
                 .map(|(addr, weight)| Backend {
@@ -648,19 +749,56 @@ impl L4Dataplane {
                     vip: vip.addr,
                     source,
                 })?;
-            let name = map_names::MAGLEV_RINGS;
-            let mut rings: Array<&mut MapData, u32> = ebpf
-                .map_mut(name)
-                .ok_or(L4Error::MissingMap(name))?
-                .try_into()
-                .map_err(map_err(name))?;
-            for (slot, owner) in (0u32..).zip(&table) {
-                let real_id = owner.map_or(NO_REAL, |i| ids[i]);
-                rings
-                    .set(ring_index(index, half, slot), real_id, 0)
+            let slots: Vec<u32> = table
+                .iter()
+                .map(|owner| owner.map_or(NO_REAL, |i| ids[i]))
+                .collect();
+            ring_hash = Some(maglev::table_hash(
+                &table,
+                &backends.iter().map(|b| b.key).collect::<Vec<_>>(),
+            ));
+            // A ring found in pinned maps (after a restart) that already holds this table
+            // stays live: no flip, and its previous ring keeps its window.
+            let same_as_pinned = match previous {
+                Some(p) if p.ring_input.is_none() && p.meta.ring_size == vip.ring_size => {
+                    Self::ring_holds(ebpf, index, p.meta.active_half, &slots)?
+                }
+                _ => false,
+            };
+            if same_as_pinned {
+                let p = previous.expect("matched above");
+                (p.meta.active_half, p.flipped_at, false)
+            } else {
+                let half = previous.map_or(0, |p| 1 - p.meta.active_half);
+                let mut idle_since = previous.and_then(|p| p.flipped_at);
+                if prev_until.is_some_and(|t| t > Instant::now()) || previous.is_none() {
+                    // The half about to be written is the previous ring the datapath may be
+                    // reading (or, for a new VIP, the index's last owner's): unhook it first.
+                    Self::write_prev(ebpf, index, PrevRing::default())?;
+                    if previous.is_some() {
+                        idle_since = Some(Instant::now());
+                    }
+                }
+                prev_until = None;
+                if let Some(at) = idle_since {
+                    let since = at.elapsed();
+                    if since < RING_GRACE {
+                        std::thread::sleep(RING_GRACE - since);
+                    }
+                }
+                let name = map_names::MAGLEV_RINGS;
+                let mut rings: Array<&mut MapData, u32> = ebpf
+                    .map_mut(name)
+                    .ok_or(L4Error::MissingMap(name))?
+                    .try_into()
                     .map_err(map_err(name))?;
+                for (slot, real_id) in (0u32..).zip(&slots) {
+                    rings
+                        .set(ring_index(index, half, slot), *real_id, 0)
+                        .map_err(map_err(name))?;
+                }
+                (half, Some(Instant::now()), true)
             }
-            (half, Some(Instant::now()), true)
         };
 
         let key = vip_key(vip.addr, vip.protocol, vip.addr.port());
@@ -674,6 +812,17 @@ impl L4Dataplane {
         Self::vips_map(ebpf)?
             .insert(key, meta, 0)
             .map_err(map_err(map_names::VIPS))?;
+        // The ring just replaced becomes the previous ring, for its window.
+        if let Some(p) = previous.filter(|_| rebuilt && !window.is_zero()) {
+            let prev = PrevRing {
+                until_ns: monotonic_ns()
+                    .saturating_add(u64::try_from(window.as_nanos()).unwrap_or(u64::MAX)),
+                ring_size: p.meta.ring_size,
+                half: p.meta.active_half,
+            };
+            Self::write_prev(ebpf, index, prev)?;
+            prev_until = Some(Instant::now() + window + PREV_RING_SLACK);
+        }
         self.vips.insert(
             ident,
             InstalledVip {
@@ -682,9 +831,31 @@ impl L4Dataplane {
                 ring_input: Some(ring_input),
                 reals: now_reals,
                 flipped_at,
+                prev_until,
+                ring_hash,
             },
         );
         Ok((added, rebuilt))
+    }
+
+    /// Whether ring half `half` of VIP `index` holds exactly `slots`.
+    fn ring_holds(ebpf: &Ebpf, index: u32, half: u32, slots: &[u32]) -> Result<bool, L4Error> {
+        let name = map_names::MAGLEV_RINGS;
+        let rings: Array<&MapData, u32> = ebpf
+            .map(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        for (slot, want) in (0u32..).zip(slots) {
+            if rings
+                .get(&ring_index(index, half & 1, slot), 0)
+                .map_err(map_err(name))?
+                != *want
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Fragments carry no ports after the first, so each (address, protocol) with VIPs gets an

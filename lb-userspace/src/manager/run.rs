@@ -766,6 +766,10 @@ impl Manager {
                     packets: c.packets,
                     bytes: c.bytes,
                     new_flows: c.new_flows,
+                    ring_hash: x
+                        .dataplane
+                        .ring_hash(v.addr, v.protocol)
+                        .map(|h| format!("{h:016x}")),
                     reals: v
                         .reals
                         .iter()

@@ -24,10 +24,11 @@ const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 /// The maps that are pinned (and so reused by the next `lb`): all state the datapath reads or
 /// counts into. The next-hop cache, the log ring, the per-source rate cells and the flood
 /// guard's windows are rebuilt from scratch (losing them costs a second of rate history).
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 18] = [
     map_names::VIPS,
     map_names::REALS,
     map_names::MAGLEV_RINGS,
+    map_names::PREV_RINGS,
     map_names::CONNTRACK,
     map_names::FLOW_TAGS,
     map_names::ENCAP_CONFIG,
