@@ -18,7 +18,7 @@ cd "$(dirname "$0")/../.."
 REPO=${1:-$PWD}
 DIR=$(mktemp -d /tmp/lb-newcomer.XXXXXX)
 NS=lb-newcomer-$$
-trap 'set +e; kill $(jobs -p) 2>/dev/null; ip netns pids $NS 2>/dev/null | xargs -r kill; ip netns del $NS 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
+trap 'set +e; kill $(jobs -p) 2>/dev/null; ip netns pids $NS 2>/dev/null | xargs -r kill 2>/dev/null; ip netns del $NS 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
