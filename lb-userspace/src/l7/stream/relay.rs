@@ -1,14 +1,8 @@
 //! Bidirectional byte copy between a client and its upstream connection, with half-close
 //! passed on (EOF on one side shuts down writing on the other; the other direction goes on)
 //! and an idle timeout over both directions together.
-//!
-//! Per connection it costs what it must and no more (it runs once per tunnel or stream
-//! connection): the sockets are split by reference (no shared halves to allocate), the
-//! buffers are not zeroed (reads fill their spare capacity), and the direction that ends
-//! last does not shut down its writer: both sockets are closed at once when the relay
-//! returns, which sends the same FIN without the extra system call.
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -31,32 +25,17 @@ pub enum RelayEnd {
     Error(std::io::Error),
 }
 
-/// Copies both ways until both directions end, one fails, or nothing moves for `idle`; both
-/// connections are closed when it returns.
-pub async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -> RelayEnd {
+/// Copies both ways until both directions end, one fails, or nothing moves for `idle`.
+pub async fn relay(client: TcpStream, upstream: TcpStream, idle: Duration) -> RelayEnd {
     let started = Instant::now();
     // Milliseconds since `started` of the last byte moved either way.
     let last = AtomicU64::new(0);
-    // Set by the first direction to end.
-    let one_done = AtomicBool::new(false);
-    let (mut client_read, mut client_write) = client.split();
-    let (mut upstream_read, mut upstream_write) = upstream.split();
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
     let both = async {
         tokio::try_join!(
-            copy_one(
-                &mut client_read,
-                &mut upstream_write,
-                &last,
-                &one_done,
-                started
-            ),
-            copy_one(
-                &mut upstream_read,
-                &mut client_write,
-                &last,
-                &one_done,
-                started
-            ),
+            copy_one(&mut client_read, &mut upstream_write, &last, started),
+            copy_one(&mut upstream_read, &mut client_write, &last, started),
         )
     };
     let watchdog = async {
@@ -77,31 +56,26 @@ pub async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duratio
     }
 }
 
-/// One direction: copies until EOF, then shuts down the writer (a half-close the peer sees)
-/// unless the other direction has already ended (the relay closes both sockets next).
+/// One direction: copies until EOF, then shuts down the writer (a half-close the peer sees).
 async fn copy_one<R, W>(
     read: &mut R,
     write: &mut W,
     last: &AtomicU64,
-    one_done: &AtomicBool,
     started: Instant,
 ) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = Vec::with_capacity(BUFFER);
+    let mut buf = vec![0u8; BUFFER];
     let mut total = 0u64;
     loop {
-        buf.clear();
-        let n = read.read_buf(&mut buf).await?;
+        let n = read.read(&mut buf).await?;
         if n == 0 {
-            if !one_done.swap(true, Ordering::AcqRel) {
-                write.shutdown().await?;
-            }
+            write.shutdown().await?;
             return Ok(total);
         }
-        write.write_all(&buf).await?;
+        write.write_all(&buf[..n]).await?;
         total += n as u64;
         last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
