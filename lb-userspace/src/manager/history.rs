@@ -78,6 +78,19 @@ pub struct PacketTotals {
     pub bytes: u64,
 }
 
+/// A backend's attempts so far, and those that failed.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptTotals {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// Attempts per second and the share that failed, over the last tick.
+pub struct AttemptRates {
+    pub per_second: f64,
+    pub error_rate: f64,
+}
+
 /// Rates over the last tick and the trend, as the status page shows a VIP or real.
 pub struct PacketRates {
     pub packets_per_second: f64,
@@ -89,6 +102,7 @@ pub struct PacketRates {
 #[derive(Default)]
 pub struct Histories {
     traffic: History<TrafficKey, TrafficSnapshot>,
+    attempts: History<TrafficKey, AttemptTotals>,
     packets: History<PacketKey, PacketTotals>,
 }
 
@@ -119,6 +133,26 @@ impl Histories {
         }
     }
 
+    /// A backend's attempt and error rates over the last tick (0 until there is one).
+    pub fn attempt_rates(
+        &mut self,
+        key: TrafficKey,
+        now: Instant,
+        totals: AttemptTotals,
+    ) -> AttemptRates {
+        let series = self.attempts.record(key, now, totals);
+        let per_second = rates(series, |t| t.requests).last().copied().unwrap_or(0.0);
+        let failed = rates(series, |t| t.errors).last().copied().unwrap_or(0.0);
+        AttemptRates {
+            per_second,
+            error_rate: if per_second > 0.0 {
+                failed / per_second
+            } else {
+                0.0
+            },
+        }
+    }
+
     pub fn packet_rates(
         &mut self,
         key: PacketKey,
@@ -138,6 +172,7 @@ impl Histories {
     /// After a snapshot: series of what is no longer configured go.
     pub fn forget_unseen(&mut self) {
         self.traffic.forget_unseen();
+        self.attempts.forget_unseen();
         self.packets.forget_unseen();
     }
 }

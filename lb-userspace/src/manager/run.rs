@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::discovered::{Discoveries, FIRST_ANSWER_WAIT};
 use super::flags::{self, ServiceFlags};
-use super::history::{Histories, PacketKey, PacketTotals, TrafficKey};
+use super::history::{AttemptTotals, Histories, PacketKey, PacketTotals, TrafficKey};
 use crate::{
     admin::{
         metrics::Metrics,
@@ -83,47 +83,8 @@ pub struct Manager {
     pub metrics: Arc<Metrics>,
     config_status: ConfigStatus,
     started: Instant,
-    /// Per backend: the traffic totals at the last rate sample, and the rates then computed.
-    rates: Mutex<HashMap<BackendKey, RateSample>>,
     /// The last minute of samples behind the status page's rates, trends and percentiles.
     histories: Mutex<Histories>,
-}
-
-/// A backend's traffic totals at one moment and the rates over the period that ended there.
-#[derive(Clone, Copy, Debug)]
-struct RateSample {
-    at: Instant,
-    requests: u64,
-    errors: u64,
-    per_second: f64,
-    error_rate: f64,
-}
-
-/// Rates are computed over at least this long (the status tick is 1 s; snapshots published
-/// in between by health changes or drains reuse the last rates).
-const RATE_PERIOD: Duration = Duration::from_millis(900);
-
-impl RateSample {
-    /// The sample after this one, given the totals at `now`.
-    fn next(self, now: Instant, requests: u64, errors: u64) -> Self {
-        let elapsed = now.saturating_duration_since(self.at);
-        if elapsed < RATE_PERIOD {
-            return self;
-        }
-        // Totals only go down when the pool was rebuilt (fresh counters): start over.
-        let (dr, de) = if requests < self.requests || errors < self.errors {
-            (0, 0)
-        } else {
-            (requests - self.requests, errors - self.errors)
-        };
-        Self {
-            at: now,
-            requests,
-            errors,
-            per_second: dr as f64 / elapsed.as_secs_f64(),
-            error_rate: if dr == 0 { 0.0 } else { de as f64 / dr as f64 },
-        }
-    }
 }
 
 impl XdpTier {
@@ -272,7 +233,6 @@ impl Manager {
             status,
             metrics,
             started: Instant::now(),
-            rates: Mutex::new(HashMap::new()),
             histories: Mutex::new(Histories::default()),
         };
         let carried = std::mem::take(&mut manager.options.carried);
@@ -518,11 +478,6 @@ impl Manager {
     /// Builds and publishes the status snapshot (and so the scrape-time metrics).
     pub fn publish(&self) {
         let now = Instant::now();
-        let mut rates = self
-            .rates
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut sampled = HashMap::new();
         let mut histories = self
             .histories
             .lock()
@@ -615,17 +570,11 @@ impl Manager {
                                 });
                             let (requests, errors) =
                                 state.as_ref().map_or((0, 0), |s| s.traffic.totals(i));
-                            let rate = match rates.get(&key) {
-                                Some(previous) => previous.next(now, requests, errors),
-                                None => RateSample {
-                                    at: now,
-                                    requests,
-                                    errors,
-                                    per_second: 0.0,
-                                    error_rate: 0.0,
-                                },
-                            };
-                            sampled.insert(key.clone(), rate);
+                            let rate = histories.attempt_rates(
+                                TrafficKey::Backend(p.name.clone(), b.addr),
+                                now,
+                                AttemptTotals { requests, errors },
+                            );
                             BackendStatus {
                                 address: b.addr.to_string(),
                                 weight: weight.round() as u32,
@@ -651,9 +600,6 @@ impl Manager {
                 }
             })
             .collect();
-        // Backends no longer configured are forgotten.
-        *rates = sampled;
-        drop(rates);
         let (vips, xdp) = match &self.xdp {
             None => (Vec::new(), None),
             Some(x) => self.xdp_status(x, now, &mut histories),
