@@ -12,6 +12,7 @@ pub mod named_backend;
 pub mod netns;
 pub mod packets;
 pub mod raw_http;
+pub mod temp_dir;
 pub mod xdp_run;
 
 /// Prefix of every network namespace the tests create (`netns::sweep_stale` removes leftovers).

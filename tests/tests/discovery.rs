@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, ChildStderr, Command, Stdio},
     sync::atomic::Ordering,
     sync::mpsc,
@@ -16,6 +16,7 @@ use std::{
 use lb_tests::{
     http_server::{self, Behaviour},
     lb_run::{LbRun, http, wait_for},
+    temp_dir::TempDir,
 };
 
 /// dnsmasq in the foreground on 127.0.0.1:`port`, killed on drop; its log lines on a channel.
@@ -123,12 +124,6 @@ fn lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
     rx
 }
 
-fn status(admin: SocketAddr) -> serde_json::Value {
-    let (code, body) = http("GET", admin, "/api/status");
-    assert_eq!(code, 200);
-    serde_json::from_str(&body).expect("status JSON")
-}
-
 fn pool(s: &serde_json::Value, name: &str) -> serde_json::Value {
     s["pools"]
         .as_array()
@@ -156,15 +151,6 @@ fn backends(s: &serde_json::Value, name: &str) -> Vec<(String, u64)> {
     list
 }
 
-/// A file of the test's own, removed on drop.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[test]
 fn dns_discovery_fills_pools_follows_changes_and_keeps_the_last_good_set() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -185,10 +171,10 @@ fn dns_discovery_fills_pools_follows_changes_and_keeps_the_last_good_set() {
     ));
     let srv_port = srv_backend.addr.port();
 
-    let hosts = TempFile(std::env::temp_dir().join(format!("lb-discovery-{}", std::process::id())));
-    std::fs::write(&hosts.0, "127.0.0.2 web.test\n").expect("hosts");
+    let dir = TempDir::new("discovery");
+    let hosts = dir.write("hosts", "127.0.0.2 web.test\n");
     let dns = Dnsmasq::start(
-        &hosts.0,
+        &hosts,
         &format!("_http._tcp.web.test,web.test,{srv_port},0,5"),
     );
     let resolver = format!("127.0.0.1:{}", dns.port);
@@ -205,7 +191,7 @@ fn dns_discovery_fills_pools_follows_changes_and_keeps_the_last_good_set() {
     let lb = LbRun::start("discovery", &file, &[]);
 
     // Start-up waited for the first answers: the pools serve at once.
-    let s = status(lb.admin);
+    let s = lb.status();
     assert_eq!(
         backends(&s, "web"),
         [(format!("127.0.0.2:{port}"), 1)],
@@ -225,14 +211,14 @@ fn dns_discovery_fills_pools_follows_changes_and_keeps_the_last_good_set() {
     assert_eq!(srv_backend.seen.requests.load(Ordering::Relaxed), 1);
 
     // A second address for the name: lb follows within the TTL and sends it traffic.
-    std::fs::write(&hosts.0, "127.0.0.2 web.test\n127.0.0.3 web.test\n").expect("hosts");
+    dir.write("hosts", "127.0.0.2 web.test\n127.0.0.3 web.test\n");
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(dns.child.id() as i32),
         nix::sys::signal::Signal::SIGHUP,
     );
     dns.wait_log("read ");
     wait_for("second backend discovered", Duration::from_secs(15), || {
-        backends(&status(lb.admin), "web").len() == 2
+        backends(&lb.status(), "web").len() == 2
     });
     let before = second.seen.requests.load(Ordering::Relaxed);
     for _ in 0..20 {
@@ -242,7 +228,7 @@ fn dns_discovery_fills_pools_follows_changes_and_keeps_the_last_good_set() {
         second.seen.requests.load(Ordering::Relaxed) > before,
         "the discovered backend gets requests"
     );
-    let web = pool(&status(lb.admin), "web");
+    let web = pool(&lb.status(), "web");
     assert!(web["discovery"]["updates"].as_u64() >= Some(2), "{web}");
 
     // The DNS server goes away: the lookups fail, the last good set stays and serves.
@@ -250,9 +236,9 @@ fn dns_discovery_fills_pools_follows_changes_and_keeps_the_last_good_set() {
     wait_for(
         "discovery failure reported",
         Duration::from_secs(40),
-        || pool(&status(lb.admin), "web")["discovery"]["last_error"].is_string(),
+        || pool(&lb.status(), "web")["discovery"]["last_error"].is_string(),
     );
-    let s = status(lb.admin);
+    let s = lb.status();
     assert_eq!(backends(&s, "web").len(), 2, "last good set kept: {s}");
     let pools = Command::new(lb_tests::lb_bin())
         .args(["ctl", "--admin", &lb.admin.to_string(), "pools"])
@@ -275,8 +261,9 @@ fn dns_discovery_fills_pools_follows_changes_and_keeps_the_last_good_set() {
 /// and removed on drop.
 struct Etcd {
     child: Child,
-    dir: PathBuf,
     client: SocketAddr,
+    /// Its data directory (removed after etcd is killed: fields drop after `drop`).
+    _dir: TempDir,
 }
 
 impl Etcd {
@@ -285,13 +272,12 @@ impl Etcd {
             Path::new("/usr/bin/etcd").is_file(),
             "etcd is needed (Debian's etcd-server; cargo xtask setup installs it)"
         );
-        let dir = std::env::temp_dir().join(format!("lb-etcd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = TempDir::new("etcd");
         let (client_port, peer_port) = (free_port(), free_port());
         let client: SocketAddr = ([127, 0, 0, 1], client_port).into();
         let mut child = Command::new("etcd")
             .arg("--data-dir")
-            .arg(&dir)
+            .arg(&dir.0)
             .arg(format!("--listen-client-urls=http://{client}"))
             .arg(format!("--advertise-client-urls=http://{client}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
@@ -305,7 +291,11 @@ impl Etcd {
             .spawn()
             .expect("start etcd");
         let log = lines(child.stderr.take().expect("stderr"));
-        let etcd = Self { child, dir, client };
+        let etcd = Self {
+            child,
+            client,
+            _dir: dir,
+        };
         // Ready: etcd says it serves client requests.
         loop {
             let line = log
@@ -353,7 +343,6 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -374,7 +363,7 @@ fn etcd_discovery_watches_a_prefix_and_keeps_the_last_good_set() {
         etcd.client
     );
     let lb = LbRun::start("discovery-etcd", &file, &[]);
-    let s = status(lb.admin);
+    let s = lb.status();
     assert_eq!(backends(&s, "web"), [(a.addr.to_string(), 1)], "{s}");
     assert_eq!(pool(&s, "web")["discovery"]["source"], "etcd /lb/web/");
     assert_eq!(http("GET", lb.listener("web"), "/").0, 200);
@@ -385,9 +374,9 @@ fn etcd_discovery_watches_a_prefix_and_keeps_the_last_good_set() {
         &format!("{{\"address\": \"{}\", \"weight\": 3}}", b.addr),
     );
     wait_for("b discovered from etcd", Duration::from_secs(15), || {
-        backends(&status(lb.admin), "web").len() == 2
+        backends(&lb.status(), "web").len() == 2
     });
-    assert!(backends(&status(lb.admin), "web").contains(&(b.addr.to_string(), 3)));
+    assert!(backends(&lb.status(), "web").contains(&(b.addr.to_string(), 3)));
     let before = b.seen.requests.load(Ordering::Relaxed);
     for _ in 0..20 {
         assert_eq!(http("GET", lb.listener("web"), "/").0, 200);
@@ -397,17 +386,17 @@ fn etcd_discovery_watches_a_prefix_and_keeps_the_last_good_set() {
     // A bad value: the read fails naming the key, the last good set stays.
     etcd.put("/lb/web/c", "not-an-address");
     wait_for("bad value reported", Duration::from_secs(15), || {
-        pool(&status(lb.admin), "web")["discovery"]["last_error"]
+        pool(&lb.status(), "web")["discovery"]["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("key \"/lb/web/c\""))
     });
-    assert_eq!(backends(&status(lb.admin), "web").len(), 2);
+    assert_eq!(backends(&lb.status(), "web").len(), 2);
 
     // etcd goes away: still the last good set, still serving.
     drop(etcd);
     for _ in 0..5 {
         assert_eq!(http("GET", lb.listener("web"), "/").0, 200);
     }
-    assert_eq!(backends(&status(lb.admin), "web").len(), 2);
+    assert_eq!(backends(&lb.status(), "web").len(), 2);
     drop((a, b));
 }

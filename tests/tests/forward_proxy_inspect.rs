@@ -12,7 +12,7 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         Arc,
@@ -26,32 +26,9 @@ use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use lb_tests::lb_run::{LbRun, http, wait_for};
+use lb_tests::temp_dir::TempDir;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::net::TcpListener;
-
-/// A private directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lb-inspect-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).expect("write");
-        path.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Ca {
     cert: rcgen::Certificate,
@@ -172,9 +149,18 @@ fn inspected_names_are_terminated_checked_per_path_and_logged_others_spliced() {
     let (origin, _) = runtime.block_on(https_origin(&origin_cert, &origin_key));
     let stranger = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
     let (untrusted, _) = runtime.block_on(https_origin(&stranger.cert, &stranger.key_pair));
-    let lb_ca = dir.write("inspect-ca.pem", &inspect_ca.cert.pem());
-    let lb_ca_key = dir.write("inspect-ca.key", &inspect_ca.key.serialize_pem());
-    let origin_roots = dir.write("origin-ca.pem", &origin_ca.cert.pem());
+    let lb_ca = dir
+        .write("inspect-ca.pem", &inspect_ca.cert.pem())
+        .display()
+        .to_string();
+    let lb_ca_key = dir
+        .write("inspect-ca.key", &inspect_ca.key.serialize_pem())
+        .display()
+        .to_string();
+    let origin_roots = dir
+        .write("origin-ca.pem", &origin_ca.cert.pem())
+        .display()
+        .to_string();
     let log = dir.0.join("access.log");
     let (o, u) = (origin.port(), untrusted.port());
     let file = format!(
@@ -285,9 +271,18 @@ fn gets_inside_inspected_tunnels_are_cached() {
     let origin_ca = Ca::new("origin test CA");
     let (origin_cert, origin_key) = origin_ca.issue(&["localhost"]);
     let (origin, answered) = runtime.block_on(https_origin(&origin_cert, &origin_key));
-    let lb_ca = dir.write("inspect-ca.pem", &inspect_ca.cert.pem());
-    let lb_ca_key = dir.write("inspect-ca.key", &inspect_ca.key.serialize_pem());
-    let origin_roots = dir.write("origin-ca.pem", &origin_ca.cert.pem());
+    let lb_ca = dir
+        .write("inspect-ca.pem", &inspect_ca.cert.pem())
+        .display()
+        .to_string();
+    let lb_ca_key = dir
+        .write("inspect-ca.key", &inspect_ca.key.serialize_pem())
+        .display()
+        .to_string();
+    let origin_roots = dir
+        .write("origin-ca.pem", &origin_ca.cert.pem())
+        .display()
+        .to_string();
     let log = dir.0.join("access.log");
     let o = origin.port();
     // The origin says nothing about freshness: default_ttl makes its 200s storable.

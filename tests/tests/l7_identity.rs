@@ -7,12 +7,7 @@
 //! client certificate to a backend that requires one. Certificates are made here with rcgen
 //! (a CA, server and client certificates, and a second CA nobody trusts); every socket is on
 //! 127.0.0.1; files go to a private directory removed at the end.
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{convert::Infallible, net::SocketAddr, path::Path, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -23,37 +18,13 @@ use hyper_util::{
 };
 use lb::l7::{self, L7Config};
 use lb_tests::echo_backend::exchange_on;
+use lb_tests::temp_dir::TempDir;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
 };
-
-/// A private directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lb-identity-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    /// Writes `name` in the directory; its path.
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).expect("write");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A certificate authority for the test.
 struct Ca {

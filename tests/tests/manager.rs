@@ -11,6 +11,7 @@ use std::{
 use lb_tests::{
     http_server::{self, Behaviour, TestServer},
     lb_run::{LbRun, http, wait_for},
+    temp_dir::TempDir,
 };
 
 fn backends_file(backends: &[SocketAddr]) -> String {
@@ -359,23 +360,6 @@ fn status_page_shows_traffic_and_a_backend_going_down_and_back() {
     drop((a, back));
 }
 
-/// A directory of the test's own, removed even when the test fails.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lb-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// HTTP status of a GET over TLS (curl, certificate not verified: it is self-signed).
 fn https_status(addr: SocketAddr) -> String {
     let out = Command::new("curl")
@@ -392,9 +376,8 @@ fn tls_cert_applies_to_the_listen_it_follows() {
     let backend = runtime.block_on(http_server::start(Behaviour::default()));
     let dir = TempDir::new("tls-flags");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
-    let (cert_path, key_path) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    let cert_path = dir.write("cert.pem", &cert.cert.pem());
+    let key_path = dir.write("key.pem", &cert.key_pair.serialize_pem());
     let (cert_arg, key_arg) = (
         cert_path.to_string_lossy().into_owned(),
         key_path.to_string_lossy().into_owned(),
@@ -433,8 +416,7 @@ fn tls_cert_applies_to_the_listen_it_follows() {
     drop(lb);
 
     // A certificate before any --listen belongs to none: refused, saying where it goes.
-    let file = dir.0.join("lb.toml");
-    std::fs::write(&file, backends_file(&[backend.addr])).expect("write file");
+    let file = dir.write("lb.toml", &backends_file(&[backend.addr]));
     let out = Command::new(lb_tests::lb_bin())
         .arg("run")
         .arg("--config")
