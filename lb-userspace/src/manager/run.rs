@@ -261,15 +261,8 @@ impl Manager {
     pub async fn on_discovered(&mut self, found: Discovered) {
         if self.discoveries.record(found) {
             let config = self.discoveries.apply(&self.file_config);
-            match self.l7.reload(&config.l7).await {
-                Ok(_) => {
-                    self.config = config;
-                    self.start_checks();
-                    self.apply_health().await;
-                }
-                Err(err) => {
-                    tracing::error!(error = %format!("{:#}", anyhow::Error::from(err)), "applying discovered backends");
-                }
+            if let Err(err) = self.run_config(config).await {
+                tracing::error!(error = %format!("{err:#}"), "applying discovered backends");
             }
         }
         self.publish();
@@ -464,11 +457,18 @@ impl Manager {
     async fn try_reload(&mut self) -> anyhow::Result<()> {
         let file_config = flags::load(&self.options.backends, &self.options.flags)?;
         let config = self.discoveries.apply(&file_config);
-        self.l7.reload(&config.l7).await?;
+        self.run_config(config).await?;
         // Pools whose discovery settings changed get a new task (and their backends when
         // it answers); the others keep theirs.
         self.discoveries.sync(&file_config);
         self.file_config = file_config;
+        Ok(())
+    }
+
+    /// Puts `config` in force, all or nothing: the L7 tier takes it (or refuses it, and
+    /// nothing changes), then health checks and the VIPs' reals follow it.
+    async fn run_config(&mut self, config: Config) -> anyhow::Result<()> {
+        self.l7.reload(&config.l7).await?;
         self.config = config;
         self.start_checks();
         self.apply_health().await;
