@@ -1,6 +1,7 @@
 //! lb: a layered L4/L7 load balancer. This library is what the `lb` binary is made of; the
 //! integration tests and benchmarks use it directly.
 pub mod admin;
+pub mod announce;
 pub mod config;
 pub mod discovery;
 pub mod handover;

@@ -10,11 +10,15 @@
 //! (`fib_multipath_hash_policy=3`, fields 0x37: deterministic, unlike policy 1, which uses the
 //! client socket's random hash). Reals answer the client directly through the router. Callers
 //! attach programs and start servers; this module builds the network and edits the route.
-use std::net::IpAddr;
+use std::{
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Child,
+};
 
 use crate::{
     NETNS_PREFIX,
-    dsr::run_in,
+    dsr::{connect_from, get_name, run_in},
     netns::{Netns, VethEnd, sweep_stale, veth_pair},
 };
 
@@ -187,6 +191,49 @@ impl ClusterTopology {
             .expect("VIP route");
     }
 
+    /// Removes the router's VIP route (a BGP daemon will install it).
+    pub fn unroute_vip(&self) {
+        let vip = format!("{}/32", self.vip_ip());
+        self.router
+            .ip(&["route", "del", &vip])
+            .expect("delete VIP route");
+    }
+
+    /// The nodes (0-based) the router's VIP route leads to now, in order.
+    pub fn vip_nexthops(&self) -> Vec<usize> {
+        let vip = format!("{}/32", self.vip_ip());
+        let routes = self.router.ip(&["route", "show", &vip]).unwrap_or_default();
+        let mut nodes: Vec<usize> = (0..NODES)
+            .filter(|&k| {
+                let via = format!("via {} ", self.node_ip(k));
+                routes.contains(&via)
+            })
+            .collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
+    /// Opens a connection from each of the client's `ports` to the VIP's port 80 and makes
+    /// one request on it: (connection, the real that answered).
+    pub fn open_flows(&self, ports: &[u16]) -> Vec<(TcpStream, String)> {
+        let (client_ip, vip) = (self.client_ip(), SocketAddr::new(self.vip_ip(), 80));
+        let ports = ports.to_vec();
+        self.client
+            .run(move || {
+                ports
+                    .iter()
+                    .map(|&port| {
+                        let mut conn = connect_from(client_ip, port, vip)
+                            .unwrap_or_else(|e| panic!("connect from port {port}: {e}"));
+                        let name = get_name(&mut conn)
+                            .unwrap_or_else(|e| panic!("first request from port {port}: {e}"));
+                        (conn, name)
+                    })
+                    .collect()
+            })
+            .expect("client")
+    }
+
     pub fn vip_ip(&self) -> IpAddr {
         IpAddr::from([10, self.subnet, 100, 100])
     }
@@ -203,5 +250,92 @@ impl ClusterTopology {
     /// Address of real `i` (0-based).
     pub fn real_ip(&self, i: usize) -> IpAddr {
         IpAddr::from([10, self.subnet, 21 + i as u8, 2])
+    }
+}
+
+/// A request on each connection: the flows whose answer did not come from their real.
+pub fn broken_flows(conns: &mut [(TcpStream, String)]) -> Vec<String> {
+    conns
+        .iter_mut()
+        .filter_map(|(conn, real)| match get_name(conn) {
+            Ok(name) if name == *real => None,
+            other => Some(format!(
+                "{:?} (was on {real}): {other:?}",
+                conn.local_addr()
+            )),
+        })
+        .collect()
+}
+
+/// The router's BGP side: BIRD 2 in the router namespace, a passive session to each node
+/// (AS 65000 to the nodes' AS 65001), installing multipath routes (`merge paths`) so the
+/// kernel's ECMP spreads the VIP over the nodes announcing it. Killed on drop.
+pub struct RouterBird {
+    child: Child,
+    dir: PathBuf,
+}
+
+/// Hold time of the test's BGP sessions (keepalive 1 s): a node that goes silent is
+/// withdrawn after this long, one whose BIRD stops at once.
+pub const HOLD_TIME_SECS: u32 = 3;
+
+impl RouterBird {
+    pub fn start(topo: &ClusterTopology, dir: &Path) -> Self {
+        let s = topo.subnet;
+        let mut conf = format!(
+            "router id 10.{s}.0.2;\nprotocol device {{}}\n\
+             protocol kernel {{ ipv4 {{ export all; }}; merge paths on; }}\n"
+        );
+        for k in 0..NODES {
+            conf += &format!(
+                "protocol bgp node{} {{ local 10.{s}.1{}.1 as 65000; neighbor {} as 65001; \
+                 hold time {HOLD_TIME_SECS}; keepalive time 1; connect retry time 1; \
+                 ipv4 {{ import all; export none; }}; }}\n",
+                k + 1,
+                k + 1,
+                topo.node_ip(k)
+            );
+        }
+        let path = dir.join("router-bird.conf");
+        std::fs::write(&path, conf).expect("write router BIRD config");
+        let child = topo
+            .router
+            .command("bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(&path)
+            .arg("-s")
+            .arg(dir.join("router-bird.ctl"))
+            .spawn()
+            .expect("start BIRD in the router namespace");
+        Self {
+            child,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The BIRD configuration for lb node `k` (0-based): a session to the router exporting the
+    /// routes lb writes to `routes_file`. Written to the test's directory; returns its path.
+    pub fn node_config(&self, topo: &ClusterTopology, k: usize, routes_file: &Path) -> PathBuf {
+        let s = topo.subnet;
+        let conf = format!(
+            "router id {node};\ninclude \"{routes}\";\nprotocol device {{}}\n\
+             protocol bgp uplink {{ local {node} as 65001; neighbor 10.{s}.1{n}.1 as 65000; \
+             hold time {HOLD_TIME_SECS}; keepalive time 1; connect retry time 1; \
+             ipv4 {{ import none; export where proto = \"lb_vips4\"; }}; }}\n",
+            node = topo.node_ip(k),
+            routes = routes_file.display(),
+            n = k + 1,
+        );
+        let path = self.dir.join(format!("node{}-bird.conf", k + 1));
+        std::fs::write(&path, conf).expect("write node BIRD config");
+        path
+    }
+}
+
+impl Drop for RouterBird {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

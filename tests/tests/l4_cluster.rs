@@ -34,7 +34,7 @@ use lb_common::{
 };
 use lb_tests::{
     NETNS_PREFIX,
-    cluster::{ClusterTopology, NODES},
+    cluster::{ClusterTopology, NODES, broken_flows},
     dsr::{connect_from, get_name, serve_name},
     fib,
     lb_run::http,
@@ -721,37 +721,12 @@ impl Cluster {
 
     /// Opens a connection from each port and makes one request on it: (connection, real).
     fn open(&self, ports: &[u16]) -> Vec<(TcpStream, String)> {
-        let (client_ip, vip) = (self.topo.client_ip(), self.vip());
-        let ports = ports.to_vec();
-        self.topo
-            .client
-            .run(move || {
-                ports
-                    .iter()
-                    .map(|&port| {
-                        let mut conn = connect_from(client_ip, port, vip)
-                            .unwrap_or_else(|e| panic!("connect from port {port}: {e}"));
-                        let name = get_name(&mut conn)
-                            .unwrap_or_else(|e| panic!("first request from port {port}: {e}"));
-                        (conn, name)
-                    })
-                    .collect()
-            })
-            .expect("client")
+        self.topo.open_flows(ports)
     }
 
     /// A request on each connection: the flows whose answer did not come from their real.
     fn broken(conns: &mut [(TcpStream, String)]) -> Vec<String> {
-        conns
-            .iter_mut()
-            .filter_map(|(conn, real)| match get_name(conn) {
-                Ok(name) if name == *real => None,
-                other => Some(format!(
-                    "{:?} (was on {real}): {other:?}",
-                    conn.local_addr()
-                )),
-            })
-            .collect()
+        broken_flows(conns)
     }
 
     fn event(&self, node: usize, event: L4Event) -> u64 {

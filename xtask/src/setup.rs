@@ -32,6 +32,8 @@ const APT_PACKAGES: &[&str] = &[
     // The DNS server and the etcd backend discovery is tested against (discovery).
     "dnsmasq-base",
     "etcd-server",
+    // The BGP speaker `[bgp]` runs, and the router of the cluster tests (l4_bgp).
+    "bird2",
 ];
 
 /// What setup found.

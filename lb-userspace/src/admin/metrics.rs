@@ -412,6 +412,16 @@ struct VipLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AddressLabel {
+    address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabel {
+    session: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RingLabels {
     vip: String,
     protocol: String,
@@ -659,6 +669,42 @@ impl Collector for StatusCollector {
                 &named(&xdp.events),
             )?;
         }
+        if let Some(bgp) = &status.bgp {
+            gauge(
+                &mut encoder,
+                "bgp_announced",
+                "1 while BIRD announces the VIP address (this node can serve it)",
+                &bgp.addresses
+                    .iter()
+                    .map(|a| {
+                        let label = AddressLabel {
+                            address: a.address.clone(),
+                        };
+                        (label, i64::from(a.announce && a.in_bird))
+                    })
+                    .collect::<Vec<_>>(),
+            )?;
+            gauge(
+                &mut encoder,
+                "bgp_session_established",
+                "1 while the BGP session is established",
+                &bgp.sessions
+                    .iter()
+                    .map(|s| {
+                        let label = SessionLabel {
+                            session: s.name.clone(),
+                        };
+                        (label, i64::from(s.info.starts_with("Established")))
+                    })
+                    .collect::<Vec<_>>(),
+            )?;
+            gauge(
+                &mut encoder,
+                "bgp_speaker_running",
+                "1 while the BGP speaker (BIRD) runs",
+                &[(Vec::<(&str, &str)>::new(), i64::from(bgp.speaker_running))],
+            )?;
+        }
         Ok(())
     }
 }
@@ -724,6 +770,21 @@ mod tests {
                 drops: vec![("bad_ipv4_header".into(), 4)],
                 ..XdpStatus::default()
             }),
+            bgp: Some(crate::admin::status::BgpStatus {
+                speaker_running: true,
+                sessions: vec![crate::admin::status::BgpSessionStatus {
+                    name: "uplink".into(),
+                    state: "up".into(),
+                    info: "Established".into(),
+                }],
+                addresses: vec![crate::admin::status::AnnouncedAddress {
+                    address: "10.100.0.1".into(),
+                    announce: true,
+                    in_bird: true,
+                    reason: "serving 10.100.0.1:80".into(),
+                }],
+                ..Default::default()
+            }),
             ..Status::default()
         }));
         let metrics = Metrics::new(status);
@@ -747,6 +808,9 @@ mod tests {
             "lb_xdp_vip_ring_hash{vip=\"10.100.0.1:80\",protocol=\"tcp\",hash=\"c602dd0c36d3a5dc\"} 1",
             "lb_xdp_real_new_flows_total{vip=\"10.100.0.1:80\",protocol=\"tcp\",real=\"10.0.0.1\"} 2",
             "lb_xdp_drops_total{name=\"bad_ipv4_header\"} 4",
+            "lb_bgp_announced{address=\"10.100.0.1\"} 1",
+            "lb_bgp_session_established{session=\"uplink\"} 1",
+            "lb_bgp_speaker_running{} 1",
             "lb_config_reloads_total{result=\"ok\"} 0",
             "lb_outlier_ejections_total{pool=\"web\",backend=\"10.0.0.1:80\"} 2",
             "lb_adaptive_concurrency_limit{pool=\"web\"} 12",

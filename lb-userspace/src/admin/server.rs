@@ -47,6 +47,11 @@ pub enum AdminCommand {
         drain: bool,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Withdraw every VIP from BGP (`drain`) or announce them again.
+    DrainNode {
+        drain: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Purge {
         url: String,
         prefix: bool,
@@ -271,6 +276,19 @@ async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                 backend,
                 drain: path == "/api/drain",
                 reply,
+            })
+            .await;
+            match answer {
+                Ok(()) => reply(StatusCode::OK, TEXT, "ok\n".into()),
+                Err(answer) => answer,
+            }
+        }
+        (&Method::POST, path @ ("/api/node/drain" | "/api/node/undrain")) => {
+            let answer = ask(state, StatusCode::CONFLICT, |reply| {
+                AdminCommand::DrainNode {
+                    drain: path == "/api/node/drain",
+                    reply,
+                }
             })
             .await;
             match answer {

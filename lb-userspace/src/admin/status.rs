@@ -18,6 +18,42 @@ pub struct Status {
     pub pools: Vec<PoolStatus>,
     pub vips: Vec<VipStatus>,
     pub xdp: Option<XdpStatus>,
+    /// The VIPs' announcement by BGP (`[bgp]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BgpStatus {
+    pub speaker: &'static str,
+    /// The BIRD lb runs is running (always true for one run by someone else).
+    pub speaker_running: bool,
+    pub control_socket: String,
+    /// `lb ctl drain-node` (or stopping): every VIP withdrawn.
+    pub node_drained: bool,
+    pub sessions: Vec<BgpSessionStatus>,
+    pub addresses: Vec<AnnouncedAddress>,
+    /// The last failure talking to BIRD.
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BgpSessionStatus {
+    pub name: String,
+    /// BIRD's protocol state (up, start, ...).
+    pub state: String,
+    /// BGP's state and last error (Established, Active ...).
+    pub info: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AnnouncedAddress {
+    pub address: String,
+    /// This node should announce it ...
+    pub announce: bool,
+    /// ... and BIRD has taken that.
+    pub in_bird: bool,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

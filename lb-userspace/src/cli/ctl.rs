@@ -39,6 +39,12 @@ enum CtlCommand {
     Drain { pool: String, backend: String },
     /// Let BACKEND of POOL take new requests and flows again.
     Undrain { pool: String, backend: String },
+    /// Withdraw every VIP this node announces by BGP (`[bgp]`): the routers move its flows
+    /// to the other nodes, which send them to the same reals. lb keeps running and forwarding
+    /// what still arrives; `undrain-node` announces again.
+    DrainNode,
+    /// Announce this node's VIPs again (where it can serve them).
+    UndrainNode,
     /// Remove cached responses for URL (as the cache keys it: SCHEME://HOST:PORT/PATH?QUERY,
     /// the port the client connected to) from every route's cache.
     Purge {
@@ -150,6 +156,22 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::json!({ "pid": pid }));
             } else {
                 println!("upgraded: the new lb is pid {pid}; the old one drains and exits");
+            }
+        }
+        CtlCommand::DrainNode | CtlCommand::UndrainNode => {
+            let drain = matches!(args.command, CtlCommand::DrainNode);
+            let path = if drain {
+                "/api/node/drain"
+            } else {
+                "/api/node/undrain"
+            };
+            let body = call(Method::POST, path.to_owned()).await?;
+            if args.json {
+                println!("{}", serde_json::json!({ "result": body.trim() }));
+            } else if drain {
+                println!("node drained: every VIP withdrawn");
+            } else {
+                println!("node undrained: VIPs announced where this node can serve them");
             }
         }
         CtlCommand::Drain { pool, backend } | CtlCommand::Undrain { pool, backend } => {
@@ -434,6 +456,47 @@ fn status_text(status: &Value) -> String {
             ],
             &rows,
         );
+    }
+
+    let bgp = &status["bgp"];
+    if bgp.is_object() {
+        let _ = writeln!(
+            out,
+            "\nbgp: bird {}{}",
+            if bgp["speaker_running"].as_bool() == Some(true) {
+                "running"
+            } else {
+                "NOT RUNNING"
+            },
+            if bgp["node_drained"].as_bool() == Some(true) {
+                ", node drained"
+            } else {
+                ""
+            }
+        );
+        if let Some(e) = bgp["last_error"].as_str() {
+            let _ = writeln!(out, "last BIRD error: {e}");
+        }
+        let mut rows: Vec<Vec<String>> = list(bgp, "sessions")
+            .iter()
+            .map(|s| {
+                vec![
+                    format!("session {}", text(s, "name")),
+                    text(s, "state").to_owned(),
+                    text(s, "info").to_owned(),
+                ]
+            })
+            .collect();
+        rows.extend(list(bgp, "addresses").iter().map(|a| {
+            let announced =
+                a["announce"].as_bool() == Some(true) && a["in_bird"].as_bool() == Some(true);
+            vec![
+                text(a, "address").to_owned(),
+                if announced { "announced" } else { "withdrawn" }.to_owned(),
+                text(a, "reason").to_owned(),
+            ]
+        }));
+        out += &table(&["BGP", "STATE", "WHY"], &rows);
     }
 
     let xdp = &status["xdp"];

@@ -302,6 +302,9 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
                 AdminCommand::Drain { pool, backend, drain, reply } => {
                     let _ = reply.send(manager.drain(&pool, &backend, drain).await);
                 }
+                AdminCommand::DrainNode { drain, reply } => {
+                    let _ = reply.send(manager.drain_node(drain).await);
+                }
                 AdminCommand::Purge { url, prefix, reply } => {
                     let _ = reply.send(manager.purge(&url, prefix));
                 }
@@ -316,6 +319,9 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
             tracing::info!(signal = name, grace = ?args.grace, "stopping");
             // The admin API stays up through the drain: /readyz says 503, changes are refused.
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            // Withdrawn first (the routers move the flows to the other nodes), then drained,
+            // then stopped.
+            manager.withdraw_for_stop().await;
             let cut = manager.shutdown(args.grace, false).await;
             admin.stop(Duration::ZERO).await;
             cut

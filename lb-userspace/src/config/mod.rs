@@ -14,6 +14,7 @@
 //!   `listener.rs` (with `stream.rs` for tcp/udp keys, `egress.rs` for forward_proxy keys),
 //!   `route.rs` (with `route_rules.rs` for match/rewrite/split keys, `stream.rs` for `sni`,
 //!   and the policy keys compiled by `crate::l7::policy`).
+//! - `bgp.rs`: `[bgp]`, announcing the VIPs through BIRD.
 //! - `checks.rs`: checks across sections (listener address clashes, literal path prefixes)
 //!   and `lb check-config`'s warnings.
 //! - `error.rs`: `ConfigError`.
@@ -23,6 +24,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub mod api_keys;
+pub mod bgp;
 pub mod checks;
 pub mod discovery;
 pub mod egress;
@@ -70,6 +72,7 @@ pub(crate) struct RawFile {
     #[serde(default, rename = "jwt_provider")]
     pub jwt_providers: Vec<Spanned<jwt_provider::RawJwtProvider>>,
     pub api_keys: Option<api_keys::RawApiKeys>,
+    pub bgp: Option<Spanned<bgp::RawBgp>>,
 }
 
 impl RawFile {
@@ -88,12 +91,18 @@ impl RawFile {
 pub struct Config {
     pub l4: L4Config,
     pub l7: L7Config,
+    /// Announcing the VIPs by BGP (`[bgp]`); None: this node announces nothing.
+    pub bgp: Option<bgp::BgpConfig>,
 }
 
 impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw = RawFile::parse(text, path)?;
         let pools = raw.pool_names();
+        let bgp = raw
+            .bgp
+            .map(|b| bgp::BgpConfig::from_raw(b, text, path))
+            .transpose()?;
         let l7 = L7Config::from_raw(
             raw.pools,
             raw.listeners,
@@ -109,7 +118,7 @@ impl Config {
                 vip.reals = reals_of_pool(pool);
             }
         }
-        Ok(Self { l4, l7 })
+        Ok(Self { l4, l7, bgp })
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {

@@ -26,7 +26,7 @@ pub struct HealthTarget {
     pub state: Arc<Mutex<HealthState>>,
 }
 
-/// A backend changed state.
+/// A backend changed state (or was seen working for the first time).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthEvent {
     pub pool: String,
@@ -34,6 +34,8 @@ pub struct HealthEvent {
     pub addr: SocketAddr,
     pub up: bool,
     pub reason: Option<String>,
+    /// Not a change: the first check of a backend assumed up at start passed.
+    pub first_pass: bool,
 }
 
 /// Starts checking every target with `config`; transitions go to `events`. Dropping (aborting)
@@ -66,24 +68,26 @@ pub fn spawn_checker(
                         Ok(mut state) => state.observe_timed(result.clone(), took, Instant::now()),
                         Err(_) => return,
                     };
-                    let up = match transition {
+                    let (up, first_pass) = match transition {
                         Transition::None => continue,
-                        Transition::WentDown => false,
-                        Transition::CameUp => true,
+                        Transition::WentDown => (false, false),
+                        Transition::CameUp => (true, false),
+                        Transition::FirstPass => (true, true),
                     };
-                    tracing::info!(
+                    if !first_pass { tracing::info!(
                         pool = %target.pool,
                         backend = %target.addr,
                         up,
                         reason = result.as_ref().err().map(String::as_str).unwrap_or("check passed"),
                         "health changed"
-                    );
+                    ); }
                     let event = HealthEvent {
                         pool: target.pool.clone(),
                         index: target.index,
                         addr: target.addr,
                         up,
                         reason: result.err(),
+                        first_pass,
                     };
                     if events.send(event).is_err() {
                         return;

@@ -10,6 +10,9 @@ pub enum Transition {
     None,
     WentDown,
     CameUp,
+    /// The first passing check of a backend that started up: no change of state, but now
+    /// it is known to work (what announcing a VIP by BGP waits for).
+    FirstPass,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +99,11 @@ impl HealthState {
         self.up
     }
 
+    /// Up, and a check has passed (not just assumed up at start).
+    pub fn is_up_and_checked(&self) -> bool {
+        self.up && self.checks > self.failures
+    }
+
     /// When the backend last came back up (`None`: up since start, or down).
     pub fn up_since(&self) -> Option<Instant> {
         self.up_since.filter(|_| self.up)
@@ -111,6 +119,9 @@ impl HealthState {
         }
         if ok == self.up {
             self.streak = 0;
+            if ok && self.checks - self.failures == 1 {
+                return Transition::FirstPass;
+            }
             return Transition::None;
         }
         self.streak += 1;
@@ -183,8 +194,9 @@ mod tests {
         let fail = || Err("refused".to_owned());
         assert_eq!(s.observe(fail(), now), Transition::None);
         assert_eq!(s.observe(fail(), now), Transition::None);
-        // A success in between resets the streak.
-        assert_eq!(s.observe(Ok(()), now), Transition::None);
+        // A success in between resets the streak (and, the first one, confirms the backend).
+        assert_eq!(s.observe(Ok(()), now), Transition::FirstPass);
+        assert!(s.is_up_and_checked());
         assert_eq!(s.observe(fail(), now), Transition::None);
         assert_eq!(s.observe(fail(), now), Transition::None);
         assert_eq!(s.observe(fail(), now), Transition::WentDown);

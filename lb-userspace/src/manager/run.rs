@@ -19,20 +19,28 @@ use crate::{
     admin::{
         metrics::Metrics,
         status::{
-            BackendStatus, CheckStatus, ConfigStatus, ListenerStatus, PoolStatus, RealStatus,
-            RouteStatus, Status, VipStatus, XdpStatus,
+            AnnouncedAddress, BackendStatus, BgpSessionStatus, BgpStatus, CheckStatus,
+            ConfigStatus, ListenerStatus, PoolStatus, RealStatus, RouteStatus, Status, VipStatus,
+            XdpStatus,
         },
+    },
+    announce::{
+        Announcer,
+        decide::{self, Decision, NodeState, VipReadiness},
     },
     config::Config,
     discovery::Discovered,
     health::{HealthEvent, HealthState, HealthTarget, spawn_checker},
-    l4::{FlowTags, L4Dataplane, read_l4_stats},
+    l4::{FlowTags, Forward, L4Dataplane, VipConfig, read_l4_stats},
     l7::{self, RunningL7},
     xdp::{self, AttachMode, AttachedXdp},
 };
 
 /// One backend of one pool.
 type BackendKey = (String, SocketAddr);
+
+/// How long a drain-node or a stop waits for BIRD to take the withdrawal.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the manager's event loop feeds back in: health transitions (`on_health`) and
 /// discovery reports (`on_discovered`).
@@ -85,6 +93,12 @@ pub struct Manager {
     started: Instant,
     /// The last minute of samples behind the status page's rates, trends and percentiles.
     histories: Mutex<Histories>,
+    /// The BGP speaker (`[bgp]`), told which VIP addresses to announce.
+    announcer: Option<Announcer>,
+    /// `lb ctl drain-node`, or stopping: every VIP withdrawn.
+    node: NodeState,
+    /// The last announcement decision, per VIP address.
+    announcement: Vec<Decision>,
 }
 
 impl XdpTier {
@@ -214,6 +228,21 @@ impl Manager {
                 return Err(anyhow::Error::from(err).context("starting the L7 listeners"));
             }
         };
+        // Started last (nothing else can fail after it), announcing nothing until the health
+        // checks say what this node can serve.
+        let announcer = match &config.bgp {
+            None => None,
+            Some(bgp) => match Announcer::start(bgp).await {
+                Ok(announcer) => Some(announcer),
+                Err(err) => {
+                    l7.shutdown(Duration::ZERO).await;
+                    if let Some(x) = xdp {
+                        x.abandon_start();
+                    }
+                    return Err(anyhow::Error::from(err).context("starting BIRD for [bgp]"));
+                }
+            },
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let mut manager = Self {
             config_status: ConfigStatus {
@@ -234,6 +263,9 @@ impl Manager {
             metrics,
             started: Instant::now(),
             histories: Mutex::new(Histories::default()),
+            announcer,
+            node: NodeState::Serving,
+            announcement: Vec::new(),
         };
         let carried = std::mem::take(&mut manager.options.carried);
         manager.drained = carried.drained.into_iter().collect();
@@ -246,6 +278,7 @@ impl Manager {
             );
             manager.apply_health().await;
         }
+        manager.update_announcement();
         manager.publish();
         Ok((
             manager,
@@ -384,10 +417,140 @@ impl Manager {
         {
             tracing::error!(error = %anyhow::Error::from(err), "updating the VIPs' reals");
         }
+        self.update_announcement();
+    }
+
+    /// Decides which VIP addresses this node announces (`announce::decide`) and tells the
+    /// speaker. A change is logged with its reasons.
+    fn update_announcement(&mut self) {
+        let Some(announcer) = &self.announcer else {
+            return;
+        };
+        let readiness: Vec<VipReadiness> = self
+            .config
+            .l4
+            .vips
+            .iter()
+            .map(|v| VipReadiness {
+                vip: v.addr,
+                unready: match v.forward {
+                    Forward::Local => {
+                        (!self.listens_on(v.addr)).then(|| "no L7 listener takes it".to_owned())
+                    }
+                    Forward::Encap => self.reals_unready(v),
+                },
+            })
+            .collect();
+        let decisions = decide::decide(self.node, self.xdp.is_some(), &readiness);
+        if decisions != self.announcement {
+            for d in &decisions {
+                tracing::info!(address = %d.address, announce = d.announce, reason = %d.reason, "BGP announcement");
+            }
+        }
+        announcer.announce(
+            decisions
+                .iter()
+                .filter(|d| d.announce)
+                .map(|d| crate::announce::bird::host_prefix(d.address))
+                .collect(),
+        );
+        self.announcement = decisions;
+    }
+
+    /// Why no real of `vip` can take flows from this node, if none can: with a pool, a real
+    /// counts once its health check has passed (a node that just started waits for that);
+    /// reals listed without a pool count unless marked down.
+    fn reals_unready(&self, vip: &VipConfig) -> Option<String> {
+        if vip.reals.is_empty() {
+            return Some("no reals".to_owned());
+        }
+        let Some(pool) = vip.pool.as_ref().and_then(|p| self.config.l7.pool(p)) else {
+            return vip
+                .reals
+                .iter()
+                .all(|r| r.down)
+                .then(|| "every real is down".to_owned());
+        };
+        let ready = pool.backends.iter().filter(|b| !b.backup).any(|b| {
+            let key = (pool.name.clone(), b.addr);
+            !self.drained.contains(&key)
+                && self
+                    .health
+                    .get(&key)
+                    .is_none_or(|s| s.lock().map(|s| s.is_up_and_checked()).unwrap_or(false))
+        });
+        (!ready).then(|| {
+            if pool.health_check.is_some() {
+                format!("no backend of pool {} is up and checked", pool.name)
+            } else {
+                format!("every backend of pool {} is drained", pool.name)
+            }
+        })
+    }
+
+    /// An L7 listener is bound to `vip` (or to the unspecified address on its port).
+    fn listens_on(&self, vip: SocketAddr) -> bool {
+        self.l7.listeners.iter().any(|(_, addr)| {
+            addr.port() == vip.port() && (addr.ip() == vip.ip() || addr.ip().is_unspecified())
+        })
+    }
+
+    /// `lb ctl drain-node` (`drained`) and `undrain-node`: every VIP withdrawn (flows move to
+    /// the other nodes, which hash them alike) or announced again where this node can serve
+    /// it. Answers once BIRD has taken the change.
+    pub async fn drain_node(&mut self, drained: bool) -> Result<(), String> {
+        if self.announcer.is_none() {
+            return Err("this lb announces nothing (no [bgp] section)".to_owned());
+        }
+        if self.node == NodeState::Stopping {
+            return Err("lb is stopping".to_owned());
+        }
+        self.node = if drained {
+            NodeState::Drained
+        } else {
+            NodeState::Serving
+        };
+        tracing::info!(drained, "node drain changed");
+        self.update_announcement();
+        self.publish();
+        match &self.announcer {
+            Some(a) if !a.settled(SETTLE_LIMIT).await => Err(format!(
+                "BIRD has not taken the change yet: {}",
+                a.state().last_error.unwrap_or_default()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// First step of stopping: withdraw every VIP, wait for BIRD to have taken it, then keep
+    /// forwarding for `[bgp] drain_wait` while the routers move the flows to other nodes.
+    pub async fn withdraw_for_stop(&mut self) {
+        let Some(announcer) = &self.announcer else {
+            return;
+        };
+        let was_announcing = !announcer.state().announced.is_empty();
+        let wait = announcer.config().drain_wait;
+        self.node = NodeState::Stopping;
+        self.update_announcement();
+        self.publish();
+        if let Some(a) = &self.announcer
+            && !a.settled(SETTLE_LIMIT).await
+        {
+            tracing::warn!("BIRD did not confirm the withdrawal; stopping anyway");
+        }
+        if was_announcing {
+            tracing::info!(
+                ?wait,
+                "VIPs withdrawn; waiting for the routers before draining"
+            );
+            tokio::time::sleep(wait).await;
+        }
     }
 
     pub async fn on_health(&mut self, event: &HealthEvent) {
-        tracing::info!(pool = %event.pool, backend = %event.addr, up = event.up, "backend health");
+        if !event.first_pass {
+            tracing::info!(pool = %event.pool, backend = %event.addr, up = event.up, "backend health");
+        }
         self.apply_health().await;
         self.publish();
     }
@@ -456,6 +619,11 @@ impl Manager {
     /// tier's.
     async fn try_reload(&mut self) -> anyhow::Result<()> {
         let file_config = flags::load(&self.options.backends, &self.options.flags)?;
+        if file_config.bgp != self.file_config.bgp {
+            // A new speaker would restart the sessions: every VIP withdrawn and announced
+            // again. That is a restart's business, not a reload's.
+            anyhow::bail!("[bgp] changed: it is read at start; restart lb to change it");
+        }
         let config = self.discoveries.apply(&file_config);
         self.run_config(config).await?;
         // Pools whose discovery settings changed get a new task (and their backends when
@@ -672,6 +840,7 @@ impl Manager {
             pools,
             vips,
             xdp,
+            bgp: self.bgp_status(),
         }));
     }
 
@@ -775,6 +944,39 @@ impl Manager {
         (vips, Some(xdp))
     }
 
+    fn bgp_status(&self) -> Option<BgpStatus> {
+        let announcer = self.announcer.as_ref()?;
+        let speaker = announcer.state();
+        Some(BgpStatus {
+            speaker: "bird",
+            speaker_running: speaker.running,
+            control_socket: announcer.config().control_socket.display().to_string(),
+            node_drained: self.node != NodeState::Serving,
+            sessions: speaker
+                .sessions
+                .iter()
+                .map(|s| BgpSessionStatus {
+                    name: s.name.clone(),
+                    state: s.state.clone(),
+                    info: s.info.clone(),
+                })
+                .collect(),
+            addresses: self
+                .announcement
+                .iter()
+                .map(|d| AnnouncedAddress {
+                    address: d.address.to_string(),
+                    announce: d.announce,
+                    in_bird: speaker
+                        .announced
+                        .contains(&crate::announce::bird::host_prefix(d.address)),
+                    reason: d.reason.clone(),
+                })
+                .collect(),
+            last_error: speaker.last_error,
+        })
+    }
+
     /// Drains and down backends, for the next lb of an upgrade.
     pub fn handover_state(&self) -> crate::handover::ManagerState {
         let mut drained: Vec<_> = self.drained.iter().cloned().collect();
@@ -807,6 +1009,10 @@ impl Manager {
         let mut discoveries = self.discoveries;
         discoveries.stop();
         let cut = self.l7.shutdown(grace).await;
+        // After the drain: the VIPs were withdrawn first (`withdraw_for_stop`).
+        if let Some(announcer) = self.announcer {
+            announcer.stop().await;
+        }
         if let Some(x) = self.xdp {
             x.logs.abort();
             if self.options.keep_fast_path || handed_over {
