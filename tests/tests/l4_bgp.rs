@@ -286,7 +286,8 @@ fn bgp_announces_what_each_node_serves_and_1000_flows_survive_drain_and_kill() {
 }
 
 /// A `[bgp]` BIRD that cannot start (its configuration is wrong) keeps `lb run` from starting,
-/// with BIRD's own words; `lb check-config` refuses a `bird_config` that is not there.
+/// with BIRD's own words, and `lb check-config` refuses it the same way; it also refuses a
+/// `bird_config` that is not there.
 #[test]
 fn a_bird_that_cannot_start_stops_lb_run_with_birds_reason() {
     if !require_root("a_bird_that_cannot_start_stops_lb_run_with_birds_reason") {
@@ -312,6 +313,19 @@ fn a_bird_that_cannot_start_stops_lb_run_with_birds_reason() {
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("starting BIRD for [bgp]") && stderr.contains("bird.conf"),
+        "{stderr}"
+    );
+
+    // lb check-config asks BIRD too, once the routes file it includes exists.
+    let out = std::process::Command::new(lb_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("lb check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("BIRD refuses") && stderr.contains("bird.conf"),
         "{stderr}"
     );
 

@@ -36,6 +36,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             })?;
         }
     }
+    if let Some(bgp) = &config.bgp {
+        check_bird(path, bgp)?;
+    }
     // The file was just read whole; a second read only feeds the warnings.
     if let Ok(text) = std::fs::read_to_string(path) {
         for warning in lb::config::checks::warnings(&text, path) {
@@ -52,5 +55,45 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         config.l7.pools.len(),
         backends
     );
+    Ok(())
+}
+
+/// BIRD's own parse of the configuration `lb run` would start it with (`bird -p`); its
+/// message names the BIRD file and line. The routes file it includes is written by `lb run`,
+/// so without one there is nothing BIRD could parse yet: a warning says so.
+fn check_bird(path: &Path, bgp: &lb::config::bgp::BgpConfig) -> anyhow::Result<()> {
+    let Some(bird_config) = &bgp.bird_config else {
+        return Ok(());
+    };
+    if !bgp.routes_file.exists() {
+        eprintln!(
+            "{}: warning: [bgp] bird_config {} not checked: it includes {}, which lb run writes at start",
+            path.display(),
+            bird_config.display(),
+            bgp.routes_file.display()
+        );
+        return Ok(());
+    }
+    let out = std::process::Command::new(&bgp.bird)
+        .arg("-p")
+        .arg("-c")
+        .arg(bird_config)
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: [bgp] cannot run {} to check {}: {e}",
+                path.display(),
+                bgp.bird.display(),
+                bird_config.display()
+            )
+        })?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{}: [bgp] BIRD refuses {}: {}",
+            path.display(),
+            bird_config.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     Ok(())
 }
