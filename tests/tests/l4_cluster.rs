@@ -625,6 +625,8 @@ fn a_restart_keeps_the_ring_and_the_previous_ring() {
 
 /// Connections per topology scenario.
 const TCP_FLOWS: u16 = 300;
+/// Long-lived connections through node failures (the count).
+const LONG_FLOWS: u16 = 1000;
 
 /// The ECMP topology with a datapath attached on each node and `lb_decap` plus an HTTP server
 /// naming itself on each real. A node is `None` once killed.
@@ -804,7 +806,7 @@ fn reused_5_tuples_follow_the_current_ring_through_every_node() {
     }
 }
 
-/// (b) and (c): 300 long-lived connections opened before a real was added keep their real
+/// (b) and (c): 1000 long-lived connections opened before a real was added keep their real
 /// when the router drops one node (flows move to nodes that never saw them: second chance)
 /// and when another node is then killed. With a plain multipath route (removing a node also
 /// moves flows between the others) and with a resilient nexthop group (only its own move).
@@ -835,7 +837,7 @@ fn long_flows_through_changes(subnet: u8, resilient: bool) {
     };
     route(&cluster, &[0, 1, 2]);
     cluster.apply(&[0, 1]);
-    let ports: Vec<u16> = (0..TCP_FLOWS).map(|n| 40000 + n).collect();
+    let ports: Vec<u16> = (0..LONG_FLOWS).map(|n| 40000 + n).collect();
     let mut conns = cluster.open(&ports);
     let reals: Vec<String> = conns.iter().map(|(_, r)| r.clone()).collect();
     let on_new_ring = cluster.predicted(&[0, 1, 2], &ports);
