@@ -31,17 +31,7 @@ pub fn run(
         "{}: no [[listener]] sections",
         config_path.display()
     );
-    // One thread: tokio's current-thread scheduler (as `lb bench` does): no work-stealing
-    // queues, no cross-thread wake-ups, the thread that accepts also serves.
-    let mut runtime = match threads {
-        Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut runtime = tokio::runtime::Builder::new_multi_thread();
-            runtime.worker_threads(n);
-            runtime
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+    let mut runtime = super::serving_runtime(threads);
     runtime
         .enable_all()
         .build()

@@ -201,10 +201,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         proxy_protocol: args.proxy_protocol,
         algorithm: args.algorithm.map(Algorithm::from),
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads.max(1));
-    }
+    let mut runtime = super::serving_runtime(args.threads);
     runtime
         .enable_all()
         .build()
