@@ -55,12 +55,14 @@ pub fn test(ws: &Path) -> Result<()> {
     super::dist::check(&deb)?;
     std::fs::remove_file(&deb).with_context(|| format!("removing {}", deb.display()))?;
     // The demo checks every step it shows, so it is also the end-to-end smoke test of `lb run`
-    // (XDP + L7 + health checks + admin API, about 25 s). Root only, like the other
+    // (XDP + L7 + health checks + admin API, about 25 s), and the cluster demo that of BGP
+    // announcement and flows across nodes (about 25 s). Root only, like the other
     // privileged tests: skipped without it, except under CI=true.
     // A child `cargo xtask demo`, not a call: `cargo test` above may have rebuilt this very
     // binary, and the demo starts its backends from the xtask executable on disk.
     if is_root() {
         run(cargo().args(["xtask", "demo"]))?;
+        run(cargo().args(["xtask", "demo", "--cluster"]))?;
     } else if std::env::var("CI").as_deref() == Ok("true") {
         bail!(
             "the demo smoke test needs root (network namespaces, XDP) and CI=true: refusing to skip"

@@ -1,14 +1,17 @@
 //! `cargo xtask demo`: setup, build `lb`, then run it on real traffic in a throw-away
-//! network-namespace topology. Two demos:
+//! network-namespace topology. Three demos:
 //!
 //! - default (`lb_run.rs`): the whole load balancer, `lb run` (XDP tier + L7 tier + health
 //!   checks + admin status page) in front of three HTTP backends, driven by `lb bench`, with a
 //!   scripted drain / backend failure / recovery story checked against the admin API;
-//! - `--l4` (`l4.rs`): the L4 tier alone, `lb l4` with direct server return to `lb decap`.
+//! - `--l4` (`l4.rs`): the L4 tier alone, `lb l4` with direct server return to `lb decap`;
+//! - `--cluster` (`cluster.rs`): three `lb run` nodes announcing a VIP by BGP to a BIRD router
+//!   with ECMP; 300 long-lived flows survive a drained node, a killed one and its return.
 //!
-//! Both exit non-zero when something they show is wrong, so they double as smoke tests.
+//! All exit non-zero when something they show is wrong, so they double as smoke tests.
 //! Namespaces (and every process in them) are removed at the end, on failure and on Ctrl-C.
 pub mod backend;
+mod cluster;
 mod l4;
 mod lb_run;
 mod port_forward;
@@ -42,6 +45,9 @@ pub struct DemoArgs {
     /// Run the older L4-only demo instead: `lb l4` with direct server return to `lb decap`.
     #[arg(long)]
     l4: bool,
+    /// Run the scale-out demo instead: three `lb run` nodes behind a BGP/ECMP router.
+    #[arg(long, conflicts_with_all = ["l4", "hold"])]
+    cluster: bool,
     /// After the scripted story, keep everything running (with light traffic) until Ctrl-C,
     /// so the status page can be watched.
     #[arg(long, conflicts_with = "l4")]
@@ -100,7 +106,9 @@ pub fn demo(ws: &Path, args: &DemoArgs) -> Result<()> {
     .context("installing the Ctrl-C handler")?;
     sweep_stale(PREFIX);
 
-    let result = if args.l4 {
+    let result = if args.cluster {
+        cluster::demo(ws, &lb)
+    } else if args.l4 {
         l4::demo(ws, &lb)
     } else {
         lb_run::demo(ws, &lb, args.hold)
