@@ -201,6 +201,23 @@ fn bgp_announces_what_each_node_serves_and_1000_flows_survive_drain_and_kill() {
         .unwrap_or_default();
     assert!(vip_line.contains(" announced "), "{text}");
 
+    // A node announces once one real passes; the others come up over the next check
+    // interval, each a change of its ring. Flows opened meanwhile would be hashed on rings the
+    // nodes do not share (each checks on its own), so wait until every node has every real up
+    // and all report the same ring.
+    wait_for("every node's ring with all three reals", CONVERGE, || {
+        let statuses: Vec<serde_json::Value> = topo.nodes.iter().map(status).collect();
+        let all_up = statuses.iter().all(|s| {
+            s["vips"][0]["reals"]
+                .as_array()
+                .is_some_and(|r| r.len() == NODES && r.iter().all(|r| r["up"] == true))
+        });
+        let hashes: Vec<&serde_json::Value> = statuses
+            .iter()
+            .map(|s| &s["vips"][0]["ring_hash"])
+            .collect();
+        all_up && hashes.windows(2).all(|w| w[0] == w[1])
+    });
     let ports: Vec<u16> = (0..FLOWS).map(|n| 40000 + n).collect();
     let mut conns = topo.open_flows(&ports);
     // ECMP spread them: every node scheduled some (its status counts them at the next tick).

@@ -457,3 +457,76 @@ fn an_upgrade_that_cannot_start_leaves_the_old_lb_serving() {
     assert_eq!(lb.listener_now("web"), Some(web));
     assert_eq!(runtime.block_on(close_request(web, "/")), Ok(200));
 }
+
+/// The BIRD processes running with `config` (their pids).
+fn birds(config: &std::path::Path) -> Vec<u32> {
+    let wanted = config.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'));
+            let mut args = cmdline.split(|b| *b == 0);
+            let is_bird = args.next().is_some_and(|a| a.ends_with(b"bird"));
+            let with_config = cmdline.split(|b| *b == 0).any(|a| a == wanted);
+            (is_bird && with_config && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
+/// `[bgp]` across an upgrade: the old lb's BIRD stops when the new lb is ready, the new lb
+/// then starts its own (never two on one control socket and BGP peer address), keeps the
+/// operator's drain-node, and its BIRD dies with it.
+#[test]
+fn an_upgrade_hands_the_bgp_speaker_over() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backend = runtime.block_on(backend());
+    let dir = lb_tests::temp_dir::TempDir::new("upgrade-bgp");
+    let routes = dir.0.join("vips.conf");
+    let bird_config = dir.write(
+        "bird.conf",
+        &format!(
+            "router id 10.0.0.1;\ninclude \"{}\";\nprotocol device {{}}\n",
+            routes.display()
+        ),
+    );
+    let text = format!(
+        "[bgp]\nbird_config = \"{}\"\ncontrol_socket = \"{}\"\nroutes_file = \"{}\"\n{}",
+        bird_config.display(),
+        dir.0.join("bird.ctl").display(),
+        routes.display(),
+        file(backend.addr)
+    );
+    let lb = LbRun::start("upgrade-bgp", &text, &[]);
+    wait_for("BIRD running", LIMIT, || {
+        lb.status()["bgp"]["speaker_running"] == true
+    });
+    let first = birds(&bird_config);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(http("POST", lb.admin, "/api/node/drain").0, 200);
+
+    let pid = upgrade(&lb).expect("lb upgrade");
+    let _successor = KillOnDrop(pid);
+    wait_for("the new lb running its own BIRD", LIMIT, || {
+        let status = lb.status();
+        status["pid"].as_u64() == Some(u64::from(pid))
+            && status["bgp"]["speaker_running"] == true
+            && birds(&bird_config).iter().all(|b| !first.contains(b))
+    });
+    assert_eq!(birds(&bird_config).len(), 1, "one BIRD");
+    let status = lb.status();
+    assert_eq!(status["bgp"]["node_drained"], true, "{status}");
+    assert!(status["bgp"]["last_error"].is_null(), "{status}");
+
+    // Killed, the new lb takes its BIRD with it.
+    drop(_successor);
+    wait_for("BIRD gone with the lb that ran it", LIMIT, || {
+        birds(&bird_config).is_empty()
+    });
+}

@@ -36,6 +36,8 @@ const STOP_LIMIT: Duration = Duration::from_secs(5);
 pub struct SpeakerState {
     /// The BIRD lb runs is running (always true for a BIRD run by someone else).
     pub running: bool,
+    /// Its pid (None for a BIRD run by someone else).
+    pub pid: Option<u32>,
     /// What BIRD was last told to announce (and took).
     pub announced: Vec<IpNet>,
     pub sessions: Vec<Session>,
@@ -83,6 +85,7 @@ impl Announcer {
         };
         let state = Arc::new(Mutex::new(SpeakerState {
             running: true,
+            pid: child.as_ref().and_then(Child::id),
             ..SpeakerState::default()
         }));
         let (desired, desired_rx) = watch::channel(Desired::default());
@@ -284,8 +287,11 @@ impl Speaker {
         };
         match started {
             Ok(child) => {
+                let pid = child.id();
                 self.child = Some(child);
-                self.lock().running = true;
+                let mut state = self.lock();
+                state.running = true;
+                state.pid = pid;
                 true
             }
             Err(err) => {

@@ -307,7 +307,10 @@ async fn serve(args: RunArgs, flags: ServiceFlags) -> anyhow::Result<()> {
                 }
                 AdminCommand::Upgrade { reply } => upgrade.start(&manager, &admin, Some(reply)),
             },
-            _ = status_tick.tick() => manager.publish(),
+            _ = status_tick.tick() => {
+                manager.start_deferred_bgp().await;
+                manager.publish();
+            }
         }
     };
     ready.store(false, std::sync::atomic::Ordering::Relaxed);

@@ -61,6 +61,13 @@ pub struct ManagerState {
     pub drained: Vec<(String, SocketAddr)>,
     /// (pool, backend) its health checks hold down.
     pub down: Vec<(String, SocketAddr)>,
+    /// `lb ctl drain-node` was in force.
+    #[serde(default)]
+    pub node_drained: bool,
+    /// The BIRD the old process runs (`[bgp]`): the new one starts its own once that one
+    /// has stopped (two on one control socket and one BGP peer address would fight).
+    #[serde(default)]
+    pub bird_pid: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -95,6 +95,8 @@ pub struct Manager {
     histories: Mutex<Histories>,
     /// The BGP speaker (`[bgp]`), told which VIP addresses to announce.
     announcer: Option<Announcer>,
+    /// After an upgrade: `[bgp]`'s speaker waits for the old process's BIRD (its pid) to stop.
+    deferred_bgp: Option<(crate::config::bgp::BgpConfig, u32)>,
     /// `lb ctl drain-node`, or stopping: every VIP withdrawn.
     node: NodeState,
     /// The last announcement decision, per VIP address.
@@ -229,9 +231,18 @@ impl Manager {
             }
         };
         // Started last (nothing else can fail after it), announcing nothing until the health
-        // checks say what this node can serve.
+        // checks say what this node can serve. After an upgrade the old process's BIRD still
+        // holds the control socket and the BGP session: this one's starts when that one is
+        // gone (`start_deferred_bgp`).
+        let previous_bird = options.carried.bird_pid;
+        let deferred_bgp = config
+            .bgp
+            .clone()
+            .filter(|b| b.bird_config.is_some())
+            .zip(previous_bird);
         let announcer = match &config.bgp {
             None => None,
+            Some(_) if deferred_bgp.is_some() => None,
             Some(bgp) => match Announcer::start(bgp).await {
                 Ok(announcer) => Some(announcer),
                 Err(err) => {
@@ -264,11 +275,15 @@ impl Manager {
             started: Instant::now(),
             histories: Mutex::new(Histories::default()),
             announcer,
+            deferred_bgp,
             node: NodeState::Serving,
             announcement: Vec::new(),
         };
         let carried = std::mem::take(&mut manager.options.carried);
         manager.drained = carried.drained.into_iter().collect();
+        if carried.node_drained {
+            manager.node = NodeState::Drained;
+        }
         manager.start_checks_from(&carried.down);
         if !manager.drained.is_empty() || !carried.down.is_empty() {
             tracing::info!(
@@ -495,11 +510,38 @@ impl Manager {
         })
     }
 
+    /// After an upgrade: starts `[bgp]`'s BIRD once the old process's has stopped (called on
+    /// the status tick; until then this node announces through the old one, whose process
+    /// withdraws when it stops).
+    pub async fn start_deferred_bgp(&mut self) {
+        let Some((bgp, pid)) = &self.deferred_bgp else {
+            return;
+        };
+        if process_alive(*pid) {
+            return;
+        }
+        match Announcer::start(bgp).await {
+            Ok(announcer) => {
+                tracing::info!(
+                    previous = pid,
+                    "BGP: the previous lb's BIRD stopped; ours started"
+                );
+                self.announcer = Some(announcer);
+                self.deferred_bgp = None;
+                self.announcement.clear();
+                self.update_announcement();
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "BGP: starting BIRD after the upgrade; retrying");
+            }
+        }
+    }
+
     /// `lb ctl drain-node` (`drained`) and `undrain-node`: every VIP withdrawn (flows move to
     /// the other nodes, which hash them alike) or announced again where this node can serve
     /// it. Answers once BIRD has taken the change.
     pub async fn drain_node(&mut self, drained: bool) -> Result<(), String> {
-        if self.announcer.is_none() {
+        if self.announcer.is_none() && self.deferred_bgp.is_none() {
             return Err("this lb announces nothing (no [bgp] section)".to_owned());
         }
         if self.node == NodeState::Stopping {
@@ -945,6 +987,17 @@ impl Manager {
     }
 
     fn bgp_status(&self) -> Option<BgpStatus> {
+        if let (None, Some((bgp, pid))) = (&self.announcer, &self.deferred_bgp) {
+            return Some(BgpStatus {
+                speaker: "bird",
+                control_socket: bgp.control_socket.display().to_string(),
+                node_drained: self.node != NodeState::Serving,
+                last_error: Some(format!(
+                    "waiting for the previous lb's BIRD (pid {pid}) to stop"
+                )),
+                ..BgpStatus::default()
+            });
+        }
         let announcer = self.announcer.as_ref()?;
         let speaker = announcer.state();
         Some(BgpStatus {
@@ -988,7 +1041,16 @@ impl Manager {
             .cloned()
             .collect();
         down.sort();
-        crate::handover::ManagerState { drained, down }
+        crate::handover::ManagerState {
+            drained,
+            down,
+            node_drained: self.node == NodeState::Drained,
+            bird_pid: self
+                .announcer
+                .as_ref()
+                .and_then(|a| a.state().pid)
+                .or(self.deferred_bgp.as_ref().map(|(_, pid)| *pid)),
+        }
     }
 
     /// Copies of the L7 tier's listening sockets, for the next lb of an upgrade.
@@ -1008,9 +1070,14 @@ impl Manager {
         }
         let mut discoveries = self.discoveries;
         discoveries.stop();
+        let mut announcer = self.announcer;
+        // Handed over: the new lb starts its BIRD once this one's is gone, so it goes first.
+        if handed_over && let Some(announcer) = announcer.take() {
+            announcer.stop().await;
+        }
         let cut = self.l7.shutdown(grace).await;
-        // After the drain: the VIPs were withdrawn first (`withdraw_for_stop`).
-        if let Some(announcer) = self.announcer {
+        // Stopping: after the drain (the VIPs were withdrawn first, `withdraw_for_stop`).
+        if let Some(announcer) = announcer {
             announcer.stop().await;
         }
         if let Some(x) = self.xdp {
@@ -1023,4 +1090,13 @@ impl Manager {
         }
         Ok(cut)
     }
+}
+
+/// `pid` names a process that has not exited (a zombie has).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
 }
