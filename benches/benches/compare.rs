@@ -1,9 +1,11 @@
 //! `benches/compare`: the same backends behind NGINX, HAProxy and lb, loaded by `lb bench`, in
 //! one run. (nginx runs with `master_process off` so that stopping it stops everything.) Proxies (and backends) are pinned to CPU 0, the load generator to CPU 1. Each
-//! scenario runs `ROUNDS` times per proxy; the table shows median req/s (min-max), p99, and the
-//! ratio to the best of NGINX and HAProxy.
+//! scenario runs `ROUNDS` times per proxy; the table shows median req/s (min-max), p99, the
+//! ratio to the best of NGINX and HAProxy, and the CPU time per request of the proxy and of
+//! the backends behind it (utime + stime from /proc over the round, divided by its requests).
 //!
-//! lb runs `lb l7 --threads 1`; its L4 TCP row is a `mode = "tcp"` listener (the stream relay
+//! lb runs as an operator starts it: `lb run --backends FILE` (no tuning flags; pinned to one
+//! CPU it serves on one thread); its L4 TCP row is a `mode = "tcp"` listener (the stream relay
 //! of the L7 tier, like NGINX's stream module and HAProxy's `mode tcp`).
 use std::{
     fmt::Write as _,
@@ -15,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 const ROUNDS: usize = 3;
-const SECONDS: u64 = 4;
+const SECONDS: u64 = 5;
 const BACKEND_PORTS: [u16; 3] = [19101, 19102, 19103];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -246,14 +248,41 @@ fn write_configs(dir: &Path, cert: &Path, key: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One `lb bench` run on CPU 1; returns (req/s, p99 µs).
-fn bench_once(lb: &Path, url: &str, args: &[&str], ca: &Path) -> Result<(f64, f64)> {
+/// One round's outcome.
+struct Run {
+    /// Successful requests (HTTP) or connections (L4) per second.
+    rate: f64,
+    p99_us: f64,
+    /// How many (the CPU time of the round is divided by it).
+    requests: f64,
+}
+
+/// utime + stime of process `pid` so far, in microseconds.
+fn cpu_us(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields 14 and 15 of stat(5), counted from 3 after the command name.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks * 1e6 / per_second.max(1.0))
+}
+
+/// One `lb bench` run on CPU 1 (no warm-up, so the CPU time measured around it is all spent
+/// on the requests it counts).
+fn bench_once(lb: &Path, url: &str, args: &[&str], ca: &Path) -> Result<Run> {
     let out = Command::new("taskset")
         .args(["-c", "1"])
         .arg(lb)
         .args(["bench", "--json", "--threads", "1", "-d"])
         .arg(format!("{SECONDS}s"))
-        .args(["--warmup", "1s", "--cacert"])
+        .args(["--warmup", "0s", "--cacert"])
         .arg(ca)
         .args(args)
         .arg(url)
@@ -271,8 +300,13 @@ fn bench_once(lb: &Path, url: &str, args: &[&str], ca: &Path) -> Result<(f64, f6
         Some(rate) => rate,
         None => json["ok"].as_f64().unwrap_or(0.0) / json["duration_s"].as_f64().unwrap_or(1.0),
     };
-    let p99 = json["latency_us"]["p99"].as_f64().unwrap_or(f64::NAN);
-    Ok((rate, p99))
+    let p99_us = json["latency_us"]["p99"].as_f64().unwrap_or(f64::NAN);
+    let requests = json["ok"].as_f64().unwrap_or(0.0);
+    Ok(Run {
+        rate,
+        p99_us,
+        requests,
+    })
 }
 
 fn main() -> Result<()> {
@@ -320,21 +354,33 @@ fn main() -> Result<()> {
     let _lb = spawn_pinned(
         "0",
         &lb_path,
-        &["l7", "--threads", "1", "--config", &conf("lb.toml")],
+        &[
+            "run",
+            "--backends",
+            &conf("lb.toml"),
+            "--admin",
+            "127.0.0.1:19990",
+        ],
         &log("lb"),
     )?;
 
     let mut table = String::from(
-        "| scenario | nginx req/s | haproxy req/s | lb req/s | lb / best peer | p99 nginx / haproxy / lb |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        "| scenario | nginx req/s | haproxy req/s | lb req/s | lb / best peer | p99 nginx / haproxy / lb | proxy CPU us/req nginx / haproxy / lb | backend CPU us/req behind nginx / haproxy / lb |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
+    let pids = [_nginx.0.id(), _haproxy.0.id(), _lb.0.id()];
+    let backend_pid = _backends.0.id();
     for scenario in SCENARIOS {
         let mut cells = Vec::new();
         let mut p99s = Vec::new();
-        for proxy in [Proxy::Nginx, Proxy::Haproxy, Proxy::Lb] {
+        let mut proxy_cpu = Vec::new();
+        let mut backend_cpu = Vec::new();
+        for (proxy, pid) in [Proxy::Nginx, Proxy::Haproxy, Proxy::Lb].into_iter().zip(pids) {
             if scenario.tcp && proxy == Proxy::Nginx && nginx_stream_module().is_none() {
                 cells.push(None);
                 p99s.push("-".to_owned());
+                proxy_cpu.push("-".to_owned());
+                backend_cpu.push("-".to_owned());
                 continue;
             }
             let url = if scenario.tcp {
@@ -346,11 +392,21 @@ fn main() -> Result<()> {
             };
             let mut runs = Vec::new();
             let mut p99 = Vec::new();
+            let mut cpu = Vec::new();
+            let mut cpu_behind = Vec::new();
             for _ in 0..ROUNDS {
-                let (rate, lat) = bench_once(&lb, &url, scenario.args, &cert_path)?;
-                runs.push(rate);
-                p99.push(lat);
+                let (proxy_before, backend_before) = (cpu_us(pid)?, cpu_us(backend_pid)?);
+                let run = bench_once(&lb, &url, scenario.args, &cert_path)?;
+                let requests = run.requests.max(1.0);
+                cpu.push((cpu_us(pid)? - proxy_before) / requests);
+                cpu_behind.push((cpu_us(backend_pid)? - backend_before) / requests);
+                runs.push(run.rate);
+                p99.push(run.p99_us);
             }
+            cpu.sort_by(f64::total_cmp);
+            cpu_behind.sort_by(f64::total_cmp);
+            proxy_cpu.push(format!("{:.1}", cpu[ROUNDS / 2]));
+            backend_cpu.push(format!("{:.1}", cpu_behind[ROUNDS / 2]));
             if runs.iter().any(|r| *r <= 0.0) {
                 bail!(
                     "{} through {}: no successful requests",
@@ -381,13 +437,15 @@ fn main() -> Result<()> {
             .map_or("n/a".to_owned(), |lb| format!("{:.2}x", lb / best_peer));
         let _ = writeln!(
             table,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             scenario.name,
             fmt(&cells[0]),
             fmt(&cells[1]),
             fmt(&cells[2]),
             ratio,
-            p99s.join(" / ")
+            p99s.join(" / "),
+            proxy_cpu.join(" / "),
+            backend_cpu.join(" / ")
         );
     }
     println!("{table}");
