@@ -24,7 +24,7 @@ use anyhow::{Context as _, Result, bail};
 use lb::xdp::{self, AttachMode};
 use lb_common::program_names;
 use lb_tests::{
-    cluster::{ClusterTopology, NODES},
+    cluster::{ClusterTopology, NODE_ADMIN, NODES},
     lb_bin,
     lb_run::http,
     lb_run_netns::{LbRun, PinDir},
@@ -65,23 +65,7 @@ fn main() -> Result<()> {
         .map(|k| PinDir::new(&format!("bench{k}")))
         .collect();
     let _runs: Vec<LbRun> = (0..NODES)
-        .map(|k| {
-            LbRun::start(
-                &topo.nodes[k],
-                [
-                    "--iface",
-                    "i0",
-                    "--xdp-mode",
-                    "skb",
-                    "--backends",
-                    &file.display().to_string(),
-                    "--admin",
-                    "127.0.0.1:9900",
-                    "--pin-dir",
-                    &pins[k].arg(),
-                ],
-            )
-        })
+        .map(|k| topo.start_lb(k, &file, &pins[k]))
         .collect();
 
     println!(
@@ -112,7 +96,7 @@ fn new_flows(topo: &ClusterTopology) -> Vec<u64> {
     topo.nodes
         .iter()
         .map(|node: &Netns| {
-            let admin: SocketAddr = "127.0.0.1:9900".parse().expect("admin");
+            let admin: SocketAddr = NODE_ADMIN.parse().expect("admin");
             let (_, body) = node
                 .run(move || http("GET", admin, "/api/status"))
                 .unwrap_or_default();

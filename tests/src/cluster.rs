@@ -19,8 +19,12 @@ use std::{
 use crate::{
     NETNS_PREFIX,
     dsr::{connect_from, get_name, run_in},
+    lb_run_netns::{LbRun, PinDir},
     netns::{Netns, VethEnd, sweep_stale, veth_pair},
 };
+
+/// The admin address of each node's `lb run` (inside its namespace).
+pub const NODE_ADMIN: &str = "127.0.0.1:9900";
 
 pub const NODES: usize = 3;
 pub const REALS: usize = 3;
@@ -189,6 +193,26 @@ impl ClusterTopology {
         self.router
             .ip(&["route", "replace", &vip, "nhid", "100"])
             .expect("VIP route");
+    }
+
+    /// `lb run` on node `k` (0-based) with backend file `file`: XDP (generic mode) on its
+    /// interface toward the router, pins in `pin`, admin on [`NODE_ADMIN`] in its namespace.
+    pub fn start_lb(&self, k: usize, file: &Path, pin: &PinDir) -> LbRun {
+        LbRun::start(
+            &self.nodes[k],
+            [
+                "--iface",
+                "i0",
+                "--xdp-mode",
+                "skb",
+                "--backends",
+                &file.display().to_string(),
+                "--admin",
+                NODE_ADMIN,
+                "--pin-dir",
+                &pin.arg(),
+            ],
+        )
     }
 
     /// Removes the router's VIP route (a BGP daemon will install it).

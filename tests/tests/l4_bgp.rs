@@ -20,7 +20,7 @@ use std::{
 use lb::xdp::{self, AttachMode};
 use lb_common::program_names;
 use lb_tests::{
-    cluster::{ClusterTopology, NODES, RouterBird, broken_flows},
+    cluster::{ClusterTopology, NODE_ADMIN, NODES, RouterBird, broken_flows},
     dsr::serve_name,
     lb_bin,
     lb_run::{http, wait_for},
@@ -33,7 +33,7 @@ use lb_tests::{
 const FLOWS: u16 = 1000;
 /// BGP sessions come up within a few connect retries (1 s each); generous for a busy machine.
 const CONVERGE: Duration = Duration::from_secs(90);
-const ADMIN: &str = "127.0.0.1:9900";
+const ADMIN: &str = NODE_ADMIN;
 
 fn admin() -> SocketAddr {
     ADMIN.parse().expect("admin address")
@@ -68,24 +68,6 @@ fn backend_file(topo: &ClusterTopology, dir: &Path, router: &RouterBird, k: usiz
         topo.vip_ip()
     );
     text
-}
-
-fn start_node(topo: &ClusterTopology, k: usize, file: &Path, pin: &PinDir) -> LbRun {
-    LbRun::start(
-        &topo.nodes[k],
-        [
-            "--iface",
-            "i0",
-            "--xdp-mode",
-            "skb",
-            "--backends",
-            &file.display().to_string(),
-            "--admin",
-            ADMIN,
-            "--pin-dir",
-            &pin.arg(),
-        ],
-    )
 }
 
 fn ctl(node: &Netns, command: &str) -> String {
@@ -136,7 +118,7 @@ fn bgp_announces_what_each_node_serves_and_1000_flows_survive_drain_and_kill() {
         .map(|k| PinDir::new(&format!("bgp{k}")))
         .collect();
     let mut runs: Vec<Option<LbRun>> = (0..NODES)
-        .map(|k| Some(start_node(&topo, k, &files[k], &pins[k])))
+        .map(|k| Some(topo.start_lb(k, &files[k], &pins[k])))
         .collect();
 
     // Sessions up, reals not listening yet: every check fails, nothing is announced although
@@ -263,7 +245,7 @@ fn bgp_announces_what_each_node_serves_and_1000_flows_survive_drain_and_kill() {
     );
 
     // Node 1 again (its pins kept the tables): announced again once its checks pass.
-    runs[0] = Some(start_node(&topo, 0, &files[0], &pins[0]));
+    runs[0] = Some(topo.start_lb(0, &files[0], &pins[0]));
     wait_for("node 1 announced again", CONVERGE, || {
         topo.vip_nexthops() == [0, 1]
     });

@@ -38,7 +38,7 @@ use lb_tests::{
     dsr::{connect_from, get_name, serve_name},
     fib,
     lb_run::http,
-    lb_run_netns::{LbRun, PinDir},
+    lb_run_netns::PinDir,
     netns::{Netns, VethEnd, require_root, veth_pair},
     packets::*,
     xdp_run::{XDP_PASS, XDP_REDIRECT, XDP_TX, XdpRunner},
@@ -961,7 +961,7 @@ fn lb_run_nodes_report_the_same_ring_hash_and_agree_on_flows() {
     let mut runs = Vec::new();
     let mut files = Vec::new();
     let mut pins = Vec::new();
-    for (k, node) in topo.nodes.iter().enumerate() {
+    for k in 0..NODES {
         let order: Vec<usize> = if k == 2 { vec![2, 1, 0] } else { vec![0, 1, 2] };
         let mut text = format!("[[vip]]\naddress = \"{vip}\"\nring_size = 65537\n");
         for i in order {
@@ -972,21 +972,7 @@ fn lb_run_nodes_report_the_same_ring_hash_and_agree_on_flows() {
         );
         std::fs::write(&file.0, text).expect("write backend file");
         let pin = PinDir::new(&format!("cluster{k}"));
-        runs.push(LbRun::start(
-            node,
-            [
-                "--iface",
-                "i0",
-                "--xdp-mode",
-                "skb",
-                "--backends",
-                &file.0.display().to_string(),
-                "--admin",
-                "127.0.0.1:9900",
-                "--pin-dir",
-                &pin.arg(),
-            ],
-        ));
+        runs.push(topo.start_lb(k, &file.0, &pin));
         files.push(file);
         pins.push(pin);
     }
