@@ -375,7 +375,10 @@ fn main() -> Result<()> {
         let mut p99s = Vec::new();
         let mut proxy_cpu = Vec::new();
         let mut backend_cpu = Vec::new();
-        for (proxy, pid) in [Proxy::Nginx, Proxy::Haproxy, Proxy::Lb].into_iter().zip(pids) {
+        for (proxy, pid) in [Proxy::Nginx, Proxy::Haproxy, Proxy::Lb]
+            .into_iter()
+            .zip(pids)
+        {
             if scenario.tcp && proxy == Proxy::Nginx && nginx_stream_module().is_none() {
                 cells.push(None);
                 p99s.push("-".to_owned());

@@ -9,7 +9,8 @@
 //! deny whatever its addresses is refused (403) without being resolved; otherwise lb resolves
 //! it itself and every address gets a decision from the listener's egress rules and the SSRF
 //! guard (`policy.rs`, `guard.rs`: 403 when none may be dialed). A CONNECT then dials exactly
-//! the allowed addresses, in turn, never resolving again (502 when none answers), and goes to
+//! the allowed addresses (`dial.rs`: Happy Eyeballs, never resolving again; 502 when none
+//! answers), and goes to
 //! `tunnel.rs`; an absolute-form request goes to `exchange.rs` with its allowed addresses
 //! (the listener's cache, else a kept origin connection to one of them or a new one). Each
 //! decision is logged (tracing at info, the access log's `egress` line) and counted
@@ -18,6 +19,7 @@
 //! in it takes the steps of `inspected` (its path decided, logged like an absolute-form
 //! request, sent on by `exchange.rs` over TLS).
 pub mod auth;
+mod dial;
 mod exchange;
 mod forward;
 pub mod guard;
@@ -45,9 +47,10 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
-use tokio::{net::TcpListener, net::TcpStream, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
 
 use self::{
+    dial::dial,
     identity::Identities,
     origins::Origins,
     policy::{Decision, EgressSettings},
@@ -61,9 +64,6 @@ use super::{
     proxy::Proxy,
 };
 use crate::admin::metrics::EgressLabels;
-
-/// Time to open a connection to one resolved address before trying the next.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection of one forward-proxy listener needs.
 struct EgressListener {
@@ -686,24 +686,4 @@ async fn resolve(target: &Target) -> std::io::Result<Vec<IpAddr>> {
         }
     }
     Ok(out)
-}
-
-/// Connects to the addresses in turn (each within `CONNECT_TIMEOUT`): exactly these, never a
-/// name resolved again.
-async fn dial(
-    addresses: impl Iterator<Item = IpAddr>,
-    port: u16,
-) -> Option<(TcpStream, SocketAddr)> {
-    for ip in addresses {
-        let addr = SocketAddr::new(ip, port);
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => {
-                let _ = tcp.set_nodelay(true);
-                return Some((tcp, addr));
-            }
-            Ok(Err(err)) => tracing::debug!(%addr, %err, "egress: connect failed"),
-            Err(_) => tracing::debug!(%addr, "egress: connect timed out"),
-        }
-    }
-    None
 }
