@@ -12,9 +12,11 @@
 //!   without traffic keeps at most what it had (origins close their side after their own
 //!   keep-alive timeout, which closes ours).
 //! - A request that never left (the origin had just closed the idle connection) is tried on
-//!   the next connection; so is a GET or HEAD without a body that failed on a kept connection
-//!   before any response head (the origin closed it as lb sent: replaying it is safe), once,
-//!   on a new one.
+//!   the next connection; so is an idempotent request (GET, HEAD, PUT, DELETE, OPTIONS,
+//!   TRACE: RFC 9110 9.2.2) that failed on a kept connection before any response head (the
+//!   origin closed it as lb sent: replaying it is safe), once, on a new one. A body is
+//!   replayed from a copy taken as it went out (`RecordedBody`, up to `REPLAY_BODY_LIMIT`; a
+//!   bigger one, or one not sent whole, is not replayed: the error goes to the client).
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -38,6 +40,9 @@ pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What requests to origins carry (the client's body, counted; or nothing).
 pub(super) type OriginBody = BoxBody<Bytes, BoxError>;
+
+/// The largest request body kept for a replay (what was sent beyond it is not kept).
+const REPLAY_BODY_LIMIT: usize = 64 * 1024;
 
 /// Idle connections kept per key.
 const MAX_IDLE_PER_KEY: usize = 4;
@@ -146,16 +151,32 @@ impl Origins {
                 if sender.ready().await.is_err() {
                     continue;
                 }
-                // What a replay needs, for a request that may be replayed (no body, safe).
-                let replay = (matches!(*req.method(), Method::GET | Method::HEAD)
-                    && req.body().is_end_stream())
-                .then(|| {
+                // What a replay needs, for a request that may be replayed (idempotent): its
+                // head, and a copy of its body as it goes out.
+                let replay = idempotent(req.method()).then(|| {
                     let mut head = Request::new(());
                     *head.method_mut() = req.method().clone();
                     *head.uri_mut() = req.uri().clone();
                     *head.version_mut() = req.version();
                     *head.headers_mut() = req.headers().clone();
-                    head
+                    let recording = (!req.body().is_end_stream()).then(|| {
+                        let recording = Arc::new(Mutex::new(Recording {
+                            length: req.body().size_hint().exact().or_else(|| {
+                                req.headers()
+                                    .get(hyper::header::CONTENT_LENGTH)
+                                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                            }),
+                            ..Recording::default()
+                        }));
+                        let body = std::mem::replace(req.body_mut(), empty());
+                        *req.body_mut() = RecordedBody {
+                            inner: body,
+                            recording: recording.clone(),
+                        }
+                        .boxed();
+                        recording
+                    });
+                    (head, recording)
                 });
                 match sender.try_send_request(req).await {
                     Ok(response) => {
@@ -168,10 +189,18 @@ impl Origins {
                     Err(mut failed) => match (failed.take_message(), replay) {
                         // Not sent: the connection was going away. The next one gets it.
                         (Some(unsent), _) => req = unsent,
-                        // Sent, and the connection closed under it: a new one gets it.
-                        (None, Some(head)) => {
+                        // Sent, and the connection closed under it: a new one gets it, with
+                        // the body sent (when it went out whole and was kept).
+                        (None, Some((head, recording))) => {
+                            let body = match recording {
+                                None => Some(empty()),
+                                Some(recording) => lock(&recording).replay(),
+                            };
+                            let Some(body) = body else {
+                                return Err(E::from(failed.into_error()));
+                            };
                             tracing::debug!(addr = %key.addr, err = %failed.into_error(), "egress: kept origin connection failed, sending again");
-                            req = head.map(|()| empty());
+                            req = head.map(|()| body);
                             break 'kept;
                         }
                         (None, None) => return Err(E::from(failed.into_error())),
@@ -261,6 +290,88 @@ where
     Ok(sender)
 }
 
+/// Methods a client may send again without asking (RFC 9110 9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// A copy of a request body as it was sent.
+#[derive(Default)]
+struct Recording {
+    data: Vec<Bytes>,
+    size: usize,
+    /// Its length when known (Content-Length): hyper stops polling a body once that much
+    /// went out, so its end may never be seen.
+    length: Option<u64>,
+    /// Sent whole (its end seen).
+    complete: bool,
+    /// More than `REPLAY_BODY_LIMIT`, or trailers: not kept.
+    unkept: bool,
+}
+
+impl Recording {
+    /// The body to send again: None unless it went out whole and was kept.
+    fn replay(&self) -> Option<OriginBody> {
+        let whole = self.complete || self.length == Some(self.size as u64);
+        if !whole || self.unkept {
+            return None;
+        }
+        let whole: Bytes = self.data.concat().into();
+        Some(
+            http_body_util::Full::new(whole)
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+    }
+}
+
+/// A request body that copies what it yields into its [`Recording`].
+struct RecordedBody {
+    inner: OriginBody,
+    recording: Arc<Mutex<Recording>>,
+}
+
+impl Body for RecordedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut recording = lock(&self.recording);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) if recording.size + data.len() <= REPLAY_BODY_LIMIT => {
+                    recording.size += data.len();
+                    recording.data.push(data.clone());
+                }
+                _ => {
+                    recording.unkept = true;
+                    recording.data.clear();
+                }
+            },
+            Poll::Ready(None) => recording.complete = true,
+            Poll::Ready(Some(Err(_))) => recording.unkept = true,
+            Poll::Pending => {}
+        }
+        drop(recording);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A response body that returns its connection to the pool when dropped.
 pub(super) struct LeasedBody {
     body: Incoming,
@@ -316,16 +427,17 @@ mod tests {
                     let served = Arc::new(AtomicUsize::new(0));
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                     let stop = std::sync::Mutex::new(Some(stop));
-                    let service = service_fn(move |_req| {
+                    let service = service_fn(move |req: Request<Incoming>| {
                         let n = served.fetch_add(1, Ordering::SeqCst);
-                        if one_answer
-                            && n > 0
-                            && let Some(stop) = stop.lock().expect("lock").take()
-                        {
-                            let _ = stop.send(());
-                        }
+                        let stop = (one_answer && n > 0)
+                            .then(|| stop.lock().expect("lock").take())
+                            .flatten();
                         async move {
-                            if one_answer && n > 0 {
+                            if let Some(stop) = stop {
+                                // The whole request read (as a kernel buffers it), then
+                                // the connection closed unanswered.
+                                let _ = req.into_body().collect().await;
+                                let _ = stop.send(());
                                 std::future::pending::<()>().await;
                             }
                             Ok::<_, std::convert::Infallible>(Response::new(Full::new(
@@ -413,6 +525,58 @@ mod tests {
             accepted_a.load(Ordering::SeqCst) + accepted_b.load(Ordering::SeqCst),
             3
         );
+    }
+
+    /// One PUT of `body` (streamed in two frames); the body the origin answered with.
+    async fn put(
+        pool: &Arc<Origins>,
+        at: OriginKey,
+        body: &'static [u8],
+    ) -> Result<Bytes, hyper::Error> {
+        let (half, rest) = body.split_at(body.len() / 2);
+        let frames = futures_util::stream::iter([
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(half))),
+            Ok(Frame::data(Bytes::from_static(rest))),
+        ]);
+        let req = Request::put("/")
+            .header(hyper::header::CONTENT_LENGTH, body.len())
+            .body(http_body_util::StreamBody::new(frames).boxed())
+            .expect("request");
+        let keys = [at.clone()];
+        let sent = pool
+            .send(&keys, req, || async {
+                let tcp = TcpStream::connect(at.addr).await.expect("origin reachable");
+                Ok::<_, hyper::Error>((at, handshake(tcp).await?))
+            })
+            .await?;
+        Ok(sent.into_response().into_body().collect().await?.to_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_put_the_origin_drops_on_a_kept_connection_goes_again_with_its_body() {
+        let (a, accepted) = origin_with(true).await;
+        let pool = Arc::new(Origins::default());
+        assert!(get(&pool, &[key(a, "x")], key(a, "x")).await);
+        // Taken from the pool, sent whole, dropped by the origin: sent again, body included.
+        assert_eq!(
+            put(&pool, key(a, "x"), b"payload").await.expect("answered"),
+            "ok"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_body_over_the_limit_or_cut_short_is_not_replayed() {
+        let mut recording = Recording {
+            complete: true,
+            ..Recording::default()
+        };
+        assert!(recording.replay().is_some(), "a whole empty body");
+        recording.unkept = true;
+        assert!(recording.replay().is_none(), "over the limit");
+        let cut = Recording::default();
+        assert!(cut.replay().is_none(), "not sent whole");
+        assert!(idempotent(&Method::PUT) && !idempotent(&Method::POST));
     }
 
     #[tokio::test]
