@@ -7,7 +7,9 @@ use std::{
 };
 
 use lb::{
-    l4::{L4Config, L4Dataplane, Protocol, addr16, flow_key, lookup_flow_tag, read_l4_stats},
+    l4::{
+        FlowTags, L4Config, L4Dataplane, Protocol, addr16, flow_key, lookup_flow_tag, read_l4_stats,
+    },
     maglev::{self, Backend},
 };
 use lb_common::{
@@ -374,6 +376,68 @@ fn local_vip_passes_and_tags_new_flows() {
         let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
         assert_eq!(stats.event(L4Event::LocalPassed), 2);
         assert_eq!(stats.vip(vip).new_flows, 1);
+    });
+}
+
+/// The L7 tier's flow-tag lookups (`FlowTags`, one syscall each) are made only for connections
+/// accepted on a `local` VIP: a connection to any other address, an `encap` VIP's included,
+/// is answered without one, while a local VIP's connection still gets its flow's id.
+#[test]
+fn flow_tags_looks_up_local_vips_only() {
+    run_in_fib_netns("flow_tags_looks_up_local_vips_only", || {
+        let text = format!(
+            "[[vip]]\naddress = \"{VIP4}\"\nforward = \"local\"\nring_size = 1009\n[[vip.real]]\naddress = \"127.0.0.1\"\n\
+             [[vip]]\naddress = \"10.100.0.101:80\"\nring_size = 1009\n[[vip.real]]\naddress = \"10.201.0.2\"\n"
+        );
+        let l4 = config(&text);
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        L4Dataplane::new()
+            .apply(runner.ebpf_mut(), &l4)
+            .expect("apply");
+        let (syn, _) = eth_ipv4(
+            &[],
+            &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+            tcp(41000, 80, TCP_SYN, &[], b""),
+        );
+        assert_eq!(runner.run(&syn).expect("run").action, XDP_PASS);
+        let client: SocketAddr = "10.0.0.1:41000".parse().expect("client");
+        let vip: SocketAddr = VIP4.parse().expect("vip");
+        let recorded = lookup_flow_tag(runner.ebpf(), client, vip, Protocol::Tcp)
+            .expect("lookup")
+            .expect("tag recorded");
+
+        let tags = FlowTags::open(runner.ebpf()).expect("open");
+        // Before the VIPs are known, nothing is looked up.
+        assert_eq!(tags.tcp_flow_id(client, vip), None);
+        assert_eq!(tags.lookups(), 0);
+        tags.set_local_vips(&l4);
+        for other in [
+            "10.100.0.101:80",  // an encap VIP
+            "10.100.0.100:81",  // the local VIP's address, another port
+            "192.0.2.7:80",     // a plain listener address
+            "[2001:db8::1]:80", // IPv6
+        ] {
+            let other: SocketAddr = other.parse().expect("addr");
+            assert_eq!(tags.tcp_flow_id(client, other), None, "{other}");
+        }
+        assert_eq!(
+            tags.lookups(),
+            0,
+            "no lookup for addresses that are no local VIP"
+        );
+        assert_eq!(tags.tcp_flow_id(client, vip), Some(recorded.flow_id));
+        // A dual-stack socket sees the VIP as an IPv4-mapped address: still the VIP.
+        let mapped: SocketAddr = "[::ffff:10.100.0.100]:80".parse().expect("mapped");
+        let mapped_client: SocketAddr = "[::ffff:10.0.0.1]:41000".parse().expect("mapped");
+        assert_eq!(
+            tags.tcp_flow_id(mapped_client, mapped),
+            Some(recorded.flow_id)
+        );
+        assert_eq!(tags.lookups(), 2);
+        // A reload without local VIPs stops the lookups.
+        tags.set_local_vips(&config(""));
+        assert_eq!(tags.tcp_flow_id(client, vip), None);
+        assert_eq!(tags.lookups(), 2);
     });
 }
 
