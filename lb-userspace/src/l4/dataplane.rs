@@ -35,8 +35,8 @@ use lb_common::{
     l4::{
         EncapConfig, FAMILY_V4, FAMILY_V6, GuardConfig, LIST_SCOPE_ALL, LIST_SCOPE_ALL_BIT,
         ListKeyV4, ListKeyV6, MAX_REALS, MAX_VIPS, NO_REAL, NO_VIP, PrevRing, REAL_DOWN, Real,
-        VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, addr_bytes,
-        addr_words, ring_index,
+        VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VIP_INDEX_SLOTS, VipKey,
+        VipMeta, VipSlot, addr_bytes, addr_words, ring_index, vip_index_slot,
     },
     map_names,
 };
@@ -110,6 +110,9 @@ pub struct L4Dataplane {
     /// What `write_guard` last wrote (settings, lists by scope): applies that change neither
     /// (health events, L7-only reloads) skip reading the tries back.
     guard_written: Option<(GuardConfig, Vec<(u32, SourceLists)>)>,
+    /// The `VIP_INDEX` slots in use, as last written (`None`: not written yet by this
+    /// process, so every slot is).
+    index_written: Option<HashMap<u32, VipSlot>>,
 }
 
 pub fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
@@ -524,8 +527,74 @@ impl L4Dataplane {
             report.rings_rebuilt += usize::from(rebuilt);
         }
         self.write_aliases(ebpf, config)?;
+        self.write_index(ebpf, config)?;
         self.write_guard(ebpf, config)?;
         Ok(report)
+    }
+
+    /// Copies the `VIPS` keys (VIPs in file order, then fragment aliases) into the slots of
+    /// `VIP_INDEX`, with their index and forwarding; a key whose slot is taken stays with
+    /// `VIPS` alone. Runs after `VIPS` is written, and a removed VIP leaves its slot before
+    /// its key leaves `VIPS` (`remove_vip`): the index never names what `VIPS` lacks for
+    /// longer than an apply, and the datapath reads the ring from `VIPS` anyway.
+    fn write_index(&mut self, ebpf: &mut Ebpf, config: &L4Config) -> Result<(), L4Error> {
+        let installed: Vec<(VipKey, VipMeta)> = config
+            .vips
+            .iter()
+            .filter_map(|v| self.vips.get(&(v.addr, v.protocol)))
+            .map(|v| (v.key, v.meta))
+            .collect();
+        let aliases = config.vips.iter().filter_map(|v| {
+            let meta = self.vips.get(&(v.addr, v.protocol))?.meta;
+            Some((vip_key(v.addr, v.protocol, 0), meta))
+        });
+        let mut wanted: HashMap<u32, VipSlot> = HashMap::new();
+        for (key, meta) in installed.into_iter().chain(aliases) {
+            wanted.entry(vip_index_slot(&key)).or_insert(VipSlot {
+                key,
+                index: meta.index,
+                forward: meta.forward,
+            });
+        }
+        let name = map_names::VIP_INDEX;
+        let mut map: Array<&mut MapData, VipSlot> = ebpf
+            .map_mut(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        let written = self.index_written.take();
+        for slot in 0..VIP_INDEX_SLOTS {
+            let want = wanted.get(&slot);
+            let had = written.as_ref().map(|w| w.get(&slot));
+            if had == Some(want) {
+                continue;
+            }
+            map.set(slot, want.copied().unwrap_or_default(), 0)
+                .map_err(map_err(name))?;
+        }
+        self.index_written = Some(wanted);
+        Ok(())
+    }
+
+    /// Empties `key`'s `VIP_INDEX` slot if it holds `key`.
+    fn unindex(&mut self, ebpf: &mut Ebpf, key: &VipKey) -> Result<(), L4Error> {
+        let slot = vip_index_slot(key);
+        let Some(written) = self.index_written.as_mut() else {
+            return Ok(());
+        };
+        if written.get(&slot).is_none_or(|s| s.key != *key) {
+            return Ok(());
+        }
+        let name = map_names::VIP_INDEX;
+        let mut map: Array<&mut MapData, VipSlot> = ebpf
+            .map_mut(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        map.set(slot, VipSlot::default(), 0)
+            .map_err(map_err(name))?;
+        written.remove(&slot);
+        Ok(())
     }
 
     /// Writes the `[l4]` knobs and every scope's allow/deny lists. Order keeps each packet's
@@ -671,6 +740,7 @@ impl L4Dataplane {
         };
         // The index may go to another VIP, which must not inherit this one's previous ring.
         Self::write_prev(ebpf, vip.meta.index, PrevRing::default())?;
+        self.unindex(ebpf, &vip.key)?;
         match Self::vips_map(ebpf)?.remove(&vip.key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(source) => {
