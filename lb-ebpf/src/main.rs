@@ -16,6 +16,8 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod clock;
+#[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
 mod csum;
@@ -64,6 +66,7 @@ mod datapath {
     };
 
     use crate::{
+        clock::coarse_now,
         counters::{count_class, count_event, count_flow, count_malformed, count_port},
         decap::decapsulate,
         encap::{encapsulate, wrap_again},
@@ -127,10 +130,9 @@ mod datapath {
             count_event(refused);
             return xdp_action::XDP_DROP;
         }
-        // One clock reading per VIP packet: entry stamps, the previous ring's window and the
-        // next-hop cache all use it.
-        // SAFETY: plain helper call.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        // One clock value per VIP packet (a helper call at most once a jiffy per CPU, see
+        // clock.rs): entry stamps, the previous ring's window and the next-hop cache use it.
+        let now = coarse_now();
         // A SYN opens a new connection even when its 5-tuple has an entry (a reused port):
         // it takes the current ring, like on every other node, and replaces the entry.
         let known = if pkt.is_tcp_syn() {
@@ -243,7 +245,8 @@ mod datapath {
     fn forward_ptb(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta, flow: &FlowKey) -> u32 {
         // The error follows the flow's real (from the table, else as a segment of an open
         // flow: the previous ring's word first); it never creates a connection-table entry (a
-        // spoofed ICMP error must not take a slot).
+        // spoofed ICMP error must not take a slot). A rare packet: the clock is read directly
+        // (the per-CPU cache's code would not fit the stack next to the main path's).
         // SAFETY: plain helper call.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
         let Some(selected) = select::established(flow, meta.index, now).or_else(|| {

@@ -101,6 +101,17 @@ pub struct FloodWindow {
     pub new_flows: u64,
 }
 
+/// Each CPU's last coarse clock reading and the jiffy it was taken in (see `clock.rs`).
+#[map(name = "COARSE_CLOCK")]
+pub static COARSE_CLOCK: PerCpuArray<CoarseClock> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CoarseClock {
+    pub jiffies: u64,
+    pub ns: u64,
+}
+
 /// Per-CPU cache of `bpf_fib_lookup` answers per real (see `forward.rs`).
 #[map(name = "NEXTHOPS")]
 pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_REALS, 0);
