@@ -74,7 +74,8 @@ pub const VIP_FORWARD_MASK: u32 = 0xff;
 
 /// A check bit of `VipMeta::forward`: an allow or deny list (the VIP's own or every VIP's) is
 /// in force, so each packet's source is looked up. Without it a VIP packet reads no list
-/// state at all: the flag rides in the `VIPS` value the packet has already fetched. (A bit of
+/// state at all: the flag rides in the `VIPS` value (or its `VIP_INDEX` slot's copy) the packet
+/// has already fetched. (A bit of
 /// `forward`, not a field of its own: `VIPS` values pinned by an older `lb` hold 0 or 1 there,
 /// which read as no checks; and splitting the word into byte fields measured ~8 ns slower on
 /// the established-flow path.)

@@ -14,6 +14,10 @@
 //! `lb-ebpf/src/second_chance.rs`). Before that half is rewritten, the pointer is cleared and
 //! the grace period starts again from there.
 //!
+//! `VIP_INDEX` copies each `VIPS` key with its index and forwarding into a direct-mapped slot
+//! (`write_index`, last in every apply), so a VIP packet usually needs no hash lookup. The
+//! datapath never reads a ring from it, so the flip above stays one `VIPS` update.
+//!
 //! Tables are the same on every node given the same reals, weights and ring size (see
 //! `maglev`); real ids are not (they are this node's), so the ring hash each VIP reports is
 //! taken over the table of real addresses, not over the map's ids.
