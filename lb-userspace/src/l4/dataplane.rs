@@ -299,6 +299,36 @@ fn remove_keys<K: aya::Pod>(
     Ok(())
 }
 
+/// Moves a `VIP_INDEX` slot from `had` to `want` (`None`: empty), writing it with `set`, so
+/// that no packet pairs a key with another key's index or forwarding, although each write
+/// lands in place and a packet may read a slot while it is written: a key and the words
+/// beside it never change in the same write. The key that leaves goes first (its words stay), then the words change
+/// under the empty key, then the new key comes: a mixed read needs a program run that
+/// outlasts two map updates. (A key that stays may have its words rewritten in place: a
+/// packet then sees its old or its new settings.)
+fn rewrite_slot(
+    had: Option<VipSlot>,
+    want: Option<VipSlot>,
+    mut set: impl FnMut(VipSlot) -> Result<(), MapError>,
+) -> Result<(), MapError> {
+    let empty = VipKey::default();
+    let keyless = |s: VipSlot| VipSlot { key: empty, ..s };
+    match (had, want) {
+        (Some(had), Some(want)) if had.key == want.key => set(want),
+        (had, want) => {
+            if let Some(had) = had {
+                set(keyless(had))?;
+            }
+            let want = want.unwrap_or_default();
+            set(keyless(want))?;
+            if want.key != empty {
+                set(want)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 fn map_err(map: &'static str) -> impl Fn(MapError) -> L4Error {
     move |source| L4Error::Map { map, source }
 }
@@ -566,15 +596,16 @@ impl L4Dataplane {
             .ok_or(L4Error::MissingMap(name))?
             .try_into()
             .map_err(map_err(name))?;
+        // A map this process has not written yet is the fresh one of its program (the index
+        // is not pinned): every slot empty, each written once here.
         let written = self.index_written.take();
         for slot in 0..VIP_INDEX_SLOTS {
-            let want = wanted.get(&slot);
-            let had = written.as_ref().map(|w| w.get(&slot));
-            if had == Some(want) {
+            let want = wanted.get(&slot).copied();
+            let had = written.as_ref().and_then(|w| w.get(&slot).copied());
+            if written.is_some() && had == want {
                 continue;
             }
-            map.set(slot, want.copied().unwrap_or_default(), 0)
-                .map_err(map_err(name))?;
+            rewrite_slot(had, want, |value| map.set(slot, value, 0)).map_err(map_err(name))?;
         }
         self.index_written = Some(wanted);
         Ok(())
@@ -595,10 +626,8 @@ impl L4Dataplane {
             .ok_or(L4Error::MissingMap(name))?
             .try_into()
             .map_err(map_err(name))?;
-        map.set(slot, VipSlot::default(), 0)
-            .map_err(map_err(name))?;
-        written.remove(&slot);
-        Ok(())
+        let had = written.remove(&slot);
+        rewrite_slot(had, None, |value| map.set(slot, value, 0)).map_err(map_err(name))
     }
 
     /// Writes the `[l4]` knobs and every scope's allow/deny lists. Order keeps each packet's
@@ -961,5 +990,64 @@ impl L4Dataplane {
         }
         self.aliases = wanted.into_keys().collect();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(addr: u32, index: u32, forward: u32) -> VipSlot {
+        VipSlot {
+            key: VipKey {
+                addr: [addr, 0, 0, 0],
+                port: 80,
+                proto: 6,
+                family: FAMILY_V4,
+            },
+            index,
+            forward,
+        }
+    }
+
+    /// The states a slot goes through, from `had`, as `rewrite_slot` writes them.
+    fn states(had: Option<VipSlot>, want: Option<VipSlot>) -> Vec<VipSlot> {
+        let mut seen = vec![had.unwrap_or_default()];
+        rewrite_slot(had, want, |s| {
+            seen.push(s);
+            Ok(())
+        })
+        .expect("writes");
+        seen
+    }
+
+    /// No write changes a slot's key and its words together, so a packet reading the slot
+    /// during one write never pairs a key with another key's index or forwarding; and the
+    /// slot ends as wanted.
+    #[test]
+    fn a_slot_never_changes_key_and_words_in_one_write() {
+        let (a, b) = (slot(1, 3, VIP_FORWARD_LOCAL), slot(2, 7, VIP_FORWARD_ENCAP));
+        let a_reforwarded = VipSlot {
+            forward: VIP_FORWARD_ENCAP | VIP_CHECK_SOURCE_LISTS,
+            ..a
+        };
+        for (had, want) in [
+            (None, Some(a)),
+            (Some(a), None),
+            (Some(a), Some(b)),
+            (Some(a), Some(a_reforwarded)),
+        ] {
+            let seen = states(had, want);
+            assert_eq!(*seen.last().expect("end"), want.unwrap_or_default());
+            for pair in seen.windows(2) {
+                let key_changed = pair[0].key != pair[1].key;
+                let words_changed =
+                    (pair[0].index, pair[0].forward) != (pair[1].index, pair[1].forward);
+                assert!(
+                    !(key_changed && words_changed),
+                    "{had:?} -> {want:?}: {pair:?}"
+                );
+            }
+        }
     }
 }
