@@ -74,7 +74,8 @@ pub const VIP_FORWARD_MASK: u32 = 0xff;
 
 /// A check bit of `VipMeta::forward`: an allow or deny list (the VIP's own or every VIP's) is
 /// in force, so each packet's source is looked up. Without it a VIP packet reads no list
-/// state at all: the flag rides in the `VIPS` value the packet has already fetched. (A bit of
+/// state at all: the flag rides in the `VIPS` value (or its `VIP_INDEX` slot's copy) the packet
+/// has already fetched. (A bit of
 /// `forward`, not a field of its own: `VIPS` values pinned by an older `lb` hold 0 or 1 there,
 /// which read as no checks; and splitting the word into byte fields measured ~8 ns slower on
 /// the established-flow path.)
@@ -93,6 +94,49 @@ pub struct VipMeta {
     pub ring_size: u32,
     /// Which half of the VIP's ring space is live (0 or 1).
     pub active_half: u32,
+}
+
+/// Slots of `VIP_INDEX` (a power of two), the direct-mapped copy of `VIPS`' keys.
+pub const VIP_INDEX_SLOTS: u32 = 1 << VIP_INDEX_BITS;
+const VIP_INDEX_BITS: u32 = 10;
+// Every `VIPS` key (VIPs and their fragment aliases) could have a slot of its own.
+const _: () = assert!(VIP_INDEX_SLOTS >= MAX_VIPS * 4);
+
+/// `VIP_INDEX` value: a `VIPS` key with the parts of its value that do not flip with the
+/// ring (`VipMeta::index` and `forward`), in the slot [`vip_index_slot`] gives the key. A
+/// packet whose key equals the slot's is a VIP packet without a hash lookup; any other packet
+/// (an empty slot has `family` 0, two keys may share a slot) asks `VIPS`, which stays the
+/// authority: the ring (`ring_size`, `active_half`) is only ever read from there, whole.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    pub key: VipKey,
+    pub index: u32,
+    pub forward: u32,
+}
+
+/// The `VIP_INDEX` slot of `key` (a multiplicative hash of its words), in kernel and userspace.
+#[inline(always)]
+pub const fn vip_index_slot(key: &VipKey) -> u32 {
+    let mix = key.addr[0]
+        ^ key.addr[1]
+        ^ key.addr[2]
+        ^ key.addr[3]
+        ^ ((key.port as u32) << 16 | (key.proto as u32) << 8 | key.family as u32);
+    mix.wrapping_mul(0x9e37_79b1) >> (32 - VIP_INDEX_BITS)
+}
+
+/// Whether two `VIPS` keys are equal, word by word (no `memcmp` in the datapath).
+#[inline(always)]
+pub const fn vip_key_eq(a: &VipKey, b: &VipKey) -> bool {
+    (a.addr[0] ^ b.addr[0])
+        | (a.addr[1] ^ b.addr[1])
+        | (a.addr[2] ^ b.addr[2])
+        | (a.addr[3] ^ b.addr[3])
+        | ((a.port ^ b.port) as u32)
+        | ((a.proto ^ b.proto) as u32)
+        | ((a.family ^ b.family) as u32)
+        == 0
 }
 
 /// `Real::flags`: the real takes no flows; established flows to it are re-hashed.
@@ -430,6 +474,7 @@ mod pod {
     // SAFETY: plain-old-data, #[repr(C)], padding explicit.
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::VipSlot {}
     unsafe impl aya::Pod for super::Real {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}

@@ -21,6 +21,9 @@ pub mod map_names {
     pub const MALFORMED: &str = "MALFORMED";
     /// Hash: [`crate::l4::VipKey`] -> [`crate::l4::VipMeta`].
     pub const VIPS: &str = "VIPS";
+    /// Array of [`crate::l4::VipSlot`], direct-mapped by [`crate::l4::vip_index_slot`]: the
+    /// datapath's first look for a VIP (`VIPS` answers what it misses). Not pinned.
+    pub const VIP_INDEX: &str = "VIP_INDEX";
     /// Array indexed by real id: [`crate::l4::Real`].
     pub const REALS: &str = "REALS";
     /// Array of real ids, `MAX_VIPS * 2` rings of `MAX_RING_SIZE` slots.

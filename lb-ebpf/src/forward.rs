@@ -29,7 +29,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// Returns the XDP verdict for an encapsulated frame to real `real_id`. `now`: the packet's
-/// coarse clock reading (`bpf_ktime_get_coarse_ns`, read once per packet by the caller).
+/// coarse clock value (`clock::coarse_now`, taken once per packet by the caller).
 #[inline(always)]
 pub fn send(ctx: &XdpContext, outer: &Outer, real_id: u32, now: u64) -> u32 {
     let ingress = ctx.ingress_ifindex() as u32;

@@ -16,6 +16,8 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod clock;
+#[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
 mod csum;
@@ -64,6 +66,7 @@ mod datapath {
     };
 
     use crate::{
+        clock::coarse_now,
         counters::{count_class, count_event, count_flow, count_malformed, count_port},
         decap::decapsulate,
         encap::{encapsulate, wrap_again},
@@ -75,8 +78,7 @@ mod datapath {
         parse::{Addrs, Frame, Packet, parse},
         policy, second_chance,
         select::{self, Selected},
-        source_limit,
-        vip::{self, VipHit},
+        source_limit, vip,
     };
 
     /// The datapath entry point, attached to the ingress interface.
@@ -121,42 +123,43 @@ mod datapath {
         if pkt.fragment {
             count_event(L4Event::VipFragment);
         }
-        if hit.meta.forward & VIP_CHECK_SOURCE_LISTS != 0
+        if hit.forward & VIP_CHECK_SOURCE_LISTS != 0
             && let Some(guard) = L4_GUARD.get(0)
-            && let Some(refused) = policy::refusal(&hit.flow, hit.meta.index, guard)
+            && let Some(refused) = policy::refusal(&hit.flow, hit.index, guard)
         {
             count_event(refused);
             return xdp_action::XDP_DROP;
         }
-        // One clock reading per VIP packet: entry stamps, the previous ring's window and the
-        // next-hop cache all use it.
-        // SAFETY: plain helper call.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        // One clock value per VIP packet (a helper call at most once a jiffy per CPU, see
+        // clock.rs): entry stamps, the previous ring's window and the next-hop cache use it.
+        let now = coarse_now();
         // A SYN opens a new connection even when its 5-tuple has an entry (a reused port):
         // it takes the current ring, like on every other node, and replaces the entry.
         let known = if pkt.is_tcp_syn() {
             None
         } else {
-            select::established(&hit.flow, &hit.meta, now)
+            select::established(&hit.flow, hit.index, now)
         };
         let selected = match known {
             Some(selected) => selected,
-            None => match new_flow(&pkt, &hit, now) {
-                Ok(selected) => selected,
-                Err(refused) => {
-                    count_event(refused);
-                    return xdp_action::XDP_DROP;
+            None => {
+                // The ring comes from `VIPS`, whole (see vip.rs); a VIP removed since the
+                // index answered is host traffic again.
+                let Some(meta) = hit.meta() else {
+                    return xdp_action::XDP_PASS;
+                };
+                match new_flow(&pkt, &hit.flow, &meta, now) {
+                    Ok(selected) => selected,
+                    Err(refused) => {
+                        count_event(refused);
+                        return xdp_action::XDP_DROP;
+                    }
                 }
-            },
+            }
         };
-        count_flow(
-            hit.meta.index,
-            selected.real_id,
-            frame_len,
-            selected.new_flow,
-        );
+        count_flow(hit.index, selected.real_id, frame_len, selected.new_flow);
 
-        if hit.meta.forward & VIP_FORWARD_MASK == VIP_FORWARD_LOCAL {
+        if hit.forward & VIP_FORWARD_MASK == VIP_FORWARD_LOCAL {
             // Only where a flow opens: a flow the flood guard kept out of the table misses
             // on every packet, and its tag (flow id) must not change under the L7 tier.
             if selected.new_flow && opens_flow(&pkt) {
@@ -186,15 +189,20 @@ mod datapath {
     /// segment of a flow already open, when it differs), and the flood guard's say on whether
     /// the flow enters the table. `Err` is the drop counter.
     #[inline(always)]
-    fn new_flow(pkt: &Packet, hit: &VipHit, now: u64) -> Result<Selected, L4Event> {
+    fn new_flow(
+        pkt: &Packet,
+        flow: &FlowKey,
+        meta: &VipMeta,
+        now: u64,
+    ) -> Result<Selected, L4Event> {
         let guard: GuardConfig = L4_GUARD.get(0).copied().unwrap_or_default();
         let opens = opens_flow(pkt);
-        if opens && !source_limit::admit(&hit.flow, &guard) {
+        if opens && !source_limit::admit(flow, &guard) {
             return Err(L4Event::SourceRateDropped);
         }
-        let current = select::by_hash(&hit.flow, &hit.meta);
+        let current = select::by_hash(flow, meta);
         let second_chance = match &current {
-            Some(current) if !opens => second_chance::previous_real(&hit.meta, current, now),
+            Some(current) if !opens => second_chance::previous_real(meta, current, now),
             _ => None,
         };
         let used_previous = second_chance.is_some();
@@ -203,11 +211,11 @@ mod datapath {
             // Which of the two reals has the connection is decided on the real: nothing to
             // remember here.
         } else if flood_guard::allows_insert(guard.flood_new_flows_per_cpu) {
-            select::remember(&hit.flow, &hit.meta, &selected, now);
+            select::remember(flow, meta, &selected, now);
         } else {
             count_event(L4Event::FloodGuardNotInserted);
             if pkt.is_tcp_syn() {
-                select::forget(&hit.flow);
+                select::forget(flow);
             }
         }
         // A segment of a flow already open is hashed again, not counted as a new flow (the
@@ -237,10 +245,11 @@ mod datapath {
     fn forward_ptb(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta, flow: &FlowKey) -> u32 {
         // The error follows the flow's real (from the table, else as a segment of an open
         // flow: the previous ring's word first); it never creates a connection-table entry (a
-        // spoofed ICMP error must not take a slot).
+        // spoofed ICMP error must not take a slot). A rare packet: the clock is read directly
+        // (the per-CPU cache's code would not fit the stack next to the main path's).
         // SAFETY: plain helper call.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let Some(selected) = select::established(flow, meta, now).or_else(|| {
+        let Some(selected) = select::established(flow, meta.index, now).or_else(|| {
             let current = select::by_hash(flow, meta)?;
             Some(second_chance::previous_real(meta, &current, now).unwrap_or(current))
         }) else {

@@ -9,7 +9,8 @@ use lb_common::{
     l4::{
         CONNTRACK_CAPACITY, EncapConfig, FLOW_TAGS_CAPACITY, FlowCounters, FlowEntry, FlowKey,
         FlowTag, GuardConfig, ListKeyV4, ListKeyV6, MAGLEV_RINGS_LEN, MAX_REALS, MAX_VIPS,
-        PrevRing, Real, SOURCE_BUCKETS_CAPACITY, SOURCE_LIST_CAPACITY, SourceKey, VipKey, VipMeta,
+        PrevRing, Real, SOURCE_BUCKETS_CAPACITY, SOURCE_LIST_CAPACITY, SourceKey, VIP_INDEX_SLOTS,
+        VipKey, VipMeta, VipSlot,
     },
 };
 
@@ -28,6 +29,10 @@ pub static MALFORMED: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_A
 
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
+
+/// The direct-mapped copy of `VIPS`' keys, asked first (see `vip.rs`).
+#[map(name = "VIP_INDEX")]
+pub static VIP_INDEX: Array<VipSlot> = Array::with_max_entries(VIP_INDEX_SLOTS, 0);
 
 #[map(name = "REALS")]
 pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
@@ -94,6 +99,17 @@ pub static FLOOD_WINDOWS: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entri
 pub struct FloodWindow {
     pub start_ns: u64,
     pub new_flows: u64,
+}
+
+/// Each CPU's last coarse clock reading and the jiffy it was taken in (see `clock.rs`).
+#[map(name = "COARSE_CLOCK")]
+pub static COARSE_CLOCK: PerCpuArray<CoarseClock> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CoarseClock {
+    pub jiffies: u64,
+    pub ns: u64,
 }
 
 /// Per-CPU cache of `bpf_fib_lookup` answers per real (see `forward.rs`).

@@ -29,9 +29,10 @@ pub struct Selected {
 }
 
 /// The flow's real from the connection table, when it has one that is still up and the
-/// entry has not gone idle past the timeout. `now_ns`: the packet's coarse clock reading.
+/// entry has not gone idle past the timeout. `vip_index`: the VIP's `VipMeta::index`;
+/// `now_ns`: the packet's coarse clock reading.
 #[inline(always)]
-pub fn established(flow: &FlowKey, vip: &VipMeta, now_ns: u64) -> Option<Selected> {
+pub fn established(flow: &FlowKey, vip_index: u32, now_ns: u64) -> Option<Selected> {
     let slot = CONNTRACK.get_ptr_mut(flow)?;
     // SAFETY: a live element of the table; copied out at once (another CPU may rewrite it,
     // which at worst gives a torn stamp, repaired by the next packet).
@@ -54,7 +55,7 @@ pub fn established(flow: &FlowKey, vip: &VipMeta, now_ns: u64) -> Option<Selecte
     let live_real = REALS
         .get(entry.real)
         .copied()
-        .filter(|real| u32::from(entry.vip) == vip.index && real.flags & REAL_DOWN == 0);
+        .filter(|real| u32::from(entry.vip) == vip_index && real.flags & REAL_DOWN == 0);
     match live_real {
         Some(real) => {
             count_event(L4Event::ConntrackHit);

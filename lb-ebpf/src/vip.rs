@@ -1,16 +1,44 @@
 //! Is this packet for a VIP? Builds the VIP key and the flow key from the parsed packet.
-use lb_common::l4::{FlowKey, VipKey, VipMeta};
+//!
+//! `VIP_INDEX` answers first: an array slot picked by a multiplicative hash of the key (an
+//! inlined array access, no hash-table walk), holding the key it stands for and the VIP's
+//! index and forwarding. Whatever it does not answer (empty slot, another key in it) is asked
+//! of `VIPS`, the authority. The ring a new flow is hashed on is read from `VIPS` only
+//! ([`VipHit::meta`]): one `VIPS` update flips it whole, while the index is written in place.
+use lb_common::l4::{FlowKey, VipKey, VipMeta, vip_index_slot, vip_key_eq};
 
-use crate::{maps::VIPS, parse::Packet};
+use crate::{
+    maps::{VIP_INDEX, VIPS},
+    parse::Packet,
+};
 
 /// A packet addressed to a VIP, with its flow key (client -> VIP).
 pub struct VipHit {
-    pub meta: VipMeta,
+    pub key: VipKey,
+    /// `VipMeta::index` and `forward`.
+    pub index: u32,
+    pub forward: u32,
+    /// The whole `VIPS` value, when the index did not answer.
+    meta: Option<VipMeta>,
     pub flow: FlowKey,
 }
 
-/// Looks the packet up in `VIPS`. Fragments are matched on the (address, protocol) alias with
-/// port 0 and keyed without ports, so every fragment of a datagram picks the same real.
+impl VipHit {
+    /// The VIP's `VIPS` value, ring included (new flows only: the established path needs
+    /// none of it). `None` if the VIP went between the index and here (a config change).
+    #[inline(always)]
+    pub fn meta(&self) -> Option<VipMeta> {
+        match self.meta {
+            Some(meta) => Some(meta),
+            // SAFETY: the value is copied out before any map update can free it.
+            None => unsafe { VIPS.get(self.key) }.copied(),
+        }
+    }
+}
+
+/// Looks the packet up in `VIP_INDEX`, then `VIPS`. Fragments are matched on the (address,
+/// protocol) alias with port 0 and keyed without ports, so every fragment of a datagram picks
+/// the same real.
 #[inline(always)]
 pub fn lookup(pkt: &Packet) -> Option<VipHit> {
     let (src, dst, family) = pkt.addrs16();
@@ -26,9 +54,18 @@ pub fn lookup(pkt: &Packet) -> Option<VipHit> {
         proto: pkt.proto,
         family,
     };
-    // SAFETY: the value is copied out before any map update can free it.
-    let meta = *unsafe { VIPS.get(key) }?;
+    let (index, forward, meta) = match VIP_INDEX.get(vip_index_slot(&key)) {
+        Some(slot) if vip_key_eq(&slot.key, &key) => (slot.index, slot.forward, None),
+        _ => {
+            // SAFETY: the value is copied out before any map update can free it.
+            let meta = *unsafe { VIPS.get(key) }?;
+            (meta.index, meta.forward, Some(meta))
+        }
+    };
     Some(VipHit {
+        key,
+        index,
+        forward,
         meta,
         flow: FlowKey {
             src,

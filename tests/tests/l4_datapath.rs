@@ -6,14 +6,19 @@ use std::{
     path::Path,
 };
 
+use aya::maps::{Array, MapData};
 use lb::{
-    l4::{L4Config, L4Dataplane, Protocol, addr16, flow_key, lookup_flow_tag, read_l4_stats},
+    l4::{
+        FlowTags, L4Config, L4Dataplane, Protocol, addr16, flow_key, lookup_flow_tag, read_l4_stats,
+    },
     maglev::{self, Backend},
 };
 use lb_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
-    l4::{FlowKey, L4Event, addr_words},
-    program_names,
+    l4::{
+        FAMILY_V4, FlowKey, L4Event, VIP_INDEX_SLOTS, VipKey, VipSlot, addr_words, vip_index_slot,
+    },
+    map_names, program_names,
 };
 use lb_tests::{
     fib,
@@ -98,6 +103,99 @@ fn non_vip_traffic_is_passed_untouched() {
         }
         let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
         assert_eq!(stats.event(L4Event::NewFlow), 0);
+    });
+}
+
+/// `VIP_INDEX` (the direct-mapped copy of `VIPS`' keys) is a shortcut, `VIPS` the authority:
+/// an apply gives each VIP key its slot; with the index emptied (as a new program's is until
+/// its first apply) every frame gets the same verdict and bytes; and a slot naming a key
+/// `VIPS` no longer has (a VIP removed in the middle of an apply) makes no new flow.
+#[test]
+fn vip_index_is_a_shortcut_to_vips() {
+    run_in_fib_netns("vip_index_is_a_shortcut_to_vips", || {
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        let reals: Vec<(&str, u32, bool)> = REALS4.iter().map(|r| (*r, 1, false)).collect();
+        L4Dataplane::new()
+            .apply(runner.ebpf_mut(), &config(&vip_config(1009, &reals)))
+            .expect("apply");
+        let key = |addr: [u8; 4], port| VipKey {
+            addr: addr_words(addr16(IpAddr::from(addr)).0),
+            port,
+            proto: 6,
+            family: FAMILY_V4,
+        };
+        let vip_key = key([10, 100, 0, 100], 80);
+        let slot_of = |runner: &XdpRunner, key: &VipKey| -> VipSlot {
+            let index: Array<&MapData, VipSlot> = runner
+                .ebpf()
+                .map(map_names::VIP_INDEX)
+                .expect("VIP_INDEX")
+                .try_into()
+                .expect("array");
+            index.get(&vip_index_slot(key), 0).expect("slot")
+        };
+        assert_eq!(
+            slot_of(&runner, &vip_key).key,
+            vip_key,
+            "the VIP has its slot"
+        );
+
+        let frames: Vec<Vec<u8>> = (0..24u16)
+            .map(|i| {
+                let flags = if i % 2 == 0 { TCP_SYN } else { TCP_ACK };
+                let l4 = tcp(42000 + i / 2, 80, flags, &[], b"x");
+                eth_ipv4(&[], &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]), l4).0
+            })
+            .collect();
+        let run_all = |runner: &mut XdpRunner| -> Vec<(u32, Vec<u8>)> {
+            frames
+                .iter()
+                .map(|f| {
+                    let res = runner.run(f).expect("run");
+                    (res.action, res.frame)
+                })
+                .collect()
+        };
+        let with_index = run_all(&mut runner);
+        assert!(with_index.iter().all(|(action, _)| *action == XDP_REDIRECT));
+        let empty = |runner: &mut XdpRunner, slot: u32, value: VipSlot| {
+            let mut index: Array<&mut MapData, VipSlot> = runner
+                .ebpf_mut()
+                .map_mut(map_names::VIP_INDEX)
+                .expect("VIP_INDEX")
+                .try_into()
+                .expect("array");
+            index.set(slot, value, 0).expect("set");
+        };
+        for slot in 0..VIP_INDEX_SLOTS {
+            empty(&mut runner, slot, VipSlot::default());
+        }
+        assert_eq!(
+            run_all(&mut runner),
+            with_index,
+            "same verdicts and frames from VIPS"
+        );
+
+        // A key only the index still names: host traffic, no flow.
+        let gone = key([10, 100, 0, 150], 80);
+        let vip_index = slot_of(&runner, &vip_key).index;
+        empty(
+            &mut runner,
+            vip_index_slot(&gone),
+            VipSlot {
+                key: gone,
+                index: vip_index,
+                forward: 0,
+            },
+        );
+        let (syn, _) = eth_ipv4(
+            &[],
+            &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 150]),
+            tcp(43000, 80, TCP_SYN, &[], b""),
+        );
+        let res = runner.run(&syn).expect("run");
+        assert_eq!(res.action, XDP_PASS);
+        assert_eq!(res.frame, syn);
     });
 }
 
@@ -374,6 +472,68 @@ fn local_vip_passes_and_tags_new_flows() {
         let stats = read_l4_stats(runner.ebpf(), &dp).expect("stats");
         assert_eq!(stats.event(L4Event::LocalPassed), 2);
         assert_eq!(stats.vip(vip).new_flows, 1);
+    });
+}
+
+/// The L7 tier's flow-tag lookups (`FlowTags`, one syscall each) are made only for connections
+/// accepted on a `local` VIP: a connection to any other address, an `encap` VIP's included,
+/// is answered without one, while a local VIP's connection still gets its flow's id.
+#[test]
+fn flow_tags_looks_up_local_vips_only() {
+    run_in_fib_netns("flow_tags_looks_up_local_vips_only", || {
+        let text = format!(
+            "[[vip]]\naddress = \"{VIP4}\"\nforward = \"local\"\nring_size = 1009\n[[vip.real]]\naddress = \"127.0.0.1\"\n\
+             [[vip]]\naddress = \"10.100.0.101:80\"\nring_size = 1009\n[[vip.real]]\naddress = \"10.201.0.2\"\n"
+        );
+        let l4 = config(&text);
+        let mut runner = XdpRunner::load(program_names::LB_XDP).expect("load");
+        L4Dataplane::new()
+            .apply(runner.ebpf_mut(), &l4)
+            .expect("apply");
+        let (syn, _) = eth_ipv4(
+            &[],
+            &Ipv4Opts::new(V4_CLIENT, [10, 100, 0, 100]),
+            tcp(41000, 80, TCP_SYN, &[], b""),
+        );
+        assert_eq!(runner.run(&syn).expect("run").action, XDP_PASS);
+        let client: SocketAddr = "10.0.0.1:41000".parse().expect("client");
+        let vip: SocketAddr = VIP4.parse().expect("vip");
+        let recorded = lookup_flow_tag(runner.ebpf(), client, vip, Protocol::Tcp)
+            .expect("lookup")
+            .expect("tag recorded");
+
+        let tags = FlowTags::open(runner.ebpf()).expect("open");
+        // Before the VIPs are known, nothing is looked up.
+        assert_eq!(tags.tcp_flow_id(client, vip), None);
+        assert_eq!(tags.lookups(), 0);
+        tags.set_local_vips(&l4);
+        for other in [
+            "10.100.0.101:80",  // an encap VIP
+            "10.100.0.100:81",  // the local VIP's address, another port
+            "192.0.2.7:80",     // a plain listener address
+            "[2001:db8::1]:80", // IPv6
+        ] {
+            let other: SocketAddr = other.parse().expect("addr");
+            assert_eq!(tags.tcp_flow_id(client, other), None, "{other}");
+        }
+        assert_eq!(
+            tags.lookups(),
+            0,
+            "no lookup for addresses that are no local VIP"
+        );
+        assert_eq!(tags.tcp_flow_id(client, vip), Some(recorded.flow_id));
+        // A dual-stack socket sees the VIP as an IPv4-mapped address: still the VIP.
+        let mapped: SocketAddr = "[::ffff:10.100.0.100]:80".parse().expect("mapped");
+        let mapped_client: SocketAddr = "[::ffff:10.0.0.1]:41000".parse().expect("mapped");
+        assert_eq!(
+            tags.tcp_flow_id(mapped_client, mapped),
+            Some(recorded.flow_id)
+        );
+        assert_eq!(tags.lookups(), 2);
+        // A reload without local VIPs stops the lookups.
+        tags.set_local_vips(&config(""));
+        assert_eq!(tags.tcp_flow_id(client, vip), None);
+        assert_eq!(tags.lookups(), 2);
     });
 }
 

@@ -14,6 +14,10 @@
 //! `lb-ebpf/src/second_chance.rs`). Before that half is rewritten, the pointer is cleared and
 //! the grace period starts again from there.
 //!
+//! `VIP_INDEX` copies each `VIPS` key with its index and forwarding into a direct-mapped slot
+//! (`write_index`, last in every apply), so a VIP packet usually needs no hash lookup. The
+//! datapath never reads a ring from it, so the flip above stays one `VIPS` update.
+//!
 //! Tables are the same on every node given the same reals, weights and ring size (see
 //! `maglev`); real ids are not (they are this node's), so the ring hash each VIP reports is
 //! taken over the table of real addresses, not over the map's ids.
@@ -35,8 +39,8 @@ use lb_common::{
     l4::{
         EncapConfig, FAMILY_V4, FAMILY_V6, GuardConfig, LIST_SCOPE_ALL, LIST_SCOPE_ALL_BIT,
         ListKeyV4, ListKeyV6, MAX_REALS, MAX_VIPS, NO_REAL, NO_VIP, PrevRing, REAL_DOWN, Real,
-        VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VipKey, VipMeta, addr_bytes,
-        addr_words, ring_index,
+        VIP_CHECK_SOURCE_LISTS, VIP_FORWARD_ENCAP, VIP_FORWARD_LOCAL, VIP_INDEX_SLOTS, VipKey,
+        VipMeta, VipSlot, addr_bytes, addr_words, ring_index, vip_index_slot,
     },
     map_names,
 };
@@ -110,6 +114,9 @@ pub struct L4Dataplane {
     /// What `write_guard` last wrote (settings, lists by scope): applies that change neither
     /// (health events, L7-only reloads) skip reading the tries back.
     guard_written: Option<(GuardConfig, Vec<(u32, SourceLists)>)>,
+    /// The `VIP_INDEX` slots in use, as last written (`None`: not written yet by this
+    /// process, so every slot is).
+    index_written: Option<HashMap<u32, VipSlot>>,
 }
 
 pub fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
@@ -290,6 +297,36 @@ fn remove_keys<K: aya::Pod>(
         }
     }
     Ok(())
+}
+
+/// Moves a `VIP_INDEX` slot from `had` to `want` (`None`: empty), writing it with `set`, so
+/// that no packet pairs a key with another key's index or forwarding, although each write
+/// lands in place and a packet may read a slot while it is written: a key and the words
+/// beside it never change in the same write. The key that leaves goes first (its words stay), then the words change
+/// under the empty key, then the new key comes: a mixed read needs a program run that
+/// outlasts two map updates. (A key that stays may have its words rewritten in place: a
+/// packet then sees its old or its new settings.)
+fn rewrite_slot(
+    had: Option<VipSlot>,
+    want: Option<VipSlot>,
+    mut set: impl FnMut(VipSlot) -> Result<(), MapError>,
+) -> Result<(), MapError> {
+    let empty = VipKey::default();
+    let keyless = |s: VipSlot| VipSlot { key: empty, ..s };
+    match (had, want) {
+        (Some(had), Some(want)) if had.key == want.key => set(want),
+        (had, want) => {
+            if let Some(had) = had {
+                set(keyless(had))?;
+            }
+            let want = want.unwrap_or_default();
+            set(keyless(want))?;
+            if want.key != empty {
+                set(want)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> L4Error {
@@ -524,8 +561,73 @@ impl L4Dataplane {
             report.rings_rebuilt += usize::from(rebuilt);
         }
         self.write_aliases(ebpf, config)?;
+        self.write_index(ebpf, config)?;
         self.write_guard(ebpf, config)?;
         Ok(report)
+    }
+
+    /// Copies the `VIPS` keys (VIPs in file order, then fragment aliases) into the slots of
+    /// `VIP_INDEX`, with their index and forwarding; a key whose slot is taken stays with
+    /// `VIPS` alone. Runs after `VIPS` is written, and a removed VIP leaves its slot before
+    /// its key leaves `VIPS` (`remove_vip`): the index never names what `VIPS` lacks for
+    /// longer than an apply, and the datapath reads the ring from `VIPS` anyway.
+    fn write_index(&mut self, ebpf: &mut Ebpf, config: &L4Config) -> Result<(), L4Error> {
+        let installed: Vec<(VipKey, VipMeta)> = config
+            .vips
+            .iter()
+            .filter_map(|v| self.vips.get(&(v.addr, v.protocol)))
+            .map(|v| (v.key, v.meta))
+            .collect();
+        let aliases = config.vips.iter().filter_map(|v| {
+            let meta = self.vips.get(&(v.addr, v.protocol))?.meta;
+            Some((vip_key(v.addr, v.protocol, 0), meta))
+        });
+        let mut wanted: HashMap<u32, VipSlot> = HashMap::new();
+        for (key, meta) in installed.into_iter().chain(aliases) {
+            wanted.entry(vip_index_slot(&key)).or_insert(VipSlot {
+                key,
+                index: meta.index,
+                forward: meta.forward,
+            });
+        }
+        let name = map_names::VIP_INDEX;
+        let mut map: Array<&mut MapData, VipSlot> = ebpf
+            .map_mut(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        // A map this process has not written yet is the fresh one of its program (the index
+        // is not pinned): every slot empty, each written once here.
+        let written = self.index_written.take();
+        for slot in 0..VIP_INDEX_SLOTS {
+            let want = wanted.get(&slot).copied();
+            let had = written.as_ref().and_then(|w| w.get(&slot).copied());
+            if written.is_some() && had == want {
+                continue;
+            }
+            rewrite_slot(had, want, |value| map.set(slot, value, 0)).map_err(map_err(name))?;
+        }
+        self.index_written = Some(wanted);
+        Ok(())
+    }
+
+    /// Empties `key`'s `VIP_INDEX` slot if it holds `key`.
+    fn unindex(&mut self, ebpf: &mut Ebpf, key: &VipKey) -> Result<(), L4Error> {
+        let slot = vip_index_slot(key);
+        let Some(written) = self.index_written.as_mut() else {
+            return Ok(());
+        };
+        if written.get(&slot).is_none_or(|s| s.key != *key) {
+            return Ok(());
+        }
+        let name = map_names::VIP_INDEX;
+        let mut map: Array<&mut MapData, VipSlot> = ebpf
+            .map_mut(name)
+            .ok_or(L4Error::MissingMap(name))?
+            .try_into()
+            .map_err(map_err(name))?;
+        let had = written.remove(&slot);
+        rewrite_slot(had, None, |value| map.set(slot, value, 0)).map_err(map_err(name))
     }
 
     /// Writes the `[l4]` knobs and every scope's allow/deny lists. Order keeps each packet's
@@ -671,6 +773,7 @@ impl L4Dataplane {
         };
         // The index may go to another VIP, which must not inherit this one's previous ring.
         Self::write_prev(ebpf, vip.meta.index, PrevRing::default())?;
+        self.unindex(ebpf, &vip.key)?;
         match Self::vips_map(ebpf)?.remove(&vip.key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(source) => {
@@ -887,5 +990,64 @@ impl L4Dataplane {
         }
         self.aliases = wanted.into_keys().collect();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(addr: u32, index: u32, forward: u32) -> VipSlot {
+        VipSlot {
+            key: VipKey {
+                addr: [addr, 0, 0, 0],
+                port: 80,
+                proto: 6,
+                family: FAMILY_V4,
+            },
+            index,
+            forward,
+        }
+    }
+
+    /// The states a slot goes through, from `had`, as `rewrite_slot` writes them.
+    fn states(had: Option<VipSlot>, want: Option<VipSlot>) -> Vec<VipSlot> {
+        let mut seen = vec![had.unwrap_or_default()];
+        rewrite_slot(had, want, |s| {
+            seen.push(s);
+            Ok(())
+        })
+        .expect("writes");
+        seen
+    }
+
+    /// No write changes a slot's key and its words together, so a packet reading the slot
+    /// during one write never pairs a key with another key's index or forwarding; and the
+    /// slot ends as wanted.
+    #[test]
+    fn a_slot_never_changes_key_and_words_in_one_write() {
+        let (a, b) = (slot(1, 3, VIP_FORWARD_LOCAL), slot(2, 7, VIP_FORWARD_ENCAP));
+        let a_reforwarded = VipSlot {
+            forward: VIP_FORWARD_ENCAP | VIP_CHECK_SOURCE_LISTS,
+            ..a
+        };
+        for (had, want) in [
+            (None, Some(a)),
+            (Some(a), None),
+            (Some(a), Some(b)),
+            (Some(a), Some(a_reforwarded)),
+        ] {
+            let seen = states(had, want);
+            assert_eq!(*seen.last().expect("end"), want.unwrap_or_default());
+            for pair in seen.windows(2) {
+                let key_changed = pair[0].key != pair[1].key;
+                let words_changed =
+                    (pair[0].index, pair[0].forward) != (pair[1].index, pair[1].forward);
+                assert!(
+                    !(key_changed && words_changed),
+                    "{had:?} -> {want:?}: {pair:?}"
+                );
+            }
+        }
     }
 }

@@ -1,8 +1,12 @@
 //! Flow tags: what the datapath recorded about each new flow to a `local` VIP, looked up by the
 //! L7 tier when it accepts the connection (to send the true client, VIP and L4 flow id to
 //! backends in a PROXY v2 header).
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::atomic::{AtomicU64, Ordering},
+};
 
+use arc_swap::ArcSwap;
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, MapError},
@@ -12,7 +16,7 @@ use lb_common::{
     map_names,
 };
 
-use super::{L4Error, Protocol, dataplane::addr16};
+use super::{Forward, L4Config, L4Error, Protocol, dataplane::addr16};
 
 /// A flow tag in Rust terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,12 +82,22 @@ pub fn lookup_flow_tag(
 /// A handle of its own on the datapath's flow-tag map, for the L7 tier's accept paths: opened
 /// by map id, so it needs neither the `Ebpf` object (which the manager keeps for updates) nor
 /// pinning, and lookups (`&self`, one syscall) may run on any thread.
+///
+/// Only flows to `local` VIPs are tagged, so only connections accepted on one of those
+/// addresses are looked up: the others (listeners on plain addresses, or reached without the
+/// XDP tier) cost no syscall. The set is replaced whole when the L4 configuration is applied
+/// and read without a lock by every accept.
 pub struct FlowTags {
     map: BpfHashMap<MapData, FlowKey, FlowTag>,
+    /// The TCP `local` VIPs (address and port), as [`FlowTags::set_local_vips`] last set them.
+    local_vips: ArcSwap<Vec<SocketAddr>>,
+    /// Map lookups made (see [`FlowTags::lookups`]).
+    lookups: AtomicU64,
 }
 
 impl FlowTags {
-    /// Opens the FLOW_TAGS map of the loaded object `ebpf`.
+    /// Opens the FLOW_TAGS map of the loaded object `ebpf`. No address is looked up until
+    /// [`FlowTags::set_local_vips`] names the local VIPs.
     pub fn open(ebpf: &Ebpf) -> Result<Self, L4Error> {
         let name = map_names::FLOW_TAGS;
         let map_error = |source| L4Error::Map { map: name, source };
@@ -95,14 +109,41 @@ impl FlowTags {
         };
         let data = MapData::from_id(id).map_err(map_error)?;
         let map = BpfHashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_error)?;
-        Ok(Self { map })
+        Ok(Self {
+            map,
+            local_vips: ArcSwap::from_pointee(Vec::new()),
+            lookups: AtomicU64::new(0),
+        })
+    }
+
+    /// Looks up, from now on, connections to the TCP VIPs `config` forwards `local` (the only
+    /// flows the datapath tags), and no others.
+    pub fn set_local_vips(&self, config: &L4Config) {
+        let vips: Vec<SocketAddr> = config
+            .vips
+            .iter()
+            .filter(|v| v.forward == Forward::Local && v.protocol == Protocol::Tcp)
+            .map(|v| unmapped(v.addr))
+            .collect();
+        self.local_vips.store(std::sync::Arc::new(vips));
     }
 
     /// The flow id the datapath gave the TCP connection `client -> local` (`local` being the
-    /// VIP); `None` when it recorded none (not a local VIP's flow, or evicted).
+    /// VIP); `None` when it recorded none (not a local VIP's flow, or evicted). A `local`
+    /// address that is no local VIP is answered without a lookup.
     pub fn tcp_flow_id(&self, client: SocketAddr, local: SocketAddr) -> Option<u64> {
-        let key = flow_key(unmapped(client), unmapped(local), Protocol::Tcp);
+        let local = unmapped(local);
+        if !self.local_vips.load().contains(&local) {
+            return None;
+        }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let key = flow_key(unmapped(client), local, Protocol::Tcp);
         self.map.get(&key, 0).ok().map(|tag| tag.flow_id)
+    }
+
+    /// How many map lookups (syscalls) [`FlowTags::tcp_flow_id`] has made.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
     }
 }
 

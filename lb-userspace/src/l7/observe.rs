@@ -55,7 +55,7 @@ impl Observer {
     }
 
     /// As `new`, connections looking up their L4 flow id with `flow_ids` (the XDP tier's
-    /// flow tags; one map lookup per accepted connection).
+    /// flow tags; one map lookup per accepted connection to a `local` VIP, none for others).
     pub fn with_flow_ids(
         metrics: Option<L7Metrics>,
         access_log: Option<AccessLog>,

@@ -83,6 +83,9 @@ pub struct Manager {
     discoveries: Discoveries,
     l7: RunningL7,
     xdp: Option<XdpTier>,
+    /// The L7 tier's handle on the flow tags (with the XDP tier): told which addresses are
+    /// local VIPs whenever the VIPs are applied.
+    flow_tags: Option<Arc<FlowTags>>,
     health: HashMap<BackendKey, Arc<Mutex<HealthState>>>,
     drained: HashSet<BackendKey>,
     checkers: Vec<tokio::task::JoinHandle<()>>,
@@ -210,16 +213,21 @@ impl Manager {
             }
         };
         // Connections to local VIPs learn the flow id the XDP tier tagged them with.
-        let flow_ids = xdp
+        let flow_tags = xdp
             .as_ref()
             .and_then(|x| match FlowTags::open(x.attached.ebpf()) {
-                Ok(tags) => Some(Box::new(move |peer, local| tags.tcp_flow_id(peer, local))
-                    as l7::observe::FlowIdLookup),
+                Ok(tags) => {
+                    tags.set_local_vips(&config.l4);
+                    Some(Arc::new(tags))
+                }
                 Err(err) => {
                     tracing::warn!(error = %anyhow::Error::from(err), "no L4 flow ids for the L7 tier");
                     None
                 }
             });
+        let flow_ids = flow_tags.clone().map(|tags| {
+            Box::new(move |peer, local| tags.tcp_flow_id(peer, local)) as l7::observe::FlowIdLookup
+        });
         let observer = l7::Observer::with_flow_ids(Some(metrics.l7.clone()), access_log, flow_ids);
         let l7 = match l7::serve_guarded(config.l7.clone(), observer, options.global).await {
             Ok(l7) => l7,
@@ -266,6 +274,7 @@ impl Manager {
             discoveries,
             l7,
             xdp,
+            flow_tags,
             health: HashMap::new(),
             drained: HashSet::new(),
             checkers: Vec::new(),
@@ -426,6 +435,9 @@ impl Manager {
                     .filter(|b| b.addr.ip() == real.addr)
                     .any(|b| self.serves(&(pool.name.clone(), b.addr)));
             }
+        }
+        if let Some(tags) = &self.flow_tags {
+            tags.set_local_vips(&l4);
         }
         if let Some(x) = &mut self.xdp
             && let Err(err) = x.dataplane.apply_async(x.attached.ebpf_mut(), &l4).await
