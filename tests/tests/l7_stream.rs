@@ -730,3 +730,27 @@ async fn udp_listener_follows_a_reloaded_pool() {
     );
     assert_eq!(udp_ask(&one, addr, "z").await.as_deref(), Some("a:z"));
 }
+
+/// Listeners take bursts of connections: their accept queue is the kernel's limit
+/// (`net.core.somaxconn`) up to 4096, not the standard library's 128, whose overflow costs
+/// each client whose SYN is dropped a one-second retransmission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_queue_bursts_of_connections() {
+    let a = echo_backend("a").await;
+    let (_proxy, addr) = start(&format!("{}{}", tcp_pool("p", "", &[a]), tcp_listener(""))).await;
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", addr.port())])
+        .output()
+        .expect("ss");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    // LISTEN  Recv-Q  Send-Q (the backlog)  Local  Peer
+    let backlog: Option<u32> = listing
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok());
+    assert_eq!(backlog, Some(somaxconn.min(4096)), "{listing}");
+}

@@ -581,9 +581,30 @@ async fn bind(l: &ListenerConfig) -> Result<BoundSocket, L7Error> {
     }
     let socket = match crate::handover::inherited::take_tcp(&l.name, l.addr) {
         Some(handed) => handed.map_err(error)?,
-        None => TcpListener::bind(l.addr).await.map_err(error)?,
+        None => listen_tcp(l.addr).map_err(error)?,
     };
     Ok(BoundSocket::Tcp(Arc::new(socket)))
+}
+
+/// Connections the kernel may hold for a listener before lb accepts them (capped by
+/// `net.core.somaxconn`). The standard library's 128 (what tokio's `bind` uses) overflows
+/// when clients open connections in bursts faster than one accept loop turn: each SYN
+/// dropped then costs its client a one-second retransmission (seen with short-lived
+/// connections through a tcp listener: ~300 connections/s instead of tens of thousands).
+/// NGINX listens with 511, HAProxy with its maxconn.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening TCP socket on `addr` (SO_REUSEADDR, as tokio's `bind` sets) with
+/// [`LISTEN_BACKLOG`].
+fn listen_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn is_addr_in_use(e: &L7Error) -> bool {
