@@ -985,7 +985,7 @@ fn bad_files_give_file_line_and_reason() {
         (
             "unknown_section",
             "[[pools]]\nname = \"web\"\n".into(),
-            "unknown_section.toml:1: unknown field `pools`, expected one of `encap`, `l4`, `vip`, `pool`, `listener`, `route`, `jwt_provider`, `api_keys`",
+            "unknown_section.toml:1: unknown field `pools`, expected one of `encap`, `l4`, `vip`, `pool`, `listener`, `route`, `jwt_provider`, `api_keys`, `bgp`",
         ),
         (
             "missing_key",
