@@ -167,7 +167,10 @@ async fn checker_marks_a_stopped_backend_down_and_a_restarted_one_up() {
         }],
         tx,
     );
-    // Healthy: no event for a while, checks counted.
+    // Healthy: its first passing check is reported (no change of state: it started up, but
+    // now it is known to work), then no event for a while, checks counted.
+    let first = rx.recv().await.expect("first pass");
+    assert!(first.up && first.first_pass, "{first:?}");
     assert!(
         tokio::time::timeout(Duration::from_millis(300), rx.recv())
             .await
