@@ -703,3 +703,23 @@ async fn compare_prints_and_plots_two_saved_runs() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `lb bench ... | head`: a reader that leaves before the report is written costs the report,
+/// not a panic; the run's own outcome decides the exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_went_away_is_no_panic() {
+    let server = http_server::start(Behaviour::default()).await;
+    let mut child = std::process::Command::new(lb_tests::lb_bin())
+        .args(["bench", "--json", "-n", "10"])
+        .arg(format!("http://{}/a", server.addr))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lb bench");
+    // The read end closed before anything is written: every write fails with EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

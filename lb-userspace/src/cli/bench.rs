@@ -46,7 +46,7 @@ fn compare(
     let (run_a, run_b) = (SavedRun::load(a)?, SavedRun::load(b)?);
     let (name_a, name_b) = (a.display().to_string(), b.display().to_string());
     let text = table((&name_a, &run_a), (&name_b, &run_b));
-    print!("{text}");
+    emit(&text);
     if let Some(path) = html {
         let page = lb::loadgen::render_comparison_html((&name_a, &run_a), (&name_b, &run_b), &text);
         std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
@@ -245,9 +245,9 @@ fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
     } else {
-        print!("{report}");
+        emit(&report.to_string());
     }
     check_errors(
         report.requests,
@@ -297,9 +297,9 @@ fn run_l4(
         .context("starting the tokio runtime")?
         .block_on(loadgen::run_l4(config))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
     } else {
-        print!("{report}");
+        emit(&report.to_string());
     }
     check_errors(report.attempts, report.errors, args.max_error_rate)
 }
@@ -320,5 +320,17 @@ mod tests {
         assert!(check_errors(10, 10, None).is_err());
         assert!(check_errors(100, 1, Some(1.0)).is_ok());
         assert!(check_errors(100, 2, Some(1.0)).is_err());
+    }
+}
+
+/// Writes the result to standard output. A reader that went away (`lb bench ... | head`) is
+/// no error of the run's: the rest is dropped quietly instead of panicking as `print!` does.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(err) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && err.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("lb bench: writing the result: {err}");
     }
 }
