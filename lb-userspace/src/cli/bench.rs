@@ -304,6 +304,18 @@ fn run_l4(
     check_errors(report.attempts, report.errors, args.max_error_rate)
 }
 
+/// Writes the result to standard output. A reader that went away (`lb bench ... | head`) is
+/// no error of the run's: the rest is dropped quietly instead of panicking as `print!` does.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(err) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && err.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("lb bench: writing the result: {err}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,17 +332,5 @@ mod tests {
         assert!(check_errors(10, 10, None).is_err());
         assert!(check_errors(100, 1, Some(1.0)).is_ok());
         assert!(check_errors(100, 2, Some(1.0)).is_err());
-    }
-}
-
-/// Writes the result to standard output. A reader that went away (`lb bench ... | head`) is
-/// no error of the run's: the rest is dropped quietly instead of panicking as `print!` does.
-fn emit(text: &str) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    if let Err(err) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
-        && err.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        eprintln!("lb bench: writing the result: {err}");
     }
 }
