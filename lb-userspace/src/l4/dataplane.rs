@@ -258,11 +258,7 @@ fn sync_trie<K: aya::Pod + Eq + std::hash::Hash>(
     name: &'static str,
     wanted: &HashSet<TrieKey<K>>,
 ) -> Result<Vec<TrieKey<K>>, L4Error> {
-    let mut trie: LpmTrie<&mut MapData, K, u8> = ebpf
-        .map_mut(name)
-        .ok_or(L4Error::MissingMap(name))?
-        .try_into()
-        .map_err(map_err(name))?;
+    let mut trie: LpmTrie<&mut MapData, K, u8> = typed_map_mut(ebpf, name)?;
     let present: HashSet<TrieKey<K>> = trie
         .keys()
         .map(|k| {
@@ -285,11 +281,7 @@ fn remove_keys<K: aya::Pod>(
     name: &'static str,
     keys: &[TrieKey<K>],
 ) -> Result<(), L4Error> {
-    let mut trie: LpmTrie<&mut MapData, K, u8> = ebpf
-        .map_mut(name)
-        .ok_or(L4Error::MissingMap(name))?
-        .try_into()
-        .map_err(map_err(name))?;
+    let mut trie: LpmTrie<&mut MapData, K, u8> = typed_map_mut(ebpf, name)?;
     for key in keys {
         match trie.remove(&LpmKey::new(key.bits, key.data)) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -331,6 +323,28 @@ fn rewrite_slot(
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> L4Error {
     move |source| L4Error::Map { map, source }
+}
+
+/// Map `name` of `ebpf` as the typed map `M` (`Array`, `HashMap`, `LpmTrie`...), to read.
+fn typed_map<'a, M>(ebpf: &'a Ebpf, name: &'static str) -> Result<M, L4Error>
+where
+    M: TryFrom<&'a aya::maps::Map, Error = MapError>,
+{
+    ebpf.map(name)
+        .ok_or(L4Error::MissingMap(name))?
+        .try_into()
+        .map_err(map_err(name))
+}
+
+/// As [`typed_map`], to write.
+fn typed_map_mut<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, L4Error>
+where
+    M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+{
+    ebpf.map_mut(name)
+        .ok_or(L4Error::MissingMap(name))?
+        .try_into()
+        .map_err(map_err(name))
 }
 
 impl L4Dataplane {
@@ -381,11 +395,7 @@ impl L4Dataplane {
             );
         }
         let name = map_names::REALS;
-        let reals: Array<&MapData, Real> = ebpf
-            .map(name)
-            .ok_or(L4Error::MissingMap(name))?
-            .try_into()
-            .map_err(map_err(name))?;
+        let reals: Array<&MapData, Real> = typed_map(ebpf, name)?;
         let mut highest = NO_REAL;
         for id in NO_REAL + 1..reals.len().min(MAX_REALS) {
             let real = reals.get(&id, 0).map_err(map_err(name))?;
@@ -515,21 +525,13 @@ impl L4Dataplane {
 
     fn read_prev(ebpf: &Ebpf, index: u32) -> Result<PrevRing, L4Error> {
         let name = map_names::PREV_RINGS;
-        let map: Array<&MapData, PrevRing> = ebpf
-            .map(name)
-            .ok_or(L4Error::MissingMap(name))?
-            .try_into()
-            .map_err(map_err(name))?;
+        let map: Array<&MapData, PrevRing> = typed_map(ebpf, name)?;
         map.get(&index, 0).map_err(map_err(name))
     }
 
     fn write_prev(ebpf: &mut Ebpf, index: u32, prev: PrevRing) -> Result<(), L4Error> {
         let name = map_names::PREV_RINGS;
-        let mut map: Array<&mut MapData, PrevRing> = ebpf
-            .map_mut(name)
-            .ok_or(L4Error::MissingMap(name))?
-            .try_into()
-            .map_err(map_err(name))?;
+        let mut map: Array<&mut MapData, PrevRing> = typed_map_mut(ebpf, name)?;
         map.set(index, prev, 0).map_err(map_err(name))
     }
 
@@ -591,11 +593,7 @@ impl L4Dataplane {
             });
         }
         let name = map_names::VIP_INDEX;
-        let mut map: Array<&mut MapData, VipSlot> = ebpf
-            .map_mut(name)
-            .ok_or(L4Error::MissingMap(name))?
-            .try_into()
-            .map_err(map_err(name))?;
+        let mut map: Array<&mut MapData, VipSlot> = typed_map_mut(ebpf, name)?;
         // A map this process has not written yet is the fresh one of its program (the index
         // is not pinned): every slot empty, each written once here.
         let written = self.index_written.take();
@@ -621,11 +619,7 @@ impl L4Dataplane {
             return Ok(());
         }
         let name = map_names::VIP_INDEX;
-        let mut map: Array<&mut MapData, VipSlot> = ebpf
-            .map_mut(name)
-            .ok_or(L4Error::MissingMap(name))?
-            .try_into()
-            .map_err(map_err(name))?;
+        let mut map: Array<&mut MapData, VipSlot> = typed_map_mut(ebpf, name)?;
         let had = written.remove(&slot);
         rewrite_slot(had, None, |value| map.set(slot, value, 0)).map_err(map_err(name))
     }
@@ -689,11 +683,7 @@ impl L4Dataplane {
             stale_v6.push((name, sync_trie(ebpf, name, wanted)?));
         }
         let name = map_names::L4_GUARD;
-        let mut map: Array<&mut MapData, GuardConfig> = ebpf
-            .map_mut(name)
-            .ok_or(L4Error::MissingMap(name))?
-            .try_into()
-            .map_err(map_err(name))?;
+        let mut map: Array<&mut MapData, GuardConfig> = typed_map_mut(ebpf, name)?;
         map.set(0, guard, 0).map_err(map_err(name))?;
         for (name, stale) in stale_v4 {
             remove_keys(ebpf, name, &stale)?;
@@ -707,20 +697,13 @@ impl L4Dataplane {
 
     fn write_encap(&self, ebpf: &mut Ebpf, encap: &EncapConfig) -> Result<(), L4Error> {
         let name = map_names::ENCAP_CONFIG;
-        let mut map: Array<&mut MapData, EncapConfig> = ebpf
-            .map_mut(name)
-            .ok_or(L4Error::MissingMap(name))?
-            .try_into()
-            .map_err(map_err(name))?;
+        let mut map: Array<&mut MapData, EncapConfig> = typed_map_mut(ebpf, name)?;
         map.set(0, *encap, 0).map_err(map_err(name))
     }
 
     fn vips_map(ebpf: &mut Ebpf) -> Result<BpfHashMap<&mut MapData, VipKey, VipMeta>, L4Error> {
         let name = map_names::VIPS;
-        ebpf.map_mut(name)
-            .ok_or(L4Error::MissingMap(name))?
-            .try_into()
-            .map_err(map_err(name))
+        typed_map_mut(ebpf, name)
     }
 
     fn write_real(
@@ -731,11 +714,7 @@ impl L4Dataplane {
         vip: u16,
     ) -> Result<(), L4Error> {
         let name = map_names::REALS;
-        let mut map: Array<&mut MapData, Real> = ebpf
-            .map_mut(name)
-            .ok_or(L4Error::MissingMap(name))?
-            .try_into()
-            .map_err(map_err(name))?;
+        let mut map: Array<&mut MapData, Real> = typed_map_mut(ebpf, name)?;
         let (bytes, family) = addr16(addr);
         let real = Real {
             addr: addr_words(bytes),
@@ -890,11 +869,7 @@ impl L4Dataplane {
                     }
                 }
                 let name = map_names::MAGLEV_RINGS;
-                let mut rings: Array<&mut MapData, u32> = ebpf
-                    .map_mut(name)
-                    .ok_or(L4Error::MissingMap(name))?
-                    .try_into()
-                    .map_err(map_err(name))?;
+                let mut rings: Array<&mut MapData, u32> = typed_map_mut(ebpf, name)?;
                 for (slot, real_id) in (0u32..).zip(&slots) {
                     rings
                         .set(ring_index(index, half, slot), *real_id, 0)
@@ -944,11 +919,7 @@ impl L4Dataplane {
     /// Whether ring half `half` of VIP `index` holds exactly `slots`.
     fn ring_holds(ebpf: &Ebpf, index: u32, half: u32, slots: &[u32]) -> Result<bool, L4Error> {
         let name = map_names::MAGLEV_RINGS;
-        let rings: Array<&MapData, u32> = ebpf
-            .map(name)
-            .ok_or(L4Error::MissingMap(name))?
-            .try_into()
-            .map_err(map_err(name))?;
+        let rings: Array<&MapData, u32> = typed_map(ebpf, name)?;
         for (slot, want) in (0u32..).zip(slots) {
             if rings
                 .get(&ring_index(index, half & 1, slot), 0)
