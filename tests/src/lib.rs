@@ -38,3 +38,12 @@ pub fn lb_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+/// Process `pid` exists and has not exited (a zombie has).
+pub fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
+}

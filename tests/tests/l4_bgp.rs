@@ -80,14 +80,6 @@ fn ctl(node: &Netns, command: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'))
-    })
-}
-
 #[test]
 fn bgp_announces_what_each_node_serves_and_1000_flows_survive_drain_and_kill() {
     if !require_root("bgp_announces_what_each_node_serves_and_1000_flows_survive_drain_and_kill") {
@@ -272,7 +264,7 @@ fn bgp_announces_what_each_node_serves_and_1000_flows_survive_drain_and_kill() {
     wait_for("node 2 withdrawn", CONVERGE, || topo.vip_nexthops() == [0]);
     let withdrawn_after = at.elapsed();
     assert!(
-        alive(pid),
+        lb_tests::process_running(u32::try_from(pid).expect("pid")),
         "node 2's route went only when lb had exited (withdraw first, then drain)"
     );
     eprintln!("measured: SIGTERM -> route withdrawn in {withdrawn_after:?}");

@@ -468,14 +468,10 @@ fn birds(config: &std::path::Path) -> Vec<u32> {
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let zombie = stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z'));
             let mut args = cmdline.split(|b| *b == 0);
             let is_bird = args.next().is_some_and(|a| a.ends_with(b"bird"));
             let with_config = cmdline.split(|b| *b == 0).any(|a| a == wanted);
-            (is_bird && with_config && !zombie).then_some(pid)
+            (is_bird && with_config && lb_tests::process_running(pid)).then_some(pid)
         })
         .collect()
 }
