@@ -5,8 +5,10 @@
 //! the backends behind it (utime + stime from /proc over the round, divided by its requests).
 //!
 //! lb runs as an operator starts it: `lb run --backends FILE` (no tuning flags; pinned to one
-//! CPU it serves on one thread); its L4 TCP row is a `mode = "tcp"` listener (the stream relay
-//! of the L7 tier, like NGINX's stream module and HAProxy's `mode tcp`).
+//! CPU it serves on one thread). The "L4" rows go through a `mode = "tcp"` listener (the stream
+//! relay of the L7 tier, like NGINX's stream module and HAProxy's `mode tcp`): HTTP relayed
+//! byte for byte, TLS passed through to backends that terminate it, and bare connections reset
+//! by the client at once (a connection flood).
 use std::{
     fmt::Write as _,
     path::Path,
@@ -19,6 +21,8 @@ use anyhow::{Context as _, Result, bail};
 const ROUNDS: usize = 3;
 const SECONDS: u64 = 5;
 const BACKEND_PORTS: [u16; 3] = [19101, 19102, 19103];
+/// The same backends' TLS ports are these plus this.
+const BACKEND_TLS_OFFSET: u16 = 10;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proxy {
@@ -51,13 +55,53 @@ impl Proxy {
     fn tcp_port(self) -> u16 {
         self.http_port() + 200
     }
+
+    /// The `mode tcp` listener in front of the backends' TLS ports.
+    fn passthrough_port(self) -> u16 {
+        self.http_port() + 300
+    }
+}
+
+/// Which of a proxy's listeners a scenario loads, and how.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Front {
+    /// HTTP proxying.
+    Http,
+    /// TLS terminated by the proxy, HTTP to the backends.
+    Https,
+    /// HTTP through the tcp listener.
+    TcpRelay,
+    /// HTTPS through the tcp listener to the backends' TLS ports.
+    TlsPassthrough,
+    /// Connect to the tcp listener, reset at once.
+    TcpConnect,
+}
+
+impl Front {
+    fn url(self, proxy: Proxy, path: &str) -> String {
+        match self {
+            Self::Http => format!("http://127.0.0.1:{}{path}", proxy.http_port()),
+            Self::Https => format!("https://localhost:{}{path}", proxy.tls_port()),
+            Self::TcpRelay => format!("http://127.0.0.1:{}{path}", proxy.tcp_port()),
+            Self::TlsPassthrough => {
+                format!("https://localhost:{}{path}", proxy.passthrough_port())
+            }
+            Self::TcpConnect => format!("tcp://127.0.0.1:{}", proxy.tcp_port()),
+        }
+    }
+
+    fn is_stream(self) -> bool {
+        matches!(
+            self,
+            Self::TcpRelay | Self::TlsPassthrough | Self::TcpConnect
+        )
+    }
 }
 
 struct Scenario {
     name: &'static str,
     path: &'static str,
-    tls: bool,
-    tcp: bool,
+    front: Front,
     args: &'static [&'static str],
 }
 
@@ -65,43 +109,55 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "keep-alive, small body",
         path: "/small",
-        tls: false,
-        tcp: false,
+        front: Front::Http,
         args: &["-c", "50"],
     },
     Scenario {
         name: "new connection per request",
         path: "/small",
-        tls: false,
-        tcp: false,
+        front: Front::Http,
         args: &["-c", "50", "--no-keepalive"],
     },
     Scenario {
         name: "1 MiB body",
         path: "/big",
-        tls: false,
-        tcp: false,
+        front: Front::Http,
         args: &["-c", "10"],
     },
     Scenario {
         name: "TLS keep-alive",
         path: "/small",
-        tls: true,
-        tcp: false,
+        front: Front::Https,
         args: &["-c", "50"],
     },
     Scenario {
         name: "TLS handshake per request",
         path: "/small",
-        tls: true,
-        tcp: false,
+        front: Front::Https,
         args: &["-c", "50", "--no-keepalive", "--no-resumption"],
     },
     Scenario {
-        name: "L4 TCP connections",
+        name: "L4 relay, keep-alive",
+        path: "/small",
+        front: Front::TcpRelay,
+        args: &["-c", "50"],
+    },
+    Scenario {
+        name: "L4 relay, new connection",
+        path: "/small",
+        front: Front::TcpRelay,
+        args: &["-c", "50", "--no-keepalive"],
+    },
+    Scenario {
+        name: "L4 TLS passthrough",
+        path: "/small",
+        front: Front::TlsPassthrough,
+        args: &["-c", "50"],
+    },
+    Scenario {
+        name: "L4 connect + reset",
         path: "",
-        tls: false,
-        tcp: true,
+        front: Front::TcpConnect,
         args: &["-c", "50"],
     },
 ];
@@ -147,8 +203,13 @@ fn write_configs(dir: &Path, cert: &Path, key: &Path) -> Result<()> {
         .iter()
         .map(|p| {
             format!(
-                "  server {{ listen 127.0.0.1:{p}; location = /small {{ return 200 \"hello\\n\"; }} \
+                "  server {{ listen 127.0.0.1:{p}; listen 127.0.0.1:{tls} ssl;\n\
+                   ssl_certificate {cert}; ssl_certificate_key {key};\n\
+                   location = /small {{ return 200 \"hello\\n\"; }} \
                  location = /big {{ alias {dir}/big.bin; }} }}\n",
+                tls = p + BACKEND_TLS_OFFSET,
+                cert = cert.display(),
+                key = key.display(),
                 dir = dir.display()
             )
         })
@@ -166,11 +227,18 @@ fn write_configs(dir: &Path, cert: &Path, key: &Path) -> Result<()> {
         .iter()
         .map(|p| format!("server 127.0.0.1:{p};"))
         .collect();
+    let tls_upstream: String = BACKEND_PORTS
+        .iter()
+        .map(|p| format!("server 127.0.0.1:{};", p + BACKEND_TLS_OFFSET))
+        .collect();
     let stream = nginx_stream_module()
         .map(|_| {
             format!(
-                "stream {{ upstream tcpb {{ {upstream} }} server {{ listen 127.0.0.1:{}; proxy_pass tcpb; }} }}\n",
-                Proxy::Nginx.tcp_port()
+                "stream {{ upstream tcpb {{ {upstream} }} upstream tlsb {{ {tls_upstream} }}\n\
+                   server {{ listen 127.0.0.1:{}; proxy_pass tcpb; }}\n\
+                   server {{ listen 127.0.0.1:{}; proxy_pass tlsb; }} }}\n",
+                Proxy::Nginx.tcp_port(),
+                Proxy::Nginx.passthrough_port()
             )
         })
         .unwrap_or_default();
@@ -200,6 +268,11 @@ fn write_configs(dir: &Path, cert: &Path, key: &Path) -> Result<()> {
         .enumerate()
         .map(|(i, p)| format!("  server b{i} 127.0.0.1:{p}\n"))
         .collect();
+    let tls_servers: String = BACKEND_PORTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("  server t{i} 127.0.0.1:{}\n", p + BACKEND_TLS_OFFSET))
+        .collect();
     let pem = dir.join("haproxy.pem");
     std::fs::write(
         &pem,
@@ -213,20 +286,33 @@ fn write_configs(dir: &Path, cert: &Path, key: &Path) -> Result<()> {
         .iter()
         .map(|p| format!("[[pool.backend]]\naddress = \"127.0.0.1:{p}\"\n"))
         .collect();
+    let lb_tls_backends: String = BACKEND_PORTS
+        .iter()
+        .map(|p| {
+            format!(
+                "[[pool.backend]]\naddress = \"127.0.0.1:{}\"\n",
+                p + BACKEND_TLS_OFFSET
+            )
+        })
+        .collect();
     std::fs::write(
         dir.join("lb.toml"),
         format!(
             "[[pool]]\nname = \"b\"\nalgorithm = \"round_robin\"\n{lb_backends}\
+             [[pool]]\nname = \"t\"\nalgorithm = \"round_robin\"\n{lb_tls_backends}\
              [[listener]]\nname = \"web\"\naddress = \"127.0.0.1:{http}\"\n\
              [[listener]]\nname = \"webtls\"\naddress = \"127.0.0.1:{tls}\"\n\
              [[listener.tls]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
              [[listener]]\nname = \"tcp\"\naddress = \"127.0.0.1:{tcp}\"\nmode = \"tcp\"\n\
+             [[listener]]\nname = \"pass\"\naddress = \"127.0.0.1:{pass}\"\nmode = \"tcp\"\n\
              [[route]]\nlistener = \"web\"\npool = \"b\"\n\
              [[route]]\nlistener = \"webtls\"\npool = \"b\"\n\
-             [[route]]\nlistener = \"tcp\"\npool = \"b\"\n",
+             [[route]]\nlistener = \"tcp\"\npool = \"b\"\n\
+             [[route]]\nlistener = \"pass\"\npool = \"t\"\n",
             http = Proxy::Lb.http_port(),
             tls = Proxy::Lb.tls_port(),
             tcp = Proxy::Lb.tcp_port(),
+            pass = Proxy::Lb.passthrough_port(),
             cert = cert.display(),
             key = key.display()
         ),
@@ -238,10 +324,12 @@ fn write_configs(dir: &Path, cert: &Path, key: &Path) -> Result<()> {
              defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
              frontend web\n  bind 127.0.0.1:{http}\n  bind 127.0.0.1:{tls} ssl crt {pem}\n  default_backend b\n\
              backend b\n  balance roundrobin\n{servers}\
-             listen tcp\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  balance roundrobin\n{servers}",
+             listen tcp\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  balance roundrobin\n{servers}\
+             listen pass\n  mode tcp\n  bind 127.0.0.1:{pass}\n  balance roundrobin\n{tls_servers}",
             http = Proxy::Haproxy.http_port(),
             tls = Proxy::Haproxy.tls_port(),
             tcp = Proxy::Haproxy.tcp_port(),
+            pass = Proxy::Haproxy.passthrough_port(),
             pem = pem.display()
         ),
     )?;
@@ -379,20 +467,17 @@ fn main() -> Result<()> {
             .into_iter()
             .zip(pids)
         {
-            if scenario.tcp && proxy == Proxy::Nginx && nginx_stream_module().is_none() {
+            if scenario.front.is_stream()
+                && proxy == Proxy::Nginx
+                && nginx_stream_module().is_none()
+            {
                 cells.push(None);
                 p99s.push("-".to_owned());
                 proxy_cpu.push("-".to_owned());
                 backend_cpu.push("-".to_owned());
                 continue;
             }
-            let url = if scenario.tcp {
-                format!("tcp://127.0.0.1:{}", proxy.tcp_port())
-            } else if scenario.tls {
-                format!("https://localhost:{}{}", proxy.tls_port(), scenario.path)
-            } else {
-                format!("http://127.0.0.1:{}{}", proxy.http_port(), scenario.path)
-            };
+            let url = scenario.front.url(proxy, scenario.path);
             let mut runs = Vec::new();
             let mut p99 = Vec::new();
             let mut cpu = Vec::new();

@@ -151,6 +151,15 @@ impl LbRun {
         serde_json::from_str(&body).expect("status JSON")
     }
 
+    /// Sends signal `name` (`TERM`, `STOP`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -s {name}");
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -25,14 +25,6 @@ fn file(backend: SocketAddr) -> String {
     )
 }
 
-fn signal(lb: &LbRun, name: &str) {
-    let status = Command::new("kill")
-        .args(["-s", name, &lb.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 fn in_flight(lb: &LbRun) -> u64 {
     lb.status()["pools"][0]["backends"][0]["in_flight"]
         .as_u64()
@@ -54,7 +46,7 @@ fn readyz_turns_503_while_lb_drains() {
     let mut hung = TcpStream::connect(addr).expect("connect");
     write!(hung, "GET /hang HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
     wait_for("the request in flight", LIMIT, || in_flight(&lb) == 1);
-    signal(&lb, "TERM");
+    lb.signal("TERM");
     wait_for("/readyz 503", LIMIT, || {
         http("GET", lb.admin, "/readyz").0 == 503
     });
@@ -145,7 +137,7 @@ fn sigusr1_reopens_the_access_log() {
     wait_for("the first line", LIMIT, || lines(&log) == 1);
     // logrotate's default: move the file away, then signal.
     std::fs::rename(&log, &rotated).expect("rotate");
-    signal(&lb, "USR1");
+    lb.signal("USR1");
     wait_for("the new file", LIMIT, || log.exists());
     assert_eq!(http("GET", addr, "/after").0, 200);
     wait_for("the line in the new file", LIMIT, || lines(&log) == 1);

@@ -754,3 +754,92 @@ async fn listeners_queue_bursts_of_connections() {
         .and_then(|n| n.parse().ok());
     assert_eq!(backlog, Some(somaxconn.min(4096)), "{listing}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_resets_are_passed_on_as_resets() {
+    // A backend that reports how each accepted connection ended.
+    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let b = backend.local_addr().expect("addr");
+    let (ends, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = backend.accept().await {
+            let ends = ends.clone();
+            tokio::spawn(async move {
+                tcp.write_all(b"hi\n").await?;
+                let mut buf = [0u8; 64];
+                let end = loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) => break Ok(()),
+                        Ok(_) => continue,
+                        Err(err) => break Err(err.kind()),
+                    }
+                };
+                let _ = ends.send(end);
+                std::io::Result::Ok(())
+            });
+        }
+    });
+    let (_proxy, addr) = start(&format!("{}{}", tcp_pool("p", "", &[b]), tcp_listener(""))).await;
+    // A client that closes normally: the backend sees EOF.
+    let (mut tcp, greeting) = open(addr).await;
+    assert_eq!(greeting, "hi");
+    tcp.shutdown().await.expect("shutdown");
+    assert_eq!(within(ended.recv()).await, Some(Ok(())));
+    // A client that resets (SO_LINGER 0, then close): so does lb, towards the backend.
+    let (tcp, _) = open(addr).await;
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(tcp);
+    assert_eq!(
+        within(ended.recv()).await,
+        Some(Err(std::io::ErrorKind::ConnectionReset))
+    );
+}
+
+#[test]
+fn tcp_clients_gone_before_accept_cost_no_backend_connection() {
+    use lb_tests::lb_run::{LbRun, http, wait_for};
+    // The backend never accepts: whatever lb connects waits in its queue, to be counted.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    backend.set_nonblocking(true).expect("nonblocking");
+    let b = backend.local_addr().expect("addr");
+    let lb = LbRun::start(
+        "stream-reset",
+        &format!("{}{}", tcp_pool("p", "", &[b]), tcp_listener("")),
+        &[],
+    );
+    // With lb stopped, the kernel completes handshakes into the accept queue; each client
+    // resets at once, as a connection flood does.
+    lb.signal("STOP");
+    for _ in 0..20 {
+        let tcp = std::net::TcpStream::connect(lb.listener("t")).expect("connect");
+        socket2::SockRef::from(&tcp)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+    }
+    lb.signal("CONT");
+    let value = |line: &str| -> f64 {
+        http("GET", lb.admin, "/metrics")
+            .1
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    wait_for("the reset clients counted", Duration::from_secs(10), || {
+        value("lb_stream_connections_total{listener=\"t\",outcome=\"client_reset\"}") == 20.0
+    });
+    assert!(
+        matches!(backend.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "lb connected to the backend for a client that was gone"
+    );
+    // A live client still goes through.
+    let _live = std::net::TcpStream::connect(lb.listener("t")).expect("connect");
+    wait_for(
+        "the live client's backend connection",
+        Duration::from_secs(10),
+        || backend.accept().is_ok(),
+    );
+}

@@ -76,7 +76,7 @@ pub struct JwtAuthLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
     pub listener: String,
-    /// relayed, no_route, no_backend, no_client_hello (tcp); started, no_route, no_backend,
+    /// relayed, no_route, no_backend, no_client_hello, client_reset (tcp); started, no_route, no_backend,
     /// session_cap (udp); in, out (bytes).
     pub outcome: &'static str,
 }
@@ -335,7 +335,7 @@ impl Metrics {
         registry.register(
             "stream_connections",
             "Connections of tcp listeners, by listener and outcome (relayed, no_route, \
-             no_backend, no_client_hello)",
+             no_backend, no_client_hello, client_reset)",
             l7.stream_connections.clone(),
         );
         registry.register(

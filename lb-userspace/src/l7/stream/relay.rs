@@ -1,6 +1,8 @@
 //! Bidirectional byte copy between a client and its upstream connection, with half-close
-//! passed on (EOF on one side shuts down writing on the other; the other direction goes on)
-//! and an idle timeout over both directions together.
+//! passed on (EOF on one side shuts down writing on the other; the other direction goes on),
+//! a reset passed on as a reset (HAProxy's and Envoy's behaviour: a peer that sent RST gets no
+//! FIN exchange on the other side, and lb keeps no TIME_WAIT for it) and an idle timeout over
+//! both directions together.
 use std::{
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -25,13 +27,26 @@ pub enum RelayEnd {
     Error(std::io::Error),
 }
 
-/// Copies both ways until both directions end, one fails, or nothing moves for `idle`.
-pub async fn relay(client: TcpStream, upstream: TcpStream, idle: Duration) -> RelayEnd {
+/// Copies both ways until both directions end, one fails, or nothing moves for `idle`. On a
+/// failure both connections are closed with RST.
+pub async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -> RelayEnd {
+    let end = copy_both(&mut client, &mut upstream, idle).await;
+    if matches!(end, RelayEnd::Error(_)) {
+        // SO_LINGER 0: close() sends RST instead of FIN.
+        for stream in [&client, &upstream] {
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        }
+    }
+    end
+}
+
+async fn copy_both(client: &mut TcpStream, upstream: &mut TcpStream, idle: Duration) -> RelayEnd {
     let started = Instant::now();
     // Milliseconds since `started` of the last byte moved either way.
     let last = AtomicU64::new(0);
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    // Borrowed halves: no shared allocation, and no second shutdown(2) when they drop.
+    let (mut client_read, mut client_write) = client.split();
+    let (mut upstream_read, mut upstream_write) = upstream.split();
     let both = async {
         tokio::try_join!(
             copy_one(&mut client_read, &mut upstream_write, &last, started),
@@ -67,10 +82,12 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUFFER];
+    // Filled by `read_buf`, so never zeroed.
+    let mut buf = Vec::with_capacity(BUFFER);
     let mut total = 0u64;
     loop {
-        let n = read.read(&mut buf).await?;
+        buf.clear();
+        let n = read.read_buf(&mut buf).await?;
         if n == 0 {
             write.shutdown().await?;
             return Ok(total);

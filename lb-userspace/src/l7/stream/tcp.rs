@@ -106,6 +106,11 @@ async fn connection(
             }
         }
     } else {
+        // HAProxy reads the client at once for the same reason: a flood of connect-then-RST
+        // must not cost a backend connection each.
+        if client_reset(&tcp) {
+            return ended("client_reset", 0, 0);
+        }
         (Vec::new(), None)
     };
     let Some(pool) = listener
@@ -147,6 +152,20 @@ async fn connection(
             tracing::debug!(listener = %name, %client, %err, "stream failed");
             ended("relayed", early, 0);
         }
+    }
+}
+
+/// Whether the client has already reset the connection (it was in the accept queue when the
+/// RST came). A peek: bytes the client sent stay for the relay; one syscall.
+fn client_reset(tcp: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // The socket is non-blocking: no data yet is WouldBlock.
+    match socket2::SockRef::from(tcp).peek(&mut byte) {
+        Ok(_) => false,
+        Err(err) => !matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ),
     }
 }
 
