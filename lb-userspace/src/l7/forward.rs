@@ -87,7 +87,8 @@ impl Proxy {
         // Backends already tried (filled from the second attempt on, so a request that is
         // answered at once allocates nothing here).
         let mut tried = Vec::new();
-        let mut last = plain(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n");
+        // The answer of the last failed attempt (made only when one fails).
+        let mut last = None;
         let admission = match pool.admit() {
             Ok(admission) => admission,
             Err(shed) => {
@@ -171,7 +172,7 @@ impl Proxy {
                     let retry_status = status == StatusCode::BAD_GATEWAY
                         || status == StatusCode::SERVICE_UNAVAILABLE;
                     if retry_status && more {
-                        last = plain(status, "upstream unavailable\n");
+                        last = Some(plain(status, "upstream unavailable\n"));
                         continue;
                     }
                     if let Some(admission) = admission {
@@ -195,21 +196,23 @@ impl Proxy {
                     if let Some(broken) = watch.as_ref().and_then(BodyWatch::broken) {
                         return body::refusal(broken);
                     }
-                    last = plain(StatusCode::BAD_GATEWAY, "upstream failed\n");
+                    last = Some(plain(StatusCode::BAD_GATEWAY, "upstream failed\n"));
                 }
                 Err(_) => {
-                    last = plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+                    last = Some(plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"));
                 }
             }
         }
         // A timeout is a latency signal too; a request that never got an answer for other
         // reasons (connect errors) gives none.
         if let Some(admission) = admission
-            && last.status() == StatusCode::GATEWAY_TIMEOUT
+            && last
+                .as_ref()
+                .is_some_and(|r| r.status() == StatusCode::GATEWAY_TIMEOUT)
         {
             admission.answered();
         }
-        last
+        last.unwrap_or_else(|| plain(StatusCode::SERVICE_UNAVAILABLE, "no backend available\n"))
     }
 }
 

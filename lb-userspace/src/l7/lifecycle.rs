@@ -217,8 +217,9 @@ pub async fn serve<I, S, B>(
     // The same steps as `drive`, written out: passing the auto builder's connection (it
     // borrows the builder) through a generic async fn defeats rustc's proof that the
     // accept loop's task is Send ("implementation of Send is not general enough").
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
+    // On the heap: hyper's connection state is kilobytes, and inline it would make every
+    // connection task that large, copied whole when spawned and again when it ends.
+    let mut connection = Box::pin(builder.serve_connection_with_upgrades(io, service));
     let draining = async { phase.wait_for(|p| *p != Phase::Serving).await.is_ok() };
     let drain = tokio::select! {
         _ = connection.as_mut() => return,

@@ -693,6 +693,12 @@ async fn accept_loop(
     ),
 ) {
     let traffic = proxy.load().observer().listener_traffic(&name);
+    // A listener bound to one address is every connection's local address: no
+    // getsockname(2) per connection. Wildcard listeners ask each socket.
+    let bound = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         let admission = gate.admit().await;
         let (mut tcp, socket_peer) = match listener.accept().await {
@@ -732,7 +738,9 @@ async fn accept_loop(
             };
             let Ok(_slot) = admitted else { return };
             let scheme = if tls.is_some() { "https" } else { "http" };
-            let Ok(local) = tcp.local_addr() else { return };
+            let Some(local) = bound.or_else(|| tcp.local_addr().ok()) else {
+                return;
+            };
             let flow_id = proxy.load().observer().flow_id(socket_peer, local);
             // The handshake first: a verified client certificate belongs to the connection.
             let (plain, secure) = match tls {
@@ -743,8 +751,10 @@ async fn accept_loop(
                         return;
                     }
                     // A failed handshake just ends this connection.
-                    match acceptor.accept(tcp).await {
-                        Ok(stream) => (None, Some(stream)),
+                    // Boxed: the handshake's state would otherwise be part of every
+                    // connection task's size (see `lifecycle::serve`).
+                    match Box::pin(acceptor.accept(tcp)).await {
+                        Ok(stream) => (None, Some(Box::new(stream))),
                         Err(_) => return,
                     }
                 }

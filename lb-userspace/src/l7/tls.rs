@@ -301,7 +301,9 @@ const LINGER_BYTES: usize = 64 * 1024;
 async fn linger(tcp: &mut tokio::net::TcpStream, timeout: Duration) {
     use tokio::io::AsyncReadExt as _;
     let drain = async {
-        let mut buf = [0u8; 4096];
+        // On the heap: this rare path's buffer would otherwise be in every TLS connection's
+        // task (the future awaiting it is part of the accept loop's).
+        let mut buf = vec![0u8; 4096];
         let mut read = 0;
         while read < LINGER_BYTES {
             match tcp.read(&mut buf).await {

@@ -32,6 +32,11 @@ pub(super) async fn accept_loop(
         .load()
         .observer()
         .listener_traffic(&listener.name);
+    // As for HTTP listeners: no getsockname(2) per connection when bound to one address.
+    let bound = socket
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         let (tcp, socket_peer) = match socket.accept().await {
             Ok(conn) => conn,
@@ -43,7 +48,7 @@ pub(super) async fn accept_loop(
         };
         let listener = listener.clone();
         let open = traffic.clone().map(OpenConnection::new);
-        let relay = async move { connection(tcp, socket_peer, &listener, open).await };
+        let relay = async move { connection(tcp, socket_peer, bound, &listener, open).await };
         tokio::spawn(tracker.admit().run(relay));
     }
 }
@@ -53,6 +58,7 @@ pub(super) async fn accept_loop(
 async fn connection(
     mut tcp: TcpStream,
     socket_peer: SocketAddr,
+    bound: Option<SocketAddr>,
     listener: &StreamListener,
     open: Option<OpenConnection>,
 ) {
@@ -85,7 +91,7 @@ async fn connection(
         )
     };
     let Ok(_slot) = admitted else { return };
-    let Ok(local) = tcp.local_addr() else {
+    let Some(local) = bound.or_else(|| tcp.local_addr().ok()) else {
         return;
     };
     let proxy = listener.proxy.load_full();
@@ -98,7 +104,9 @@ async fn connection(
         }
     };
     let (first_bytes, server_name) = if listener.routes_by_sni() {
-        match sni::read(&mut tcp, listener.settings.client_hello_timeout).await {
+        // Boxed: the ClientHello reader's state (kilobytes) would otherwise be part of
+        // every connection task of every tcp listener, copied when it is spawned and ends.
+        match Box::pin(sni::read(&mut tcp, listener.settings.client_hello_timeout)).await {
             Ok(hello) => (hello.bytes, hello.server_name),
             Err(err) => {
                 tracing::debug!(listener = %listener.name, %client, %err, "no ClientHello");
