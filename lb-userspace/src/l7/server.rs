@@ -8,18 +8,15 @@ use std::{
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
 use tokio::net::{TcpListener, UdpSocket};
 
 use super::{
     config::{HostMatch, L7Config, ListenerConfig, ListenerMode, RouteConfig},
     counted_io::CountedIo,
     h2_guard::{H2Close, H2Guard},
+    http_conn::{HttpBuilders, Prefixed, Protocol},
     hygiene::HeadGuard,
-    lifecycle::{self, Lifecycle, ListenerGate},
+    lifecycle::{Lifecycle, ListenerGate},
     overload::GlobalLimits,
     proxy::Proxy,
     tls::CertReloader,
@@ -693,6 +690,7 @@ async fn accept_loop(
     ),
 ) {
     let traffic = proxy.load().observer().listener_traffic(&name);
+    let builders = Arc::new(HttpBuilders::new(max_header_bytes, header_timeout));
     // A listener bound to one address is every connection's local address: no
     // getsockname(2) per connection. Wildcard listeners ask each socket.
     let bound = listener
@@ -712,6 +710,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let (name, proxy, tls, trust) = (name.clone(), proxy.clone(), tls.clone(), trust.clone());
         let per_client = per_client.clone();
+        let builders = builders.clone();
         let phase = admission.phase();
         let tracker = gate.tracker();
         let traffic = traffic.clone();
@@ -792,46 +791,20 @@ async fn accept_loop(
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .max_buf_size(max_header_bytes)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            http2_limits(&mut builder, max_header_bytes);
             if let Some(tcp) = plain {
                 let tcp = H2Guard::new(HeadGuard::new(tcp, max_header_bytes), on_h2_close);
-                let tcp = CountedIo::client(tcp, traffic);
-                lifecycle::serve(&builder, TokioIo::new(tcp), service, phase).await;
+                let mut tcp = CountedIo::client(tcp, traffic);
+                let Some((protocol, first)) = builders.sniff(&mut tcp).await else {
+                    return;
+                };
+                let tcp = Prefixed::new(first, tcp);
+                builders.serve(protocol, tcp, service, phase).await;
             } else if let Some(stream) = secure {
+                let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
                 let stream = H2Guard::new(HeadGuard::new(stream, max_header_bytes), on_h2_close);
                 let stream = CountedIo::client(stream, traffic);
-                lifecycle::serve(&builder, TokioIo::new(stream), service, phase).await;
+                builders.serve(protocol, stream, service, phase).await;
             }
         }));
     }
-}
-
-/// Streams one HTTP/2 connection may have open at once: Envoy's edge recommendation (NGINX
-/// allows 128; hyper's default is 200). More are refused with RST_STREAM REFUSED_STREAM.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
-/// Streams a client may reset before lb accepted them, at once (rapid reset, CVE-2023-44487):
-/// then GOAWAY ENHANCE_YOUR_CALM. h2's own default, pinned.
-const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
-/// Streams lb may reset for the client's errors over a connection's life (refused beyond
-/// `H2_MAX_CONCURRENT_STREAMS`, malformed requests; RUSTSEC-2024-0003): then GOAWAY. A quarter
-/// of hyper's 1024, still room for a first flight opened before our SETTINGS arrived (RFC 9113
-/// lets a client assume no stream limit until then).
-const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
-
-/// HTTP/2 limits hyper enforces itself, set explicitly (its defaults may change). The
-/// request-head limit is the listener's `max_header_bytes`, as for HTTP/1.1 (431 beyond).
-/// Control-frame floods, which hyper does not limit, are `H2Guard`'s.
-fn http2_limits(builder: &mut auto::Builder<TokioExecutor>, max_header_bytes: usize) {
-    builder
-        .http2()
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
 }
