@@ -199,7 +199,11 @@ async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<EgressListener>, ga
                     .http
                     .serve_connection(TokioIo::new(tcp), service)
                     .with_upgrades();
-                lifecycle::drive(connection, phase, |c| c.graceful_shutdown()).await;
+                // Boxed, as in `http_conn`: hyper's state would make every task kilobytes.
+                lifecycle::drive(Box::pin(connection), phase, |c| {
+                    c.get_mut().as_mut().graceful_shutdown();
+                })
+                .await;
             }),
         );
     }

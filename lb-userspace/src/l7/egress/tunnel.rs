@@ -62,9 +62,14 @@ pub(super) fn open(
         let (early, sni) = match sni_check {
             None => (parts.read_buf.to_vec(), Sni::Unchecked),
             Some(check) => {
-                let hello =
-                    sni::read_after(&mut client, parts.read_buf.to_vec(), CLIENT_HELLO_TIMEOUT)
-                        .await;
+                // Boxed: the reader's state (kilobytes) would otherwise be in every tunnel's
+                // task, checked or not.
+                let hello = Box::pin(sni::read_after(
+                    &mut client,
+                    parts.read_buf.to_vec(),
+                    CLIENT_HELLO_TIMEOUT,
+                ))
+                .await;
                 let Ok(hello) = hello else {
                     return done(0, 0, Sni::NoClientHello);
                 };
