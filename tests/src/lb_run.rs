@@ -203,6 +203,17 @@ pub fn http(method: &str, addr: SocketAddr, path: &str) -> (u16, String) {
     )
 }
 
+/// The value of `lb`'s metrics line that starts with `line` (0 when absent).
+pub fn metric(lb: &LbRun, line: &str) -> f64 {
+    http("GET", lb.admin, "/metrics")
+        .1
+        .lines()
+        .find(|l| l.starts_with(line))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Polls `done` every 20 ms; panics naming `what` after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();

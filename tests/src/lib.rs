@@ -39,11 +39,13 @@ pub fn lb_bin() -> std::path::PathBuf {
     bin
 }
 
+/// The state letter of process `pid` (stat(5): R, S, T, Z, ...), if it exists.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
 /// Process `pid` exists and has not exited (a zombie has).
 pub fn process_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'))
-    })
+    process_state(pid).is_some_and(|state| state != 'Z')
 }

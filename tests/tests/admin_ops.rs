@@ -12,7 +12,7 @@ use std::{
 use lb_tests::{
     echo_backend::echo_backend,
     lb_bin,
-    lb_run::{LbRun, http, wait_for},
+    lb_run::{LbRun, http, metric, wait_for},
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -449,15 +449,7 @@ fn tcp_and_udp_listeners_feed_metrics_and_backend_totals() {
     let mut buf = [0u8; 16];
     let (n, _) = client.recv_from(&mut buf).expect("echo");
     assert_eq!(&buf[..n], b"ping");
-    let value = |line: &str| -> f64 {
-        http("GET", lb.admin, "/metrics")
-            .1
-            .lines()
-            .find(|l| l.starts_with(line))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let value = |line: &str| metric(&lb, line);
     wait_for("the relayed connection counted", LIMIT, || {
         value("lb_stream_connections_total{listener=\"t\",outcome=\"relayed\"}") == 1.0
     });

@@ -22,7 +22,7 @@ use argon2::{
 };
 use lb_tests::{
     echo_backend::echo_backend,
-    lb_run::{LbRun, RefusedPort, http, wait_for},
+    lb_run::{LbRun, RefusedPort, metric, wait_for},
 };
 
 /// An argon2id PHC string for `password` (small parameters: the test is about the format).
@@ -93,17 +93,6 @@ fn raw_all(proxy: SocketAddr, bytes: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, text)
-}
-
-/// The value of the metrics line that starts with `line` (0 when absent).
-fn metric(lb: &LbRun, line: &str) -> f64 {
-    let metrics = http("GET", lb.admin, "/metrics").1;
-    metrics
-        .lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 struct Rig {

@@ -21,7 +21,7 @@ use argon2::{
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lb_tests::{
     echo_backend::echo_backend,
-    lb_run::{LbRun, http, wait_for},
+    lb_run::{LbRun, metric, wait_for},
 };
 use serde_json::{Value, json};
 
@@ -100,17 +100,6 @@ fn curl(proxy: SocketAddr, args: &[&str], url: &str) -> (u16, u16, String, Strin
 
 fn bearer(token: &str) -> String {
     format!("Proxy-Authorization: Bearer {token}")
-}
-
-/// The value of the metrics line that starts with `line` (0 when absent).
-fn metric(lb: &LbRun, line: &str) -> f64 {
-    http("GET", lb.admin, "/metrics")
-        .1
-        .lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn logged(log: &Path, parts: &[&str]) -> String {

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use lb_tests::lb_run::{LbRun, http, wait_for};
+use lb_tests::lb_run::{LbRun, metric, wait_for};
 use tokio::net::TcpListener;
 
 /// An origin that counts what it gets.
@@ -133,17 +133,6 @@ fn curl(proxy: SocketAddr, user: &str, url: &str) -> (u16, String, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, head.to_ascii_lowercase(), body.to_owned())
-}
-
-/// The value of the metrics line that starts with `line` (0 when absent).
-fn metric(lb: &LbRun, line: &str) -> f64 {
-    http("GET", lb.admin, "/metrics")
-        .1
-        .lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The first access log line that contains every one of `parts`, once there is one.

@@ -799,7 +799,7 @@ async fn tcp_resets_are_passed_on_as_resets() {
 
 #[test]
 fn tcp_clients_gone_before_accept_cost_no_backend_connection() {
-    use lb_tests::lb_run::{LbRun, http, wait_for};
+    use lb_tests::lb_run::{LbRun, metric, wait_for};
     // The backend never accepts: whatever lb connects waits in its queue, to be counted.
     let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     backend.set_nonblocking(true).expect("nonblocking");
@@ -812,6 +812,10 @@ fn tcp_clients_gone_before_accept_cost_no_backend_connection() {
     // With lb stopped, the kernel completes handshakes into the accept queue; each client
     // resets at once, as a connection flood does.
     lb.signal("STOP");
+    // The signal is delivered on its own time: an lb still running would accept some first.
+    wait_for("lb stopped", Duration::from_secs(10), || {
+        lb_tests::process_state(lb.pid()) == Some('T')
+    });
     for _ in 0..20 {
         let tcp = std::net::TcpStream::connect(lb.listener("t")).expect("connect");
         socket2::SockRef::from(&tcp)
@@ -819,15 +823,7 @@ fn tcp_clients_gone_before_accept_cost_no_backend_connection() {
             .expect("linger");
     }
     lb.signal("CONT");
-    let value = |line: &str| -> f64 {
-        http("GET", lb.admin, "/metrics")
-            .1
-            .lines()
-            .find(|l| l.starts_with(line))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let value = |line: &str| metric(&lb, line);
     wait_for("the reset clients counted", Duration::from_secs(10), || {
         value("lb_stream_connections_total{listener=\"t\",outcome=\"client_reset\"}") == 20.0
     });

@@ -23,17 +23,16 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
 use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot},
 };
 
 use super::{metrics::Metrics, status::Status};
-use crate::l7::lifecycle::{self, Lifecycle};
+use crate::l7::{
+    http_conn::{HttpBuilders, Prefixed},
+    lifecycle::Lifecycle,
+};
 
 const PAGE: &str = include_str!("page.html");
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -140,19 +139,26 @@ pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::R
     let lifecycle = Arc::new(Lifecycle::default());
     let gate = lifecycle.gate(ADMIN_CONNECTIONS);
     let task = tokio::spawn(async move {
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let builders = Arc::new(HttpBuilders::new(
+            ADMIN_MAX_HEADER_BYTES,
+            ADMIN_HEADER_TIMEOUT,
+        ));
         loop {
             let admission = gate.admit().await;
-            let Ok((tcp, _)) = listener.accept().await else {
+            let Ok((mut tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let (state, builder, phase) = (state.clone(), builder.clone(), admission.phase());
+            let (state, builders, phase) = (state.clone(), builders.clone(), admission.phase());
             tokio::spawn(admission.run(async move {
                 let service = service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(answer(req, &state).await) }
                 });
-                lifecycle::serve(&builder, TokioIo::new(tcp), service, phase).await;
+                let Some((protocol, first)) = builders.sniff(&mut tcp).await else {
+                    return;
+                };
+                let tcp = Prefixed::new(first, tcp);
+                builders.serve(protocol, tcp, service, phase).await;
             }));
         }
     });
@@ -166,6 +172,10 @@ pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::R
 
 /// Admin connections served at once (more wait in the kernel's queue).
 const ADMIN_CONNECTIONS: usize = 256;
+/// A request head on the admin port, at most (the L7 listeners' default).
+const ADMIN_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long an admin client has for a request head (the L7 listeners' default).
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -8,7 +8,6 @@
 //! and tunnels once upgraded) are counted through a `Tracker`, so the graceful stop (and an
 //! upgrade's drain) gives them the grace too instead of ending with the process.
 use std::{
-    error::Error as StdError,
     future::Future,
     sync::{
         Arc,
@@ -17,11 +16,6 @@ use std::{
     time::Duration,
 };
 
-use hyper::{Request, Response, body::Incoming, service::Service};
-use hyper_util::{
-    rt::TokioExecutor,
-    server::conn::auto::{self, HttpServerConnExec},
-};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// Where the server is in its life.
@@ -196,39 +190,6 @@ impl Admission {
         }
         drop(self);
     }
-}
-
-/// Serves HTTP/1.1 or HTTP/2 (with upgrades) on `io` until the client is done, finishing
-/// gracefully when the phase becomes `Draining`.
-pub async fn serve<I, S, B>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    service: S,
-    mut phase: watch::Receiver<Phase>,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>>,
-    S::Future: 'static,
-    S::Error: Into<Box<dyn StdError + Send + Sync>>,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    TokioExecutor: HttpServerConnExec<S::Future, B>,
-{
-    // The same steps as `drive`, written out: passing the auto builder's connection (it
-    // borrows the builder) through a generic async fn defeats rustc's proof that the
-    // accept loop's task is Send ("implementation of Send is not general enough").
-    // On the heap: hyper's connection state is kilobytes, and inline it would make every
-    // connection task that large, copied whole when spawned and again when it ends.
-    let mut connection = Box::pin(builder.serve_connection_with_upgrades(io, service));
-    let draining = async { phase.wait_for(|p| *p != Phase::Serving).await.is_ok() };
-    let drain = tokio::select! {
-        _ = connection.as_mut() => return,
-        drain = draining => drain,
-    };
-    if drain {
-        connection.as_mut().graceful_shutdown();
-    }
-    let _ = connection.await;
 }
 
 /// Drives a hyper server connection (any builder's) until it ends; once the phase leaves

@@ -51,7 +51,7 @@ mod forward;
 pub mod fuzzing;
 mod h2_guard;
 mod headers;
-mod http_conn;
+pub(crate) mod http_conn;
 mod hygiene;
 pub mod jwt;
 pub(crate) mod lifecycle;

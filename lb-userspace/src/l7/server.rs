@@ -751,7 +751,7 @@ async fn accept_loop(
                     }
                     // A failed handshake just ends this connection.
                     // Boxed: the handshake's state would otherwise be part of every
-                    // connection task's size (see `lifecycle::serve`).
+                    // connection task's size (see `http_conn::HttpBuilders::serve`).
                     match Box::pin(acceptor.accept(tcp)).await {
                         Ok(stream) => (None, Some(Box::new(stream))),
                         Err(_) => return,
