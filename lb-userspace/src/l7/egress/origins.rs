@@ -29,12 +29,16 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper::{
-    Method, Request, Response,
+    Request, Response,
     body::{Body, Frame, Incoming, SizeHint},
     client::conn::http1::{self, SendRequest},
 };
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+// The reverse proxy's retry rule: methods a client may send again without asking (RFC 9110
+// 9.2.2).
+use crate::l7::forward::idempotent;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -290,14 +294,6 @@ where
     Ok(sender)
 }
 
-/// Methods a client may send again without asking (RFC 9110 9.2.2).
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
-    )
-}
-
 /// A copy of a request body as it was sent.
 #[derive(Default)]
 struct Recording {
@@ -408,7 +404,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http_body_util::{BodyExt, Empty, Full};
-    use hyper::{server::conn::http1 as server, service::service_fn};
+    use hyper::{Method, server::conn::http1 as server, service::service_fn};
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
