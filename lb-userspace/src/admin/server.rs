@@ -29,10 +29,7 @@ use tokio::{
 };
 
 use super::{metrics::Metrics, status::Status};
-use crate::l7::{
-    http_conn::{HttpBuilders, Prefixed},
-    lifecycle::Lifecycle,
-};
+use crate::l7::{http_conn::HttpBuilders, lifecycle::Lifecycle};
 
 const PAGE: &str = include_str!("page.html");
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -145,7 +142,7 @@ pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::R
         ));
         loop {
             let admission = gate.admit().await;
-            let Ok((mut tcp, _)) = listener.accept().await else {
+            let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
             let (state, builders, phase) = (state.clone(), builders.clone(), admission.phase());
@@ -154,11 +151,7 @@ pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::R
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(answer(req, &state).await) }
                 });
-                let Some((protocol, first)) = builders.sniff(&mut tcp).await else {
-                    return;
-                };
-                let tcp = Prefixed::new(first, tcp);
-                builders.serve(protocol, tcp, service, phase).await;
+                builders.serve_plain(tcp, service, phase).await;
             }));
         }
     });

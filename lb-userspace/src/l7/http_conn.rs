@@ -93,7 +93,7 @@ impl HttpBuilders {
     /// Reads a plain connection's first bytes and tells its protocol by them; `None` when the
     /// client closed or sent nothing within the header timeout (hyper would have closed it
     /// silently too).
-    pub async fn sniff<I: AsyncRead + Unpin>(&self, io: &mut I) -> Option<(Protocol, Bytes)> {
+    async fn sniff<I: AsyncRead + Unpin>(&self, io: &mut I) -> Option<(Protocol, Bytes)> {
         let read = async {
             let mut first = BytesMut::with_capacity(FIRST_READ);
             loop {
@@ -107,10 +107,7 @@ impl HttpBuilders {
                 if seen == H2_PREFACE.len() {
                     return Some((Protocol::Http2, first.freeze()));
                 }
-                // A start of the preface: the rest decides.
-                if first.capacity() == first.len() {
-                    first.reserve(FIRST_READ);
-                }
+                // A start of the preface (shorter than the buffer): the rest decides.
             }
         };
         tokio::time::timeout(self.header_timeout, read)
@@ -119,9 +116,27 @@ impl HttpBuilders {
             .flatten()
     }
 
+    /// Serves a plain (not TLS) connection: its protocol from its first bytes (`sniff`),
+    /// which hyper then reads first.
+    pub async fn serve_plain<I, S, B>(&self, mut io: I, service: S, phase: watch::Receiver<Phase>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: HttpService<Incoming, ResBody = B>,
+        S::Error: Into<Box<dyn StdError + Send + Sync>>,
+        B: hyper::body::Body + 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    {
+        let Some((protocol, first)) = self.sniff(&mut io).await else {
+            return;
+        };
+        self.serve(protocol, Prefixed::new(first, io), service, phase)
+            .await;
+    }
+
     /// Serves `io` with `protocol` until the client is done, finishing gracefully when the
     /// phase leaves `Serving` (HTTP/1.1: after the current request; HTTP/2: GOAWAY).
-    /// HTTP/1.1 connections may be upgraded (WebSocket, CONNECT tunnels of upgrades).
+    /// HTTP/1.1 connections may be upgraded (WebSocket).
     pub async fn serve<I, S, B>(
         &self,
         protocol: Protocol,
@@ -169,13 +184,13 @@ impl HttpBuilders {
 }
 
 /// A connection with bytes already read from it in front: reads take those first.
-pub struct Prefixed<I> {
+struct Prefixed<I> {
     prefix: Bytes,
     io: I,
 }
 
 impl<I> Prefixed<I> {
-    pub fn new(prefix: Bytes, io: I) -> Self {
+    fn new(prefix: Bytes, io: I) -> Self {
         Self { prefix, io }
     }
 }

@@ -14,7 +14,7 @@ use super::{
     config::{HostMatch, L7Config, ListenerConfig, ListenerMode, RouteConfig},
     counted_io::CountedIo,
     h2_guard::{H2Close, H2Guard},
-    http_conn::{HttpBuilders, Prefixed, Protocol},
+    http_conn::{HttpBuilders, Protocol},
     hygiene::HeadGuard,
     lifecycle::{Lifecycle, ListenerGate},
     overload::GlobalLimits,
@@ -793,12 +793,8 @@ async fn accept_loop(
             });
             if let Some(tcp) = plain {
                 let tcp = H2Guard::new(HeadGuard::new(tcp, max_header_bytes), on_h2_close);
-                let mut tcp = CountedIo::client(tcp, traffic);
-                let Some((protocol, first)) = builders.sniff(&mut tcp).await else {
-                    return;
-                };
-                let tcp = Prefixed::new(first, tcp);
-                builders.serve(protocol, tcp, service, phase).await;
+                let tcp = CountedIo::client(tcp, traffic);
+                builders.serve_plain(tcp, service, phase).await;
             } else if let Some(stream) = secure {
                 let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
                 let stream = H2Guard::new(HeadGuard::new(stream, max_header_bytes), on_h2_close);
