@@ -604,6 +604,26 @@ fn listen_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The local address of a listener's connections: the listener's own when it is bound to one
+/// address (no getsockname(2) per connection), else each socket's.
+#[derive(Clone, Copy)]
+pub(super) struct LocalAddress(Option<std::net::SocketAddr>);
+
+impl LocalAddress {
+    pub(super) fn of_listener(listener: &TcpListener) -> Self {
+        Self(
+            listener
+                .local_addr()
+                .ok()
+                .filter(|a| !a.ip().is_unspecified()),
+        )
+    }
+
+    pub(super) fn of(self, tcp: &tokio::net::TcpStream) -> Option<std::net::SocketAddr> {
+        self.0.or_else(|| tcp.local_addr().ok())
+    }
+}
+
 fn is_addr_in_use(e: &L7Error) -> bool {
     matches!(e, L7Error::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
 }
@@ -691,12 +711,7 @@ async fn accept_loop(
 ) {
     let traffic = proxy.load().observer().listener_traffic(&name);
     let builders = Arc::new(HttpBuilders::new(max_header_bytes, header_timeout));
-    // A listener bound to one address is every connection's local address: no
-    // getsockname(2) per connection. Wildcard listeners ask each socket.
-    let bound = listener
-        .local_addr()
-        .ok()
-        .filter(|a| !a.ip().is_unspecified());
+    let local_address = LocalAddress::of_listener(&listener);
     loop {
         let admission = gate.admit().await;
         let (mut tcp, socket_peer) = match listener.accept().await {
@@ -737,7 +752,7 @@ async fn accept_loop(
             };
             let Ok(_slot) = admitted else { return };
             let scheme = if tls.is_some() { "https" } else { "http" };
-            let Some(local) = bound.or_else(|| tcp.local_addr().ok()) else {
+            let Some(local) = local_address.of(&tcp) else {
                 return;
             };
             let flow_id = proxy.load().observer().flow_id(socket_peer, local);

@@ -18,7 +18,8 @@ use super::{
     sni,
 };
 use crate::l7::{
-    lifecycle::Tracker, pool::Pool, proxy_header, selection::InFlightGuard, traffic::OpenConnection,
+    lifecycle::Tracker, pool::Pool, proxy_header, selection::InFlightGuard, server::LocalAddress,
+    traffic::OpenConnection,
 };
 
 pub(super) async fn accept_loop(
@@ -32,11 +33,7 @@ pub(super) async fn accept_loop(
         .load()
         .observer()
         .listener_traffic(&listener.name);
-    // As for HTTP listeners: no getsockname(2) per connection when bound to one address.
-    let bound = socket
-        .local_addr()
-        .ok()
-        .filter(|a| !a.ip().is_unspecified());
+    let local_address = LocalAddress::of_listener(&socket);
     loop {
         let (tcp, socket_peer) = match socket.accept().await {
             Ok(conn) => conn,
@@ -48,7 +45,8 @@ pub(super) async fn accept_loop(
         };
         let listener = listener.clone();
         let open = traffic.clone().map(OpenConnection::new);
-        let relay = async move { connection(tcp, socket_peer, bound, &listener, open).await };
+        let relay =
+            async move { connection(tcp, socket_peer, local_address, &listener, open).await };
         tokio::spawn(tracker.admit().run(relay));
     }
 }
@@ -58,7 +56,7 @@ pub(super) async fn accept_loop(
 async fn connection(
     mut tcp: TcpStream,
     socket_peer: SocketAddr,
-    bound: Option<SocketAddr>,
+    local_address: LocalAddress,
     listener: &StreamListener,
     open: Option<OpenConnection>,
 ) {
@@ -91,7 +89,7 @@ async fn connection(
         )
     };
     let Ok(_slot) = admitted else { return };
-    let Some(local) = bound.or_else(|| tcp.local_addr().ok()) else {
+    let Some(local) = local_address.of(&tcp) else {
         return;
     };
     let proxy = listener.proxy.load_full();
