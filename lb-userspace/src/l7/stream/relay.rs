@@ -4,7 +4,7 @@
 //! FIN exchange on the other side, and lb keeps no TIME_WAIT for it) and an idle timeout over
 //! both directions together.
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -27,8 +27,9 @@ pub enum RelayEnd {
     Error(std::io::Error),
 }
 
-/// Copies both ways until both directions end, one fails, or nothing moves for `idle`. On a
-/// failure both connections are closed with RST.
+/// Copies both ways until both directions end, one fails, or nothing moves for `idle`; both
+/// connections are closed when it returns (which ends the second direction to finish: see
+/// `copy_one`). On a failure both are closed with RST.
 pub async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -> RelayEnd {
     let end = copy_both(&mut client, &mut upstream, idle).await;
     if matches!(end, RelayEnd::Error(_)) {
@@ -40,22 +41,34 @@ pub async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duratio
     end
 }
 
+/// What the two directions share.
+struct Progress {
+    started: Instant,
+    /// Milliseconds since `started` of the last byte moved either way.
+    last: AtomicU64,
+    /// Set by the first direction to reach EOF.
+    one_done: AtomicBool,
+}
+
 async fn copy_both(client: &mut TcpStream, upstream: &mut TcpStream, idle: Duration) -> RelayEnd {
-    let started = Instant::now();
-    // Milliseconds since `started` of the last byte moved either way.
-    let last = AtomicU64::new(0);
+    let progress = Progress {
+        started: Instant::now(),
+        last: AtomicU64::new(0),
+        one_done: AtomicBool::new(false),
+    };
     // Borrowed halves: no shared allocation, and no second shutdown(2) when they drop.
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
     let both = async {
         tokio::try_join!(
-            copy_one(&mut client_read, &mut upstream_write, &last, started),
-            copy_one(&mut upstream_read, &mut client_write, &last, started),
+            copy_one(&mut client_read, &mut upstream_write, &progress),
+            copy_one(&mut upstream_read, &mut client_write, &progress),
         )
     };
     let watchdog = async {
         loop {
-            let deadline = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            let last = Duration::from_millis(progress.last.load(Ordering::Relaxed));
+            let deadline = progress.started + last + idle;
             if Instant::now() >= deadline {
                 return;
             }
@@ -71,13 +84,10 @@ async fn copy_both(client: &mut TcpStream, upstream: &mut TcpStream, idle: Durat
     }
 }
 
-/// One direction: copies until EOF, then shuts down the writer (a half-close the peer sees).
-async fn copy_one<R, W>(
-    read: &mut R,
-    write: &mut W,
-    last: &AtomicU64,
-    started: Instant,
-) -> std::io::Result<u64>
+/// One direction: copies until EOF, then shuts down the writer (a half-close the peer sees)
+/// unless the other direction has already ended: then the relay is over and closing the
+/// socket sends the same FIN, one system call fewer per connection.
+async fn copy_one<R, W>(read: &mut R, write: &mut W, progress: &Progress) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -89,11 +99,14 @@ where
         buf.clear();
         let n = read.read_buf(&mut buf).await?;
         if n == 0 {
-            write.shutdown().await?;
+            if !progress.one_done.swap(true, Ordering::Relaxed) {
+                write.shutdown().await?;
+            }
             return Ok(total);
         }
         write.write_all(&buf[..n]).await?;
         total += n as u64;
-        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let moved = progress.started.elapsed().as_millis() as u64;
+        progress.last.store(moved, Ordering::Relaxed);
     }
 }
