@@ -113,8 +113,11 @@ measure() { # NAME PORT MATCH
         -c 32 --warmup 2s -d "$SECS" http://127.0.0.1:19621/ > "$DIR/$name-tunnels.json" || true
     after=$(cpu_of "$match")
     echo "$before $after" > "$DIR/$name-cpu"
+    before=$(cpu_of "$match")
     taskset -c 1 "$LB" bench --json --threads 1 -x "http://127.0.0.1:$port" \
         -c 4 --warmup 2s -d "$SECS" http://127.0.0.1:19621/big > "$DIR/$name-bulk.json" || true
+    after=$(cpu_of "$match")
+    echo "$before $after" > "$DIR/$name-bulk-cpu"
 }
 
 taskset -c 0 "$LB" run --config "$DIR/lb.toml" --threads 1 --admin 127.0.0.1:19625 > "$DIR/lb.out" 2>&1 &
@@ -132,7 +135,7 @@ python3 - "$DIR" <<'PY'
 import json, sys
 d = sys.argv[1]
 rows = {}
-print(f"{'proxy':10} {'tunnels/s':>10} {'p99 ms':>8} {'errors':>7} {'CPU ms/1000 tunnels':>20} {'bulk MB/s':>10} {'bulk errors':>11}")
+print(f"{'proxy':10} {'tunnels/s':>10} {'p99 ms':>8} {'errors':>7} {'CPU ms/1000 tunnels':>20} {'bulk MB/s':>10} {'bulk errors':>11} {'CPU s/GB':>9}")
 for name in ["lb", "squid", "tinyproxy"]:
     try:
         t = json.load(open(f"{d}/{name}-tunnels.json"))
@@ -145,15 +148,20 @@ for name in ["lb", "squid", "tinyproxy"]:
     made = t["requests"] * (1 + 2 / t["duration_s"]) if t["duration_s"] else 0
     cpu = (after - before) * 1e6 / made if made else float("nan")
     p99 = (t.get("latency_us") or {}).get("p99")
-    rows[name] = (t["rps"], b["throughput_bytes_per_s"] / 1e6, cpu)
+    # Bulk: CPU over the whole run (warm-up included) per GB moved in it.
+    bulk_before, bulk_after = map(float, open(f"{d}/{name}-bulk-cpu").read().split())
+    moved = b["throughput_bytes_per_s"] * (b["duration_s"] + 2) / 1e9
+    per_gb = (bulk_after - bulk_before) / moved if moved else float("nan")
+    rows[name] = (t["rps"], b["throughput_bytes_per_s"] / 1e6, cpu, per_gb)
     print(f"{name:10} {t['rps']:>10.0f} {p99 / 1000 if p99 else float('nan'):>8.2f} {t['errors']:>7} "
-          f"{cpu:>20.1f} {b['throughput_bytes_per_s'] / 1e6:>10.0f} {b['errors']:>11}")
+          f"{cpu:>20.1f} {b['throughput_bytes_per_s'] / 1e6:>10.0f} {b['errors']:>11} {per_gb:>9.2f}")
 if "lb" in rows and "squid" in rows:
     lb, sq = rows["lb"], rows["squid"]
     print(f"lb / squid: tunnels/s {lb[0] / sq[0]:.2f}x (target >= 2x), MB/s {lb[1] / sq[1]:.2f}x (target >= 1x)")
     # Per core: tunnels per CPU-second of the proxy. The rate above is capped by the client
     # and origin sharing CPU 1 when the proxy does not fill CPU 0.
-    print(f"lb / squid per core (tunnels per proxy CPU-second): {sq[2] / lb[2]:.2f}x (target >= 2x)")
+    print(f"lb / squid per core (tunnels per proxy CPU-second): {sq[2] / lb[2]:.2f}x (target >= 2x), "
+          f"bytes per proxy CPU-second {sq[3] / lb[3]:.2f}x")
 if "lb" in rows and "tinyproxy" in rows:
     lb, tp = rows["lb"], rows["tinyproxy"]
     print(f"lb / tinyproxy: tunnels/s {lb[0] / tp[0]:.2f}x, MB/s {lb[1] / tp[1]:.2f}x")

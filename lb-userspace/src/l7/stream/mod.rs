@@ -8,6 +8,7 @@
 //! cookie keys are refused for stream routes at config load.
 pub(super) mod relay;
 pub(super) mod sni;
+mod splice;
 mod tcp;
 mod udp;
 
