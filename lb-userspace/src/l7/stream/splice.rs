@@ -5,6 +5,10 @@
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use tokio::{io::Interest, net::TcpStream};
@@ -17,14 +21,54 @@ const PIPE_SIZE: usize = 256 * 1024;
 /// gives a user's new pipes two pages, and splicing 8 KiB at a time costs more than copying.
 const MIN_PIPE_SIZE: usize = 64 * 1024;
 
+/// Pipes open now, each two descriptors.
+static OPEN_PIPES: AtomicUsize = AtomicUsize::new(0);
+
+/// At most a quarter of the descriptor limit goes to pipes: connections (two descriptors per
+/// relay) must not be refused for descriptors that bulk relays hold, and a relay without a
+/// pipe still works (it copies).
+fn max_pipes() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit(2) fills the struct it is given.
+        let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+            0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
+            _ => 1024,
+        };
+        soft / 4 / 2
+    })
+}
+
 /// A non-blocking pipe carrying one direction.
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
 }
 
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Pipe {
+    /// A pipe, unless pipes already hold their share of descriptors or the kernel gives
+    /// one too small to be worth it.
     pub fn new() -> io::Result<Self> {
+        if OPEN_PIPES.fetch_add(1, Ordering::Relaxed) >= max_pipes() {
+            OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
+            return Err(io::Error::other("pipes hold their share of descriptors"));
+        }
+        Self::open().inspect_err(|_| {
+            OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
+        })
+    }
+
+    fn open() -> io::Result<Self> {
         let mut fds: [RawFd; 2] = [-1; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2(2) writes.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
