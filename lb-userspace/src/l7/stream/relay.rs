@@ -174,8 +174,22 @@ mod tests {
             .collect()
     }
 
-    /// Megabytes each way at once: the buffers grow past their first size mid-transfer and
-    /// every byte still arrives, in order, with EOF passed on and the totals right.
+    /// Sends `data` and then EOF while reading everything the other side sends.
+    async fn exchange(stream: &mut TcpStream, data: &[u8]) -> io::Result<Vec<u8>> {
+        let (mut read, mut write) = stream.split();
+        let mut got = Vec::new();
+        let (sent, received) = tokio::join!(
+            async {
+                write.write_all(data).await?;
+                write.shutdown().await
+            },
+            read.read_to_end(&mut got)
+        );
+        sent.and(received).map(|_| got)
+    }
+
+    /// Megabytes each way at once: both directions turn to splicing mid-transfer and every
+    /// byte still arrives, in order, with EOF passed on and the totals right.
     #[tokio::test]
     async fn bulk_transfers_arrive_whole_both_ways() {
         let (mut client, client_side) = pair().await;
@@ -183,32 +197,8 @@ mod tests {
         let relay = tokio::spawn(relay(client_side, upstream_side, Duration::from_secs(30)));
         let up = pattern(3 << 20, 7);
         let down = pattern(5 << 20, 11);
-        let (client_got, backend_got) = tokio::join!(
-            async {
-                let (mut read, mut write) = client.split();
-                let mut got = Vec::new();
-                let (sent, received) = tokio::join!(
-                    async {
-                        write.write_all(&up).await?;
-                        write.shutdown().await
-                    },
-                    read.read_to_end(&mut got)
-                );
-                sent.and(received).map(|_| got)
-            },
-            async {
-                let (mut read, mut write) = backend.split();
-                let mut got = Vec::new();
-                let (sent, received) = tokio::join!(
-                    async {
-                        write.write_all(&down).await?;
-                        write.shutdown().await
-                    },
-                    read.read_to_end(&mut got)
-                );
-                sent.and(received).map(|_| got)
-            }
-        );
+        let (client_got, backend_got) =
+            tokio::join!(exchange(&mut client, &up), exchange(&mut backend, &down));
         assert!(
             client_got.expect("client side") == down,
             "downstream bytes differ"
