@@ -2,7 +2,8 @@
 //! passed on (EOF on one side shuts down writing on the other; the other direction goes on),
 //! a reset passed on as a reset (HAProxy's and Envoy's behaviour: a peer that sent RST gets no
 //! FIN exchange on the other side, and lb keeps no TIME_WAIT for it) and an idle timeout over
-//! both directions together.
+//! both directions together. Small messages are copied through a buffer; a direction that
+//! turns out to carry bulk data is spliced from then on (`splice.rs`).
 use std::{
     io,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -38,7 +39,7 @@ pub enum RelayEnd {
     Error(std::io::Error),
 }
 
-/// Copies both ways until both directions end, one fails, or nothing moves for `idle`; both
+/// Moves bytes both ways until both directions end, one fails, or nothing moves for `idle`; both
 /// connections are closed when it returns (which ends the second direction to finish: see
 /// `copy_one`). On a failure both are closed with RST.
 pub async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -> RelayEnd {
