@@ -90,6 +90,11 @@ impl HttpBuilders {
         }
     }
 
+    /// The HTTP/1.1 settings, for a connection served another way.
+    pub fn http1(&self) -> &conn::http1::Builder {
+        &self.http1
+    }
+
     /// Reads a plain connection's first bytes and tells its protocol by them; `None` when the
     /// client closed or sent nothing within the header timeout (hyper would have closed it
     /// silently too).

@@ -181,7 +181,7 @@ async fn serve(
     .map_err(InspectError::Handshake)?;
     let tunnel = Arc::new(tunnel);
     // The listener's own head limits, as for the requests outside the tunnel.
-    let http = listener.http.clone();
+    let http = listener.http.http1().clone();
     let service = service_fn(move |req| {
         let (listener, tunnel) = (listener.clone(), tunnel.clone());
         async move { Ok::<_, std::convert::Infallible>(listener.inspected(req, &tunnel).await) }

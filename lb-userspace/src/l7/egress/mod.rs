@@ -42,10 +42,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use hyper::{
-    Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
-};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use prometheus_client::metrics::counter::Counter;
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -59,7 +56,8 @@ use self::{
 use super::{
     access_log::LoggedBody,
     config::ListenerConfig,
-    lifecycle::{self, ListenerGate, Tracker},
+    http_conn::{HttpBuilders, Protocol},
+    lifecycle::{ListenerGate, Tracker},
     pool::ProxyBody,
     proxy::Proxy,
 };
@@ -81,9 +79,9 @@ struct EgressListener {
     idle_timeout: Duration,
     trust: Option<(Vec<ipnet::IpNet>, Duration)>,
     per_client: Option<Arc<super::client_limit::ClientConnections>>,
-    /// The HTTP/1.1 server settings every connection is served with (made once: a builder
-    /// per connection allocated its timer each time).
-    http: http1::Builder,
+    /// The HTTP server settings every connection is served with (HTTP/1.1 only here; made
+    /// once: a builder per connection allocated its timer each time).
+    http: HttpBuilders,
     proxy: Arc<ArcSwap<Proxy>>,
     /// Counts tunnels (which outlive their CONNECT's connection) into the graceful stop.
     tunnels: Tracker,
@@ -124,13 +122,7 @@ pub(super) fn spawn(
         per_client: l
             .max_connections_per_client
             .map(super::client_limit::ClientConnections::new),
-        http: {
-            let mut http = http1::Builder::new();
-            http.max_buf_size(l.max_header_bytes)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(l.header_timeout);
-            http
-        },
+        http: HttpBuilders::new(l.max_header_bytes, l.header_timeout),
         proxy,
         tunnels: gate.tracker(),
     });
@@ -195,15 +187,10 @@ async fn accept_loop(socket: Arc<TcpListener>, listener: Arc<EgressListener>, ga
                         }
                     })
                 };
-                let connection = listener
+                listener
                     .http
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades();
-                // Boxed, as in `http_conn`: hyper's state would make every task kilobytes.
-                lifecycle::drive(Box::pin(connection), phase, |c| {
-                    c.get_mut().as_mut().graceful_shutdown();
-                })
-                .await;
+                    .serve(Protocol::Http1, tcp, service, phase)
+                    .await;
             }),
         );
     }
