@@ -137,8 +137,9 @@ pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::R
     let gate = lifecycle.gate(ADMIN_CONNECTIONS);
     let task = tokio::spawn(async move {
         let builders = Arc::new(HttpBuilders::new(
-            ADMIN_MAX_HEADER_BYTES,
-            ADMIN_HEADER_TIMEOUT,
+            // The L7 listeners' defaults.
+            crate::config::listener::DEFAULT_MAX_HEADER_BYTES,
+            crate::config::listener::DEFAULT_HEADER_TIMEOUT,
         ));
         loop {
             let admission = gate.admit().await;
@@ -165,10 +166,6 @@ pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::R
 
 /// Admin connections served at once (more wait in the kernel's queue).
 const ADMIN_CONNECTIONS: usize = 256;
-/// A request head on the admin port, at most (the L7 listeners' default).
-const ADMIN_MAX_HEADER_BYTES: usize = 64 * 1024;
-/// How long an admin client has for a request head (the L7 listeners' default).
-const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));

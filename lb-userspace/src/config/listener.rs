@@ -18,6 +18,11 @@ use super::{
     value::{duration, positive_duration},
 };
 
+/// A listener's request-head limit when `max_header_bytes` is not set.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long a client has for a request head when `header_timeout` is not set.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct TlsCertConfig {
     pub cert: PathBuf,
@@ -236,7 +241,7 @@ pub(super) fn parse(
                 ));
             }
             Some(n) => *n.get_ref(),
-            None => 64 * 1024,
+            None => DEFAULT_MAX_HEADER_BYTES,
         };
         let error_pages = match &l.error_pages {
             Some(raw) if mode != ListenerMode::Http => {
@@ -258,7 +263,7 @@ pub(super) fn parse(
             max_body_bytes: l.max_body_bytes.unwrap_or(100 << 20),
             header_timeout: duration(
                 &l.header_timeout,
-                Duration::from_secs(10),
+                DEFAULT_HEADER_TIMEOUT,
                 "header_timeout",
                 &err,
             )?,
